@@ -1,0 +1,310 @@
+//! The HTTP API: push, batch push, health, readiness, metrics, and the JSON error bodies.
+//!
+//! Every error leaves through [`ApiError`], the one place where failures become status codes; every
+//! body is JSON with a `detail`, as FastAPI does, so the seed's clients can read it.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::broker::BrokerError;
+use crate::hub::Delivery;
+use crate::metrics::Rejection;
+use crate::protocol::{
+    BatchItemResult, BatchResponse, Event, Issue, PushResponse, PushStatus, parse_batch, parse_push,
+};
+use crate::state::SharedState;
+
+/// Everything that can go wrong in a handler, each with its status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body was not valid JSON of the right shape (422, FastAPI's `detail` list).
+    #[error("validation failed")]
+    Validation(Vec<Issue>),
+    /// The body was over `MAX_BODY_BYTES` (413).
+    #[error("request body is larger than MAX_BODY_BYTES={limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The body could not be read (400).
+    #[error("cannot read the request body: {0}")]
+    BadBody(String),
+    /// The body was declared as something other than JSON (415).
+    #[error("Content-Type must be application/json, not {0}")]
+    UnsupportedMediaType(String),
+    /// The broker could not route the events (503).
+    #[error(transparent)]
+    Unavailable(#[from] BrokerError),
+    /// A query parameter is missing or invalid (400, FastAPI's `detail` list).
+    #[error("invalid query")]
+    InvalidQuery(Vec<Issue>),
+    /// The request is not a valid WebSocket handshake.
+    #[error("{message}")]
+    Handshake {
+        /// The status the WebSocket extractor chose (400, 405 or 426).
+        status: StatusCode,
+        /// Its explanation.
+        message: String,
+    },
+    /// The server cannot take the request now: full or shutting down (503).
+    #[error("{0}")]
+    Overloaded(String),
+    /// No route for the path (404).
+    #[error("Not Found")]
+    NotFound,
+    /// The path exists, but not for this method (405).
+    #[error("Method Not Allowed")]
+    MethodNotAllowed,
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            Self::Handshake { status, .. } => *status,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    fn rejection(&self) -> Option<Rejection> {
+        match self {
+            Self::Validation(_) | Self::BadBody(_) => Some(Rejection::Invalid),
+            Self::PayloadTooLarge { .. } => Some(Rejection::TooLarge),
+            Self::UnsupportedMediaType(_) => Some(Rejection::UnsupportedMediaType),
+            Self::Unavailable(_) => Some(Rejection::Unavailable),
+            Self::InvalidQuery(_)
+            | Self::Handshake { .. }
+            | Self::Overloaded(_)
+            | Self::NotFound
+            | Self::MethodNotAllowed => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let detail = match &self {
+            Self::Validation(issues) | Self::InvalidQuery(issues) => json!(issues),
+            other => json!(other.to_string()),
+        };
+        (self.status(), Json(json!({ "detail": detail }))).into_response()
+    }
+}
+
+/// A handler failure, counted in the metrics before it becomes a response.
+struct Counted(SharedState, ApiError);
+
+impl IntoResponse for Counted {
+    fn into_response(self) -> Response {
+        let Counted(state, error) = self;
+        if let Some(rejection) = error.rejection() {
+            state.metrics.request_rejected(rejection);
+        }
+        error.into_response()
+    }
+}
+
+/// A JSON request body, size-checked and content-type-checked but not yet parsed.
+pub struct JsonBody(Bytes);
+
+impl FromRequest<SharedState> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &SharedState) -> Result<Self, Self::Rejection> {
+        check_content_type(request.headers())?;
+        let limit = state.settings.max_body_bytes;
+        Bytes::from_request(request, state)
+            .await
+            .map(Self)
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge { limit }
+                } else {
+                    ApiError::BadBody(rejection.body_text())
+                }
+            })
+    }
+}
+
+/// Accepts `application/json`, any `+json` type, or no declared type at all.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let declared = value.to_str().unwrap_or("(not text)");
+    let essence = declared
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(declared.to_owned()))
+    }
+}
+
+/// `POST {SSE_PATH}`: one event to every connection of one user.
+pub async fn push(State(state): State<SharedState>, body: Result<JsonBody, ApiError>) -> Response {
+    let result = async {
+        let JsonBody(bytes) = body?;
+        let event = parse_push(&bytes).map_err(ApiError::Validation)?.encode();
+        let deliveries = state.broker.publish(std::slice::from_ref(&event)).await?;
+        state.metrics.events_accepted(1);
+        Ok::<_, ApiError>(push_response(
+            event,
+            deliveries.first().copied().unwrap_or_default(),
+        ))
+    }
+    .await;
+    match result {
+        Ok(response) => Json(response).into_response(),
+        Err(error) => Counted(state, error).into_response(),
+    }
+}
+
+fn push_response(event: Event, delivery: Delivery) -> PushResponse {
+    let Delivery { delivered, failed } = delivery;
+    let (status, message) = match (delivered, failed) {
+        (0, 0) => (PushStatus::Partial, "user not connected".to_owned()),
+        (n, 0) => (
+            PushStatus::Success,
+            format!("delivered to {n} connection(s)"),
+        ),
+        (n, f) => (
+            PushStatus::Partial,
+            format!(
+                "delivered to {n} of {} connection(s); {f} could not take it (slow or closing)",
+                n + f
+            ),
+        ),
+    };
+    PushResponse {
+        status,
+        message,
+        event_id: event.event_id,
+        delivered,
+    }
+}
+
+/// `POST {SSE_BATCH_PATH}`: many events, validated as a whole, delivered in order.
+pub async fn push_batch(
+    State(state): State<SharedState>,
+    body: Result<JsonBody, ApiError>,
+) -> Response {
+    let result = async {
+        let JsonBody(bytes) = body?;
+        let messages =
+            parse_batch(&bytes, state.settings.max_batch_size).map_err(ApiError::Validation)?;
+        let events: Vec<Event> = messages.iter().map(|message| message.encode()).collect();
+        let deliveries = state.broker.publish(&events).await?;
+        state.metrics.events_accepted(events.len());
+        let results = events
+            .into_iter()
+            .zip(deliveries)
+            .map(|(event, delivery)| BatchItemResult {
+                user_id: event.user_id,
+                success: delivery.delivered > 0 && delivery.failed == 0,
+                event_id: event.event_id,
+                delivered: delivery.delivered,
+            })
+            .collect();
+        Ok::<_, ApiError>(BatchResponse { results })
+    }
+    .await;
+    match result {
+        Ok(response) => Json(response).into_response(),
+        Err(error) => Counted(state, error).into_response(),
+    }
+}
+
+/// `GET /health`: liveness, with the seed's keys first.
+pub async fn health(State(state): State<SharedState>) -> Json<Value> {
+    Json(json!({
+        "status": "healthy",
+        "connections": state.hub.connection_count(),
+        "uptime": "running",
+        "users": state.hub.user_count(),
+        "uptime_seconds": state.started_at.elapsed().as_secs_f64(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+/// `GET /ready`: 200 while serving, 503 once shutdown has begun (for load balancers).
+pub async fn ready(State(state): State<SharedState>) -> Response {
+    if state.lifecycle.is_draining() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "shutting_down" })),
+        )
+            .into_response()
+    } else {
+        Json(json!({ "status": "ready" })).into_response()
+    }
+}
+
+/// `GET /metrics`: the seed's keys, then every counter.
+pub async fn metrics(State(state): State<SharedState>) -> Json<Value> {
+    Json(state.metrics.snapshot(
+        state.hub.connection_count(),
+        state.hub.user_count(),
+        state.started_at.elapsed().as_secs_f64(),
+    ))
+}
+
+/// Any unknown path.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// A known path with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn content_types() {
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            check_content_type(&headers)
+        };
+        assert!(check_content_type(&HeaderMap::new()).is_ok());
+        assert!(with("application/json").is_ok());
+        assert!(with("Application/JSON; charset=utf-8").is_ok());
+        assert!(with("application/merge-patch+json").is_ok());
+        assert!(matches!(
+            with("text/plain"),
+            Err(ApiError::UnsupportedMediaType(_))
+        ));
+    }
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        assert_eq!(
+            ApiError::Validation(vec![]).status(),
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(
+            ApiError::PayloadTooLarge { limit: 1 }.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(ApiError::NotFound.status(), StatusCode::NOT_FOUND);
+    }
+}

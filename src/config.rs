@@ -1,0 +1,513 @@
+//! Settings: where every tunable comes from and what values it accepts.
+//!
+//! Precedence, highest first: command-line flags, process environment, a `.env` file in the working
+//! directory (loaded by `main` before parsing, never overriding the environment), built-in defaults.
+//! Every value is parsed into its final type here, once, at start-up; a bad value stops the program
+//! with one line that names the variable, the flag and the accepted values (see [`describe_error`]).
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `HOST` | `0.0.0.0` | address to bind |
+//! | `PORT` | `8080` | port to bind (`0` picks a free one) |
+//! | `DEBUG` | `false` | `true` forces debug-level logging |
+//! | `WORKERS` | `0` | runtime worker threads; `0` uses every core this process may run on |
+//! | `WS_PATH` | `/ws` | WebSocket endpoint |
+//! | `WS_PING_INTERVAL` | `30` | seconds between keepalive pings; `0` disables pings |
+//! | `WS_PING_TIMEOUT` | `10` | seconds a client has to answer a ping before it is closed |
+//! | `WS_MAX_MESSAGE_BYTES` | `65536` | largest client frame; bigger ones close the socket with 1009 |
+//! | `WS_SEND_QUEUE` | `1024` | events queued per connection before it is closed as a slow consumer |
+//! | `WS_WRITE_TIMEOUT` | `10` | seconds one socket write may take before the client counts as slow |
+//! | `SSE_PATH` | `/sse/push` | single push endpoint |
+//! | `SSE_BATCH_PATH` | `/sse/push/batch` | batch push endpoint |
+//! | `MAX_BODY_BYTES` | `1048576` | largest push request body (413 beyond) |
+//! | `MAX_BATCH_SIZE` | `1000` | most messages in one batch (422 beyond) |
+//! | `MAX_CONNECTIONS` | `0` | WebSocket connections on this node (503 beyond); `0` derives it from the file-descriptor limit |
+//! | `MAX_CONNECTIONS_PER_USER` | `32` | connections one user may hold |
+//! | `USER_LIMIT_POLICY` | `reject` | at the per-user limit: `reject` the new connection or `replace-oldest` |
+//! | `SHUTDOWN_DRAIN` | `0` | seconds `/ready` answers 503 before the listener closes on shutdown |
+//! | `SHUTDOWN_TIMEOUT` | `10` | seconds a graceful shutdown may take in all |
+//! | `LOG_LEVEL` | `INFO` | `TRACE`, `DEBUG`, `INFO`, `WARNING`, `ERROR` (`RUST_LOG`, when set, wins) |
+//! | `LOG_FORMAT` | `{time:YYYY-MM-DD HH:mm:ss} \| {level} \| {message}` | a loguru-style template, or `json` |
+//! | `CORS_ORIGINS` | `*` | `*` or a comma-separated list of allowed origins |
+
+use std::time::Duration;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::logging::LogFormat;
+
+/// The whole command line: server settings plus an optional subcommand.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "websocket-sse-server",
+    version,
+    about = "Real-time push gateway: upstream services POST JSON messages for a user_id; every \
+             WebSocket client connected as that user receives them at once, in order.",
+    after_help = "Every option can also be set by the environment variable shown, or in a .env file \
+                  in the working directory. Flags beat the environment, which beats .env."
+)]
+pub struct Cli {
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings shared by every subcommand.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// The program's subcommands.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Ask the server on HOST:PORT for `/health`; exit 0 when it answers 200, 1 otherwise. Made for
+    /// container health checks, so the image needs no curl.
+    Healthcheck,
+}
+
+/// Every server setting, parsed and validated.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// Address to bind (an IP address or a host name).
+    #[arg(long, env = "HOST", default_value = "0.0.0.0", value_parser = parse_host)]
+    pub host: String,
+    /// Port to bind; 0 picks a free port.
+    #[arg(long, env = "PORT", default_value = "8080", value_parser = parse_port)]
+    pub port: u16,
+    /// Debug-level logging, whatever LOG_LEVEL says.
+    #[arg(long, env = "DEBUG", default_value = "false", value_parser = parse_bool,
+          num_args = 0..=1, default_missing_value = "true")]
+    pub debug: bool,
+    /// Runtime worker threads; 0 uses every core this process may run on.
+    #[arg(long, env = "WORKERS", default_value = "0", value_parser = parse_count_or_zero)]
+    pub workers: usize,
+
+    /// WebSocket endpoint path.
+    #[arg(long, env = "WS_PATH", default_value = "/ws", value_parser = parse_path)]
+    pub ws_path: String,
+    /// Seconds between keepalive pings to each WebSocket client; 0 disables pings.
+    #[arg(long, env = "WS_PING_INTERVAL", default_value = "30", value_parser = parse_seconds_or_zero)]
+    pub ws_ping_interval: Duration,
+    /// Seconds a client has to answer a ping before it is closed and unregistered.
+    #[arg(long, env = "WS_PING_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub ws_ping_timeout: Duration,
+    /// Largest frame a client may send, in bytes; bigger frames close that socket with 1009.
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value = "65536", value_parser = parse_count)]
+    pub ws_max_message_bytes: usize,
+    /// Events queued per connection; a client whose queue is full is closed as a slow consumer.
+    #[arg(long, env = "WS_SEND_QUEUE", default_value = "1024", value_parser = parse_count)]
+    pub ws_send_queue: usize,
+    /// Seconds one write to a client socket may take before the client is closed as slow.
+    #[arg(long, env = "WS_WRITE_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub ws_write_timeout: Duration,
+
+    /// Single-message push endpoint path.
+    #[arg(long, env = "SSE_PATH", default_value = "/sse/push", value_parser = parse_path)]
+    pub sse_path: String,
+    /// Batch push endpoint path.
+    #[arg(long, env = "SSE_BATCH_PATH", default_value = "/sse/push/batch", value_parser = parse_path)]
+    pub sse_batch_path: String,
+    /// Largest push request body in bytes; bigger bodies get 413.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value = "1048576", value_parser = parse_count)]
+    pub max_body_bytes: usize,
+    /// Most messages in one batch request; longer batches get 422 and nothing is sent.
+    #[arg(long, env = "MAX_BATCH_SIZE", default_value = "1000", value_parser = parse_count)]
+    pub max_batch_size: usize,
+
+    /// WebSocket connections this node accepts; more get 503 before the upgrade. 0 derives the
+    /// limit from the file-descriptor limit.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value = "0", value_parser = parse_count_or_zero)]
+    pub max_connections: usize,
+    /// Connections one user may hold at once (tabs, devices).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value = "32", value_parser = parse_count)]
+    pub max_connections_per_user: usize,
+    /// What happens to a connection beyond MAX_CONNECTIONS_PER_USER.
+    #[arg(
+        long,
+        env = "USER_LIMIT_POLICY",
+        default_value = "reject",
+        value_enum,
+        ignore_case = true
+    )]
+    pub user_limit_policy: UserLimitPolicy,
+
+    /// Seconds `/ready` answers 503 (while everything else is still served) before the listener
+    /// closes, so load balancers stop sending traffic first.
+    #[arg(long, env = "SHUTDOWN_DRAIN", default_value = "0", value_parser = parse_seconds_or_zero)]
+    pub shutdown_drain: Duration,
+    /// Seconds a graceful shutdown may take in all, drain included; then the process exits anyway.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub shutdown_timeout: Duration,
+
+    /// Log level; RUST_LOG, when set, overrides it with a full filter.
+    #[arg(
+        long,
+        env = "LOG_LEVEL",
+        default_value = "INFO",
+        value_enum,
+        ignore_case = true
+    )]
+    pub log_level: LogLevel,
+    /// Log line template in loguru syntax ({time:FORMAT}, {level}, {message}, {name}), or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = crate::logging::DEFAULT_TEMPLATE,
+          value_parser = LogFormat::parse)]
+    pub log_format: LogFormat,
+    /// `*` or a comma-separated list of origins allowed to call the HTTP API from a browser.
+    #[arg(long, env = "CORS_ORIGINS", default_value = "*", value_parser = CorsOrigins::parse)]
+    pub cors_origins: CorsOrigins,
+}
+
+/// What to do with a connection that would exceed `MAX_CONNECTIONS_PER_USER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UserLimitPolicy {
+    /// Refuse the new connection (close code 1008); the existing ones are untouched.
+    Reject,
+    /// Accept the new connection and close the user's oldest one (close code 1008).
+    ReplaceOldest,
+}
+
+/// Logging verbosity, with the seed's Python level names accepted as aliases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Everything, including per-frame detail.
+    Trace,
+    /// Connection and push detail.
+    Debug,
+    /// Start-up, shutdown and notable events.
+    Info,
+    /// Problems the server worked around.
+    #[value(alias = "warning")]
+    Warn,
+    /// Failures only.
+    #[value(alias = "critical")]
+    Error,
+}
+
+/// Browser origins allowed by CORS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*`: every origin.
+    Any,
+    /// Only these exact origins (`scheme://host[:port]`).
+    List(Vec<String>),
+}
+
+impl CorsOrigins {
+    /// Parses `*` or a comma-separated list of `scheme://host[:port]` origins.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if raw == "*" {
+            return Ok(Self::Any);
+        }
+        let origins: Vec<String> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|origin| !origin.is_empty())
+            .map(|origin| origin.trim_end_matches('/').to_owned())
+            .collect();
+        if origins.is_empty() {
+            return Err("expected * or a comma-separated list of origins such as \
+                        https://app.example.com"
+                .into());
+        }
+        for origin in &origins {
+            let valid = origin.split_once("://").is_some_and(|(scheme, host)| {
+                !scheme.is_empty()
+                    && scheme
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+                    && !host.is_empty()
+                    && !host.contains('/')
+                    && host.chars().all(|c| c.is_ascii_graphic())
+            });
+            if !valid {
+                return Err(format!(
+                    "{origin:?} is not an origin; expected * or a comma-separated list of \
+                     scheme://host[:port] such as https://app.example.com"
+                ));
+            }
+        }
+        Ok(Self::List(origins))
+    }
+}
+
+impl Settings {
+    /// Parses settings from a full argument list (program name first) and the environment.
+    /// Integration tests use this to build servers with chosen flags.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Cli::try_parse_from(args).map(|cli| cli.settings)
+    }
+
+    /// Checks rules that involve several settings at once. Returns one line per problem.
+    pub fn check_consistency(&self) -> Result<(), String> {
+        let paths = [
+            ("WS_PATH", self.ws_path.as_str()),
+            ("SSE_PATH", self.sse_path.as_str()),
+            ("SSE_BATCH_PATH", self.sse_batch_path.as_str()),
+        ];
+        for (i, (name, path)) in paths.iter().enumerate() {
+            if let Some((reserved, _)) = RESERVED_PATHS.iter().find(|(p, _)| p == path) {
+                return Err(format!(
+                    "invalid {name}={path:?}: {reserved} is reserved for the {} endpoint",
+                    RESERVED_PATHS
+                        .iter()
+                        .find(|(p, _)| p == reserved)
+                        .map_or("", |(_, what)| what)
+                ));
+            }
+            if let Some((other, _)) = paths[..i].iter().find(|(_, p)| p == path) {
+                return Err(format!(
+                    "invalid {name}={path:?}: {other} already uses that path"
+                ));
+            }
+        }
+        if !self.shutdown_drain.is_zero() && self.shutdown_drain >= self.shutdown_timeout {
+            return Err(format!(
+                "invalid SHUTDOWN_DRAIN={}: must be shorter than SHUTDOWN_TIMEOUT={}",
+                self.shutdown_drain.as_secs_f64(),
+                self.shutdown_timeout.as_secs_f64()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Paths the server always serves, which the configurable paths must not shadow.
+const RESERVED_PATHS: [(&str, &str); 3] = [
+    ("/health", "health"),
+    ("/ready", "readiness"),
+    ("/metrics", "metrics"),
+];
+
+impl Cli {
+    /// Parses flags and environment. On a bad value, returns the one-line message to print; help
+    /// and version requests and usage errors are handled by clap (printed, then exit).
+    pub fn parse_or_exit() -> Result<Self, String> {
+        match Self::try_parse() {
+            Ok(cli) => cli.settings.check_consistency().map(|()| cli),
+            Err(err) => match err.kind() {
+                ErrorKind::ValueValidation | ErrorKind::InvalidValue => Err(describe_error(&err)),
+                _ => err.exit(),
+            },
+        }
+    }
+}
+
+/// Turns clap's report of a bad value into one line naming the environment variable, the flag,
+/// the value and what is accepted, e.g. `invalid PORT="abc" (--port): expected an integer from 0
+/// to 65535`.
+pub fn describe_error(err: &clap::Error) -> String {
+    let context_string = |kind| match err.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    let flag = context_string(ContextKind::InvalidArg).unwrap_or_default();
+    let value = context_string(ContextKind::InvalidValue).unwrap_or_default();
+    let long = flag
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("--");
+    let command = Cli::command();
+    let env = command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))
+        .and_then(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .unwrap_or_else(|| long.to_uppercase().replace('-', "_"));
+    let expected = match err.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(values)) => format!("expected one of {}", values.join(", ")),
+        _ => std::error::Error::source(err).map_or_else(
+            || "the value is not accepted".to_owned(),
+            |source| source.to_string(),
+        ),
+    };
+    format!("invalid {env}={value:?} (--{long}): {expected}")
+}
+
+fn parse_host(raw: &str) -> Result<String, String> {
+    let host = raw.trim();
+    if host.is_empty()
+        || host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/')
+    {
+        return Err("expected an IP address or host name such as 0.0.0.0 or localhost".into());
+    }
+    Ok(host.to_owned())
+}
+
+fn parse_port(raw: &str) -> Result<u16, String> {
+    raw.trim()
+        .parse()
+        .map_err(|_| "expected an integer from 0 to 65535".to_owned())
+}
+
+fn parse_bool(raw: &str) -> Result<bool, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err("expected true or false".into()),
+    }
+}
+
+fn parse_count(raw: &str) -> Result<usize, String> {
+    match raw.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err("expected a whole number of at least 1".into()),
+    }
+}
+
+fn parse_count_or_zero(raw: &str) -> Result<usize, String> {
+    raw.trim()
+        .parse::<usize>()
+        .map_err(|_| "expected a whole number of at least 0".to_owned())
+}
+
+fn parse_seconds_or_zero(raw: &str) -> Result<Duration, String> {
+    let seconds: f64 = raw
+        .trim()
+        .parse()
+        .map_err(|_| SECONDS_EXPECTED.to_owned())?;
+    if !(0.0..=MAX_SECONDS).contains(&seconds) {
+        return Err(SECONDS_EXPECTED.into());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_seconds(raw: &str) -> Result<Duration, String> {
+    match parse_seconds_or_zero(raw) {
+        Ok(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err("expected a number of seconds greater than 0, such as 10 or 0.5".into()),
+    }
+}
+
+/// Upper bound for any duration setting: a day is longer than any sensible timeout.
+const MAX_SECONDS: f64 = 86_400.0;
+const SECONDS_EXPECTED: &str = "expected a number of seconds from 0 to 86400, such as 30 or 0.5";
+
+fn parse_path(raw: &str) -> Result<String, String> {
+    let path = raw.trim();
+    let valid = path.len() > 1
+        && path.starts_with('/')
+        && !path.ends_with('/')
+        && !path.contains("//")
+        && path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/-._~".contains(c));
+    if valid {
+        Ok(path.to_owned())
+    } else {
+        Err(
+            "expected a URL path such as /ws: starts with /, letters, digits and - . _ ~ / only, \
+             no trailing or double slash"
+                .into(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("websocket-sse-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let settings = parse(&[]).expect("defaults parse").settings;
+        assert_eq!(settings.port, 8080);
+        assert_eq!(settings.host, "0.0.0.0");
+        assert_eq!(settings.ws_path, "/ws");
+        assert_eq!(settings.sse_path, "/sse/push");
+        assert_eq!(settings.sse_batch_path, "/sse/push/batch");
+        assert_eq!(settings.ws_ping_interval, Duration::from_secs(30));
+        assert_eq!(settings.ws_ping_timeout, Duration::from_secs(10));
+        assert_eq!(settings.cors_origins, CorsOrigins::Any);
+        assert_eq!(settings.log_level, LogLevel::Info);
+        assert!(!settings.debug);
+    }
+
+    #[test]
+    fn bad_port_names_variable_flag_and_range() {
+        let err = parse(&["--port", "abc"]).unwrap_err();
+        assert_eq!(
+            describe_error(&err),
+            r#"invalid PORT="abc" (--port): expected an integer from 0 to 65535"#
+        );
+    }
+
+    #[test]
+    fn bad_log_level_lists_the_choices() {
+        let err = parse(&["--log-level", "loud"]).unwrap_err();
+        let line = describe_error(&err);
+        assert!(
+            line.starts_with(r#"invalid LOG_LEVEL="loud" (--log-level): expected one of"#),
+            "{line}"
+        );
+        assert!(line.contains("info") && line.contains("warn"), "{line}");
+    }
+
+    #[test]
+    fn negative_interval_is_refused() {
+        let err = parse(&["--ws-ping-interval=-1"]).unwrap_err();
+        assert!(describe_error(&err).starts_with(r#"invalid WS_PING_INTERVAL="-1""#));
+    }
+
+    #[test]
+    fn python_level_names_are_accepted() {
+        let cli = parse(&["--log-level", "WARNING"]).unwrap();
+        assert_eq!(cli.settings.log_level, LogLevel::Warn);
+        let cli = parse(&["--log-level", "critical"]).unwrap();
+        assert_eq!(cli.settings.log_level, LogLevel::Error);
+    }
+
+    #[test]
+    fn cors_list_is_split_and_checked() {
+        assert_eq!(
+            CorsOrigins::parse("https://a.example, http://b.example:8080/").unwrap(),
+            CorsOrigins::List(vec![
+                "https://a.example".into(),
+                "http://b.example:8080".into()
+            ])
+        );
+        assert!(CorsOrigins::parse("not-an-origin").is_err());
+        assert!(CorsOrigins::parse(" , ").is_err());
+    }
+
+    #[test]
+    fn clashing_paths_are_refused() {
+        let cli = parse(&["--sse-path", "/health"]).unwrap();
+        let err = cli.settings.check_consistency().unwrap_err();
+        assert!(err.starts_with(r#"invalid SSE_PATH="/health""#), "{err}");
+        let cli = parse(&["--ws-path", "/sse/push"]).unwrap();
+        assert!(cli.settings.check_consistency().is_err());
+    }
+
+    #[test]
+    fn paths_must_be_plain() {
+        assert!(parse_path("/ws").is_ok());
+        for bad in ["ws", "/", "/ws/", "/{id}", "/a//b", "/:x", "/*rest"] {
+            assert!(parse_path(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn seconds_accept_fractions_and_refuse_nonsense() {
+        assert_eq!(parse_seconds("0.5").unwrap(), Duration::from_millis(500));
+        assert!(parse_seconds("0").is_err());
+        assert_eq!(parse_seconds_or_zero("0").unwrap(), Duration::ZERO);
+        for bad in ["-1", "NaN", "inf", "1e9", "ten"] {
+            assert!(
+                parse_seconds_or_zero(bad).is_err(),
+                "{bad} should be refused"
+            );
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The `healthcheck` subcommand: asks a running server for `/health`, for container health checks
+//! in images that have no curl.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::Settings;
+
+/// How long the whole probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The host to probe: loopback when the server binds every interface.
+fn probe_host(bind_host: &str) -> &str {
+    match bind_host {
+        "0.0.0.0" => "127.0.0.1",
+        "::" | "[::]" => "::1",
+        other => other,
+    }
+}
+
+/// Probes `GET /health` on the configured port; `Ok` when it answers 200.
+pub async fn probe(settings: &Settings) -> Result<(), String> {
+    let host = probe_host(&settings.host);
+    let attempt = async {
+        let stream = TcpStream::connect((host, settings.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let request = Request::get("/health")
+            .header(header::HOST, host)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.status() {
+            StatusCode::OK => Ok(()),
+            status => Err(format!("/health answered {status}")),
+        }
+    };
+    tokio::time::timeout(PROBE_TIMEOUT, attempt)
+        .await
+        .map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
+        .map_err(|error| format!("{host}:{}: {error}", settings.port))
+}

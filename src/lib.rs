@@ -1,0 +1,26 @@
+//! websocket-sse-server: a real-time push gateway.
+//!
+//! Upstream services `POST` JSON messages addressed to a `user_id`; the server delivers each one,
+//! at once and in order, to every WebSocket client connected as that user.
+//!
+//! How a push flows: [`api`] validates the body into [`protocol`] types and serializes it once;
+//! the [`broker`] routes it (in memory on a single node); the [`hub`] hands the shared bytes to the
+//! bounded queue of each of the user's connections; each connection's session in
+//! [`transport::ws`] writes its queue to the socket. [`server`] wires it together and shuts it down
+//! through [`lifecycle`]; [`config`] and [`logging`] come first, in `main`.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod healthcheck;
+pub mod hub;
+pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod state;
+pub mod transport;
+
+/// The service name reported by `/metrics`.
+pub const SERVICE_NAME: &str = "websocket-sse-server";

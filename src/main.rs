@@ -1,0 +1,101 @@
+//! The `websocket-sse-server` command: reads `.env` and the command line, then serves (default) or
+//! probes a running server (`healthcheck`).
+
+use std::process::ExitCode;
+
+use websocket_sse_server::config::{Cli, Command, Settings};
+use websocket_sse_server::healthcheck;
+use websocket_sse_server::logging;
+use websocket_sse_server::server::Application;
+
+/// Exit status for configuration errors, as for command-line usage errors.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    if let Err(error) = dotenvy::dotenv()
+        && !error.not_found()
+    {
+        eprintln!("error: cannot read .env: {error}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let cli = match Cli::parse_or_exit() {
+        Ok(cli) => cli,
+        Err(line) => {
+            eprintln!("error: {line}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let runtime = match runtime(&cli.settings) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime.block_on(serve(cli.settings)),
+        Command::Healthcheck => match runtime.block_on(healthcheck::probe(&cli.settings)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("unhealthy: {error}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+/// A multi-threaded runtime with `WORKERS` threads, or one per usable core.
+fn runtime(settings: &Settings) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if settings.workers > 0 {
+        builder.worker_threads(settings.workers);
+    }
+    builder.enable_all().build()
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    logging::init(&settings);
+    let (host, port) = (settings.host.clone(), settings.port);
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen on {host}:{port}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let lifecycle = app.lifecycle();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received; send it again to exit at once");
+        lifecycle.begin_shutdown();
+        wait_for_signal().await;
+        tracing::warn!("second shutdown signal: exiting now");
+        std::process::exit(1);
+    });
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,632 @@
+//! The wire contract: what upstreams may push, what clients receive, and the error bodies.
+//!
+//! Inbound pushes are parsed straight from the request bytes into validated values ("parse, don't
+//! validate"): past [`parse_push`] and [`parse_batch`] a [`UserId`] is known to be well formed and
+//! `data` is known to be a JSON object. Each accepted push is serialized exactly once into a
+//! [`Frame`] (reference-counted bytes) that every receiving connection shares.
+//!
+//! Validation errors use FastAPI's 422 shape (`{"detail":[{"loc":[…],"msg":…,"type":…}]}`) so
+//! clients written against the seed keep working.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::Utf8Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// One encoded event or reply, as sent in a WebSocket text frame: shared, immutable JSON bytes.
+/// Cloning is a reference-count increment, so one push costs one serialization however many
+/// connections receive it.
+pub type Frame = Utf8Bytes;
+
+/// Longest `user_id`, in bytes.
+pub const USER_ID_MAX_BYTES: usize = 256;
+/// Longest `event_type`, in characters.
+pub const EVENT_TYPE_MAX_CHARS: usize = 64;
+/// Longest `event_id`, in characters.
+pub const EVENT_ID_MAX_CHARS: usize = 128;
+/// `event_type` when the upstream gives none.
+pub const DEFAULT_EVENT_TYPE: &str = "message";
+
+/// A validated user identifier: 1–256 bytes, no control characters. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct UserId(Arc<str>);
+
+impl UserId {
+    /// Validates a user id, explaining what is wrong when it is refused.
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        if raw.is_empty() {
+            return Err(FieldError::new(
+                "string_too_short",
+                "String should have at least 1 character",
+            ));
+        }
+        if raw.len() > USER_ID_MAX_BYTES {
+            return Err(FieldError::new(
+                "string_too_long",
+                format!("String should have at most {USER_ID_MAX_BYTES} bytes"),
+            ));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                "value_error",
+                "String must not contain control characters",
+            ));
+        }
+        Ok(Self(raw.into()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why one field was refused: pydantic's error `type` and a human message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Machine-readable kind, e.g. `missing`, `string_type`, `string_too_long`.
+    pub kind: &'static str,
+    /// What is wrong, for a person.
+    pub msg: Cow<'static, str>,
+}
+
+impl FieldError {
+    fn new(kind: &'static str, msg: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            kind,
+            msg: msg.into(),
+        }
+    }
+
+    fn at(self, loc: Vec<Loc>) -> Issue {
+        Issue {
+            loc,
+            msg: self.msg,
+            kind: self.kind,
+        }
+    }
+}
+
+/// One element of an error location: a field name or a list index.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Loc {
+    /// An object key, or `"body"` / `"query"` for the request part.
+    Key(&'static str),
+    /// A position in a list (the batch).
+    Index(usize),
+}
+
+/// One entry of a 422 `detail` list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Issue {
+    /// Where the problem is, e.g. `["body", 3, "user_id"]`.
+    pub loc: Vec<Loc>,
+    /// What is wrong.
+    pub msg: Cow<'static, str>,
+    /// pydantic's error type.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+/// A validated push, borrowing its JSON pieces from the request body until it is encoded.
+#[derive(Debug)]
+pub struct PushMessage<'a> {
+    /// Whose connections receive it.
+    pub user_id: UserId,
+    /// The upstream's payload, a JSON object kept byte for byte.
+    pub data: &'a RawValue,
+    /// The event's kind, `message` by default.
+    pub event_type: Cow<'a, str>,
+    /// The upstream's id, if it gave one.
+    pub event_id: Option<Cow<'a, str>>,
+    /// The upstream's unix timestamp as it wrote it, if it gave one.
+    pub timestamp: Option<&'a RawValue>,
+}
+
+/// A push serialized for delivery.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Whose connections receive it.
+    pub user_id: UserId,
+    /// The upstream's `event_id`, or the one the server assigned.
+    pub event_id: Arc<str>,
+    /// The JSON every receiving connection gets.
+    pub frame: Frame,
+}
+
+/// The outbound JSON shape, in the field order of the wire contract.
+#[derive(Serialize)]
+struct OutboundEvent<'a> {
+    event_type: &'a str,
+    event_id: &'a str,
+    user_id: &'a str,
+    timestamp: Timestamp<'a>,
+    data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Timestamp<'a> {
+    Given(&'a RawValue),
+    Now(f64),
+}
+
+impl PushMessage<'_> {
+    /// Serializes the push once, assigning an `event_id` (a ULID: unique, sortable by time) and a
+    /// timestamp (the server's clock, in unix seconds) where the upstream gave none.
+    pub fn encode(&self) -> Event {
+        let event_id: Arc<str> = match &self.event_id {
+            Some(id) => Arc::from(id.as_ref()),
+            None => Arc::from(ulid::Ulid::new().to_string()),
+        };
+        let timestamp = match self.timestamp {
+            Some(raw) => Timestamp::Given(raw),
+            None => Timestamp::Now(unix_seconds_now()),
+        };
+        let json = serde_json::to_string(&OutboundEvent {
+            event_type: &self.event_type,
+            event_id: &event_id,
+            user_id: self.user_id.as_str(),
+            timestamp,
+            data: self.data,
+        })
+        .expect("serializing strings and pre-validated JSON cannot fail");
+        Event {
+            user_id: self.user_id.clone(),
+            event_id,
+            frame: Frame::from(json),
+        }
+    }
+}
+
+/// The current time in unix seconds with millisecond precision.
+fn unix_seconds_now() -> f64 {
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    millis as f64 / 1000.0
+}
+
+/// The push body as it arrives: every field kept raw so that each can be checked on its own and
+/// every problem reported, not just the first.
+#[derive(Deserialize)]
+struct RawPush<'a> {
+    #[serde(borrow, default)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event_type: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timestamp: Option<&'a RawValue>,
+}
+
+/// Parses and validates a single push body.
+pub fn parse_push(body: &[u8]) -> Result<PushMessage<'_>, Vec<Issue>> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(vec![body_issue(body, Shape::Object, None)]);
+    }
+    let raw: RawPush<'_> =
+        serde_json::from_slice(body).map_err(|e| vec![body_issue(body, Shape::Object, Some(e))])?;
+    let mut issues = Vec::new();
+    let message = validate(raw, &[], &mut issues);
+    message.ok_or(issues)
+}
+
+/// Parses and validates a batch body: a JSON array of at most `max_items` pushes. The batch is
+/// accepted whole or refused whole, with every problem listed by index.
+pub fn parse_batch(body: &[u8], max_items: usize) -> Result<Vec<PushMessage<'_>>, Vec<Issue>> {
+    let items: Vec<&RawValue> =
+        serde_json::from_slice(body).map_err(|e| vec![body_issue(body, Shape::List, Some(e))])?;
+    if items.len() > max_items {
+        return Err(vec![Issue {
+            loc: vec![Loc::Key("body")],
+            msg: format!(
+                "List should have at most {max_items} items (MAX_BATCH_SIZE), not {}",
+                items.len()
+            )
+            .into(),
+            kind: "too_long",
+        }]);
+    }
+    let mut issues = Vec::new();
+    let mut messages = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let prefix = [Loc::Index(index)];
+        let parsed = if item.get().starts_with('{') {
+            serde_json::from_str::<RawPush<'_>>(item.get()).map_err(|e| e.to_string())
+        } else {
+            Err(format!(
+                "got {}",
+                item.get().chars().take(32).collect::<String>()
+            ))
+        };
+        match parsed {
+            Ok(raw) => messages.extend(validate(raw, &prefix, &mut issues)),
+            Err(why) => issues.push(
+                FieldError::new(
+                    "dict_type",
+                    format!("Input should be a valid dictionary ({why})"),
+                )
+                .at(loc(&prefix, None)),
+            ),
+        }
+    }
+    if issues.is_empty() {
+        Ok(messages)
+    } else {
+        Err(issues)
+    }
+}
+
+/// The JSON shape a body must have.
+#[derive(Clone, Copy)]
+enum Shape {
+    Object,
+    List,
+}
+
+/// Describes a body that is not JSON (`json_invalid`), or not JSON of the expected shape.
+fn body_issue(body: &[u8], shape: Shape, error: Option<serde_json::Error>) -> Issue {
+    let (kind, expected) = match shape {
+        Shape::Object => ("dict_type", "Input should be a valid dictionary"),
+        Shape::List => ("list_type", "Input should be a valid list"),
+    };
+    let (kind, msg) = match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+        Err(syntax) => ("json_invalid", format!("JSON decode error: {syntax}")),
+        Ok(_) => match error {
+            Some(error) => (kind, format!("{expected}: {error}")),
+            None => (kind, expected.to_owned()),
+        },
+    };
+    Issue {
+        loc: vec![Loc::Key("body")],
+        msg: msg.into(),
+        kind,
+    }
+}
+
+fn loc(prefix: &[Loc], field: Option<&'static str>) -> Vec<Loc> {
+    let mut loc = Vec::with_capacity(prefix.len() + 2);
+    loc.push(Loc::Key("body"));
+    loc.extend_from_slice(prefix);
+    loc.extend(field.map(Loc::Key));
+    loc
+}
+
+/// Checks every field of one push, appending problems to `issues`; `Some` only when all passed.
+fn validate<'a>(
+    raw: RawPush<'a>,
+    prefix: &[Loc],
+    issues: &mut Vec<Issue>,
+) -> Option<PushMessage<'a>> {
+    let before = issues.len();
+    let mut check = |field: &'static str, result: Result<(), FieldError>| {
+        if let Err(error) = result {
+            issues.push(error.at(loc(prefix, Some(field))));
+        }
+    };
+
+    let mut user_id = None;
+    check(
+        "user_id",
+        required(raw.user_id)
+            .and_then(string)
+            .and_then(|s| UserId::parse(&s))
+            .map(|id| {
+                user_id = Some(id);
+            }),
+    );
+
+    let mut data = None;
+    check(
+        "data",
+        required(raw.data).and_then(|raw| {
+            if raw.get().starts_with('{') {
+                data = Some(raw);
+                Ok(())
+            } else {
+                Err(FieldError::new(
+                    "dict_type",
+                    "Input should be a valid dictionary",
+                ))
+            }
+        }),
+    );
+
+    let mut event_type = Cow::Borrowed(DEFAULT_EVENT_TYPE);
+    if let Some(raw) = raw.event_type {
+        check(
+            "event_type",
+            string(raw)
+                .and_then(|s| bounded_text(s, 1, EVENT_TYPE_MAX_CHARS))
+                .map(|s| event_type = s),
+        );
+    }
+
+    let mut event_id = None;
+    if let Some(raw) = raw.event_id {
+        check(
+            "event_id",
+            string(raw)
+                .and_then(|s| bounded_text(s, 1, EVENT_ID_MAX_CHARS))
+                .map(|s| event_id = Some(s)),
+        );
+    }
+
+    if let Some(raw) = raw.timestamp {
+        check("timestamp", timestamp(raw));
+    }
+
+    if issues.len() > before {
+        return None;
+    }
+    Some(PushMessage {
+        user_id: user_id?,
+        data: data?,
+        event_type,
+        event_id,
+        timestamp: raw.timestamp,
+    })
+}
+
+fn required(raw: Option<&RawValue>) -> Result<&RawValue, FieldError> {
+    raw.ok_or_else(|| FieldError::new("missing", "Field required"))
+}
+
+fn string(raw: &RawValue) -> Result<Cow<'_, str>, FieldError> {
+    serde_json::from_str::<Cow<'_, str>>(raw.get())
+        .map_err(|_| FieldError::new("string_type", "Input should be a valid string"))
+}
+
+/// Length in characters within bounds, and no control characters (CR, LF and NUL would break SSE
+/// framing and log lines).
+fn bounded_text(text: Cow<'_, str>, min: usize, max: usize) -> Result<Cow<'_, str>, FieldError> {
+    let chars = text.chars().count();
+    if chars < min {
+        return Err(FieldError::new(
+            "string_too_short",
+            format!("String should have at least {min} character"),
+        ));
+    }
+    if chars > max {
+        return Err(FieldError::new(
+            "string_too_long",
+            format!("String should have at most {max} characters"),
+        ));
+    }
+    if text.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "value_error",
+            "String must not contain control characters",
+        ));
+    }
+    Ok(text)
+}
+
+fn timestamp(raw: &RawValue) -> Result<(), FieldError> {
+    match serde_json::from_str::<f64>(raw.get()) {
+        Ok(seconds) if seconds >= 0.0 => Ok(()),
+        Ok(_) => Err(FieldError::new(
+            "greater_than_equal",
+            "Input should be greater than or equal to 0",
+        )),
+        Err(_) => Err(FieldError::new(
+            "float_type",
+            "Input should be a valid number",
+        )),
+    }
+}
+
+/// The reply to a client's text frame: `{"event_type":"ack","data":{"received":"…"}}`.
+pub fn ack_frame(received: &str) -> Frame {
+    #[derive(Serialize)]
+    struct Ack<'a> {
+        event_type: &'static str,
+        data: AckData<'a>,
+    }
+    #[derive(Serialize)]
+    struct AckData<'a> {
+        received: &'a str,
+    }
+    let json = serde_json::to_string(&Ack {
+        event_type: "ack",
+        data: AckData { received },
+    })
+    .expect("serializing a string cannot fail");
+    Frame::from(json)
+}
+
+/// Outcome of a single push, for the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PushStatus {
+    /// At least one connection received the event and none failed.
+    Success,
+    /// The user had no connection, or some connections could not take the event.
+    Partial,
+}
+
+/// Response body of a single push.
+#[derive(Debug, Serialize)]
+pub struct PushResponse {
+    /// `success` or `partial`.
+    pub status: PushStatus,
+    /// What happened, for a person.
+    pub message: String,
+    /// The event's id (the upstream's or the assigned one).
+    pub event_id: Arc<str>,
+    /// How many connections received it.
+    pub delivered: usize,
+}
+
+/// Response body of a batch push.
+#[derive(Debug, Serialize)]
+pub struct BatchResponse {
+    /// One result per input item, in input order.
+    pub results: Vec<BatchItemResult>,
+}
+
+/// The outcome of one batch item.
+#[derive(Debug, Serialize)]
+pub struct BatchItemResult {
+    /// The item's user.
+    pub user_id: UserId,
+    /// Whether at least one connection received it and none failed.
+    pub success: bool,
+    /// The event's id (the upstream's or the assigned one).
+    pub event_id: Arc<str>,
+    /// How many connections received it.
+    pub delivered: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn issues_of(result: Result<impl fmt::Debug, Vec<Issue>>) -> Value {
+        serde_json::to_value(result.expect_err("should be refused")).unwrap()
+    }
+
+    #[test]
+    fn seed_example_encodes_in_contract_order() {
+        let body = br#"{"user_id":"test123","data":{"message":"Hello"},"event_type":"message","timestamp":1704067200}"#;
+        let event = parse_push(body).unwrap().encode();
+        let expected_prefix = r#"{"event_type":"message","event_id":""#;
+        assert!(
+            event.frame.as_str().starts_with(expected_prefix),
+            "{}",
+            event.frame.as_str()
+        );
+        let value: Value = serde_json::from_str(event.frame.as_str()).unwrap();
+        assert_eq!(value["user_id"], "test123");
+        assert_eq!(value["timestamp"], 1704067200);
+        assert_eq!(value["data"], json!({"message": "Hello"}));
+        assert_eq!(value["event_id"].as_str().unwrap(), &*event.event_id);
+        assert_eq!(event.event_id.len(), 26, "a ULID");
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let event = parse_push(br#"{"user_id":"u","data":{},"event_id":null}"#)
+            .unwrap()
+            .encode();
+        let value: Value = serde_json::from_str(event.frame.as_str()).unwrap();
+        assert_eq!(value["event_type"], "message");
+        assert!(value["timestamp"].as_f64().unwrap() > 1.7e9);
+    }
+
+    #[test]
+    fn upstream_event_id_is_kept() {
+        let event = parse_push(br#"{"user_id":"u","data":{},"event_id":"order-7"}"#)
+            .unwrap()
+            .encode();
+        assert_eq!(&*event.event_id, "order-7");
+    }
+
+    #[test]
+    fn every_bad_field_is_reported() {
+        let detail = issues_of(parse_push(
+            br#"{"data":[1],"event_type":"","event_id":5,"timestamp":"soon"}"#,
+        ));
+        assert_eq!(
+            detail,
+            json!([
+                {"loc":["body","user_id"],"msg":"Field required","type":"missing"},
+                {"loc":["body","data"],"msg":"Input should be a valid dictionary","type":"dict_type"},
+                {"loc":["body","event_type"],"msg":"String should have at least 1 character","type":"string_too_short"},
+                {"loc":["body","event_id"],"msg":"Input should be a valid string","type":"string_type"},
+                {"loc":["body","timestamp"],"msg":"Input should be a valid number","type":"float_type"},
+            ])
+        );
+    }
+
+    #[test]
+    fn user_id_rules() {
+        assert!(UserId::parse("alice@example.com").is_ok());
+        assert_eq!(UserId::parse("").unwrap_err().kind, "string_too_short");
+        assert_eq!(
+            UserId::parse(&"x".repeat(257)).unwrap_err().kind,
+            "string_too_long"
+        );
+        assert_eq!(UserId::parse("a\nb").unwrap_err().kind, "value_error");
+    }
+
+    #[test]
+    fn malformed_and_misshapen_bodies() {
+        assert_eq!(
+            issues_of(parse_push(b"{not json"))[0]["type"],
+            "json_invalid"
+        );
+        assert_eq!(issues_of(parse_push(b"[1,2]"))[0]["type"], "dict_type");
+        assert_eq!(
+            issues_of(parse_push(b"\xff\xfe"))[0]["type"],
+            "json_invalid"
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_skipped_without_recursion() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert_eq!(
+            issues_of(parse_push(deep.as_bytes()))[0]["type"],
+            "dict_type"
+        );
+        let body = format!(r#"{{"user_id":"u","data":{{"x":{deep}}}}}"#);
+        let event = parse_push(body.as_bytes())
+            .expect("valid JSON object")
+            .encode();
+        assert!(event.frame.as_str().ends_with(&format!("{deep}}}}}")));
+        let unclosed = format!(
+            r#"{{"user_id":"u","data":{{"x":{}}}}}"#,
+            "[".repeat(100_000)
+        );
+        assert_eq!(
+            issues_of(parse_push(unclosed.as_bytes()))[0]["type"],
+            "json_invalid"
+        );
+    }
+
+    #[test]
+    fn batch_reports_items_by_index_and_enforces_length() {
+        let detail = issues_of(parse_batch(
+            br#"[{"user_id":"a","data":{}},{"user_id":"b"},7]"#,
+            10,
+        ));
+        assert_eq!(detail[0]["loc"], json!(["body", 1, "data"]));
+        assert_eq!(detail[1]["loc"], json!(["body", 2]));
+        let detail = issues_of(parse_batch(
+            br#"[{"user_id":"a","data":{}},{"user_id":"b","data":{}}]"#,
+            1,
+        ));
+        assert_eq!(detail[0]["type"], "too_long");
+        assert_eq!(
+            issues_of(parse_batch(br#"{"user_id":"a"}"#, 10))[0]["type"],
+            "list_type"
+        );
+        assert!(parse_batch(b"[]", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn ack_echoes_the_text() {
+        assert_eq!(
+            ack_frame("hi \"you\"").as_str(),
+            r#"{"event_type":"ack","data":{"received":"hi \"you\""}}"#
+        );
+    }
+}

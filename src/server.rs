@@ -1,0 +1,210 @@
+//! Builds the application from settings, binds it, serves it, and shuts it down gracefully.
+//!
+//! [`Application`] owns its listener, so tests can bind port 0, read the port, and run the real
+//! server in-process; `main` does the same with the configured port.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderValue;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use tokio::net::{TcpListener, TcpSocket, lookup_host};
+use tokio::sync::Semaphore;
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
+
+use crate::api;
+use crate::broker::MemoryBroker;
+use crate::config::{CorsOrigins, Settings};
+use crate::hub::{Hub, HubLimits};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::state::{AppState, SharedState};
+use crate::transport::ws;
+
+/// Pending-connection queue length asked of the kernel (capped by `net.core.somaxconn`): bursts
+/// of reconnecting clients should queue, not be refused.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    listener: TcpListener,
+    state: SharedState,
+}
+
+impl Application {
+    /// Binds the listener and builds the state. Fails only if the address cannot be bound.
+    pub async fn build(settings: Settings) -> io::Result<Self> {
+        let listener = bind(&settings.host, settings.port).await?;
+        let metrics = Arc::new(Metrics::default());
+        let limits = HubLimits {
+            per_user: settings.max_connections_per_user,
+            policy: settings.user_limit_policy,
+            queue_capacity: settings.ws_send_queue,
+        };
+        let hub = Arc::new(Hub::new(limits, Arc::clone(&metrics)));
+        let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
+        let max_connections = effective_max_connections(settings.max_connections);
+        let state = Arc::new(AppState {
+            settings,
+            hub,
+            broker,
+            metrics,
+            lifecycle: Lifecycle::default(),
+            connection_slots: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            started_at: Instant::now(),
+        });
+        Ok(Self { listener, state })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle to start the graceful shutdown from outside (signals, tests).
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.state.lifecycle.clone()
+    }
+
+    /// Serves until [`Lifecycle::begin_shutdown`] is called, then shuts down gracefully: drain,
+    /// close the listener, let in-flight requests finish, close every session with 1001. Returns
+    /// once all of that is done or `SHUTDOWN_TIMEOUT` has passed.
+    pub async fn run_until_stopped(self) -> io::Result<()> {
+        let Self { listener, state } = self;
+        let lifecycle = state.lifecycle.clone();
+        let drain = state.settings.shutdown_drain;
+        let shutdown_timeout = state.settings.shutdown_timeout;
+        tracing::info!(
+            address = %listener.local_addr()?,
+            max_connections = state.max_connections,
+            "websocket-sse-server listening"
+        );
+
+        let stop_accepting = {
+            let lifecycle = lifecycle.clone();
+            async move {
+                lifecycle.draining().await;
+                tokio::time::sleep(drain).await;
+            }
+        };
+        let listener = listener.tap_io(|stream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
+        let server = axum::serve(listener, router(Arc::clone(&state)))
+            .with_graceful_shutdown(stop_accepting)
+            .into_future();
+        tokio::pin!(server);
+
+        tokio::select! {
+            result = &mut server => return result,
+            () = lifecycle.draining() => {}
+        }
+        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        tracing::info!(
+            drain_seconds = drain.as_secs_f64(),
+            connections = state.hub.connection_count(),
+            "shutting down: no longer ready"
+        );
+        match tokio::time::timeout_at(deadline, &mut server).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!("in-flight requests did not finish before SHUTDOWN_TIMEOUT"),
+        }
+        if tokio::time::timeout_at(deadline, lifecycle.close_sessions())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                connections = state.hub.connection_count(),
+                "sessions did not all close before SHUTDOWN_TIMEOUT"
+            );
+        }
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// The HTTP router with every endpoint, the body limit and CORS.
+pub fn router(state: SharedState) -> Router {
+    let settings = &state.settings;
+    Router::new()
+        .route(&settings.ws_path, get(ws::handshake))
+        .route(&settings.sse_path, post(api::push))
+        .route(&settings.sse_batch_path, post(api::push_batch))
+        .route("/health", get(api::health))
+        .route("/ready", get(api::ready))
+        .route("/metrics", get(api::metrics))
+        .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(cors(&settings.cors_origins))
+        .with_state(state)
+}
+
+/// CORS for the HTTP API. Preflights are answered; an origin not on the list gets no
+/// `Access-Control-Allow-Origin`, so the browser blocks the response.
+fn cors(origins: &CorsOrigins) -> CorsLayer {
+    let allowed = match origins {
+        CorsOrigins::Any => AllowOrigin::any(),
+        CorsOrigins::List(list) => AllowOrigin::list(
+            list.iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        ),
+    };
+    CorsLayer::new()
+        .allow_origin(allowed)
+        .allow_methods(AllowMethods::mirror_request())
+        .allow_headers(AllowHeaders::mirror_request())
+        .max_age(std::time::Duration::from_secs(600))
+}
+
+/// Binds `host:port` with a deep accept backlog, trying each address the host resolves to.
+async fn bind(host: &str, port: u16) -> io::Result<TcpListener> {
+    let mut last_error = None;
+    for address in lookup_host((host, port)).await? {
+        let socket = if address.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(address)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolves to no address"),
+        )
+    }))
+}
+
+/// `MAX_CONNECTIONS`, or when it is 0, 90% of the file-descriptor limit (raised to the hard limit
+/// first), keeping the rest for HTTP clients and the process itself.
+fn effective_max_connections(configured: usize) -> usize {
+    let descriptors = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let descriptors = usize::try_from(descriptors).unwrap_or(usize::MAX);
+    if configured == 0 {
+        return (descriptors / 10 * 9).max(1);
+    }
+    if configured > descriptors {
+        tracing::warn!(
+            max_connections = configured,
+            descriptors,
+            "MAX_CONNECTIONS is above the file-descriptor limit; accepting may fail before the limit"
+        );
+    }
+    configured
+}

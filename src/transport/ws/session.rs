@@ -1,0 +1,231 @@
+//! One WebSocket client session, from registration to close, in a single task.
+//!
+//! The task waits on five things at once: shutdown, a close request from the hub (slow consumer,
+//! replaced), the connection's outbox, the keepalive deadline and the client's next frame. Frames
+//! from the outbox are written in batches (`recv_many`, `feed` each, one `flush`), each batch
+//! within `WS_WRITE_TIMEOUT`. The session, and only the session, closes its socket: it sends the
+//! close code for the reason and waits briefly for the client's reply.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::keepalive::{Due, Keepalive};
+use crate::hub::{DisconnectReason, Outbox, Registration};
+use crate::metrics::Refusal;
+use crate::protocol::{Frame, UserId, ack_frame};
+use crate::state::{AppState, SharedState};
+
+/// Most frames written per flush.
+const WRITE_BATCH: usize = 64;
+
+/// How long closing may take: queued frames, the close frame and the client's reply.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs one upgraded connection until it closes. `_slot` holds this connection's place under
+/// `MAX_CONNECTIONS` until the session ends.
+pub(super) async fn run(
+    mut socket: WebSocket,
+    user: UserId,
+    _slot: OwnedSemaphorePermit,
+    state: SharedState,
+) {
+    let _tracked = state.lifecycle.track_session();
+    let (registration, mut outbox) = match state.hub.register(user) {
+        Ok(registered) => registered,
+        Err(limit) => {
+            state.metrics.connection_refused(Refusal::UserLimit);
+            let frame = CloseFrame {
+                code: close_code::POLICY,
+                reason: limit.to_string().into(),
+            };
+            finish(&mut socket, Vec::new(), Some(frame)).await;
+            return;
+        }
+    };
+    state.metrics.connection_opened();
+    tracing::debug!(user = %registration.user(), connection = registration.id(), "connected");
+
+    let reason = serve(&mut socket, &registration, &mut outbox, &state).await;
+
+    // Pushes accepted before shutdown still reach the client, ahead of the close frame.
+    let mut pending = Vec::new();
+    if reason == DisconnectReason::Shutdown {
+        while let Ok(frame) = outbox.try_recv() {
+            pending.push(frame);
+        }
+    }
+    tracing::debug!(user = %registration.user(), connection = registration.id(), reason = reason.label(), "disconnected");
+    drop(registration);
+    state.metrics.connection_closed(reason);
+    finish(&mut socket, pending, close_frame(reason, &state)).await;
+}
+
+/// The session loop: returns why the connection must end.
+async fn serve(
+    socket: &mut WebSocket,
+    registration: &Registration,
+    outbox: &mut Outbox,
+    state: &AppState,
+) -> DisconnectReason {
+    let settings = &state.settings;
+    let pings_enabled = !settings.ws_ping_interval.is_zero();
+    let mut keepalive = Keepalive::new(
+        settings.ws_ping_interval,
+        settings.ws_ping_timeout,
+        Instant::now(),
+    );
+    let timer = sleep_until(keepalive.deadline());
+    tokio::pin!(timer);
+    let mut batch = Vec::new();
+
+    loop {
+        tokio::select! {
+            () = state.lifecycle.closing() => return DisconnectReason::Shutdown,
+            reason = registration.close_requested() => return reason,
+            received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
+                if received == 0 {
+                    return DisconnectReason::Shutdown;
+                }
+                let frames = batch.drain(..).map(Message::Text);
+                if let Err(reason) = write(socket, frames, settings.ws_write_timeout).await {
+                    return reason;
+                }
+            }
+            () = &mut timer, if pings_enabled => {
+                match keepalive.on_deadline(Instant::now()) {
+                    Due::Ping => {
+                        let ping = std::iter::once(Message::Ping(Default::default()));
+                        if let Err(reason) = write(socket, ping, settings.ws_write_timeout).await {
+                            return reason;
+                        }
+                    }
+                    Due::TimedOut => return DisconnectReason::PingTimeout,
+                }
+                timer.as_mut().reset(keepalive.deadline());
+            }
+            message = socket.recv() => {
+                if keepalive.on_client_activity() {
+                    timer.as_mut().reset(keepalive.deadline());
+                }
+                match message {
+                    Some(Ok(Message::Text(text))) => {
+                        state.metrics.client_message();
+                        if let Err(reason) = registration.queue_reply(ack_frame(&text)) {
+                            return reason;
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Binary(_))) => return DisconnectReason::UnsupportedData,
+                    Some(Ok(Message::Close(_))) | None => return DisconnectReason::ClientClosed,
+                    Some(Err(error)) => return classify(error),
+                }
+            }
+        }
+    }
+}
+
+/// Writes messages and flushes once, within `limit`; a write that cannot finish in time means the
+/// client is not reading.
+async fn write(
+    socket: &mut WebSocket,
+    messages: impl Iterator<Item = Message>,
+    limit: Duration,
+) -> Result<(), DisconnectReason> {
+    let write_all = async {
+        for message in messages {
+            socket.feed(message).await?;
+        }
+        socket.flush().await
+    };
+    match timeout(limit, write_all).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(classify(error)),
+        Err(_elapsed) => Err(DisconnectReason::SlowConsumer),
+    }
+}
+
+/// Writes what is still pending, closes with `frame` (or completes a close the client began) and
+/// waits briefly for the client's close reply, so the TCP connection ends cleanly.
+async fn finish(socket: &mut WebSocket, pending: Vec<Frame>, frame: Option<CloseFrame>) {
+    let close = async {
+        for frame in pending {
+            socket.feed(Message::Text(frame)).await?;
+        }
+        match frame {
+            Some(frame) => socket.send(Message::Close(Some(frame))).await?,
+            None => socket.close().await?,
+        }
+        while let Some(Ok(message)) = socket.recv().await {
+            if let Message::Close(_) = message {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    };
+    let _ = timeout(CLOSE_GRACE, close).await;
+}
+
+/// RFC 6455 close codes this server sends.
+mod close_code {
+    /// The server is going away (shutdown).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the protocol.
+    pub const PROTOCOL: u16 = 1002;
+    /// The client sent a data type the server does not accept (binary).
+    pub const UNSUPPORTED: u16 = 1003;
+    /// The client sent a text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The connection broke a server policy: keepalive, queue limit, per-user limit.
+    pub const POLICY: u16 = 1008;
+    /// The client sent a frame over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// The close frame for a reason, or `None` where the client already closed or the network is gone.
+fn close_frame(reason: DisconnectReason, state: &AppState) -> Option<CloseFrame> {
+    let (code, text) = match reason {
+        DisconnectReason::ClientClosed | DisconnectReason::NetworkError => return None,
+        DisconnectReason::Shutdown => (close_code::GOING_AWAY, "server shutting down".to_owned()),
+        DisconnectReason::PingTimeout => (close_code::POLICY, "ping timeout".to_owned()),
+        DisconnectReason::SlowConsumer => (close_code::POLICY, "slow consumer".to_owned()),
+        DisconnectReason::Replaced => (
+            close_code::POLICY,
+            "replaced by a newer connection".to_owned(),
+        ),
+        DisconnectReason::MessageTooBig => (
+            close_code::TOO_BIG,
+            format!(
+                "message too big (WS_MAX_MESSAGE_BYTES={})",
+                state.settings.ws_max_message_bytes
+            ),
+        ),
+        DisconnectReason::InvalidPayload => {
+            (close_code::INVALID_PAYLOAD, "invalid UTF-8".to_owned())
+        }
+        DisconnectReason::ProtocolError => (close_code::PROTOCOL, "protocol error".to_owned()),
+        DisconnectReason::UnsupportedData => (
+            close_code::UNSUPPORTED,
+            "binary frames are not supported".to_owned(),
+        ),
+    };
+    Some(CloseFrame {
+        code,
+        reason: text.into(),
+    })
+}
+
+/// Maps a socket error to the reason the connection ends.
+fn classify(error: axum::Error) -> DisconnectReason {
+    use tungstenite::error::Error;
+    match error.into_inner().downcast::<Error>().map(|boxed| *boxed) {
+        Ok(Error::Capacity(_)) => DisconnectReason::MessageTooBig,
+        Ok(Error::Utf8(_)) => DisconnectReason::InvalidPayload,
+        Ok(Error::ConnectionClosed | Error::AlreadyClosed) => DisconnectReason::ClientClosed,
+        Ok(Error::Io(_)) | Err(_) => DisconnectReason::NetworkError,
+        Ok(_) => DisconnectReason::ProtocolError,
+    }
+}
