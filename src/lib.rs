@@ -7,11 +7,12 @@
 //! the [`broker`] routes it (in memory on a single node); the [`hub`] hands the shared bytes to the
 //! bounded queue of each of the user's connections; each connection's session in
 //! [`transport::ws`] writes its queue to the socket. [`server`] wires it together and shuts it down
-//! through [`lifecycle`]; [`config`] and [`logging`] come first, in `main`.
+//! through [`lifecycle`]; [`dotenv`], [`config`] and [`logging`] come first, in `main`.
 
 pub mod api;
 pub mod broker;
 pub mod config;
+pub mod dotenv;
 pub mod healthcheck;
 pub mod hub;
 pub mod lifecycle;

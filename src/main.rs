@@ -1,9 +1,11 @@
 //! The `websocket-sse-server` command: reads `.env` and the command line, then serves (default) or
 //! probes a running server (`healthcheck`).
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use websocket_sse_server::config::{Cli, Command, Settings};
+use websocket_sse_server::dotenv;
 use websocket_sse_server::healthcheck;
 use websocket_sse_server::logging;
 use websocket_sse_server::server::Application;
@@ -12,11 +14,17 @@ use websocket_sse_server::server::Application;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    if let Err(error) = dotenvy::dotenv()
-        && !error.not_found()
-    {
-        eprintln!("error: cannot read .env: {error}");
-        return ExitCode::from(EXIT_CONFIG);
+    match dotenv::load(Path::new(".env"), &std::env::vars().collect()) {
+        Ok(variables) => {
+            for (key, value) in variables {
+                // SAFETY: nothing else runs yet: the runtime and its threads start below.
+                unsafe { std::env::set_var(key, value) };
+            }
+        }
+        Err(error) => {
+            eprintln!("error: cannot read .env: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
     }
     let cli = match Cli::parse_or_exit() {
         Ok(cli) => cli,
