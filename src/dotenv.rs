@@ -46,10 +46,7 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, DotenvError> {
         if !valid_key {
             return Err(error(&format!("{key:?} is not a variable name")));
         }
-        pairs.push((
-            key.to_owned(),
-            parse_value(value.trim()).map_err(|reason| error(reason))?,
-        ));
+        pairs.push((key.to_owned(), parse_value(value.trim()).map_err(error)?));
     }
     Ok(pairs)
 }

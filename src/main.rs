@@ -18,7 +18,10 @@ fn main() -> ExitCode {
         Ok(variables) => {
             for (key, value) in variables {
                 // SAFETY: nothing else runs yet: the runtime and its threads start below.
-                unsafe { std::env::set_var(key, value) };
+                #[allow(unsafe_code)]
+                unsafe {
+                    std::env::set_var(key, value)
+                };
             }
         }
         Err(error) => {

@@ -1,9 +1,11 @@
 //! The WebSocket transport: `GET {WS_PATH}?user_id=<id>`.
 //!
 //! The handshake is checked before anything is upgraded: a missing or invalid `user_id` gets 400,
-//! a server that is shutting down or full gets 503, each with a JSON `detail`. After the upgrade the
-//! connection belongs to its [`session`], which registers it with the hub (refusing it with close
-//! code 1008 past the per-user limit) and runs it until it closes.
+//! a server that is shutting down or full gets 503, each with a JSON `detail`. The connection is
+//! registered with the hub *before* the 101 answer, so no push sent after the client sees its
+//! handshake complete can miss it. After the upgrade the connection belongs to its [`session`],
+//! which closes it with 1008 if the per-user limit refused it, and otherwise runs it until it
+//! closes.
 
 mod keepalive;
 mod session;
@@ -67,6 +69,10 @@ fn accept(
             );
             (Refusal::ServerFull, ApiError::Overloaded(message))
         })?;
+    // Register before answering 101: once the client sees its handshake complete, every push for
+    // its user reaches it (queued until the session starts writing).
+    let registered = state.hub.register(user);
+    let tracked = state.lifecycle.track_session();
     let max_message = state.settings.ws_max_message_bytes;
     let state = SharedState::clone(state);
     Ok(upgrade
@@ -74,7 +80,10 @@ fn accept(
         .max_message_size(max_message)
         .max_frame_size(max_message)
         .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
-        .on_upgrade(move |socket| session::run(socket, user, slot, state)))
+        .on_upgrade(move |socket| async move {
+            session::run(socket, registered, state).await;
+            drop((slot, tracked));
+        }))
 }
 
 /// Finds and validates `user_id` in a raw query string.

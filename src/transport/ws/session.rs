@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::keepalive::{Due, Keepalive};
-use crate::hub::{DisconnectReason, Outbox, Registration};
+use crate::hub::{DisconnectReason, Outbox, Registration, UserLimitReached};
 use crate::metrics::Refusal;
-use crate::protocol::{Frame, UserId, ack_frame};
+use crate::protocol::{Frame, ack_frame};
 use crate::state::{AppState, SharedState};
 
 /// Most frames written per flush.
@@ -25,16 +24,14 @@ const WRITE_BATCH: usize = 64;
 /// How long closing may take: queued frames, the close frame and the client's reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// Runs one upgraded connection until it closes. `_slot` holds this connection's place under
-/// `MAX_CONNECTIONS` until the session ends.
+/// Runs one upgraded connection until it closes. `registered` is the hub's answer to the
+/// registration made before the upgrade.
 pub(super) async fn run(
     mut socket: WebSocket,
-    user: UserId,
-    _slot: OwnedSemaphorePermit,
+    registered: Result<(Registration, Outbox), UserLimitReached>,
     state: SharedState,
 ) {
-    let _tracked = state.lifecycle.track_session();
-    let (registration, mut outbox) = match state.hub.register(user) {
+    let (registration, mut outbox) = match registered {
         Ok(registered) => registered,
         Err(limit) => {
             state.metrics.connection_refused(Refusal::UserLimit);
