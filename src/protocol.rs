@@ -280,18 +280,28 @@ enum Shape {
     List,
 }
 
-/// Describes a body that is not JSON (`json_invalid`), or not JSON of the expected shape.
+/// Describes a body that is not JSON (`json_invalid`), or not JSON of the expected shape. Runs
+/// only on the error path, so it may re-read the body.
 fn body_issue(body: &[u8], shape: Shape, error: Option<serde_json::Error>) -> Issue {
     let (kind, expected) = match shape {
         Shape::Object => ("dict_type", "Input should be a valid dictionary"),
         Shape::List => ("list_type", "Input should be a valid list"),
     };
-    let (kind, msg) = match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
-        Err(syntax) => ("json_invalid", format!("JSON decode error: {syntax}")),
-        Ok(_) => match error {
-            Some(error) => (kind, format!("{expected}: {error}")),
-            None => (kind, expected.to_owned()),
-        },
+    let syntax_error = if let Err(utf8) = std::str::from_utf8(body) {
+        Some(format!("invalid UTF-8: {utf8}"))
+    } else {
+        match &error {
+            Some(error) if error.classify() == serde_json::error::Category::Data => None,
+            Some(error) => Some(error.to_string()),
+            None => serde_json::from_slice::<serde::de::IgnoredAny>(body)
+                .err()
+                .map(|e| e.to_string()),
+        }
+    };
+    let (kind, msg) = match (syntax_error, error) {
+        (Some(syntax), _) => ("json_invalid", format!("JSON decode error: {syntax}")),
+        (None, Some(error)) => (kind, format!("{expected}: {error}")),
+        (None, None) => (kind, expected.to_owned()),
     };
     Issue {
         loc: vec![Loc::Key("body")],
@@ -577,6 +587,21 @@ mod tests {
         assert_eq!(
             issues_of(parse_push(b"\xff\xfe"))[0]["type"],
             "json_invalid"
+        );
+        let bad_utf8_in_string = b"{\"user_id\":\"\xff\",\"data\":{}}";
+        assert_eq!(
+            issues_of(parse_push(bad_utf8_in_string))[0]["type"],
+            "json_invalid"
+        );
+        let bad_utf8_in_batch = b"[{\"data\":\"\xff\"}]";
+        assert_eq!(
+            issues_of(parse_batch(bad_utf8_in_batch, 9))[0]["type"],
+            "json_invalid"
+        );
+        let duplicate_field = br#"{"user_id":"a","user_id":"b"}"#;
+        assert_eq!(
+            issues_of(parse_push(duplicate_field))[0]["type"],
+            "dict_type"
         );
     }
 

@@ -6,15 +6,19 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderValue;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket, lookup_host};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::api;
@@ -25,6 +29,12 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::state::{AppState, SharedState};
 use crate::transport::ws;
+
+/// How long a client may take to send a request head, and stay idle between keep-alive requests.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pause after a failed `accept` (for example, out of file descriptors).
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Pending-connection queue length asked of the kernel (capped by `net.core.somaxconn`): bursts
 /// of reconnecting clients should queue, not be refused.
@@ -93,19 +103,15 @@ impl Application {
                 tokio::time::sleep(drain).await;
             }
         };
-        let listener = listener.tap_io(|stream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        let server = axum::serve(listener, router(Arc::clone(&state)))
-            .with_graceful_shutdown(stop_accepting)
-            .into_future();
+        let server = serve_http(listener, router(Arc::clone(&state)), stop_accepting);
         tokio::pin!(server);
 
         tokio::select! {
-            result = &mut server => return result,
+            // Draining first: the server future ends as a consequence of draining, and must not
+            // be mistaken for an end of its own (which would skip closing the sessions).
+            biased;
             () = lifecycle.draining() => {}
+            () = &mut server => return Ok(()),
         }
         let deadline = tokio::time::Instant::now() + shutdown_timeout;
         tracing::info!(
@@ -113,9 +119,11 @@ impl Application {
             connections = state.hub.connection_count(),
             "shutting down: no longer ready"
         );
-        match tokio::time::timeout_at(deadline, &mut server).await {
-            Ok(result) => result?,
-            Err(_) => tracing::warn!("in-flight requests did not finish before SHUTDOWN_TIMEOUT"),
+        if tokio::time::timeout_at(deadline, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("in-flight requests did not finish before SHUTDOWN_TIMEOUT");
         }
         if tokio::time::timeout_at(deadline, lifecycle.close_sessions())
             .await
@@ -129,6 +137,61 @@ impl Application {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// Accepts TCP connections and serves HTTP/1.1 (with WebSocket upgrades) on each, until `stop`
+/// completes; then stops accepting, lets every connection finish its in-flight request (idle
+/// keep-alive connections close at once) and returns when all have.
+///
+/// Each connection must send a complete request head within [`HEADER_READ_TIMEOUT`], also while
+/// idle between keep-alive requests, so silent or trickling clients cannot pile up.
+async fn serve_http(listener: TcpListener, router: Router, stop: impl Future<Output = ()>) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let stopping = CancellationToken::new();
+    let connections = TaskTracker::new();
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(error) => {
+                    // Out of descriptors or memory: back off instead of spinning.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stopping.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%error, "HTTP connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    stopping.cancel();
+    connections.close();
+    connections.wait().await;
 }
 
 /// The HTTP router with every endpoint, the body limit and CORS.
@@ -162,7 +225,7 @@ fn cors(origins: &CorsOrigins) -> CorsLayer {
         .allow_origin(allowed)
         .allow_methods(AllowMethods::mirror_request())
         .allow_headers(AllowHeaders::mirror_request())
-        .max_age(std::time::Duration::from_secs(600))
+        .max_age(Duration::from_secs(600))
 }
 
 /// Binds `host:port` with a deep accept backlog, trying each address the host resolves to.

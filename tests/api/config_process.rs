@@ -1,1 +1,574 @@
+//! The real binary as a child process: configuration errors and precedence, `--help`, log formats,
+//! SIGTERM, and the `healthcheck` subcommand.
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::helpers::{PROMPTLY, Ws, close_of, server_command, start_process};
+
+/// How long a process may take to exit after it was told to (or after failing at start-up).
+const EXIT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A fresh, empty working directory (so no stray `.env` is read).
+fn workdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temporary directory")
+}
+
+/// The server command, bound to loopback on an ephemeral port.
+fn loopback_server(cwd: &Path) -> Command {
+    let mut command = server_command(cwd);
+    command.env("HOST", "127.0.0.1").env("PORT", "0");
+    command
+}
+
+/// What a process that ran to completion left behind.
+struct Exit {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `command` to completion (bounded by [`EXIT_DEADLINE`]).
+async fn run_to_exit(mut command: Command) -> Exit {
+    let output = tokio::time::timeout(EXIT_DEADLINE, command.output())
+        .await
+        .expect("process exits within the deadline")
+        .expect("process runs");
+    Exit {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Asserts a configuration error: exit status 2, nothing on stdout, and a single stderr line
+/// containing every fragment.
+async fn assert_config_error(command: Command, fragments: &[&str]) -> String {
+    let exit = run_to_exit(command).await;
+    assert_eq!(exit.code, Some(2), "stderr: {}", exit.stderr);
+    assert_eq!(exit.stdout, "", "nothing on stdout");
+    let line = exit.stderr.trim();
+    assert_eq!(line.lines().count(), 1, "a single line: {line:?}");
+    for fragment in fragments {
+        assert!(line.contains(fragment), "{fragment:?} in {line:?}");
+    }
+    line.to_owned()
+}
+
+/// A server process whose stderr is captured from its first line.
+struct Captured {
+    child: Child,
+    addr: SocketAddr,
+    /// Every line up to and including the one that announced the address.
+    startup: Vec<String>,
+    /// The lines after it.
+    log: UnboundedReceiver<String>,
+}
+
+/// Starts `command` and reads its stderr until `find_addr` recognises the listening line.
+async fn start_capturing(
+    mut command: Command,
+    find_addr: impl Fn(&str) -> Option<SocketAddr>,
+) -> Captured {
+    let mut child = command.spawn().expect("server process starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut startup = Vec::new();
+    let addr = tokio::time::timeout(PROMPTLY, async {
+        while let Some(line) = lines.next_line().await.expect("read log") {
+            let addr = find_addr(&line);
+            startup.push(line);
+            if let Some(addr) = addr {
+                return addr;
+            }
+        }
+        panic!("server exited before listening: {startup:?}");
+    })
+    .await
+    .expect("server announces its address");
+    let (sender, log) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Captured {
+        child,
+        addr,
+        startup,
+        log,
+    }
+}
+
+/// The address in a template log line (`… address=127.0.0.1:PORT …`).
+fn template_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("address=").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The address in a JSON log line (`{"fields":{"address":"127.0.0.1:PORT",…},…}`).
+fn json_addr(line: &str) -> Option<SocketAddr> {
+    let value: Value = serde_json::from_str(line).ok()?;
+    value["fields"]["address"].as_str()?.parse().ok()
+}
+
+/// Whether `line` starts like `2026-11-26 00:42:05 | {level} | ` (the seed's default template).
+fn has_template_prefix(line: &str, level: &str) -> bool {
+    let prefix = format!("dddd-dd-dd dd:dd:dd | {level} | ");
+    line.len() >= prefix.len()
+        && line.bytes().zip(prefix.bytes()).all(|(actual, expected)| {
+            if expected == b'd' {
+                actual.is_ascii_digit()
+            } else {
+                actual == expected
+            }
+        })
+}
+
+/// Sends SIGTERM to the process.
+fn sigterm(child: &Child) {
+    let pid = child.id().expect("process still running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM {pid}");
+}
+
+/// Waits for the process to exit, returning its exit code.
+async fn exit_code(child: &mut Child) -> Option<i32> {
+    tokio::time::timeout(EXIT_DEADLINE, child.wait())
+        .await
+        .expect("process exits within the deadline")
+        .expect("wait for the process")
+        .code()
+}
+
+/// Receives log lines until the channel closes (the process exited) or the deadline passes.
+async fn drain_log(log: &mut UnboundedReceiver<String>) -> Vec<String> {
+    let mut lines = Vec::new();
+    let deadline = tokio::time::Instant::now() + EXIT_DEADLINE;
+    while let Ok(Some(line)) = tokio::time::timeout_at(deadline, log.recv()).await {
+        lines.push(line);
+    }
+    lines
+}
+
+/// Waits for a log line satisfying `check`, returning it.
+async fn wait_for_line(
+    log: &mut UnboundedReceiver<String>,
+    check: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let line = tokio::time::timeout_at(deadline, log.recv())
+            .await
+            .expect("the expected log line within the deadline")
+            .expect("the process is still logging");
+        if check(&line) {
+            return line;
+        }
+    }
+}
+
+/// Connects a WebSocket client to `ws://addr{path}?user_id={user}`.
+async fn connect(addr: SocketAddr, path: &str, user: &str) -> Ws {
+    let url = format!("ws://{addr}{path}?user_id={user}");
+    let (ws, _) = tokio::time::timeout(PROMPTLY, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("handshake within the deadline")
+        .unwrap_or_else(|e| panic!("handshake on {path}: {e}"));
+    ws
+}
+
+/// The HTTP status of a WebSocket handshake on `path` that the server refuses.
+async fn refused_status(addr: SocketAddr, path: &str) -> u16 {
+    let url = format!("ws://{addr}{path}?user_id=u");
+    match tokio::time::timeout(PROMPTLY, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("answer within the deadline")
+    {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(other) => panic!("expected an HTTP refusal on {path}, got {other}"),
+        Ok(_) => panic!("expected {path} to be refused, but it upgraded"),
+    }
+}
+
+/// GETs `http://addr{path}` and returns status and JSON body.
+async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let response = tokio::time::timeout(
+        PROMPTLY,
+        reqwest::Client::new()
+            .get(format!("http://{addr}{path}"))
+            .send(),
+    )
+    .await
+    .expect("answer within the deadline")
+    .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("JSON body"))
+}
+
+/// Waits until the server reports `n` registered WebSocket connections.
+async fn wait_connections(addr: SocketAddr, n: u64) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    loop {
+        let (_, metrics) = get_json(addr, "/metrics").await;
+        if metrics["active_connections"] == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {n} connection(s): {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// --- configuration errors ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn non_numeric_port_in_the_environment_exits_2_naming_it() {
+    let dir = workdir();
+    let mut command = server_command(dir.path());
+    command.env("PORT", "abc");
+    let line = assert_config_error(command, &[r#"PORT="abc""#, "0 to 65535"]).await;
+    assert_eq!(
+        line,
+        r#"error: invalid PORT="abc" (--port): expected an integer from 0 to 65535"#
+    );
+}
+
+#[tokio::test]
+async fn non_numeric_port_flag_exits_2_naming_it() {
+    let dir = workdir();
+    let mut command = server_command(dir.path());
+    command.args(["--port", "abc"]);
+    let line = assert_config_error(command, &[r#"PORT="abc""#, "(--port)", "0 to 65535"]).await;
+    assert_eq!(
+        line,
+        r#"error: invalid PORT="abc" (--port): expected an integer from 0 to 65535"#
+    );
+}
+
+#[tokio::test]
+async fn unknown_log_level_exits_2_listing_the_choices() {
+    let dir = workdir();
+    let mut command = server_command(dir.path());
+    command.env("LOG_LEVEL", "loud");
+    assert_config_error(
+        command,
+        &[
+            r#"LOG_LEVEL="loud""#,
+            "expected one of",
+            "trace",
+            "debug",
+            "info",
+            "warn",
+            "error",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn negative_ping_interval_exits_2() {
+    let dir = workdir();
+    let mut command = server_command(dir.path());
+    command.env("WS_PING_INTERVAL", "-1");
+    assert_config_error(command, &[r#"WS_PING_INTERVAL="-1""#, "seconds"]).await;
+}
+
+#[tokio::test]
+async fn push_path_that_shadows_health_exits_2() {
+    let dir = workdir();
+    let mut command = server_command(dir.path());
+    command.env("SSE_PATH", "/health");
+    assert_config_error(command, &[r#"SSE_PATH="/health""#, "reserved"]).await;
+}
+
+#[tokio::test]
+async fn bad_value_in_dotenv_exits_2_naming_it() {
+    let dir = workdir();
+    std::fs::write(dir.path().join(".env"), "MAX_BATCH_SIZE=0\n").expect("write .env");
+    let command = server_command(dir.path());
+    assert_config_error(command, &[r#"MAX_BATCH_SIZE="0""#, "at least 1"]).await;
+}
+
+// --- precedence: flag > environment > .env > default --------------------------------------------
+
+#[tokio::test]
+async fn dotenv_in_the_working_directory_is_read() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join(".env"),
+        "# settings for the test\nPORT=0\nHOST=127.0.0.1\nWS_PATH=/from-dotenv\n",
+    )
+    .expect("write .env");
+    // No HOST or PORT in the environment: both come from .env (the default port 8080 would
+    // otherwise be bound on every interface).
+    let server = start_process(server_command(dir.path())).await;
+    assert!(server.addr.ip().is_loopback(), "{}", server.addr);
+    assert_ne!(server.addr.port(), 8080);
+
+    let _ws = connect(server.addr, "/from-dotenv", "u").await;
+    wait_connections(server.addr, 1).await;
+    assert_eq!(refused_status(server.addr, "/ws").await, 404);
+}
+
+#[tokio::test]
+async fn environment_beats_dotenv() {
+    let dir = workdir();
+    std::fs::write(
+        dir.path().join(".env"),
+        "PORT=0\nHOST=127.0.0.1\nWS_PATH=/from-dotenv\n",
+    )
+    .expect("write .env");
+    let mut command = server_command(dir.path());
+    command.env("WS_PATH", "/from-env");
+    let server = start_process(command).await;
+
+    let _ws = connect(server.addr, "/from-env", "u").await;
+    assert_eq!(refused_status(server.addr, "/from-dotenv").await, 404);
+}
+
+#[tokio::test]
+async fn flag_beats_environment() {
+    let dir = workdir();
+    std::fs::write(dir.path().join(".env"), "WS_PATH=/from-dotenv\n").expect("write .env");
+    let mut command = loopback_server(dir.path());
+    command
+        .env("WS_PATH", "/from-env")
+        .args(["--ws-path", "/from-flag"]);
+    let server = start_process(command).await;
+
+    let _ws = connect(server.addr, "/from-flag", "u").await;
+    assert_eq!(refused_status(server.addr, "/from-env").await, 404);
+    assert_eq!(refused_status(server.addr, "/from-dotenv").await, 404);
+}
+
+#[tokio::test]
+async fn help_lists_every_variable_and_its_default() {
+    let dir = workdir();
+    let mut command = server_command(dir.path());
+    command.arg("--help");
+    let exit = run_to_exit(command).await;
+    assert_eq!(exit.code, Some(0), "stderr: {}", exit.stderr);
+    let help = exit.stdout;
+    for (variable, default) in [
+        ("HOST", "0.0.0.0"),
+        ("PORT", "8080"),
+        ("DEBUG", "false"),
+        ("WS_PATH", "/ws"),
+        ("WS_PING_INTERVAL", "30"),
+        ("WS_PING_TIMEOUT", "10"),
+        ("SSE_PATH", "/sse/push"),
+        ("SSE_BATCH_PATH", "/sse/push/batch"),
+        ("LOG_LEVEL", "INFO"),
+        (
+            "LOG_FORMAT",
+            r#""{time:YYYY-MM-DD HH:mm:ss} | {level} | {message}""#,
+        ),
+        ("CORS_ORIGINS", "*"),
+        ("MAX_BODY_BYTES", "1048576"),
+        ("MAX_BATCH_SIZE", "1000"),
+        ("MAX_CONNECTIONS", "0"),
+        ("MAX_CONNECTIONS_PER_USER", "32"),
+        ("WS_SEND_QUEUE", "1024"),
+        ("WS_MAX_MESSAGE_BYTES", "65536"),
+        ("SHUTDOWN_TIMEOUT", "10"),
+    ] {
+        let entry = format!("[env: {variable}=]");
+        let position = help
+            .find(&entry)
+            .unwrap_or_else(|| panic!("{entry} in --help:\n{help}"));
+        let after = &help[position + entry.len()..];
+        let default_line = after
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty())
+            .unwrap_or_default();
+        assert_eq!(
+            default_line,
+            format!("[default: {default}]"),
+            "default of {variable}"
+        );
+    }
+    assert!(help.contains(".env"), "help mentions the .env file");
+    assert!(help.contains("healthcheck"), "help lists the subcommand");
+}
+
+// --- logging ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn default_log_lines_follow_the_seed_template_without_debug_lines() {
+    let dir = workdir();
+    let command = loopback_server(dir.path());
+    let mut server = start_capturing(command, template_addr).await;
+
+    let first = &server.startup[0];
+    assert!(has_template_prefix(first, "INFO"), "first line: {first:?}");
+    let listening = server.startup.last().expect("the listening line");
+    assert!(has_template_prefix(listening, "INFO"), "{listening:?}");
+    assert!(
+        listening.contains("websocket-sse-server listening")
+            && listening.contains(&format!("address={}", server.addr)),
+        "{listening:?}"
+    );
+
+    // A connection would log at DEBUG level, which INFO does not show.
+    let mut ws = connect(server.addr, "/ws", "quiet").await;
+    wait_connections(server.addr, 1).await;
+    sigterm(&server.child);
+    // (The close handshake itself is checked in `sigterm_closes_clients_with_1001_and_exits_0`.)
+    let _ = close_of(&mut ws).await;
+    drop(ws);
+    assert_eq!(exit_code(&mut server.child).await, Some(0));
+
+    let lines = drain_log(&mut server.log).await;
+    assert!(
+        lines
+            .iter()
+            .any(|line| line.contains("shutdown signal received")),
+        "{lines:#?}"
+    );
+    for line in &lines {
+        assert!(
+            has_template_prefix(line, "INFO") || has_template_prefix(line, "WARNING"),
+            "template line at INFO or above: {line:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn json_log_format_writes_one_json_object_per_line() {
+    let dir = workdir();
+    let mut command = loopback_server(dir.path());
+    command.env("LOG_FORMAT", "json");
+    let mut server = start_capturing(command, json_addr).await;
+
+    let listening: Value =
+        serde_json::from_str(server.startup.last().expect("listening line")).expect("JSON line");
+    assert_eq!(listening["level"], "INFO", "{listening}");
+    assert_eq!(
+        listening["fields"]["message"], "websocket-sse-server listening",
+        "{listening}"
+    );
+    assert_eq!(
+        listening["fields"]["address"],
+        server.addr.to_string(),
+        "{listening}"
+    );
+    assert!(listening["timestamp"].is_string(), "{listening}");
+    for line in &server.startup {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    }
+
+    let (status, _) = get_json(server.addr, "/health").await;
+    assert_eq!(status, 200);
+    sigterm(&server.child);
+    assert_eq!(exit_code(&mut server.child).await, Some(0));
+    let lines = drain_log(&mut server.log).await;
+    assert!(!lines.is_empty(), "shutdown is logged");
+    for line in &lines {
+        let value: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("JSON log line ({e}): {line:?}"));
+        assert!(value["fields"]["message"].is_string(), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn debug_true_logs_connections() {
+    let dir = workdir();
+    let mut command = loopback_server(dir.path());
+    command.env("DEBUG", "true");
+    let mut server = start_process(command).await;
+
+    let ws = connect(server.addr, "/ws", "dbg").await;
+    let line = wait_for_line(&mut server.log, |line| {
+        line.contains(" connected") && line.contains("user=dbg")
+    })
+    .await;
+    assert!(has_template_prefix(&line, "DEBUG"), "{line:?}");
+
+    drop(ws);
+    let line = wait_for_line(&mut server.log, |line| {
+        line.contains("disconnected") && line.contains("user=dbg")
+    })
+    .await;
+    assert!(has_template_prefix(&line, "DEBUG"), "{line:?}");
+}
+
+// --- signals ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sigterm_closes_clients_with_1001_and_exits_0() {
+    let dir = workdir();
+    let mut command = loopback_server(dir.path());
+    command.env("SHUTDOWN_TIMEOUT", "5");
+    let mut server = start_process(command).await;
+    let mut ws = connect(server.addr, "/ws", "bye").await;
+    wait_connections(server.addr, 1).await;
+
+    let started = tokio::time::Instant::now();
+    sigterm(&server.child);
+    let close = close_of(&mut ws).await;
+    assert_eq!(
+        close.as_ref().map(|(code, _)| *code),
+        Some(1001),
+        "the client gets a going-away close frame, not a reset: {close:?}"
+    );
+    // Keep reading so the client's close reply goes out; the server then ends at once.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+    assert_eq!(exit_code(&mut server.child).await, Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "exited within SHUTDOWN_TIMEOUT (took {:?})",
+        started.elapsed()
+    );
+}
+
+// --- healthcheck subcommand -------------------------------------------------------------------
+
+#[tokio::test]
+async fn healthcheck_passes_against_a_running_server() {
+    let dir = workdir();
+    let server = start_process(loopback_server(dir.path())).await;
+
+    // HOST left at its default (0.0.0.0): the probe goes to loopback.
+    let mut probe = server_command(dir.path());
+    probe
+        .arg("healthcheck")
+        .env("PORT", server.addr.port().to_string());
+    let exit = run_to_exit(probe).await;
+    assert_eq!(exit.code, Some(0), "stderr: {}", exit.stderr);
+}
+
+#[tokio::test]
+async fn healthcheck_fails_when_nothing_listens() {
+    let dir = workdir();
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    };
+    let mut probe = server_command(dir.path());
+    probe
+        .arg("healthcheck")
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string());
+    let exit = run_to_exit(probe).await;
+    assert_eq!(exit.code, Some(1), "stderr: {}", exit.stderr);
+    assert!(exit.stderr.starts_with("unhealthy:"), "{}", exit.stderr);
+}

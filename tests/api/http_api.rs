@@ -1,1 +1,867 @@
+//! The HTTP API over real sockets: validation, limits, content types, routing, CORS, the seed's
+//! response shapes, configurable paths and pathological bodies.
 
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::{PROMPTLY, TestApp, Ws, next_json, spawn_app};
+
+/// How long a client listens to be sure that nothing was delivered to it.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// The seed README's single-push curl example, byte for byte.
+const SEED_SINGLE: &str = r#"{
+    "user_id": "test123",
+    "data": {"message": "Hello from upstream!", "type": "notification"},
+    "event_type": "message",
+    "timestamp": 1704067200
+  }"#;
+
+/// The seed README's batch curl example, byte for byte.
+const SEED_BATCH: &str = r#"[
+    {"user_id": "test123", "data": {"msg": "msg1"}},
+    {"user_id": "test456", "data": {"msg": "msg2"}}
+  ]"#;
+
+/// A response: status, headers and the body as text.
+struct Reply {
+    status: u16,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|value| value.to_str().expect("header is text"))
+    }
+}
+
+/// Sends `method path` with the given headers and raw body.
+async fn request(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Reply {
+    let mut builder = app.http.request(method, app.url(path));
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    if let Some(body) = body {
+        builder = builder.body(body);
+    }
+    let response = tokio::time::timeout(PROMPTLY, builder.send())
+        .await
+        .expect("response within the deadline")
+        .expect("request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.expect("body");
+    Reply {
+        status,
+        headers,
+        text,
+    }
+}
+
+/// POSTs raw bytes declared as `application/json`.
+async fn post_raw(app: &TestApp, path: &str, body: impl Into<Vec<u8>>) -> Reply {
+    request(
+        app,
+        Method::POST,
+        path,
+        &[("content-type", "application/json")],
+        Some(body.into()),
+    )
+    .await
+}
+
+/// Waits until the server has registered exactly `n` WebSocket connections (registration happens
+/// after the handshake, so a push sent right after `connect` could otherwise miss the client).
+async fn wait_connections(app: &TestApp, n: u64) {
+    app.wait_for_metrics(&format!("{n} active connection(s)"), |m| {
+        m["active_connections"] == n
+    })
+    .await;
+}
+
+/// Receives the next text frame as raw text (for frames too deep for `serde_json::Value`).
+async fn next_text(ws: &mut Ws) -> String {
+    loop {
+        let message = tokio::time::timeout(PROMPTLY, ws.next())
+            .await
+            .expect("a frame within the deadline")
+            .expect("stream still open")
+            .expect("valid frame");
+        match message {
+            Message::Text(text) => return text.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+}
+
+/// Asserts that no data frame arrives for [`QUIET`].
+async fn assert_nothing_received(ws: &mut Ws) {
+    let deadline = tokio::time::Instant::now() + QUIET;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(other) => panic!("expected nothing, got {other:?}"),
+        }
+    }
+}
+
+fn issue(loc: Value, msg: &str, kind: &str) -> Value {
+    json!({ "loc": loc, "msg": msg, "type": kind })
+}
+
+#[tokio::test]
+async fn invalid_pushes_get_fastapi_422s_and_the_server_keeps_serving() {
+    let app = spawn_app(&[]).await;
+    let mut rejected = 0;
+
+    // Missing user_id and data of the wrong type: both reported, in field order.
+    let (status, body) = app.post_json("/sse/push", &json!({ "data": [1] })).await;
+    rejected += 1;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body,
+        json!({ "detail": [
+            issue(json!(["body", "user_id"]), "Field required", "missing"),
+            issue(json!(["body", "data"]), "Input should be a valid dictionary", "dict_type"),
+        ]})
+    );
+
+    // Wrong types for the optional fields.
+    let (status, body) = app
+        .post_json(
+            "/sse/push",
+            &json!({
+                "user_id": "u", "data": {},
+                "event_type": 5, "event_id": {"id": 1}, "timestamp": "1704067200",
+            }),
+        )
+        .await;
+    rejected += 1;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["detail"],
+        json!([
+            issue(
+                json!(["body", "event_type"]),
+                "Input should be a valid string",
+                "string_type"
+            ),
+            issue(
+                json!(["body", "event_id"]),
+                "Input should be a valid string",
+                "string_type"
+            ),
+            issue(
+                json!(["body", "timestamp"]),
+                "Input should be a valid number",
+                "float_type"
+            ),
+        ])
+    );
+
+    // A negative timestamp and a user_id of the wrong type.
+    let (status, body) = app
+        .post_json(
+            "/sse/push",
+            &json!({ "user_id": 42, "data": {}, "timestamp": -1 }),
+        )
+        .await;
+    rejected += 1;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", "user_id"]));
+    assert_eq!(body["detail"][0]["type"], "string_type");
+    assert_eq!(body["detail"][1]["loc"], json!(["body", "timestamp"]));
+    assert_eq!(body["detail"][1]["type"], "greater_than_equal");
+
+    // user_id is limited in bytes, not characters: 256 bytes pass, 129 two-byte characters don't.
+    let (status, body) = app
+        .post_json(
+            "/sse/push",
+            &json!({ "user_id": "x".repeat(256), "data": {} }),
+        )
+        .await;
+    assert_eq!(status, 200, "256-byte user_id is allowed: {body}");
+    for long in ["x".repeat(257), "é".repeat(129)] {
+        let (status, body) = app
+            .post_json("/sse/push", &json!({ "user_id": long, "data": {} }))
+            .await;
+        rejected += 1;
+        assert_eq!(status, 422, "{body}");
+        assert_eq!(body["detail"][0]["loc"], json!(["body", "user_id"]));
+        assert_eq!(body["detail"][0]["type"], "string_too_long");
+    }
+
+    // Control characters in event_type (would break SSE framing and log lines).
+    let (status, body) = app
+        .post_json(
+            "/sse/push",
+            &json!({ "user_id": "u", "data": {}, "event_type": "a\nb" }),
+        )
+        .await;
+    rejected += 1;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["detail"],
+        json!([issue(
+            json!(["body", "event_type"]),
+            "String must not contain control characters",
+            "value_error"
+        )])
+    );
+
+    // Malformed JSON.
+    let reply = post_raw(&app, "/sse/push", "{not json").await;
+    rejected += 1;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["detail"][0]["loc"], json!(["body"]));
+    assert_eq!(body["detail"][0]["type"], "json_invalid");
+    assert!(
+        body["detail"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .starts_with("JSON decode error"),
+        "{body}"
+    );
+
+    // A JSON array where an object is expected.
+    let reply = post_raw(&app, "/sse/push", r#"[{"user_id":"u","data":{}}]"#).await;
+    rejected += 1;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.json()["detail"][0]["type"], "dict_type");
+    assert_eq!(reply.json()["detail"][0]["loc"], json!(["body"]));
+
+    // Invalid UTF-8, alone and inside strings of an otherwise valid object (the type reported
+    // for the latter is checked in `invalid_utf8_inside_an_object_is_reported_as_json_invalid`).
+    let reply = post_raw(&app, "/sse/push", b"\xff\xfe".to_vec()).await;
+    rejected += 1;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.json()["detail"][0]["type"], "json_invalid");
+    for bytes in [
+        &b"{\"user_id\":\"\xff\xfe\",\"data\":{}}"[..],
+        &b"{\"user_id\":\"u\",\"data\":{\"k\":\"\xff\"}}"[..],
+    ] {
+        let reply = post_raw(&app, "/sse/push", bytes.to_vec()).await;
+        rejected += 1;
+        assert_eq!(reply.status, 422, "{}", reply.text);
+        assert_eq!(reply.json()["detail"][0]["loc"], json!(["body"]));
+    }
+
+    // An empty body.
+    let reply = post_raw(&app, "/sse/push", Vec::new()).await;
+    rejected += 1;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.json()["detail"][0]["type"], "json_invalid");
+
+    // Still serving, and every refusal was counted as invalid (and nothing else).
+    let (status, health) = app.get_json("/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "healthy");
+    let (_, metrics) = app.get_json("/metrics").await;
+    assert_eq!(
+        metrics["push_requests_rejected_total"],
+        json!({ "invalid": rejected, "too_large": 0, "unsupported_media_type": 0, "unavailable": 0 })
+    );
+    assert_eq!(
+        metrics["events_accepted_total"], 1,
+        "only the 256-byte push"
+    );
+}
+
+/// FastAPI reports a body that is not valid UTF-8 as `json_invalid`, whatever its shape.
+#[tokio::test]
+async fn invalid_utf8_inside_an_object_is_reported_as_json_invalid() {
+    let app = spawn_app(&[]).await;
+    for (path, bytes) in [
+        ("/sse/push", &b"{\"user_id\":\"\xff\xfe\",\"data\":{}}"[..]),
+        (
+            "/sse/push",
+            &b"{\"user_id\":\"u\",\"data\":{\"k\":\"\xff\"}}"[..],
+        ),
+        (
+            "/sse/push/batch",
+            &b"[{\"user_id\":\"u\",\"data\":{\"k\":\"\xff\"}}]"[..],
+        ),
+    ] {
+        let reply = post_raw(&app, path, bytes.to_vec()).await;
+        assert_eq!(reply.status, 422, "{}", reply.text);
+        assert_eq!(
+            reply.json()["detail"][0]["type"],
+            "json_invalid",
+            "{path} {}: {}",
+            String::from_utf8_lossy(bytes),
+            reply.text
+        );
+    }
+}
+
+#[tokio::test]
+async fn seed_curl_examples_work_verbatim() {
+    let app = spawn_app(&[]).await;
+
+    // Nobody connected: accepted, but reported as partial.
+    let reply = post_raw(&app, "/sse/push", SEED_SINGLE).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["status"], "partial");
+    assert_eq!(body["message"], "user not connected");
+    assert_eq!(body["delivered"], 0);
+    assert_eq!(
+        body["event_id"]
+            .as_str()
+            .expect("an assigned event_id")
+            .len(),
+        26,
+        "a ULID: {body}"
+    );
+
+    let reply = post_raw(&app, "/sse/push/batch", SEED_BATCH).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let results = reply.json()["results"].clone();
+    let results = results.as_array().expect("results list");
+    assert_eq!(results.len(), 2);
+    for (result, user) in results.iter().zip(["test123", "test456"]) {
+        assert_eq!(result["user_id"], user, "results in input order");
+        assert_eq!(result["success"], false);
+        assert_eq!(result["delivered"], 0);
+        assert!(result["event_id"].is_string(), "{result}");
+    }
+
+    // test123 connected: the single push succeeds and arrives with the upstream's fields.
+    let mut ws = app.connect("test123").await;
+    wait_connections(&app, 1).await;
+    let reply = post_raw(&app, "/sse/push", SEED_SINGLE).await;
+    let body = reply.json();
+    assert_eq!(body["status"], "success", "{body}");
+    assert_eq!(body["delivered"], 1);
+    let event = next_json(&mut ws).await;
+    assert_eq!(
+        event,
+        json!({
+            "event_type": "message",
+            "event_id": body["event_id"],
+            "user_id": "test123",
+            "timestamp": 1704067200,
+            "data": {"message": "Hello from upstream!", "type": "notification"},
+        })
+    );
+
+    // The batch: test123 succeeds, test456 (offline) does not.
+    let reply = post_raw(&app, "/sse/push/batch", SEED_BATCH).await;
+    let body = reply.json();
+    assert_eq!(body["results"][0]["success"], true, "{body}");
+    assert_eq!(body["results"][1]["success"], false, "{body}");
+    let event = next_json(&mut ws).await;
+    assert_eq!(event["data"], json!({"msg": "msg1"}));
+    assert_eq!(event["event_id"], body["results"][0]["event_id"]);
+}
+
+#[tokio::test]
+async fn bodies_over_the_configured_limit_get_413() {
+    let app = spawn_app(&["--max-body-bytes", "1024"]).await;
+
+    // A valid push padded to exactly the limit is accepted.
+    let skeleton = r#"{"user_id":"u","data":{"pad":""}}"#;
+    let exact = format!(
+        r#"{{"user_id":"u","data":{{"pad":"{}"}}}}"#,
+        "a".repeat(1024 - skeleton.len())
+    );
+    assert_eq!(exact.len(), 1024);
+    let reply = post_raw(&app, "/sse/push", exact.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    // One byte over, and a 2 KB body, are refused on both push endpoints.
+    let over = exact.replacen("\"pad\":\"", "\"pad\":\"a", 1);
+    assert_eq!(over.len(), 1025);
+    let two_kb = format!(
+        r#"{{"user_id":"u","data":{{"pad":"{}"}}}}"#,
+        "a".repeat(2048)
+    );
+    let batch = format!("[{two_kb}]");
+    for (path, body) in [
+        ("/sse/push", over),
+        ("/sse/push", two_kb),
+        ("/sse/push/batch", batch),
+    ] {
+        let reply = post_raw(&app, path, body).await;
+        assert_eq!(reply.status, 413, "{path}: {}", reply.text);
+        let detail = reply.json()["detail"].clone();
+        let detail = detail.as_str().expect("detail is a message");
+        assert!(
+            detail.contains("MAX_BODY_BYTES") && detail.contains("1024"),
+            "{detail}"
+        );
+    }
+
+    let (status, _) = app.get_json("/health").await;
+    assert_eq!(status, 200);
+    let (_, metrics) = app.get_json("/metrics").await;
+    assert_eq!(metrics["push_requests_rejected_total"]["too_large"], 3);
+    assert_eq!(metrics["push_requests_rejected_total"]["invalid"], 0);
+}
+
+#[tokio::test]
+async fn default_body_limit_is_one_mebibyte() {
+    let app = spawn_app(&[]).await;
+
+    // Just under 1 MiB is fine.
+    let near = format!(
+        r#"{{"user_id":"u","data":{{"pad":"{}"}}}}"#,
+        "a".repeat(1024 * 1024 - 64)
+    );
+    let reply = post_raw(&app, "/sse/push", near).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+
+    // 1.5 MiB is not.
+    let big = format!(
+        r#"{{"user_id":"u","data":{{"pad":"{}"}}}}"#,
+        "a".repeat(1024 * 1024 * 3 / 2)
+    );
+    let reply = post_raw(&app, "/sse/push", big).await;
+    assert_eq!(reply.status, 413, "{}", reply.text);
+    let body = reply.json();
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("MAX_BODY_BYTES=1048576")),
+        "{body}"
+    );
+    let (_, metrics) = app.get_json("/metrics").await;
+    assert_eq!(metrics["push_requests_rejected_total"]["too_large"], 1);
+}
+
+#[tokio::test]
+async fn batches_are_validated_whole_before_anything_is_delivered() {
+    let app = spawn_app(&["--max-batch-size", "3"]).await;
+    let mut ws = app.connect("b").await;
+    wait_connections(&app, 1).await;
+    let item = |n: u64| json!({ "user_id": "b", "data": { "n": n } });
+
+    // Four items: over MAX_BATCH_SIZE.
+    let (status, body) = app
+        .post_json(
+            "/sse/push/batch",
+            &json!([item(1), item(2), item(3), item(4)]),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let detail = body["detail"].as_array().expect("detail list");
+    assert_eq!(detail.len(), 1, "{body}");
+    assert_eq!(detail[0]["type"], "too_long");
+    assert_eq!(detail[0]["loc"], json!(["body"]));
+    assert!(
+        detail[0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("MAX_BATCH_SIZE"),
+        "{body}"
+    );
+
+    // Valid items around invalid ones: every problem is listed by index, nothing is sent.
+    let (status, body) = app
+        .post_json(
+            "/sse/push/batch",
+            &json!([item(1), { "user_id": "b", "data": "text" }, { "user_id": "b" }]),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["detail"],
+        json!([
+            issue(
+                json!(["body", 1, "data"]),
+                "Input should be a valid dictionary",
+                "dict_type"
+            ),
+            issue(json!(["body", 2, "data"]), "Field required", "missing"),
+        ])
+    );
+
+    // An item that is not an object at all.
+    let (status, body) = app.post_json("/sse/push/batch", &json!([item(1), 7])).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["detail"][0]["loc"], json!(["body", 1]));
+    assert_eq!(body["detail"][0]["type"], "dict_type");
+
+    // An object where the batch expects a list.
+    let (status, body) = app.post_json("/sse/push/batch", &item(1)).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["detail"][0]["type"], "list_type");
+
+    assert_nothing_received(&mut ws).await;
+
+    // Exactly MAX_BATCH_SIZE: accepted, and these are the first events the client sees.
+    let (status, body) = app
+        .post_json("/sse/push/batch", &json!([item(10), item(11), item(12)]))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 3);
+    for (n, result) in (10..13).zip(results) {
+        assert_eq!(result["success"], true, "{result}");
+        assert_eq!(result["delivered"], 1);
+        let event = next_json(&mut ws).await;
+        assert_eq!(
+            event["data"],
+            json!({ "n": n }),
+            "in order, nothing earlier"
+        );
+        assert_eq!(event["event_id"], result["event_id"]);
+    }
+
+    let (_, metrics) = app.get_json("/metrics").await;
+    assert_eq!(metrics["events_accepted_total"], 3);
+    assert_eq!(metrics["push_requests_rejected_total"]["invalid"], 4);
+}
+
+#[tokio::test]
+async fn content_type_must_be_json_or_absent() {
+    let app = spawn_app(&[]).await;
+    let body = br#"{"user_id":"u","data":{}}"#.to_vec();
+
+    let reply = request(
+        &app,
+        Method::POST,
+        "/sse/push",
+        &[("content-type", "text/plain")],
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(reply.status, 415, "{}", reply.text);
+    assert_eq!(
+        reply.json(),
+        json!({ "detail": "Content-Type must be application/json, not text/plain" })
+    );
+
+    let reply = request(
+        &app,
+        Method::POST,
+        "/sse/push/batch",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Some(b"[]".to_vec()),
+    )
+    .await;
+    assert_eq!(reply.status, 415, "{}", reply.text);
+
+    for headers in [
+        &[][..],
+        &[("content-type", "application/json; charset=utf-8")][..],
+        &[("content-type", "Application/JSON")][..],
+        &[("content-type", "application/vnd.api+json")][..],
+    ] {
+        let reply = request(&app, Method::POST, "/sse/push", headers, Some(body.clone())).await;
+        assert_eq!(reply.status, 200, "{headers:?}: {}", reply.text);
+        assert_eq!(reply.json()["status"], "partial");
+    }
+
+    let (_, metrics) = app.get_json("/metrics").await;
+    assert_eq!(
+        metrics["push_requests_rejected_total"]["unsupported_media_type"],
+        2
+    );
+    assert_eq!(metrics["events_accepted_total"], 4);
+}
+
+#[tokio::test]
+async fn unknown_paths_and_wrong_methods_get_json_errors() {
+    let app = spawn_app(&[]).await;
+
+    for path in ["/nope", "/sse", "/sse/push/", "/ws/extra"] {
+        let reply = request(&app, Method::GET, path, &[], None).await;
+        assert_eq!(reply.status, 404, "{path}");
+        assert_eq!(reply.json(), json!({ "detail": "Not Found" }), "{path}");
+    }
+
+    let reply = request(&app, Method::GET, "/sse/push", &[], None).await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.json(), json!({ "detail": "Method Not Allowed" }));
+    let allow = reply.header("allow").expect("405 carries an Allow header");
+    assert!(allow.contains("POST"), "Allow: {allow}");
+
+    let reply = request(&app, Method::DELETE, "/health", &[], None).await;
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.json(), json!({ "detail": "Method Not Allowed" }));
+    let allow = reply.header("allow").expect("405 carries an Allow header");
+    assert!(allow.contains("GET"), "Allow: {allow}");
+}
+
+/// A cross-origin push from `origin`, as a browser sends it.
+async fn cors_simple(app: &TestApp, origin: &str) -> Reply {
+    request(
+        app,
+        Method::POST,
+        "/sse/push",
+        &[("origin", origin), ("content-type", "application/json")],
+        Some(br#"{"user_id":"u","data":{}}"#.to_vec()),
+    )
+    .await
+}
+
+/// The preflight a browser sends before a cross-origin JSON push from `origin`.
+async fn cors_preflight(app: &TestApp, origin: &str) -> Reply {
+    request(
+        app,
+        Method::OPTIONS,
+        "/sse/push",
+        &[
+            ("origin", origin),
+            ("access-control-request-method", "POST"),
+            ("access-control-request-headers", "content-type"),
+        ],
+        None,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn cors_allows_any_origin_by_default() {
+    let app = spawn_app(&[]).await;
+
+    let reply = cors_simple(&app, "https://x.example").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+
+    let reply = cors_preflight(&app, "https://x.example").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("access-control-allow-origin"), Some("*"));
+    let methods = reply
+        .header("access-control-allow-methods")
+        .expect("allow-methods");
+    assert!(methods.contains("POST"), "{methods}");
+    let headers = reply
+        .header("access-control-allow-headers")
+        .expect("allow-headers");
+    assert!(
+        headers.to_ascii_lowercase().contains("content-type"),
+        "{headers}"
+    );
+}
+
+#[tokio::test]
+async fn cors_origin_list_echoes_allowed_and_ignores_others() {
+    let app = spawn_app(&["--cors-origins", "https://app.example.com"]).await;
+    let reply = cors_simple(&app, "https://app.example.com").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    let vary = reply
+        .header("vary")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        vary.contains("origin"),
+        "responses that depend on Origin say so: {vary:?}"
+    );
+
+    let reply = cors_preflight(&app, "https://app.example.com").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
+    assert!(
+        reply
+            .header("access-control-allow-methods")
+            .is_some_and(|m| m.contains("POST"))
+    );
+
+    let reply = cors_simple(&app, "https://evil.example").await;
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        None,
+        "disallowed origin"
+    );
+    let reply = cors_preflight(&app, "https://evil.example").await;
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        None,
+        "disallowed preflight"
+    );
+}
+
+#[tokio::test]
+async fn health_metrics_and_ready_keep_the_seed_shapes() {
+    let app = spawn_app(&[]).await;
+
+    let reply = request(&app, Method::GET, "/health", &[], None).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .text
+            .starts_with(r#"{"status":"healthy","connections":0,"uptime":"running""#),
+        "seed keys first, in order: {}",
+        reply.text
+    );
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json"),
+        "JSON content type"
+    );
+
+    let reply = request(&app, Method::GET, "/metrics", &[], None).await;
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply
+            .text
+            .starts_with(r#"{"active_connections":0,"service":"websocket-sse-server""#),
+        "seed keys first, in order: {}",
+        reply.text
+    );
+
+    let reply = request(&app, Method::GET, "/ready", &[], None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json(), json!({ "status": "ready" }));
+
+    // The counts follow connections.
+    let _ws = app.connect("h").await;
+    let _ws2 = app.connect("h").await;
+    wait_connections(&app, 2).await;
+    let (_, health) = app.get_json("/health").await;
+    assert_eq!(health["connections"], 2);
+    assert_eq!(health["users"], 1);
+    let (_, metrics) = app.get_json("/metrics").await;
+    assert_eq!(metrics["active_connections"], 2);
+    assert_eq!(metrics["users_online"], 1);
+}
+
+#[tokio::test]
+async fn ready_turns_503_while_draining() {
+    let app = spawn_app(&["--shutdown-drain", "2", "--shutdown-timeout", "5"]).await;
+    app.lifecycle.begin_shutdown();
+    let reply = request(&app, Method::GET, "/ready", &[], None).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json(), json!({ "status": "shutting_down" }));
+    // Everything else is still served during the drain.
+    let (status, _) = app.get_json("/health").await;
+    assert_eq!(status, 200);
+    let (status, body) = app
+        .post_json("/sse/push", &json!({ "user_id": "u", "data": {} }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn configured_paths_replace_the_defaults() {
+    let app = spawn_app(&[
+        "--ws-path",
+        "/live",
+        "--sse-path",
+        "/push",
+        "--sse-batch-path",
+        "/push/many",
+    ])
+    .await;
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/live?user_id=u", app.addr))
+        .await
+        .expect("handshake on the configured path");
+    wait_connections(&app, 1).await;
+
+    let (status, body) = app
+        .post_json(
+            "/push",
+            &json!({ "user_id": "u", "data": { "via": "push" } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "success");
+    assert_eq!(next_json(&mut ws).await["data"], json!({ "via": "push" }));
+
+    let (status, body) = app
+        .post_json(
+            "/push/many",
+            &json!([{ "user_id": "u", "data": { "via": "batch" } }]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["success"], true);
+    assert_eq!(next_json(&mut ws).await["data"], json!({ "via": "batch" }));
+
+    for path in ["/sse/push", "/sse/push/batch"] {
+        let reply = post_raw(&app, path, r#"{"user_id":"u","data":{}}"#).await;
+        assert_eq!(reply.status, 404, "{path} is no longer served");
+    }
+    match tokio_tungstenite::connect_async(app.ws_url("user_id=u")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 404, "/ws is no longer served");
+        }
+        other => panic!("expected 404 for /ws, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn deeply_nested_data_is_delivered_verbatim_and_unclosed_nesting_is_refused() {
+    let app = spawn_app(&[]).await;
+    let mut ws = app.connect("deep").await;
+    wait_connections(&app, 1).await;
+
+    let depth = 10_000;
+    let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let data = format!(r#"{{"x":{deep}}}"#);
+    let body = format!(r#"{{"user_id":"deep","data":{data}}}"#);
+    let reply = post_raw(&app, "/sse/push", body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json()["status"], "success");
+    let frame = next_text(&mut ws).await;
+    assert!(
+        frame.ends_with(&format!(r#","data":{data}}}"#)),
+        "data verbatim at the end of the frame: {}…",
+        &frame[..frame.len().min(200)]
+    );
+    assert!(frame.starts_with(r#"{"event_type":"message","event_id":""#));
+
+    // The same depth as the whole body, and unclosed inside data: refused, not crashed.
+    for garbage in [
+        deep.clone(),
+        format!(
+            r#"{{"user_id":"deep","data":{{"x":{}}}}}"#,
+            "[".repeat(depth)
+        ),
+        format!(
+            r#"{{"user_id":"deep","data":{{"x":{}"#,
+            "{\"a\":".repeat(depth)
+        ),
+    ] {
+        let reply = post_raw(&app, "/sse/push", garbage.clone()).await;
+        assert_eq!(reply.status, 422, "{}", reply.text);
+        let kind = reply.json()["detail"][0]["type"].clone();
+        assert!(kind == "json_invalid" || kind == "dict_type", "{kind}");
+        let reply = post_raw(&app, "/sse/push/batch", format!("[{garbage}]")).await;
+        assert_eq!(reply.status, 422, "{}", reply.text);
+    }
+    assert_nothing_received(&mut ws).await;
+
+    let (status, _) = app.get_json("/health").await;
+    assert_eq!(status, 200);
+    let (status, body) = app
+        .post_json(
+            "/sse/push",
+            &json!({ "user_id": "deep", "data": { "after": true } }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next_json(&mut ws).await["data"], json!({ "after": true }));
+}
