@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::helpers::{PROMPTLY, Ws, close_of, server_command, start_process};
+use crate::helpers::{
+    PROMPTLY, Ws, close_of, json_addr, server_command, start_process, start_process_with,
+    template_addr,
+};
 
 /// How long a process may take to exit after it was told to (or after failing at start-up).
 const EXIT_DEADLINE: Duration = Duration::from_secs(10);
@@ -60,65 +62,6 @@ async fn assert_config_error(command: Command, fragments: &[&str]) -> String {
         assert!(line.contains(fragment), "{fragment:?} in {line:?}");
     }
     line.to_owned()
-}
-
-/// A server process whose stderr is captured from its first line.
-struct Captured {
-    child: Child,
-    addr: SocketAddr,
-    /// Every line up to and including the one that announced the address.
-    startup: Vec<String>,
-    /// The lines after it.
-    log: UnboundedReceiver<String>,
-}
-
-/// Starts `command` and reads its stderr until `find_addr` recognises the listening line.
-async fn start_capturing(
-    mut command: Command,
-    find_addr: impl Fn(&str) -> Option<SocketAddr>,
-) -> Captured {
-    let mut child = command.spawn().expect("server process starts");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut startup = Vec::new();
-    let addr = tokio::time::timeout(PROMPTLY, async {
-        while let Some(line) = lines.next_line().await.expect("read log") {
-            let addr = find_addr(&line);
-            startup.push(line);
-            if let Some(addr) = addr {
-                return addr;
-            }
-        }
-        panic!("server exited before listening: {startup:?}");
-    })
-    .await
-    .expect("server announces its address");
-    let (sender, log) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Captured {
-        child,
-        addr,
-        startup,
-        log,
-    }
-}
-
-/// The address in a template log line (`… address=127.0.0.1:PORT …`).
-fn template_addr(line: &str) -> Option<SocketAddr> {
-    let rest = line.split("address=").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// The address in a JSON log line (`{"fields":{"address":"127.0.0.1:PORT",…},…}`).
-fn json_addr(line: &str) -> Option<SocketAddr> {
-    let value: Value = serde_json::from_str(line).ok()?;
-    value["fields"]["address"].as_str()?.parse().ok()
 }
 
 /// Whether `line` starts like `2026-11-26 00:42:05 | {level} | ` (the seed's default template).
@@ -413,7 +356,7 @@ async fn help_lists_every_variable_and_its_default() {
 async fn default_log_lines_follow_the_seed_template_without_debug_lines() {
     let dir = workdir();
     let command = loopback_server(dir.path());
-    let mut server = start_capturing(command, template_addr).await;
+    let mut server = start_process_with(command, template_addr).await;
 
     let first = &server.startup[0];
     assert!(has_template_prefix(first, "INFO"), "first line: {first:?}");
@@ -454,7 +397,7 @@ async fn json_log_format_writes_one_json_object_per_line() {
     let dir = workdir();
     let mut command = loopback_server(dir.path());
     command.env("LOG_FORMAT", "json");
-    let mut server = start_capturing(command, json_addr).await;
+    let mut server = start_process_with(command, json_addr).await;
 
     let listening: Value =
         serde_json::from_str(server.startup.last().expect("listening line")).expect("JSON line");

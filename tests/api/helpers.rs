@@ -115,6 +115,12 @@ impl TestApp {
 
 /// Receives the next text frame as JSON, failing the test if none arrives promptly.
 pub async fn next_json(ws: &mut Ws) -> Value {
+    serde_json::from_str(&next_text(ws).await).expect("frame is JSON")
+}
+
+/// Receives the next text frame, skipping pings and pongs, failing the test if none arrives
+/// promptly.
+pub async fn next_text(ws: &mut Ws) -> String {
     loop {
         let message = tokio::time::timeout(PROMPTLY, ws.next())
             .await
@@ -122,7 +128,7 @@ pub async fn next_json(ws: &mut Ws) -> Value {
             .expect("stream still open")
             .expect("valid frame");
         match message {
-            Message::Text(text) => return serde_json::from_str(&text).expect("frame is JSON"),
+            Message::Text(text) => return text.to_string(),
             Message::Ping(_) | Message::Pong(_) => continue,
             other => panic!("expected a text frame, got {other:?}"),
         }
@@ -172,23 +178,36 @@ pub struct ServerProcess {
     pub child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Its log lines after the `listening` line.
+    /// Every log line up to and including the one that announced the address.
+    pub startup: Vec<String>,
+    /// Its log lines after that.
     pub log: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
-/// Starts `command` (which should bind 127.0.0.1:0) and waits for its `listening` log line.
-pub async fn start_process(mut command: Command) -> ServerProcess {
+/// Starts `command` (which should bind 127.0.0.1:0) and waits for its `listening` log line in the
+/// default template format.
+pub async fn start_process(command: Command) -> ServerProcess {
+    start_process_with(command, template_addr).await
+}
+
+/// Starts `command` and reads its stderr until `find_addr` recognises the listening line.
+pub async fn start_process_with(
+    mut command: Command,
+    find_addr: impl Fn(&str) -> Option<SocketAddr>,
+) -> ServerProcess {
     let mut child = command.spawn().expect("server process starts");
     let stderr = child.stderr.take().expect("piped stderr");
     let mut lines = BufReader::new(stderr).lines();
+    let mut startup = Vec::new();
     let addr = tokio::time::timeout(PROMPTLY, async {
         while let Some(line) = lines.next_line().await.expect("read log") {
-            if let Some(rest) = line.split("address=").nth(1) {
-                let addr = rest.split_whitespace().next().expect("address value");
-                return addr.parse::<SocketAddr>().expect("socket address");
+            let addr = find_addr(&line);
+            startup.push(line);
+            if let Some(addr) = addr {
+                return addr;
             }
         }
-        panic!("server exited before listening");
+        panic!("server exited before listening: {startup:?}");
     })
     .await
     .expect("server announces its address");
@@ -200,5 +219,22 @@ pub async fn start_process(mut command: Command) -> ServerProcess {
             }
         }
     });
-    ServerProcess { child, addr, log }
+    ServerProcess {
+        child,
+        addr,
+        startup,
+        log,
+    }
+}
+
+/// The address in a template log line (`… address=127.0.0.1:PORT …`).
+pub fn template_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("address=").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The address in a JSON log line (`{"fields":{"address":"127.0.0.1:PORT",…},…}`).
+pub fn json_addr(line: &str) -> Option<SocketAddr> {
+    let value: Value = serde_json::from_str(line).ok()?;
+    value["fields"]["address"].as_str()?.parse().ok()
 }

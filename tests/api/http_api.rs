@@ -9,7 +9,7 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{PROMPTLY, TestApp, Ws, next_json, spawn_app};
+use crate::helpers::{PROMPTLY, TestApp, Ws, next_json, next_text, spawn_app};
 
 /// How long a client listens to be sure that nothing was delivered to it.
 const QUIET: Duration = Duration::from_millis(300);
@@ -96,22 +96,6 @@ async fn wait_connections(app: &TestApp, n: u64) {
         m["active_connections"] == n
     })
     .await;
-}
-
-/// Receives the next text frame as raw text (for frames too deep for `serde_json::Value`).
-async fn next_text(ws: &mut Ws) -> String {
-    loop {
-        let message = tokio::time::timeout(PROMPTLY, ws.next())
-            .await
-            .expect("a frame within the deadline")
-            .expect("stream still open")
-            .expect("valid frame");
-        match message {
-            Message::Text(text) => return text.to_string(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected a text frame, got {other:?}"),
-        }
-    }
 }
 
 /// Asserts that no data frame arrives for [`QUIET`].
