@@ -1,0 +1,149 @@
+//! A minimal keep-alive HTTP/1.1 client (hyper) and `/health` polling.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::target::{HEALTH_PATH, Target};
+
+/// Longest wait for a TCP connect or one request/response exchange.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+type Body = BoxBody<Bytes, std::convert::Infallible>;
+
+/// One keep-alive HTTP/1.1 connection to the server.
+pub struct HttpConn {
+    sender: SendRequest<Body>,
+    authority: String,
+}
+
+impl HttpConn {
+    /// Opens a TCP connection (TCP_NODELAY) and performs the HTTP/1.1 handshake.
+    pub async fn connect(target: &Target) -> Result<Self> {
+        let stream = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(target.addr))
+            .await
+            .context("HTTP connect timed out")?
+            .context("HTTP connect")?;
+        stream.set_nodelay(true).context("TCP_NODELAY")?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP/1.1 handshake")?;
+        // The connection task ends when the socket closes; errors surface on the next request.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self {
+            sender,
+            authority: target.authority.clone(),
+        })
+    }
+
+    /// POSTs a JSON body; returns the status and the full response body.
+    pub async fn post_json(&mut self, path: &str, body: Bytes) -> Result<(StatusCode, Bytes)> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::HOST, &self.authority)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body).boxed())
+            .context("building request")?;
+        self.exchange(request).await
+    }
+
+    /// GETs `path`; returns the status and the full response body.
+    pub async fn get(&mut self, path: &str) -> Result<(StatusCode, Bytes)> {
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(path)
+            .header(header::HOST, &self.authority)
+            .body(Empty::new().boxed())
+            .context("building request")?;
+        self.exchange(request).await
+    }
+
+    /// True while the connection can still carry requests.
+    pub fn is_open(&self) -> bool {
+        !self.sender.is_closed()
+    }
+
+    async fn exchange(&mut self, request: Request<Body>) -> Result<(StatusCode, Bytes)> {
+        let exchange = async {
+            self.sender.ready().await.context("connection not ready")?;
+            let response = self
+                .sender
+                .send_request(request)
+                .await
+                .context("sending request")?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .context("reading response body")?
+                .to_bytes();
+            Ok::<_, anyhow::Error>((status, body))
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .context("request timed out")?
+    }
+}
+
+/// Reads `connections` from `/health` over a fresh connection.
+pub async fn health_connections(target: &Target) -> Result<u64> {
+    let mut conn = HttpConn::connect(target).await?;
+    let (status, body) = conn.get(HEALTH_PATH).await?;
+    if !status.is_success() {
+        bail!("/health answered {status}");
+    }
+    let health: serde_json::Value = serde_json::from_slice(&body).context("parsing /health")?;
+    health
+        .get("connections")
+        .and_then(serde_json::Value::as_u64)
+        .context("/health has no numeric \"connections\"")
+}
+
+/// Polls `/health` every 100 ms until it reports at least `want` connections, or fails after
+/// `timeout`; returns the last count seen.
+pub async fn wait_for_connections(target: &Target, want: u64, timeout: Duration) -> Result<u64> {
+    let deadline = Instant::now() + timeout;
+    let mut last = 0;
+    loop {
+        match health_connections(target).await {
+            Ok(count) if count >= want => return Ok(count),
+            Ok(count) => last = count,
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(_) => {}
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "/health shows {last} connections after {timeout:?}, expected at least {want} \
+                 (per-user or global connection limit? see loadgen/README.md)"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `/health` until it reports at most `want` connections or `timeout` passes; returns the
+/// last count seen (or `None` if `/health` never answered).
+pub async fn wait_for_at_most(target: &Target, want: u64, timeout: Duration) -> Option<u64> {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let Ok(count) = health_connections(target).await {
+            last = Some(count);
+            if count <= want {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}

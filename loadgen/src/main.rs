@@ -1,0 +1,103 @@
+//! `loadgen`: a load generator for websocket-sse-server.
+//!
+//! Scenarios: `push` (single pushes to many users), `batch` (batch pushes), `fanout` (one user,
+//! many connections) and `idle` (memory per idle connection). Every run prints a table (or, with
+//! `--json`, one JSON object on stdout) and exits 2 when messages were lost, duplicated or
+//! misrouted, 1 on any other error. Only loopback targets are accepted.
+
+mod http;
+mod publisher;
+mod report;
+mod scenario;
+mod stats;
+mod sys;
+mod target;
+mod ws;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::report::Report;
+use crate::scenario::{CommonArgs, batch, fanout, idle, push};
+use crate::target::Target;
+
+/// Load generator for websocket-sse-server (loopback targets only).
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// One WebSocket per user; publishers POST single pushes round-robin (closed- or open-loop).
+    Push(push::PushArgs),
+    /// One WebSocket per user; publishers POST batches of messages round-robin.
+    Batch(batch::BatchArgs),
+    /// Hold many idle WebSockets and measure server RSS per connection and handshakes/s.
+    Idle(idle::IdleArgs),
+    /// One user with many WebSockets; open-loop pushes fan out to all of them.
+    Fanout(fanout::FanoutArgs),
+}
+
+impl Scenario {
+    fn common(&self) -> &CommonArgs {
+        match self {
+            Self::Push(args) => &args.common,
+            Self::Batch(args) => &args.common,
+            Self::Idle(args) => &args.common,
+            Self::Fanout(args) => &args.common,
+        }
+    }
+
+    async fn run(self) -> anyhow::Result<Report> {
+        let target = Target::resolve(&self.common().url).await?;
+        match self {
+            Self::Push(args) => push::run(args, target).await,
+            Self::Batch(args) => batch::run(args, target).await,
+            Self::Idle(args) => idle::run(args, target).await,
+            Self::Fanout(args) => fanout::run(args, target).await,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sys::raise_nofile_limit();
+    let json = cli.scenario.common().json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("loadgen: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(cli.scenario.run());
+    // Do not wait for tasks still parked on sockets.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(report) => {
+            if json {
+                eprint!("{}", report.to_table());
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.to_table());
+            }
+            if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+        Err(error) => {
+            eprintln!("loadgen: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! `loadgen idle`: open many WebSocket connections that receive nothing and measure the server's
+//! resident memory per connection and the handshake rate.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::value_parser;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::CommonArgs;
+use crate::http;
+use crate::report::Report;
+use crate::stats::round3;
+use crate::sys::{self, CpuSnapshot, ratio};
+use crate::target::Target;
+use crate::ws::{self, HoldOutcome};
+
+/// Quiet time after `/health` shows every connection, before RSS is read again.
+const SETTLE: Duration = Duration::from_secs(2);
+/// Longest wait for `/health` to drop back to the baseline after closing.
+const CLOSE_WAIT: Duration = Duration::from_secs(15);
+
+/// Options of `loadgen idle`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdleArgs {
+    /// Options shared by every scenario (`--server-pid` is required here).
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// WebSocket connections to open and hold.
+    #[arg(long, default_value_t = 10_000, value_parser = value_parser!(u64).range(1..=50_000))]
+    pub connections: u64,
+    /// Distinct users (ids `idle-u{i % users}`); default one user per connection. The server's
+    /// MAX_CONNECTIONS_PER_USER (default 32) must allow connections/users.
+    #[arg(long, value_parser = value_parser!(u64).range(1..=50_000))]
+    pub users: Option<u64>,
+}
+
+/// Runs the scenario.
+pub async fn run(args: IdleArgs, target: Target) -> Result<Report> {
+    let Some(pid) = args.common.server_pid else {
+        bail!("idle needs --server-pid to read the server's VmRSS");
+    };
+    let connections = args.connections;
+    let users = args.users.unwrap_or(connections).min(connections);
+    super::check_fd_budget(connections, 1)?;
+    let baseline = http::health_connections(&target)
+        .await
+        .context("server not reachable (GET /health)")?;
+    let rss_before = sys::proc_rss_bytes(pid)?;
+    let cpu_start = CpuSnapshot::take(Some(pid));
+
+    let cancel = CancellationToken::new();
+    let specs = (0..connections)
+        .map(|i| (format!("idle-u{}", i % users), i % users))
+        .collect();
+    eprintln!("loadgen: opening {connections} idle connection(s) for {users} user(s)");
+    let opened = super::open_connections(
+        &target,
+        specs,
+        ws::client_config(true),
+        |stream, _user_id, _user_index| tokio::spawn(ws::hold(stream, cancel.clone())),
+    )
+    .await;
+    let count = opened.items.len() as u64;
+    let open_s = opened.elapsed.as_secs_f64();
+    let shown = http::wait_for_connections(
+        &target,
+        baseline + count,
+        Duration::from_secs(10) + Duration::from_millis(count),
+    )
+    .await;
+    let cpu = cpu_start.until(&CpuSnapshot::take(Some(pid)));
+    tokio::time::sleep(SETTLE).await;
+    let rss_after = sys::proc_rss_bytes(pid);
+
+    cancel.cancel();
+    let mut held = HoldOutcome::default();
+    let mut panics = 0u64;
+    for task in opened.items {
+        match task.await {
+            Ok(outcome) => {
+                held.frames += outcome.frames;
+                held.closed_early |= outcome.closed_early;
+            }
+            Err(_) => panics += 1,
+        }
+    }
+    let after_close = http::wait_for_at_most(&target, baseline, CLOSE_WAIT).await;
+
+    let shown = shown?;
+    let rss_after = rss_after?;
+    let grown = rss_after.saturating_sub(rss_before);
+    let mut report = Report::new("idle");
+    report.set(
+        "config",
+        json!({ "connections": connections, "users": users, "server_pid": pid }),
+    );
+    report.set(
+        "connections",
+        json!({
+            "opened": count,
+            "failed": opened.failed,
+            "handshake_retries": opened.retries,
+            "health_baseline": baseline,
+            "health_when_open": shown,
+            "health_after_close": after_close,
+        }),
+    );
+    report.set("open_s", round3(open_s));
+    report.set("handshakes_per_s", round3(ratio(count as f64, open_s)));
+    report.set(
+        "server_rss",
+        json!({
+            "before_mib": round3(rss_before as f64 / 1_048_576.0),
+            "after_mib": round3(rss_after as f64 / 1_048_576.0),
+            "growth_mib": round3(grown as f64 / 1_048_576.0),
+            "bytes_per_connection": round3(ratio(grown as f64, count as f64)),
+        }),
+    );
+    report.set(
+        "server_cpu_while_opening",
+        json!({
+            "server_s": cpu.server_s.map(round3),
+            "server_s_per_1000_handshakes": cpu.server_s.map(|s| round3(ratio(s, count as f64 / 1000.0))),
+            "loadgen_s": round3(cpu.loadgen_s),
+        }),
+    );
+    report.set("unexpected_frames", held.frames);
+    report.fail_if_nonzero("failed connections", opened.failed);
+    report.fail_if_nonzero("holder task panics", panics);
+    if let Some(error) = opened.first_error {
+        report
+            .warnings
+            .push(format!("first handshake error: {error}"));
+    }
+    if held.closed_early {
+        report
+            .warnings
+            .push("some connections were closed by the server while held".to_owned());
+    }
+    if after_close.is_none_or(|now| now > baseline) {
+        report.warnings.push(format!(
+            "/health did not drop back to {baseline} connections within {CLOSE_WAIT:?}"
+        ));
+    }
+    if cpu.loadgen_cores() > 0.9 {
+        report.warnings.push(format!(
+            "loadgen used {:.0}% of a core while opening: the handshake rate may be loadgen-bound",
+            cpu.loadgen_cores() * 100.0
+        ));
+    }
+    Ok(report)
+}

@@ -1,0 +1,115 @@
+//! The scenarios (`push`, `batch`, `fanout`, `idle`) and helpers they share.
+
+pub mod batch;
+pub mod fanout;
+pub mod idle;
+pub mod load;
+pub mod push;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::target::Target;
+use crate::ws::{self, WsStream};
+
+/// WebSocket handshakes kept in flight at once while opening connections.
+pub const CONNECT_CONCURRENCY: usize = 200;
+/// Tries per WebSocket handshake.
+pub const CONNECT_ATTEMPTS: u32 = 3;
+
+/// Result of opening many WebSocket connections.
+#[derive(Debug)]
+pub struct Opened<T> {
+    /// What `on_open` returned for every connection that opened.
+    pub items: Vec<T>,
+    /// Connections that failed every attempt.
+    pub failed: u64,
+    /// Retries needed in total.
+    pub retries: u64,
+    /// The first handshake error seen, for the report.
+    pub first_error: Option<String>,
+    /// Wall time spent opening.
+    pub elapsed: Duration,
+}
+
+/// Opens one connection per `(user_id, user_index)` with bounded concurrency and retries, handing
+/// each open stream to `on_open` right away (so it is read, and answers pings, while the rest open).
+pub async fn open_connections<T, F>(
+    target: &Target,
+    specs: Vec<(String, u64)>,
+    config: WebSocketConfig,
+    mut on_open: F,
+) -> Opened<T>
+where
+    F: FnMut(WsStream, String, u64) -> T,
+{
+    let started = Instant::now();
+    let mut opened = Opened {
+        items: Vec::with_capacity(specs.len()),
+        failed: 0,
+        retries: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+    };
+    let mut attempts = futures_util::stream::iter(specs)
+        .map(|(user_id, user_index)| async move {
+            let (result, retries) =
+                ws::connect_with_retry(target, &user_id, config, CONNECT_ATTEMPTS).await;
+            (result, retries, user_id, user_index)
+        })
+        .buffer_unordered(CONNECT_CONCURRENCY);
+    while let Some((result, retries, user_id, user_index)) = attempts.next().await {
+        opened.retries += u64::from(retries);
+        match result {
+            Ok(stream) => opened.items.push(on_open(stream, user_id, user_index)),
+            Err(error) => {
+                opened.failed += 1;
+                opened
+                    .first_error
+                    .get_or_insert_with(|| format!("{error:#}"));
+            }
+        }
+    }
+    opened.elapsed = started.elapsed();
+    opened
+}
+
+/// Refuses a run that would need more file descriptors than the soft limit allows.
+pub fn check_fd_budget(connections: u64, publishers: u64) -> anyhow::Result<()> {
+    let limit = crate::sys::raise_nofile_limit();
+    let needed = connections + publishers + 64;
+    if limit != 0 && needed > limit {
+        anyhow::bail!(
+            "{connections} connections + {publishers} publishers need ~{needed} file descriptors, \
+             but RLIMIT_NOFILE is {limit}"
+        );
+    }
+    Ok(())
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Base URL of the server (loopback only); the WebSocket URL is derived from it.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Print one JSON object on stdout (the table goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// Server process id, for its CPU time (and RSS in `idle`) from /proc.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+}
+
+/// Message capacity for a run: the open-loop schedule (plus slack) or the closed-loop `cap`.
+pub fn message_capacity(rate: Option<u64>, duration_s: u64, slack: u64, cap: u64) -> u64 {
+    match rate {
+        Some(rate) => rate
+            .saturating_mul(duration_s)
+            .saturating_add(slack)
+            .min(cap),
+        None => cap,
+    }
+}

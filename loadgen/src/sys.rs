@@ -1,0 +1,132 @@
+//! Process-level measurements: file-descriptor limit, own CPU time, and the server's CPU and RSS
+//! read from `/proc`.
+
+use anyhow::{Context, Result};
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
+pub fn raise_nofile_limit() -> u64 {
+    rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0)
+}
+
+/// CPU seconds (user + system) this process has used so far, from `getrusage(RUSAGE_SELF)`.
+pub fn self_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the zero-initialised struct we pass it.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0.0;
+        }
+        usage
+    };
+    let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
+/// Clock ticks per second used by `/proc/PID/stat`.
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// CPU seconds (utime + stime) process `pid` has used so far, from `/proc/PID/stat`.
+pub fn proc_cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may contain spaces; fields after it start after the last ')'.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("malformed {path}"))?;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts at field 3 (state); utime is field 14, stime field 15.
+    let field = |n: usize| -> Result<f64> {
+        fields
+            .get(n - 3)
+            .and_then(|value| value.parse::<f64>().ok())
+            .with_context(|| format!("field {n} missing in {path}"))
+    };
+    Ok((field(14)? + field(15)?) / clock_ticks())
+}
+
+/// Resident set size in bytes of process `pid`, from `VmRSS` in `/proc/PID/status`.
+pub fn proc_rss_bytes(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse::<u64>().ok())
+        .with_context(|| format!("no VmRSS in {path}"))?;
+    Ok(kib * 1024)
+}
+
+/// CPU-time snapshot of loadgen and (optionally) the server, to measure a window.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSnapshot {
+    at: std::time::Instant,
+    own: f64,
+    server: Option<f64>,
+}
+
+/// CPU used over a window: seconds and fraction of one core, for loadgen and the server.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUsage {
+    /// Wall-clock length of the window in seconds.
+    pub wall_s: f64,
+    /// Loadgen's CPU seconds in the window.
+    pub loadgen_s: f64,
+    /// The server's CPU seconds in the window, when its pid was given and readable.
+    pub server_s: Option<f64>,
+}
+
+impl CpuSnapshot {
+    /// Takes a snapshot now; the server part is `None` when no pid is given or it is unreadable.
+    pub fn take(server_pid: Option<u32>) -> Self {
+        Self {
+            at: std::time::Instant::now(),
+            own: self_cpu_seconds(),
+            server: server_pid.and_then(|pid| proc_cpu_seconds(pid).ok()),
+        }
+    }
+
+    /// CPU used between `self` and a later snapshot.
+    pub fn until(&self, later: &CpuSnapshot) -> CpuUsage {
+        CpuUsage {
+            wall_s: later.at.duration_since(self.at).as_secs_f64(),
+            loadgen_s: later.own - self.own,
+            server_s: self.server.zip(later.server).map(|(a, b)| b - a),
+        }
+    }
+}
+
+impl CpuUsage {
+    /// Loadgen's CPU as a fraction of one core over the window.
+    pub fn loadgen_cores(&self) -> f64 {
+        ratio(self.loadgen_s, self.wall_s)
+    }
+
+    /// The server's CPU as a fraction of one core over the window.
+    pub fn server_cores(&self) -> Option<f64> {
+        self.server_s.map(|s| ratio(s, self.wall_s))
+    }
+}
+
+/// `a / b`, or 0 when `b` is not positive.
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { 0.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process() {
+        let pid = std::process::id();
+        assert!(proc_rss_bytes(pid).expect("rss") > 0);
+        assert!(proc_cpu_seconds(pid).expect("cpu") >= 0.0);
+        assert!(self_cpu_seconds() >= 0.0);
+    }
+}

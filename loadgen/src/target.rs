@@ -1,0 +1,127 @@
+//! The server under test: base-URL parsing, the loopback-only guard and derived URLs.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, Result, bail};
+
+/// Path of the single-push endpoint.
+pub const PUSH_PATH: &str = "/sse/push";
+/// Path of the batch-push endpoint.
+pub const BATCH_PATH: &str = "/sse/push/batch";
+/// Path of the health endpoint (its `connections` field is polled).
+pub const HEALTH_PATH: &str = "/health";
+/// Path of the WebSocket endpoint.
+pub const WS_PATH: &str = "/ws";
+
+/// A resolved, loopback-only server address.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The socket address every TCP connection goes to (resolved once).
+    pub addr: SocketAddr,
+    /// `host[:port]` as written in the base URL, sent as the `Host` header.
+    pub authority: String,
+}
+
+impl Target {
+    /// Parses `http://host[:port][/]`, refuses anything that is not loopback
+    /// (127.0.0.0/8, `localhost`, `::1`) and resolves it once.
+    pub async fn resolve(url: &str) -> Result<Self> {
+        let (host, port, authority) = parse_base_url(url)?;
+        if !host.eq_ignore_ascii_case("localhost") {
+            let ip: IpAddr = host
+                .parse()
+                .with_context(|| format!("host {host:?} is neither an IP address nor localhost"))?;
+            if !ip.is_loopback() {
+                bail!(
+                    "refusing non-loopback host {ip}: loadgen only targets 127.0.0.0/8, ::1 or localhost"
+                );
+            }
+        }
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .with_context(|| format!("resolving {host}"))?
+            .collect();
+        if let Some(bad) = addrs.iter().find(|addr| !addr.ip().is_loopback()) {
+            bail!("{host} resolves to non-loopback address {bad}; refusing");
+        }
+        let addr = addrs
+            .iter()
+            .find(|addr| addr.is_ipv4())
+            .or_else(|| addrs.first())
+            .copied()
+            .with_context(|| format!("{host} did not resolve"))?;
+        Ok(Self { addr, authority })
+    }
+
+    /// The WebSocket URL for one user id (ids used by loadgen need no escaping).
+    pub fn ws_url(&self, user_id: &str) -> String {
+        format!("ws://{}{WS_PATH}?user_id={user_id}", self.authority)
+    }
+}
+
+/// Splits a base URL into host, port and authority; only `http://` with an empty path.
+fn parse_base_url(url: &str) -> Result<(String, u16, String)> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("base URL {url:?} must start with http://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(slash) => rest.split_at(slash),
+        None => (rest, ""),
+    };
+    if !(path.is_empty() || path == "/") {
+        bail!("base URL {url:?} must not have a path (endpoints are fixed)");
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let (host, after) = bracketed
+            .split_once(']')
+            .with_context(|| format!("unclosed '[' in {url:?}"))?;
+        let port = match after.strip_prefix(':') {
+            Some(port) => Some(port),
+            None if after.is_empty() => None,
+            None => bail!("unexpected {after:?} after ']' in {url:?}"),
+        };
+        (host, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        bail!("base URL {url:?} has no host");
+    }
+    let port = match port {
+        Some(port) => port
+            .parse()
+            .with_context(|| format!("bad port {port:?} in {url:?}"))?,
+        None => 80,
+    };
+    Ok((host.to_owned(), port, authority.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hosts_and_ports() {
+        let (host, port, _) = parse_base_url("http://127.0.0.1:8080").expect("valid");
+        assert_eq!((host.as_str(), port), ("127.0.0.1", 8080));
+        let (host, port, _) = parse_base_url("http://[::1]:9000/").expect("valid");
+        assert_eq!((host.as_str(), port), ("::1", 9000));
+        let (host, port, _) = parse_base_url("http://localhost").expect("valid");
+        assert_eq!((host.as_str(), port), ("localhost", 80));
+        assert!(parse_base_url("https://127.0.0.1").is_err());
+        assert!(parse_base_url("http://127.0.0.1:8080/x").is_err());
+    }
+
+    #[tokio::test]
+    async fn refuses_non_loopback() {
+        assert!(Target::resolve("http://10.0.0.1:8080").await.is_err());
+        assert!(Target::resolve("http://example.com:8080").await.is_err());
+        let target = Target::resolve("http://127.0.0.2:8080")
+            .await
+            .expect("loopback");
+        assert_eq!(target.ws_url("u1"), "ws://127.0.0.2:8080/ws?user_id=u1");
+    }
+}
