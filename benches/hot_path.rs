@@ -34,7 +34,7 @@ fn parse_and_encode(bencher: Bencher) {
     bencher.bench(|| {
         parse_push(black_box(body.as_bytes()))
             .expect("valid push")
-            .encode()
+            .encode(0.0)
     });
 }
 
@@ -49,7 +49,7 @@ fn parse_and_encode_batch_of_100(bencher: Bencher) {
         let messages = parse_batch(black_box(body.as_bytes()), 1000).expect("valid batch");
         messages
             .iter()
-            .map(|message| message.encode())
+            .map(|message| message.encode(1_700_000_000.0))
             .collect::<Vec<_>>()
     });
 }

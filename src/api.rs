@@ -14,7 +14,8 @@ use crate::broker::BrokerError;
 use crate::hub::Delivery;
 use crate::metrics::Rejection;
 use crate::protocol::{
-    BatchItemResult, BatchResponse, Event, Issue, PushResponse, PushStatus, parse_batch, parse_push,
+    BatchItemResult, BatchResponse, Event, Issue, PushResponse, PushStatus, parse_batch,
+    parse_push, unix_seconds_now,
 };
 use crate::state::SharedState;
 
@@ -159,7 +160,9 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 pub async fn push(State(state): State<SharedState>, body: Result<JsonBody, ApiError>) -> Response {
     let result = async {
         let JsonBody(bytes) = body?;
-        let event = parse_push(&bytes).map_err(ApiError::Validation)?.encode();
+        let event = parse_push(&bytes)
+            .map_err(ApiError::Validation)?
+            .encode(unix_seconds_now());
         let deliveries = state.broker.publish(std::slice::from_ref(&event)).await?;
         state.metrics.events_accepted(1);
         Ok::<_, ApiError>(push_response(
@@ -207,7 +210,11 @@ pub async fn push_batch(
         let JsonBody(bytes) = body?;
         let messages =
             parse_batch(&bytes, state.settings.max_batch_size).map_err(ApiError::Validation)?;
-        let events: Vec<Event> = messages.iter().map(|message| message.encode()).collect();
+        let accepted_at = unix_seconds_now();
+        let events: Vec<Event> = messages
+            .iter()
+            .map(|message| message.encode(accepted_at))
+            .collect();
         let deliveries = state.broker.publish(&events).await?;
         state.metrics.events_accepted(events.len());
         let results = events

@@ -149,14 +149,14 @@ impl Connection {
     }
 }
 
-type Shard = HashMap<UserId, Vec<Arc<Connection>>>;
+type Shard = HashMap<UserId, Vec<Arc<Connection>>, foldhash::fast::RandomState>;
 
 /// The registry of this node's connections.
 #[derive(Debug)]
 pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
     /// Picks a user's shard; randomly seeded so clients cannot aim at one shard.
-    shard_hasher: std::hash::RandomState,
+    shard_hasher: foldhash::fast::RandomState,
     /// Registered connections, kept exact for `/health` and `/metrics`.
     connections: AtomicUsize,
     /// Users with at least one registered connection.
@@ -170,8 +170,8 @@ impl Hub {
     /// Creates an empty hub.
     pub fn new(limits: HubLimits, metrics: Arc<Metrics>) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            shard_hasher: std::hash::RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_hasher: foldhash::fast::RandomState::default(),
             connections: AtomicUsize::new(0),
             users: AtomicUsize::new(0),
             next_connection_id: AtomicU64::new(1),

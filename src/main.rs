@@ -10,6 +10,10 @@ use websocket_sse_server::healthcheck;
 use websocket_sse_server::logging;
 use websocket_sse_server::server::Application;
 
+/// A faster allocator than glibc for many small, short-lived allocations across threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for configuration errors, as for command-line usage errors.
 const EXIT_CONFIG: u8 = 2;
 

@@ -160,29 +160,41 @@ struct OutboundEvent<'a> {
 #[serde(untagged)]
 enum Timestamp<'a> {
     Given(&'a RawValue),
-    Now(f64),
+    Accepted(f64),
 }
 
 impl PushMessage<'_> {
     /// Serializes the push once, assigning an `event_id` (a ULID: unique, sortable by time) and a
-    /// timestamp (the server's clock, in unix seconds) where the upstream gave none.
-    pub fn encode(&self) -> Event {
+    /// timestamp (`accepted_at`, unix seconds from [`unix_seconds_now`]) where the upstream gave
+    /// none. Every event of one request shares the request's `accepted_at`.
+    pub fn encode(&self, accepted_at: f64) -> Event {
+        let mut ulid_text = [0; ulid::ULID_LEN];
         let event_id: Arc<str> = match &self.event_id {
             Some(id) => Arc::from(id.as_ref()),
-            None => Arc::from(ulid::Ulid::new().to_string()),
+            None => Arc::from(&*ulid::Ulid::new().array_to_str(&mut ulid_text)),
         };
         let timestamp = match self.timestamp {
             Some(raw) => Timestamp::Given(raw),
-            None => Timestamp::Now(unix_seconds_now()),
+            None => Timestamp::Accepted(accepted_at),
         };
-        let json = serde_json::to_string(&OutboundEvent {
+        let event = OutboundEvent {
             event_type: &self.event_type,
             event_id: &event_id,
             user_id: self.user_id.as_str(),
             timestamp,
             data: self.data,
-        })
-        .expect("serializing strings and pre-validated JSON cannot fail");
+        };
+        // One allocation of the right size: the field values plus room for keys and escapes.
+        let mut json = Vec::with_capacity(
+            ENVELOPE_BYTES
+                + self.data.get().len()
+                + self.event_type.len()
+                + event_id.len()
+                + self.user_id.as_str().len(),
+        );
+        serde_json::to_writer(&mut json, &event)
+            .expect("serializing strings and pre-validated JSON into memory cannot fail");
+        let json = String::from_utf8(json).expect("serde_json writes UTF-8");
         Event {
             user_id: self.user_id.clone(),
             event_id,
@@ -191,8 +203,12 @@ impl PushMessage<'_> {
     }
 }
 
+/// Bytes of an encoded event besides its field values: keys, quotes, separators, a timestamp, and
+/// some room for escapes.
+const ENVELOPE_BYTES: usize = 128;
+
 /// The current time in unix seconds with millisecond precision.
-fn unix_seconds_now() -> f64 {
+pub fn unix_seconds_now() -> f64 {
     let millis = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
@@ -200,19 +216,70 @@ fn unix_seconds_now() -> f64 {
 }
 
 /// The push body as it arrives: every field kept raw so that each can be checked on its own and
-/// every problem reported, not just the first.
-#[derive(Deserialize)]
+/// every problem reported, not just the first. Only a JSON object deserializes into it (serde's
+/// derive would also take an array, field by field).
+#[derive(Default)]
 struct RawPush<'a> {
-    #[serde(borrow, default)]
     user_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     event_type: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     event_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     timestamp: Option<&'a RawValue>,
+}
+
+/// The keys of a push object; anything else is ignored.
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum PushField {
+    UserId,
+    Data,
+    EventType,
+    EventId,
+    Timestamp,
+    #[serde(other)]
+    Unknown,
+}
+
+impl<'de> Deserialize<'de> for RawPush<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+
+        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+            type Value = RawPush<'de>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut push = RawPush::default();
+                while let Some(field) = map.next_key::<PushField>()? {
+                    let (slot, name) = match field {
+                        PushField::UserId => (&mut push.user_id, "user_id"),
+                        PushField::Data => (&mut push.data, "data"),
+                        PushField::EventType => (&mut push.event_type, "event_type"),
+                        PushField::EventId => (&mut push.event_id, "event_id"),
+                        PushField::Timestamp => (&mut push.timestamp, "timestamp"),
+                        PushField::Unknown => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(serde::de::Error::duplicate_field(name));
+                    }
+                    // `null` reads as absent, as for an optional field in the seed.
+                    *slot = map.next_value::<Option<&'de RawValue>>()?;
+                }
+                Ok(push)
+            }
+        }
+
+        deserializer.deserialize_map(ObjectVisitor)
+    }
 }
 
 /// Parses and validates a single push body.
@@ -230,6 +297,23 @@ pub fn parse_push(body: &[u8]) -> Result<PushMessage<'_>, Vec<Issue>> {
 /// Parses and validates a batch body: a JSON array of at most `max_items` pushes. The batch is
 /// accepted whole or refused whole, with every problem listed by index.
 pub fn parse_batch(body: &[u8], max_items: usize) -> Result<Vec<PushMessage<'_>>, Vec<Issue>> {
+    // Fast path: one pass over a well-formed batch. Any problem sends us to the slow path, which
+    // reparses item by item to say where the problem is.
+    if let Ok(items) = serde_json::from_slice::<Vec<RawPush<'_>>>(body)
+        && items.len() <= max_items
+    {
+        let mut issues = Vec::new();
+        let messages: Vec<PushMessage<'_>> = items
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, raw)| validate(raw, &[Loc::Index(index)], &mut issues))
+            .collect();
+        return if issues.is_empty() {
+            Ok(messages)
+        } else {
+            Err(issues)
+        };
+    }
     let items: Vec<&RawValue> =
         serde_json::from_slice(body).map_err(|e| vec![body_issue(body, Shape::List, Some(e))])?;
     if items.len() > max_items {
@@ -244,33 +328,28 @@ pub fn parse_batch(body: &[u8], max_items: usize) -> Result<Vec<PushMessage<'_>>
         }]);
     }
     let mut issues = Vec::new();
-    let mut messages = Vec::with_capacity(items.len());
     for (index, item) in items.into_iter().enumerate() {
         let prefix = [Loc::Index(index)];
-        let parsed = if item.get().starts_with('{') {
-            serde_json::from_str::<RawPush<'_>>(item.get()).map_err(|e| e.to_string())
-        } else {
-            Err(format!(
-                "got {}",
-                item.get().chars().take(32).collect::<String>()
-            ))
-        };
-        match parsed {
-            Ok(raw) => messages.extend(validate(raw, &prefix, &mut issues)),
-            Err(why) => issues.push(
-                FieldError::new(
-                    "dict_type",
-                    format!("Input should be a valid dictionary ({why})"),
-                )
-                .at(loc(&prefix, None)),
-            ),
+        match serde_json::from_str::<RawPush<'_>>(item.get()) {
+            Ok(raw) => {
+                validate(raw, &prefix, &mut issues);
+            }
+            Err(error) => {
+                let text: String = item.get().chars().take(32).collect();
+                issues.push(
+                    FieldError::new(
+                        "dict_type",
+                        format!("Input should be a valid dictionary ({error}; got {text})"),
+                    )
+                    .at(loc(&prefix, None)),
+                );
+            }
         }
     }
     if issues.is_empty() {
-        Ok(messages)
-    } else {
-        Err(issues)
+        issues.push(body_issue(body, Shape::List, None));
     }
+    Err(issues)
 }
 
 /// The JSON shape a body must have.
@@ -399,7 +478,12 @@ fn required(raw: Option<&RawValue>) -> Result<&RawValue, FieldError> {
 }
 
 fn string(raw: &RawValue) -> Result<Cow<'_, str>, FieldError> {
-    serde_json::from_str::<Cow<'_, str>>(raw.get())
+    // Borrow when the JSON string has no escapes (the usual case); unescape into a copy otherwise.
+    if let Ok(text) = serde_json::from_str::<&str>(raw.get()) {
+        return Ok(Cow::Borrowed(text));
+    }
+    serde_json::from_str::<String>(raw.get())
+        .map(Cow::Owned)
         .map_err(|_| FieldError::new("string_type", "Input should be a valid string"))
 }
 
@@ -516,7 +600,7 @@ mod tests {
     #[test]
     fn seed_example_encodes_in_contract_order() {
         let body = br#"{"user_id":"test123","data":{"message":"Hello"},"event_type":"message","timestamp":1704067200}"#;
-        let event = parse_push(body).unwrap().encode();
+        let event = parse_push(body).unwrap().encode(unix_seconds_now());
         let expected_prefix = r#"{"event_type":"message","event_id":""#;
         assert!(
             event.frame.as_str().starts_with(expected_prefix),
@@ -535,7 +619,7 @@ mod tests {
     fn defaults_are_filled_in() {
         let event = parse_push(br#"{"user_id":"u","data":{},"event_id":null}"#)
             .unwrap()
-            .encode();
+            .encode(unix_seconds_now());
         let value: Value = serde_json::from_str(event.frame.as_str()).unwrap();
         assert_eq!(value["event_type"], "message");
         assert!(value["timestamp"].as_f64().unwrap() > 1.7e9);
@@ -545,7 +629,7 @@ mod tests {
     fn upstream_event_id_is_kept() {
         let event = parse_push(br#"{"user_id":"u","data":{},"event_id":"order-7"}"#)
             .unwrap()
-            .encode();
+            .encode(unix_seconds_now());
         assert_eq!(&*event.event_id, "order-7");
     }
 
@@ -615,7 +699,7 @@ mod tests {
         let body = format!(r#"{{"user_id":"u","data":{{"x":{deep}}}}}"#);
         let event = parse_push(body.as_bytes())
             .expect("valid JSON object")
-            .encode();
+            .encode(unix_seconds_now());
         assert!(event.frame.as_str().ends_with(&format!("{deep}}}}}")));
         let unclosed = format!(
             r#"{{"user_id":"u","data":{{"x":{}}}}}"#,
@@ -645,6 +729,19 @@ mod tests {
             "list_type"
         );
         assert!(parse_batch(b"[]", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn arrays_are_not_read_as_objects_field_by_field() {
+        let detail = issues_of(parse_batch(br#"[["u",{}],{"user_id":"","data":{}}]"#, 10));
+        assert_eq!(detail[0]["loc"], json!(["body", 0]));
+        assert_eq!(detail[0]["type"], "dict_type");
+        assert_eq!(detail[1]["loc"], json!(["body", 1, "user_id"]));
+        let ok = parse_batch(
+            br#"[{"user_id":"a","data":{},"extra":[1]},{"user_id":"b","data":{"x":1}}]"#,
+            2,
+        );
+        assert_eq!(ok.unwrap().len(), 2);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! A minimal keep-alive HTTP/1.1 client (hyper) and `/health` polling.
+//! A minimal keep-alive HTTP/1.1 client (hyper) and polling of the server's connection count.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +10,8 @@ use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::target::{HEALTH_PATH, Target};
+use crate::endpoint::Endpoint;
+use crate::target::Target;
 
 /// Longest wait for a TCP connect or one request/response exchange.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,12 +22,14 @@ type Body = BoxBody<Bytes, std::convert::Infallible>;
 pub struct HttpConn {
     sender: SendRequest<Body>,
     authority: String,
+    /// The server answered `Connection: close`: the next request needs a new connection.
+    closing: bool,
 }
 
 impl HttpConn {
     /// Opens a TCP connection (TCP_NODELAY) and performs the HTTP/1.1 handshake.
-    pub async fn connect(target: &Target) -> Result<Self> {
-        let stream = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(target.addr))
+    pub async fn connect(endpoint: &Endpoint) -> Result<Self> {
+        let stream = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(endpoint.addr))
             .await
             .context("HTTP connect timed out")?
             .context("HTTP connect")?;
@@ -40,11 +43,13 @@ impl HttpConn {
         });
         Ok(Self {
             sender,
-            authority: target.authority.clone(),
+            authority: endpoint.authority.clone(),
+            closing: false,
         })
     }
 
-    /// POSTs a JSON body; returns the status and the full response body.
+    /// POSTs a JSON body to `path` (with its query, if any); returns the status and the full
+    /// response body.
     pub async fn post_json(&mut self, path: &str, body: Bytes) -> Result<(StatusCode, Bytes)> {
         let request = Request::builder()
             .method(Method::POST)
@@ -67,9 +72,10 @@ impl HttpConn {
         self.exchange(request).await
     }
 
-    /// True while the connection can still carry requests.
+    /// True while the connection can still carry requests (the server did not close it or ask
+    /// for it to be closed).
     pub fn is_open(&self) -> bool {
-        !self.sender.is_closed()
+        !self.closing && !self.sender.is_closed()
     }
 
     async fn exchange(&mut self, request: Request<Body>) -> Result<(StatusCode, Bytes)> {
@@ -81,41 +87,52 @@ impl HttpConn {
                 .await
                 .context("sending request")?;
             let status = response.status();
+            let closing = response
+                .headers()
+                .get(header::CONNECTION)
+                .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
             let body = response
                 .into_body()
                 .collect()
                 .await
                 .context("reading response body")?
                 .to_bytes();
-            Ok::<_, anyhow::Error>((status, body))
+            Ok::<_, anyhow::Error>((status, body, closing))
         };
-        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let (status, body, closing) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .context("request timed out")?
+            .context("request timed out")??;
+        self.closing = closing;
+        Ok((status, body))
     }
 }
 
-/// Reads `connections` from `/health` over a fresh connection.
-pub async fn health_connections(target: &Target) -> Result<u64> {
-    let mut conn = HttpConn::connect(target).await?;
-    let (status, body) = conn.get(HEALTH_PATH).await?;
+/// Reads the server's open-connection count (`/health`'s `connections` for ours) over a fresh
+/// connection; fails for targets that do not report one.
+pub async fn server_connections(target: &Target) -> Result<u64> {
+    let Some(source) = target.protocol.connection_count() else {
+        bail!("{} does not report its connection count", target.kind);
+    };
+    let mut conn = HttpConn::connect(&target.api).await?;
+    let (status, body) = conn.get(source.path).await?;
     if !status.is_success() {
-        bail!("/health answered {status}");
+        bail!("{} answered {status}", source.path);
     }
-    let health: serde_json::Value = serde_json::from_slice(&body).context("parsing /health")?;
-    health
-        .get("connections")
+    let document: serde_json::Value =
+        serde_json::from_slice(&body).with_context(|| format!("parsing {}", source.path))?;
+    document
+        .pointer(source.pointer)
         .and_then(serde_json::Value::as_u64)
-        .context("/health has no numeric \"connections\"")
+        .with_context(|| format!("{} has no number at {}", source.path, source.pointer))
 }
 
-/// Polls `/health` every 100 ms until it reports at least `want` connections, or fails after
+/// Polls the connection count every 100 ms until it is at least `want`, or fails after
 /// `timeout`; returns the last count seen.
 pub async fn wait_for_connections(target: &Target, want: u64, timeout: Duration) -> Result<u64> {
     let deadline = Instant::now() + timeout;
     let mut last = 0;
     loop {
-        match health_connections(target).await {
+        match server_connections(target).await {
             Ok(count) if count >= want => return Ok(count),
             Ok(count) => last = count,
             Err(error) if Instant::now() >= deadline => return Err(error),
@@ -123,7 +140,7 @@ pub async fn wait_for_connections(target: &Target, want: u64, timeout: Duration)
         }
         if Instant::now() >= deadline {
             bail!(
-                "/health shows {last} connections after {timeout:?}, expected at least {want} \
+                "the server shows {last} connections after {timeout:?}, expected at least {want} \
                  (per-user or global connection limit? see loadgen/README.md)"
             );
         }
@@ -131,13 +148,13 @@ pub async fn wait_for_connections(target: &Target, want: u64, timeout: Duration)
     }
 }
 
-/// Polls `/health` until it reports at most `want` connections or `timeout` passes; returns the
-/// last count seen (or `None` if `/health` never answered).
+/// Polls the connection count until it is at most `want` or `timeout` passes; returns the last
+/// count seen (or `None` if the server never answered).
 pub async fn wait_for_at_most(target: &Target, want: u64, timeout: Duration) -> Option<u64> {
     let deadline = Instant::now() + timeout;
     let mut last = None;
     while Instant::now() < deadline {
-        if let Ok(count) = health_connections(target).await {
+        if let Ok(count) = server_connections(target).await {
             last = Some(count);
             if count <= want {
                 break;

@@ -3,9 +3,12 @@
 //! Scenarios: `push` (single pushes to many users), `batch` (batch pushes), `fanout` (one user,
 //! many connections) and `idle` (memory per idle connection). Every run prints a table (or, with
 //! `--json`, one JSON object on stdout) and exits 2 when messages were lost, duplicated or
-//! misrouted, 1 on any other error. Only loopback targets are accepted.
+//! misrouted, 1 on any other error. Only loopback targets are accepted. `--target` picks the
+//! server: this project (default) or one of the peers it is compared with (see [`target`]).
 
+mod endpoint;
 mod http;
+mod probe;
 mod publisher;
 mod report;
 mod scenario;
@@ -54,7 +57,13 @@ impl Scenario {
     }
 
     async fn run(self) -> anyhow::Result<Report> {
-        let target = Target::resolve(&self.common().url).await?;
+        let common = self.common();
+        let target = Target::resolve(
+            common.target,
+            common.url.as_deref(),
+            common.publish_url.as_deref(),
+        )
+        .await?;
         match self {
             Self::Push(args) => push::run(args, target).await,
             Self::Batch(args) => batch::run(args, target).await,

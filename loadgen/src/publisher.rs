@@ -9,12 +9,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::http::HttpConn;
 use crate::stats::{AckTable, LocalSamples, SharedHistogram, new_histogram};
-use crate::target::{BATCH_PATH, PUSH_PATH, Target};
+use crate::target::{Ack, Item, Target};
 
 /// How long after the window open-loop sends already due may still start.
 pub const LATE_ALLOWANCE: Duration = Duration::from_secs(1);
@@ -28,6 +27,9 @@ pub struct PublishPlan {
     pub user_ids: Vec<String>,
     /// Messages per request: 1 uses the single-push endpoint, more use the batch endpoint.
     pub per_request: u64,
+    /// Deliveries to expect for a message the server accepted without a count (the number of
+    /// connections each user has).
+    pub conns_per_user: u64,
     /// Size of each message's `data` object in bytes (padded with `x`).
     pub payload_bytes: usize,
     /// Open-loop: the shared queue of scheduled send times fed by a [`spawn_pacer`] thread;
@@ -97,9 +99,10 @@ pub struct PublisherStats {
     pub requests: u64,
     /// Messages in requests that were attempted.
     pub messages: u64,
-    /// Per-message outcome counts: `success`, `partial`, `http_<code>`, `transport_error`, …
+    /// Per-message outcome counts: `success` (delivered), `partial` (no connection), `accepted`
+    /// (no delivery count given), `http_<code>`, `transport_error`, `bad_response`, …
     pub responses: BTreeMap<String, u64>,
-    /// Messages the server acknowledged with `delivered >= 1`.
+    /// Messages the server acknowledged with `delivered >= 1` or accepted without a count.
     pub acked_messages: u64,
     /// Connections re-opened after a failure.
     pub reconnects: u64,
@@ -128,39 +131,14 @@ impl PublisherStats {
     }
 }
 
-#[derive(Deserialize)]
-struct PushReply<'a> {
-    #[serde(borrow)]
-    status: std::borrow::Cow<'a, str>,
-    delivered: u64,
-}
-
-#[derive(Deserialize)]
-struct BatchReply {
-    results: Vec<BatchItem>,
-}
-
-#[derive(Deserialize)]
-struct BatchItem {
-    success: bool,
-    delivered: u64,
-}
-
-/// Appends one push message (`{"user_id":…,"data":{"seq","sent_ns","pad"}}`) whose `data` is
-/// `payload_bytes` long (or as short as possible).
-pub fn write_message(
-    buf: &mut Vec<u8>,
-    user_id: &str,
-    seq: u64,
-    sent_ns: u64,
-    payload_bytes: usize,
-) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(buf, "{{\"user_id\":\"{user_id}\",\"data\":");
+/// Appends one message's `data` object, `{"seq":…,"sent_ns":…,"pad":"xxx…"}`, padded to
+/// `payload_bytes` (or as short as possible).
+pub fn write_data(buf: &mut Vec<u8>, seq: u64, sent_ns: u64, payload_bytes: usize) {
     let data_start = buf.len();
+    // Writing into a Vec cannot fail.
     let _ = write!(buf, "{{\"seq\":{seq},\"sent_ns\":{sent_ns},\"pad\":\"");
-    let closing = b"\"}}";
-    let used = buf.len() - data_start + closing.len() - 1;
+    let closing = b"\"}";
+    let used = buf.len() - data_start + closing.len();
     buf.resize(buf.len() + payload_bytes.saturating_sub(used), b'x');
     buf.extend_from_slice(closing);
 }
@@ -176,12 +154,10 @@ pub async fn run_publisher(
     let mut rtt = LocalSamples::default();
     let users = plan.user_ids.len().max(1) as u64;
     let per_request = plan.per_request.max(1);
-    let path = if per_request == 1 {
-        PUSH_PATH
-    } else {
-        BATCH_PATH
-    };
-    let mut body = Vec::with_capacity(plan.payload_bytes.saturating_add(64) * per_request as usize);
+    let capacity = plan.payload_bytes.saturating_add(64) * per_request as usize;
+    let mut data = Vec::with_capacity(capacity);
+    let mut ends = Vec::with_capacity(per_request as usize);
+    let mut body = Vec::with_capacity(capacity * 2);
     for k in 0u64.. {
         let scheduled = match &plan.tickets {
             Some(tickets) => {
@@ -211,27 +187,34 @@ pub async fn run_publisher(
             break;
         }
         let sent_ns = u64::try_from(scheduled.duration_since(plan.start).as_nanos()).unwrap_or(0);
-        body.clear();
-        if per_request > 1 {
-            body.push(b'[');
-        }
+        data.clear();
+        ends.clear();
         for seq in first_seq..first_seq + per_request {
-            if seq > first_seq {
-                body.push(b',');
-            }
-            let user = &plan.user_ids[(seq % users) as usize];
-            write_message(&mut body, user, seq, sent_ns, plan.payload_bytes);
+            write_data(&mut data, seq, sent_ns, plan.payload_bytes);
+            ends.push(data.len());
         }
-        if per_request > 1 {
-            body.push(b']');
-        }
+        // The data objects are ASCII, written just above.
+        let data_text = std::str::from_utf8(&data).unwrap_or_default();
+        let items: Vec<Item<'_>> = (first_seq..first_seq + per_request)
+            .zip(&ends)
+            .scan(0, |begin, (seq, &end)| {
+                let item = Item {
+                    user_id: &plan.user_ids[(seq % users) as usize],
+                    data: data_text.get(*begin..end).unwrap_or_default(),
+                };
+                *begin = end;
+                Some(item)
+            })
+            .collect();
+        body.clear();
+        let path = plan.target.protocol.publish(&items, &mut body);
         stats.messages += per_request;
 
         let live = match conn.take() {
             Some(open) if open.is_open() => Some(open),
             _ => {
                 stats.reconnects += u64::from(k > 0);
-                HttpConn::connect(&plan.target).await.ok()
+                HttpConn::connect(&plan.target.api).await.ok()
             }
         };
         let Some(mut live) = live else {
@@ -239,13 +222,13 @@ pub async fn run_publisher(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        match live.post_json(path, Bytes::copy_from_slice(&body)).await {
+        match live.post_json(&path, Bytes::copy_from_slice(&body)).await {
             Ok((status, reply)) => {
                 stats.requests += 1;
                 let rtt_us = scheduled.elapsed().as_micros();
                 rtt.record(u64::try_from(rtt_us).unwrap_or(u64::MAX), &shared.rtt);
                 if status.is_success() {
-                    record_reply(&reply, first_seq, per_request, &shared.acks, &mut stats);
+                    record_reply(&plan, &reply, first_seq, &shared.acks, &mut stats);
                 } else {
                     stats.count(&format!("http_{}", status.as_u16()), per_request);
                 }
@@ -260,36 +243,38 @@ pub async fn run_publisher(
 
 /// Parses a successful reply and records per-message acknowledgements.
 fn record_reply(
+    plan: &PublishPlan,
     reply: &[u8],
     first_seq: u64,
-    per_request: u64,
     acks: &AckTable,
     stats: &mut PublisherStats,
 ) {
-    if per_request == 1 {
-        match serde_json::from_slice::<PushReply<'_>>(reply) {
-            Ok(push) => {
-                stats.count(&push.status, 1);
-                if push.delivered > 0 {
-                    acks.record(first_seq, push.delivered);
-                    stats.acked_messages += 1;
-                }
-            }
-            Err(_) => stats.count("bad_response", 1),
-        }
+    let per_request = plan.per_request.max(1);
+    let Some(outcomes) = plan
+        .target
+        .protocol
+        .parse_reply(reply, per_request as usize)
+    else {
+        stats.count("bad_response", per_request);
         return;
-    }
-    match serde_json::from_slice::<BatchReply>(reply) {
-        Ok(batch) if batch.results.len() as u64 == per_request => {
-            for (seq, item) in (first_seq..).zip(&batch.results) {
-                stats.count(if item.success { "success" } else { "partial" }, 1);
-                if item.delivered > 0 {
-                    acks.record(seq, item.delivered);
-                    stats.acked_messages += 1;
-                }
+    };
+    for (seq, ack) in (first_seq..).zip(outcomes) {
+        let delivered = match ack {
+            Ack::Delivered(0) => {
+                stats.count("partial", 1);
+                continue;
             }
-        }
-        _ => stats.count("bad_response", per_request),
+            Ack::Delivered(count) => {
+                stats.count("success", 1);
+                count
+            }
+            Ack::Accepted => {
+                stats.count("accepted", 1);
+                plan.conns_per_user
+            }
+        };
+        acks.record(seq, delivered);
+        stats.acked_messages += 1;
     }
 }
 
@@ -300,17 +285,13 @@ mod tests {
     #[test]
     fn message_data_has_the_requested_size() {
         let mut buf = Vec::new();
-        write_message(&mut buf, "bench-u1", 12, 3456, 256);
+        write_data(&mut buf, 12, 3456, 256);
+        assert_eq!(buf.len(), 256);
         let value: serde_json::Value = serde_json::from_slice(&buf).expect("json");
-        assert_eq!(value["user_id"], "bench-u1");
-        assert_eq!(value["data"]["seq"], 12);
-        assert_eq!(value["data"]["sent_ns"], 3456);
-        assert_eq!(
-            serde_json::to_string(&value["data"]).map(|s| s.len()).ok(),
-            Some(256)
-        );
+        assert_eq!(value["seq"], 12);
+        assert_eq!(value["sent_ns"], 3456);
         buf.clear();
-        write_message(&mut buf, "u", 1, 1, 0);
+        write_data(&mut buf, 1, 1, 0);
         assert!(serde_json::from_slice::<serde_json::Value>(&buf).is_ok());
     }
 }

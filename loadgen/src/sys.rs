@@ -1,5 +1,6 @@
 //! Process-level measurements: file-descriptor limit, own CPU time, and the server's CPU and RSS
-//! read from `/proc`.
+//! read from `/proc`, summed over the server process and its descendants (a server may be a tree
+//! of processes, like Pushpin's runner, condure, zurl, proxy, handler and backend).
 
 use anyhow::{Context, Result};
 
@@ -62,6 +63,70 @@ pub fn proc_rss_bytes(pid: u32) -> Result<u64> {
     Ok(kib * 1024)
 }
 
+/// The parent pid of process `pid`, from `/proc/PID/stat` (field 4).
+fn parent_pid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `root` and every live descendant of it (one scan of `/proc`).
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(parent) = parent_pid(pid) {
+                parents.push((pid, parent));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    // Each pass adds the children of what is already in the tree; the depth is bounded by the
+    // number of processes.
+    for _ in 0..parents.len() {
+        let before = tree.len();
+        for &(pid, parent) in &parents {
+            if tree.contains(&parent) && !tree.contains(&pid) {
+                tree.push(pid);
+            }
+        }
+        if tree.len() == before {
+            break;
+        }
+    }
+    tree
+}
+
+/// CPU seconds used so far by `root` and its live descendants (fails if `root` is unreadable).
+pub fn tree_cpu_seconds(root: u32) -> Result<f64> {
+    let own = proc_cpu_seconds(root)?;
+    let children: f64 = process_tree(root)
+        .into_iter()
+        .skip(1)
+        .filter_map(|pid| proc_cpu_seconds(pid).ok())
+        .sum();
+    Ok(own + children)
+}
+
+/// Resident set size in bytes of `root` plus its live descendants (pages shared between them are
+/// counted once per process).
+pub fn tree_rss_bytes(root: u32) -> Result<u64> {
+    let own = proc_rss_bytes(root)?;
+    let children: u64 = process_tree(root)
+        .into_iter()
+        .skip(1)
+        .filter_map(|pid| proc_rss_bytes(pid).ok())
+        .sum();
+    Ok(own + children)
+}
+
 /// CPU-time snapshot of loadgen and (optionally) the server, to measure a window.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuSnapshot {
@@ -82,12 +147,13 @@ pub struct CpuUsage {
 }
 
 impl CpuSnapshot {
-    /// Takes a snapshot now; the server part is `None` when no pid is given or it is unreadable.
+    /// Takes a snapshot now; the server part (its whole process tree) is `None` when no pid is
+    /// given or it is unreadable.
     pub fn take(server_pid: Option<u32>) -> Self {
         Self {
             at: std::time::Instant::now(),
             own: self_cpu_seconds(),
-            server: server_pid.and_then(|pid| proc_cpu_seconds(pid).ok()),
+            server: server_pid.and_then(|pid| tree_cpu_seconds(pid).ok()),
         }
     }
 
@@ -128,5 +194,7 @@ mod tests {
         assert!(proc_rss_bytes(pid).expect("rss") > 0);
         assert!(proc_cpu_seconds(pid).expect("cpu") >= 0.0);
         assert!(self_cpu_seconds() >= 0.0);
+        assert_eq!(process_tree(pid).first(), Some(&pid));
+        assert!(tree_rss_bytes(pid).expect("tree rss") >= proc_rss_bytes(pid).unwrap_or(0) / 2);
     }
 }

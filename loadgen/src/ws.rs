@@ -6,20 +6,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
+use crate::probe::ProbeBoard;
 use crate::stats::{LocalSamples, SeenSet, SharedHistogram};
-use crate::target::Target;
+use crate::target::{Frame, Incoming, Protocol, Target};
 
 /// A client WebSocket over plain TCP.
 pub type WsStream = WebSocketStream<TcpStream>;
 
-/// Longest wait for a TCP connect plus WebSocket handshake.
+/// Longest wait for a TCP connect plus WebSocket handshake plus the target's subscribe step.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for our close frame to be written when shutting a connection down.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,10 +38,11 @@ pub fn client_config(many_connections: bool) -> WebSocketConfig {
     }
 }
 
-/// Opens one WebSocket for `user_id` (TCP_NODELAY, bounded by a timeout).
+/// Opens one WebSocket for `user_id` (TCP_NODELAY) and runs the target's subscribe step, all
+/// bounded by a timeout.
 pub async fn connect(target: &Target, user_id: &str, config: WebSocketConfig) -> Result<WsStream> {
     let handshake = async {
-        let stream = TcpStream::connect(target.addr)
+        let stream = TcpStream::connect(target.ws.addr)
             .await
             .context("TCP connect")?;
         stream.set_nodelay(true).context("TCP_NODELAY")?;
@@ -51,6 +53,12 @@ pub async fn connect(target: &Target, user_id: &str, config: WebSocketConfig) ->
         )
         .await
         .context("WebSocket handshake")?;
+        let mut ws = ws;
+        target
+            .protocol
+            .subscribe(&mut ws, user_id)
+            .await
+            .context("subscribing")?;
         Ok::<_, anyhow::Error>(ws)
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
@@ -84,40 +92,13 @@ pub async fn close(mut ws: WsStream) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
 }
 
-/// The fields loadgen needs from one pushed frame.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Frame<'a> {
-    /// The frame's top-level `user_id`.
-    pub user_id: &'a str,
-    /// `data.seq`: the global message sequence number.
-    pub seq: u64,
-    /// `data.sent_ns`: when the message was (scheduled to be) sent, ns since the shared start.
-    pub sent_ns: u64,
-}
-
-/// Extracts `user_id`, `data.seq` and `data.sent_ns` by scanning (the server writes compact JSON
-/// and copies `data` verbatim); `None` if the frame does not look like a loadgen push.
-pub fn parse_frame(text: &str) -> Option<Frame<'_>> {
-    let user_start = text.find("\"user_id\":\"")? + "\"user_id\":\"".len();
-    let user_len = text[user_start..].find('"')?;
-    let data = &text[text.find("\"data\":")?..];
-    Some(Frame {
-        user_id: &text[user_start..user_start + user_len],
-        seq: number_after(data, "\"seq\":")?,
-        sent_ns: number_after(data, "\"sent_ns\":")?,
-    })
-}
-
-/// The unsigned integer right after the first `key` in `text`.
-fn number_after(text: &str, key: &str) -> Option<u64> {
-    let rest = &text[text.find(key)? + key.len()..];
-    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-    rest[..digits].parse().ok()
-}
-
 /// State shared by every receiving connection of one run.
 #[derive(Debug)]
 pub struct RecvContext {
+    /// How the target's frames look.
+    pub protocol: Arc<dyn Protocol>,
+    /// Where connections report their first subscription probe.
+    pub probes: Arc<ProbeBoard>,
     /// The instant `sent_ns` values are measured from.
     pub start: Instant,
     /// Number of distinct users; message `seq` goes to user `seq % users`.
@@ -126,7 +107,8 @@ pub struct RecvContext {
     pub max_seq: u64,
     /// End-to-end latency (µs), from `sent_ns` to frame arrival.
     pub latency: SharedHistogram,
-    /// Frames received so far by all connections (for the end-of-run grace wait).
+    /// Message frames (not probes or protocol messages) received so far by all connections (for
+    /// the end-of-run grace wait).
     pub frames: AtomicU64,
 }
 
@@ -135,7 +117,7 @@ pub struct RecvContext {
 pub struct RecvOutcome {
     /// Index of the user the connection belongs to.
     pub user_index: u64,
-    /// Text frames received.
+    /// Message frames received (valid or not; probes and protocol messages excluded).
     pub frames: u64,
     /// Frames for a message this connection had already received.
     pub duplicates: u64,
@@ -164,6 +146,7 @@ pub async fn receive(
         ..RecvOutcome::default()
     };
     let mut samples = LocalSamples::default();
+    let mut probed = false;
     loop {
         let message = tokio::select! {
             biased;
@@ -171,9 +154,23 @@ pub async fn receive(
             message = ws.next() => message,
         };
         match message {
-            Some(Ok(Message::Text(text))) => {
-                check_frame(&text, &user_id, &ctx, &mut outcome, &mut samples);
-            }
+            Some(Ok(Message::Text(text))) => match ctx.protocol.classify(&text) {
+                Incoming::Push(frame) => {
+                    count_frame(&ctx, &mut outcome);
+                    check_frame(&frame, &user_id, &ctx, &mut outcome, &mut samples);
+                }
+                Incoming::Invalid => {
+                    count_frame(&ctx, &mut outcome);
+                    outcome.invalid += 1;
+                }
+                Incoming::Probe => {
+                    if !std::mem::replace(&mut probed, true) {
+                        ctx.probes.confirm(user_index);
+                    }
+                }
+                Incoming::Reply(answer) => answer_control(&mut ws, answer).await,
+                Incoming::Ignore => {}
+            },
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                 outcome.closed_early = true;
                 break;
@@ -188,20 +185,26 @@ pub async fn receive(
     outcome
 }
 
-/// Classifies one text frame and records its latency.
+/// Counts one message frame.
+fn count_frame(ctx: &RecvContext, outcome: &mut RecvOutcome) {
+    outcome.frames += 1;
+    ctx.frames.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sends the answer a protocol message asks for (bounded by a timeout; a failure shows up as the
+/// connection ending).
+async fn answer_control(ws: &mut WsStream, answer: &str) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::text(answer))).await;
+}
+
+/// Checks one pushed message (route, duplicate, range) and records its latency.
 fn check_frame(
-    text: &str,
+    frame: &Frame<'_>,
     user_id: &str,
     ctx: &RecvContext,
     outcome: &mut RecvOutcome,
     samples: &mut LocalSamples,
 ) {
-    outcome.frames += 1;
-    ctx.frames.fetch_add(1, Ordering::Relaxed);
-    let Some(frame) = parse_frame(text) else {
-        outcome.invalid += 1;
-        return;
-    };
     if frame.seq >= ctx.max_seq {
         outcome.invalid += 1;
         return;
@@ -222,15 +225,23 @@ fn check_frame(
 /// What one held idle connection saw.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HoldOutcome {
-    /// Text or binary frames received (none are expected).
+    /// Message frames received (none are expected; probes and protocol messages excluded).
     pub frames: u64,
     /// The server closed the connection (or it failed) before we did.
     pub closed_early: bool,
 }
 
-/// Keeps an idle connection open (answering pings) until `cancel` fires, then closes it.
-pub async fn hold(mut ws: WsStream, cancel: CancellationToken) -> HoldOutcome {
+/// Keeps an idle connection open (answering pings and protocol messages, reporting a probe on
+/// `probes`) until `cancel` fires, then closes it.
+pub async fn hold(
+    mut ws: WsStream,
+    user_index: u64,
+    protocol: Arc<dyn Protocol>,
+    probes: Arc<ProbeBoard>,
+    cancel: CancellationToken,
+) -> HoldOutcome {
     let mut outcome = HoldOutcome::default();
+    let mut probed = false;
     loop {
         let message = tokio::select! {
             biased;
@@ -238,7 +249,17 @@ pub async fn hold(mut ws: WsStream, cancel: CancellationToken) -> HoldOutcome {
             message = ws.next() => message,
         };
         match message {
-            Some(Ok(Message::Text(_) | Message::Binary(_))) => outcome.frames += 1,
+            Some(Ok(Message::Text(text))) => match protocol.classify(&text) {
+                Incoming::Probe => {
+                    if !std::mem::replace(&mut probed, true) {
+                        probes.confirm(user_index);
+                    }
+                }
+                Incoming::Reply(answer) => answer_control(&mut ws, answer).await,
+                Incoming::Ignore => {}
+                Incoming::Push(_) | Incoming::Invalid => outcome.frames += 1,
+            },
+            Some(Ok(Message::Binary(_))) => outcome.frames += 1,
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                 outcome.closed_early = true;
                 return outcome;
@@ -248,24 +269,4 @@ pub async fn hold(mut ws: WsStream, cancel: CancellationToken) -> HoldOutcome {
     }
     close(ws).await;
     outcome
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scans_server_frames() {
-        let text = r#"{"event_type":"message","event_id":"01J","user_id":"bench-u7","timestamp":1.5,"data":{"seq":42,"sent_ns":123456,"pad":"xx"}}"#;
-        assert_eq!(
-            parse_frame(text),
-            Some(Frame {
-                user_id: "bench-u7",
-                seq: 42,
-                sent_ns: 123_456
-            })
-        );
-        assert_eq!(parse_frame(r#"{"user_id":"a","data":{"other":1}}"#), None);
-        assert_eq!(parse_frame("not json"), None);
-    }
 }

@@ -1,6 +1,9 @@
 //! `loadgen idle`: open many WebSocket connections that receive nothing and measure the server's
-//! resident memory per connection and the handshake rate.
+//! resident memory per connection and the handshake rate. Connections are counted in by the
+//! server's own connection count where it has one; otherwise (Pushpin) by one subscription probe
+//! per connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -10,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::CommonArgs;
 use crate::http;
+use crate::probe::{self, ProbeBoard};
 use crate::report::Report;
 use crate::stats::round3;
 use crate::sys::{self, CpuSnapshot, ratio};
@@ -44,35 +48,61 @@ pub async fn run(args: IdleArgs, target: Target) -> Result<Report> {
     let connections = args.connections;
     let users = args.users.unwrap_or(connections).min(connections);
     super::check_fd_budget(connections, 1)?;
-    let baseline = http::health_connections(&target)
-        .await
-        .context("server not reachable (GET /health)")?;
-    let rss_before = sys::proc_rss_bytes(pid)?;
+    let counted = target.protocol.connection_count().is_some();
+    let baseline = if counted {
+        Some(
+            http::server_connections(&target)
+                .await
+                .context("server not reachable (connection count)")?,
+        )
+    } else {
+        None
+    };
+    let rss_before = sys::tree_rss_bytes(pid)?;
     let cpu_start = CpuSnapshot::take(Some(pid));
 
     let cancel = CancellationToken::new();
+    let user_ids: Vec<String> = (0..users).map(|i| format!("idle-u{i}")).collect();
     let specs = (0..connections)
-        .map(|i| (format!("idle-u{}", i % users), i % users))
+        .map(|i| (user_ids[(i % users) as usize].clone(), i % users))
         .collect();
+    let probes = Arc::new(ProbeBoard::new(
+        users as usize,
+        (0..connections).map(|i| i % users),
+    ));
     eprintln!("loadgen: opening {connections} idle connection(s) for {users} user(s)");
     let opened = super::open_connections(
         &target,
         specs,
         ws::client_config(true),
-        |stream, _user_id, _user_index| tokio::spawn(ws::hold(stream, cancel.clone())),
+        |stream, _user_id, user_index| {
+            tokio::spawn(ws::hold(
+                stream,
+                user_index,
+                Arc::clone(&target.protocol),
+                Arc::clone(&probes),
+                cancel.clone(),
+            ))
+        },
     )
     .await;
     let count = opened.items.len() as u64;
     let open_s = opened.elapsed.as_secs_f64();
-    let shown = http::wait_for_connections(
-        &target,
-        baseline + count,
-        Duration::from_secs(10) + Duration::from_millis(count),
-    )
-    .await;
+    let wait = Duration::from_secs(10) + Duration::from_millis(count);
+    let shown = match baseline {
+        Some(baseline) => http::wait_for_connections(&target, baseline + count, wait)
+            .await
+            .map(Some),
+        None if opened.failed == 0 => {
+            probe::confirm_subscriptions(&target, &user_ids, &probes, wait)
+                .await
+                .map(|_| None)
+        }
+        None => Ok(None),
+    };
     let cpu = cpu_start.until(&CpuSnapshot::take(Some(pid)));
     tokio::time::sleep(SETTLE).await;
-    let rss_after = sys::proc_rss_bytes(pid);
+    let rss_after = sys::tree_rss_bytes(pid);
 
     cancel.cancel();
     let mut held = HoldOutcome::default();
@@ -86,12 +116,16 @@ pub async fn run(args: IdleArgs, target: Target) -> Result<Report> {
             Err(_) => panics += 1,
         }
     }
-    let after_close = http::wait_for_at_most(&target, baseline, CLOSE_WAIT).await;
+    let after_close = match baseline {
+        Some(baseline) => http::wait_for_at_most(&target, baseline, CLOSE_WAIT).await,
+        None => None,
+    };
 
     let shown = shown?;
     let rss_after = rss_after?;
     let grown = rss_after.saturating_sub(rss_before);
     let mut report = Report::new("idle");
+    report.set("target", target.kind.name());
     report.set(
         "config",
         json!({ "connections": connections, "users": users, "server_pid": pid }),
@@ -102,9 +136,10 @@ pub async fn run(args: IdleArgs, target: Target) -> Result<Report> {
             "opened": count,
             "failed": opened.failed,
             "handshake_retries": opened.retries,
-            "health_baseline": baseline,
-            "health_when_open": shown,
-            "health_after_close": after_close,
+            "server_count_baseline": baseline,
+            "server_count_when_open": shown,
+            "server_count_after_close": after_close,
+            "confirmed_by_probe": probes.confirmed(),
         }),
     );
     report.set("open_s", round3(open_s));
@@ -139,9 +174,11 @@ pub async fn run(args: IdleArgs, target: Target) -> Result<Report> {
             .warnings
             .push("some connections were closed by the server while held".to_owned());
     }
-    if after_close.is_none_or(|now| now > baseline) {
+    if let Some(baseline) = baseline
+        && after_close.is_none_or(|now| now > baseline)
+    {
         report.warnings.push(format!(
-            "/health did not drop back to {baseline} connections within {CLOSE_WAIT:?}"
+            "the server's connection count did not drop back to {baseline} within {CLOSE_WAIT:?}"
         ));
     }
     if cpu.loadgen_cores() > 0.9 {

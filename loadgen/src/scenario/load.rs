@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{self, HttpConn};
+use crate::http::HttpConn;
+use crate::probe::{self, ProbeBoard};
 use crate::publisher::{self, PublishPlan, PublishShared, PublisherStats};
 use crate::report::Report;
 use crate::stats::{AckTable, SeenSet, SharedHistogram, round3, summary_ms};
@@ -17,8 +18,12 @@ use crate::sys::{CpuSnapshot, ratio};
 use crate::target::Target;
 use crate::ws::{self, RecvContext, RecvOutcome};
 
-/// Longest wait after the send window for acknowledged messages still in flight.
-const GRACE: Duration = Duration::from_secs(2);
+/// After the send window, loadgen waits for acknowledged messages still in flight until all have
+/// arrived, or none arrived for this long (servers that acknowledge before delivering, like
+/// Pushpin and Sockudo, may still be draining a queue)...
+const GRACE_QUIET: Duration = Duration::from_secs(2);
+/// ...or this much time has passed in all.
+const GRACE_MAX: Duration = Duration::from_secs(20);
 
 /// One push-style run.
 #[derive(Debug, Clone)]
@@ -53,12 +58,15 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
     }
     let connections = users * spec.conns_per_user;
     super::check_fd_budget(connections, spec.publishers)?;
-    let baseline = http::health_connections(&target)
-        .await
-        .context("server not reachable (GET /health)")?;
 
     let start = Instant::now();
+    let probes = Arc::new(ProbeBoard::new(
+        users as usize,
+        (0..connections).map(|i| i % users),
+    ));
     let ctx = Arc::new(RecvContext {
+        protocol: Arc::clone(&target.protocol),
+        probes: Arc::clone(&probes),
         start,
         users,
         max_seq: spec.max_messages,
@@ -98,14 +106,18 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
         );
     }
     let wait = Duration::from_secs(10) + Duration::from_millis(connections);
-    if let Err(error) = http::wait_for_connections(&target, baseline + connections, wait).await {
-        cancel.cancel();
-        return Err(error);
-    }
+    let probe_time =
+        match probe::confirm_subscriptions(&target, &spec.user_ids, &probes, wait).await {
+            Ok(elapsed) => elapsed,
+            Err(error) => {
+                cancel.cancel();
+                return Err(error);
+            }
+        };
 
     let mut conns = Vec::new();
     for _ in 0..spec.publishers {
-        match HttpConn::connect(&target).await {
+        match HttpConn::connect(&target.api).await {
             Ok(conn) => conns.push(Some(conn)),
             Err(error) => {
                 cancel.cancel();
@@ -142,6 +154,7 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
         target: target.clone(),
         user_ids: spec.user_ids.clone(),
         per_request: spec.per_request,
+        conns_per_user: spec.conns_per_user,
         payload_bytes: spec.payload_bytes,
         tickets: pacer.as_ref().map(|(tickets, _)| Arc::clone(tickets)),
         start,
@@ -180,11 +193,17 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
         }
     }
 
-    let grace_deadline = Instant::now() + GRACE;
-    while ctx.frames.load(Ordering::Relaxed) < shared.acks.expected_total()
+    let grace_deadline = Instant::now() + GRACE_MAX;
+    let (mut seen, mut progress_at) = (ctx.frames.load(Ordering::Relaxed), Instant::now());
+    while seen < shared.acks.expected_total()
         && Instant::now() < grace_deadline
+        && progress_at.elapsed() < GRACE_QUIET
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
+        let now_seen = ctx.frames.load(Ordering::Relaxed);
+        if now_seen != seen {
+            (seen, progress_at) = (now_seen, Instant::now());
+        }
     }
     let cpu = cpu_start.until(&CpuSnapshot::take(spec.server_pid));
     cancel.cancel();
@@ -199,6 +218,7 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
 
     let check = verify(&shared, &outcomes, users);
     let mut report = Report::new(spec.scenario);
+    report.set("target", target.kind.name());
     let window_to_last =
         Duration::from_nanos(check.last_recv_ns).saturating_sub(window_start.duration_since(start));
     report.set(
@@ -219,10 +239,13 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
         json!({
             "opened": connections,
             "handshake_retries": opened.retries,
+            "open_s": round3(opened.elapsed.as_secs_f64()),
+            "subscriptions_confirmed_s": round3(probe_time.as_secs_f64()),
             "closed_early": check.closed_early,
         }),
     );
     report.set("requests", sent.requests);
+    report.set("publisher_reconnects", sent.reconnects);
     report.set("messages_sent", sent.messages);
     report.set(
         "send_rate_msgs_per_s",
@@ -281,7 +304,7 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
     let errors: u64 = sent
         .responses
         .iter()
-        .filter(|(key, _)| !matches!(key.as_str(), "success" | "partial"))
+        .filter(|(key, _)| !matches!(key.as_str(), "success" | "partial" | "accepted"))
         .map(|(_, count)| count)
         .sum();
     if errors > 0 {

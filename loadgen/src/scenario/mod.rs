@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::target::Target;
+use crate::target::{Target, TargetKind};
 use crate::ws::{self, WsStream};
 
-/// WebSocket handshakes kept in flight at once while opening connections.
-pub const CONNECT_CONCURRENCY: usize = 200;
-/// Tries per WebSocket handshake.
+/// Tries per WebSocket handshake (the number in flight at once is the target's
+/// [`crate::target::Protocol::max_handshakes_in_flight`]).
 pub const CONNECT_ATTEMPTS: u32 = 3;
 
 /// Result of opening many WebSocket connections.
@@ -59,7 +58,7 @@ where
                 ws::connect_with_retry(target, &user_id, config, CONNECT_ATTEMPTS).await;
             (result, retries, user_id, user_index)
         })
-        .buffer_unordered(CONNECT_CONCURRENCY);
+        .buffer_unordered(target.protocol.max_handshakes_in_flight().max(1));
     while let Some((result, retries, user_id, user_index)) = attempts.next().await {
         opened.retries += u64::from(retries);
         match result {
@@ -92,13 +91,22 @@ pub fn check_fd_budget(connections: u64, publishers: u64) -> anyhow::Result<()> 
 /// Options every scenario takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
-    /// Base URL of the server (loopback only); the WebSocket URL is derived from it.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// Which server to drive: its API, WebSocket protocol and default port.
+    #[arg(long, value_enum, default_value_t = TargetKind::Ours)]
+    pub target: TargetKind,
+    /// Base URL of the server's WebSocket side (loopback only); default by target: ours and
+    /// fastapi http://127.0.0.1:8080, pushpin http://127.0.0.1:18000, sockudo
+    /// http://127.0.0.1:18300.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Base URL publishers POST to (loopback only); default: --url, for pushpin --url's port + 1.
+    #[arg(long)]
+    pub publish_url: Option<String>,
     /// Print one JSON object on stdout (the table goes to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Server process id, for its CPU time (and RSS in `idle`) from /proc.
+    /// Server process id, for its CPU time (and RSS in `idle`) from /proc, summed over the
+    /// process and all its descendants (Pushpin is a tree of processes).
     #[arg(long)]
     pub server_pid: Option<u32>,
 }

@@ -20,10 +20,11 @@ use crate::metrics::Refusal;
 use crate::protocol::{Issue, Loc, UserId};
 use crate::state::SharedState;
 
-/// Bytes tungstenite reserves for reading from each connection. Clients send little (acks are
-/// optional chatter), so a small buffer keeps idle connections cheap; larger frames still arrive,
-/// the buffer grows for them.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes tungstenite reserves for reading from each connection, and reads per call. Clients send
+/// little (acks are optional chatter), so a small buffer keeps idle connections cheap: every KiB
+/// here is 10 MiB per 10,000 connections. A larger frame still arrives: the buffer grows to hold
+/// it, and it is read in several calls.
+const READ_BUFFER_BYTES: usize = 512;
 
 /// Answers the WebSocket handshake: refuses bad or unwelcome requests, upgrades the rest.
 pub async fn handshake(

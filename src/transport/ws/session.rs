@@ -87,6 +87,16 @@ async fn serve(
                 if received == 0 {
                     return DisconnectReason::Shutdown;
                 }
+                if received < WRITE_BATCH {
+                    // Let the other ready tasks (pushes being handled) run first, so that under
+                    // load several frames share one socket write; when idle this costs one trip
+                    // through the scheduler.
+                    tokio::task::yield_now().await;
+                    while batch.len() < WRITE_BATCH {
+                        let Ok(frame) = outbox.try_recv() else { break };
+                        batch.push(frame);
+                    }
+                }
                 let frames = batch.drain(..).map(Message::Text);
                 if let Err(reason) = write(socket, frames, settings.ws_write_timeout).await {
                     return reason;

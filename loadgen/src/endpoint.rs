@@ -1,28 +1,19 @@
-//! The server under test: base-URL parsing, the loopback-only guard and derived URLs.
+//! A server address: base-URL parsing, the loopback-only guard and one-time resolution.
 
 use std::net::{IpAddr, SocketAddr};
 
 use anyhow::{Context, Result, bail};
 
-/// Path of the single-push endpoint.
-pub const PUSH_PATH: &str = "/sse/push";
-/// Path of the batch-push endpoint.
-pub const BATCH_PATH: &str = "/sse/push/batch";
-/// Path of the health endpoint (its `connections` field is polled).
-pub const HEALTH_PATH: &str = "/health";
-/// Path of the WebSocket endpoint.
-pub const WS_PATH: &str = "/ws";
-
 /// A resolved, loopback-only server address.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct Endpoint {
     /// The socket address every TCP connection goes to (resolved once).
     pub addr: SocketAddr,
     /// `host[:port]` as written in the base URL, sent as the `Host` header.
     pub authority: String,
 }
 
-impl Target {
+impl Endpoint {
     /// Parses `http://host[:port][/]`, refuses anything that is not loopback
     /// (127.0.0.0/8, `localhost`, `::1`) and resolves it once.
     pub async fn resolve(url: &str) -> Result<Self> {
@@ -53,9 +44,17 @@ impl Target {
         Ok(Self { addr, authority })
     }
 
-    /// The WebSocket URL for one user id (ids used by loadgen need no escaping).
-    pub fn ws_url(&self, user_id: &str) -> String {
-        format!("ws://{}{WS_PATH}?user_id={user_id}", self.authority)
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// This endpoint's base URL with another port (same host).
+    pub fn with_port(&self, port: u16) -> String {
+        match self.addr.ip() {
+            IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
+            IpAddr::V4(ip) => format!("http://{ip}:{port}"),
+        }
     }
 }
 
@@ -117,11 +116,12 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_non_loopback() {
-        assert!(Target::resolve("http://10.0.0.1:8080").await.is_err());
-        assert!(Target::resolve("http://example.com:8080").await.is_err());
-        let target = Target::resolve("http://127.0.0.2:8080")
+        assert!(Endpoint::resolve("http://10.0.0.1:8080").await.is_err());
+        assert!(Endpoint::resolve("http://example.com:8080").await.is_err());
+        let endpoint = Endpoint::resolve("http://127.0.0.2:8080")
             .await
             .expect("loopback");
-        assert_eq!(target.ws_url("u1"), "ws://127.0.0.2:8080/ws?user_id=u1");
+        assert_eq!(endpoint.authority, "127.0.0.2:8080");
+        assert_eq!(endpoint.port(), 8080);
     }
 }
