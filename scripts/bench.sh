@@ -262,7 +262,9 @@ run_loadgen() {
     printf '{"target":"%s","name":"%s","exit_status":%d,"result":%s}\n' \
         "$target" "$name" "$status" "$LAST_JSON" >>"$RUNS"
     if [ "$status" -ne 0 ]; then
-        FAILED=1
+        # A peer losing messages (loadgen exit 2) is a measured result, shown in the table; only
+        # our own failures and harness errors fail the run.
+        if [ "$target" = ours ] || [ "$status" -ne 2 ]; then FAILED=1; fi
         log "$target: $name FAILED (exit $status); see $OUT/$target-$name.log"
         grep -E "RESULT|error|WARNING" "$OUT/$target-$name.log" | tail -n 5 >&2 || true
     fi
