@@ -60,6 +60,9 @@ pub enum ApiError {
     /// The path exists, but not for this method (405).
     #[error("Method Not Allowed")]
     MethodNotAllowed,
+    /// A bug: a handler panicked (500). The panic is logged; the server keeps serving.
+    #[error("Internal Server Error")]
+    Internal,
 }
 
 impl ApiError {
@@ -74,6 +77,7 @@ impl ApiError {
             Self::Handshake { status, .. } => *status,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -87,7 +91,8 @@ impl ApiError {
             | Self::Handshake { .. }
             | Self::Overloaded(_)
             | Self::NotFound
-            | Self::MethodNotAllowed => None,
+            | Self::MethodNotAllowed
+            | Self::Internal => None,
         }
     }
 }
@@ -222,7 +227,7 @@ pub async fn push_batch(
             .zip(deliveries)
             .map(|(event, delivery)| BatchItemResult {
                 user_id: event.user_id,
-                success: delivery.delivered > 0 && delivery.failed == 0,
+                success: delivery.is_success(),
                 event_id: event.event_id,
                 delivered: delivery.delivered,
             })
@@ -280,6 +285,17 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+/// Turns a handler's panic into a JSON 500 for that request alone, and logs it.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    tracing::error!(panic = %message, "a request handler panicked");
+    ApiError::Internal.into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,6 +316,12 @@ mod tests {
             with("text/plain"),
             Err(ApiError::UnsupportedMediaType(_))
         ));
+    }
+
+    #[test]
+    fn a_panic_becomes_a_json_500() {
+        let response = panic_response(Box::new("boom"));
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 
     #[test]

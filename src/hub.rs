@@ -104,6 +104,13 @@ pub struct Delivery {
     pub failed: usize,
 }
 
+impl Delivery {
+    /// At least one connection took the event and none failed: what a push reports as `success`.
+    pub fn is_success(self) -> bool {
+        self.delivered > 0 && self.failed == 0
+    }
+}
+
 /// Refusal of a new connection by the per-user limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("user already has {limit} connections (MAX_CONNECTIONS_PER_USER)")]

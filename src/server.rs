@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpSocket, lookup_host};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::api;
@@ -194,7 +195,7 @@ async fn serve_http(listener: TcpListener, router: Router, stop: impl Future<Out
     connections.wait().await;
 }
 
-/// The HTTP router with every endpoint, the body limit and CORS.
+/// The HTTP router with every endpoint, the body limit, panic containment and CORS.
 pub fn router(state: SharedState) -> Router {
     let settings = &state.settings;
     Router::new()
@@ -207,6 +208,7 @@ pub fn router(state: SharedState) -> Router {
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(CatchPanicLayer::custom(api::panic_response))
         .layer(cors(&settings.cors_origins))
         .with_state(state)
 }

@@ -3,7 +3,8 @@
 //! The task waits on five things at once: shutdown, a close request from the hub (slow consumer,
 //! replaced), the connection's outbox, the keepalive deadline and the client's next frame. Frames
 //! from the outbox are written in batches (`recv_many`, `feed` each, one `flush`), each batch
-//! within `WS_WRITE_TIMEOUT`. The session, and only the session, closes its socket: it sends the
+//! within `WS_WRITE_TIMEOUT`; a small batch first yields to the scheduler once, so that under load
+//! more frames join it and share one socket write. The session, and only the session, closes its socket: it sends the
 //! close code for the reason and waits briefly for the client's reply.
 
 use std::time::Duration;
