@@ -5,17 +5,20 @@
 #
 #   scripts/bench.sh            full run: release build, 10 s per scenario, every installed target
 #   scripts/bench.sh --quick    the same with ~2 s per scenario
-#   scripts/bench.sh --smoke    CI: debug build, ours only, a 1 s push and 200 idle connections;
-#                               fails on any loss, duplicate or misrouted frame
+#   scripts/bench.sh --smoke    CI: debug build, ours only, a 1 s push, 200 idle connections and
+#                               1 s of churn with 20 workers; fails on any loss, duplicate or
+#                               misrouted frame, failed connection or leaked connection
 #   scripts/bench.sh --targets "ours pushpin"   only these targets
 #
 # Each server is pinned to CPU 0 and loadgen to CPU 1 (taskset), so they do not compete. A
-# fresh server is started for the idle scenario so that its RSS baseline is clean.
+# fresh server is started for the idle scenario and another for churn, so that their RSS baselines
+# are clean.
 #
 # Environment (all optional):
 #   BENCH_DURATION=10            seconds per scenario (--quick: 2)
 #   BENCH_IDLE_CONNECTIONS=10000 connections in the idle scenario (--smoke: 200)
 #   BENCH_FANOUT_CONNECTIONS=1000, BENCH_FANOUT_RATE=1000   fanout: sockets of one user, pushes/s
+#   BENCH_CHURN_CONCURRENCY=100  churn: workers opening and closing connections (--smoke: 20)
 #   BENCH_OPEN_RATE=N            open-loop push rate for every target (default: half of that
 #                                target's closed-loop delivered/s, measured just before)
 #   BENCH_OUT=DIR                where results go (default bench-results/<UTC timestamp>)
@@ -49,6 +52,7 @@ case "$MODE" in
     quick) DURATION="${BENCH_DURATION:-2}"; IDLE_CONNS="${BENCH_IDLE_CONNECTIONS:-10000}" ;;
     smoke) DURATION=1; IDLE_CONNS=200; TARGETS=ours ;;
 esac
+if [ "$MODE" = smoke ]; then CHURN_CONC=20; else CHURN_CONC="${BENCH_CHURN_CONCURRENCY:-100}"; fi
 FANOUT_CONNS="${BENCH_FANOUT_CONNECTIONS:-1000}"
 FANOUT_RATE="${BENCH_FANOUT_RATE:-1000}"
 PORT_OURS="${BENCH_PORT_OURS:-18080}"
@@ -308,6 +312,14 @@ bench_idle() {
     stop_server
 }
 
+bench_churn() {
+    local target="$1"
+    if ! start_server "$target"; then FAILED=1; stop_server; return; fi
+    sleep 1   # as for idle: a settled RSS baseline on a fresh server
+    run_loadgen "$target" churn churn --concurrency "$CHURN_CONC" --duration "$DURATION"
+    stop_server
+}
+
 # --- main -----------------------------------------------------------------------------------------
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -350,12 +362,14 @@ log "targets: ${RUN_TARGETS[*]}; ${DURATION}s per scenario; results in $OUT"
 for target in "${RUN_TARGETS[@]}"; do
     bench_target "$target"
     bench_idle "$target"
+    bench_churn "$target"
 done
 
 # --- results --------------------------------------------------------------------------------------
 {
     printf '{"started_utc":"%s","mode":"%s","duration_s":%s,"idle_connections":%s,' \
         "$STAMP" "$MODE" "$DURATION" "$IDLE_CONNS"
+    printf '"churn_concurrency":%s,' "$CHURN_CONC"
     printf '"git_commit":"%s","git_dirty":%s,"nproc":%s,"kernel":"%s","runs":[' \
         "$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
         "$([ -n "$(git status --porcelain 2>/dev/null)" ] && echo true || echo false)" \
@@ -404,6 +418,14 @@ def cell(run):
         failed = r.get("connections", {}).get("failed")
         if failed:
             text += f" · {failed} failed"
+    elif r.get("scenario") == "churn":
+        lat = r.get("handshake_ms") or {}
+        growth = (r.get("server_rss") or {}).get("growth_mib")
+        failed = (r.get("failed_cycles") or {}).get("total")
+        text = (f"{num(r.get('cycles_per_s'))} cycles/s · handshake p50 {ms(lat.get('p50'))} / "
+                f"p99 {ms(lat.get('p99'))} ms · "
+                f"RSS {'-' if growth is None else f'{round(growth, 1) + 0.0:+.1f} MiB'} · "
+                f"{'-' if failed is None else failed} failed")
     else:
         lat = r.get("latency_ms") or {}
         cpu = (r.get("cpu") or {}).get("server_s_per_million_deliveries")
@@ -424,7 +446,9 @@ for name in rows:
     print(f"| {name} | " + " | ".join(
         cell(cells[(name, t)]) if (name, t) in cells else "n/a" for t in targets) + " |")
 print("\ndelivered/s · latency p50 / p99 (ms, end to end) · server CPU seconds per million "
-      "deliveries · loss; idle: server RSS per connection · handshakes/s")
+      "deliveries · loss; idle: server RSS per connection · handshakes/s; churn: open+close "
+      "cycles/s · WebSocket handshake latency (incl. subscribe) · server RSS growth after a 2 s "
+      "settle · failed cycles")
 PY
 else
     log "python3 not found: no table; results in $OUT/results.json"

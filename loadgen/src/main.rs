@@ -1,7 +1,7 @@
 //! `loadgen`: a load generator for websocket-sse-server.
 //!
 //! Scenarios: `push` (single pushes to many users), `batch` (batch pushes), `fanout` (one user,
-//! many connections) and `idle` (memory per idle connection). Every run prints a table (or, with
+//! many connections), `idle` (memory per idle connection) and `churn` (open/close cycles). Every run prints a table (or, with
 //! `--json`, one JSON object on stdout) and exits 2 when messages were lost, duplicated or
 //! misrouted, 1 on any other error. Only loopback targets are accepted. `--target` picks the
 //! server: this project (default) or one of the peers it is compared with (see [`target`]).
@@ -22,7 +22,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::report::Report;
-use crate::scenario::{CommonArgs, batch, fanout, idle, push};
+use crate::scenario::{CommonArgs, batch, churn, fanout, idle, push};
 use crate::target::Target;
 
 /// Load generator for websocket-sse-server (loopback targets only).
@@ -44,6 +44,8 @@ enum Scenario {
     Idle(idle::IdleArgs),
     /// One user with many WebSockets; open-loop pushes fan out to all of them.
     Fanout(fanout::FanoutArgs),
+    /// Workers open a WebSocket, close it cleanly and repeat: cycles/s, handshake latency, leaks.
+    Churn(churn::ChurnArgs),
 }
 
 impl Scenario {
@@ -53,6 +55,7 @@ impl Scenario {
             Self::Batch(args) => &args.common,
             Self::Idle(args) => &args.common,
             Self::Fanout(args) => &args.common,
+            Self::Churn(args) => &args.common,
         }
     }
 
@@ -69,6 +72,7 @@ impl Scenario {
             Self::Batch(args) => batch::run(args, target).await,
             Self::Idle(args) => idle::run(args, target).await,
             Self::Fanout(args) => fanout::run(args, target).await,
+            Self::Churn(args) => churn::run(args, target).await,
         }
     }
 }

@@ -45,31 +45,46 @@ impl Report {
 
     /// Adds the `cpu` section and warns when loadgen used more than ~90 % of a core.
     pub fn set_cpu(&mut self, usage: &CpuUsage, deliveries: u64) {
-        let millions = deliveries as f64 / 1e6;
-        let per_million = |seconds: f64| {
-            if millions > 0.0 {
-                json!(round3(seconds / millions))
+        self.set_cpu_per(usage, deliveries as f64 / 1e6, "million_deliveries");
+    }
+
+    /// Adds the `cpu` section with CPU seconds per `units` of work (`server_s_per_<unit>`,
+    /// `loadgen_s_per_<unit>`; null when `units` is 0) and warns when loadgen used more than
+    /// ~90 % of a core.
+    pub fn set_cpu_per(&mut self, usage: &CpuUsage, units: f64, unit: &str) {
+        let per_unit = |seconds: f64| {
+            if units > 0.0 {
+                json!(round3(seconds / units))
             } else {
                 Value::Null
             }
         };
-        self.set(
-            "cpu",
-            json!({
-                "window_s": round3(usage.wall_s),
-                "loadgen_s": round3(usage.loadgen_s),
-                "loadgen_cores": round3(usage.loadgen_cores()),
-                "server_s": usage.server_s.map(round3),
-                "server_cores": usage.server_cores().map(round3),
-                "server_s_per_million_deliveries": usage.server_s.map_or(Value::Null, per_million),
-                "loadgen_s_per_million_deliveries": per_million(usage.loadgen_s),
-            }),
+        let mut cpu = Map::new();
+        cpu.insert("window_s".into(), json!(round3(usage.wall_s)));
+        cpu.insert("loadgen_s".into(), json!(round3(usage.loadgen_s)));
+        cpu.insert("loadgen_cores".into(), json!(round3(usage.loadgen_cores())));
+        cpu.insert("server_s".into(), json!(usage.server_s.map(round3)));
+        cpu.insert(
+            "server_cores".into(),
+            json!(usage.server_cores().map(round3)),
         );
-        if usage.loadgen_cores() > BUSY_LOADGEN_CORES {
+        cpu.insert(
+            format!("server_s_per_{unit}"),
+            usage.server_s.map_or(Value::Null, per_unit),
+        );
+        cpu.insert(format!("loadgen_s_per_{unit}"), per_unit(usage.loadgen_s));
+        self.set("cpu", Value::Object(cpu));
+        self.warn_if_loadgen_busy(usage.loadgen_cores(), "during the measured window");
+    }
+
+    /// Warns when loadgen used more than ~90 % of a core (`cores`) `during` some phase: then the
+    /// load generator, not the server, may be the bottleneck.
+    pub fn warn_if_loadgen_busy(&mut self, cores: f64, during: &str) {
+        if cores > BUSY_LOADGEN_CORES {
             self.warnings.push(format!(
-                "loadgen used {:.0}% of a core during the measured window: the load generator, \
-                 not the server, may be the bottleneck",
-                usage.loadgen_cores() * 100.0
+                "loadgen used {:.0}% of a core {during}: the load generator, not the server, may \
+                 be the bottleneck",
+                cores * 100.0
             ));
         }
     }

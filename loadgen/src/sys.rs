@@ -179,6 +179,11 @@ impl CpuUsage {
     }
 }
 
+/// Bytes as MiB, rounded to three decimals (for reports).
+pub fn mib(bytes: u64) -> f64 {
+    crate::stats::round3(bytes as f64 / 1_048_576.0)
+}
+
 /// `a / b`, or 0 when `b` is not positive.
 pub fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 { a / b } else { 0.0 }

@@ -1,11 +1,11 @@
-//! WebSocket clients: connecting with retries, receiving and checking pushed frames, and holding
-//! idle connections open.
+//! WebSocket clients: connecting with retries, receiving and checking pushed frames, holding idle
+//! connections open, and closing them cleanly.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -22,8 +22,9 @@ pub type WsStream = WebSocketStream<TcpStream>;
 
 /// Longest wait for a TCP connect plus WebSocket handshake plus the target's subscribe step.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for our close frame to be written when shutting a connection down.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for our close frame to be written when shutting a connection down; `churn` bounds
+/// each whole [`close_handshake`] by it too.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Client settings: small buffers when many mostly-idle connections are held.
 pub fn client_config(many_connections: bool) -> WebSocketConfig {
@@ -90,6 +91,31 @@ pub async fn connect_with_retry(
 /// Sends a close frame (bounded by a timeout) and drops the connection.
 pub async fn close(mut ws: WsStream) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
+}
+
+/// Closes `ws` cleanly: sends a close frame, then reads (discarding other frames) until the
+/// server's close frame has arrived and the server has ended the TCP stream, all within
+/// `timeout`. Fails when the time runs out (tokio's `Elapsed` is then in the error chain), when the
+/// connection fails, or when it ends without the server's close frame.
+pub async fn close_handshake(mut ws: WsStream, timeout: Duration) -> Result<()> {
+    let handshake = async {
+        ws.close(None).await.context("sending the close frame")?;
+        let mut answered = false;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) => answered = true,
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    return Err(error).context("waiting for the server's close frame");
+                }
+                None if answered => return Ok(()),
+                None => bail!("the connection ended without the server's close frame"),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, handshake)
+        .await
+        .context("closing handshake timed out")?
 }
 
 /// State shared by every receiving connection of one run.

@@ -20,8 +20,6 @@ use crate::sys::{self, CpuSnapshot, ratio};
 use crate::target::Target;
 use crate::ws::{self, HoldOutcome};
 
-/// Quiet time after `/health` shows every connection, before RSS is read again.
-const SETTLE: Duration = Duration::from_secs(2);
 /// Longest wait for `/health` to drop back to the baseline after closing.
 const CLOSE_WAIT: Duration = Duration::from_secs(15);
 
@@ -101,7 +99,7 @@ pub async fn run(args: IdleArgs, target: Target) -> Result<Report> {
         None => Ok(None),
     };
     let cpu = cpu_start.until(&CpuSnapshot::take(Some(pid)));
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(super::SETTLE).await;
     let rss_after = sys::tree_rss_bytes(pid);
 
     cancel.cancel();
@@ -147,9 +145,9 @@ pub async fn run(args: IdleArgs, target: Target) -> Result<Report> {
     report.set(
         "server_rss",
         json!({
-            "before_mib": round3(rss_before as f64 / 1_048_576.0),
-            "after_mib": round3(rss_after as f64 / 1_048_576.0),
-            "growth_mib": round3(grown as f64 / 1_048_576.0),
+            "before_mib": sys::mib(rss_before),
+            "after_mib": sys::mib(rss_after),
+            "growth_mib": sys::mib(grown),
             "bytes_per_connection": round3(ratio(grown as f64, count as f64)),
         }),
     );
@@ -181,11 +179,6 @@ pub async fn run(args: IdleArgs, target: Target) -> Result<Report> {
             "the server's connection count did not drop back to {baseline} within {CLOSE_WAIT:?}"
         ));
     }
-    if cpu.loadgen_cores() > 0.9 {
-        report.warnings.push(format!(
-            "loadgen used {:.0}% of a core while opening: the handshake rate may be loadgen-bound",
-            cpu.loadgen_cores() * 100.0
-        ));
-    }
+    report.warn_if_loadgen_busy(cpu.loadgen_cores(), "while opening");
     Ok(report)
 }

@@ -1,6 +1,7 @@
-//! The scenarios (`push`, `batch`, `fanout`, `idle`) and helpers they share.
+//! The scenarios (`push`, `batch`, `fanout`, `idle`, `churn`) and helpers they share.
 
 pub mod batch;
+pub mod churn;
 pub mod fanout;
 pub mod idle;
 pub mod load;
@@ -13,6 +14,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::target::{Target, TargetKind};
 use crate::ws::{self, WsStream};
+
+/// Quiet time before the server's RSS is read again after connections were opened (`idle`) or
+/// churned (`churn`).
+pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// Tries per WebSocket handshake (the number in flight at once is the target's
 /// [`crate::target::Protocol::max_handshakes_in_flight`]).
