@@ -31,6 +31,9 @@ pub enum ApiError {
         /// The configured limit.
         limit: usize,
     },
+    /// The body did not arrive within `HTTP_REQUEST_TIMEOUT` (408).
+    #[error("the request body did not arrive within HTTP_REQUEST_TIMEOUT")]
+    BodyTimeout,
     /// The body could not be read (400).
     #[error("cannot read the request body: {0}")]
     BadBody(String),
@@ -71,6 +74,7 @@ impl ApiError {
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadBody(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
@@ -83,7 +87,7 @@ impl ApiError {
 
     fn rejection(&self) -> Option<Rejection> {
         match self {
-            Self::Validation(_) | Self::BadBody(_) => Some(Rejection::Invalid),
+            Self::Validation(_) | Self::BadBody(_) | Self::BodyTimeout => Some(Rejection::Invalid),
             Self::PayloadTooLarge { .. } => Some(Rejection::TooLarge),
             Self::UnsupportedMediaType(_) => Some(Rejection::UnsupportedMediaType),
             Self::Unavailable(_) => Some(Rejection::Unavailable),
@@ -129,16 +133,19 @@ impl FromRequest<SharedState> for JsonBody {
     async fn from_request(request: Request, state: &SharedState) -> Result<Self, Self::Rejection> {
         check_content_type(request.headers())?;
         let limit = state.settings.max_body_bytes;
-        Bytes::from_request(request, state)
-            .await
-            .map(Self)
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge { limit }
-                } else {
-                    ApiError::BadBody(rejection.body_text())
-                }
-            })
+        // A trickling client gets 408 instead of holding the request open.
+        let timeout = state.settings.http_request_timeout;
+        let read = tokio::time::timeout(timeout, Bytes::from_request(request, state));
+        let Ok(body) = read.await else {
+            return Err(ApiError::BodyTimeout);
+        };
+        body.map(Self).map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge { limit }
+            } else {
+                ApiError::BadBody(rejection.body_text())
+            }
+        })
     }
 }
 

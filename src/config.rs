@@ -20,6 +20,7 @@
 //! | `SSE_PATH` | `/sse/push` | single push endpoint |
 //! | `SSE_BATCH_PATH` | `/sse/push/batch` | batch push endpoint |
 //! | `MAX_BODY_BYTES` | `1048576` | largest push request body (413 beyond) |
+//! | `HTTP_REQUEST_TIMEOUT` | `30` | seconds to send a request head (or stay idle between requests), and a body (408) |
 //! | `MAX_BATCH_SIZE` | `1000` | most messages in one batch (422 beyond) |
 //! | `MAX_CONNECTIONS` | `0` | WebSocket connections on this node (503 beyond); `0` derives it from the file-descriptor limit |
 //! | `MAX_CONNECTIONS_PER_USER` | `32` | connections one user may hold |
@@ -80,7 +81,7 @@ pub struct Settings {
           num_args = 0..=1, default_missing_value = "true")]
     pub debug: bool,
     /// Runtime worker threads; 0 uses every core this process may run on.
-    #[arg(long, env = "WORKERS", default_value = "0", value_parser = parse_count_or_zero)]
+    #[arg(long, env = "WORKERS", default_value = "0", value_parser = parse_workers)]
     pub workers: usize,
 
     /// WebSocket endpoint path.
@@ -111,6 +112,10 @@ pub struct Settings {
     /// Largest push request body in bytes; bigger bodies get 413.
     #[arg(long, env = "MAX_BODY_BYTES", default_value = "1048576", value_parser = parse_count)]
     pub max_body_bytes: usize,
+    /// Seconds a client may take to send a request head (also the idle time allowed between
+    /// keep-alive requests) and, separately, a request body (408 beyond).
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub http_request_timeout: Duration,
     /// Most messages in one batch request; longer batches get 422 and nothing is sent.
     #[arg(long, env = "MAX_BATCH_SIZE", default_value = "1000", value_parser = parse_count)]
     pub max_batch_size: usize,
@@ -331,7 +336,8 @@ pub fn describe_error(err: &clap::Error) -> String {
 }
 
 fn parse_host(raw: &str) -> Result<String, String> {
-    let host = raw.trim();
+    // `[::]` is how IPv6 addresses appear in URLs; binding wants them bare.
+    let host = raw.trim().trim_start_matches('[').trim_end_matches(']');
     if host.is_empty()
         || host
             .chars()
@@ -356,17 +362,30 @@ fn parse_bool(raw: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_count(raw: &str) -> Result<usize, String> {
+/// Upper bound for every count setting: far above any sensible value, far below what the
+/// structures sized by them (semaphores, channels) can hold.
+pub const MAX_COUNT: usize = 100_000_000;
+
+/// Upper bound for `WORKERS`.
+const MAX_WORKERS: usize = 1024;
+
+fn parse_bounded(raw: &str, min: usize, max: usize) -> Result<usize, String> {
     match raw.trim().parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err("expected a whole number of at least 1".into()),
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
     }
 }
 
+fn parse_count(raw: &str) -> Result<usize, String> {
+    parse_bounded(raw, 1, MAX_COUNT)
+}
+
 fn parse_count_or_zero(raw: &str) -> Result<usize, String> {
-    raw.trim()
-        .parse::<usize>()
-        .map_err(|_| "expected a whole number of at least 0".to_owned())
+    parse_bounded(raw, 0, MAX_COUNT)
+}
+
+fn parse_workers(raw: &str) -> Result<usize, String> {
+    parse_bounded(raw, 0, MAX_WORKERS)
 }
 
 fn parse_seconds_or_zero(raw: &str) -> Result<Duration, String> {
@@ -496,6 +515,14 @@ mod tests {
         for bad in ["ws", "/", "/ws/", "/{id}", "/a//b", "/:x", "/*rest"] {
             assert!(parse_path(bad).is_err(), "{bad} should be refused");
         }
+    }
+
+    #[test]
+    fn counts_are_bounded() {
+        assert!(parse(&["--max-connections", "18446744073709551615"]).is_err());
+        assert!(parse(&["--ws-send-queue", "4000000000000000000"]).is_err());
+        assert!(parse(&["--workers", "100000"]).is_err());
+        assert_eq!(parse_host("[::]").unwrap(), "::");
     }
 
     #[test]

@@ -6,7 +6,6 @@
 //! quotes (with `\n`, `\t`, `\"` and `\\` escapes), in single quotes (literal), or unquoted (the rest
 //! of the line, trimmed, less a ` #` comment). Variables are not expanded.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 /// A line of a `.env` file that cannot be read.
@@ -46,7 +45,11 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, DotenvError> {
         if !valid_key {
             return Err(error(&format!("{key:?} is not a variable name")));
         }
-        pairs.push((key.to_owned(), parse_value(value.trim()).map_err(error)?));
+        let value = parse_value(value.trim()).map_err(error)?;
+        if value.contains('\0') {
+            return Err(error("values cannot contain a NUL character"));
+        }
+        pairs.push((key.to_owned(), value));
     }
     Ok(pairs)
 }
@@ -95,11 +98,11 @@ fn trailing_comment_only(rest: &str) -> Result<(), &'static str> {
     }
 }
 
-/// Reads `path` if it exists and returns the variables not already set in `environment`, which
-/// wins over the file. A missing file is not an error.
+/// Reads `path` if it exists and returns the variables for which `is_set` is false: the
+/// environment wins over the file. A missing file is not an error.
 pub fn load(
     path: &Path,
-    environment: &HashMap<String, String>,
+    is_set: impl Fn(&str) -> bool,
 ) -> Result<Vec<(String, String)>, DotenvError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -112,13 +115,14 @@ pub fn load(
         }
     };
     let mut pairs = parse(&text)?;
-    pairs.retain(|(key, _)| !environment.contains_key(key));
+    pairs.retain(|(key, _)| !is_set(key));
     Ok(pairs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn the_seed_env_block_parses() {
@@ -157,6 +161,7 @@ mod tests {
         assert_eq!(parse("1A=x").unwrap_err().line, 1);
         assert!(parse("A=\"open").is_err());
         assert!(parse("A='x' y").is_err());
+        assert_eq!(parse("A=a\0b").unwrap_err().line, 1);
     }
 
     #[test]
@@ -166,11 +171,12 @@ mod tests {
         let path = dir.join(".env");
         std::fs::write(&path, "PORT=1\nHOST=h\n").unwrap();
         let environment = HashMap::from([("PORT".to_owned(), "2".to_owned())]);
+        let is_set = |key: &str| environment.contains_key(key);
         assert_eq!(
-            load(&path, &environment).unwrap(),
+            load(&path, is_set).unwrap(),
             vec![("HOST".into(), "h".into())]
         );
-        assert!(load(&dir.join("absent"), &environment).unwrap().is_empty());
+        assert!(load(&dir.join("absent"), is_set).unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

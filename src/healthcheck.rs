@@ -18,7 +18,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 fn probe_host(bind_host: &str) -> &str {
     match bind_host {
         "0.0.0.0" => "127.0.0.1",
-        "::" | "[::]" => "::1",
+        "::" => "::1",
         other => other,
     }
 }

@@ -137,13 +137,19 @@ struct Connection {
     id: u64,
     /// Frames for the connection's writer. Bounded: a full queue means a slow consumer.
     queue: mpsc::Sender<Frame>,
-    /// Set once, by whoever first decides the connection must close (0 while open).
+    /// Set once, when the hub asks the connection to close (slow consumer, replaced); 0 otherwise.
+    /// The session's own reasons to end (ping timeout, client close, errors) unregister it instead.
     close_reason: AtomicU8,
     /// Wakes the connection's task after `close_reason` is set.
     close_requested: Notify,
 }
 
 impl Connection {
+    /// Whether someone has asked this connection to close.
+    fn is_closing(&self) -> bool {
+        self.close_reason.load(Ordering::Acquire) != 0
+    }
+
     /// Asks the connection to close; the first reason given wins.
     fn request_close(&self, reason: DisconnectReason) {
         if self
@@ -219,7 +225,9 @@ impl Hub {
         {
             let mut shard = self.shard(&user).lock();
             let connections = shard.entry(user.clone()).or_default();
-            if connections.len() >= self.limits.per_user {
+            // Connections already closing (replaced, slow) no longer count against the user.
+            let open = connections.iter().filter(|c| !c.is_closing()).count();
+            if open >= self.limits.per_user {
                 match self.limits.policy {
                     UserLimitPolicy::Reject => {
                         return Err(UserLimitReached {
@@ -231,7 +239,8 @@ impl Hub {
                         // which keeps the counts exact; it receives nothing new meanwhile.
                         for oldest in connections
                             .iter()
-                            .take(connections.len() + 1 - self.limits.per_user)
+                            .filter(|c| !c.is_closing())
+                            .take(open + 1 - self.limits.per_user)
                         {
                             oldest.request_close(DisconnectReason::Replaced);
                         }
@@ -277,8 +286,9 @@ impl Hub {
         {
             let shard = self.shard(user).lock();
             for connection in shard.get(user).into_iter().flatten() {
-                if connection.close_reason.load(Ordering::Acquire) != 0 {
-                    delivery.failed += 1;
+                // A closing connection is no longer part of the user's live set: the push
+                // that made it a slow consumer already counted it as failed.
+                if connection.is_closing() {
                     continue;
                 }
                 match connection.queue.try_send(frame.clone()) {
@@ -441,8 +451,24 @@ mod tests {
 
         let replacing = hub(1, UserLimitPolicy::ReplaceOldest, 8);
         let (old, _old_outbox) = replacing.register(user("a")).unwrap();
-        let _new = replacing.register(user("a")).unwrap();
+        let (_new, mut new_outbox) = replacing.register(user("a")).unwrap();
         assert_eq!(old.close_requested().await, DisconnectReason::Replaced);
+        let delivery = replacing.deliver(&user("a"), &Frame::from("x"));
+        assert_eq!(
+            delivery,
+            Delivery {
+                delivered: 1,
+                failed: 0
+            },
+            "the replaced one is not counted"
+        );
+        assert!(new_outbox.try_recv().is_ok());
+        let (_newest, _) = replacing.register(user("a")).unwrap();
+        assert_eq!(
+            replacing.connection_count(),
+            3,
+            "closing ones stay counted until they unregister"
+        );
     }
 
     #[test]

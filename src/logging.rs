@@ -211,6 +211,9 @@ pub fn init(settings: &Settings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(settings))
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written (closed pipe, full disk) is dropped; reporting it
+        // would panic the task that logged, such as the one that handles shutdown signals.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     match &settings.log_format {
         LogFormat::Json => builder

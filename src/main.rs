@@ -18,7 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    match dotenv::load(Path::new(".env"), &std::env::vars().collect()) {
+    match dotenv::load(Path::new(".env"), |key| std::env::var_os(key).is_some()) {
         Ok(variables) => {
             for (key, value) in variables {
                 // SAFETY: nothing else runs yet: the runtime and its threads start below.
@@ -81,8 +81,8 @@ async fn serve(settings: Settings) -> ExitCode {
     let lifecycle = app.lifecycle();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown signal received; send it again to exit at once");
         lifecycle.begin_shutdown();
+        tracing::info!("shutdown signal received; send it again to exit at once");
         wait_for_signal().await;
         tracing::warn!("second shutdown signal: exiting now");
         std::process::exit(1);

@@ -31,8 +31,9 @@ use crate::metrics::Metrics;
 use crate::state::{AppState, SharedState};
 use crate::transport::ws;
 
-/// How long a client may take to send a request head, and stay idle between keep-alive requests.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Part of `SHUTDOWN_TIMEOUT` kept for sessions to write what is queued and close with 1001
+/// (at most half of it).
+const SESSION_CLOSE_BUDGET: Duration = Duration::from_secs(3);
 
 /// Pause after a failed `accept` (for example, out of file descriptors).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -48,8 +49,12 @@ pub struct Application {
 }
 
 impl Application {
-    /// Binds the listener and builds the state. Fails only if the address cannot be bound.
+    /// Checks the settings' cross-field rules, binds the listener and builds the state. Fails if
+    /// the settings clash (paths) or the address cannot be bound.
     pub async fn build(settings: Settings) -> io::Result<Self> {
+        settings
+            .check_consistency()
+            .map_err(|problem| io::Error::new(io::ErrorKind::InvalidInput, problem))?;
         let listener = bind(&settings.host, settings.port).await?;
         let metrics = Arc::new(Metrics::default());
         let limits = HubLimits {
@@ -104,7 +109,13 @@ impl Application {
                 tokio::time::sleep(drain).await;
             }
         };
-        let server = serve_http(listener, router(Arc::clone(&state)), stop_accepting);
+        let head_timeout = state.settings.http_request_timeout;
+        let server = serve_http(
+            listener,
+            router(Arc::clone(&state)),
+            head_timeout,
+            stop_accepting,
+        );
         tokio::pin!(server);
 
         tokio::select! {
@@ -120,11 +131,14 @@ impl Application {
             connections = state.hub.connection_count(),
             "shutting down: no longer ready"
         );
-        if tokio::time::timeout_at(deadline, &mut server)
+        // In-flight requests may not take the sessions' share of the budget: a stalled HTTP
+        // client must not cost every WebSocket client its close frame.
+        let requests_deadline = deadline - SESSION_CLOSE_BUDGET.min(shutdown_timeout / 2);
+        if tokio::time::timeout_at(requests_deadline, &mut server)
             .await
             .is_err()
         {
-            tracing::warn!("in-flight requests did not finish before SHUTDOWN_TIMEOUT");
+            tracing::warn!("in-flight requests did not finish in time; closing sessions anyway");
         }
         if tokio::time::timeout_at(deadline, lifecycle.close_sessions())
             .await
@@ -144,13 +158,18 @@ impl Application {
 /// completes; then stops accepting, lets every connection finish its in-flight request (idle
 /// keep-alive connections close at once) and returns when all have.
 ///
-/// Each connection must send a complete request head within [`HEADER_READ_TIMEOUT`], also while
-/// idle between keep-alive requests, so silent or trickling clients cannot pile up.
-async fn serve_http(listener: TcpListener, router: Router, stop: impl Future<Output = ()>) {
+/// Each connection must send a complete request head within `head_timeout`, also while idle
+/// between keep-alive requests, so silent or trickling clients cannot pile up.
+async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    head_timeout: Duration,
+    stop: impl Future<Output = ()>,
+) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(head_timeout);
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
     tokio::pin!(stop);
@@ -262,7 +281,7 @@ fn effective_max_connections(configured: usize) -> usize {
     let descriptors = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     let descriptors = usize::try_from(descriptors).unwrap_or(usize::MAX);
     if configured == 0 {
-        return (descriptors / 10 * 9).max(1);
+        return (descriptors / 10 * 9).clamp(1, crate::config::MAX_COUNT);
     }
     if configured > descriptors {
         tracing::warn!(

@@ -244,7 +244,7 @@ async fn bad_value_in_dotenv_exits_2_naming_it() {
     let dir = workdir();
     std::fs::write(dir.path().join(".env"), "MAX_BATCH_SIZE=0\n").expect("write .env");
     let command = server_command(dir.path());
-    assert_config_error(command, &[r#"MAX_BATCH_SIZE="0""#, "at least 1"]).await;
+    assert_config_error(command, &[r#"MAX_BATCH_SIZE="0""#, "from 1 to 100000000"]).await;
 }
 
 // --- precedence: flag > environment > .env > default --------------------------------------------
@@ -514,4 +514,40 @@ async fn healthcheck_fails_when_nothing_listens() {
     let exit = run_to_exit(probe).await;
     assert_eq!(exit.code, Some(1), "stderr: {}", exit.stderr);
     assert!(exit.stderr.starts_with("unhealthy:"), "{}", exit.stderr);
+}
+
+#[tokio::test]
+async fn a_non_utf8_environment_variable_is_no_reason_to_crash() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = workdir();
+    let mut command = loopback_server(dir.path());
+    command.env("UNRELATED", std::ffi::OsStr::from_bytes(b"\xff\xfe"));
+    let server = start_process(command).await;
+    let health = reqwest::get(format!("http://{}/health", server.addr)).await.expect("request");
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn sigterm_still_shuts_down_after_the_log_pipe_closed() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = workdir();
+    let mut command = loopback_server(dir.path());
+    command.env("SHUTDOWN_TIMEOUT", "3");
+    let mut child = command.spawn().expect("server starts");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    tokio::time::timeout(PROMPTLY, async {
+        while let Some(line) = lines.next_line().await.expect("read log") {
+            if template_addr(&line).is_some() {
+                return;
+            }
+        }
+        panic!("server exited before listening");
+    })
+    .await
+    .expect("server announces its address");
+    drop(lines); // nobody reads the log any more: every later log line fails to write
+
+    sigterm(&child);
+    assert_eq!(exit_code(&mut child).await, Some(0));
 }

@@ -849,3 +849,35 @@ async fn deeply_nested_data_is_delivered_verbatim_and_unclosed_nesting_is_refuse
     assert_eq!(status, 200, "{body}");
     assert_eq!(next_json(&mut ws).await["data"], json!({ "after": true }));
 }
+
+#[tokio::test]
+async fn trickling_bodies_get_408_and_silent_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(&["--http-request-timeout", "0.5"]).await;
+
+    let mut trickling = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    trickling
+        .write_all(b"POST /sse/push HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .expect("write head");
+    let mut response = vec![0; 512];
+    let read = tokio::time::timeout(Duration::from_secs(3), trickling.read(&mut response))
+        .await
+        .expect("answered within the deadline")
+        .expect("read");
+    let text = String::from_utf8_lossy(&response[..read]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("HTTP_REQUEST_TIMEOUT"), "{text}");
+
+    let mut silent = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    let mut byte = [0; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut byte))
+        .await
+        .expect("closed within the deadline");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    assert!(started.elapsed() >= Duration::from_millis(400), "not before the timeout");
+
+    let (_, metrics) = app.get_json("/metrics").await;
+    assert_eq!(metrics["push_requests_rejected_total"]["invalid"], 1, "{metrics}");
+}

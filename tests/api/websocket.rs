@@ -771,6 +771,11 @@ async fn replace_oldest_policy_closes_the_older_connection() {
     let mut older = app.connect("replaced").await;
     wait_for_connections(&app, 1).await;
     let mut newer = app.connect("replaced").await;
+    // Right away, while the older one is still closing: it is no longer counted.
+    let response = push(&app, json!({"user_id": "replaced", "data": {"at": "once"}})).await;
+    assert_eq!(response["status"], "success", "{response}");
+    assert_eq!(response["delivered"], 1, "{response}");
+    assert_eq!(next_json(&mut newer).await["data"], json!({"at": "once"}));
     assert_eq!(
         close_of(&mut older).await,
         Some((1008, "replaced by a newer connection".to_owned()))
@@ -998,4 +1003,24 @@ async fn client_ping_is_answered_with_a_pong() {
     let (_, metrics) = app.get_json("/metrics").await;
     assert_eq!(metrics["client_messages_total"], 0, "{metrics}");
     assert_eq!(metrics["active_connections"], 1, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http_client_does_not_cost_websocket_clients_their_close_frame() {
+    let app = spawn_app(&["--shutdown-timeout", "2"]).await;
+    let mut ws = app.connect("survivor").await;
+    wait_for_connections(&app, 1).await;
+    // A push whose body never finishes (the request timeout is the default 30 s).
+    let mut stalled = TcpStream::connect(app.addr).await.expect("connect");
+    stalled
+        .write_all(b"POST /sse/push HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
+        .await
+        .expect("write head");
+
+    let started = Instant::now();
+    app.lifecycle.begin_shutdown();
+    assert_eq!(close_of(&mut ws).await.map(|(code, _)| code), Some(1001));
+    let stopped = timeout(Duration::from_secs(4), app.stopped).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
 }

@@ -49,6 +49,10 @@ pub(super) async fn run(
 
     let reason = serve(&mut socket, &registration, &mut outbox, &state).await;
 
+    tracing::debug!(user = %registration.user(), connection = registration.id(), reason = reason.label(), "disconnected");
+    // Unregister first: after that nothing more can be queued, so draining misses nothing.
+    drop(registration);
+    state.metrics.connection_closed(reason);
     // Pushes accepted before shutdown still reach the client, ahead of the close frame.
     let mut pending = Vec::new();
     if reason == DisconnectReason::Shutdown {
@@ -56,9 +60,6 @@ pub(super) async fn run(
             pending.push(frame);
         }
     }
-    tracing::debug!(user = %registration.user(), connection = registration.id(), reason = reason.label(), "disconnected");
-    drop(registration);
-    state.metrics.connection_closed(reason);
     finish(&mut socket, pending, close_frame(reason, &state)).await;
 }
 
@@ -86,7 +87,8 @@ async fn serve(
             reason = registration.close_requested() => return reason,
             received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
                 if received == 0 {
-                    return DisconnectReason::Shutdown;
+                    // Cannot happen while `registration` holds the sender; end cleanly if it does.
+                    return DisconnectReason::NetworkError;
                 }
                 if received < WRITE_BATCH {
                     // Let the other ready tasks (pushes being handled) run first, so that under
