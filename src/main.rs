@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use websocket_sse_server::config::{Cli, Command, Settings};
 use websocket_sse_server::dotenv;
 use websocket_sse_server::healthcheck;
@@ -78,12 +79,21 @@ async fn serve(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Install the handlers before announcing the address: a signal that arrives right after
+    // start-up must start a graceful shutdown, not kill the process.
+    let mut signals = match ShutdownSignals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            tracing::error!(%error, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let lifecycle = app.lifecycle();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.next().await;
         lifecycle.begin_shutdown();
         tracing::info!("shutdown signal received; send it again to exit at once");
-        wait_for_signal().await;
+        signals.next().await;
         tracing::warn!("second shutdown signal: exiting now");
         std::process::exit(1);
     });
@@ -96,21 +106,26 @@ async fn serve(settings: Settings) -> ExitCode {
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn wait_for_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from the moment they are installed.
+struct ShutdownSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl ShutdownSignals {
+    /// Registers both handlers; from here on neither signal kills the process.
+    fn install() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Completes on the next SIGINT or SIGTERM.
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
     }
 }

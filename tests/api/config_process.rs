@@ -523,7 +523,9 @@ async fn a_non_utf8_environment_variable_is_no_reason_to_crash() {
     let mut command = loopback_server(dir.path());
     command.env("UNRELATED", std::ffi::OsStr::from_bytes(b"\xff\xfe"));
     let server = start_process(command).await;
-    let health = reqwest::get(format!("http://{}/health", server.addr)).await.expect("request");
+    let health = reqwest::get(format!("http://{}/health", server.addr))
+        .await
+        .expect("request");
     assert_eq!(health.status(), 200);
 }
 

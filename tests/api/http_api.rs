@@ -855,7 +855,9 @@ async fn trickling_bodies_get_408_and_silent_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app(&["--http-request-timeout", "0.5"]).await;
 
-    let mut trickling = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    let mut trickling = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
     trickling
         .write_all(b"POST /sse/push HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
         .await
@@ -869,15 +871,23 @@ async fn trickling_bodies_get_408_and_silent_connections_are_closed() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("HTTP_REQUEST_TIMEOUT"), "{text}");
 
-    let mut silent = tokio::net::TcpStream::connect(app.addr).await.expect("connect");
+    let mut silent = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
     let started = tokio::time::Instant::now();
     let mut byte = [0; 1];
     let closed = tokio::time::timeout(Duration::from_secs(3), silent.read(&mut byte))
         .await
         .expect("closed within the deadline");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
-    assert!(started.elapsed() >= Duration::from_millis(400), "not before the timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "not before the timeout"
+    );
 
     let (_, metrics) = app.get_json("/metrics").await;
-    assert_eq!(metrics["push_requests_rejected_total"]["invalid"], 1, "{metrics}");
+    assert_eq!(
+        metrics["push_requests_rejected_total"]["invalid"], 1,
+        "{metrics}"
+    );
 }

@@ -1022,5 +1022,9 @@ async fn a_stalled_http_client_does_not_cost_websocket_clients_their_close_frame
     assert_eq!(close_of(&mut ws).await.map(|(code, _)| code), Some(1001));
     let stopped = timeout(Duration::from_secs(4), app.stopped).await;
     assert!(matches!(stopped, Ok(Ok(Ok(())))), "{stopped:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
 }
