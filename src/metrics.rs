@@ -51,7 +51,7 @@ pub enum Rejection {
     TooLarge,
     /// The body was declared as something other than JSON (415).
     UnsupportedMediaType,
-    /// The broker could not route it (503).
+    /// The broker could not route it (503); only a networked (cluster) broker can fail so.
     Unavailable,
 }
 

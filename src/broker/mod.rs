@@ -17,7 +17,8 @@ use crate::protocol::Event;
 /// Why a broker could not take events.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The backend cannot be reached; nothing in the call was published.
+    /// The backend cannot be reached; nothing in the call was published. The memory broker never
+    /// fails; this is the contract a networked (cluster) broker answers with, mapped to 503.
     #[error("message broker unavailable: {0}")]
     Unavailable(String),
 }
