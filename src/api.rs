@@ -111,16 +111,17 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A handler failure, counted in the metrics before it becomes a response.
-struct Counted(SharedState, ApiError);
-
-impl IntoResponse for Counted {
-    fn into_response(self) -> Response {
-        let Counted(state, error) = self;
-        if let Some(rejection) = error.rejection() {
-            state.metrics.request_rejected(rejection);
+/// The JSON response of a push handler; a failure is counted in the metrics before it becomes
+/// its error response.
+fn respond<T: serde::Serialize>(state: &SharedState, result: Result<T, ApiError>) -> Response {
+    match result {
+        Ok(body) => Json(body).into_response(),
+        Err(error) => {
+            if let Some(rejection) = error.rejection() {
+                state.metrics.request_rejected(rejection);
+            }
+            error.into_response()
         }
-        error.into_response()
     }
 }
 
@@ -183,10 +184,7 @@ pub async fn push(State(state): State<SharedState>, body: Result<JsonBody, ApiEr
         ))
     }
     .await;
-    match result {
-        Ok(response) => Json(response).into_response(),
-        Err(error) => Counted(state, error).into_response(),
-    }
+    respond(&state, result)
 }
 
 fn push_response(event: Event, delivery: Delivery) -> PushResponse {
@@ -242,10 +240,7 @@ pub async fn push_batch(
         Ok::<_, ApiError>(BatchResponse { results })
     }
     .await;
-    match result {
-        Ok(response) => Json(response).into_response(),
-        Err(error) => Counted(state, error).into_response(),
-    }
+    respond(&state, result)
 }
 
 /// `GET /health`: liveness, with the seed's keys first.
