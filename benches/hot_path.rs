@@ -1,16 +1,19 @@
 //! Micro-benchmarks of the push hot path, with allocation counts (divan's `AllocProfiler`).
 //!
 //! Run with `cargo bench --bench hot_path`. What to look for: `fan_out` must not allocate more as
-//! recipients are added (each recipient costs one queue slot holding a reference-counted frame),
-//! and `parse_and_encode` should stay at a handful of allocations per push.
+//! recipients are added (each recipient costs one queue slot holding a reference-counted event),
+//! keeping history (`HISTORY = 100`) should cost little over not keeping it (`0`), and
+//! `parse_and_encode` should stay at a handful of allocations per push.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use divan::{AllocProfiler, Bencher, black_box};
 use websocket_sse_server::config::UserLimitPolicy;
-use websocket_sse_server::hub::{Hub, HubLimits, Outbox, Registration};
+use websocket_sse_server::history::HistoryLimits;
+use websocket_sse_server::hub::{Attached, Hub, HubLimits, Transport};
 use websocket_sse_server::metrics::Metrics;
-use websocket_sse_server::protocol::{Frame, UserId, parse_batch, parse_push};
+use websocket_sse_server::protocol::{UserId, parse_batch, parse_push};
 
 #[global_allocator]
 static ALLOC: AllocProfiler = AllocProfiler::system();
@@ -54,33 +57,42 @@ fn parse_and_encode_batch_of_100(bencher: Bencher) {
     });
 }
 
-/// A hub holding `connections` connections of one user.
-fn hub_with(connections: usize) -> (Arc<Hub>, Vec<(Registration, Outbox)>) {
+/// A hub holding `connections` connections of one user, keeping `history` events per user.
+fn hub_with(connections: usize, history: usize) -> (Arc<Hub>, Vec<Attached>) {
     let limits = HubLimits {
         per_user: connections,
         policy: UserLimitPolicy::Reject,
         queue_capacity: 1024,
     };
-    let hub = Arc::new(Hub::new(limits, Arc::new(Metrics::default())));
+    let history = HistoryLimits {
+        size: history,
+        ttl: Duration::from_secs(300),
+        max_users: 10_000,
+    };
+    let hub = Arc::new(Hub::new(limits, history, Arc::new(Metrics::default())));
     let user = UserId::parse("fan").expect("valid user");
-    let registered = (0..connections)
-        .map(|_| hub.register(user.clone()).expect("under the limit"))
+    let attached = (0..connections)
+        .map(|_| {
+            hub.attach(user.clone(), Transport::WebSocket, None, false)
+                .expect("under the limit")
+        })
         .collect();
-    (hub, registered)
+    (hub, attached)
 }
 
-/// Deliver one frame to every connection of a user, then let each connection take it off its
-/// queue (as its writer would).
-#[divan::bench(args = [1, 10, 100, 1000])]
-fn fan_out(bencher: Bencher, connections: usize) {
-    let (hub, mut registered) = hub_with(connections);
-    let user = UserId::parse("fan").expect("valid user");
-    let frame = Frame::from(push_body("fan"));
+/// Publish one event to every connection of a user, then let each connection take it off its
+/// queue (as its writer would). `history` is the number of events kept per user (0: off).
+#[divan::bench(args = [1, 10, 100, 1000], consts = [0, 100])]
+fn fan_out<const HISTORY: usize>(bencher: Bencher, connections: usize) {
+    let (hub, mut attached) = hub_with(connections, HISTORY);
+    let event = parse_push(push_body("fan").as_bytes())
+        .expect("valid push")
+        .encode(0.0);
     bencher.bench_local(|| {
-        let delivery = hub.deliver(black_box(&user), black_box(&frame));
-        for (_, outbox) in &mut registered {
-            black_box(outbox.try_recv().expect("delivered"));
+        let outcome = hub.publish(black_box(&event));
+        for connection in &mut attached {
+            black_box(connection.outbox.try_recv().expect("delivered"));
         }
-        delivery
+        outcome
     });
 }

@@ -11,8 +11,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::broker::BrokerError;
-use crate::hub::Delivery;
-use crate::metrics::Rejection;
+use crate::hub::{Delivery, Outcome, Transport};
+use crate::metrics::{Gauges, Rejection};
 use crate::protocol::{
     BatchItemResult, BatchResponse, Event, Issue, PushResponse, PushStatus, parse_batch,
     parse_push, unix_seconds_now,
@@ -176,20 +176,24 @@ pub async fn push(State(state): State<SharedState>, body: Result<JsonBody, ApiEr
         let event = parse_push(&bytes)
             .map_err(ApiError::Validation)?
             .encode(unix_seconds_now());
-        let deliveries = state.broker.publish(std::slice::from_ref(&event)).await?;
+        let outcomes = state.broker.publish(std::slice::from_ref(&event)).await?;
         state.metrics.events_accepted(1);
-        Ok::<_, ApiError>(push_response(
-            event,
-            deliveries.first().copied().unwrap_or_default(),
-        ))
+        let outcome = outcomes.into_iter().next().unwrap_or_default();
+        Ok::<_, ApiError>(push_response(event, outcome))
     }
     .await;
     respond(&state, result)
 }
 
-fn push_response(event: Event, delivery: Delivery) -> PushResponse {
-    let Delivery { delivered, failed } = delivery;
-    let (status, message) = match (delivered, failed) {
+fn push_response(event: Event, outcome: Outcome) -> PushResponse {
+    let Delivery { delivered, failed } = outcome.delivery;
+    let stored = outcome.stored.is_some();
+    let (status, mut message) = match (delivered, failed) {
+        (0, 0) if stored => (
+            PushStatus::Partial,
+            "user not connected; stored in history, delivered when a client of the user resumes"
+                .to_owned(),
+        ),
         (0, 0) => (PushStatus::Partial, "user not connected".to_owned()),
         (n, 0) => (
             PushStatus::Success,
@@ -203,11 +207,20 @@ fn push_response(event: Event, delivery: Delivery) -> PushResponse {
             ),
         ),
     };
+    if outcome.duplicate {
+        message = format!(
+            "duplicate: an event with this event_id was already accepted for this user and is \
+             not delivered again; its outcome: {message}"
+        );
+    }
     PushResponse {
         status,
         message,
         event_id: event.event_id,
         delivered,
+        stored,
+        duplicate: outcome.duplicate,
+        position: outcome.stored,
     }
 }
 
@@ -225,16 +238,18 @@ pub async fn push_batch(
             .iter()
             .map(|message| message.encode(accepted_at))
             .collect();
-        let deliveries = state.broker.publish(&events).await?;
+        let outcomes = state.broker.publish(&events).await?;
         state.metrics.events_accepted(events.len());
         let results = events
             .into_iter()
-            .zip(deliveries)
-            .map(|(event, delivery)| BatchItemResult {
+            .zip(outcomes)
+            .map(|(event, outcome)| BatchItemResult {
                 user_id: event.user_id,
-                success: delivery.is_success(),
+                success: outcome.delivery.is_success(),
                 event_id: event.event_id,
-                delivered: delivery.delivered,
+                delivered: outcome.delivery.delivered,
+                stored: outcome.stored.is_some(),
+                duplicate: outcome.duplicate,
             })
             .collect();
         Ok::<_, ApiError>(BatchResponse { results })
@@ -249,6 +264,8 @@ pub async fn health(State(state): State<SharedState>) -> Json<Value> {
         "status": "healthy",
         "connections": state.hub.connection_count(),
         "uptime": "running",
+        "websocket_connections": state.hub.transport_count(Transport::WebSocket),
+        "sse_connections": state.hub.transport_count(Transport::Sse),
         "users": state.hub.user_count(),
         "uptime_seconds": state.started_at.elapsed().as_secs_f64(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -270,11 +287,14 @@ pub async fn ready(State(state): State<SharedState>) -> Response {
 
 /// `GET /metrics`: the seed's keys, then every counter.
 pub async fn metrics(State(state): State<SharedState>) -> Json<Value> {
-    Json(state.metrics.snapshot(
-        state.hub.connection_count(),
-        state.hub.user_count(),
-        state.started_at.elapsed().as_secs_f64(),
-    ))
+    let hub = &state.hub;
+    Json(state.metrics.snapshot(&Gauges {
+        connections: Transport::ALL.map(|transport| hub.transport_count(transport)),
+        users_online: hub.user_count(),
+        history_users: hub.history().stream_count(),
+        history_events: hub.history().event_count(),
+        uptime_seconds: state.started_at.elapsed().as_secs_f64(),
+    }))
 }
 
 /// Any unknown path.

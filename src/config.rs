@@ -15,14 +15,20 @@
 //! | `WS_PING_INTERVAL` | `30` | seconds between keepalive pings; `0` disables pings |
 //! | `WS_PING_TIMEOUT` | `10` | seconds a client has to answer a ping before it is closed |
 //! | `WS_MAX_MESSAGE_BYTES` | `65536` | largest client frame; bigger ones close the socket with 1009 |
-//! | `WS_SEND_QUEUE` | `1024` | events queued per connection before it is closed as a slow consumer |
-//! | `WS_WRITE_TIMEOUT` | `10` | seconds one socket write may take before the client counts as slow |
+//! | `WS_SEND_QUEUE` | `1024` | events queued per connection (WebSocket or SSE) before it is closed as a slow consumer; must exceed `HISTORY_SIZE` |
+//! | `WS_WRITE_TIMEOUT` | `10` | seconds one socket write (WebSocket, SSE or HTTP response) may stall before the client counts as slow |
 //! | `SSE_PATH` | `/sse/push` | single push endpoint |
 //! | `SSE_BATCH_PATH` | `/sse/push/batch` | batch push endpoint |
 //! | `MAX_BODY_BYTES` | `1048576` | largest push request body (413 beyond) |
 //! | `HTTP_REQUEST_TIMEOUT` | `30` | seconds to send a request head (or stay idle between requests), and a body (408) |
 //! | `MAX_BATCH_SIZE` | `1000` | most messages in one batch (422 beyond) |
-//! | `MAX_CONNECTIONS` | `0` | WebSocket connections on this node (503 beyond); `0` derives it from the file-descriptor limit |
+//! | `SSE_STREAM_PATH` | `/sse/stream` | Server-Sent Events endpoint |
+//! | `SSE_KEEPALIVE` | `15` | seconds between keepalive comments on an idle SSE stream; `0` disables them |
+//! | `SSE_RETRY` | `3` | seconds an EventSource waits before reconnecting (`retry:` hint) |
+//! | `HISTORY_SIZE` | `100` | events kept per user for resume and duplicate detection; `0` disables history |
+//! | `HISTORY_TTL` | `300` | seconds an event stays in history; `0` disables history |
+//! | `HISTORY_MAX_USERS` | `10000` | most users with a history; the idlest is dropped beyond it |
+//! | `MAX_CONNECTIONS` | `0` | WebSocket and SSE connections on this node (503 beyond); `0` derives it from the file-descriptor limit |
 //! | `MAX_CONNECTIONS_PER_USER` | `32` | connections one user may hold |
 //! | `USER_LIMIT_POLICY` | `reject` | at the per-user limit: `reject` the new connection or `replace-oldest` |
 //! | `SHUTDOWN_DRAIN` | `0` | seconds `/ready` answers 503 before the listener closes on shutdown |
@@ -36,6 +42,7 @@ use std::time::Duration;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::history::HistoryLimits;
 use crate::logging::LogFormat;
 
 /// The whole command line: server settings plus an optional subcommand.
@@ -120,7 +127,28 @@ pub struct Settings {
     #[arg(long, env = "MAX_BATCH_SIZE", default_value = "1000", value_parser = parse_count)]
     pub max_batch_size: usize,
 
-    /// WebSocket connections this node accepts; more get 503 before the upgrade. 0 derives the
+    /// Server-Sent Events endpoint path (`GET`, `text/event-stream`).
+    #[arg(long, env = "SSE_STREAM_PATH", default_value = "/sse/stream", value_parser = parse_path)]
+    pub sse_stream_path: String,
+    /// Seconds between keepalive comments on an idle SSE stream; 0 disables them.
+    #[arg(long, env = "SSE_KEEPALIVE", default_value = "15", value_parser = parse_seconds_or_zero)]
+    pub sse_keepalive: Duration,
+    /// Seconds an EventSource waits before reconnecting (the `retry:` hint sent first).
+    #[arg(long, env = "SSE_RETRY", default_value = "3", value_parser = parse_seconds)]
+    pub sse_retry: Duration,
+
+    /// Events kept per user for clients that resume after a disconnect; 0 disables history
+    /// (and with it resume and duplicate detection).
+    #[arg(long, env = "HISTORY_SIZE", default_value = "100", value_parser = parse_count_or_zero)]
+    pub history_size: usize,
+    /// Seconds an event stays in history; 0 disables history.
+    #[arg(long, env = "HISTORY_TTL", default_value = "300", value_parser = parse_seconds_or_zero)]
+    pub history_ttl: Duration,
+    /// Most users with a history; beyond it the idlest user's history is dropped.
+    #[arg(long, env = "HISTORY_MAX_USERS", default_value = "10000", value_parser = parse_count)]
+    pub history_max_users: usize,
+
+    /// WebSocket and SSE connections this node accepts; more get 503 before the upgrade. 0 derives the
     /// limit from the file-descriptor limit.
     #[arg(long, env = "MAX_CONNECTIONS", default_value = "0", value_parser = parse_count_or_zero)]
     pub max_connections: usize,
@@ -248,12 +276,22 @@ impl Settings {
         Cli::try_parse_from(args).map(|cli| cli.settings)
     }
 
+    /// The history bounds these settings ask for.
+    pub fn history_limits(&self) -> HistoryLimits {
+        HistoryLimits {
+            size: self.history_size,
+            ttl: self.history_ttl,
+            max_users: self.history_max_users,
+        }
+    }
+
     /// Checks rules that involve several settings at once. Returns one line per problem.
     pub fn check_consistency(&self) -> Result<(), String> {
         let paths = [
             ("WS_PATH", self.ws_path.as_str()),
             ("SSE_PATH", self.sse_path.as_str()),
             ("SSE_BATCH_PATH", self.sse_batch_path.as_str()),
+            ("SSE_STREAM_PATH", self.sse_stream_path.as_str()),
         ];
         for (i, (name, path)) in paths.iter().enumerate() {
             if let Some((reserved, _)) = RESERVED_PATHS.iter().find(|(p, _)| p == path) {
@@ -270,6 +308,13 @@ impl Settings {
                     "invalid {name}={path:?}: {other} already uses that path"
                 ));
             }
+        }
+        if self.history_limits().enabled() && self.ws_send_queue <= self.history_size {
+            return Err(format!(
+                "invalid WS_SEND_QUEUE={}: must be larger than HISTORY_SIZE={} so that a replay \
+                 of the whole history fits in a connection's queue",
+                self.ws_send_queue, self.history_size
+            ));
         }
         if !self.shutdown_drain.is_zero() && self.shutdown_drain >= self.shutdown_timeout {
             return Err(format!(

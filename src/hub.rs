@@ -17,13 +17,17 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::{Notify, mpsc};
 
 use crate::config::UserLimitPolicy;
+use crate::history::{
+    Append, History, HistoryLimits, Published, Resume, ResyncReason, ShardHistory, StreamPosition,
+};
 use crate::metrics::Metrics;
-use crate::protocol::{Frame, UserId};
+use crate::protocol::{Event, Frame, RESYNC_EVENT_TYPE, UserId, resync_frame};
 
 /// Number of independently locked partitions of the registry.
 pub const SHARDS: usize = 64;
@@ -111,6 +115,18 @@ impl Delivery {
     }
 }
 
+/// What publishing one event achieved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Its delivery to live connections (for a duplicate: the original's).
+    pub delivery: Delivery,
+    /// Where it is stored in the user's history, when history is on.
+    pub stored: Option<StreamPosition>,
+    /// Whether it repeats an event already in the history (same upstream `event_id`), and so was
+    /// not delivered again.
+    pub duplicate: bool,
+}
+
 /// Refusal of a new connection by the per-user limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("user already has {limit} connections (MAX_CONNECTIONS_PER_USER)")]
@@ -130,13 +146,55 @@ pub struct HubLimits {
     pub queue_capacity: usize,
 }
 
+/// How a client is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A WebSocket.
+    WebSocket,
+    /// A Server-Sent Events stream.
+    Sse,
+}
+
+impl Transport {
+    /// Every transport, in declaration order.
+    pub const ALL: [Self; 2] = [Self::WebSocket, Self::Sse];
+
+    /// A stable snake_case name, used as a metrics key.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::WebSocket => "websocket",
+            Self::Sse => "sse",
+        }
+    }
+}
+
+/// One item of a connection's outbox.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// An event (pushed, replayed, or a resync notice), shared with the history and other outboxes.
+    Event(Arc<Published>),
+    /// A reply to this client alone (a WebSocket ack).
+    Reply(Frame),
+}
+
+impl Outgoing {
+    /// The JSON to send.
+    pub fn frame(&self) -> &Frame {
+        match self {
+            Self::Event(event) => &event.frame,
+            Self::Reply(frame) => frame,
+        }
+    }
+}
+
 /// The hub's handle on one connection: its queue and a way to ask it to close.
 #[derive(Debug)]
 struct Connection {
     /// Unique on this node, to find the connection again when it unregisters.
     id: u64,
+    transport: Transport,
     /// Frames for the connection's writer. Bounded: a full queue means a slow consumer.
-    queue: mpsc::Sender<Frame>,
+    queue: mpsc::Sender<Outgoing>,
     /// Set once, when the hub asks the connection to close (slow consumer, replaced); 0 otherwise.
     /// The session's own reasons to end (ping timeout, client close, errors) unregister it instead.
     close_reason: AtomicU8,
@@ -162,33 +220,63 @@ impl Connection {
     }
 }
 
-type Shard = HashMap<UserId, Vec<Arc<Connection>>, foldhash::fast::RandomState>;
+/// One partition of the registry: its users' connections and their histories, under one lock.
+#[derive(Debug, Default)]
+struct Shard {
+    connections: HashMap<UserId, Vec<Arc<Connection>>, foldhash::fast::RandomState>,
+    history: ShardHistory,
+}
 
-/// The registry of this node's connections.
+/// A newly registered connection: its registration, its outbox (already holding the replay or
+/// resync notice, if any) and how its resume went.
+#[derive(Debug)]
+pub struct Attached {
+    /// Unregisters the connection when dropped.
+    pub registration: Registration,
+    /// What to write to the client, in order.
+    pub outbox: Outbox,
+    /// The user's stream position when the connection joined it (history on and consulted).
+    pub head: Option<StreamPosition>,
+    /// What the resume achieved, when the client asked to resume.
+    pub resumed: Option<Resumed>,
+}
+
+/// How a resume went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumed {
+    /// This many missed events were replayed (0: the client had missed nothing).
+    Replayed(usize),
+    /// The client's point was unknown or lost; it was sent a resync notice.
+    Resync(ResyncReason),
+}
+
+/// The registry of this node's connections, and the history of its users.
 #[derive(Debug)]
 pub struct Hub {
     shards: Box<[Mutex<Shard>]>,
     /// Picks a user's shard; randomly seeded so clients cannot aim at one shard.
     shard_hasher: foldhash::fast::RandomState,
-    /// Registered connections, kept exact for `/health` and `/metrics`.
-    connections: AtomicUsize,
+    /// Registered connections by transport, kept exact for `/health` and `/metrics`.
+    connections: [AtomicUsize; Transport::ALL.len()],
     /// Users with at least one registered connection.
     users: AtomicUsize,
     next_connection_id: AtomicU64,
     limits: HubLimits,
+    history: History,
     metrics: Arc<Metrics>,
 }
 
 impl Hub {
     /// Creates an empty hub.
-    pub fn new(limits: HubLimits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(limits: HubLimits, history: HistoryLimits, metrics: Arc<Metrics>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_hasher: foldhash::fast::RandomState::default(),
-            connections: AtomicUsize::new(0),
+            connections: Default::default(),
             users: AtomicUsize::new(0),
             next_connection_id: AtomicU64::new(1),
             limits,
+            history: History::new(history),
             metrics,
         }
     }
@@ -198,9 +286,17 @@ impl Hub {
         &self.shards[index]
     }
 
-    /// Connections registered right now.
+    /// Connections registered right now, all transports.
     pub fn connection_count(&self) -> usize {
-        self.connections.load(Ordering::Acquire)
+        self.connections
+            .iter()
+            .map(|count| count.load(Ordering::Acquire))
+            .sum()
+    }
+
+    /// Connections registered right now over one transport.
+    pub fn transport_count(&self, transport: Transport) -> usize {
+        self.connections[transport as usize].load(Ordering::Acquire)
     }
 
     /// Users with at least one connection right now.
@@ -208,105 +304,257 @@ impl Hub {
         self.users.load(Ordering::Acquire)
     }
 
-    /// Registers a new connection for `user`, applying the per-user limit and its policy. Returns
-    /// the registration, which unregisters the connection when dropped, and the connection's
-    /// outbox: the frames to write to the client, in order.
-    pub fn register(
+    /// The users' history (for its counts).
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Registers a new connection for `user`, applying the per-user limit and its policy. When
+    /// the client resumes from `resume_from` (an `event_id` or position token), the events it
+    /// missed, or a resync notice, are queued first, in the same critical section as the
+    /// registration: no live event can fall between them or come twice. `want_head` asks for the
+    /// stream's position even without a resume (SSE announces it).
+    pub fn attach(
         self: &Arc<Self>,
         user: UserId,
-    ) -> Result<(Registration, Outbox), UserLimitReached> {
+        transport: Transport,
+        resume_from: Option<&str>,
+        want_head: bool,
+    ) -> Result<Attached, UserLimitReached> {
         let (sender, outbox) = mpsc::channel(self.limits.queue_capacity);
         let connection = Arc::new(Connection {
             id: self.next_connection_id.fetch_add(1, Ordering::Relaxed),
+            transport,
             queue: sender,
             close_reason: AtomicU8::new(0),
             close_requested: Notify::new(),
         });
-        {
-            let mut shard = self.shard(&user).lock();
-            let connections = shard.entry(user.clone()).or_default();
-            // Connections already closing (replaced, slow) no longer count against the user.
-            let open = connections.iter().filter(|c| !c.is_closing()).count();
-            if open >= self.limits.per_user {
-                match self.limits.policy {
-                    UserLimitPolicy::Reject => {
-                        return Err(UserLimitReached {
-                            limit: self.limits.per_user,
-                        });
-                    }
-                    UserLimitPolicy::ReplaceOldest => {
-                        // The replaced connection stays registered until its task unregisters it,
-                        // which keeps the counts exact; it receives nothing new meanwhile.
-                        for oldest in connections
-                            .iter()
-                            .filter(|c| !c.is_closing())
-                            .take(open + 1 - self.limits.per_user)
-                        {
-                            oldest.request_close(DisconnectReason::Replaced);
-                        }
-                    }
-                }
-            }
+        let (head, resumed) = {
+            let mut guard = self.shard(&user).lock();
+            let Shard {
+                connections,
+                history,
+            } = &mut *guard;
+            let connections = connections.entry(user.clone()).or_default();
+            self.enforce_user_limit(connections)?;
+            let consult = self.history.enabled() && (want_head || resume_from.is_some());
+            let (resume, head) = if consult {
+                let (resume, head) =
+                    history.resume(&self.history, &user, resume_from, Instant::now());
+                (resume, Some(head))
+            } else if resume_from.is_some() {
+                (Resume::Resync(ResyncReason::HistoryDisabled), None)
+            } else {
+                (Resume::Replay(Vec::new()), None)
+            };
+            let resumed = resume_from.map(|from| {
+                let resumed = queue_resume(&connection, resume, &user, from, head.as_ref());
+                self.metrics.resumed(resumed);
+                resumed
+            });
             if connections.is_empty() {
                 self.users.fetch_add(1, Ordering::AcqRel);
             }
             connections.push(Arc::clone(&connection));
-            self.connections.fetch_add(1, Ordering::AcqRel);
-        }
-        Ok((
-            Registration {
+            self.connections[transport as usize].fetch_add(1, Ordering::AcqRel);
+            (head, resumed)
+        };
+        Ok(Attached {
+            registration: Registration {
                 hub: Arc::clone(self),
                 user,
                 connection,
             },
             outbox,
-        ))
+            head,
+            resumed,
+        })
     }
 
-    fn unregister(&self, user: &UserId, id: u64) {
+    /// Makes room for one more connection among `connections` of one user, or refuses it.
+    fn enforce_user_limit(&self, connections: &[Arc<Connection>]) -> Result<(), UserLimitReached> {
+        // Connections already closing (replaced, slow) no longer count against the user.
+        let open = connections.iter().filter(|c| !c.is_closing()).count();
+        if open < self.limits.per_user {
+            return Ok(());
+        }
+        match self.limits.policy {
+            UserLimitPolicy::Reject => Err(UserLimitReached {
+                limit: self.limits.per_user,
+            }),
+            UserLimitPolicy::ReplaceOldest => {
+                // The replaced connection stays registered until its task unregisters it, which
+                // keeps the counts exact; it receives nothing new meanwhile.
+                for oldest in connections
+                    .iter()
+                    .filter(|c| !c.is_closing())
+                    .take(open + 1 - self.limits.per_user)
+                {
+                    oldest.request_close(DisconnectReason::Replaced);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn unregister(&self, user: &UserId, connection: &Connection) {
         let mut shard = self.shard(user).lock();
-        let Some(connections) = shard.get_mut(user) else {
+        let Some(connections) = shard.connections.get_mut(user) else {
             return;
         };
-        let Some(position) = connections.iter().position(|c| c.id == id) else {
+        let Some(position) = connections.iter().position(|c| c.id == connection.id) else {
             return;
         };
         connections.remove(position);
-        self.connections.fetch_sub(1, Ordering::AcqRel);
+        self.connections[connection.transport as usize].fetch_sub(1, Ordering::AcqRel);
         if connections.is_empty() {
-            shard.remove(user);
+            shard.connections.remove(user);
             self.users.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
-    /// Hands `frame` to every open connection of `user`, without waiting. Connections whose queue
-    /// is full are asked to close as slow consumers.
-    pub fn deliver(&self, user: &UserId, frame: &Frame) -> Delivery {
-        let mut delivery = Delivery::default();
-        {
-            let shard = self.shard(user).lock();
-            for connection in shard.get(user).into_iter().flatten() {
-                // A closing connection is no longer part of the user's live set: the push
-                // that made it a slow consumer already counted it as failed.
-                if connection.is_closing() {
-                    continue;
-                }
-                match connection.queue.try_send(frame.clone()) {
-                    Ok(()) => delivery.delivered += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        connection.request_close(DisconnectReason::SlowConsumer);
-                        delivery.failed += 1;
+    /// Stores `event` in its user's history (when on) and hands it to every open connection of
+    /// the user, without waiting. Connections whose queue is full are asked to close as slow
+    /// consumers. A repeat of an upstream `event_id` still in the history is not delivered again.
+    pub fn publish(&self, event: &Event) -> Outcome {
+        let mut created_stream = false;
+        let outcome = {
+            let mut guard = self.shard(&event.user_id).lock();
+            let Shard {
+                connections,
+                history,
+            } = &mut *guard;
+            let connections = connections.get(&event.user_id);
+            if self.history.enabled() {
+                let streams_before = self.history.stream_count();
+                let outcome = match history.append(&self.history, event, Instant::now()) {
+                    Append::Stored { event, at, outcome } => {
+                        let delivery = deliver(connections, &event);
+                        *outcome = delivery;
+                        Outcome {
+                            delivery,
+                            stored: Some(at),
+                            duplicate: false,
+                        }
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => delivery.failed += 1,
+                    Append::Duplicate { at, outcome } => Outcome {
+                        delivery: outcome,
+                        stored: Some(at),
+                        duplicate: true,
+                    },
+                };
+                created_stream = self.history.stream_count() > streams_before;
+                outcome
+            } else {
+                let delivery = deliver(connections, &Arc::new(Published::unstored(event)));
+                Outcome {
+                    delivery,
+                    stored: None,
+                    duplicate: false,
                 }
             }
+        };
+        if created_stream && self.history.over_capacity() {
+            self.evict_elsewhere();
         }
-        self.metrics.record_delivery(delivery);
-        delivery
+        if outcome.duplicate {
+            self.metrics.duplicate_push();
+        } else {
+            self.metrics.record_delivery(outcome.delivery);
+        }
+        outcome
+    }
+
+    /// Evicts idlest streams from other shards until the history is back under its user cap
+    /// (when the shard that created a stream had none to give up). Takes one lock at a time.
+    fn evict_elsewhere(&self) {
+        for shard in self.shards.iter() {
+            if !self.history.over_capacity() {
+                return;
+            }
+            shard.lock().history.evict_idlest(&self.history);
+        }
+    }
+
+    /// Reclaims the events of streams idle for longer than the TTL, one shard at a time.
+    pub fn sweep_history(&self) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            shard.lock().history.sweep(&self.history, now);
+        }
     }
 }
 
-/// One registered connection, owned by its session task. Dropping it unregisters the connection.
+/// Hands `event` to each open connection in `connections`.
+fn deliver(connections: Option<&Vec<Arc<Connection>>>, event: &Arc<Published>) -> Delivery {
+    let mut delivery = Delivery::default();
+    for connection in connections.into_iter().flatten() {
+        // A closing connection is no longer part of the user's live set: the push that made it a
+        // slow consumer already counted it as failed.
+        if connection.is_closing() {
+            continue;
+        }
+        match connection
+            .queue
+            .try_send(Outgoing::Event(Arc::clone(event)))
+        {
+            Ok(()) => delivery.delivered += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                connection.request_close(DisconnectReason::SlowConsumer);
+                delivery.failed += 1;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => delivery.failed += 1,
+        }
+    }
+    delivery
+}
+
+/// Queues a resuming connection's replay, or its resync notice, into its fresh queue. The queue
+/// is larger than the history (a start-up rule), so everything fits.
+fn queue_resume(
+    connection: &Connection,
+    resume: Resume,
+    user: &UserId,
+    from: &str,
+    head: Option<&StreamPosition>,
+) -> Resumed {
+    let (items, resumed) = match resume {
+        Resume::Replay(events) => {
+            let count = events.len();
+            (events, Resumed::Replayed(count))
+        }
+        Resume::Resync(reason) => {
+            let notice = resync_notice(user, reason, from, head);
+            (vec![Arc::new(notice)], Resumed::Resync(reason))
+        }
+    };
+    for item in items {
+        if connection.queue.try_send(Outgoing::Event(item)).is_err() {
+            connection.request_close(DisconnectReason::SlowConsumer);
+            break;
+        }
+    }
+    resumed
+}
+
+/// The resync notice: an event of type `resync` whose `event_id` is the stream's head token, so a
+/// client that resumes from the last `event_id` it saw resumes from here next time.
+fn resync_notice(
+    user: &UserId,
+    reason: ResyncReason,
+    requested: &str,
+    head: Option<&StreamPosition>,
+) -> Published {
+    let event_id: Arc<str> = head.map_or_else(|| Arc::from(""), |head| head.to_string().into());
+    Published {
+        position: 0,
+        frame: resync_frame(user, &event_id, reason.label(), requested, head),
+        event_id,
+        event_type: Arc::from(RESYNC_EVENT_TYPE),
+    }
+}
+
+/// One registered connection, owned by its session. Dropping it unregisters the connection.
 #[derive(Debug)]
 pub struct Registration {
     hub: Arc<Hub>,
@@ -314,9 +562,9 @@ pub struct Registration {
     connection: Arc<Connection>,
 }
 
-/// A connection's queue of frames to write to its client, in order: pushes and replies. Bounded
-/// by `WS_SEND_QUEUE`.
-pub type Outbox = mpsc::Receiver<Frame>;
+/// A connection's queue of what to write to its client, in order: events and replies. Bounded by
+/// `WS_SEND_QUEUE`.
+pub type Outbox = mpsc::Receiver<Outgoing>;
 
 impl Registration {
     /// The user this connection belongs to.
@@ -329,21 +577,24 @@ impl Registration {
         self.connection.id
     }
 
-    /// Queues a reply to this client behind the pushes already queued. A full queue means the
+    /// Queues a reply to this client behind the events already queued. A full queue means the
     /// client is not reading: the connection must close as a slow consumer.
     pub fn queue_reply(&self, frame: Frame) -> Result<(), DisconnectReason> {
         self.connection
             .queue
-            .try_send(frame)
+            .try_send(Outgoing::Reply(frame))
             .map_err(|_| DisconnectReason::SlowConsumer)
+    }
+
+    /// The reason the hub asked this connection to close, if it has.
+    pub fn close_reason(&self) -> Option<DisconnectReason> {
+        DisconnectReason::from_u8(self.connection.close_reason.load(Ordering::Acquire))
     }
 
     /// Completes when the hub has asked this connection to close, with the reason.
     pub async fn close_requested(&self) -> DisconnectReason {
         loop {
-            if let Some(reason) =
-                DisconnectReason::from_u8(self.connection.close_reason.load(Ordering::Acquire))
-            {
+            if let Some(reason) = self.close_reason() {
                 return reason;
             }
             self.connection.close_requested.notified().await;
@@ -353,64 +604,112 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.hub.unregister(&self.user, self.connection.id);
+        self.hub.unregister(&self.user, &self.connection);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
-    fn hub(per_user: usize, policy: UserLimitPolicy, queue_capacity: usize) -> Arc<Hub> {
+    const NO_HISTORY: HistoryLimits = HistoryLimits {
+        size: 0,
+        ttl: Duration::ZERO,
+        max_users: 1,
+    };
+
+    fn hub_with(
+        per_user: usize,
+        policy: UserLimitPolicy,
+        queue_capacity: usize,
+        history: HistoryLimits,
+    ) -> Arc<Hub> {
         let limits = HubLimits {
             per_user,
             policy,
             queue_capacity,
         };
-        Arc::new(Hub::new(limits, Arc::new(Metrics::default())))
+        Arc::new(Hub::new(limits, history, Arc::new(Metrics::default())))
+    }
+
+    fn hub(per_user: usize, policy: UserLimitPolicy, queue_capacity: usize) -> Arc<Hub> {
+        hub_with(per_user, policy, queue_capacity, NO_HISTORY)
+    }
+
+    fn history_hub(size: usize, max_users: usize) -> Arc<Hub> {
+        let history = HistoryLimits {
+            size,
+            ttl: Duration::from_secs(60),
+            max_users,
+        };
+        hub_with(8, UserLimitPolicy::Reject, size + 16, history)
     }
 
     fn user(name: &str) -> UserId {
         UserId::parse(name).unwrap()
     }
 
+    fn event(user_name: &str, id: &str) -> Event {
+        Event {
+            user_id: user(user_name),
+            event_id: Arc::from(id),
+            upstream_id: true,
+            event_type: Arc::from("message"),
+            frame: Frame::from(id.to_owned()),
+        }
+    }
+
+    fn connect(hub: &Arc<Hub>, name: &str) -> (Registration, Outbox) {
+        let attached = hub
+            .attach(user(name), Transport::WebSocket, None, false)
+            .unwrap();
+        (attached.registration, attached.outbox)
+    }
+
+    fn drain(outbox: &mut Outbox) -> Vec<String> {
+        std::iter::from_fn(|| outbox.try_recv().ok())
+            .map(|item| item.frame().to_string())
+            .collect()
+    }
+
+    fn delivered(delivered: usize, failed: usize) -> Delivery {
+        Delivery { delivered, failed }
+    }
+
     #[test]
     fn counts_follow_register_and_drop() {
         let hub = hub(4, UserLimitPolicy::Reject, 8);
-        let a1 = hub.register(user("a")).unwrap();
-        let a2 = hub.register(user("a")).unwrap();
-        let b = hub.register(user("b")).unwrap();
+        let a1 = connect(&hub, "a");
+        let a2 = connect(&hub, "a");
+        let b = hub.attach(user("b"), Transport::Sse, None, true).unwrap();
         assert_eq!((hub.connection_count(), hub.user_count()), (3, 2));
+        assert_eq!(hub.transport_count(Transport::Sse), 1);
+        assert_eq!(b.head, None, "no history, no head");
         drop(a1);
         assert_eq!((hub.connection_count(), hub.user_count()), (2, 2));
         drop((a2, b));
         assert_eq!((hub.connection_count(), hub.user_count()), (0, 0));
+        assert_eq!(hub.transport_count(Transport::Sse), 0);
     }
 
     #[test]
     fn delivery_reaches_every_connection_of_the_user_in_order() {
         let hub = hub(4, UserLimitPolicy::Reject, 8);
-        let (_a1, mut a1) = hub.register(user("a")).unwrap();
-        let (_a2, mut a2) = hub.register(user("a")).unwrap();
-        let (_b, mut b) = hub.register(user("b")).unwrap();
+        let (_a1, mut a1) = connect(&hub, "a");
+        let (_a2, mut a2) = connect(&hub, "a");
+        let (_b, mut b) = connect(&hub, "b");
         for n in 0..3 {
-            let delivery = hub.deliver(&user("a"), &Frame::from(n.to_string()));
-            assert_eq!(
-                delivery,
-                Delivery {
-                    delivered: 2,
-                    failed: 0
-                }
-            );
+            let outcome = hub.publish(&event("a", &n.to_string()));
+            assert_eq!(outcome.delivery, delivered(2, 0));
+            assert_eq!(outcome.stored, None);
         }
-        for outbox in [&mut a1, &mut a2] {
-            for n in 0..3 {
-                assert_eq!(outbox.try_recv().unwrap().as_str(), n.to_string());
-            }
-        }
-        assert!(b.try_recv().is_err());
+        assert_eq!(drain(&mut a1), ["0", "1", "2"]);
+        assert_eq!(drain(&mut a2), ["0", "1", "2"]);
+        assert!(drain(&mut b).is_empty());
         assert_eq!(
-            hub.deliver(&user("nobody"), &Frame::from("x")),
+            hub.publish(&event("nobody", "x")).delivery,
             Delivery::default()
         );
     }
@@ -418,52 +717,40 @@ mod tests {
     #[tokio::test]
     async fn full_queue_closes_only_that_connection() {
         let hub = hub(4, UserLimitPolicy::Reject, 2);
-        let (slow, _slow_outbox) = hub.register(user("a")).unwrap();
-        let (_fast, mut fast) = hub.register(user("a")).unwrap();
+        let (slow, _slow_outbox) = connect(&hub, "a");
+        let (_fast, mut fast) = connect(&hub, "a");
         for _ in 0..2 {
-            hub.deliver(&user("a"), &Frame::from("x"));
+            hub.publish(&event("a", "x"));
             fast.try_recv().unwrap();
         }
-        let delivery = hub.deliver(&user("a"), &Frame::from("x"));
-        assert_eq!(
-            delivery,
-            Delivery {
-                delivered: 1,
-                failed: 1
-            }
-        );
+        assert_eq!(hub.publish(&event("a", "x")).delivery, delivered(1, 1));
         assert_eq!(slow.close_requested().await, DisconnectReason::SlowConsumer);
-        assert_eq!(fast.try_recv().unwrap().as_str(), "x");
+        assert_eq!(drain(&mut fast), ["x"]);
     }
 
     #[tokio::test]
     async fn per_user_limit_rejects_or_replaces() {
         let strict = hub(2, UserLimitPolicy::Reject, 8);
-        let _keep = (
-            strict.register(user("a")).unwrap(),
-            strict.register(user("a")).unwrap(),
-        );
+        let _keep = (connect(&strict, "a"), connect(&strict, "a"));
         assert_eq!(
-            strict.register(user("a")).unwrap_err(),
+            strict
+                .attach(user("a"), Transport::WebSocket, None, false)
+                .unwrap_err(),
             UserLimitReached { limit: 2 }
         );
-        assert!(strict.register(user("b")).is_ok());
+        let _b = connect(&strict, "b");
 
         let replacing = hub(1, UserLimitPolicy::ReplaceOldest, 8);
-        let (old, _old_outbox) = replacing.register(user("a")).unwrap();
-        let (_new, mut new_outbox) = replacing.register(user("a")).unwrap();
+        let (old, _old_outbox) = connect(&replacing, "a");
+        let (_new, mut new_outbox) = connect(&replacing, "a");
         assert_eq!(old.close_requested().await, DisconnectReason::Replaced);
-        let delivery = replacing.deliver(&user("a"), &Frame::from("x"));
         assert_eq!(
-            delivery,
-            Delivery {
-                delivered: 1,
-                failed: 0
-            },
+            replacing.publish(&event("a", "x")).delivery,
+            delivered(1, 0),
             "the replaced one is not counted"
         );
-        assert!(new_outbox.try_recv().is_ok());
-        let (_newest, _) = replacing.register(user("a")).unwrap();
+        assert_eq!(drain(&mut new_outbox), ["x"]);
+        let _newest = connect(&replacing, "a");
         assert_eq!(
             replacing.connection_count(),
             3,
@@ -478,5 +765,81 @@ mod tests {
             assert_eq!(DisconnectReason::from_u8(reason as u8), Some(reason));
         }
         assert_eq!(DisconnectReason::from_u8(0), None);
+    }
+
+    #[test]
+    fn offline_pushes_are_stored_and_replayed_before_live_ones() {
+        let hub = history_hub(10, 100);
+        let (first, mut outbox) = connect(&hub, "u");
+        hub.publish(&event("u", "seen"));
+        assert_eq!(drain(&mut outbox), ["seen"]);
+        drop((first, outbox));
+        for id in ["m1", "m2"] {
+            let outcome = hub.publish(&event("u", id));
+            assert_eq!(outcome.delivery, Delivery::default());
+            assert!(outcome.stored.is_some(), "stored while offline");
+        }
+        let mut back = hub
+            .attach(user("u"), Transport::Sse, Some("seen"), true)
+            .unwrap();
+        assert_eq!(back.resumed, Some(Resumed::Replayed(2)));
+        assert_eq!(back.head.as_ref().map(|head| head.position), Some(3));
+        hub.publish(&event("u", "live"));
+        assert_eq!(drain(&mut back.outbox), ["m1", "m2", "live"]);
+    }
+
+    #[test]
+    fn a_lost_resume_point_gets_a_resync_notice_carrying_the_head() {
+        let with_history = history_hub(10, 100);
+        with_history.publish(&event("u", "a"));
+        let mut attached = with_history
+            .attach(user("u"), Transport::WebSocket, Some("gone"), false)
+            .unwrap();
+        assert_eq!(
+            attached.resumed,
+            Some(Resumed::Resync(ResyncReason::UnknownEventId))
+        );
+        let Outgoing::Event(notice) = attached.outbox.try_recv().unwrap() else {
+            panic!("expected an event");
+        };
+        let head = attached.head.clone().unwrap();
+        assert_eq!(&*notice.event_type, RESYNC_EVENT_TYPE);
+        assert_eq!(*notice.event_id, head.to_string());
+        let json: serde_json::Value = serde_json::from_str(notice.frame.as_str()).unwrap();
+        assert_eq!(json["data"]["reason"], "unknown_event_id");
+        assert_eq!(json["data"]["position"], 1);
+        assert_eq!(json["data"]["last_event_id"], "gone");
+
+        let no_history = hub(4, UserLimitPolicy::Reject, 8);
+        let attached = no_history
+            .attach(user("u"), Transport::WebSocket, Some("x"), false)
+            .unwrap();
+        assert_eq!(
+            attached.resumed,
+            Some(Resumed::Resync(ResyncReason::HistoryDisabled))
+        );
+    }
+
+    #[test]
+    fn a_retried_push_is_not_delivered_twice() {
+        let hub = history_hub(10, 100);
+        let (_connection, mut outbox) = connect(&hub, "u");
+        let first = hub.publish(&event("u", "once"));
+        let retry = hub.publish(&event("u", "once"));
+        assert!(!first.duplicate && retry.duplicate);
+        assert_eq!(retry.delivery, first.delivery, "the original outcome");
+        assert_eq!(retry.stored, first.stored);
+        assert_eq!(drain(&mut outbox), ["once"]);
+    }
+
+    #[test]
+    fn the_user_cap_holds_across_shards() {
+        let hub = history_hub(4, 3);
+        for n in 0..50 {
+            hub.publish(&event(&format!("user{n}"), "e"));
+            assert!(hub.history().stream_count() <= 3);
+        }
+        assert_eq!(hub.history().stream_count(), 3);
+        assert_eq!(hub.history().event_count(), 3);
     }
 }

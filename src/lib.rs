@@ -14,6 +14,7 @@ pub mod broker;
 pub mod config;
 pub mod dotenv;
 pub mod healthcheck;
+pub mod history;
 pub mod hub;
 pub mod lifecycle;
 pub mod logging;

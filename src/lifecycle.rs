@@ -4,9 +4,10 @@
 //! 1. **draining** — [`Lifecycle::begin_shutdown`] was called (SIGTERM/SIGINT): `/ready` answers
 //!    503 and new WebSocket handshakes are refused, while pushes are still served for
 //!    `SHUTDOWN_DRAIN` seconds so load balancers can move traffic away;
-//! 2. the listener closes and in-flight HTTP requests finish;
-//! 3. **closing** — every session writes what is queued for it, sends close 1001 and ends; the
-//!    server waits for all of them (tracked here) until `SHUTDOWN_TIMEOUT` runs out.
+//! 2. the listener closes and in-flight HTTP requests (tracked here) finish;
+//! 3. **closing** — every session writes what is queued for it and ends (WebSocket: close 1001;
+//!    SSE: the stream ends, so the browser reconnects elsewhere); the server waits for all of them
+//!    (tracked here) until `SHUTDOWN_TIMEOUT` runs out.
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -19,8 +20,10 @@ pub struct Lifecycle {
     draining: CancellationToken,
     /// Cancelled when sessions must close (after in-flight pushes finished).
     closing: CancellationToken,
-    /// Every WebSocket session, so shutdown can wait for their close handshakes.
+    /// Every WebSocket and SSE session, so shutdown can wait for them to close.
     sessions: TaskTracker,
+    /// HTTP requests whose handler has not answered yet.
+    requests: TaskTracker,
 }
 
 impl Lifecycle {
@@ -47,6 +50,17 @@ impl Lifecycle {
     /// Registers a session; shutdown waits until the returned token is dropped.
     pub fn track_session(&self) -> TaskTrackerToken {
         self.sessions.token()
+    }
+
+    /// Counts a request as in flight until the returned token is dropped.
+    pub fn track_request(&self) -> TaskTrackerToken {
+        self.requests.token()
+    }
+
+    /// Completes once no request is in flight.
+    pub async fn finish_requests(&self) {
+        self.requests.close();
+        self.requests.wait().await;
     }
 
     /// Tells every session to close, then waits until all of them have.

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::{Map, Value, json};
 
-use crate::hub::{Delivery, DisconnectReason};
+use crate::history::ResyncReason;
+use crate::hub::{Delivery, DisconnectReason, Resumed, Transport};
 
 /// Why a WebSocket connection attempt was turned away before it was registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +92,29 @@ pub struct Metrics {
     events_offline: AtomicU64,
     /// Text frames received from clients (each answered with an ack).
     client_messages: AtomicU64,
+    /// Pushes that repeated an `event_id` still in the user's history (not delivered again).
+    duplicate_pushes: AtomicU64,
+    /// Connections that resumed and were replayed what they missed (possibly nothing).
+    resumes_replayed: AtomicU64,
+    /// Events replayed to resuming connections.
+    events_replayed: AtomicU64,
+    /// Connections that could not resume and were sent a resync notice, by reason.
+    resyncs: [AtomicU64; ResyncReason::ALL.len()],
+}
+
+/// Point-in-time values the counters do not hold, read from their owners for a snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Gauges {
+    /// Connections by transport, in [`Transport::ALL`] order.
+    pub connections: [usize; Transport::ALL.len()],
+    /// Users with at least one connection.
+    pub users_online: usize,
+    /// Users with a history stream.
+    pub history_users: usize,
+    /// Events held in history.
+    pub history_events: usize,
+    /// Seconds since start.
+    pub uptime_seconds: f64,
 }
 
 fn bump(counter: &AtomicU64, by: u64) {
@@ -145,13 +169,24 @@ impl Metrics {
         bump(&self.client_messages, 1);
     }
 
+    /// A push repeated an `event_id` already in its user's history.
+    pub fn duplicate_push(&self) {
+        bump(&self.duplicate_pushes, 1);
+    }
+
+    /// A connection asked to resume; this is how it went.
+    pub fn resumed(&self, resumed: Resumed) {
+        match resumed {
+            Resumed::Replayed(count) => {
+                bump(&self.resumes_replayed, 1);
+                bump(&self.events_replayed, count as u64);
+            }
+            Resumed::Resync(reason) => bump(&self.resyncs[reason as usize], 1),
+        }
+    }
+
     /// The `/metrics` JSON: the seed's keys first, then every counter.
-    pub fn snapshot(
-        &self,
-        active_connections: usize,
-        users_online: usize,
-        uptime_seconds: f64,
-    ) -> Value {
+    pub fn snapshot(&self, gauges: &Gauges) -> Value {
         let labelled = |labels: &mut dyn Iterator<Item = (&'static str, u64)>| -> Value {
             Value::Object(
                 labels
@@ -160,10 +195,13 @@ impl Metrics {
             )
         };
         json!({
-            "active_connections": active_connections,
+            "active_connections": gauges.connections.iter().sum::<usize>(),
             "service": crate::SERVICE_NAME,
-            "users_online": users_online,
-            "uptime_seconds": uptime_seconds,
+            "connections_by_transport": labelled(&mut Transport::ALL
+                .iter()
+                .map(|transport| (transport.label(), gauges.connections[*transport as usize] as u64))),
+            "users_online": gauges.users_online,
+            "uptime_seconds": gauges.uptime_seconds,
             "connections_opened_total": read(&self.connections_opened),
             "connections_closed_total": labelled(&mut DisconnectReason::ALL
                 .iter()
@@ -179,6 +217,14 @@ impl Metrics {
             "events_failed_total": read(&self.events_failed),
             "events_offline_total": read(&self.events_offline),
             "client_messages_total": read(&self.client_messages),
+            "duplicate_pushes_total": read(&self.duplicate_pushes),
+            "history_users": gauges.history_users,
+            "history_events": gauges.history_events,
+            "resumes_replayed_total": read(&self.resumes_replayed),
+            "events_replayed_total": read(&self.events_replayed),
+            "resyncs_total": labelled(&mut ResyncReason::ALL
+                .iter()
+                .map(|reason| (reason.label(), read(&self.resyncs[*reason as usize])))),
         })
     }
 }
@@ -198,7 +244,15 @@ mod tests {
         });
         metrics.record_delivery(Delivery::default());
         metrics.request_rejected(Rejection::TooLarge);
-        let snapshot = metrics.snapshot(3, 2, 1.5);
+        metrics.resumed(Resumed::Replayed(4));
+        metrics.resumed(Resumed::Resync(ResyncReason::Expired));
+        let snapshot = metrics.snapshot(&Gauges {
+            connections: [2, 1],
+            users_online: 2,
+            history_users: 5,
+            history_events: 7,
+            uptime_seconds: 1.5,
+        });
         let keys: Vec<&String> = snapshot.as_object().unwrap().keys().take(2).collect();
         assert_eq!(keys, ["active_connections", "service"]);
         assert_eq!(snapshot["active_connections"], 3);
@@ -207,5 +261,9 @@ mod tests {
         assert_eq!(snapshot["events_failed_total"], 1);
         assert_eq!(snapshot["events_offline_total"], 1);
         assert_eq!(snapshot["push_requests_rejected_total"]["too_large"], 1);
+        assert_eq!(snapshot["connections_by_transport"]["sse"], 1);
+        assert_eq!(snapshot["events_replayed_total"], 4);
+        assert_eq!(snapshot["resyncs_total"]["expired"], 1);
+        assert_eq!(snapshot["history_events"], 7);
     }
 }

@@ -10,12 +10,14 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::history::StreamPosition;
 
 /// One encoded event or reply, as sent in a WebSocket text frame: shared, immutable JSON bytes.
 /// Cloning is a reference-count increment, so one push costs one serialization however many
@@ -142,6 +144,11 @@ pub struct Event {
     pub user_id: UserId,
     /// The upstream's `event_id`, or the one the server assigned.
     pub event_id: Arc<str>,
+    /// Whether `event_id` came from the upstream (and may therefore repeat on a retry) rather than
+    /// being assigned here (and therefore unique).
+    pub upstream_id: bool,
+    /// The event's kind (SSE's `event:` field).
+    pub event_type: Arc<str>,
     /// The JSON every receiving connection gets.
     pub frame: Frame,
 }
@@ -195,13 +202,24 @@ impl PushMessage<'_> {
         serde_json::to_writer(&mut json, &event)
             .expect("serializing strings and pre-validated JSON into memory cannot fail");
         let json = String::from_utf8(json).expect("serde_json writes UTF-8");
+        let event_type = if self.event_type == DEFAULT_EVENT_TYPE {
+            Arc::clone(&DEFAULT_EVENT_TYPE_SHARED)
+        } else {
+            Arc::from(self.event_type.as_ref())
+        };
         Event {
             user_id: self.user_id.clone(),
             event_id,
+            upstream_id: self.event_id.is_some(),
+            event_type,
             frame: Frame::from(json),
         }
     }
 }
+
+/// The default event type, shared so that the common case allocates nothing for it.
+static DEFAULT_EVENT_TYPE_SHARED: LazyLock<Arc<str>> =
+    LazyLock::new(|| Arc::from(DEFAULT_EVENT_TYPE));
 
 /// Bytes of an encoded event besides its field values: keys, quotes, separators, a timestamp, and
 /// some room for escapes.
@@ -545,6 +563,50 @@ pub fn ack_frame(received: &str) -> Frame {
     Frame::from(json)
 }
 
+/// `event_type` of the notice a resuming client gets when it cannot be resumed.
+pub const RESYNC_EVENT_TYPE: &str = "resync";
+
+/// The resync notice: `{"event_type":"resync","event_id":<head token>,"user_id":…,"timestamp":…,
+/// "data":{"reason":…,"last_event_id":<what the client asked for>,"epoch":…,"position":…}}`.
+/// `epoch` and `position` are `null` when the server keeps no history.
+pub fn resync_frame(
+    user: &UserId,
+    event_id: &str,
+    reason: &str,
+    requested: &str,
+    head: Option<&StreamPosition>,
+) -> Frame {
+    #[derive(Serialize)]
+    struct Resync<'a> {
+        event_type: &'static str,
+        event_id: &'a str,
+        user_id: &'a UserId,
+        timestamp: f64,
+        data: ResyncData<'a>,
+    }
+    #[derive(Serialize)]
+    struct ResyncData<'a> {
+        reason: &'a str,
+        last_event_id: &'a str,
+        epoch: Option<&'a str>,
+        position: Option<u64>,
+    }
+    let json = serde_json::to_string(&Resync {
+        event_type: RESYNC_EVENT_TYPE,
+        event_id,
+        user_id: user,
+        timestamp: unix_seconds_now(),
+        data: ResyncData {
+            reason,
+            last_event_id: requested,
+            epoch: head.map(|head| &*head.epoch),
+            position: head.map(|head| head.position),
+        },
+    })
+    .expect("serializing strings and numbers cannot fail");
+    Frame::from(json)
+}
+
 /// Outcome of a single push, for the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -566,6 +628,14 @@ pub struct PushResponse {
     pub event_id: Arc<str>,
     /// How many connections received it.
     pub delivered: usize,
+    /// Whether it is kept in the user's history, for clients that resume.
+    pub stored: bool,
+    /// Whether it repeated an `event_id` already in the user's history, and so was not delivered
+    /// again (the other fields then describe the original).
+    pub duplicate: bool,
+    /// Where it is stored: the stream's epoch and the event's position (absent when not stored).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub position: Option<StreamPosition>,
 }
 
 /// Response body of a batch push.
@@ -586,6 +656,10 @@ pub struct BatchItemResult {
     pub event_id: Arc<str>,
     /// How many connections received it.
     pub delivered: usize,
+    /// Whether it is kept in the user's history.
+    pub stored: bool,
+    /// Whether it repeated an `event_id` already in the user's history.
+    pub duplicate: bool,
 }
 
 #[cfg(test)]

@@ -10,13 +10,17 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::extract::{Request, State};
 use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpSocket, lookup_host};
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -29,11 +33,16 @@ use crate::hub::{Hub, HubLimits};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::state::{AppState, SharedState};
-use crate::transport::ws;
+use crate::transport::{sse, ws};
 
 /// Part of `SHUTDOWN_TIMEOUT` kept for sessions to write what is queued and close with 1001
 /// (at most half of it).
 const SESSION_CLOSE_BUDGET: Duration = Duration::from_secs(3);
+
+/// How much longer than `WS_WRITE_TIMEOUT` a connection's write may stall before the connection
+/// itself fails. A WebSocket session times its own writes and closes as a slow consumer first; the
+/// connection-level limit is the backstop for what has no timer of its own (HTTP responses, SSE).
+const WRITE_BACKSTOP_MARGIN: Duration = Duration::from_secs(1);
 
 /// Pause after a failed `accept` (for example, out of file descriptors).
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -62,7 +71,11 @@ impl Application {
             policy: settings.user_limit_policy,
             queue_capacity: settings.ws_send_queue,
         };
-        let hub = Arc::new(Hub::new(limits, Arc::clone(&metrics)));
+        let hub = Arc::new(Hub::new(
+            limits,
+            settings.history_limits(),
+            Arc::clone(&metrics),
+        ));
         let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
         let max_connections = effective_max_connections(settings.max_connections);
         let state = Arc::new(AppState {
@@ -101,6 +114,9 @@ impl Application {
             max_connections = state.max_connections,
             "websocket-sse-server listening"
         );
+        if state.hub.history().enabled() {
+            tokio::spawn(sweep_history(Arc::clone(&state)));
+        }
 
         let stop_accepting = {
             let lifecycle = lifecycle.clone();
@@ -109,21 +125,23 @@ impl Application {
                 tokio::time::sleep(drain).await;
             }
         };
-        let head_timeout = state.settings.http_request_timeout;
-        let server = serve_http(
+        let limits = ConnectionLimits {
+            head_timeout: state.settings.http_request_timeout,
+            write_timeout: state.settings.ws_write_timeout + WRITE_BACKSTOP_MARGIN,
+        };
+        let mut server = tokio::spawn(serve_http(
             listener,
             router(Arc::clone(&state)),
-            head_timeout,
+            limits,
             stop_accepting,
-        );
-        tokio::pin!(server);
+        ));
 
         tokio::select! {
-            // Draining first: the server future ends as a consequence of draining, and must not
-            // be mistaken for an end of its own (which would skip closing the sessions).
+            // Draining first: the server ends as a consequence of draining, and must not be
+            // mistaken for an end of its own (which would skip closing the sessions).
             biased;
             () = lifecycle.draining() => {}
-            () = &mut server => return Ok(()),
+            _ = &mut server => return Ok(()),
         }
         let deadline = tokio::time::Instant::now() + shutdown_timeout;
         tracing::info!(
@@ -134,7 +152,11 @@ impl Application {
         // In-flight requests may not take the sessions' share of the budget: a stalled HTTP
         // client must not cost every WebSocket client its close frame.
         let requests_deadline = deadline - SESSION_CLOSE_BUDGET.min(shutdown_timeout / 2);
-        if tokio::time::timeout_at(requests_deadline, &mut server)
+        let requests_done = async {
+            tokio::time::sleep(drain).await;
+            lifecycle.finish_requests().await;
+        };
+        if tokio::time::timeout_at(requests_deadline, requests_done)
             .await
             .is_err()
         {
@@ -149,9 +171,38 @@ impl Application {
                 "sessions did not all close before SHUTDOWN_TIMEOUT"
             );
         }
+        // What is left: SSE responses writing their last bytes, idle keep-alive connections.
+        if tokio::time::timeout_at(deadline, &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// Reclaims expired history in the background until the server closes its sessions.
+async fn sweep_history(state: SharedState) {
+    let mut ticks = tokio::time::interval(state.hub.history().sweep_interval());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = state.lifecycle.closing() => return,
+            _ = ticks.tick() => state.hub.sweep_history(),
+        }
+    }
+}
+
+/// Time limits on every HTTP connection.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    /// To send a request head, also while idle between keep-alive requests.
+    head_timeout: Duration,
+    /// For one write to the client to make progress (responses, SSE streams; a backstop for
+    /// WebSockets, which time their writes themselves).
+    write_timeout: Duration,
 }
 
 /// Accepts TCP connections and serves HTTP/1.1 (with WebSocket upgrades) on each, until `stop`
@@ -159,17 +210,18 @@ impl Application {
 /// keep-alive connections close at once) and returns when all have.
 ///
 /// Each connection must send a complete request head within `head_timeout`, also while idle
-/// between keep-alive requests, so silent or trickling clients cannot pile up.
+/// between keep-alive requests, and each write to it must progress within `write_timeout`, so
+/// silent, trickling or non-reading clients cannot pile up.
 async fn serve_http(
     listener: TcpListener,
     router: Router,
-    head_timeout: Duration,
+    limits: ConnectionLimits,
     stop: impl Future<Output = ()>,
 ) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(head_timeout);
+        .header_read_timeout(limits.head_timeout);
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
     tokio::pin!(stop);
@@ -190,8 +242,10 @@ async fn serve_http(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         let service = TowerToHyperService::new(router.clone());
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_timeout));
         let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(TokioIo::new(Box::pin(stream)), service)
             .with_upgrades();
         let stopping = stopping.clone();
         connections.spawn(async move {
@@ -219,6 +273,7 @@ pub fn router(state: SharedState) -> Router {
     let settings = &state.settings;
     Router::new()
         .route(&settings.ws_path, get(ws::handshake))
+        .route(&settings.sse_stream_path, get(sse::stream))
         .route(&settings.sse_path, post(api::push))
         .route(&settings.sse_batch_path, post(api::push_batch))
         .route("/health", get(api::health))
@@ -226,10 +281,21 @@ pub fn router(state: SharedState) -> Router {
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            track_request,
+        ))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(CatchPanicLayer::custom(api::panic_response))
         .layer(cors(&settings.cors_origins))
         .with_state(state)
+}
+
+/// Counts a request as in flight until its handler has answered (not while a streamed body is
+/// still being written), so that shutdown can let pushes finish before closing sessions.
+async fn track_request(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    let _in_flight = state.lifecycle.track_request();
+    next.run(request).await
 }
 
 /// CORS for the HTTP API. Preflights are answered; an origin not on the list gets no

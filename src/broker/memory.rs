@@ -1,11 +1,12 @@
-//! The single-node broker: events go straight to this node's hub, synchronously.
+//! The single-node broker: events go straight to this node's hub (and its in-memory history),
+//! synchronously.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use super::{Broker, BrokerError};
-use crate::hub::{Delivery, Hub};
+use crate::hub::{Hub, Outcome};
 use crate::protocol::Event;
 
 /// Delivers to the local [`Hub`] only. It cannot fail and never waits.
@@ -23,10 +24,7 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    async fn publish(&self, events: &[Event]) -> Result<Vec<Delivery>, BrokerError> {
-        Ok(events
-            .iter()
-            .map(|event| self.hub.deliver(&event.user_id, &event.frame))
-            .collect())
+    async fn publish(&self, events: &[Event]) -> Result<Vec<Outcome>, BrokerError> {
+        Ok(events.iter().map(|event| self.hub.publish(event)).collect())
     }
 }

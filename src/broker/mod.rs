@@ -1,7 +1,7 @@
 //! Routing of accepted events to the connections that should receive them, wherever they are.
 //!
 //! The HTTP handlers only ever talk to a [`Broker`]: they hand it validated, encoded events and get
-//! back what happened to each. The [`MemoryBroker`] (the single-node default) delivers straight to
+//! back what happened to each (delivered, stored in history, duplicate). The [`MemoryBroker`] (the single-node default) delivers straight to
 //! this node's [`Hub`](crate::hub::Hub); a clustered broker publishes to the other nodes and slots
 //! in behind the same trait without any handler changing.
 
@@ -11,7 +11,7 @@ pub use memory::MemoryBroker;
 
 use async_trait::async_trait;
 
-use crate::hub::Delivery;
+use crate::hub::Outcome;
 use crate::protocol::Event;
 
 /// Why a broker could not take events.
@@ -27,6 +27,6 @@ pub enum BrokerError {
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes `events` in order and reports, in the same order, what happened to each. Events
-    /// for one user are delivered in the order of this slice and of successive calls.
-    async fn publish(&self, events: &[Event]) -> Result<Vec<Delivery>, BrokerError>;
+    /// for one user are stored and delivered in the order of this slice and of successive calls.
+    async fn publish(&self, events: &[Event]) -> Result<Vec<Outcome>, BrokerError>;
 }

@@ -1,7 +1,192 @@
 //! Client-facing transports: how connected clients receive their users' events.
 //!
 //! A transport owns one client session from handshake to close: it checks the request, registers
-//! the connection with the [`Hub`](crate::hub::Hub), writes the connection's outbox to the socket
-//! and closes it with the right code. It never decides routing; the hub and broker do.
+//! the connection with the [`Hub`](crate::hub::Hub) (replaying what a resuming client missed),
+//! writes the connection's outbox to the client and ends the session for the right reason. It
+//! never decides routing; the hub and broker do. What both transports check the same way lives
+//! here: who the client is, where it resumes from, and whether the server can take it.
 
+pub mod sse;
 pub mod ws;
+
+use axum::http::HeaderMap;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::api::ApiError;
+use crate::hub::{Outbox, Outgoing};
+use crate::metrics::Refusal;
+use crate::protocol::{Issue, Loc, UserId};
+use crate::state::AppState;
+
+/// Most items a session writes at once.
+const WRITE_BATCH: usize = 64;
+
+/// Longest resume point a client may send, in bytes: event ids are at most 128 characters, and
+/// position tokens are shorter.
+const RESUME_FROM_MAX_BYTES: usize = 512;
+
+/// What a client asks for when it connects.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConnectRequest {
+    /// The user whose events it wants.
+    pub user: UserId,
+    /// The `event_id` (or position token) of the last event it received, if it resumes.
+    pub resume_from: Option<String>,
+}
+
+impl ConnectRequest {
+    /// Reads `user_id` and the resume point from a request: the `Last-Event-ID` header (what an
+    /// EventSource sends when it reconnects) wins over the `last_event_id` query parameter (which
+    /// stays in a reconnecting EventSource's URL). An empty resume point means a fresh start.
+    pub fn from_parts(query: Option<&str>, headers: &HeaderMap) -> Result<Self, Issue> {
+        let query = query.unwrap_or_default().as_bytes();
+        let find = |name: &str| {
+            form_urlencoded::parse(query)
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value)
+        };
+        let user_loc = || vec![Loc::Key("query"), Loc::Key("user_id")];
+        let raw_user = find("user_id").ok_or_else(|| Issue {
+            loc: user_loc(),
+            msg: "Field required".into(),
+            kind: "missing",
+        })?;
+        let user = UserId::parse(&raw_user).map_err(|error| Issue {
+            loc: user_loc(),
+            msg: error.msg,
+            kind: error.kind,
+        })?;
+        let header = headers.get("last-event-id").map(|value| {
+            let text = value.to_str().map_err(|_| Issue {
+                loc: vec![Loc::Key("header"), Loc::Key("Last-Event-ID")],
+                msg: "Header must be visible ASCII text".into(),
+                kind: "value_error",
+            })?;
+            Ok((text.to_owned(), Loc::Key("Last-Event-ID")))
+        });
+        let resume = match header {
+            Some(header) => Some(header?),
+            None => {
+                find("last_event_id").map(|value| (value.into_owned(), Loc::Key("last_event_id")))
+            }
+        };
+        let resume_from = match resume {
+            Some((from, loc)) => check_resume_point(from, loc)?,
+            None => None,
+        };
+        Ok(Self { user, resume_from })
+    }
+}
+
+fn check_resume_point(from: String, loc: Loc) -> Result<Option<String>, Issue> {
+    let part = if loc == Loc::Key("Last-Event-ID") {
+        "header"
+    } else {
+        "query"
+    };
+    let issue = |msg: &'static str, kind: &'static str| Issue {
+        loc: vec![Loc::Key(part), loc.clone()],
+        msg: msg.into(),
+        kind,
+    };
+    if from.len() > RESUME_FROM_MAX_BYTES {
+        return Err(issue(
+            "String should have at most 512 bytes",
+            "string_too_long",
+        ));
+    }
+    if from.chars().any(char::is_control) {
+        return Err(issue(
+            "String must not contain control characters",
+            "value_error",
+        ));
+    }
+    Ok(Some(from).filter(|from| !from.is_empty()))
+}
+
+/// Whether the server can take one more connection now: not shutting down, and a
+/// `MAX_CONNECTIONS` slot free (held by the session until it ends).
+pub fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, (Refusal, ApiError)> {
+    if state.lifecycle.is_draining() {
+        let error = ApiError::Overloaded("server is shutting down; connect to another node".into());
+        return Err((Refusal::ShuttingDown, error));
+    }
+    state
+        .connection_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            let message = format!(
+                "server is at its connection limit (MAX_CONNECTIONS={}); retry later or elsewhere",
+                state.max_connections
+            );
+            (Refusal::ServerFull, ApiError::Overloaded(message))
+        })
+}
+
+/// After `recv_many` returned fewer than a full batch: lets the other ready tasks (pushes being
+/// handled) run once, then takes what they queued, so that under load several events share one
+/// write. When idle this costs one trip through the scheduler.
+async fn top_up(outbox: &mut Outbox, batch: &mut Vec<Outgoing>) {
+    if batch.len() >= WRITE_BATCH {
+        return;
+    }
+    tokio::task::yield_now().await;
+    while batch.len() < WRITE_BATCH {
+        let Ok(item) = outbox.try_recv() else { break };
+        batch.push(item);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn parse(query: &str, last_event_id: Option<&'static str>) -> Result<ConnectRequest, Issue> {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = last_event_id {
+            headers.insert("last-event-id", HeaderValue::from_static(value));
+        }
+        ConnectRequest::from_parts(Some(query), &headers)
+    }
+
+    #[test]
+    fn user_id_is_read_decoded_and_validated() {
+        assert_eq!(
+            parse("user_id=test123", None).unwrap().user.as_str(),
+            "test123"
+        );
+        assert_eq!(
+            parse("a=1&user_id=a%20b", None).unwrap().user.as_str(),
+            "a b"
+        );
+        let missing = ConnectRequest::from_parts(None, &HeaderMap::new()).unwrap_err();
+        assert_eq!(missing.kind, "missing");
+        assert_eq!(
+            parse("user_id=", None).unwrap_err().kind,
+            "string_too_short"
+        );
+        assert_eq!(
+            parse("user_id=a%0Ab", None).unwrap_err().kind,
+            "value_error"
+        );
+    }
+
+    #[test]
+    fn the_header_beats_the_query_and_empty_means_fresh() {
+        let request = parse("user_id=u&last_event_id=from-query", Some("from-header")).unwrap();
+        assert_eq!(request.resume_from.as_deref(), Some("from-header"));
+        let request = parse("user_id=u&last_event_id=from%20query", None).unwrap();
+        assert_eq!(request.resume_from.as_deref(), Some("from query"));
+        assert_eq!(
+            parse("user_id=u&last_event_id=", None).unwrap().resume_from,
+            None
+        );
+        assert_eq!(parse("user_id=u", Some("")).unwrap().resume_from, None);
+        let long = format!("user_id=u&last_event_id={}", "x".repeat(513));
+        let issue = parse(&long, None).unwrap_err();
+        assert_eq!(issue.kind, "string_too_long");
+        assert_eq!(issue.loc, [Loc::Key("query"), Loc::Key("last_event_id")]);
+    }
+}

@@ -309,7 +309,12 @@ async fn seed_curl_examples_work_verbatim() {
     assert_eq!(reply.status, 200, "{}", reply.text);
     let body = reply.json();
     assert_eq!(body["status"], "partial");
-    assert_eq!(body["message"], "user not connected");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("user not connected")),
+        "{body}"
+    );
     assert_eq!(body["delivered"], 0);
     assert_eq!(
         body["event_id"]

@@ -419,7 +419,15 @@ async fn check_healthy(app: &TestApp, healthy: &mut Ws, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_without_delaying_other_users() {
-    let app = spawn_app(&["--ws-send-queue", "8", "--ws-write-timeout", "2"]).await;
+    let app = spawn_app(&[
+        "--ws-send-queue",
+        "8",
+        "--ws-write-timeout",
+        "2",
+        "--history-size",
+        "4",
+    ])
+    .await;
     let mut slow = app.connect("slow").await;
     let mut healthy = app.connect("healthy").await;
     wait_for_connections(&app, 2).await;
@@ -467,7 +475,12 @@ async fn slow_consumer_is_closed_without_delaying_other_users() {
     assert_eq!(health(&app).await["connections"], 1);
     let after = push(&app, json!({"user_id": "slow", "data": {"late": true}})).await;
     assert_eq!(after["delivered"], 0, "{after}");
-    assert_eq!(after["message"], "user not connected", "{after}");
+    assert!(
+        after["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("user not connected")),
+        "{after}"
+    );
 
     // Reading now, the slow client gets an in-order prefix of its events, then the end.
     let mut received = 0usize;

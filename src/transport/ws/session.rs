@@ -13,14 +13,12 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
 use tokio::time::{Instant, sleep_until, timeout};
 
+use super::super::{WRITE_BATCH, top_up};
 use super::keepalive::{Due, Keepalive};
-use crate::hub::{DisconnectReason, Outbox, Registration, UserLimitReached};
+use crate::hub::{Attached, DisconnectReason, Outbox, Outgoing, Registration, UserLimitReached};
 use crate::metrics::Refusal;
-use crate::protocol::{Frame, ack_frame};
+use crate::protocol::ack_frame;
 use crate::state::{AppState, SharedState};
-
-/// Most frames written per flush.
-const WRITE_BATCH: usize = 64;
 
 /// How long closing may take: queued frames, the close frame and the client's reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -29,11 +27,15 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// registration made before the upgrade.
 pub(super) async fn run(
     mut socket: WebSocket,
-    registered: Result<(Registration, Outbox), UserLimitReached>,
+    attached: Result<Attached, UserLimitReached>,
     state: SharedState,
 ) {
-    let (registration, mut outbox) = match registered {
-        Ok(registered) => registered,
+    let Attached {
+        registration,
+        mut outbox,
+        ..
+    } = match attached {
+        Ok(attached) => attached,
         Err(limit) => {
             state.metrics.connection_refused(Refusal::UserLimit);
             let frame = CloseFrame {
@@ -56,8 +58,8 @@ pub(super) async fn run(
     // Pushes accepted before shutdown still reach the client, ahead of the close frame.
     let mut pending = Vec::new();
     if reason == DisconnectReason::Shutdown {
-        while let Ok(frame) = outbox.try_recv() {
-            pending.push(frame);
+        while let Ok(item) = outbox.try_recv() {
+            pending.push(item);
         }
     }
     finish(&mut socket, pending, close_frame(reason, &state)).await;
@@ -90,17 +92,8 @@ async fn serve(
                     // Cannot happen while `registration` holds the sender; end cleanly if it does.
                     return DisconnectReason::NetworkError;
                 }
-                if received < WRITE_BATCH {
-                    // Let the other ready tasks (pushes being handled) run first, so that under
-                    // load several frames share one socket write; when idle this costs one trip
-                    // through the scheduler.
-                    tokio::task::yield_now().await;
-                    while batch.len() < WRITE_BATCH {
-                        let Ok(frame) = outbox.try_recv() else { break };
-                        batch.push(frame);
-                    }
-                }
-                let frames = batch.drain(..).map(Message::Text);
+                top_up(outbox, &mut batch).await;
+                let frames = batch.drain(..).map(|item| Message::Text(item.frame().clone()));
                 if let Err(reason) = write(socket, frames, settings.ws_write_timeout).await {
                     return reason;
                 }
@@ -160,10 +153,10 @@ async fn write(
 
 /// Writes what is still pending, closes with `frame` (or completes a close the client began) and
 /// waits briefly for the client's close reply, so the TCP connection ends cleanly.
-async fn finish(socket: &mut WebSocket, pending: Vec<Frame>, frame: Option<CloseFrame>) {
+async fn finish(socket: &mut WebSocket, pending: Vec<Outgoing>, frame: Option<CloseFrame>) {
     let close = async {
-        for frame in pending {
-            socket.feed(Message::Text(frame)).await?;
+        for item in pending {
+            socket.feed(Message::Text(item.frame().clone())).await?;
         }
         match frame {
             Some(frame) => socket.send(Message::Close(Some(frame))).await?,
