@@ -1,17 +1,22 @@
-//! This node's registry of live connections: who is connected, and delivery to them.
+//! This node's registry of live connections and its users' history: who is connected, what they
+//! were sent, and delivery to them.
 //!
-//! The registry is split into [`SHARDS`] independently locked maps from user to connections, so
-//! pushes for different users rarely contend and no lock is global. Delivery to one user happens
-//! entirely under that user's shard lock: the order in which pushes take the lock is the order
-//! every connection of that user receives them, so all of a user's tabs see the same sequence.
+//! The registry is split into [`SHARDS`] independently locked parts, each holding its users'
+//! connections and history streams, so pushes for different users rarely contend and no lock is
+//! global. Publishing to one user happens entirely under that user's shard lock: storing the event
+//! in the history and handing it to the connections is one step, so the order in which pushes take
+//! the lock is the order of positions in the history and the order every connection of the user
+//! receives them. Attaching a resuming connection is one step under the same lock too: its missed
+//! events (or a resync notice) are queued before it is registered, so nothing falls between
+//! replay and live and nothing comes twice.
 //!
 //! Delivery never waits. Each connection has a bounded queue (its [`Outbox`]) drained by
-//! its own writer task; when a queue is full the connection is told to close as a slow consumer
+//! its own session; when a queue is full the connection is told to close as a slow consumer
 //! and the event counts as not delivered to it. One stalled client therefore costs the others
 //! nothing, and the server's memory per connection is bounded by the queue capacity.
 //!
-//! The hub never touches sockets and knows nothing about WebSocket or HTTP: it hands frames to
-//! queues and raises close requests; the transport does the rest.
+//! The hub never touches sockets and knows nothing about WebSocket or HTTP: it hands events to
+//! queues and raises close requests; the transports do the rest.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;

@@ -1,12 +1,14 @@
 //! websocket-sse-server: a real-time push gateway.
 //!
 //! Upstream services `POST` JSON messages addressed to a `user_id`; the server delivers each one,
-//! at once and in order, to every WebSocket client connected as that user.
+//! at once and in order, to every WebSocket and SSE client connected as that user, and keeps the
+//! user's recent events so that a client that reconnects misses nothing.
 //!
 //! How a push flows: [`api`] validates the body into [`protocol`] types and serializes it once;
-//! the [`broker`] routes it (in memory on a single node); the [`hub`] hands the shared bytes to the
-//! bounded queue of each of the user's connections; each connection's session in
-//! [`transport::ws`] writes its queue to the socket. [`server`] wires it together and shuts it down
+//! the [`broker`] routes it (in memory on a single node); the [`hub`] stores it in the user's
+//! [`history`] and hands the shared bytes to the bounded queue of each of the user's connections;
+//! each connection's session in [`transport::ws`] or [`transport::sse`] writes its queue to the
+//! socket. [`server`] wires it together and shuts it down
 //! through [`lifecycle`]; [`dotenv`], [`config`] and [`logging`] come first, in `main`.
 
 pub mod api;

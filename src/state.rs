@@ -26,7 +26,7 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Readiness and shutdown.
     pub lifecycle: Lifecycle,
-    /// One permit per WebSocket connection this node will hold (`MAX_CONNECTIONS`); a handshake
+    /// One permit per WebSocket or SSE connection this node will hold (`MAX_CONNECTIONS`); a handshake
     /// that finds none left is refused with 503 before the upgrade.
     pub connection_slots: Arc<Semaphore>,
     /// The effective connection limit (`MAX_CONNECTIONS`, or derived from the descriptor limit).
