@@ -349,8 +349,8 @@ fn parse_token(token: &str) -> Option<(&str, u64)> {
 type StreamMap = LinkedHashMap<UserId, Stream, foldhash::fast::RandomState>;
 
 /// The streams of one hub shard's users. Each stream is in exactly one of two maps: `recent`
-/// (has events, ordered by last push, idlest first) or `dormant` (events all expired, ordered by
-/// when they went dormant, which follows last push too).
+/// (has events, ordered by last push, idlest first) or `dormant` (no events: all expired, or none
+/// yet; ordered by when they got there). Eviction takes from `dormant` first.
 #[derive(Debug, Default)]
 pub struct ShardHistory {
     recent: StreamMap,
@@ -420,6 +420,7 @@ impl ShardHistory {
     }
 
     /// The user's stream, moved to the back of `recent` (it is being pushed to), created if absent.
+    /// Streams only enter `recent` here, so every stream in it was pushed to at `last_push`.
     fn touch(&mut self, history: &History, user: &UserId, now: Instant) -> &mut Stream {
         if self.recent.contains_key(user) {
             return self.recent.to_back(user).expect("the key is present");
@@ -431,16 +432,18 @@ impl ShardHistory {
         self.recent.entry(user.clone()).or_insert(stream)
     }
 
-    /// The user's stream wherever it is (its order unchanged), or a new one.
+    /// The user's stream wherever it is (its order unchanged), or a new one. A new stream has no
+    /// events yet, so it starts in `dormant`: connecting users then never push out the history of
+    /// users who have events, only older empty records (whose clients would get a resync).
     fn find_or_create(&mut self, history: &History, user: &UserId, now: Instant) -> &mut Stream {
         if self.recent.contains_key(user) {
             return self.recent.get_mut(user).expect("the key is present");
         }
-        if self.dormant.contains_key(user) {
-            return self.dormant.get_mut(user).expect("the key is present");
+        if !self.dormant.contains_key(user) {
+            let stream = self.create(history, now);
+            self.dormant.insert(user.clone(), stream);
         }
-        let stream = self.create(history, now);
-        self.recent.entry(user.clone()).or_insert(stream)
+        self.dormant.get_mut(user).expect("the key is present")
     }
 
     /// A new stream, evicting the idlest of this shard first when at `HISTORY_MAX_USERS`. If this
@@ -676,5 +679,26 @@ mod tests {
         assert!(shard.evict_idlest(&history));
         assert!(!shard.evict_idlest(&history));
         assert_eq!((history.stream_count(), history.event_count()), (0, 0));
+    }
+
+    #[test]
+    fn streams_created_by_connecting_clients_are_evicted_before_streams_with_events() {
+        let (history, mut shard, now) = (history(10, 60, 2), ShardHistory::default(), Instant::now());
+        store(&mut shard, &history, "pushed", "1", now);
+        let (_, watcher_head) = shard.resume(&history, &user("watcher"), None, now);
+        assert_eq!(watcher_head.position, 0);
+        shard.resume(&history, &user("newcomer"), None, now);
+        assert_eq!(history.stream_count(), 2);
+        assert_eq!(
+            ids(&shard.resume(&history, &user("pushed"), Some("1"), now).0),
+            Vec::<String>::new(),
+            "the stream with events survived"
+        );
+        let stale = format!("{}:0", watcher_head.epoch);
+        assert_eq!(
+            ids(&shard.resume(&history, &user("watcher"), Some(&stale), now).0),
+            ["resync:epoch_changed"],
+            "the evicted empty stream comes back with a new epoch"
+        );
     }
 }
