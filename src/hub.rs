@@ -286,9 +286,12 @@ impl Hub {
         }
     }
 
+    fn shard_index(&self, user: &UserId) -> usize {
+        self.shard_hasher.hash_one(user) as usize % self.shards.len()
+    }
+
     fn shard(&self, user: &UserId) -> &Mutex<Shard> {
-        let index = self.shard_hasher.hash_one(user) as usize % self.shards.len();
-        &self.shards[index]
+        &self.shards[self.shard_index(user)]
     }
 
     /// Connections registered right now, all transports.
@@ -423,8 +426,9 @@ impl Hub {
     /// consumers. A repeat of an upstream `event_id` still in the history is not delivered again.
     pub fn publish(&self, event: &Event) -> Outcome {
         let mut created_stream = false;
+        let shard_index = self.shard_index(&event.user_id);
         let outcome = {
-            let mut guard = self.shard(&event.user_id).lock();
+            let mut guard = self.shards[shard_index].lock();
             let Shard {
                 connections,
                 history,
@@ -460,7 +464,7 @@ impl Hub {
             }
         };
         if created_stream && self.history.over_capacity() {
-            self.evict_elsewhere();
+            self.evict_elsewhere(shard_index);
         }
         if outcome.duplicate {
             self.metrics.duplicate_push();
@@ -470,10 +474,12 @@ impl Hub {
         outcome
     }
 
-    /// Evicts idlest streams from other shards until the history is back under its user cap
-    /// (when the shard that created a stream had none to give up). Takes one lock at a time.
-    fn evict_elsewhere(&self) {
-        for shard in self.shards.iter() {
+    /// Evicts idlest streams from shards other than `creator` until the history is back under its
+    /// user cap (when the shard that created a stream had none to give up: its only stream is the
+    /// one just pushed to, which must stay). Takes one lock at a time.
+    fn evict_elsewhere(&self, creator: usize) {
+        let others = self.shards.iter().enumerate().filter(|(i, _)| *i != creator);
+        for (_, shard) in others {
             if !self.history.over_capacity() {
                 return;
             }
