@@ -177,12 +177,17 @@ pub async fn push(State(state): State<SharedState>, body: Result<JsonBody, ApiEr
             .map_err(ApiError::Validation)?
             .encode(unix_seconds_now());
         let outcomes = state.broker.publish(std::slice::from_ref(&event)).await?;
-        state.metrics.events_accepted(1);
+        state.metrics.events_accepted(new_events(&outcomes));
         let outcome = outcomes.into_iter().next().unwrap_or_default();
         Ok::<_, ApiError>(push_response(event, outcome))
     }
     .await;
     respond(&state, result)
+}
+
+/// How many of the published events were new (not duplicates of events already accepted).
+fn new_events(outcomes: &[Outcome]) -> usize {
+    outcomes.iter().filter(|outcome| !outcome.duplicate).count()
 }
 
 fn push_response(event: Event, outcome: Outcome) -> PushResponse {
@@ -239,7 +244,7 @@ pub async fn push_batch(
             .map(|message| message.encode(accepted_at))
             .collect();
         let outcomes = state.broker.publish(&events).await?;
-        state.metrics.events_accepted(events.len());
+        state.metrics.events_accepted(new_events(&outcomes));
         let results = events
             .into_iter()
             .zip(outcomes)

@@ -340,9 +340,13 @@ impl Stream {
     }
 }
 
-/// Reads a position token `<epoch>:<position>`.
+/// Reads a position token `<epoch>:<position>`. Epochs are ULIDs, so an upstream id that merely
+/// contains a colon (`order:7`) is not taken for a token.
 fn parse_token(token: &str) -> Option<(&str, u64)> {
     let (epoch, position) = token.rsplit_once(':')?;
+    if epoch.len() != ulid::ULID_LEN {
+        return None;
+    }
     Some((epoch, position.parse().ok()?))
 }
 
@@ -567,7 +571,11 @@ mod tests {
             ids(&shard.resume(&history, &user("u"), Some(from), now).0)
         };
         assert_eq!(resume(&mut shard, "zzz"), ["resync:unknown_event_id"]);
-        assert_eq!(resume(&mut shard, "OTHEREPOCH:1"), ["resync:epoch_changed"]);
+        assert_eq!(
+            resume(&mut shard, "01ARZ3NDEKTSV4RRFFQ69G5FAV:1"),
+            ["resync:epoch_changed"]
+        );
+        assert_eq!(resume(&mut shard, "order:7"), ["resync:unknown_event_id"]);
         let (_, head) = shard.resume(&history, &user("u"), None, now);
         assert_eq!(
             resume(&mut shard, &format!("{}:9", head.epoch)),
@@ -683,7 +691,8 @@ mod tests {
 
     #[test]
     fn streams_created_by_connecting_clients_are_evicted_before_streams_with_events() {
-        let (history, mut shard, now) = (history(10, 60, 2), ShardHistory::default(), Instant::now());
+        let (history, mut shard, now) =
+            (history(10, 60, 2), ShardHistory::default(), Instant::now());
         store(&mut shard, &history, "pushed", "1", now);
         let (_, watcher_head) = shard.resume(&history, &user("watcher"), None, now);
         assert_eq!(watcher_head.position, 0);
@@ -696,7 +705,9 @@ mod tests {
         );
         let stale = format!("{}:0", watcher_head.epoch);
         assert_eq!(
-            ids(&shard.resume(&history, &user("watcher"), Some(&stale), now).0),
+            ids(&shard
+                .resume(&history, &user("watcher"), Some(&stale), now)
+                .0),
             ["resync:epoch_changed"],
             "the evicted empty stream comes back with a new epoch"
         );

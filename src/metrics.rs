@@ -80,7 +80,7 @@ pub struct Metrics {
     connections_opened: AtomicU64,
     connections_closed: [AtomicU64; DisconnectReason::ALL.len()],
     connections_refused: [AtomicU64; Refusal::ALL.len()],
-    /// Events accepted from upstreams (a batch counts each item).
+    /// Events accepted from upstreams (a batch counts each item; duplicates are not counted).
     events_accepted: AtomicU64,
     /// Push requests refused, by reason.
     requests_rejected: [AtomicU64; Rejection::ALL.len()],
