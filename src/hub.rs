@@ -337,8 +337,9 @@ impl Hub {
             close_reason: AtomicU8::new(0),
             close_requested: Notify::new(),
         });
+        let shard_index = self.shard_index(&user);
         let (head, resumed) = {
-            let mut guard = self.shard(&user).lock();
+            let mut guard = self.shards[shard_index].lock();
             let Shard {
                 connections,
                 history,
@@ -367,6 +368,7 @@ impl Hub {
             self.connections[transport as usize].fetch_add(1, Ordering::AcqRel);
             (head, resumed)
         };
+        self.keep_history_under_cap(shard_index);
         Ok(Attached {
             registration: Registration {
                 hub: Arc::clone(self),
@@ -425,7 +427,6 @@ impl Hub {
     /// the user, without waiting. Connections whose queue is full are asked to close as slow
     /// consumers. A repeat of an upstream `event_id` still in the history is not delivered again.
     pub fn publish(&self, event: &Event) -> Outcome {
-        let mut created_stream = false;
         let shard_index = self.shard_index(&event.user_id);
         let outcome = {
             let mut guard = self.shards[shard_index].lock();
@@ -435,8 +436,7 @@ impl Hub {
             } = &mut *guard;
             let connections = connections.get(&event.user_id);
             if self.history.enabled() {
-                let streams_before = self.history.stream_count();
-                let outcome = match history.append(&self.history, event, Instant::now()) {
+                match history.append(&self.history, event, Instant::now()) {
                     Append::Stored { event, at, outcome } => {
                         let delivery = deliver(connections, &event);
                         *outcome = delivery;
@@ -451,9 +451,7 @@ impl Hub {
                         stored: Some(at),
                         duplicate: true,
                     },
-                };
-                created_stream = self.history.stream_count() > streams_before;
-                outcome
+                }
             } else {
                 let delivery = deliver(connections, &Arc::new(Published::unstored(event)));
                 Outcome {
@@ -463,9 +461,7 @@ impl Hub {
                 }
             }
         };
-        if created_stream && self.history.over_capacity() {
-            self.evict_elsewhere(shard_index);
-        }
+        self.keep_history_under_cap(shard_index);
         if outcome.duplicate {
             self.metrics.duplicate_push();
         } else {
@@ -474,11 +470,18 @@ impl Hub {
         outcome
     }
 
-    /// Evicts idlest streams from shards other than `creator` until the history is back under its
-    /// user cap (when the shard that created a stream had none to give up: its only stream is the
-    /// one just pushed to, which must stay). Takes one lock at a time.
-    fn evict_elsewhere(&self, creator: usize) {
-        let others = self.shards.iter().enumerate().filter(|(i, _)| *i != creator);
+    /// After a stream was created in shard `creator`, which had nothing else to give up: evicts
+    /// idlest streams from the other shards until the history is back under its user cap. The
+    /// creator's own new stream must stay. Takes one lock at a time, none held on entry.
+    fn keep_history_under_cap(&self, creator: usize) {
+        if !self.history.over_capacity() {
+            return;
+        }
+        let others = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != creator);
         for (_, shard) in others {
             if !self.history.over_capacity() {
                 return;

@@ -543,7 +543,10 @@ impl SseClient {
         }
         while self.read().await {}
         let blocks = parse_blocks(&self.text);
-        let events: Vec<&Block> = blocks.iter().filter(|b| !b.data.is_empty()).collect();
+        let events: Vec<&Block> = blocks
+            .iter()
+            .filter(|b| !b.data.is_empty() && b.event.as_deref() != Some("close"))
+            .collect();
         let got: Vec<(Option<&str>, Option<&str>)> = events
             .iter()
             .map(|b| (b.id.as_deref(), b.event.as_deref()))
@@ -560,7 +563,17 @@ impl SseClient {
             self.text
         );
         let last = blocks.last().expect("blocks");
-        assert_eq!(last.comments, ["closed: replaced"], "{:?}", self.text);
+        assert_eq!(last.event.as_deref(), Some("close"), "{:?}", self.text);
+        assert_eq!(
+            last.id, None,
+            "the close event leaves the resume point alone"
+        );
+        assert_eq!(
+            last.data,
+            [r#"{"event_type":"close","reason":"replaced"}"#],
+            "{:?}",
+            self.text
+        );
     }
 }
 

@@ -123,6 +123,16 @@ fn write_comment(buffer: &mut BytesMut, text: &str) {
     buffer.put_slice(b"\n\n");
 }
 
+/// Appends the `close` event that ends a stream the server was asked to close (slow consumer,
+/// replaced by a newer connection). It has no `id:`, so the client's resume point is unchanged. A
+/// page may close its `EventSource` on `reason: "replaced"`: reconnecting would only replace the
+/// newer connection in turn (`USER_LIMIT_POLICY=replace-oldest`).
+fn write_close_event(buffer: &mut BytesMut, reason: DisconnectReason) {
+    buffer.put_slice(b"event: close\ndata: {\"event_type\":\"close\",\"reason\":\"");
+    buffer.put_slice(reason.label().as_bytes());
+    buffer.put_slice(b"\"}\n\n");
+}
+
 /// Appends one event. The JSON goes on `data:` lines: it can only hold line breaks as whitespace
 /// between tokens (inside strings they are escaped), which an upstream's raw `data` may contain, so
 /// each line becomes its own `data:` line and the client's parser joins them back with `\n`.
@@ -189,7 +199,7 @@ impl Session {
             }
             reason = registration.close_requested() => {
                 self.reason = Some(reason);
-                write_comment(&mut buffer, &format!("closed: {}", reason.label()));
+                write_close_event(&mut buffer, reason);
             }
             received = self.outbox.recv_many(&mut self.batch, WRITE_BATCH) => {
                 if received == 0 {

@@ -4,5 +4,7 @@
 mod helpers;
 
 mod config_process;
+mod history;
 mod http_api;
+mod sse;
 mod websocket;
