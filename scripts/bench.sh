@@ -5,20 +5,31 @@
 #
 #   scripts/bench.sh            full run: release build, 10 s per scenario, every installed target
 #   scripts/bench.sh --quick    the same with ~2 s per scenario
-#   scripts/bench.sh --smoke    CI: debug build, ours only, a 1 s push, 200 idle connections and
-#                               1 s of churn with 20 workers; fails on any loss, duplicate or
-#                               misrouted frame, failed connection or leaked connection
+#   scripts/bench.sh --smoke    CI: debug build, ours only, a 1 s push, 200 idle connections,
+#                               1 s of churn with 20 workers and a 200 users × 20 events history
+#                               fill with its replay check; fails on any loss, duplicate or
+#                               misrouted frame, failed connection, leaked connection, or history
+#                               event not stored or not replayed exactly
 #   scripts/bench.sh --targets "ours pushpin"   only these targets
 #
 # Each server is pinned to CPU 0 and loadgen to CPU 1 (taskset), so they do not compete. A
-# fresh server is started for the idle scenario and another for churn, so that their RSS baselines
-# are clean.
+# fresh server is started for the idle scenario, another for churn and (ours) another for
+# history, so that their RSS baselines are clean. Ours keeps per-user history by default
+# (HISTORY_SIZE=100); to show what that costs, ours is started once more with HISTORY_SIZE=0 for
+# the same closed-loop push run (push-closed-nohistory; not in --smoke). The history scenario
+# (ours only) stores BENCH_HISTORY_USERS × BENCH_HISTORY_EVENTS events of 256 B for offline users
+# and reports the server's RSS per stored event and the fill rate, then checks that 50 sampled
+# users resuming from <epoch>:0 get exactly their events, in order.
 #
 # Environment (all optional):
 #   BENCH_DURATION=10            seconds per scenario (--quick: 2)
 #   BENCH_IDLE_CONNECTIONS=10000 connections in the idle scenario (--smoke: 200)
 #   BENCH_FANOUT_CONNECTIONS=1000, BENCH_FANOUT_RATE=1000   fanout: sockets of one user, pushes/s
 #   BENCH_CHURN_CONCURRENCY=100  churn: workers opening and closing connections (--smoke: 20)
+#   BENCH_HISTORY_USERS=10000, BENCH_HISTORY_EVENTS=100   history: offline users, events per user
+#                                (--smoke: 200 × 20); the server runs with its default
+#                                HISTORY_SIZE (100) and HISTORY_MAX_USERS (10000), which must
+#                                allow them
 #   BENCH_OPEN_RATE=N            open-loop push rate for every target (default: half of that
 #                                target's closed-loop delivered/s, measured just before)
 #   BENCH_OUT=DIR                where results go (default bench-results/<UTC timestamp>)
@@ -52,7 +63,12 @@ case "$MODE" in
     quick) DURATION="${BENCH_DURATION:-2}"; IDLE_CONNS="${BENCH_IDLE_CONNECTIONS:-10000}" ;;
     smoke) DURATION=1; IDLE_CONNS=200; TARGETS=ours ;;
 esac
-if [ "$MODE" = smoke ]; then CHURN_CONC=20; else CHURN_CONC="${BENCH_CHURN_CONCURRENCY:-100}"; fi
+if [ "$MODE" = smoke ]; then
+    CHURN_CONC=20; HISTORY_USERS=200; HISTORY_EVENTS=20
+else
+    CHURN_CONC="${BENCH_CHURN_CONCURRENCY:-100}"
+    HISTORY_USERS="${BENCH_HISTORY_USERS:-10000}"; HISTORY_EVENTS="${BENCH_HISTORY_EVENTS:-100}"
+fi
 FANOUT_CONNS="${BENCH_FANOUT_CONNECTIONS:-1000}"
 FANOUT_RATE="${BENCH_FANOUT_RATE:-1000}"
 PORT_OURS="${BENCH_PORT_OURS:-18080}"
@@ -177,10 +193,13 @@ missing() {
     esac
 }
 
-# Starts target $1 pinned to CPU 0 (log in $OUT/<target>-server-<n>.log); sets SERVER_PID.
+# start_server <target> [VAR=value...]: starts the target pinned to CPU 0 (log in
+# $OUT/<target>-server-<n>.log), with the extra settings in its environment; sets SERVER_PID.
 SERVER_STARTS=0
 start_server() {
     local target="$1" logf ready_port ready_path
+    shift
+    local settings=("$@")
     SERVER_STARTS=$((SERVER_STARTS + 1))
     logf="$OUT/$target-server-$SERVER_STARTS.log"
     for port in $(ports_of "$target"); do
@@ -192,21 +211,21 @@ start_server() {
     # Peers run in the results directory so that no stray .env file is picked up.
     case "$target" in
         ours)
-            LOG_LEVEL=warning MAX_CONNECTIONS_PER_USER=1000 \
+            env LOG_LEVEL=warning MAX_CONNECTIONS_PER_USER=1000 "${settings[@]}" \
                 "${PIN_SERVER[@]}" "$SERVER_BIN" --host 127.0.0.1 --port "$PORT_OURS" >"$logf" 2>&1 &
             ready_port=$PORT_OURS ready_path=/health ;;
         fastapi)
             (cd "$OUT" && HOST=127.0.0.1 PORT="$PORT_FASTAPI" LOG_LEVEL=warning PEER_VENV="$FASTAPI_VENV" \
-                exec "${PIN_SERVER[@]}" "$PEERS_DIR/fastapi_seed/run.sh") >"$logf" 2>&1 &
+                exec env "${settings[@]}" "${PIN_SERVER[@]}" "$PEERS_DIR/fastapi_seed/run.sh") >"$logf" 2>&1 &
             ready_port=$PORT_FASTAPI ready_path=/health ;;
         pushpin)
             (cd "$OUT" && HOST=127.0.0.1 PORT="$PORT_PUSHPIN" PUBLISH_PORT=$((PORT_PUSHPIN + 1)) \
                 BACKEND_PORT=$((PORT_PUSHPIN + 2)) LOG_LEVEL=warning \
-                exec "${PIN_SERVER[@]}" "$PEERS_DIR/pushpin/run.sh") >"$logf" 2>&1 &
+                exec env "${settings[@]}" "${PIN_SERVER[@]}" "$PEERS_DIR/pushpin/run.sh") >"$logf" 2>&1 &
             ready_port=$PORT_PUSHPIN ready_path=/health ;;
         sockudo)
             (cd "$OUT" && PORT="$PORT_SOCKUDO" LOG_LEVEL=warn SOCKUDO_BIN="$SOCKUDO_BIN" \
-                exec "${PIN_SERVER[@]}" "$PEERS_DIR/sockudo/run.sh") >"$logf" 2>&1 &
+                exec env "${settings[@]}" "${PIN_SERVER[@]}" "$PEERS_DIR/sockudo/run.sh") >"$logf" 2>&1 &
             ready_port=$PORT_SOCKUDO ready_path=/up ;;
     esac
     SERVER_PID=$!
@@ -280,11 +299,16 @@ json_number() {
     printf '%s' "$LAST_JSON" | sed -n "s/.*\"$1\":\([0-9.][0-9.]*\).*/\1/p" | head -n 1
 }
 
+# run_push_closed <target> <name>: the closed-loop single-push run (100 users, 32 publishers).
+run_push_closed() {
+    run_loadgen "$1" "$2" push --users 100 --publishers 32 --payload-bytes 256 \
+        --duration "$DURATION"
+}
+
 bench_target() {
     local target="$1" rate
     if ! start_server "$target"; then FAILED=1; stop_server; return; fi
-    run_loadgen "$target" push-closed push --users 100 --publishers 32 --payload-bytes 256 \
-        --duration "$DURATION"
+    run_push_closed "$target" push-closed
     if [ "$MODE" = smoke ]; then stop_server; return; fi
     rate="${BENCH_OPEN_RATE:-$(json_number delivered_per_s | awk '{ printf "%d", $1 / 2 }')}"
     if [ -n "$rate" ] && [ "$rate" -ge 1 ]; then
@@ -304,6 +328,14 @@ bench_target() {
     stop_server
 }
 
+# Ours again with history off, for the same push-closed run: what keeping history costs.
+bench_nohistory() {
+    local target="$1"
+    if ! start_server "$target" HISTORY_SIZE=0; then FAILED=1; stop_server; return; fi
+    run_push_closed "$target" push-closed-nohistory
+    stop_server
+}
+
 bench_idle() {
     local target="$1"
     if ! start_server "$target"; then FAILED=1; stop_server; return; fi
@@ -317,6 +349,17 @@ bench_churn() {
     if ! start_server "$target"; then FAILED=1; stop_server; return; fi
     sleep 1   # as for idle: a settled RSS baseline on a fresh server
     run_loadgen "$target" churn churn --concurrency "$CHURN_CONC" --duration "$DURATION"
+    stop_server
+}
+
+# Ours only: fill offline users' history on a fresh server (default history settings), RSS per
+# stored event and fill rate, then the replay check on a sample of users.
+bench_history() {
+    local target="$1"
+    if ! start_server "$target"; then FAILED=1; stop_server; return; fi
+    sleep 1   # as for idle: a settled RSS baseline on a fresh server
+    run_loadgen "$target" history history --users "$HISTORY_USERS" --events "$HISTORY_EVENTS" \
+        --payload-bytes 256
     stop_server
 }
 
@@ -361,15 +404,18 @@ LOADGEN_BIN="$TARGET_DIR/$PROFILE/loadgen"
 log "targets: ${RUN_TARGETS[*]}; ${DURATION}s per scenario; results in $OUT"
 for target in "${RUN_TARGETS[@]}"; do
     bench_target "$target"
+    if [ "$target" = ours ] && [ "$MODE" != smoke ]; then bench_nohistory "$target"; fi
     bench_idle "$target"
     bench_churn "$target"
+    if [ "$target" = ours ]; then bench_history "$target"; fi
 done
 
 # --- results --------------------------------------------------------------------------------------
 {
     printf '{"started_utc":"%s","mode":"%s","duration_s":%s,"idle_connections":%s,' \
         "$STAMP" "$MODE" "$DURATION" "$IDLE_CONNS"
-    printf '"churn_concurrency":%s,' "$CHURN_CONC"
+    printf '"churn_concurrency":%s,"history_users":%s,"history_events_per_user":%s,' \
+        "$CHURN_CONC" "$HISTORY_USERS" "$HISTORY_EVENTS"
     printf '"git_commit":"%s","git_dirty":%s,"nproc":%s,"kernel":"%s","runs":[' \
         "$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
         "$([ -n "$(git status --porcelain 2>/dev/null)" ] && echo true || echo false)" \
@@ -392,6 +438,10 @@ for run in doc["runs"]:
     if run["name"] not in rows:
         rows.append(run["name"])
     cells[(run["name"], run["target"])] = run
+# History on vs off side by side.
+if "push-closed-nohistory" in rows and "push-closed" in rows:
+    rows.remove("push-closed-nohistory")
+    rows.insert(rows.index("push-closed") + 1, "push-closed-nohistory")
 
 def num(value, unit=""):
     if value is None:
@@ -418,6 +468,15 @@ def cell(run):
         failed = r.get("connections", {}).get("failed")
         if failed:
             text += f" · {failed} failed"
+    elif r.get("scenario") == "history":
+        growth = r.get("rss_growth_mib")
+        per_event = r.get("bytes_per_stored_event")
+        replay = r.get("replay") or {}
+        text = (f"{num(r.get('stored_events'))} events stored · "
+                f"RSS {'-' if growth is None else f'+{growth:.1f} MiB'} · "
+                f"{'-' if per_event is None else f'{per_event:.0f}'} B/event · "
+                f"fill {num((r.get('fill') or {}).get('events_per_s'))} events/s · "
+                f"replay exact {replay.get('users_exact', '-')}/{replay.get('users_checked', '-')}")
     elif r.get("scenario") == "churn":
         lat = r.get("handshake_ms") or {}
         growth = (r.get("server_rss") or {}).get("growth_mib")
@@ -448,7 +507,16 @@ for name in rows:
 print("\ndelivered/s · latency p50 / p99 (ms, end to end) · server CPU seconds per million "
       "deliveries · loss; idle: server RSS per connection · handshakes/s; churn: open+close "
       "cycles/s · WebSocket handshake latency (incl. subscribe) · server RSS growth after a 2 s "
-      "settle · failed cycles")
+      "settle · failed cycles; history: events stored for offline users (256 B each) · server "
+      "RSS growth · bytes per stored event · fill rate · sampled users whose replay from "
+      "<epoch>:0 was exactly their events in order; push-closed-nohistory: push-closed on a "
+      "server started with HISTORY_SIZE=0")
+on, off = cells.get(("push-closed", "ours")), cells.get(("push-closed-nohistory", "ours"))
+if on and off and on.get("result") and off.get("result"):
+    rate_on, rate_off = on["result"].get("delivered_per_s"), off["result"].get("delivered_per_s")
+    if rate_on and rate_off:
+        print(f"\nours push-closed, history on vs off: {num(rate_on)}/s vs {num(rate_off)}/s "
+              f"({(rate_on / rate_off - 1) * 100:+.1f}% with history)")
 PY
 else
     log "python3 not found: no table; results in $OUT/results.json"

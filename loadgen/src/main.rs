@@ -1,9 +1,10 @@
 //! `loadgen`: a load generator for websocket-sse-server.
 //!
 //! Scenarios: `push` (single pushes to many users), `batch` (batch pushes), `fanout` (one user,
-//! many connections), `idle` (memory per idle connection) and `churn` (open/close cycles). Every run prints a table (or, with
-//! `--json`, one JSON object on stdout) and exits 2 when messages were lost, duplicated or
-//! misrouted, 1 on any other error. Only loopback targets are accepted. `--target` picks the
+//! many connections), `idle` (memory per idle connection), `churn` (open/close cycles) and
+//! `history` (memory per stored event and replay integrity, ours only). Every run prints a table
+//! (or, with `--json`, one JSON object on stdout) and exits 2 when messages were lost, duplicated
+//! or misrouted, 1 on any other error. Only loopback targets are accepted. `--target` picks the
 //! server: this project (default) or one of the peers it is compared with (see [`target`]).
 
 mod endpoint;
@@ -22,7 +23,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::report::Report;
-use crate::scenario::{CommonArgs, batch, churn, fanout, idle, push};
+use crate::scenario::{CommonArgs, batch, churn, fanout, history, idle, push};
 use crate::target::Target;
 
 /// Load generator for websocket-sse-server (loopback targets only).
@@ -46,6 +47,9 @@ enum Scenario {
     Fanout(fanout::FanoutArgs),
     /// Workers open a WebSocket, close it cleanly and repeat: cycles/s, handshake latency, leaks.
     Churn(churn::ChurnArgs),
+    /// Ours only: fill offline users' history, measure server RSS per stored event, then check
+    /// that resuming from `<epoch>:0` replays exactly each sampled user's events in order.
+    History(history::HistoryArgs),
 }
 
 impl Scenario {
@@ -56,6 +60,7 @@ impl Scenario {
             Self::Idle(args) => &args.common,
             Self::Fanout(args) => &args.common,
             Self::Churn(args) => &args.common,
+            Self::History(args) => &args.common,
         }
     }
 
@@ -73,6 +78,7 @@ impl Scenario {
             Self::Idle(args) => idle::run(args, target).await,
             Self::Fanout(args) => fanout::run(args, target).await,
             Self::Churn(args) => churn::run(args, target).await,
+            Self::History(args) => history::run(args, target).await,
         }
     }
 }

@@ -42,18 +42,26 @@ pub fn client_config(many_connections: bool) -> WebSocketConfig {
 /// Opens one WebSocket for `user_id` (TCP_NODELAY) and runs the target's subscribe step, all
 /// bounded by a timeout.
 pub async fn connect(target: &Target, user_id: &str, config: WebSocketConfig) -> Result<WsStream> {
+    connect_url(target, &target.ws_url(user_id), user_id, config).await
+}
+
+/// [`connect`] to a given WebSocket URL for `user_id` (one that asks for more than the user, like
+/// a resume point).
+pub async fn connect_url(
+    target: &Target,
+    url: &str,
+    user_id: &str,
+    config: WebSocketConfig,
+) -> Result<WsStream> {
     let handshake = async {
         let stream = TcpStream::connect(target.ws.addr)
             .await
             .context("TCP connect")?;
         stream.set_nodelay(true).context("TCP_NODELAY")?;
-        let (ws, _response) = tokio_tungstenite::client_async_with_config(
-            target.ws_url(user_id),
-            stream,
-            Some(config),
-        )
-        .await
-        .context("WebSocket handshake")?;
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+                .await
+                .context("WebSocket handshake")?;
         let mut ws = ws;
         target
             .protocol

@@ -1,8 +1,9 @@
-//! The scenarios (`push`, `batch`, `fanout`, `idle`, `churn`) and helpers they share.
+//! The scenarios (`push`, `batch`, `fanout`, `idle`, `churn`, `history`) and helpers they share.
 
 pub mod batch;
 pub mod churn;
 pub mod fanout;
+pub mod history;
 pub mod idle;
 pub mod load;
 pub mod push;
@@ -15,8 +16,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::target::{Target, TargetKind};
 use crate::ws::{self, WsStream};
 
-/// Quiet time before the server's RSS is read again after connections were opened (`idle`) or
-/// churned (`churn`).
+/// Quiet time before the server's RSS is read again after connections were opened (`idle`),
+/// churned (`churn`) or history was filled (`history`).
 pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// Tries per WebSocket handshake (the number in flight at once is the target's
@@ -110,8 +111,8 @@ pub struct CommonArgs {
     /// Print one JSON object on stdout (the table goes to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Server process id, for its CPU time (and RSS in `idle`) from /proc, summed over the
-    /// process and all its descendants (Pushpin is a tree of processes).
+    /// Server process id, for its CPU time (and RSS in `idle`, `churn` and `history`) from /proc,
+    /// summed over the process and all its descendants (Pushpin is a tree of processes).
     #[arg(long)]
     pub server_pid: Option<u32>,
 }
