@@ -3,6 +3,8 @@
 //! Every error leaves through [`ApiError`], the one place where failures become status codes; every
 //! body is JSON with a `detail`, as FastAPI does, so the seed's clients can read it.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
@@ -221,7 +223,7 @@ fn push_response(event: Event, outcome: Outcome) -> PushResponse {
     PushResponse {
         status,
         message,
-        event_id: event.event_id,
+        event_id: Arc::clone(event.event_id()),
         delivered,
         stored,
         duplicate: outcome.duplicate,
@@ -249,9 +251,9 @@ pub async fn push_batch(
             .into_iter()
             .zip(outcomes)
             .map(|(event, outcome)| BatchItemResult {
+                event_id: Arc::clone(event.event_id()),
                 user_id: event.user_id,
                 success: outcome.delivery.is_success(),
-                event_id: event.event_id,
                 delivered: outcome.delivery.delivered,
                 stored: outcome.stored.is_some(),
                 duplicate: outcome.duplicate,

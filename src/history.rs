@@ -33,7 +33,7 @@ use hashlink::LinkedHashMap;
 use serde::Serialize;
 
 use crate::hub::Delivery;
-use crate::protocol::{Event, Frame, UserId};
+use crate::protocol::{Event, Published, UserId};
 
 /// How much history to keep.
 #[derive(Debug, Clone, Copy)]
@@ -50,36 +50,6 @@ impl HistoryLimits {
     /// Whether history is kept at all.
     pub fn enabled(&self) -> bool {
         self.size > 0 && !self.ttl.is_zero() && self.max_users > 0
-    }
-}
-
-/// An accepted event as connections receive it: shared by the history and by every outbox it is
-/// queued in.
-#[derive(Debug)]
-pub struct Published {
-    /// Its position in the user's stream; 0 when it is not stored (history off, resync notices).
-    pub position: u64,
-    /// What a client resumes from: the event's `event_id` (SSE `id:`).
-    pub event_id: Arc<str>,
-    /// SSE's `event:` field.
-    pub event_type: Arc<str>,
-    /// The JSON the client receives.
-    pub frame: Frame,
-}
-
-impl Published {
-    /// An event that is not (or not yet) part of a stored stream.
-    pub fn unstored(event: &Event) -> Self {
-        Self::at(event, 0)
-    }
-
-    fn at(event: &Event, position: u64) -> Self {
-        Self {
-            position,
-            event_id: Arc::clone(&event.event_id),
-            event_type: Arc::clone(&event.event_type),
-            frame: event.frame.clone(),
-        }
     }
 }
 
@@ -144,10 +114,8 @@ pub enum Resume {
 /// The outcome of offering an event to a user's stream.
 #[derive(Debug)]
 pub enum Append<'a> {
-    /// The event is new and stored: deliver `event`, then record what happened in `outcome`.
+    /// The event is new and stored: deliver it, then record what happened in `outcome`.
     Stored {
-        /// The event as stored.
-        event: Arc<Published>,
         /// Where it was stored.
         at: StreamPosition,
         /// To be filled with the delivery's outcome, which a retry of this push reports.
@@ -223,6 +191,7 @@ impl History {
 #[derive(Debug)]
 struct Entry {
     event: Arc<Published>,
+    position: u64,
     outcome: Delivery,
     stored_at: Instant,
 }
@@ -284,8 +253,7 @@ impl Stream {
 
     fn drop_oldest(&mut self) {
         if let Some(entry) = self.entries.pop_front() {
-            let event = entry.event;
-            self.newest_dropped = Some((Arc::clone(&event.event_id), event.position));
+            self.newest_dropped = Some((Arc::clone(&entry.event.event_id), entry.position));
         }
     }
 
@@ -293,7 +261,7 @@ impl Stream {
     fn clear(&mut self) -> usize {
         let dropped = self.entries.len();
         if let Some(newest) = self.entries.back() {
-            self.newest_dropped = Some((Arc::clone(&newest.event.event_id), newest.event.position));
+            self.newest_dropped = Some((Arc::clone(&newest.event.event_id), newest.position));
         }
         self.entries = VecDeque::new();
         dropped
@@ -370,25 +338,25 @@ impl ShardHistory {
         history.dropped(stream.trim(now, limits));
         let original = event
             .upstream_id
-            .then(|| stream.find(&event.event_id))
+            .then(|| stream.find(event.event_id()))
             .flatten();
         if let Some(index) = original {
             let entry = &stream.entries[index];
             return Append::Duplicate {
-                at: stream.at(entry.event.position),
+                at: stream.at(entry.position),
                 outcome: entry.outcome,
             };
         }
         stream.position += 1;
         stream.last_push = now;
-        let published = Arc::new(Published::at(event, stream.position));
         if stream.entries.len() == limits.size {
             stream.drop_oldest();
         } else {
             history.stored(1);
         }
         stream.entries.push_back(Entry {
-            event: Arc::clone(&published),
+            event: Arc::clone(&event.published),
+            position: stream.position,
             outcome: Delivery::default(),
             stored_at: now,
         });
@@ -398,7 +366,6 @@ impl ShardHistory {
             .back_mut()
             .expect("an entry was pushed just above");
         Append::Stored {
-            event: published,
             at,
             outcome: &mut entry.outcome,
         }
@@ -488,6 +455,7 @@ impl ShardHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Frame;
 
     const SECOND: Duration = Duration::from_secs(1);
 
@@ -502,10 +470,12 @@ mod tests {
     fn event(user: &str, id: &str, upstream_id: bool) -> Event {
         Event {
             user_id: UserId::parse(user).unwrap(),
-            event_id: Arc::from(id),
             upstream_id,
-            event_type: Arc::from("message"),
-            frame: Frame::from(format!("{{\"event_id\":\"{id}\"}}")),
+            published: Arc::new(Published {
+                event_id: Arc::from(id),
+                event_type: Arc::from("message"),
+                frame: Frame::from(format!("{{\"event_id\":\"{id}\"}}")),
+            }),
         }
     }
 

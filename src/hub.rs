@@ -29,10 +29,10 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::config::UserLimitPolicy;
 use crate::history::{
-    Append, History, HistoryLimits, Published, Resume, ResyncReason, ShardHistory, StreamPosition,
+    Append, History, HistoryLimits, Resume, ResyncReason, ShardHistory, StreamPosition,
 };
 use crate::metrics::Metrics;
-use crate::protocol::{Event, Frame, RESYNC_EVENT_TYPE, UserId, resync_frame};
+use crate::protocol::{Event, Frame, Published, RESYNC_EVENT_TYPE, UserId, resync_frame};
 
 /// Number of independently locked partitions of the registry.
 pub const SHARDS: usize = 64;
@@ -437,8 +437,8 @@ impl Hub {
             let connections = connections.get(&event.user_id);
             if self.history.enabled() {
                 match history.append(&self.history, event, Instant::now()) {
-                    Append::Stored { event, at, outcome } => {
-                        let delivery = deliver(connections, &event);
+                    Append::Stored { at, outcome } => {
+                        let delivery = deliver(connections, &event.published);
                         *outcome = delivery;
                         Outcome {
                             delivery,
@@ -453,7 +453,7 @@ impl Hub {
                     },
                 }
             } else {
-                let delivery = deliver(connections, &Arc::new(Published::unstored(event)));
+                let delivery = deliver(connections, &event.published);
                 Outcome {
                     delivery,
                     stored: None,
@@ -561,7 +561,6 @@ fn resync_notice(
 ) -> Published {
     let event_id: Arc<str> = head.map_or_else(|| Arc::from(""), |head| head.to_string().into());
     Published {
-        position: 0,
         frame: resync_frame(user, &event_id, reason.label(), requested, head),
         event_id,
         event_type: Arc::from(RESYNC_EVENT_TYPE),
@@ -668,10 +667,12 @@ mod tests {
     fn event(user_name: &str, id: &str) -> Event {
         Event {
             user_id: user(user_name),
-            event_id: Arc::from(id),
             upstream_id: true,
-            event_type: Arc::from("message"),
-            frame: Frame::from(id.to_owned()),
+            published: Arc::new(Published {
+                event_id: Arc::from(id),
+                event_type: Arc::from("message"),
+                frame: Frame::from(id.to_owned()),
+            }),
         }
     }
 

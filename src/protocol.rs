@@ -9,6 +9,7 @@
 //! clients written against the seed keep working.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -142,14 +143,28 @@ pub struct PushMessage<'a> {
 pub struct Event {
     /// Whose connections receive it.
     pub user_id: UserId,
-    /// The upstream's `event_id`, or the one the server assigned.
-    pub event_id: Arc<str>,
-    /// Whether `event_id` came from the upstream (and may therefore repeat on a retry) rather than
-    /// being assigned here (and therefore unique).
+    /// Whether the `event_id` came from the upstream (and may therefore repeat on a retry) rather
+    /// than being assigned here (and therefore unique).
     pub upstream_id: bool,
-    /// The event's kind (SSE's `event:` field).
+    /// The event as clients receive it, shared by the history and every outbox it is queued in.
+    pub published: Arc<Published>,
+}
+
+impl Event {
+    /// The upstream's `event_id`, or the one the server assigned.
+    pub fn event_id(&self) -> &Arc<str> {
+        &self.published.event_id
+    }
+}
+
+/// An event as clients receive it. Immutable once encoded; shared by reference count.
+#[derive(Debug)]
+pub struct Published {
+    /// What a client resumes from: the event's `event_id` (SSE `id:`).
+    pub event_id: Arc<str>,
+    /// SSE's `event:` field.
     pub event_type: Arc<str>,
-    /// The JSON every receiving connection gets.
+    /// The JSON the client receives (a WebSocket text frame; SSE `data:`).
     pub frame: Frame,
 }
 
@@ -191,16 +206,19 @@ impl PushMessage<'_> {
             timestamp,
             data: self.data,
         };
-        // One allocation of the right size: the field values plus room for keys and escapes.
-        let mut json = Vec::with_capacity(
-            ENVELOPE_BYTES
-                + self.data.get().len()
-                + self.event_type.len()
-                + event_id.len()
-                + self.user_id.as_str().len(),
-        );
-        serde_json::to_writer(&mut json, &event)
-            .expect("serializing strings and pre-validated JSON into memory cannot fail");
+        // Serialized into this thread's scratch buffer, then copied into an allocation of exactly
+        // the right size: events live on in history, so slack would be paid for per stored event,
+        // and exact bytes become the frame without a separate reference-count block.
+        let json = SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            serde_json::to_writer(&mut *scratch, &event)
+                .expect("serializing strings and pre-validated JSON into memory cannot fail");
+            let json = scratch.to_vec();
+            if scratch.capacity() > SCRATCH_KEEP_BYTES {
+                *scratch = Vec::new();
+            }
+            json
+        });
         let json = String::from_utf8(json).expect("serde_json writes UTF-8");
         let event_type = if self.event_type == DEFAULT_EVENT_TYPE {
             Arc::clone(&DEFAULT_EVENT_TYPE_SHARED)
@@ -209,10 +227,12 @@ impl PushMessage<'_> {
         };
         Event {
             user_id: self.user_id.clone(),
-            event_id,
             upstream_id: self.event_id.is_some(),
-            event_type,
-            frame: Frame::from(json),
+            published: Arc::new(Published {
+                event_id,
+                event_type,
+                frame: Frame::from(json),
+            }),
         }
     }
 }
@@ -221,9 +241,13 @@ impl PushMessage<'_> {
 static DEFAULT_EVENT_TYPE_SHARED: LazyLock<Arc<str>> =
     LazyLock::new(|| Arc::from(DEFAULT_EVENT_TYPE));
 
-/// Bytes of an encoded event besides its field values: keys, quotes, separators, a timestamp, and
-/// some room for escapes.
-const ENVELOPE_BYTES: usize = 128;
+thread_local! {
+    /// Where events are serialized before being copied out at their exact size.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Largest scratch buffer a thread keeps between events; one grown by a rare huge event is let go.
+const SCRATCH_KEEP_BYTES: usize = 64 * 1024;
 
 /// The current time in unix seconds with millisecond precision.
 pub fn unix_seconds_now() -> f64 {
@@ -677,16 +701,16 @@ mod tests {
         let event = parse_push(body).unwrap().encode(unix_seconds_now());
         let expected_prefix = r#"{"event_type":"message","event_id":""#;
         assert!(
-            event.frame.as_str().starts_with(expected_prefix),
+            event.published.frame.as_str().starts_with(expected_prefix),
             "{}",
-            event.frame.as_str()
+            event.published.frame.as_str()
         );
-        let value: Value = serde_json::from_str(event.frame.as_str()).unwrap();
+        let value: Value = serde_json::from_str(event.published.frame.as_str()).unwrap();
         assert_eq!(value["user_id"], "test123");
         assert_eq!(value["timestamp"], 1704067200);
         assert_eq!(value["data"], json!({"message": "Hello"}));
-        assert_eq!(value["event_id"].as_str().unwrap(), &*event.event_id);
-        assert_eq!(event.event_id.len(), 26, "a ULID");
+        assert_eq!(value["event_id"].as_str().unwrap(), &**event.event_id());
+        assert_eq!(event.event_id().len(), 26, "a ULID");
     }
 
     #[test]
@@ -694,7 +718,7 @@ mod tests {
         let event = parse_push(br#"{"user_id":"u","data":{},"event_id":null}"#)
             .unwrap()
             .encode(unix_seconds_now());
-        let value: Value = serde_json::from_str(event.frame.as_str()).unwrap();
+        let value: Value = serde_json::from_str(event.published.frame.as_str()).unwrap();
         assert_eq!(value["event_type"], "message");
         assert!(value["timestamp"].as_f64().unwrap() > 1.7e9);
     }
@@ -704,7 +728,7 @@ mod tests {
         let event = parse_push(br#"{"user_id":"u","data":{},"event_id":"order-7"}"#)
             .unwrap()
             .encode(unix_seconds_now());
-        assert_eq!(&*event.event_id, "order-7");
+        assert_eq!(&**event.event_id(), "order-7");
     }
 
     #[test]
@@ -774,7 +798,13 @@ mod tests {
         let event = parse_push(body.as_bytes())
             .expect("valid JSON object")
             .encode(unix_seconds_now());
-        assert!(event.frame.as_str().ends_with(&format!("{deep}}}}}")));
+        assert!(
+            event
+                .published
+                .frame
+                .as_str()
+                .ends_with(&format!("{deep}}}}}"))
+        );
         let unclosed = format!(
             r#"{{"user_id":"u","data":{{"x":{}}}}}"#,
             "[".repeat(100_000)

@@ -242,12 +242,10 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::history::Published;
-    use crate::protocol::Frame;
+    use crate::protocol::{Frame, Published};
 
     fn event(frame: &str) -> Outgoing {
         Outgoing::Event(Arc::new(Published {
-            position: 1,
             event_id: Arc::from("e1"),
             event_type: Arc::from("message"),
             frame: Frame::from(frame.to_owned()),
