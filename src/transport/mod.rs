@@ -9,6 +9,8 @@
 pub mod sse;
 pub mod ws;
 
+use std::borrow::Cow;
+
 use axum::http::HeaderMap;
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -45,63 +47,51 @@ impl ConnectRequest {
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| value)
         };
-        let user_loc = || vec![Loc::Key("query"), Loc::Key("user_id")];
-        let raw_user = find("user_id").ok_or_else(|| Issue {
-            loc: user_loc(),
-            msg: "Field required".into(),
-            kind: "missing",
-        })?;
-        let user = UserId::parse(&raw_user).map_err(|error| Issue {
-            loc: user_loc(),
-            msg: error.msg,
-            kind: error.kind,
-        })?;
-        let header = headers.get("last-event-id").map(|value| {
-            let text = value.to_str().map_err(|_| Issue {
-                loc: vec![Loc::Key("header"), Loc::Key("Last-Event-ID")],
-                msg: "Header must be visible ASCII text".into(),
-                kind: "value_error",
-            })?;
-            Ok((text.to_owned(), Loc::Key("Last-Event-ID")))
-        });
-        let resume = match header {
-            Some(header) => Some(header?),
-            None => {
-                find("last_event_id").map(|value| (value.into_owned(), Loc::Key("last_event_id")))
+        let raw_user = find("user_id")
+            .ok_or_else(|| issue(USER_ID_LOC, "Field required".into(), "missing"))?;
+        let user =
+            UserId::parse(&raw_user).map_err(|error| issue(USER_ID_LOC, error.msg, error.kind))?;
+        let (from, loc) = match headers.get("last-event-id") {
+            Some(value) => {
+                let text = value.to_str().map_err(|_| {
+                    let msg = "Header must be visible ASCII text".into();
+                    issue(LAST_EVENT_ID_HEADER_LOC, msg, "value_error")
+                })?;
+                (text.to_owned(), LAST_EVENT_ID_HEADER_LOC)
             }
+            None => match find("last_event_id") {
+                Some(value) => (value.into_owned(), LAST_EVENT_ID_QUERY_LOC),
+                None => {
+                    return Ok(Self {
+                        user,
+                        resume_from: None,
+                    });
+                }
+            },
         };
-        let resume_from = match resume {
-            Some((from, loc)) => check_resume_point(from, loc)?,
-            None => None,
-        };
+        if from.len() > RESUME_FROM_MAX_BYTES {
+            let msg = format!("String should have at most {RESUME_FROM_MAX_BYTES} bytes");
+            return Err(issue(loc, msg.into(), "string_too_long"));
+        }
+        if from.chars().any(char::is_control) {
+            let msg = "String must not contain control characters".into();
+            return Err(issue(loc, msg, "value_error"));
+        }
+        let resume_from = Some(from).filter(|from| !from.is_empty());
         Ok(Self { user, resume_from })
     }
 }
 
-fn check_resume_point(from: String, loc: Loc) -> Result<Option<String>, Issue> {
-    let part = if loc == Loc::Key("Last-Event-ID") {
-        "header"
-    } else {
-        "query"
-    };
-    let issue = |msg: &'static str, kind: &'static str| Issue {
-        loc: vec![Loc::Key(part), loc.clone()],
-        msg: msg.into(),
+const USER_ID_LOC: [&str; 2] = ["query", "user_id"];
+const LAST_EVENT_ID_QUERY_LOC: [&str; 2] = ["query", "last_event_id"];
+const LAST_EVENT_ID_HEADER_LOC: [&str; 2] = ["header", "Last-Event-ID"];
+
+fn issue(loc: [&'static str; 2], msg: Cow<'static, str>, kind: &'static str) -> Issue {
+    Issue {
+        loc: loc.into_iter().map(Loc::Key).collect(),
+        msg,
         kind,
-    };
-    if from.len() > RESUME_FROM_MAX_BYTES {
-        return Err(issue(
-            "String should have at most 512 bytes",
-            "string_too_long",
-        ));
     }
-    if from.chars().any(char::is_control) {
-        return Err(issue(
-            "String must not contain control characters",
-            "value_error",
-        ));
-    }
-    Ok(Some(from).filter(|from| !from.is_empty()))
 }
 
 /// Whether the server can take one more connection now: not shutting down, and a

@@ -238,3 +238,21 @@ pub fn json_addr(line: &str) -> Option<SocketAddr> {
     let value: Value = serde_json::from_str(line).ok()?;
     value["fields"]["address"].as_str()?.parse().ok()
 }
+
+/// Waits for a server that was told to shut down to stop, and checks that it stopped cleanly and
+/// within 3 s of `started` (its clients cooperated, so nothing waited for `SHUTDOWN_TIMEOUT`).
+pub async fn assert_stopped_promptly(
+    stopped: tokio::task::JoinHandle<std::io::Result<()>>,
+    started: tokio::time::Instant,
+) {
+    let result = tokio::time::timeout(Duration::from_secs(4), stopped)
+        .await
+        .expect("server stopped within SHUTDOWN_TIMEOUT")
+        .expect("server task did not panic");
+    assert!(result.is_ok(), "{result:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
