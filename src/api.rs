@@ -5,13 +5,17 @@
 
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::auth::KeyError;
 use crate::broker::BrokerError;
 use crate::hub::{Delivery, Outcome, Transport};
 use crate::metrics::{Gauges, Rejection};
@@ -19,7 +23,8 @@ use crate::protocol::{
     BatchItemResult, BatchResponse, Event, Issue, PushResponse, PushStatus, parse_batch,
     parse_push, unix_seconds_now,
 };
-use crate::state::SharedState;
+use crate::rate_limit::client_ip;
+use crate::state::{Publisher, SharedState};
 
 /// Everything that can go wrong in a handler, each with its status code.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,25 @@ pub enum ApiError {
     /// The server cannot take the request now: full or shutting down (503).
     #[error("{0}")]
     Overloaded(String),
+    /// Missing or wrong credentials (401, with `WWW-Authenticate: Bearer`).
+    #[error("{message}")]
+    Unauthorized {
+        /// What is wrong, never including the credentials.
+        message: String,
+        /// Whether credentials were presented but refused (`error="invalid_token"`).
+        invalid_token: bool,
+    },
+    /// Authenticated, but not allowed this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over a rate limit (429, with `Retry-After`).
+    #[error("{message}")]
+    TooManyRequests {
+        /// Which limit, and what to do.
+        message: String,
+        /// Seconds to wait before trying again.
+        retry_after_seconds: u64,
+    },
     /// No route for the path (404).
     #[error("Not Found")]
     NotFound,
@@ -79,6 +103,9 @@ impl ApiError {
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Self::Handshake { status, .. } => *status,
             Self::NotFound => StatusCode::NOT_FOUND,
@@ -93,7 +120,10 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => Some(Rejection::TooLarge),
             Self::UnsupportedMediaType(_) => Some(Rejection::UnsupportedMediaType),
             Self::Unavailable(_) => Some(Rejection::Unavailable),
-            Self::InvalidQuery(_)
+            Self::Unauthorized { .. } => Some(Rejection::Unauthorized),
+            Self::TooManyRequests { .. } => Some(Rejection::RateLimited),
+            Self::Forbidden(_)
+            | Self::InvalidQuery(_)
             | Self::Handshake { .. }
             | Self::Overloaded(_)
             | Self::NotFound
@@ -109,8 +139,89 @@ impl IntoResponse for ApiError {
             Self::Validation(issues) | Self::InvalidQuery(issues) => json!(issues),
             other => json!(other.to_string()),
         };
-        (self.status(), Json(json!({ "detail": detail }))).into_response()
+        let mut response = (self.status(), Json(json!({ "detail": detail }))).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthorized { invalid_token, .. } => {
+                let challenge = if *invalid_token {
+                    r#"Bearer realm="websocket-sse-server", error="invalid_token""#
+                } else {
+                    r#"Bearer realm="websocket-sse-server""#
+                };
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            }
+            Self::TooManyRequests {
+                retry_after_seconds,
+                ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
+            }
+            _ => {}
+        }
+        response
     }
+}
+
+/// Middleware on the push (and administrative) routes: requires one of `PUSH_API_KEYS` when
+/// keys are configured, then applies `PUSH_RATE` per key (per client IP without keys).
+pub async fn require_publisher(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let publisher = match &state.publishers {
+        Some(keys) => match keys.verify(request.headers()) {
+            Ok(key) => Publisher::Key(key),
+            Err(error) => {
+                let error = ApiError::Unauthorized {
+                    message: error.to_string(),
+                    invalid_token: error == KeyError::Wrong,
+                };
+                return respond::<()>(&state, Err(error));
+            }
+        },
+        None => Publisher::Address(client_ip(
+            peer,
+            request.headers(),
+            &state.settings.trusted_proxies,
+        )),
+    };
+    if let Some(limit) = &state.push_limit
+        && let Err(retry) = limit.check(&publisher)
+    {
+        let error = ApiError::TooManyRequests {
+            message: format!(
+                "over PUSH_RATE={} push requests per second; retry after {} s",
+                state.settings.push_rate,
+                retry.seconds()
+            ),
+            retry_after_seconds: retry.seconds(),
+        };
+        return respond::<()>(&state, Err(error));
+    }
+    next.run(request).await
+}
+
+/// Middleware on `/metrics` when `METRICS_PUBLIC=false`: requires an API key.
+pub async fn require_key(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(keys) = &state.publishers
+        && let Err(error) = keys.verify(request.headers())
+    {
+        let error = ApiError::Unauthorized {
+            message: error.to_string(),
+            invalid_token: error == KeyError::Wrong,
+        };
+        return error.into_response();
+    }
+    next.run(request).await
 }
 
 /// The JSON response of a push handler; a failure is counted in the metrics before it becomes

@@ -35,7 +35,16 @@
 //! | `SHUTDOWN_TIMEOUT` | `10` | seconds a graceful shutdown may take in all |
 //! | `LOG_LEVEL` | `INFO` | `TRACE`, `DEBUG`, `INFO`, `WARNING`, `ERROR` (`RUST_LOG`, when set, wins) |
 //! | `LOG_FORMAT` | `{time:YYYY-MM-DD HH:mm:ss} \| {level} \| {message}` | a loguru-style template, or `json` |
-//! | `CORS_ORIGINS` | `*` | `*` or a comma-separated list of allowed origins |
+//! | `CORS_ORIGINS` | `*` | `*` or a comma-separated list of allowed origins (HTTP API, WebSocket and SSE) |
+//! | `PUSH_API_KEYS` | (none) | comma-separated publisher keys; when set, pushes and admin endpoints need one |
+//! | `METRICS_PUBLIC` | `true` | whether `/metrics` is open when API keys are set |
+//! | `JWT_SECRET` | (none) | HS256 secret of subscriber tokens; turns subscriber authentication on |
+//! | `JWT_PUBLIC_KEY_FILE` | (none) | PEM public key (RS256 or ES256) of subscriber tokens; instead of `JWT_SECRET` |
+//! | `JWT_AUDIENCE`, `JWT_ISSUER` | (none) | the `aud` / `iss` tokens must carry |
+//! | `CONNECT_RATE_PER_IP` | `0` | connection attempts per second per client IP (429 beyond); `0` disables |
+//! | `PUSH_RATE` | `0` | push requests per second per API key (or client IP); `0` disables |
+//! | `CLIENT_MESSAGE_RATE` | `10` | frames per second a WebSocket client may send (1008 beyond); `0` disables |
+//! | `TRUSTED_PROXIES` | (none) | proxies whose `X-Forwarded-For` is believed |
 
 use std::time::Duration;
 
@@ -186,9 +195,130 @@ pub struct Settings {
     #[arg(long, env = "LOG_FORMAT", default_value = crate::logging::DEFAULT_TEMPLATE,
           value_parser = LogFormat::parse)]
     pub log_format: LogFormat,
-    /// `*` or a comma-separated list of origins allowed to call the HTTP API from a browser.
+    /// `*` or a comma-separated list of origins allowed to call the HTTP API from a browser, and
+    /// to open WebSocket and SSE connections (a browser's other origins get 403).
     #[arg(long, env = "CORS_ORIGINS", default_value = "*", value_parser = CorsOrigins::parse)]
     pub cors_origins: CorsOrigins,
+
+    /// Comma-separated API keys that publishers must present (`Authorization: Bearer <key>` or
+    /// `X-API-Key`) to push and to call administrative endpoints; several allow rotation. Empty:
+    /// anyone who can reach the port may push.
+    #[arg(long, env = "PUSH_API_KEYS", default_value = "", value_parser = ApiKeys::parse,
+          hide_default_value = true, hide_env_values = true)]
+    pub push_api_keys: ApiKeys,
+    /// Whether `/metrics` is served without an API key (when keys are set).
+    #[arg(long, env = "METRICS_PUBLIC", default_value = "true", value_parser = parse_bool,
+          action = clap::ArgAction::Set)]
+    pub metrics_public: bool,
+    /// HS256 secret that signs subscriber tokens. With it (or JWT_PUBLIC_KEY_FILE) WebSocket and
+    /// SSE clients need a token, and the token's `sub` is their user.
+    #[arg(long, env = "JWT_SECRET", value_parser = Secret::parse, hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+    /// PEM file with the RSA (RS256) or EC P-256 (ES256) public key that verifies subscriber tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// The `aud` subscriber tokens must carry, if set.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The `iss` subscriber tokens must carry, if set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// WebSocket and SSE connection attempts per second from one client IP (twice that in a
+    /// burst); more get 429. 0 (the default) disables the limit: behind a load balancer every
+    /// client would share its address unless TRUSTED_PROXIES names it.
+    #[arg(long, env = "CONNECT_RATE_PER_IP", default_value = "0", value_parser = parse_rate)]
+    pub connect_rate_per_ip: u32,
+    /// Push requests per second per publisher: per API key, or per client IP without keys (twice
+    /// that in a burst); more get 429. 0 disables the limit.
+    #[arg(long, env = "PUSH_RATE", default_value = "0", value_parser = parse_rate)]
+    pub push_rate: u32,
+    /// Frames per second one WebSocket client may send (twice that in a burst); a client over it
+    /// is closed with 1008. 0 disables the limit.
+    #[arg(long, env = "CLIENT_MESSAGE_RATE", default_value = "10", value_parser = parse_rate)]
+    pub client_message_rate: u32,
+    /// Comma-separated proxy addresses or networks (`10.0.0.0/8`) whose `X-Forwarded-For` is
+    /// believed when working out a client's IP for rate limits. Empty: the peer address is the
+    /// client's.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "", value_parser = TrustedProxies::parse)]
+    pub trusted_proxies: TrustedProxies,
+}
+
+/// A secret setting: never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Accepts any non-empty value.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() {
+            return Err("expected a non-empty value".into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The secret itself, for the code that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The publisher API keys (`PUSH_API_KEYS`); empty means pushes are open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiKeys(pub Vec<Secret>);
+
+impl ApiKeys {
+    /// Parses a comma-separated list; blanks around keys are ignored.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let keys: Vec<Secret> = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+            .map(|key| Secret(key.to_owned()))
+            .collect();
+        if keys.iter().any(|key| key.0.len() < MIN_API_KEY_BYTES) {
+            return Err(format!(
+                "every key must have at least {MIN_API_KEY_BYTES} characters (use long random keys)"
+            ));
+        }
+        Ok(Self(keys))
+    }
+}
+
+/// Shortest API key accepted: shorter ones are guessable.
+const MIN_API_KEY_BYTES: usize = 16;
+
+/// Proxies whose `X-Forwarded-For` header is believed (`TRUSTED_PROXIES`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(pub Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Parses a comma-separated list of IP addresses and CIDR networks.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse::<ipnet::IpNet>()
+                    .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .map_err(|_| {
+                        format!("{item:?} is not an IP address or network such as 10.0.0.0/8")
+                    })
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    /// Whether `address` is one of the trusted proxies.
+    pub fn contains(&self, address: std::net::IpAddr) -> bool {
+        self.0.iter().any(|net| net.contains(&address))
+    }
 }
 
 /// What to do with a connection that would exceed `MAX_CONNECTIONS_PER_USER`.
@@ -316,6 +446,19 @@ impl Settings {
                 self.ws_send_queue, self.history_size
             ));
         }
+        if self.jwt_secret.is_some() && self.jwt_public_key_file.is_some() {
+            return Err(
+                "invalid JWT_SECRET with JWT_PUBLIC_KEY_FILE: set one of them (HS256 with a \
+                 secret, or RS256/ES256 with a public key)"
+                    .into(),
+            );
+        }
+        let verifies_tokens = self.jwt_secret.is_some() || self.jwt_public_key_file.is_some();
+        if !verifies_tokens && (self.jwt_audience.is_some() || self.jwt_issuer.is_some()) {
+            return Err("invalid JWT_AUDIENCE/JWT_ISSUER: they need JWT_SECRET or \
+                        JWT_PUBLIC_KEY_FILE, which turn subscriber tokens on"
+                .into());
+        }
         if !self.shutdown_drain.is_zero() && self.shutdown_drain >= self.shutdown_timeout {
             return Err(format!(
                 "invalid SHUTDOWN_DRAIN={}: must be shorter than SHUTDOWN_TIMEOUT={}",
@@ -428,6 +571,13 @@ fn parse_count(raw: &str) -> Result<usize, String> {
 fn parse_count_or_zero(raw: &str) -> Result<usize, String> {
     parse_bounded(raw, 0, MAX_COUNT)
 }
+
+fn parse_rate(raw: &str) -> Result<u32, String> {
+    parse_bounded(raw, 0, MAX_RATE).map(|rate| rate as u32)
+}
+
+/// Highest rate setting, per second.
+const MAX_RATE: usize = 1_000_000;
 
 fn parse_workers(raw: &str) -> Result<usize, String> {
     parse_bounded(raw, 0, MAX_WORKERS)

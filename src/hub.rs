@@ -61,11 +61,15 @@ pub enum DisconnectReason {
     Replaced,
     /// The network failed under the connection (reset, broken pipe).
     NetworkError,
+    /// The client's token expired (its `exp`): it may reconnect with a new one and resume.
+    TokenExpired,
+    /// The client sent frames faster than `CLIENT_MESSAGE_RATE`.
+    MessageRate,
 }
 
 impl DisconnectReason {
     /// Every reason, in declaration order (for metrics).
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::ClientClosed,
         Self::PingTimeout,
         Self::SlowConsumer,
@@ -76,6 +80,8 @@ impl DisconnectReason {
         Self::UnsupportedData,
         Self::Replaced,
         Self::NetworkError,
+        Self::TokenExpired,
+        Self::MessageRate,
     ];
 
     /// A stable snake_case name, used as a metrics key.
@@ -91,6 +97,8 @@ impl DisconnectReason {
             Self::UnsupportedData => "unsupported_data",
             Self::Replaced => "replaced",
             Self::NetworkError => "network_error",
+            Self::TokenExpired => "token_expired",
+            Self::MessageRate => "message_rate",
         }
     }
 

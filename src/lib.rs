@@ -12,6 +12,7 @@
 //! through [`lifecycle`]; [`dotenv`], [`config`] and [`logging`] come first, in `main`.
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod dotenv;
@@ -22,6 +23,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
+pub mod rate_limit;
 pub mod server;
 pub mod state;
 pub mod transport;

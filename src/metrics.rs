@@ -23,14 +23,23 @@ pub enum Refusal {
     UserLimit,
     /// Missing or invalid `user_id`, or not a WebSocket handshake (400).
     BadRequest,
+    /// Missing or invalid token (401).
+    Unauthorized,
+    /// An origin not in `CORS_ORIGINS`, or a `user_id` other than the token's (403).
+    Forbidden,
+    /// Over `CONNECT_RATE_PER_IP` (429).
+    RateLimited,
 }
 
 impl Refusal {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 7] = [
         Self::ServerFull,
         Self::ShuttingDown,
         Self::UserLimit,
         Self::BadRequest,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::RateLimited,
     ];
 
     fn label(self) -> &'static str {
@@ -39,6 +48,9 @@ impl Refusal {
             Self::ShuttingDown => "shutting_down",
             Self::UserLimit => "user_limit",
             Self::BadRequest => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -54,14 +66,20 @@ pub enum Rejection {
     UnsupportedMediaType,
     /// The broker could not route it (503); only a networked (cluster) broker can fail so.
     Unavailable,
+    /// No API key, or a wrong one (401).
+    Unauthorized,
+    /// Over `PUSH_RATE` (429).
+    RateLimited,
 }
 
 impl Rejection {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 6] = [
         Self::Invalid,
         Self::TooLarge,
         Self::UnsupportedMediaType,
         Self::Unavailable,
+        Self::Unauthorized,
+        Self::RateLimited,
     ];
 
     fn label(self) -> &'static str {
@@ -70,6 +88,8 @@ impl Rejection {
             Self::TooLarge => "too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Unavailable => "unavailable",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited => "rate_limited",
         }
     }
 }

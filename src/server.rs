@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -23,15 +23,18 @@ use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::api;
+use crate::auth::{PublisherKeys, TokenVerifier};
 use crate::broker::MemoryBroker;
 use crate::config::{CorsOrigins, Settings};
 use crate::hub::{Hub, HubLimits};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::rate_limit::KeyedLimit;
 use crate::state::{AppState, SharedState};
 use crate::transport::{sse, ws};
 
@@ -78,7 +81,13 @@ impl Application {
         ));
         let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
         let max_connections = effective_max_connections(settings.max_connections);
+        let tokens = TokenVerifier::from_settings(&settings)
+            .map_err(|problem| io::Error::new(io::ErrorKind::InvalidInput, problem))?;
         let state = Arc::new(AppState {
+            publishers: PublisherKeys::new(&settings.push_api_keys),
+            tokens,
+            connect_limit: KeyedLimit::new(settings.connect_rate_per_ip),
+            push_limit: KeyedLimit::new(settings.push_rate),
             settings,
             hub,
             broker,
@@ -114,9 +123,8 @@ impl Application {
             max_connections = state.max_connections,
             "websocket-sse-server listening"
         );
-        if state.hub.history().enabled() {
-            tokio::spawn(sweep_history(Arc::clone(&state)));
-        }
+        warn_about_open_access(&state);
+        tokio::spawn(housekeeping(Arc::clone(&state)));
 
         let stop_accepting = {
             let lifecycle = lifecycle.clone();
@@ -183,17 +191,52 @@ impl Application {
     }
 }
 
-/// Reclaims expired history in the background until the server closes its sessions.
-async fn sweep_history(state: SharedState) {
-    let mut ticks = tokio::time::interval(state.hub.history().sweep_interval());
+/// Says at start-up what anyone who can reach the port may do, when that is a lot.
+fn warn_about_open_access(state: &AppState) {
+    if state.tokens.is_none() {
+        tracing::warn!(
+            "subscriber authentication is off (neither JWT_SECRET nor JWT_PUBLIC_KEY_FILE is set): \
+             any client can read any user's messages by connecting with ?user_id=<id>"
+        );
+    }
+    if state.publishers.is_none() {
+        tracing::warn!(
+            "PUSH_API_KEYS is not set: anyone who can reach this port can push to any user"
+        );
+    }
+}
+
+/// Background upkeep until the server closes its sessions: reclaims expired history and forgets
+/// rate-limit entries of clients gone quiet.
+async fn housekeeping(state: SharedState) {
+    let history = state.hub.history();
+    let period = if history.enabled() {
+        history.sweep_interval().min(HOUSEKEEPING_PERIOD)
+    } else {
+        HOUSEKEEPING_PERIOD
+    };
+    let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = state.lifecycle.closing() => return,
-            _ = ticks.tick() => state.hub.sweep_history(),
+            _ = ticks.tick() => {
+                if history.enabled() {
+                    state.hub.sweep_history();
+                }
+                if let Some(limit) = &state.connect_limit {
+                    limit.forget_idle();
+                }
+                if let Some(limit) = &state.push_limit {
+                    limit.forget_idle();
+                }
+            }
         }
     }
 }
+
+/// Longest pause between two rounds of housekeeping.
+const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
 
 /// Time limits on every HTTP connection.
 #[derive(Debug, Clone, Copy)]
@@ -226,10 +269,10 @@ async fn serve_http(
     let connections = TaskTracker::new();
     tokio::pin!(stop);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // Out of descriptors or memory: back off instead of spinning.
                     tracing::warn!(%error, "cannot accept a connection");
@@ -241,7 +284,13 @@ async fn serve_http(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let service = TowerToHyperService::new(router.clone());
+        // Every request carries its peer address, for rate limits and logs.
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |mut request: hyper::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                request
+            },
+        ));
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(limits.write_timeout));
         let connection = builder
@@ -271,14 +320,27 @@ async fn serve_http(
 /// The HTTP router with every endpoint, the body limit, panic containment and CORS.
 pub fn router(state: SharedState) -> Router {
     let settings = &state.settings;
+    let publishing = Router::new()
+        .route(&settings.sse_path, post(api::push))
+        .route(&settings.sse_batch_path, post(api::push_batch))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            api::require_publisher,
+        ));
+    let mut metrics = Router::new().route("/metrics", get(api::metrics));
+    if !settings.metrics_public {
+        metrics = metrics.route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            api::require_key,
+        ));
+    }
     Router::new()
         .route(&settings.ws_path, get(ws::handshake))
         .route(&settings.sse_stream_path, get(sse::stream))
-        .route(&settings.sse_path, post(api::push))
-        .route(&settings.sse_batch_path, post(api::push_batch))
+        .merge(publishing)
+        .merge(metrics)
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
-        .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(middleware::from_fn_with_state(

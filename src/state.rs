@@ -1,15 +1,19 @@
-//! What every request handler and session shares: settings, registry, broker, counters, lifecycle.
+//! What every request handler and session shares: settings, registry, broker, counters, lifecycle,
+//! credentials and rate limits.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
+use crate::auth::{KeyId, PublisherKeys, TokenVerifier};
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::rate_limit::KeyedLimit;
 
 /// The state behind every handler, shared by reference count.
 pub type SharedState = Arc<AppState>;
@@ -33,4 +37,21 @@ pub struct AppState {
     pub max_connections: usize,
     /// When the server started, for `uptime_seconds`.
     pub started_at: Instant,
+    /// Publisher API keys; `None`: pushes are open.
+    pub publishers: Option<PublisherKeys>,
+    /// Subscriber token verification; `None`: open mode (the user is `?user_id=`).
+    pub tokens: Option<TokenVerifier>,
+    /// Connection attempts per client IP (`CONNECT_RATE_PER_IP`).
+    pub connect_limit: Option<KeyedLimit<IpAddr>>,
+    /// Push requests per publisher (`PUSH_RATE`).
+    pub push_limit: Option<KeyedLimit<Publisher>>,
+}
+
+/// Who a push request comes from, for its rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Publisher {
+    /// The holder of this API key.
+    Key(KeyId),
+    /// A client at this address (no API keys configured).
+    Address(IpAddr),
 }

@@ -10,14 +10,19 @@ pub mod sse;
 pub mod ws;
 
 use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::time::SystemTime;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::api::ApiError;
+use crate::auth::{TokenError, bearer};
+use crate::config::CorsOrigins;
 use crate::hub::{Outbox, Outgoing};
 use crate::metrics::Refusal;
 use crate::protocol::{Issue, Loc, UserId};
+use crate::rate_limit::client_ip;
 use crate::state::AppState;
 
 /// Most items a session writes at once.
@@ -30,16 +35,20 @@ const RESUME_FROM_MAX_BYTES: usize = 512;
 /// What a client asks for when it connects.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ConnectRequest {
-    /// The user whose events it wants.
-    pub user: UserId,
+    /// The user whose events it wants (`?user_id=`; optional when it presents a token).
+    pub user: Option<UserId>,
+    /// Its subscriber token (`Authorization: Bearer`, else `?token=`), when it presents one.
+    pub token: Option<String>,
     /// The `event_id` (or position token) of the last event it received, if it resumes.
     pub resume_from: Option<String>,
 }
 
 impl ConnectRequest {
-    /// Reads `user_id` and the resume point from a request: the `Last-Event-ID` header (what an
-    /// EventSource sends when it reconnects) wins over the `last_event_id` query parameter (which
-    /// stays in a reconnecting EventSource's URL). An empty resume point means a fresh start.
+    /// Reads `user_id`, the token and the resume point from a request: the `Last-Event-ID` header
+    /// (what an EventSource sends when it reconnects) wins over the `last_event_id` query parameter
+    /// (which stays in a reconnecting EventSource's URL). An empty resume point means a fresh
+    /// start. Only the form of each is checked here; whether the user may connect is
+    /// [`authorize`]'s business.
     pub fn from_parts(query: Option<&str>, headers: &HeaderMap) -> Result<Self, Issue> {
         let query = query.unwrap_or_default().as_bytes();
         let find = |name: &str| {
@@ -47,10 +56,15 @@ impl ConnectRequest {
                 .find(|(key, _)| key == name)
                 .map(|(_, value)| value)
         };
-        let raw_user = find("user_id")
-            .ok_or_else(|| issue(USER_ID_LOC, "Field required".into(), "missing"))?;
-        let user =
-            UserId::parse(&raw_user).map_err(|error| issue(USER_ID_LOC, error.msg, error.kind))?;
+        let user = find("user_id")
+            .map(|raw| {
+                UserId::parse(&raw).map_err(|error| issue(USER_ID_LOC, error.msg, error.kind))
+            })
+            .transpose()?;
+        let token = bearer(headers)
+            .map(str::to_owned)
+            .or_else(|| find("token").map(|token| token.into_owned()))
+            .filter(|token| !token.is_empty());
         let (from, loc) = match headers.get("last-event-id") {
             Some(value) => {
                 let text = value.to_str().map_err(|_| {
@@ -64,6 +78,7 @@ impl ConnectRequest {
                 None => {
                     return Ok(Self {
                         user,
+                        token,
                         resume_from: None,
                     });
                 }
@@ -78,7 +93,120 @@ impl ConnectRequest {
             return Err(issue(loc, msg, "value_error"));
         }
         let resume_from = Some(from).filter(|from| !from.is_empty());
-        Ok(Self { user, resume_from })
+        Ok(Self {
+            user,
+            token,
+            resume_from,
+        })
+    }
+}
+
+/// A client let in: who it is, where it resumes, until when, and the connection slot it holds.
+#[derive(Debug)]
+pub struct Admission {
+    /// Its user (the token's `sub`, or `?user_id=` in open mode).
+    pub user: UserId,
+    /// Where it resumes, if it does.
+    pub resume_from: Option<String>,
+    /// When its token expires (the connection is closed then); `None` in open mode.
+    pub expires_at: Option<SystemTime>,
+    /// Its `MAX_CONNECTIONS` slot, held until the session ends.
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// Decides whether a WebSocket or SSE client may connect, in this order: a well-formed request
+/// (400), an allowed browser origin (403), the per-IP connection rate (429), its identity — a
+/// valid token whose `sub` matches any `user_id` (401, 403), or `user_id` in open mode (400) —
+/// and room on the server (503).
+pub fn authorize(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Admission, (Refusal, ApiError)> {
+    let request = ConnectRequest::from_parts(query, headers)
+        .map_err(|issue| (Refusal::BadRequest, ApiError::InvalidQuery(vec![issue])))?;
+    check_origin(&state.settings.cors_origins, headers)
+        .map_err(|error| (Refusal::Forbidden, error))?;
+    if let Some(limit) = &state.connect_limit {
+        let ip = client_ip(peer, headers, &state.settings.trusted_proxies);
+        limit.check(&ip).map_err(|retry| {
+            let error = ApiError::TooManyRequests {
+                message: format!(
+                    "too many connection attempts from {ip} (CONNECT_RATE_PER_IP={}); retry \
+                     after {} s",
+                    state.settings.connect_rate_per_ip,
+                    retry.seconds()
+                ),
+                retry_after_seconds: retry.seconds(),
+            };
+            (Refusal::RateLimited, error)
+        })?;
+    }
+    let (user, expires_at) = identify(state, request.user, request.token.as_deref())?;
+    let slot = admit(state)?;
+    Ok(Admission {
+        user,
+        resume_from: request.resume_from,
+        expires_at,
+        slot,
+    })
+}
+
+/// The client's user: from its token when tokens are on, else from `user_id`.
+fn identify(
+    state: &AppState,
+    claimed: Option<UserId>,
+    token: Option<&str>,
+) -> Result<(UserId, Option<SystemTime>), (Refusal, ApiError)> {
+    let Some(verifier) = &state.tokens else {
+        let user = claimed.ok_or_else(|| {
+            let missing = issue(USER_ID_LOC, "Field required".into(), "missing");
+            (Refusal::BadRequest, ApiError::InvalidQuery(vec![missing]))
+        })?;
+        return Ok((user, None));
+    };
+    let unauthorized = |error: TokenError| {
+        let error = ApiError::Unauthorized {
+            message: error.to_string(),
+            invalid_token: error != TokenError::Missing,
+        };
+        (Refusal::Unauthorized, error)
+    };
+    let token = token.ok_or_else(|| unauthorized(TokenError::Missing))?;
+    if token.len() > TOKEN_MAX_BYTES {
+        return Err(unauthorized(TokenError::Invalid));
+    }
+    let subscriber = verifier.verify(token).map_err(unauthorized)?;
+    if let Some(claimed) = claimed
+        && claimed != subscriber.user
+    {
+        let error = ApiError::Forbidden(
+            "user_id does not match the token's subject (sub); omit user_id or pass the token's"
+                .into(),
+        );
+        return Err((Refusal::Forbidden, error));
+    }
+    Ok((subscriber.user, Some(subscriber.expires_at)))
+}
+
+/// Longest token accepted, in bytes: real ones are well under 2 KiB.
+const TOKEN_MAX_BYTES: usize = 8 * 1024;
+
+/// Refuses a browser (a request with an `Origin`) from an origin not in `CORS_ORIGINS`: a page
+/// elsewhere must not open a connection with the user's credentials (cross-site WebSocket
+/// hijacking). Clients without `Origin` (not browsers) are not concerned.
+fn check_origin(allowed: &CorsOrigins, headers: &HeaderMap) -> Result<(), ApiError> {
+    let (CorsOrigins::List(list), Some(origin)) = (allowed, headers.get(header::ORIGIN)) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    if list.iter().any(|allowed| allowed == origin) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "origin {origin:?} is not allowed (CORS_ORIGINS)"
+        )))
     }
 }
 
@@ -96,7 +224,7 @@ fn issue(loc: [&'static str; 2], msg: Cow<'static, str>, kind: &'static str) -> 
 
 /// Whether the server can take one more connection now: not shutting down, and a
 /// `MAX_CONNECTIONS` slot free (held by the session until it ends).
-pub fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, (Refusal, ApiError)> {
+fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, (Refusal, ApiError)> {
     if state.lifecycle.is_draining() {
         let error = ApiError::Overloaded("server is shutting down; connect to another node".into());
         return Err((Refusal::ShuttingDown, error));
@@ -144,15 +272,27 @@ mod tests {
     #[test]
     fn user_id_is_read_decoded_and_validated() {
         assert_eq!(
-            parse("user_id=test123", None).unwrap().user.as_str(),
+            parse("user_id=test123", None)
+                .unwrap()
+                .user
+                .unwrap()
+                .as_str(),
             "test123"
         );
         assert_eq!(
-            parse("a=1&user_id=a%20b", None).unwrap().user.as_str(),
+            parse("a=1&user_id=a%20b", None)
+                .unwrap()
+                .user
+                .unwrap()
+                .as_str(),
             "a b"
         );
-        let missing = ConnectRequest::from_parts(None, &HeaderMap::new()).unwrap_err();
-        assert_eq!(missing.kind, "missing");
+        let nothing = ConnectRequest::from_parts(None, &HeaderMap::new()).unwrap();
+        assert_eq!(
+            (nothing.user, nothing.token),
+            (None, None),
+            "authorize decides"
+        );
         assert_eq!(
             parse("user_id=", None).unwrap_err().kind,
             "string_too_short"

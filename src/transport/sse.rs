@@ -19,7 +19,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, BytesMut};
@@ -27,8 +29,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::{ConnectRequest, WRITE_BATCH, admit, top_up};
+use super::{WRITE_BATCH, authorize, top_up};
 use crate::api::ApiError;
+use crate::auth::remaining;
 use crate::hub::{DisconnectReason, Outbox, Outgoing, Registration, Transport};
 use crate::metrics::Refusal;
 use crate::state::SharedState;
@@ -36,29 +39,47 @@ use crate::state::SharedState;
 /// `GET {SSE_STREAM_PATH}`: opens an event stream for one user.
 pub async fn stream(
     State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let request = match ConnectRequest::from_parts(query.as_deref(), &headers) {
-        Ok(request) => request,
-        Err(issue) => {
-            state.metrics.connection_refused(Refusal::BadRequest);
-            return ApiError::InvalidQuery(vec![issue]).into_response();
+    let admission = match authorize(&state, query.as_deref(), &headers, peer) {
+        Ok(admission) => admission,
+        Err((refusal, error)) => {
+            return match (refusal, &error) {
+                // Temporary: answered so that an EventSource comes back later.
+                (Refusal::ShuttingDown | Refusal::ServerFull, _) => {
+                    come_back_later(&state, refusal, &error.to_string(), None)
+                }
+                (
+                    Refusal::RateLimited,
+                    ApiError::TooManyRequests {
+                        retry_after_seconds,
+                        ..
+                    },
+                ) => {
+                    let wait = Duration::from_secs(*retry_after_seconds);
+                    come_back_later(&state, refusal, &error.to_string(), Some(wait))
+                }
+                // Final (bad request, credentials, origin): an EventSource must stop.
+                _ => {
+                    state.metrics.connection_refused(refusal);
+                    error.into_response()
+                }
+            };
         }
     };
-    let slot = match admit(&state) {
-        Ok(slot) => slot,
-        Err((refusal, error)) => return come_back_later(&state, refusal, &error.to_string()),
-    };
-    let fresh = request.resume_from.is_none();
+    let fresh = admission.resume_from.is_none();
     let attached = match state.hub.attach(
-        request.user,
+        admission.user,
         Transport::Sse,
-        request.resume_from.as_deref(),
+        admission.resume_from.as_deref(),
         true,
     ) {
         Ok(attached) => attached,
-        Err(limit) => return come_back_later(&state, Refusal::UserLimit, &limit.to_string()),
+        Err(limit) => {
+            return come_back_later(&state, Refusal::UserLimit, &limit.to_string(), None);
+        }
     };
     state.metrics.connection_opened();
     tracing::debug!(user = %attached.registration.user(), connection = attached.registration.id(), "sse connected");
@@ -78,7 +99,10 @@ pub async fn stream(
         opening: Some(opening.freeze()),
         reason: None,
         _tracked: state.lifecycle.track_session(),
-        _slot: slot,
+        _slot: admission.slot,
+        expires_at: admission
+            .expires_at
+            .map(|at| Instant::now() + remaining(at)),
         state,
     };
     let chunks = futures_util::stream::unfold(session, |mut session| async move {
@@ -102,12 +126,20 @@ fn event_stream_response(body: Body) -> Response {
     response
 }
 
-/// Turns a client away in a way an EventSource retries: a stream holding only a `retry:` hint and
-/// a comment saying why, ended at once.
-fn come_back_later(state: &SharedState, refusal: Refusal, why: &str) -> Response {
+/// Turns a client away in a way an EventSource retries: a stream holding only a `retry:` hint
+/// (`SSE_RETRY`, or `wait` when longer) and a comment saying why, ended at once.
+fn come_back_later(
+    state: &SharedState,
+    refusal: Refusal,
+    why: &str,
+    wait: Option<Duration>,
+) -> Response {
     state.metrics.connection_refused(refusal);
     let mut body = BytesMut::new();
-    write_retry(&mut body, state.settings.sse_retry);
+    write_retry(
+        &mut body,
+        wait.unwrap_or_default().max(state.settings.sse_retry),
+    );
     write_comment(&mut body, why);
     event_stream_response(Body::from(body.freeze()))
 }
@@ -123,10 +155,11 @@ fn write_comment(buffer: &mut BytesMut, text: &str) {
     buffer.put_slice(b"\n\n");
 }
 
-/// Appends the `close` event that ends a stream the server was asked to close (slow consumer,
-/// replaced by a newer connection). It has no `id:`, so the client's resume point is unchanged. A
-/// page may close its `EventSource` on `reason: "replaced"`: reconnecting would only replace the
-/// newer connection in turn (`USER_LIMIT_POLICY=replace-oldest`).
+/// Appends the `close` event that ends a stream the server chose to end (slow consumer, replaced by
+/// a newer connection, token expired). It has no `id:`, so the client's resume point is unchanged.
+/// A page may close its `EventSource` on `reason: "replaced"` (reconnecting would only replace the
+/// newer connection in turn, with `USER_LIMIT_POLICY=replace-oldest`), and should reconnect with a
+/// fresh token on `reason: "token_expired"`.
 fn write_close_event(buffer: &mut BytesMut, reason: DisconnectReason) {
     buffer.put_slice(b"event: close\ndata: {\"event_type\":\"close\",\"reason\":\"");
     buffer.put_slice(reason.label().as_bytes());
@@ -172,6 +205,8 @@ struct Session {
     _tracked: TaskTrackerToken,
     /// Held until the session ends: its `MAX_CONNECTIONS` slot.
     _slot: OwnedSemaphorePermit,
+    /// When the client's token expires: the stream ends then.
+    expires_at: Option<Instant>,
 }
 
 impl Session {
@@ -213,6 +248,10 @@ impl Session {
             }
             () = sleep_until(self.last_write + self.keepalive), if keepalive_on => {
                 buffer.put_slice(b": keepalive\n\n");
+            }
+            () = sleep_until(self.expires_at.unwrap_or_else(Instant::now)), if self.expires_at.is_some() => {
+                self.reason = Some(DisconnectReason::TokenExpired);
+                write_close_event(&mut buffer, DisconnectReason::TokenExpired);
             }
         }
         self.last_write = Instant::now();

@@ -265,7 +265,7 @@ async fn invalid_pushes_get_fastapi_422s_and_the_server_keeps_serving() {
     let (_, metrics) = app.get_json("/metrics").await;
     assert_eq!(
         metrics["push_requests_rejected_total"],
-        json!({ "invalid": rejected, "too_large": 0, "unsupported_media_type": 0, "unavailable": 0 })
+        json!({ "invalid": rejected, "too_large": 0, "unsupported_media_type": 0, "unavailable": 0, "unauthorized": 0, "rate_limited": 0 })
     );
     assert_eq!(
         metrics["events_accepted_total"], 1,

@@ -13,11 +13,13 @@ mod session;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
-use super::{ConnectRequest, admit};
+use super::authorize;
 use crate::api::ApiError;
 use crate::hub::Transport;
 use crate::metrics::Refusal;
@@ -32,11 +34,12 @@ const READ_BUFFER_BYTES: usize = 512;
 /// Answers the WebSocket handshake: refuses bad or unwelcome requests, upgrades the rest.
 pub async fn handshake(
     State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match accept(&state, query.as_deref(), &headers, upgrade) {
+    match accept(&state, query.as_deref(), &headers, peer, upgrade) {
         Ok(response) => response,
         Err((refusal, error)) => {
             state.metrics.connection_refused(refusal);
@@ -49,10 +52,9 @@ fn accept(
     state: &SharedState,
     query: Option<&str>,
     headers: &HeaderMap,
+    peer: SocketAddr,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, (Refusal, ApiError)> {
-    let request = ConnectRequest::from_parts(query, headers)
-        .map_err(|issue| (Refusal::BadRequest, ApiError::InvalidQuery(vec![issue])))?;
     let upgrade = upgrade.map_err(|rejection| {
         let error = ApiError::Handshake {
             status: rejection.status(),
@@ -60,15 +62,16 @@ fn accept(
         };
         (Refusal::BadRequest, error)
     })?;
-    let slot = admit(state)?;
+    let admission = authorize(state, query, headers, peer)?;
     // Register before answering 101: once the client sees its handshake complete, every push for
     // its user reaches it (queued until the session starts writing), after what it missed.
     let attached = state.hub.attach(
-        request.user,
+        admission.user,
         Transport::WebSocket,
-        request.resume_from.as_deref(),
+        admission.resume_from.as_deref(),
         false,
     );
+    let (slot, expires_at) = (admission.slot, admission.expires_at);
     let tracked = state.lifecycle.track_session();
     let max_message = state.settings.ws_max_message_bytes;
     let state = SharedState::clone(state);
@@ -78,7 +81,7 @@ fn accept(
         .max_frame_size(max_message)
         .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
         .on_upgrade(move |socket| async move {
-            session::run(socket, attached, state).await;
+            session::run(socket, attached, expires_at, state).await;
             drop((slot, tracked));
         }))
 }

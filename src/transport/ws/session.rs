@@ -7,7 +7,7 @@
 //! more frames join it and share one socket write. The session, and only the session, closes its socket: it sends the
 //! close code for the reason and waits briefly for the client's reply.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::SinkExt;
@@ -15,9 +15,11 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::super::{WRITE_BATCH, top_up};
 use super::keepalive::{Due, Keepalive};
+use crate::auth::remaining;
 use crate::hub::{Attached, DisconnectReason, Outbox, Outgoing, Registration, UserLimitReached};
 use crate::metrics::Refusal;
 use crate::protocol::ack_frame;
+use crate::rate_limit::Limit;
 use crate::state::{AppState, SharedState};
 
 /// How long closing may take: queued frames, the close frame and the client's reply.
@@ -28,6 +30,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub(super) async fn run(
     mut socket: WebSocket,
     attached: Result<Attached, UserLimitReached>,
+    expires_at: Option<SystemTime>,
     state: SharedState,
 ) {
     let Attached {
@@ -49,7 +52,8 @@ pub(super) async fn run(
     state.metrics.connection_opened();
     tracing::debug!(user = %registration.user(), connection = registration.id(), "connected");
 
-    let reason = serve(&mut socket, &registration, &mut outbox, &state).await;
+    let expires_at = expires_at.map(|at| Instant::now() + remaining(at));
+    let reason = serve(&mut socket, &registration, &mut outbox, expires_at, &state).await;
 
     tracing::debug!(user = %registration.user(), connection = registration.id(), reason = reason.label(), "disconnected");
     // Unregister first: after that nothing more can be queued, so draining misses nothing.
@@ -70,8 +74,10 @@ async fn serve(
     socket: &mut WebSocket,
     registration: &Registration,
     outbox: &mut Outbox,
+    expires_at: Option<Instant>,
     state: &AppState,
 ) -> DisconnectReason {
+    let inbound = Limit::new(state.settings.client_message_rate);
     let settings = &state.settings;
     let pings_enabled = !settings.ws_ping_interval.is_zero();
     let mut keepalive = Keepalive::new(
@@ -98,6 +104,9 @@ async fn serve(
                     return reason;
                 }
             }
+            () = sleep_until(expires_at.unwrap_or_else(Instant::now)), if expires_at.is_some() => {
+                return DisconnectReason::TokenExpired;
+            }
             () = &mut timer, if pings_enabled => {
                 match keepalive.on_deadline(Instant::now()) {
                     Due::Ping => {
@@ -113,6 +122,9 @@ async fn serve(
             message = socket.recv() => {
                 if keepalive.on_client_activity() {
                     timer.as_mut().reset(keepalive.deadline());
+                }
+                if inbound.as_ref().is_some_and(|limit| !limit.check()) {
+                    return DisconnectReason::MessageRate;
                 }
                 match message {
                     Some(Ok(Message::Text(text))) => {
@@ -186,6 +198,9 @@ mod close_code {
     pub const POLICY: u16 = 1008;
     /// The client sent a frame over the size limit.
     pub const TOO_BIG: u16 = 1009;
+    /// The client's token expired (a private-use code): reconnect with a fresh token, resuming
+    /// from the last event received.
+    pub const TOKEN_EXPIRED: u16 = 4001;
 }
 
 /// The close frame for a reason, or `None` where the client already closed or the network is gone.
@@ -210,6 +225,14 @@ fn close_frame(reason: DisconnectReason, state: &AppState) -> Option<CloseFrame>
             (close_code::INVALID_PAYLOAD, "invalid UTF-8".to_owned())
         }
         DisconnectReason::ProtocolError => (close_code::PROTOCOL, "protocol error".to_owned()),
+        DisconnectReason::TokenExpired => (close_code::TOKEN_EXPIRED, "token expired".to_owned()),
+        DisconnectReason::MessageRate => (
+            close_code::POLICY,
+            format!(
+                "message rate exceeded (CLIENT_MESSAGE_RATE={} per second)",
+                state.settings.client_message_rate
+            ),
+        ),
         DisconnectReason::UnsupportedData => (
             close_code::UNSUPPORTED,
             "binary frames are not supported".to_owned(),
