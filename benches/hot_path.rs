@@ -5,6 +5,11 @@
 //! keeping history (`HISTORY = 100`) should cost little over not keeping it (`0`), and
 //! `parse_and_encode` should stay at a handful of allocations per push.
 
+#![allow(
+    clippy::expect_used,
+    reason = "a benchmark: failing loudly is the point"
+)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +43,7 @@ fn parse_and_encode(bencher: Bencher) {
         parse_push(black_box(body.as_bytes()))
             .expect("valid push")
             .encode(0.0)
+            .expect("encodable")
     });
 }
 
@@ -53,7 +59,8 @@ fn parse_and_encode_batch_of_100(bencher: Bencher) {
         messages
             .iter()
             .map(|message| message.encode(1_700_000_000.0))
-            .collect::<Vec<_>>()
+            .collect::<Result<Vec<_>, _>>()
+            .expect("encodable")
     });
 }
 
@@ -87,7 +94,8 @@ fn fan_out<const HISTORY: usize>(bencher: Bencher, connections: usize) {
     let (hub, mut attached) = hub_with(connections, HISTORY);
     let event = parse_push(push_body("fan").as_bytes())
         .expect("valid push")
-        .encode(0.0);
+        .encode(0.0)
+        .expect("encodable");
     bencher.bench_local(|| {
         let outcome = hub.publish(black_box(&event));
         for connection in &mut attached {

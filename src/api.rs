@@ -92,6 +92,9 @@ pub enum ApiError {
     /// A bug: a handler panicked (500). The panic is logged; the server keeps serving.
     #[error("Internal Server Error")]
     Internal,
+    /// An accepted push could not be serialized (500; a bug, logged).
+    #[error("cannot encode the event: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 impl ApiError {
@@ -110,7 +113,7 @@ impl ApiError {
             Self::Handshake { status, .. } => *status,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal | Self::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -128,7 +131,8 @@ impl ApiError {
             | Self::Overloaded(_)
             | Self::NotFound
             | Self::MethodNotAllowed
-            | Self::Internal => None,
+            | Self::Internal
+            | Self::Encode(_) => None,
         }
     }
 }
@@ -230,6 +234,9 @@ fn respond<T: serde::Serialize>(state: &SharedState, result: Result<T, ApiError>
     match result {
         Ok(body) => Json(body).into_response(),
         Err(error) => {
+            if let ApiError::Encode(cause) = &error {
+                tracing::error!(%cause, "cannot encode an accepted push");
+            }
             if let Some(rejection) = error.rejection() {
                 state.metrics.request_rejected(rejection);
             }
@@ -288,7 +295,7 @@ pub async fn push(State(state): State<SharedState>, body: Result<JsonBody, ApiEr
         let JsonBody(bytes) = body?;
         let event = parse_push(&bytes)
             .map_err(ApiError::Validation)?
-            .encode(unix_seconds_now());
+            .encode(unix_seconds_now())?;
         let outcomes = state.broker.publish(std::slice::from_ref(&event)).await?;
         state.metrics.events_accepted(new_events(&outcomes));
         let outcome = outcomes.into_iter().next().unwrap_or_default();
@@ -352,10 +359,10 @@ pub async fn push_batch(
         let messages =
             parse_batch(&bytes, state.settings.max_batch_size).map_err(ApiError::Validation)?;
         let accepted_at = unix_seconds_now();
-        let events: Vec<Event> = messages
+        let events = messages
             .iter()
             .map(|message| message.encode(accepted_at))
-            .collect();
+            .collect::<Result<Vec<Event>, _>>()?;
         let outcomes = state.broker.publish(&events).await?;
         state.metrics.events_accepted(new_events(&outcomes));
         let results = events

@@ -478,10 +478,34 @@ const RESERVED_PATHS: [(&str, &str); 3] = [
 ];
 
 impl Cli {
-    /// Parses flags and environment. On a bad value, returns the one-line message to print; help
-    /// and version requests and usage errors are handled by clap (printed, then exit).
-    pub fn parse_or_exit() -> Result<Self, String> {
-        match Self::try_parse() {
+    /// Parses flags, the environment and `dotenv` (the `.env` file's settings that the environment
+    /// does not set). On a bad value, returns the one-line message to print; help and version
+    /// requests and usage errors are handled by clap (printed, then exit).
+    ///
+    /// `.env` settings become flags placed before the command line's, and a later flag overrides
+    /// an earlier one, so the command line still wins; the environment is never modified. Keys
+    /// that are not settings are ignored.
+    pub fn parse_or_exit(dotenv: Vec<(String, String)>) -> Result<Self, String> {
+        let command = Self::command().args_override_self(true);
+        let mut given = std::env::args_os();
+        let program = given
+            .next()
+            .unwrap_or_else(|| "websocket-sse-server".into());
+        let from_dotenv: Vec<std::ffi::OsString> = dotenv
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let long = command
+                    .get_arguments()
+                    .find(|arg| arg.get_env().is_some_and(|env| env == key.as_str()))?
+                    .get_long()?;
+                Some(format!("--{long}={value}").into())
+            })
+            .collect();
+        let args = std::iter::once(program).chain(from_dotenv).chain(given);
+        let parsed = command.try_get_matches_from(args).and_then(|mut matches| {
+            <Self as clap::FromArgMatches>::from_arg_matches_mut(&mut matches)
+        });
+        match parsed {
             Ok(cli) => cli.settings.check_consistency().map(|()| cli),
             Err(err) => match err.kind() {
                 ErrorKind::ValueValidation | ErrorKind::InvalidValue => Err(describe_error(&err)),

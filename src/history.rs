@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hashlink::LinkedHashMap;
+use hashlink::linked_hash_map::Entry as MapEntry;
 use serde::Serialize;
 
 use crate::hub::Delivery;
@@ -113,15 +114,15 @@ pub enum Resume {
 
 /// The outcome of offering an event to a user's stream.
 #[derive(Debug)]
-pub enum Append<'a> {
-    /// The event is new and stored: deliver it, then record what happened in `outcome`.
+pub enum Offered {
+    /// The event was new: delivered, then stored.
     Stored {
         /// Where it was stored.
         at: StreamPosition,
-        /// To be filled with the delivery's outcome, which a retry of this push reports.
-        outcome: &'a mut Delivery,
+        /// What its delivery achieved.
+        outcome: Delivery,
     },
-    /// An event with the same upstream `event_id` is already stored: do not deliver it again.
+    /// An event with the same upstream `event_id` is already stored: not delivered again.
     Duplicate {
         /// Where the original was stored.
         at: StreamPosition,
@@ -174,6 +175,12 @@ impl History {
     /// beyond the TTL, rarely enough to cost nothing.
     pub fn sweep_interval(&self) -> Duration {
         (self.limits.ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(5))
+    }
+
+    /// A new, empty stream, counted.
+    fn new_stream(&self, now: Instant) -> Stream {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+        Stream::new(now)
     }
 
     fn stored(&self, count: usize) {
@@ -331,22 +338,32 @@ pub struct ShardHistory {
 
 impl ShardHistory {
     /// Offers `event` to its user's stream, creating the stream if needed. A push whose
-    /// upstream-supplied `event_id` is already in the stream is a duplicate and is not stored again.
-    pub fn append<'a>(&'a mut self, history: &History, event: &Event, now: Instant) -> Append<'a> {
+    /// upstream-supplied `event_id` is already in the stream is a duplicate: it is neither
+    /// delivered nor stored again. Otherwise `deliver` hands it to the connections and the event
+    /// is stored with that outcome (which a retry of the push reports), all in the caller's
+    /// critical section.
+    pub fn offer(
+        &mut self,
+        history: &History,
+        event: &Event,
+        now: Instant,
+        deliver: impl FnOnce() -> Delivery,
+    ) -> Offered {
         let limits = &history.limits;
         let stream = self.touch(history, &event.user_id, now);
         history.dropped(stream.trim(now, limits));
         let original = event
             .upstream_id
             .then(|| stream.find(event.event_id()))
-            .flatten();
-        if let Some(index) = original {
-            let entry = &stream.entries[index];
-            return Append::Duplicate {
+            .flatten()
+            .and_then(|index| stream.entries.get(index));
+        if let Some(entry) = original {
+            return Offered::Duplicate {
                 at: stream.at(entry.position),
                 outcome: entry.outcome,
             };
         }
+        let outcome = deliver();
         stream.position += 1;
         stream.last_push = now;
         if stream.entries.len() == limits.size {
@@ -357,17 +374,12 @@ impl ShardHistory {
         stream.entries.push_back(Entry {
             event: Arc::clone(&event.published),
             position: stream.position,
-            outcome: Delivery::default(),
+            outcome,
             stored_at: now,
         });
-        let at = stream.head();
-        let entry = stream
-            .entries
-            .back_mut()
-            .expect("an entry was pushed just above");
-        Append::Stored {
-            at,
-            outcome: &mut entry.outcome,
+        Offered::Stored {
+            at: stream.head(),
+            outcome,
         }
     }
 
@@ -393,38 +405,45 @@ impl ShardHistory {
     /// The user's stream, moved to the back of `recent` (it is being pushed to), created if absent.
     /// Streams only enter `recent` here, so every stream in it was pushed to at `last_push`.
     fn touch(&mut self, history: &History, user: &UserId, now: Instant) -> &mut Stream {
-        if self.recent.contains_key(user) {
-            return self.recent.to_back(user).expect("the key is present");
+        self.make_room_for(history, user);
+        let Self { recent, dormant } = self;
+        match recent.entry(user.clone()) {
+            MapEntry::Occupied(mut entry) => {
+                entry.to_back();
+                entry.into_mut()
+            }
+            MapEntry::Vacant(entry) => entry.insert(
+                dormant
+                    .remove(user)
+                    .unwrap_or_else(|| history.new_stream(now)),
+            ),
         }
-        let stream = match self.dormant.remove(user) {
-            Some(stream) => stream,
-            None => self.create(history, now),
-        };
-        self.recent.entry(user.clone()).or_insert(stream)
     }
 
     /// The user's stream wherever it is (its order unchanged), or a new one. A new stream has no
     /// events yet, so it starts in `dormant`: connecting users then never push out the history of
     /// users who have events, only older empty records (whose clients would get a resync).
     fn find_or_create(&mut self, history: &History, user: &UserId, now: Instant) -> &mut Stream {
-        if self.recent.contains_key(user) {
-            return self.recent.get_mut(user).expect("the key is present");
+        self.make_room_for(history, user);
+        let Self { recent, dormant } = self;
+        if let Some(stream) = recent.get_mut(user) {
+            return stream;
         }
-        if !self.dormant.contains_key(user) {
-            let stream = self.create(history, now);
-            self.dormant.insert(user.clone(), stream);
-        }
-        self.dormant.get_mut(user).expect("the key is present")
+        dormant
+            .entry(user.clone())
+            .or_insert_with(|| history.new_stream(now))
     }
 
-    /// A new stream, evicting the idlest of this shard first when at `HISTORY_MAX_USERS`. If this
-    /// shard has nothing to evict, the count goes over the cap and the hub evicts elsewhere.
-    fn create(&mut self, history: &History, now: Instant) -> Stream {
-        if history.stream_count() >= history.limits.max_users {
+    /// When a stream for `user` would be created at `HISTORY_MAX_USERS`, evicts the idlest of this
+    /// shard first. If this shard has nothing to evict, the count goes over the cap and the hub
+    /// evicts elsewhere.
+    fn make_room_for(&mut self, history: &History, user: &UserId) {
+        if history.stream_count() >= history.limits.max_users
+            && !self.recent.contains_key(user)
+            && !self.dormant.contains_key(user)
+        {
             self.evict_idlest(history);
         }
-        history.streams.fetch_add(1, Ordering::Relaxed);
-        Stream::new(now)
     }
 
     /// Removes this shard's idlest stream, if it has one. Returns whether it did.
@@ -441,11 +460,11 @@ impl ShardHistory {
     /// Moves streams with no push for a whole TTL to `dormant`, dropping their events. Costs one
     /// step per stream moved, plus one.
     pub fn sweep(&mut self, history: &History, now: Instant) {
-        while let Some((_, stream)) = self.recent.front() {
-            if now.duration_since(stream.last_push) < history.limits.ttl {
+        let idle = |stream: &Stream| now.duration_since(stream.last_push) >= history.limits.ttl;
+        while self.recent.front().is_some_and(|(_, stream)| idle(stream)) {
+            let Some((user, mut stream)) = self.recent.pop_front() else {
                 break;
-            }
-            let (user, mut stream) = self.recent.pop_front().expect("front exists");
+            };
             history.dropped(stream.clear());
             self.dormant.insert(user, stream);
         }
@@ -480,15 +499,15 @@ mod tests {
     }
 
     fn store(shard: &mut ShardHistory, history: &History, user: &str, id: &str, now: Instant) {
-        match shard.append(history, &event(user, id, true), now) {
-            Append::Stored { outcome, .. } => {
-                *outcome = Delivery {
-                    delivered: 1,
-                    failed: 0,
-                }
-            }
-            Append::Duplicate { .. } => panic!("{id} should be new"),
-        }
+        let delivered = || Delivery {
+            delivered: 1,
+            failed: 0,
+        };
+        let offered = shard.offer(history, &event(user, id, true), now, delivered);
+        assert!(
+            matches!(offered, Offered::Stored { .. }),
+            "{id} should be new"
+        );
     }
 
     fn ids(resume: &Resume) -> Vec<String> {
@@ -621,20 +640,20 @@ mod tests {
         let (history, mut shard, now) =
             (history(10, 60, 10), ShardHistory::default(), Instant::now());
         store(&mut shard, &history, "u", "a", now);
-        match shard.append(&history, &event("u", "a", true), now) {
-            Append::Duplicate { at, outcome } => {
+        match shard.offer(&history, &event("u", "a", true), now, Delivery::default) {
+            Offered::Duplicate { at, outcome } => {
                 assert_eq!(at.position, 1);
                 assert_eq!(outcome.delivered, 1);
             }
             other => panic!("expected a duplicate, got {other:?}"),
         }
         assert!(matches!(
-            shard.append(&history, &event("u", "a", false), now),
-            Append::Stored { .. }
+            shard.offer(&history, &event("u", "a", false), now, Delivery::default),
+            Offered::Stored { .. }
         ));
         assert!(matches!(
-            shard.append(&history, &event("other", "a", true), now),
-            Append::Stored { .. }
+            shard.offer(&history, &event("other", "a", true), now, Delivery::default),
+            Offered::Stored { .. }
         ));
     }
 

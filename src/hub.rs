@@ -29,7 +29,7 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::config::UserLimitPolicy;
 use crate::history::{
-    Append, History, HistoryLimits, Resume, ResyncReason, ShardHistory, StreamPosition,
+    History, HistoryLimits, Offered, Resume, ResyncReason, ShardHistory, StreamPosition,
 };
 use crate::metrics::Metrics;
 use crate::protocol::{Event, Frame, Published, RESYNC_EVENT_TYPE, UserId, resync_frame};
@@ -444,17 +444,14 @@ impl Hub {
             } = &mut *guard;
             let connections = connections.get(&event.user_id);
             if self.history.enabled() {
-                match history.append(&self.history, event, Instant::now()) {
-                    Append::Stored { at, outcome } => {
-                        let delivery = deliver(connections, &event.published);
-                        *outcome = delivery;
-                        Outcome {
-                            delivery,
-                            stored: Some(at),
-                            duplicate: false,
-                        }
-                    }
-                    Append::Duplicate { at, outcome } => Outcome {
+                let deliver = || deliver(connections, &event.published);
+                match history.offer(&self.history, event, Instant::now(), deliver) {
+                    Offered::Stored { at, outcome } => Outcome {
+                        delivery: outcome,
+                        stored: Some(at),
+                        duplicate: false,
+                    },
+                    Offered::Duplicate { at, outcome } => Outcome {
                         delivery: outcome,
                         stored: Some(at),
                         duplicate: true,

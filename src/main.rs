@@ -19,22 +19,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
-    match dotenv::load(Path::new(".env"), |key| std::env::var_os(key).is_some()) {
-        Ok(variables) => {
-            for (key, value) in variables {
-                // SAFETY: nothing else runs yet: the runtime and its threads start below.
-                #[allow(unsafe_code)]
-                unsafe {
-                    std::env::set_var(key, value)
-                };
-            }
-        }
+    let dotenv = match dotenv::load(Path::new(".env"), |key| std::env::var_os(key).is_some()) {
+        Ok(variables) => variables,
         Err(error) => {
             eprintln!("error: cannot read .env: {error}");
             return ExitCode::from(EXIT_CONFIG);
         }
-    }
-    let cli = match Cli::parse_or_exit() {
+    };
+    let cli = match Cli::parse_or_exit(dotenv) {
         Ok(cli) => cli,
         Err(line) => {
             eprintln!("error: {line}");

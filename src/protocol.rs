@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::json;
 use serde_json::value::RawValue;
 
 use crate::history::StreamPosition;
@@ -188,8 +189,9 @@ enum Timestamp<'a> {
 impl PushMessage<'_> {
     /// Serializes the push once, assigning an `event_id` (a ULID: unique, sortable by time) and a
     /// timestamp (`accepted_at`, unix seconds from [`unix_seconds_now`]) where the upstream gave
-    /// none. Every event of one request shares the request's `accepted_at`.
-    pub fn encode(&self, accepted_at: f64) -> Event {
+    /// none. Every event of one request shares the request's `accepted_at`. Serializing validated
+    /// values into memory does not fail in practice; if it ever did, the push fails with 500.
+    pub fn encode(&self, accepted_at: f64) -> Result<Event, serde_json::Error> {
         let mut ulid_text = [0; ulid::ULID_LEN];
         let event_id: Arc<str> = match &self.event_id {
             Some(id) => Arc::from(id.as_ref()),
@@ -211,21 +213,21 @@ impl PushMessage<'_> {
         // and exact bytes become the frame without a separate reference-count block.
         let json = SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
-            serde_json::to_writer(&mut *scratch, &event)
-                .expect("serializing strings and pre-validated JSON into memory cannot fail");
-            let json = scratch.to_vec();
+            let written = serde_json::to_writer(&mut *scratch, &event);
+            let json = std::str::from_utf8(scratch)
+                .map(str::to_owned)
+                .map_err(serde::ser::Error::custom);
             if scratch.capacity() > SCRATCH_KEEP_BYTES {
                 *scratch = Vec::new();
             }
-            json
-        });
-        let json = String::from_utf8(json).expect("serde_json writes UTF-8");
+            written.and(json)
+        })?;
         let event_type = if self.event_type == DEFAULT_EVENT_TYPE {
             Arc::clone(&DEFAULT_EVENT_TYPE_SHARED)
         } else {
             Arc::from(self.event_type.as_ref())
         };
-        Event {
+        Ok(Event {
             user_id: self.user_id.clone(),
             upstream_id: self.event_id.is_some(),
             published: Arc::new(Published {
@@ -233,7 +235,7 @@ impl PushMessage<'_> {
                 event_type,
                 frame: Frame::from(json),
             }),
-        }
+        })
     }
 }
 
@@ -570,21 +572,8 @@ fn timestamp(raw: &RawValue) -> Result<(), FieldError> {
 
 /// The reply to a client's text frame: `{"event_type":"ack","data":{"received":"…"}}`.
 pub fn ack_frame(received: &str) -> Frame {
-    #[derive(Serialize)]
-    struct Ack<'a> {
-        event_type: &'static str,
-        data: AckData<'a>,
-    }
-    #[derive(Serialize)]
-    struct AckData<'a> {
-        received: &'a str,
-    }
-    let json = serde_json::to_string(&Ack {
-        event_type: "ack",
-        data: AckData { received },
-    })
-    .expect("serializing a string cannot fail");
-    Frame::from(json)
+    let ack = json!({ "event_type": "ack", "data": { "received": received } });
+    Frame::from(ack.to_string())
 }
 
 /// `event_type` of the notice a resuming client gets when it cannot be resumed.
@@ -600,35 +589,19 @@ pub fn resync_frame(
     requested: &str,
     head: Option<&StreamPosition>,
 ) -> Frame {
-    #[derive(Serialize)]
-    struct Resync<'a> {
-        event_type: &'static str,
-        event_id: &'a str,
-        user_id: &'a UserId,
-        timestamp: f64,
-        data: ResyncData<'a>,
-    }
-    #[derive(Serialize)]
-    struct ResyncData<'a> {
-        reason: &'a str,
-        last_event_id: &'a str,
-        epoch: Option<&'a str>,
-        position: Option<u64>,
-    }
-    let json = serde_json::to_string(&Resync {
-        event_type: RESYNC_EVENT_TYPE,
-        event_id,
-        user_id: user,
-        timestamp: unix_seconds_now(),
-        data: ResyncData {
-            reason,
-            last_event_id: requested,
-            epoch: head.map(|head| &*head.epoch),
-            position: head.map(|head| head.position),
+    let resync = json!({
+        "event_type": RESYNC_EVENT_TYPE,
+        "event_id": event_id,
+        "user_id": user.as_str(),
+        "timestamp": unix_seconds_now(),
+        "data": {
+            "reason": reason,
+            "last_event_id": requested,
+            "epoch": head.map(|head| &*head.epoch),
+            "position": head.map(|head| head.position),
         },
-    })
-    .expect("serializing strings and numbers cannot fail");
-    Frame::from(json)
+    });
+    Frame::from(resync.to_string())
 }
 
 /// Outcome of a single push, for the upstream.
@@ -698,7 +671,10 @@ mod tests {
     #[test]
     fn seed_example_encodes_in_contract_order() {
         let body = br#"{"user_id":"test123","data":{"message":"Hello"},"event_type":"message","timestamp":1704067200}"#;
-        let event = parse_push(body).unwrap().encode(unix_seconds_now());
+        let event = parse_push(body)
+            .unwrap()
+            .encode(unix_seconds_now())
+            .unwrap();
         let expected_prefix = r#"{"event_type":"message","event_id":""#;
         assert!(
             event.published.frame.as_str().starts_with(expected_prefix),
@@ -717,7 +693,8 @@ mod tests {
     fn defaults_are_filled_in() {
         let event = parse_push(br#"{"user_id":"u","data":{},"event_id":null}"#)
             .unwrap()
-            .encode(unix_seconds_now());
+            .encode(unix_seconds_now())
+            .unwrap();
         let value: Value = serde_json::from_str(event.published.frame.as_str()).unwrap();
         assert_eq!(value["event_type"], "message");
         assert!(value["timestamp"].as_f64().unwrap() > 1.7e9);
@@ -727,7 +704,8 @@ mod tests {
     fn upstream_event_id_is_kept() {
         let event = parse_push(br#"{"user_id":"u","data":{},"event_id":"order-7"}"#)
             .unwrap()
-            .encode(unix_seconds_now());
+            .encode(unix_seconds_now())
+            .unwrap();
         assert_eq!(&**event.event_id(), "order-7");
     }
 
@@ -797,7 +775,8 @@ mod tests {
         let body = format!(r#"{{"user_id":"u","data":{{"x":{deep}}}}}"#);
         let event = parse_push(body.as_bytes())
             .expect("valid JSON object")
-            .encode(unix_seconds_now());
+            .encode(unix_seconds_now())
+            .unwrap();
         assert!(
             event
                 .published

@@ -11,6 +11,12 @@
 //! Needs `node`, `/usr/bin/chromium` (or `CHROMIUM_PATH`) and `npm ci --prefix tests/browser`.
 //! Without them the test says what is missing and passes, unless `CI=true`, where it fails.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

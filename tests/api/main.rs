@@ -1,6 +1,12 @@
 //! Integration tests: the real server on an ephemeral loopback port, real HTTP and WebSocket
 //! clients. One test binary, so it links once.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
 mod helpers;
 
 mod config_process;
