@@ -156,14 +156,20 @@ impl TokenVerifier {
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECONDS;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured audience or issuer must be present in the token, not only right if present.
+        let mut required = vec!["exp", "sub"];
         match &settings.jwt_audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
         if let Some(issuer) = &settings.jwt_issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         Ok(Some(Self { key, validation }))
     }
 
@@ -178,7 +184,9 @@ impl TokenVerifier {
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|error| TokenError::from_kind(error.kind()))?;
         let user = UserId::parse(&data.claims.sub).map_err(|_| TokenError::InvalidSubject)?;
-        let expires_at = UNIX_EPOCH + Duration::from_secs(data.claims.exp);
+        let expires_at = UNIX_EPOCH
+            .checked_add(Duration::from_secs(data.claims.exp))
+            .ok_or(TokenError::MissingClaim)?;
         Ok(Subscriber { user, expires_at })
     }
 }
@@ -208,7 +216,9 @@ pub enum TokenError {
     #[error("the token's issuer (iss) is not accepted")]
     WrongIssuer,
     /// Claims that are not an object with a numeric `exp` and a string `sub`.
-    #[error("the token's claims are invalid: it needs a numeric exp and a string sub")]
+    #[error(
+        "the token's claims are invalid: it needs a numeric exp, a string sub, and the configured aud and iss"
+    )]
     MissingClaim,
     /// `sub` is not a valid user id.
     #[error("the token's sub is not a valid user id")]

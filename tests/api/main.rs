@@ -9,6 +9,7 @@
 
 mod helpers;
 
+mod auth;
 mod config_process;
 mod history;
 mod http_api;
