@@ -453,6 +453,13 @@ impl Settings {
                     .into(),
             );
         }
+        if !self.metrics_public && self.push_api_keys.0.is_empty() {
+            return Err(
+                "invalid METRICS_PUBLIC=false: it needs PUSH_API_KEYS, the keys /metrics would \
+                 then require"
+                    .into(),
+            );
+        }
         let verifies_tokens = self.jwt_secret.is_some() || self.jwt_public_key_file.is_some();
         if !verifies_tokens && (self.jwt_audience.is_some() || self.jwt_issuer.is_some()) {
             return Err("invalid JWT_AUDIENCE/JWT_ISSUER: they need JWT_SECRET or \
