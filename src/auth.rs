@@ -301,6 +301,22 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_held_as_digests_and_never_printed() {
+        let key = "secret-key-0123456789";
+        let settings = settings(&["--push-api-keys", key, "--jwt-secret", "jwt-secret-value"]);
+        let keys = PublisherKeys::new(&settings.push_api_keys).unwrap();
+        for printed in [format!("{settings:?}"), format!("{keys:?}")] {
+            assert!(!printed.contains(key), "{printed}");
+            assert!(!printed.contains("jwt-secret-value"), "{printed}");
+        }
+        assert_eq!(
+            keys.digests,
+            [digest(key)],
+            "only the SHA-256 digest is kept"
+        );
+    }
+
+    #[test]
     fn tokens_are_verified_and_every_bad_case_is_named() {
         let secret = "test-secret-test-secret";
         let verifier = TokenVerifier::from_settings(&settings(&[
