@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
@@ -22,7 +22,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::helpers::{
-    PROMPTLY, TestApp, Ws, close_of, next_json, server_command, spawn_app, start_process,
+    PROMPTLY, TestApp, Ws, assert_silent, close_of, next_json, server_command, spawn_app,
+    start_process,
 };
 
 /// The HS256 secret of the servers that verify tokens with a secret.
@@ -182,18 +183,6 @@ async fn refused(app: &TestApp, query: &str, headers: &[(&'static str, &str)]) -
     match handshake(app, query, headers).await {
         Ok(_) => panic!("/ws?{query} with {headers:?} was upgraded (101); it must be refused"),
         Err(refused) => refused,
-    }
-}
-
-/// Fails the test if `ws` receives a data frame (or closes) within `within`; pings are ignored.
-async fn assert_silent(ws: &mut Ws, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        match timeout_at(deadline, ws.next()).await {
-            Err(_elapsed) => return,
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(other) => panic!("expected no frame, got {other:?}"),
-        }
     }
 }
 

@@ -256,3 +256,15 @@ pub async fn assert_stopped_promptly(
         started.elapsed()
     );
 }
+
+/// Fails the test if `ws` receives a data frame (or closes) within `within`; pings are ignored.
+pub async fn assert_silent(ws: &mut Ws, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_elapsed) => return,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(other) => panic!("expected no frame, got {other:?}"),
+        }
+    }
+}

@@ -9,13 +9,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use websocket_sse_server::config::Settings;
 use websocket_sse_server::server::Application;
 
-use crate::helpers::{PROMPTLY, TestApp, Ws, next_json, spawn_app};
+use crate::helpers::{PROMPTLY, TestApp, Ws, assert_silent, next_json, spawn_app};
 
 /// How long a socket must stay quiet to count as having received nothing.
 const QUIET: Duration = Duration::from_millis(200);
@@ -945,16 +944,4 @@ async fn disconnect(app: &TestApp, mut ws: Ws) {
         m["active_connections"] == 0
     })
     .await;
-}
-
-/// Fails the test if `ws` receives a data frame (or closes) within `within`; pings are ignored.
-async fn assert_silent(ws: &mut Ws, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        match timeout_at(deadline, ws.next()).await {
-            Err(_elapsed) => return,
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(other) => panic!("expected no frame, got {other:?}"),
-        }
-    }
 }

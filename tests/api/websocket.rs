@@ -12,23 +12,12 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::helpers::{
-    PROMPTLY, TestApp, Ws, assert_stopped_promptly, close_of, next_json, send_text, spawn_app,
+    PROMPTLY, TestApp, Ws, assert_silent, assert_stopped_promptly, close_of, next_json, send_text,
+    spawn_app,
 };
 
 /// How long a socket must stay quiet to count as having received nothing.
 const QUIET: Duration = Duration::from_millis(200);
-
-/// Fails the test if `ws` receives a data frame (or closes) within `within`; pings are ignored.
-async fn assert_silent(ws: &mut Ws, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        match timeout_at(deadline, ws.next()).await {
-            Err(_elapsed) => return,
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(other) => panic!("expected no frame, got {other:?}"),
-        }
-    }
-}
 
 /// After the close handshake began, polls the client until its stream ends, so that its close
 /// reply is actually written (tungstenite sends it on the next poll).
