@@ -12,8 +12,9 @@
 //! session waits for events, keepalive time, a close request or shutdown. A client that stops
 //! reading fills its queue and is ended as a slow consumer; a stalled write is cut by the server's
 //! connection write timeout. Refusals the client should retry (shutting down, server or user
-//! full) are answered `200` with a `retry:` hint and a comment, then end: per the WHATWG spec an
-//! EventSource that gets a 4xx/5xx never reconnects. A bad request gets 400, which should stop it.
+//! full, over the connect rate) are answered `200` with a `retry:` hint and a comment, then end:
+//! per the WHATWG spec an EventSource that gets a 4xx/5xx never reconnects. Final refusals (a bad
+//! request: 400; a refused token: 401; a foreign origin or user: 403) should stop it, and do.
 
 use std::convert::Infallible;
 use std::time::Duration;

@@ -1,7 +1,9 @@
 //! The WebSocket transport: `GET {WS_PATH}?user_id=<id>[&last_event_id=<id>]`.
 //!
-//! The handshake is checked before anything is upgraded: a missing or invalid `user_id` gets 400,
-//! a server that is shutting down or full gets 503, each with a JSON `detail`. The connection is
+//! The handshake is checked before anything is upgraded (see [`super::authorize`]): a missing or
+//! invalid `user_id` gets 400, a missing or refused token 401, a foreign origin or user 403, a
+//! client over the connect rate 429, a server that is shutting down or full 503, each with a JSON
+//! `detail`. The connection is
 //! registered with the hub *before* the 101 answer, so no push sent after the client sees its
 //! handshake complete can miss it; a resuming client's missed events (or resync notice) are
 //! queued in the same step, ahead of anything live. After the upgrade the connection belongs to its [`session`],
