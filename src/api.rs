@@ -169,6 +169,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<KeyError> for ApiError {
+    fn from(error: KeyError) -> Self {
+        Self::Unauthorized {
+            message: error.to_string(),
+            invalid_token: error == KeyError::Wrong,
+        }
+    }
+}
+
 /// Middleware on the push (and administrative) routes: requires one of `PUSH_API_KEYS` when
 /// keys are configured, then applies `PUSH_RATE` per key (per client IP without keys).
 pub async fn require_publisher(
@@ -177,35 +186,34 @@ pub async fn require_publisher(
     request: Request,
     next: Next,
 ) -> Response {
-    let publisher = match &state.publishers {
-        Some(keys) => match keys.verify(request.headers()) {
-            Ok(key) => Publisher::Key(key),
-            Err(error) => {
-                let error = ApiError::Unauthorized {
-                    message: error.to_string(),
-                    invalid_token: error == KeyError::Wrong,
-                };
-                return respond::<()>(&state, Err(error));
-            }
-        },
-        None => Publisher::Address(client_ip(
-            peer,
-            request.headers(),
-            &state.settings.trusted_proxies,
-        )),
-    };
-    if let Some(limit) = &state.push_limit
-        && let Err(retry) = limit.check(&publisher)
+    let key = match state
+        .publishers
+        .as_ref()
+        .map(|keys| keys.verify(request.headers()))
     {
-        let error = ApiError::TooManyRequests {
-            message: format!(
-                "over PUSH_RATE={} push requests per second; retry after {} s",
-                state.settings.push_rate,
-                retry.seconds()
-            ),
-            retry_after_seconds: retry.seconds(),
-        };
-        return respond::<()>(&state, Err(error));
+        Some(Err(error)) => return respond::<()>(&state, Err(error.into())),
+        Some(Ok(key)) => Some(key),
+        None => None,
+    };
+    if let Some(limit) = &state.push_limit {
+        let publisher = key.map_or_else(
+            || {
+                let trusted = &state.settings.trusted_proxies;
+                Publisher::Address(client_ip(peer, request.headers(), trusted))
+            },
+            Publisher::Key,
+        );
+        if let Err(retry) = limit.check(&publisher) {
+            let error = ApiError::TooManyRequests {
+                message: format!(
+                    "over PUSH_RATE={} push requests per second; retry after {} s",
+                    state.settings.push_rate,
+                    retry.seconds()
+                ),
+                retry_after_seconds: retry.seconds(),
+            };
+            return respond::<()>(&state, Err(error));
+        }
     }
     next.run(request).await
 }
@@ -219,11 +227,7 @@ pub async fn require_key(
     if let Some(keys) = &state.publishers
         && let Err(error) = keys.verify(request.headers())
     {
-        let error = ApiError::Unauthorized {
-            message: error.to_string(),
-            invalid_token: error == KeyError::Wrong,
-        };
-        return error.into_response();
+        return ApiError::from(error).into_response();
     }
     next.run(request).await
 }

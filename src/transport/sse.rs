@@ -17,6 +17,7 @@
 //! request: 400; a refused token: 401; a foreign origin or user: 403) should stop it, and do.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -27,7 +28,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, BytesMut};
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::{Instant, Sleep, sleep};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::{WRITE_BATCH, authorize, top_up};
@@ -91,9 +92,10 @@ pub async fn stream(
         opening.put_slice(format!("id: {head}\n").as_bytes());
     }
     opening.put_u8(b'\n');
+    let keepalive = state.settings.sse_keepalive;
     let session = Session {
-        keepalive: state.settings.sse_keepalive,
-        last_write: Instant::now(),
+        keepalive,
+        keepalive_timer: Box::pin(sleep(keepalive)),
         registration: Some(attached.registration),
         outbox: attached.outbox,
         batch: Vec::new(),
@@ -101,9 +103,9 @@ pub async fn stream(
         reason: None,
         _tracked: state.lifecycle.track_session(),
         _slot: admission.slot,
-        expires_at: admission
+        expiry: admission
             .expires_at
-            .map(|at| Instant::now() + remaining(at)),
+            .map(|at| Box::pin(sleep(remaining(at)))),
         state,
     };
     let chunks = futures_util::stream::unfold(session, |mut session| async move {
@@ -192,8 +194,10 @@ fn write_event(buffer: &mut BytesMut, item: &Outgoing) {
 /// dropped the body because the client went away) unregisters the connection and counts it.
 struct Session {
     state: SharedState,
+    /// `SSE_KEEPALIVE`; zero: no keepalive comments.
     keepalive: Duration,
-    last_write: Instant,
+    /// Fires `keepalive` after the last chunk; pushed back after each one.
+    keepalive_timer: Pin<Box<Sleep>>,
     /// `None` once unregistered (shutting down).
     registration: Option<Registration>,
     outbox: Outbox,
@@ -206,8 +210,8 @@ struct Session {
     _tracked: TaskTrackerToken,
     /// Held until the session ends: its `MAX_CONNECTIONS` slot.
     _slot: OwnedSemaphorePermit,
-    /// When the client's token expires: the stream ends then.
-    expires_at: Option<Instant>,
+    /// Fires when the client's token expires: the stream ends then.
+    expiry: Option<Pin<Box<Sleep>>>,
 }
 
 impl Session {
@@ -221,6 +225,12 @@ impl Session {
         }
         let registration = self.registration.as_ref()?;
         let keepalive_on = !self.keepalive.is_zero();
+        let expires = self.expiry.is_some();
+        let expiry = async {
+            if let Some(expiry) = self.expiry.as_mut() {
+                expiry.await;
+            }
+        };
         let mut buffer = BytesMut::new();
         tokio::select! {
             () = self.state.lifecycle.closing() => {
@@ -247,15 +257,19 @@ impl Session {
                     write_event(&mut buffer, &item);
                 }
             }
-            () = sleep_until(self.last_write + self.keepalive), if keepalive_on => {
+            () = self.keepalive_timer.as_mut(), if keepalive_on => {
                 buffer.put_slice(b": keepalive\n\n");
             }
-            () = sleep_until(self.expires_at.unwrap_or_else(Instant::now)), if self.expires_at.is_some() => {
+            () = expiry, if expires => {
                 self.reason = Some(DisconnectReason::TokenExpired);
                 write_close_event(&mut buffer, DisconnectReason::TokenExpired);
             }
         }
-        self.last_write = Instant::now();
+        if keepalive_on {
+            self.keepalive_timer
+                .as_mut()
+                .reset(Instant::now() + self.keepalive);
+        }
         Some(buffer.freeze())
     }
 }

@@ -87,6 +87,9 @@ async fn serve(
     );
     let timer = sleep_until(keepalive.deadline());
     tokio::pin!(timer);
+    // Polled only when there is an expiry; the deadline is then the token's.
+    let expiry = sleep_until(expires_at.unwrap_or_else(Instant::now));
+    tokio::pin!(expiry);
     let mut batch = Vec::new();
 
     loop {
@@ -104,7 +107,7 @@ async fn serve(
                     return reason;
                 }
             }
-            () = sleep_until(expires_at.unwrap_or_else(Instant::now)), if expires_at.is_some() => {
+            () = &mut expiry, if expires_at.is_some() => {
                 return DisconnectReason::TokenExpired;
             }
             () = &mut timer, if pings_enabled => {
