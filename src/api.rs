@@ -163,6 +163,9 @@ impl IntoResponse for ApiError {
             } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_seconds));
             }
+            Self::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
             _ => {}
         }
         response
@@ -398,17 +401,19 @@ pub async fn health(State(state): State<SharedState>) -> Json<Value> {
         "users": state.hub.user_count(),
         "uptime_seconds": state.started_at.elapsed().as_secs_f64(),
         "version": env!("CARGO_PKG_VERSION"),
+        "broker": state.broker.kind(),
+        "cluster": state.broker.cluster(),
     }))
 }
 
-/// `GET /ready`: 200 while serving, 503 once shutdown has begun (for load balancers).
+/// `GET /ready`: 200 while serving; 503 once shutdown has begun, or while the cluster's broker
+/// is unreachable (with the reason), so that load balancers send traffic elsewhere.
 pub async fn ready(State(state): State<SharedState>) -> Response {
+    let unready = |body: Value| (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     if state.lifecycle.is_draining() {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "shutting_down" })),
-        )
-            .into_response()
+        unready(json!({ "status": "shutting_down" }))
+    } else if let Some(reason) = state.broker.unavailable() {
+        unready(json!({ "status": "unavailable", "reason": reason }))
     } else {
         Json(json!({ "status": "ready" })).into_response()
     }
@@ -417,13 +422,18 @@ pub async fn ready(State(state): State<SharedState>) -> Response {
 /// `GET /metrics`: the seed's keys, then every counter.
 pub async fn metrics(State(state): State<SharedState>) -> Json<Value> {
     let hub = &state.hub;
-    Json(state.metrics.snapshot(&Gauges {
+    let mut snapshot = state.metrics.snapshot(&Gauges {
         connections: Transport::ALL.map(|transport| hub.transport_count(transport)),
         users_online: hub.user_count(),
         history_users: hub.history().stream_count(),
         history_events: hub.history().event_count(),
         uptime_seconds: state.started_at.elapsed().as_secs_f64(),
-    }))
+    });
+    if let Value::Object(fields) = &mut snapshot {
+        fields.insert("broker".to_owned(), state.broker.report());
+        fields.insert("cluster".to_owned(), json!(state.broker.cluster()));
+    }
+    Json(snapshot)
 }
 
 /// Any unknown path.

@@ -31,6 +31,12 @@
 //! | `MAX_CONNECTIONS` | `0` | WebSocket and SSE connections on this node (503 beyond); `0` derives it from the file-descriptor limit |
 //! | `MAX_CONNECTIONS_PER_USER` | `32` | connections one user may hold |
 //! | `USER_LIMIT_POLICY` | `reject` | at the per-user limit: `reject` the new connection or `replace-oldest` |
+//! | `BROKER` | `memory` | `memory` (single node) or `redis` (cluster over Redis) |
+//! | `REDIS_URL` | `redis://127.0.0.1:6379` | the cluster's Redis (`rediss://` for TLS; may carry a password) |
+//! | `REDIS_KEY_PREFIX` | `wss:` | prefix of the cluster's Redis keys and channels |
+//! | `NODE_ID` | (random) | this node's name in the cluster's presence |
+//! | `PRESENCE_LEASE` | `15` | seconds a silent node's connections still count cluster-wide |
+//! | `REDIS_TIMEOUT` | `2` | seconds to connect to Redis or wait for an answer |
 //! | `SHUTDOWN_DRAIN` | `0` | seconds `/ready` answers 503 before the listener closes on shutdown |
 //! | `SHUTDOWN_TIMEOUT` | `10` | seconds a graceful shutdown may take in all |
 //! | `LOG_LEVEL` | `INFO` | `TRACE`, `DEBUG`, `INFO`, `WARNING`, `ERROR` (`RUST_LOG`, when set, wins) |
@@ -174,6 +180,36 @@ pub struct Settings {
     )]
     pub user_limit_policy: UserLimitPolicy,
 
+    /// Where pushes are routed: `memory` (this node only, the default) or `redis` (a cluster of
+    /// nodes sharing one Redis: every node delivers to its own clients, history lives in Redis).
+    #[arg(
+        long,
+        env = "BROKER",
+        default_value = "memory",
+        value_enum,
+        ignore_case = true
+    )]
+    pub broker: BrokerKind,
+    /// The Redis of a cluster (`redis://[:password@]host:port[/db]`, `rediss://` for TLS).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379",
+          value_parser = Secret::parse_redis_url, hide_default_value = true, hide_env_values = true)]
+    pub redis_url: Secret,
+    /// Prefix of every Redis key and channel this cluster uses (several clusters may share a Redis).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "wss:", value_parser = parse_key_prefix)]
+    pub redis_key_prefix: String,
+    /// This node's name in the cluster's presence; a random one (a ULID) when unset. Letters,
+    /// digits, `-`, `_`, `.`; at most 64.
+    #[arg(long, env = "NODE_ID", value_parser = parse_node_id)]
+    pub node_id: Option<String>,
+    /// Seconds a node's presence (its connections, counted cluster-wide) outlives its last
+    /// heartbeat; nodes heartbeat every third of it. A node that dies unannounced is forgotten
+    /// after this long.
+    #[arg(long, env = "PRESENCE_LEASE", default_value = "15", value_parser = parse_seconds)]
+    pub presence_lease: Duration,
+    /// Seconds to connect to Redis or to wait for one of its answers before counting it unreachable.
+    #[arg(long, env = "REDIS_TIMEOUT", default_value = "2", value_parser = parse_seconds)]
+    pub redis_timeout: Duration,
+
     /// Seconds `/ready` answers 503 (while everything else is still served) before the listener
     /// closes, so load balancers stop sending traffic first.
     #[arg(long, env = "SHUTDOWN_DRAIN", default_value = "0", value_parser = parse_seconds_or_zero)]
@@ -257,6 +293,19 @@ impl Secret {
         Ok(Self(raw.to_owned()))
     }
 
+    /// Accepts a `redis://` or `rediss://` URL (which may carry a password, hence secret).
+    pub fn parse_redis_url(raw: &str) -> Result<Self, String> {
+        let valid = ["redis://", "rediss://"]
+            .iter()
+            .any(|scheme| raw.len() > scheme.len() && raw.starts_with(scheme));
+        if !valid {
+            return Err("expected a URL such as redis://127.0.0.1:6379, \
+                        redis://:password@host:6379/0 or rediss://host:6380"
+                .into());
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
     /// The secret itself, for the code that must use it.
     pub fn expose(&self) -> &str {
         &self.0
@@ -319,6 +368,15 @@ impl TrustedProxies {
     pub fn contains(&self, address: std::net::IpAddr) -> bool {
         self.0.iter().any(|net| net.contains(&address))
     }
+}
+
+/// Which broker routes pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BrokerKind {
+    /// In this process: a single node.
+    Memory,
+    /// Through Redis: a cluster of nodes.
+    Redis,
 }
 
 /// What to do with a connection that would exceed `MAX_CONNECTIONS_PER_USER`.
@@ -635,6 +693,35 @@ fn parse_seconds(raw: &str) -> Result<Duration, String> {
 /// Upper bound for any duration setting: a day is longer than any sensible timeout.
 const MAX_SECONDS: f64 = 86_400.0;
 const SECONDS_EXPECTED: &str = "expected a number of seconds from 0 to 86400, such as 30 or 0.5";
+
+fn parse_key_prefix(raw: &str) -> Result<String, String> {
+    let valid = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '{' && c != '}');
+    if valid {
+        Ok(raw.to_owned())
+    } else {
+        Err(
+            "expected 1 to 64 visible ASCII characters without braces, such as wss: or app1:"
+                .into(),
+        )
+    }
+}
+
+fn parse_node_id(raw: &str) -> Result<String, String> {
+    let valid = !raw.is_empty()
+        && raw.len() <= 64
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if valid {
+        Ok(raw.to_owned())
+    } else {
+        Err("expected 1 to 64 letters, digits, '-', '_' or '.', such as node-a".into())
+    }
+}
 
 fn parse_path(raw: &str) -> Result<String, String> {
     let path = raw.trim();

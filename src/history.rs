@@ -92,6 +92,11 @@ impl ResyncReason {
         Self::HistoryDisabled,
     ];
 
+    /// The reason with this [label](Self::label).
+    pub fn from_label(label: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.label() == label)
+    }
+
     /// A stable snake_case name: the resync event's `reason` and a metrics key.
     pub fn label(self) -> &'static str {
         match self {
@@ -315,9 +320,9 @@ impl Stream {
     }
 }
 
-/// Reads a position token `<epoch>:<position>`. Epochs are ULIDs, so an upstream id that merely
+/// Reads a position token `<epoch>:<position>` into its epoch and position. Epochs are ULIDs, so an upstream id that merely
 /// contains a colon (`order:7`) is not taken for a token.
-fn parse_token(token: &str) -> Option<(&str, u64)> {
+pub fn parse_token(token: &str) -> Option<(&str, u64)> {
     let (epoch, position) = token.rsplit_once(':')?;
     if epoch.len() != ulid::ULID_LEN {
         return None;

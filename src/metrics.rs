@@ -29,10 +29,12 @@ pub enum Refusal {
     Forbidden,
     /// Over `CONNECT_RATE_PER_IP` (429).
     RateLimited,
+    /// The cluster's broker (Redis) is unreachable (503 before the upgrade).
+    BrokerUnavailable,
 }
 
 impl Refusal {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::ServerFull,
         Self::ShuttingDown,
         Self::UserLimit,
@@ -40,6 +42,7 @@ impl Refusal {
         Self::Unauthorized,
         Self::Forbidden,
         Self::RateLimited,
+        Self::BrokerUnavailable,
     ];
 
     fn label(self) -> &'static str {
@@ -51,6 +54,7 @@ impl Refusal {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::RateLimited => "rate_limited",
+            Self::BrokerUnavailable => "broker_unavailable",
         }
     }
 }

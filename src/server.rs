@@ -29,8 +29,8 @@ use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::api;
 use crate::auth::{PublisherKeys, TokenVerifier};
-use crate::broker::MemoryBroker;
-use crate::config::{CorsOrigins, Settings};
+use crate::broker::{Broker, MemoryBroker, RedisBroker};
+use crate::config::{BrokerKind, CorsOrigins, Settings};
 use crate::hub::{Hub, HubLimits};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
@@ -69,17 +69,7 @@ impl Application {
             .map_err(|problem| io::Error::new(io::ErrorKind::InvalidInput, problem))?;
         let listener = bind(&settings.host, settings.port).await?;
         let metrics = Arc::new(Metrics::default());
-        let limits = HubLimits {
-            per_user: settings.max_connections_per_user,
-            policy: settings.user_limit_policy,
-            queue_capacity: settings.ws_send_queue,
-        };
-        let hub = Arc::new(Hub::new(
-            limits,
-            settings.history_limits(),
-            Arc::clone(&metrics),
-        ));
-        let broker = Arc::new(MemoryBroker::new(Arc::clone(&hub)));
+        let (hub, broker) = build_broker(&settings, &metrics).await?;
         let max_connections = effective_max_connections(settings.max_connections);
         let tokens = TokenVerifier::from_settings(&settings)
             .map_err(|problem| io::Error::new(io::ErrorKind::InvalidInput, problem))?;
@@ -179,6 +169,7 @@ impl Application {
                 "sessions did not all close before SHUTDOWN_TIMEOUT"
             );
         }
+        state.broker.shutdown().await;
         // What is left: SSE responses writing their last bytes, idle keep-alive connections.
         if tokio::time::timeout_at(deadline, &mut server)
             .await
@@ -189,6 +180,34 @@ impl Application {
         tracing::info!("shutdown complete");
         Ok(())
     }
+}
+
+/// This node's hub and the broker that routes to it. In cluster mode the cluster keeps the
+/// history and enforces the per-user limit, so the hub does neither.
+async fn build_broker(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+) -> io::Result<(Arc<Hub>, Arc<dyn Broker>)> {
+    let mut limits = HubLimits {
+        per_user: settings.max_connections_per_user,
+        policy: settings.user_limit_policy,
+        queue_capacity: settings.ws_send_queue,
+    };
+    let mut history = settings.history_limits();
+    if settings.broker == BrokerKind::Redis {
+        limits.per_user = usize::MAX;
+        history.size = 0;
+    }
+    let hub = Arc::new(Hub::new(limits, history, Arc::clone(metrics)));
+    let broker: Arc<dyn Broker> = match settings.broker {
+        BrokerKind::Memory => Arc::new(MemoryBroker::new(Arc::clone(&hub))),
+        BrokerKind::Redis => Arc::new(
+            RedisBroker::start(settings, Arc::clone(&hub), Arc::clone(metrics))
+                .await
+                .map_err(|problem| io::Error::new(io::ErrorKind::InvalidInput, problem))?,
+        ),
+    };
+    Ok((hub, broker))
 }
 
 /// Says at start-up what anyone who can reach the port may do, when that is a lot.

@@ -4,10 +4,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde_json::{Value, json};
 
-use super::{Broker, BrokerError};
-use crate::hub::{Hub, Outcome};
-use crate::protocol::Event;
+use super::{AttachError, Broker, BrokerError, ClusterStats};
+use crate::hub::{Attached, Hub, Outcome, Transport};
+use crate::protocol::{Event, UserId};
 
 /// Delivers to the local [`Hub`] only. It cannot fail and never waits.
 #[derive(Debug, Clone)]
@@ -27,4 +28,32 @@ impl Broker for MemoryBroker {
     async fn publish(&self, events: &[Event]) -> Result<Vec<Outcome>, BrokerError> {
         Ok(events.iter().map(|event| self.hub.publish(event)).collect())
     }
+
+    async fn attach(
+        &self,
+        user: UserId,
+        transport: Transport,
+        resume_from: Option<&str>,
+        want_head: bool,
+    ) -> Result<Attached, AttachError> {
+        Ok(self.hub.attach(user, transport, resume_from, want_head)?)
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        None
+    }
+
+    fn cluster(&self) -> Option<ClusterStats> {
+        None
+    }
+
+    fn report(&self) -> Value {
+        json!({ "kind": self.kind(), "connected": true })
+    }
+
+    async fn shutdown(&self) {}
 }

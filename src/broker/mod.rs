@@ -1,32 +1,92 @@
 //! Routing of accepted events to the connections that should receive them, wherever they are.
 //!
-//! The HTTP handlers only ever talk to a [`Broker`]: they hand it validated, encoded events and get
-//! back what happened to each (delivered, stored in history, duplicate). The [`MemoryBroker`] (the single-node default) delivers straight to
-//! this node's [`Hub`](crate::hub::Hub); a clustered broker publishes to the other nodes and slots
-//! in behind the same trait without any handler changing.
+//! The HTTP handlers and the transports only ever talk to a [`Broker`]: handlers hand it
+//! validated, encoded events and get back what happened to each (delivered, stored in history,
+//! duplicate); transports attach new connections through it. The [`MemoryBroker`] (the
+//! single-node default) works on this node's [`Hub`](crate::hub::Hub) directly; the
+//! [`RedisBroker`] runs a cluster of nodes over one Redis, where positions, history and presence
+//! are shared and each node delivers to its own connections.
 
 mod memory;
+mod redis;
 
+pub use self::redis::RedisBroker;
 pub use memory::MemoryBroker;
 
 use async_trait::async_trait;
+use serde::Serialize;
+use serde_json::Value;
 
-use crate::hub::Outcome;
-use crate::protocol::Event;
+use crate::hub::{Attached, Outcome, Transport, UserLimitReached};
+use crate::protocol::{Event, UserId};
 
 /// Why a broker could not take events.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The backend cannot be reached; nothing in the call was published. The memory broker never
-    /// fails; this is the contract a networked (cluster) broker answers with, mapped to 503.
+    /// The backend cannot be reached. For a publish: the events may or may not have been
+    /// published (retry with the same `event_id`s, which are recognised). Mapped to 503.
     #[error("message broker unavailable: {0}")]
     Unavailable(String),
 }
 
-/// Publishes events to every connection of their users.
+/// Why a connection could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    /// The user is at `MAX_CONNECTIONS_PER_USER` (cluster-wide in a cluster).
+    #[error(transparent)]
+    UserLimit(#[from] UserLimitReached),
+    /// The broker cannot be reached: the client should come back later.
+    #[error(transparent)]
+    Unavailable(#[from] BrokerError),
+}
+
+/// The cluster's counts, as this node last saw them (refreshed at each heartbeat).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// This node's name.
+    pub node_id: String,
+    /// Nodes with a live lease.
+    pub nodes: u64,
+    /// Connections on those nodes, all transports.
+    pub connections: u64,
+    /// WebSocket connections on those nodes.
+    pub websocket_connections: u64,
+    /// SSE connections on those nodes.
+    pub sse_connections: u64,
+    /// Users with at least one connection somewhere.
+    pub users: u64,
+}
+
+/// Publishes events to every connection of their users, and attaches new connections.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes `events` in order and reports, in the same order, what happened to each. Events
     /// for one user are stored and delivered in the order of this slice and of successive calls.
     async fn publish(&self, events: &[Event]) -> Result<Vec<Outcome>, BrokerError>;
+
+    /// Registers a new connection of `user`: it receives every event published after this
+    /// returns and, when it resumes from `resume_from`, what it missed first (or a resync
+    /// notice). `want_head` asks for the stream's position even without a resume.
+    async fn attach(
+        &self,
+        user: UserId,
+        transport: Transport,
+        resume_from: Option<&str>,
+        want_head: bool,
+    ) -> Result<Attached, AttachError>;
+
+    /// `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// Why the broker cannot route events right now, if it cannot (`/ready` answers 503).
+    fn unavailable(&self) -> Option<String>;
+
+    /// The cluster's counts, in cluster mode once known.
+    fn cluster(&self) -> Option<ClusterStats>;
+
+    /// The broker's own counters, for `/metrics`.
+    fn report(&self) -> Value;
+
+    /// Leaves the cluster on a graceful shutdown (after the connections closed).
+    async fn shutdown(&self);
 }

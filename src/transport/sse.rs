@@ -34,6 +34,7 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use super::{WRITE_BATCH, authorize, top_up};
 use crate::api::ApiError;
 use crate::auth::remaining;
+use crate::broker::AttachError;
 use crate::hub::{DisconnectReason, Outbox, Outgoing, Registration, Transport};
 use crate::metrics::Refusal;
 use crate::state::SharedState;
@@ -72,15 +73,23 @@ pub async fn stream(
         }
     };
     let fresh = admission.resume_from.is_none();
-    let attached = match state.hub.attach(
-        admission.user,
-        Transport::Sse,
-        admission.resume_from.as_deref(),
-        true,
-    ) {
+    let attached = match state
+        .broker
+        .attach(
+            admission.user,
+            Transport::Sse,
+            admission.resume_from.as_deref(),
+            true,
+        )
+        .await
+    {
         Ok(attached) => attached,
-        Err(limit) => {
+        Err(AttachError::UserLimit(limit)) => {
             return come_back_later(&state, Refusal::UserLimit, &limit.to_string(), None);
+        }
+        Err(AttachError::Unavailable(error)) => {
+            let why = error.to_string();
+            return come_back_later(&state, Refusal::BrokerUnavailable, &why, None);
         }
     };
     state.metrics.connection_opened();

@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::authorize;
 use crate::api::ApiError;
+use crate::broker::AttachError;
 use crate::hub::Transport;
 use crate::metrics::Refusal;
 use crate::state::SharedState;
@@ -41,7 +42,7 @@ pub async fn handshake(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match accept(&state, query.as_deref(), &headers, peer, upgrade) {
+    match accept(&state, query.as_deref(), &headers, peer, upgrade).await {
         Ok(response) => response,
         Err((refusal, error)) => {
             state.metrics.connection_refused(refusal);
@@ -50,7 +51,7 @@ pub async fn handshake(
     }
 }
 
-fn accept(
+async fn accept(
     state: &SharedState,
     query: Option<&str>,
     headers: &HeaderMap,
@@ -67,12 +68,23 @@ fn accept(
     let admission = authorize(state, query, headers, peer)?;
     // Register before answering 101: once the client sees its handshake complete, every push for
     // its user reaches it (queued until the session starts writing), after what it missed.
-    let attached = state.hub.attach(
-        admission.user,
-        Transport::WebSocket,
-        admission.resume_from.as_deref(),
-        false,
-    );
+    let attached = match state
+        .broker
+        .attach(
+            admission.user,
+            Transport::WebSocket,
+            admission.resume_from.as_deref(),
+            false,
+        )
+        .await
+    {
+        Ok(attached) => Ok(attached),
+        // Refused after the upgrade, with a close code the client can act on.
+        Err(AttachError::UserLimit(limit)) => Err(limit),
+        Err(AttachError::Unavailable(error)) => {
+            return Err((Refusal::BrokerUnavailable, ApiError::Unavailable(error)));
+        }
+    };
     let (slot, expires_at) = (admission.slot, admission.expires_at);
     let tracked = state.lifecycle.track_session();
     let max_message = state.settings.ws_max_message_bytes;

@@ -15,13 +15,20 @@
 //! and the event counts as not delivered to it. One stalled client therefore costs the others
 //! nothing, and the server's memory per connection is bounded by the queue capacity.
 //!
+//! In cluster mode the user's stream lives in the broker, and [`cluster`] keeps each connection
+//! in step with it (see there).
+//!
 //! The hub never touches sockets and knows nothing about WebSocket or HTTP: it hands events to
 //! queues and raises close requests; the transports do the rest.
 
+mod cluster;
+
+pub use cluster::{CatchUp, Departure, Lagging, Present, Sequenced};
+
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -213,6 +220,10 @@ struct Connection {
     close_reason: AtomicU8,
     /// Wakes the connection's task after `close_reason` is set.
     close_requested: Notify,
+    /// When it connected, in unix milliseconds.
+    connected_at_ms: u64,
+    /// Its place in the user's cluster-wide stream (cluster mode only).
+    feed: Option<Mutex<cluster::Feed>>,
 }
 
 impl Connection {
@@ -277,6 +288,8 @@ pub struct Hub {
     limits: HubLimits,
     history: History,
     metrics: Arc<Metrics>,
+    /// Where departing connections are reported (cluster mode).
+    departures: OnceLock<mpsc::UnboundedSender<Departure>>,
 }
 
 impl Hub {
@@ -291,6 +304,7 @@ impl Hub {
             limits,
             history: History::new(history),
             metrics,
+            departures: OnceLock::new(),
         }
     }
 
@@ -337,14 +351,7 @@ impl Hub {
         resume_from: Option<&str>,
         want_head: bool,
     ) -> Result<Attached, UserLimitReached> {
-        let (sender, outbox) = mpsc::channel(self.limits.queue_capacity);
-        let connection = Arc::new(Connection {
-            id: self.next_connection_id.fetch_add(1, Ordering::Relaxed),
-            transport,
-            queue: sender,
-            close_reason: AtomicU8::new(0),
-            close_requested: Notify::new(),
-        });
+        let (connection, outbox) = self.new_connection(transport, None);
         let shard_index = self.shard_index(&user);
         let (head, resumed) = {
             let mut guard = self.shards[shard_index].lock();
@@ -369,11 +376,7 @@ impl Hub {
                 self.metrics.resumed(resumed);
                 resumed
             });
-            if connections.is_empty() {
-                self.users.fetch_add(1, Ordering::AcqRel);
-            }
-            connections.push(Arc::clone(&connection));
-            self.connections[transport as usize].fetch_add(1, Ordering::AcqRel);
+            self.add_connection(connections, &connection);
             (head, resumed)
         };
         self.keep_history_under_cap(shard_index);
@@ -387,6 +390,33 @@ impl Hub {
             head,
             resumed,
         })
+    }
+
+    fn new_connection(
+        &self,
+        transport: Transport,
+        feed: Option<Mutex<cluster::Feed>>,
+    ) -> (Arc<Connection>, Outbox) {
+        let (sender, outbox) = mpsc::channel(self.limits.queue_capacity);
+        let connection = Arc::new(Connection {
+            id: self.next_connection_id.fetch_add(1, Ordering::Relaxed),
+            transport,
+            queue: sender,
+            close_reason: AtomicU8::new(0),
+            close_requested: Notify::new(),
+            connected_at_ms: cluster::unix_millis_now(),
+            feed,
+        });
+        (connection, outbox)
+    }
+
+    /// Adds `connection` to its user's `connections` (under the shard lock) and counts it.
+    fn add_connection(&self, connections: &mut Vec<Arc<Connection>>, connection: &Arc<Connection>) {
+        if connections.is_empty() {
+            self.users.fetch_add(1, Ordering::AcqRel);
+        }
+        connections.push(Arc::clone(connection));
+        self.connections[connection.transport as usize].fetch_add(1, Ordering::AcqRel);
     }
 
     /// Makes room for one more connection among `connections` of one user, or refuses it.
@@ -428,6 +458,14 @@ impl Hub {
         if connections.is_empty() {
             shard.connections.remove(user);
             self.users.fetch_sub(1, Ordering::AcqRel);
+        }
+        drop(shard);
+        if let Some(departures) = self.departures.get() {
+            // The receiver only goes away with the broker, at exit.
+            let _ = departures.send(Departure {
+                user: user.clone(),
+                connection: connection.id,
+            });
         }
     }
 

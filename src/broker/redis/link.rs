@@ -1,0 +1,462 @@
+//! Keeping this node linked to the cluster: connecting to Redis (and reconnecting with backoff and
+//! jitter), the channel subscriptions of the users connected here, presence (registration,
+//! heartbeat, departures) and the recovery after an outage.
+//!
+//! One supervisor task owns the subscription connection and the set of subscribed users; every
+//! subscription change goes through it, in order, so a user's channel is subscribed exactly while
+//! this node has connections of theirs. While Redis is unreachable the node is unready, joins and
+//! pushes are refused (503), and existing connections stay open. On reconnection the supervisor
+//! resubscribes every local user, re-registers this node's connections (forgetting whatever
+//! presence it had, since departures may have been lost), renews its lease, and only then declares
+//! the link up and catches every connection up from the history: events published during the
+//! outage are replayed, or, if Redis lost its data, the client is told to resync.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::AsyncConnectionConfig;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use tokio::sync::mpsc;
+
+use super::wire::{self, ChannelMessage};
+use super::{Change, Shared, bump, presence_value, scripts};
+use crate::broker::{BrokerError, ClusterStats};
+use crate::hub::{Departure, DisconnectReason, Transport};
+use crate::protocol::UserId;
+
+/// First wait before reconnecting; doubled after each failure up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Most subscription changes, connections or departures sent to Redis in one command.
+const CHUNK: usize = 1000;
+
+/// A live link: the command connection and the subscription connection.
+struct Link {
+    commands: MultiplexedConnection,
+    subscriptions: PubSubSink,
+    messages: PubSubStream,
+}
+
+/// The users whose channels this node subscribes to, with their joining/joined connection counts.
+type Subscribed = HashMap<UserId, usize, foldhash::fast::RandomState>;
+
+/// Runs for the life of the process: connects, serves, and reconnects after every failure.
+pub(super) async fn supervise(shared: Arc<Shared>, mut changes: mpsc::UnboundedReceiver<Change>) {
+    let mut subscribed = Subscribed::default();
+    let mut failures = 0u32;
+    let mut generation = 0u64;
+    let mut down_since = Instant::now();
+    loop {
+        let link = match connect(&shared, &subscribed).await {
+            Ok(link) => link,
+            Err(error) => {
+                set_down(&shared, format!("redis unavailable: {error}"));
+                let wait = backoff(failures);
+                failures = failures.saturating_add(1);
+                refuse_changes_for(wait, &mut changes, &mut subscribed).await;
+                continue;
+            }
+        };
+        generation += 1;
+        failures = 0;
+        let reason = serve(
+            &shared,
+            link,
+            generation,
+            &mut changes,
+            &mut subscribed,
+            down_since,
+        )
+        .await;
+        down_since = Instant::now();
+        bump(&shared.counters.outages);
+        set_down(&shared, format!("redis unavailable: {reason}"));
+    }
+}
+
+/// Connects both connections and restores this node's state in Redis: subscriptions, presence,
+/// lease. Nothing is declared up until all of it is done.
+async fn connect(shared: &Shared, subscribed: &Subscribed) -> Result<Link, redis::RedisError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(shared.timeout))
+        .set_response_timeout(Some(shared.timeout));
+    let mut commands = shared
+        .client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let pubsub = tokio::time::timeout(shared.timeout, shared.client.get_async_pubsub())
+        .await
+        .map_err(|_| timed_out("connecting for subscriptions"))??;
+    let (mut subscriptions, messages) = pubsub.split();
+    let channels: Vec<String> = subscribed
+        .keys()
+        .map(|user| shared.names.channel(user))
+        .collect();
+    for chunk in channels.chunks(CHUNK) {
+        with_timeout(shared, subscriptions.subscribe(chunk)).await?;
+    }
+    let present = shared.hub.present();
+    let mut first = true;
+    for chunk in present.chunks(CHUNK) {
+        reset(shared, &mut commands, first, false, chunk).await?;
+        first = false;
+    }
+    if first {
+        reset(shared, &mut commands, true, false, &[]).await?;
+    }
+    heartbeat(shared, &mut commands).await?;
+    Ok(Link {
+        commands,
+        subscriptions,
+        messages,
+    })
+}
+
+/// Runs [`scripts::RESET`] for `present` (forgetting this node's earlier presence first when
+/// `forget`; dropping its lease when `drop_lease`).
+async fn reset(
+    shared: &Shared,
+    commands: &mut MultiplexedConnection,
+    forget: bool,
+    drop_lease: bool,
+    present: &[crate::hub::Present],
+) -> Result<(), redis::RedisError> {
+    let flag = |on: bool| if on { "1" } else { "0" };
+    let mut invocation = scripts::RESET.prepare_invoke();
+    invocation
+        .arg(shared.names.prefix())
+        .arg(&shared.node)
+        .arg(flag(forget))
+        .arg(flag(drop_lease));
+    for connection in present {
+        invocation
+            .arg(connection.user.as_str())
+            .arg(connection.connection)
+            .arg(presence_value(
+                connection.transport,
+                connection.connected_at_ms,
+            ));
+    }
+    invocation.invoke_async(commands).await
+}
+
+/// Renews this node's lease and refreshes the cluster's counts.
+async fn heartbeat(
+    shared: &Shared,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), redis::RedisError> {
+    let hub = &shared.hub;
+    let (nodes, websocket, sse, users): (u64, u64, u64, u64) = scripts::HEARTBEAT
+        .prepare_invoke()
+        .arg(shared.names.prefix())
+        .arg(&shared.node)
+        .arg(shared.lease.as_millis())
+        .arg(hub.transport_count(Transport::WebSocket))
+        .arg(hub.transport_count(Transport::Sse))
+        .arg(hub.user_count())
+        .invoke_async(commands)
+        .await?;
+    *shared.cluster.lock() = Some(ClusterStats {
+        node_id: shared.node.clone(),
+        nodes,
+        connections: websocket + sse,
+        websocket_connections: websocket,
+        sse_connections: sse,
+        users,
+    });
+    Ok(())
+}
+
+/// Serves a live link until it fails; returns why it failed.
+async fn serve(
+    shared: &Arc<Shared>,
+    link: Link,
+    generation: u64,
+    changes: &mut mpsc::UnboundedReceiver<Change>,
+    subscribed: &mut Subscribed,
+    down_since: Instant,
+) -> String {
+    let Link {
+        mut commands,
+        mut subscriptions,
+        messages,
+    } = link;
+    *shared.commands.write() = Some((generation, commands.clone()));
+    shared.down.send_replace(None);
+    if generation == 1 {
+        tracing::info!(node = %shared.node, "connected to redis");
+    } else {
+        bump(&shared.counters.reconnects);
+        tracing::warn!(
+            node = %shared.node,
+            outage_seconds = down_since.elapsed().as_secs_f64(),
+            "reconnected to redis; catching connections up"
+        );
+    }
+    let mut receiver = tokio::spawn(receive(Arc::clone(shared), messages));
+    for lagging in shared.hub.begin_catch_up_all() {
+        shared.spawn_catch_up(lagging);
+    }
+    let mut beat = tokio::time::interval(shared.lease / 3);
+    beat.tick().await;
+    let mut batch = Vec::new();
+    let reason = loop {
+        tokio::select! {
+            _ = &mut receiver => break "subscription connection lost".to_owned(),
+            () = shared.failed.notified() => {
+                if shared.failed_generation.load(Ordering::Acquire) == generation {
+                    break "a command failed".to_owned();
+                }
+            }
+            _ = beat.tick() => {
+                if let Err(error) = heartbeat(shared, &mut commands).await {
+                    break format!("heartbeat failed: {error}");
+                }
+            }
+            received = changes.recv_many(&mut batch, CHUNK) => {
+                if received == 0 {
+                    break "broker stopped".to_owned();
+                }
+                if let Err(error) = apply(shared, &mut subscriptions, subscribed, &mut batch).await {
+                    break format!("subscribing failed: {error}");
+                }
+            }
+        }
+    };
+    receiver.abort();
+    *shared.commands.write() = None;
+    reason
+}
+
+/// Applies a batch of subscription changes: one SUBSCRIBE and one UNSUBSCRIBE for the users whose
+/// interest started or ended, then answers the joiners.
+async fn apply(
+    shared: &Shared,
+    sink: &mut PubSubSink,
+    subscribed: &mut Subscribed,
+    batch: &mut Vec<Change>,
+) -> Result<(), redis::RedisError> {
+    let mut started = Vec::new();
+    let mut ended = Vec::new();
+    let mut answers = Vec::new();
+    for change in batch.drain(..) {
+        match change {
+            Change::Subscribe(user, answer) => {
+                let count = subscribed.entry(user.clone()).or_insert(0);
+                *count += 1;
+                if *count == 1 {
+                    started.push(user.clone());
+                }
+                answers.push((user, answer));
+            }
+            Change::Unsubscribe(user) => unsubscribe(subscribed, &user, &mut ended),
+        }
+    }
+    // A user who both started and ended in this batch is handled by the final state.
+    let channels = |users: Vec<UserId>, want: bool| -> Vec<String> {
+        users
+            .into_iter()
+            .filter(|user| subscribed.contains_key(user) == want)
+            .map(|user| shared.names.channel(&user))
+            .collect()
+    };
+    let (started, ended) = (channels(started, true), channels(ended, false));
+    let result = async {
+        if !started.is_empty() {
+            with_timeout(shared, sink.subscribe(&started)).await?;
+        }
+        if !ended.is_empty() {
+            with_timeout(shared, sink.unsubscribe(&ended)).await?;
+        }
+        Ok(())
+    };
+    let result = result.await;
+    for (user, answer) in answers {
+        let outcome = match &result {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                // Not counted: the joiner gives up, and will not unsubscribe.
+                let mut unused = Vec::new();
+                unsubscribe(subscribed, &user, &mut unused);
+                Err(BrokerError::Unavailable(format!("redis: {error}")))
+            }
+        };
+        let _ = answer.send(outcome);
+    }
+    result
+}
+
+fn unsubscribe(subscribed: &mut Subscribed, user: &UserId, ended: &mut Vec<UserId>) {
+    if let Entry::Occupied(mut entry) = subscribed.entry(user.clone()) {
+        *entry.get_mut() -= 1;
+        if *entry.get() == 0 {
+            entry.remove();
+            ended.push(user.clone());
+        }
+    }
+}
+
+/// While the link is down for `wait`: joiners are refused at once, departures are counted.
+async fn refuse_changes_for(
+    wait: Duration,
+    changes: &mut mpsc::UnboundedReceiver<Change>,
+    subscribed: &mut Subscribed,
+) {
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            () = &mut deadline => return,
+            change = changes.recv() => match change {
+                Some(Change::Subscribe(_, answer)) => {
+                    let refusal = BrokerError::Unavailable("redis unavailable".to_owned());
+                    let _ = answer.send(Err(refusal));
+                }
+                Some(Change::Unsubscribe(user)) => unsubscribe(subscribed, &user, &mut Vec::new()),
+                None => return,
+            },
+        }
+    }
+}
+
+/// Delivers the messages of this node's subscriptions until the subscription connection ends.
+async fn receive(shared: Arc<Shared>, mut messages: PubSubStream) {
+    while let Some(message) = messages.next().await {
+        bump(&shared.counters.messages_received);
+        let Some(user) = shared.names.user_of_channel(message.get_channel_name()) else {
+            continue;
+        };
+        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+        match wire::read_message(payload) {
+            Ok(ChannelMessage::Event(event)) => {
+                for lagging in shared.hub.deliver_sequenced(&user, &event) {
+                    shared.spawn_catch_up(lagging);
+                }
+            }
+            Ok(ChannelMessage::Kick { node, connection }) => {
+                if node == shared.node {
+                    shared
+                        .hub
+                        .kick(&user, connection, DisconnectReason::Replaced);
+                }
+            }
+            Err(error) => {
+                bump(&shared.counters.malformed_messages);
+                tracing::warn!(%error, channel = message.get_channel_name(), "ignored");
+            }
+        }
+    }
+}
+
+/// Forwards the connections that left this node: unsubscribes their channels (in order with the
+/// joins) and removes their presence, in batches, whenever Redis is reachable.
+pub(super) async fn forget_departures(
+    shared: Arc<Shared>,
+    mut departures: mpsc::UnboundedReceiver<Departure>,
+) {
+    let mut batch = Vec::new();
+    let mut up = shared.down.subscribe();
+    while departures.recv_many(&mut batch, CHUNK).await > 0 {
+        for departure in &batch {
+            let _ = shared
+                .changes
+                .send(Change::Unsubscribe(departure.user.clone()));
+        }
+        loop {
+            if up.wait_for(Option::is_none).await.is_err() {
+                return;
+            }
+            let Ok((generation, mut commands)) = shared.commands() else {
+                continue;
+            };
+            let mut invocation = scripts::LEAVE.prepare_invoke();
+            invocation.arg(shared.names.prefix()).arg(&shared.node);
+            for departure in &batch {
+                invocation
+                    .arg(departure.user.as_str())
+                    .arg(departure.connection);
+            }
+            match invocation.invoke_async::<()>(&mut commands).await {
+                Ok(()) => break,
+                Err(error) => {
+                    shared.command_failed(generation, &error);
+                    // Wait for the link to go down and up again before retrying.
+                    let _ = up.wait_for(Option::is_some).await;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// On a graceful shutdown: removes this node's presence and lease at once, so the cluster's
+/// counts drop without waiting for the lease to run out.
+pub(super) async fn leave_cluster(shared: &Shared) {
+    let Ok((_, mut commands)) = shared.commands() else {
+        return;
+    };
+    match reset(shared, &mut commands, true, true, &[]).await {
+        Ok(()) => tracing::info!(node = %shared.node, "left the cluster"),
+        Err(error) => tracing::warn!(%error, "could not leave the cluster; its lease will expire"),
+    }
+}
+
+/// Marks the link down (if it was up), logging the transition once.
+fn set_down(shared: &Shared, reason: String) {
+    *shared.commands.write() = None;
+    let was_up = shared.down.borrow().is_none();
+    if was_up {
+        tracing::error!(node = %shared.node, %reason, "redis link down: not ready, pushes answer 503");
+    } else {
+        tracing::debug!(%reason, "redis still unreachable");
+    }
+    shared.down.send_replace(Some(reason));
+}
+
+/// The wait before reconnection attempt `failures + 1`: exponential, capped, with full jitter
+/// (between half and all of it) so that nodes do not reconnect in lockstep.
+fn backoff(failures: u32) -> Duration {
+    let ceiling = FIRST_BACKOFF
+        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+        .min(MAX_BACKOFF);
+    ceiling.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+async fn with_timeout<T>(
+    shared: &Shared,
+    operation: impl Future<Output = Result<T, redis::RedisError>>,
+) -> Result<T, redis::RedisError> {
+    tokio::time::timeout(shared.timeout, operation)
+        .await
+        .map_err(|_| timed_out("subscribing"))?
+}
+
+fn timed_out(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        for failures in 0..40 {
+            let wait = backoff(failures);
+            let ceiling = FIRST_BACKOFF
+                .saturating_mul(2u32.saturating_pow(failures.min(16)))
+                .min(MAX_BACKOFF);
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling,
+                "{failures}: {wait:?}"
+            );
+        }
+        assert!(backoff(30) >= MAX_BACKOFF / 2);
+    }
+}

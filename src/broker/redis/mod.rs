@@ -1,0 +1,483 @@
+//! The cluster broker: several nodes share one Redis. Redis assigns each user's positions and
+//! keeps their history, recognises retried pushes, and counts the cluster's connections; each
+//! node subscribes to the channels of the users connected to it and delivers to them.
+//!
+//! A push runs one script ([`scripts::PUBLISH`]) that, atomically for the whole cluster, checks
+//! the event id against the user's history, assigns the next position, publishes the event on
+//! the user's channel and appends it to the history. A batch is one script call, so one round
+//! trip; concurrent requests share one multiplexed connection, which pipelines them.
+//!
+//! A connection joins in three steps: this node subscribes to the user's channel (if it was not
+//! already), registers the connection as joining (its live events wait), and runs
+//! [`scripts::JOIN`], which applies the cluster-wide per-user limit, records the connection's
+//! presence and returns what the connection missed. The hub then delivers that and the waiting
+//! live events, each once, in position order (see [`crate::hub`]'s cluster part).
+//!
+//! Everything that keeps the link to Redis alive (reconnecting with backoff, resubscribing,
+//! re-registering presence, heartbeats, catching connections up after an outage) is in [`link`].
+
+mod link;
+mod scripts;
+mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use redis::aio::MultiplexedConnection;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use self::wire::Names;
+use super::{AttachError, Broker, BrokerError, ClusterStats};
+use crate::config::{Settings, UserLimitPolicy};
+use crate::history::{HistoryLimits, ResyncReason, StreamPosition, parse_token};
+use crate::hub::{
+    Attached, CatchUp, Delivery, Hub, Lagging, Outcome, Resumed, Sequenced, Transport,
+    UserLimitReached,
+};
+use crate::metrics::Metrics;
+use crate::protocol::{Event, UserId};
+
+/// How long a user's stream position outlives its last event or connection: a client that comes
+/// back within it resumes without a resync even when its history expired (if it missed nothing).
+const META_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Rounds of catching up one connection before giving up on it (each round normally completes it).
+const CATCH_UP_ROUNDS: usize = 3;
+
+/// The cluster broker. Cheap to share; its background tasks run until the process exits.
+pub struct RedisBroker {
+    shared: Arc<Shared>,
+}
+
+/// A change of this node's interest in a user's channel, applied in order by the link.
+#[derive(Debug)]
+enum Change {
+    /// A connection of the user is joining: subscribe if needed, answer once subscribed.
+    Subscribe(UserId, oneshot::Sender<Result<(), BrokerError>>),
+    /// A connection of the user left: unsubscribe when it was the last.
+    Unsubscribe(UserId),
+}
+
+/// The broker's counters, for `/metrics`.
+#[derive(Debug, Default)]
+struct Counters {
+    outages: AtomicU64,
+    reconnects: AtomicU64,
+    errors: AtomicU64,
+    messages_received: AtomicU64,
+    malformed_messages: AtomicU64,
+    catch_ups: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How connections join: the cluster-wide per-user limit.
+#[derive(Debug, Clone, Copy)]
+struct JoinRules {
+    per_user: usize,
+    replace_oldest: bool,
+}
+
+/// What the broker and its link tasks share.
+struct Shared {
+    client: redis::Client,
+    names: Names,
+    node: String,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    counters: Counters,
+    join_rules: JoinRules,
+    history: HistoryLimits,
+    lease: Duration,
+    timeout: Duration,
+    /// The command connection while Redis is reachable, with the link generation it belongs to.
+    commands: RwLock<Option<(u64, MultiplexedConnection)>>,
+    /// `None` while connected; otherwise why not (for `/ready` and refusals).
+    down: watch::Sender<Option<String>>,
+    /// The generation of the link a command failed on (the link supervisor reconnects).
+    failed_generation: AtomicU64,
+    failed: Notify,
+    changes: mpsc::UnboundedSender<Change>,
+    cluster: Mutex<Option<ClusterStats>>,
+}
+
+/// What [`Shared::join`] found.
+enum Joined {
+    /// The user is at the per-user limit.
+    AtLimit,
+    /// The connection's starting point.
+    Accepted(CatchUp),
+}
+
+impl RedisBroker {
+    /// Starts the broker's background tasks for this node and waits (up to `REDIS_TIMEOUT`) for
+    /// the first connection to Redis. A Redis that cannot be reached yet is not an error: the node
+    /// starts unready and keeps trying. A malformed `REDIS_URL` is.
+    pub async fn start(
+        settings: &Settings,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let client = redis::Client::open(settings.redis_url.expose())
+            .map_err(|error| format!("invalid REDIS_URL: {error}"))?;
+        let node = settings
+            .node_id
+            .clone()
+            .unwrap_or_else(|| ulid::Ulid::new().to_string());
+        let (changes, changes_rx) = mpsc::unbounded_channel();
+        let (departures, departures_rx) = mpsc::unbounded_channel();
+        let history = settings.history_limits();
+        let shared = Arc::new(Shared {
+            client,
+            names: Names::new(&settings.redis_key_prefix),
+            node,
+            hub: Arc::clone(&hub),
+            metrics,
+            counters: Counters::default(),
+            join_rules: JoinRules {
+                per_user: settings.max_connections_per_user,
+                replace_oldest: settings.user_limit_policy == UserLimitPolicy::ReplaceOldest,
+            },
+            history,
+            lease: settings.presence_lease,
+            timeout: settings.redis_timeout,
+            commands: RwLock::new(None),
+            down: watch::Sender::new(Some("redis: not connected yet".to_owned())),
+            failed_generation: AtomicU64::new(0),
+            failed: Notify::new(),
+            changes,
+            cluster: Mutex::new(None),
+        });
+        hub.report_departures(departures);
+        tokio::spawn(link::supervise(Arc::clone(&shared), changes_rx));
+        tokio::spawn(link::forget_departures(Arc::clone(&shared), departures_rx));
+        let mut down = shared.down.subscribe();
+        let connected =
+            tokio::time::timeout(settings.redis_timeout, down.wait_for(Option::is_none));
+        if connected.await.is_err() {
+            tracing::warn!(
+                node = %shared.node,
+                "redis not reachable yet; this node is not ready until it is (retrying)"
+            );
+        }
+        Ok(Self { shared })
+    }
+}
+
+impl Shared {
+    /// The command connection, or why there is none.
+    fn commands(&self) -> Result<(u64, MultiplexedConnection), BrokerError> {
+        self.commands.read().clone().ok_or_else(|| {
+            let reason = self.down.borrow().clone().unwrap_or_default();
+            BrokerError::Unavailable(reason)
+        })
+    }
+
+    /// Counts a failed command; if it failed because the link is broken, has it rebuilt.
+    fn command_failed(&self, generation: u64, error: &redis::RedisError) -> BrokerError {
+        bump(&self.counters.errors);
+        let broken = error.is_io_error()
+            || error.is_timeout()
+            || error.is_connection_dropped()
+            || error.is_unrecoverable_error();
+        if broken {
+            self.failed_generation.store(generation, Ordering::Release);
+            self.failed.notify_one();
+        } else {
+            tracing::error!(%error, "redis script failed");
+        }
+        BrokerError::Unavailable(format!("redis: {error}"))
+    }
+
+    /// Subscribes this node to `user`'s channel (counted: one per joining connection).
+    async fn subscribe(&self, user: &UserId) -> Result<(), BrokerError> {
+        let (answer, answered) = oneshot::channel();
+        let gone = || BrokerError::Unavailable("redis link stopped".to_owned());
+        self.changes
+            .send(Change::Subscribe(user.clone(), answer))
+            .map_err(|_| gone())?;
+        answered.await.map_err(|_| gone())?
+    }
+
+    fn history_size(&self) -> usize {
+        if self.history.enabled() {
+            self.history.size
+        } else {
+            0
+        }
+    }
+
+    fn history_ttl_ms(&self) -> u128 {
+        self.history.ttl.as_millis().max(1)
+    }
+
+    fn meta_ttl_ms(&self) -> u128 {
+        META_TTL.max(self.history.ttl * 2).as_millis()
+    }
+
+    /// Runs [`scripts::JOIN`]: for a joining connection (`joining`: its id and presence value)
+    /// or one catching up (`None`), from the point `from`.
+    async fn join(
+        &self,
+        user: &UserId,
+        from: Option<&str>,
+        joining: Option<(u64, String)>,
+    ) -> Result<Joined, BrokerError> {
+        let (generation, mut commands) = self.commands()?;
+        let (token_epoch, token_position) = from
+            .and_then(parse_token)
+            .map_or((String::new(), String::new()), |(epoch, position)| {
+                (epoch.to_owned(), position.to_string())
+            });
+        let (connection, presence, limit) = match joining {
+            Some((connection, presence)) => (connection, presence, self.join_rules.per_user),
+            None => (0, String::new(), 0),
+        };
+        let reply: Vec<redis::Value> = scripts::JOIN
+            .prepare_invoke()
+            .arg(self.names.prefix())
+            .arg(self.history_size())
+            .arg(self.history_ttl_ms())
+            .arg(self.meta_ttl_ms())
+            .arg(ulid::Ulid::new().to_string())
+            .arg(user.as_str())
+            .arg(from.unwrap_or_default())
+            .arg(token_epoch)
+            .arg(token_position)
+            .arg(&self.node)
+            .arg(connection)
+            .arg(presence)
+            .arg(limit)
+            .arg(if self.join_rules.replace_oldest {
+                "1"
+            } else {
+                "0"
+            })
+            .invoke_async(&mut commands)
+            .await
+            .map_err(|error| self.command_failed(generation, &error))?;
+        read_join_reply(reply, from).map_err(|error| {
+            bump(&self.counters.errors);
+            tracing::error!(%error, "unexpected JOIN reply");
+            BrokerError::Unavailable(error.to_string())
+        })
+    }
+
+    /// Catches one lagging connection up from its cursor, in the background. If Redis fails
+    /// meanwhile, the reconnection catches every connection up anyway.
+    fn spawn_catch_up(self: &Arc<Self>, lagging: Lagging) {
+        let shared = Arc::clone(self);
+        tokio::spawn(async move {
+            let Lagging {
+                user,
+                connection,
+                mut cursor,
+            } = lagging;
+            for _ in 0..CATCH_UP_ROUNDS {
+                bump(&shared.counters.catch_ups);
+                let from = cursor.to_string();
+                let Ok(Joined::Accepted(catch_up)) = shared.join(&user, Some(&from), None).await
+                else {
+                    return;
+                };
+                match shared.hub.complete_catch_up(&user, connection, catch_up) {
+                    None => return,
+                    Some(still_behind) => cursor = still_behind,
+                }
+            }
+            tracing::warn!(%user, connection, "connection still behind after catching up");
+        });
+    }
+}
+
+/// Reads [`scripts::JOIN`]'s reply (see there for its shape).
+fn read_join_reply(reply: Vec<redis::Value>, from: Option<&str>) -> Result<Joined, String> {
+    let mut fields = reply.into_iter();
+    let mut next = || fields.next().ok_or_else(|| "short reply".to_owned());
+    let text = |value: redis::Value| {
+        redis::from_redis_value::<String>(value).map_err(|error| error.to_string())
+    };
+    let number = |value: redis::Value| {
+        redis::from_redis_value::<u64>(value).map_err(|error| error.to_string())
+    };
+    let status = text(next()?)?;
+    if status == "limit" {
+        return Ok(Joined::AtLimit);
+    }
+    let epoch: Arc<str> = Arc::from(text(next()?)?);
+    let head = StreamPosition {
+        epoch: Arc::clone(&epoch),
+        position: number(next()?)?,
+    };
+    let _kicked = next()?;
+    let reason = text(next()?)?;
+    let resync = if reason.is_empty() {
+        None
+    } else {
+        Some(ResyncReason::from_label(&reason).ok_or_else(|| format!("reason {reason:?}"))?)
+    };
+    let mut events = Vec::new();
+    while let Some(position) = fields.next() {
+        let position = number(position)?;
+        let envelope = redis::from_redis_value::<Vec<u8>>(
+            fields.next().ok_or_else(|| "missing envelope".to_owned())?,
+        )
+        .map_err(|error| error.to_string())?;
+        let published = wire::open_envelope(envelope.into()).map_err(|error| error.to_string())?;
+        events.push(Sequenced {
+            at: StreamPosition {
+                epoch: Arc::clone(&epoch),
+                position,
+            },
+            published: Arc::new(published),
+        });
+    }
+    Ok(Joined::Accepted(CatchUp {
+        head,
+        events,
+        resync,
+        from: from.map(str::to_owned),
+    }))
+}
+
+/// A connection's presence value: `<transport> <connected-at ms>`.
+fn presence_value(transport: Transport, connected_at_ms: u64) -> String {
+    format!("{} {connected_at_ms}", transport.label())
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    async fn publish(&self, events: &[Event]) -> Result<Vec<Outcome>, BrokerError> {
+        let shared = &self.shared;
+        let (generation, mut commands) = shared.commands()?;
+        let size = shared.history_size();
+        let mut invocation = scripts::PUBLISH.prepare_invoke();
+        invocation
+            .arg(shared.names.prefix())
+            .arg(size)
+            .arg(shared.history_ttl_ms())
+            .arg(shared.meta_ttl_ms())
+            .arg(ulid::Ulid::new().to_string());
+        for event in events {
+            invocation
+                .arg(event.user_id.as_str())
+                .arg(event.event_id().as_ref())
+                .arg(if event.upstream_id { "1" } else { "0" })
+                .arg(wire::envelope(event));
+        }
+        let replies: Vec<(u8, String, u64, usize)> =
+            invocation
+                .invoke_async(&mut commands)
+                .await
+                .map_err(|error| shared.command_failed(generation, &error))?;
+        let outcomes = replies
+            .into_iter()
+            .map(|(duplicate, epoch, position, delivered)| {
+                let duplicate = duplicate == 1;
+                if duplicate {
+                    shared.metrics.duplicate_push();
+                } else if delivered == 0 {
+                    shared.metrics.record_delivery(Delivery::default());
+                }
+                Outcome {
+                    delivery: Delivery {
+                        delivered,
+                        failed: 0,
+                    },
+                    stored: (size > 0).then(|| StreamPosition {
+                        epoch: Arc::from(epoch),
+                        position,
+                    }),
+                    duplicate,
+                }
+            })
+            .collect();
+        Ok(outcomes)
+    }
+
+    async fn attach(
+        &self,
+        user: UserId,
+        transport: Transport,
+        resume_from: Option<&str>,
+        _want_head: bool,
+    ) -> Result<Attached, AttachError> {
+        let shared = &self.shared;
+        shared.commands()?;
+        shared.subscribe(&user).await?;
+        // From here on, dropping the registration unsubscribes and forgets the presence.
+        let (registration, outbox) = shared.hub.attach_joining(user.clone(), transport);
+        let presence = presence_value(transport, registration.connected_at_ms());
+        let joining = Some((registration.id(), presence));
+        let catch_up = match shared.join(&user, resume_from, joining).await? {
+            Joined::AtLimit => {
+                return Err(AttachError::UserLimit(UserLimitReached {
+                    limit: shared.join_rules.per_user,
+                }));
+            }
+            Joined::Accepted(catch_up) => catch_up,
+        };
+        let resumed = resume_from.map(|_| match catch_up.resync {
+            Some(reason) => Resumed::Resync(reason),
+            None => Resumed::Replayed(catch_up.events.len()),
+        });
+        if let Some(resumed) = resumed {
+            shared.metrics.resumed(resumed);
+        }
+        let head = (shared.history_size() > 0).then(|| catch_up.head.clone());
+        if let Some(cursor) = shared
+            .hub
+            .complete_catch_up(&user, registration.id(), catch_up)
+        {
+            shared.spawn_catch_up(Lagging {
+                user,
+                connection: registration.id(),
+                cursor,
+            });
+        }
+        Ok(Attached {
+            registration,
+            outbox,
+            head,
+            resumed,
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn unavailable(&self) -> Option<String> {
+        self.shared.down.borrow().clone()
+    }
+
+    fn cluster(&self) -> Option<ClusterStats> {
+        self.shared.cluster.lock().clone()
+    }
+
+    fn report(&self) -> Value {
+        let counters = &self.shared.counters;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        json!({
+            "kind": self.kind(),
+            "node_id": self.shared.node,
+            "connected": self.unavailable().is_none(),
+            "outages": read(&counters.outages),
+            "reconnects": read(&counters.reconnects),
+            "errors": read(&counters.errors),
+            "messages_received": read(&counters.messages_received),
+            "malformed_messages": read(&counters.malformed_messages),
+            "catch_ups": read(&counters.catch_ups),
+        })
+    }
+
+    async fn shutdown(&self) {
+        link::leave_cluster(&self.shared).await;
+    }
+}

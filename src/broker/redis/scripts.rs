@@ -1,0 +1,263 @@
+//! The cluster's atomic steps, as Lua scripts run inside Redis, and their typed results.
+//!
+//! Each script is one atomic step for the whole cluster: assigning positions and publishing
+//! ([`PUBLISH`]), joining or catching up a connection ([`JOIN`]), leaving ([`LEAVE`]), a node's
+//! heartbeat with the reaping of dead nodes ([`HEARTBEAT`]) and a node (re)registering its
+//! connections ([`RESET`]). Names follow [`super::wire`]; the scripts build them from the prefix,
+//! which ties the cluster to a single Redis (not Redis Cluster, whose scripts must declare keys).
+//! Time comes from Redis (`TIME`), so nodes need no synchronised clocks.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Shared helpers: Redis time and the reaping of one node's presence.
+const PRELUDE: &str = r#"
+local prefix = ARGV[1]
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function node_of(field)
+  return string.match(field, '^(.*)/')
+end
+local function alive(node)
+  return redis.call('EXISTS', prefix .. 'n:' .. node) == 1
+end
+-- Forgets every connection `node` had, and the node itself.
+local function reap(node)
+  local users_key = prefix .. 'nu:' .. node
+  for _, user in ipairs(redis.call('SMEMBERS', users_key)) do
+    local presence = prefix .. 'p:' .. user
+    local left = 0
+    for _, field in ipairs(redis.call('HKEYS', presence)) do
+      if node_of(field) == node then
+        redis.call('HDEL', presence, field)
+      else
+        left = left + 1
+      end
+    end
+    if left == 0 then
+      redis.call('SREM', prefix .. 'online', user)
+    end
+  end
+  redis.call('DEL', users_key)
+  redis.call('SREM', prefix .. 'nodes', node)
+end
+-- A user's stream meta, created with `candidate` as epoch when absent (and any leftover history
+-- of a lost meta dropped, so positions restart cleanly).
+local function stream_meta(user, candidate, meta_ttl)
+  local meta = prefix .. 'm:' .. user
+  local epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    epoch = candidate
+    redis.call('HSET', meta, 'e', epoch, 'p', 0)
+    redis.call('DEL', prefix .. 's:' .. user, prefix .. 'i:' .. user)
+  end
+  redis.call('PEXPIRE', meta, meta_ttl)
+  return meta, epoch
+end
+"#;
+
+/// Publishes events. ARGV: prefix, history size, history TTL ms, meta TTL ms, epoch candidate,
+/// then per event: user, event_id, upstream ('1' when the id came from the upstream), envelope.
+/// Returns per event `{duplicate 0|1, epoch, position, delivered}`.
+const PUBLISH_BODY: &str = r#"
+local size, ttl, meta_ttl, candidate = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local now = now_ms()
+local live_nodes = {}
+local function connections(user)
+  local count = 0
+  for _, field in ipairs(redis.call('HKEYS', prefix .. 'p:' .. user)) do
+    local node = node_of(field)
+    if node then
+      if live_nodes[node] == nil then live_nodes[node] = alive(node) end
+      if live_nodes[node] then count = count + 1 end
+    end
+  end
+  return count
+end
+local out = {}
+for i = 6, #ARGV, 4 do
+  local user, id, upstream, envelope = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local stream, ids = prefix .. 's:' .. user, prefix .. 'i:' .. user
+  local meta, epoch = stream_meta(user, candidate, meta_ttl)
+  local original = nil
+  if size > 0 and upstream == '1' then
+    local at = redis.call('HGET', ids, id)
+    if at then
+      local entry = redis.call('XRANGE', stream, at .. '-0', at .. '-0')[1]
+      if entry and now - tonumber(entry[2][6]) < ttl then
+        original = {1, epoch, tonumber(at), tonumber(entry[2][4])}
+      end
+    end
+  end
+  if original then
+    out[#out + 1] = original
+  else
+    local position = redis.call('HINCRBY', meta, 'p', 1)
+    local receivers = redis.call('PUBLISH', prefix .. 'c:' .. user,
+      'E ' .. epoch .. ' ' .. position .. ' ' .. envelope)
+    local delivered = 0
+    if receivers > 0 then delivered = connections(user) end
+    if size > 0 then
+      local length = redis.call('XLEN', stream)
+      if length >= size then
+        for _, old in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', length - size + 1)) do
+          redis.call('XDEL', stream, old[1])
+          redis.call('HDEL', ids, old[2][8])
+          redis.call('HSET', meta, 'di', old[2][8], 'dp', string.match(old[1], '^(%d+)'))
+        end
+      end
+      redis.call('XADD', stream, position .. '-0', 'v', envelope, 'd', delivered, 't', now, 'i', id)
+      redis.call('HSET', ids, id, position)
+      redis.call('PEXPIRE', stream, ttl)
+      redis.call('PEXPIRE', ids, ttl)
+    end
+    out[#out + 1] = {0, epoch, position, delivered}
+  end
+end
+return out
+"#;
+
+/// Joins a connection to its user's stream, or catches one up. ARGV: prefix, history size,
+/// history TTL ms, meta TTL ms, epoch candidate, user, resume point ('' for none), the point's
+/// epoch and position when it has the shape of a position token ('' otherwise), node,
+/// connection, presence value, per-user limit (0: no presence change, a catch-up), replace
+/// ('1': over the limit, the oldest connection is kicked).
+/// Returns `{'limit', count}` or `{'ok', epoch, head, kicked, resync reason, position, envelope,
+/// position, envelope, ...}` with the events after the point.
+const JOIN_BODY: &str = r#"
+local size, ttl, meta_ttl, candidate = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local user, from, token_epoch, token_position = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local node, connection, value, limit, replace = ARGV[10], ARGV[11], ARGV[12], tonumber(ARGV[13]), ARGV[14]
+local kicked = ''
+if limit > 0 then
+  local presence = prefix .. 'p:' .. user
+  local fields = redis.call('HGETALL', presence)
+  local live = {}
+  for i = 1, #fields, 2 do
+    local field_node = node_of(fields[i])
+    if field_node == node or alive(field_node) then
+      live[#live + 1] = {fields[i], tonumber(string.match(fields[i + 1], ' (%d+)$')) or 0}
+    else
+      redis.call('HDEL', presence, fields[i])
+    end
+  end
+  if #live >= limit then
+    if replace ~= '1' then return {'limit', #live} end
+    table.sort(live, function(a, b) return a[2] < b[2] end)
+    for i = 1, #live - limit + 1 do
+      redis.call('HDEL', presence, live[i][1])
+      redis.call('PUBLISH', prefix .. 'c:' .. user, 'K ' .. live[i][1])
+    end
+    kicked = live[1][1]
+  end
+  redis.call('HSET', presence, node .. '/' .. connection, value)
+  redis.call('SADD', prefix .. 'nu:' .. node, user)
+  redis.call('SADD', prefix .. 'online', user)
+end
+local meta, epoch = stream_meta(user, candidate, meta_ttl)
+local head = tonumber(redis.call('HGET', meta, 'p'))
+local function answer(reason, events)
+  local out = {'ok', epoch, head, kicked, reason}
+  for _, event in ipairs(events or {}) do out[#out + 1] = event end
+  return out
+end
+if from == '' then return answer('') end
+if size == 0 then return answer('history_disabled') end
+local stream, ids = prefix .. 's:' .. user, prefix .. 'i:' .. user
+local after = tonumber(redis.call('HGET', ids, from))
+if not after and redis.call('HGET', meta, 'di') == from then
+  after = tonumber(redis.call('HGET', meta, 'dp'))
+end
+if not after then
+  if token_epoch == '' then return answer('unknown_event_id') end
+  local position = tonumber(token_position)
+  if token_epoch ~= epoch or position > head then return answer('epoch_changed') end
+  after = position
+end
+if after >= head then return answer('') end
+local entries = redis.call('XRANGE', stream, '(' .. after .. '-0', '+')
+local first = entries[1]
+if not first or first[1] ~= (after + 1) .. '-0' or now_ms() - tonumber(first[2][6]) >= ttl then
+  return answer('expired')
+end
+local events = {}
+for _, entry in ipairs(entries) do
+  events[#events + 1] = string.match(entry[1], '^(%d+)')
+  events[#events + 1] = entry[2][2]
+end
+return answer('', events)
+"#;
+
+/// Forgets connections that left. ARGV: prefix, node, then per connection: user, connection.
+const LEAVE_BODY: &str = r#"
+local node = ARGV[2]
+for i = 3, #ARGV, 2 do
+  local user, connection = ARGV[i], ARGV[i + 1]
+  local presence = prefix .. 'p:' .. user
+  redis.call('HDEL', presence, node .. '/' .. connection)
+  local fields = redis.call('HKEYS', presence)
+  local mine = false
+  for _, field in ipairs(fields) do
+    if node_of(field) == node then mine = true break end
+  end
+  if not mine then redis.call('SREM', prefix .. 'nu:' .. node, user) end
+  if #fields == 0 then redis.call('SREM', prefix .. 'online', user) end
+end
+return 0
+"#;
+
+/// Renews this node's lease with its counts, reaps nodes whose lease ran out, and returns the
+/// cluster's counts. ARGV: prefix, node, lease ms, websocket connections, SSE connections, users.
+/// Returns `{live nodes, websocket connections, SSE connections, users online}`.
+const HEARTBEAT_BODY: &str = r#"
+local node, lease = ARGV[2], tonumber(ARGV[3])
+redis.call('HSET', prefix .. 'n:' .. node, 'ws', ARGV[4], 'sse', ARGV[5], 'users', ARGV[6])
+redis.call('PEXPIRE', prefix .. 'n:' .. node, lease)
+redis.call('SADD', prefix .. 'nodes', node)
+local nodes, ws, sse = 0, 0, 0
+for _, other in ipairs(redis.call('SMEMBERS', prefix .. 'nodes')) do
+  local counts = redis.call('HMGET', prefix .. 'n:' .. other, 'ws', 'sse')
+  if counts[1] then
+    nodes = nodes + 1
+    ws = ws + tonumber(counts[1])
+    sse = sse + tonumber(counts[2])
+  else
+    reap(other)
+  end
+end
+return {nodes, ws, sse, redis.call('SCARD', prefix .. 'online')}
+"#;
+
+/// (Re)registers this node's connections: optionally forgets all it had first (after a restart
+/// or an outage, when leaves may have been lost), and optionally drops its lease (shutdown).
+/// ARGV: prefix, node, forget ('1'/'0'), drop lease ('1'/'0'), then per connection: user,
+/// connection, presence value.
+const RESET_BODY: &str = r#"
+local node = ARGV[2]
+if ARGV[3] == '1' then reap(node) end
+if ARGV[4] == '1' then redis.call('DEL', prefix .. 'n:' .. node) end
+for i = 5, #ARGV, 3 do
+  redis.call('HSET', prefix .. 'p:' .. ARGV[i], node .. '/' .. ARGV[i + 1], ARGV[i + 2])
+  redis.call('SADD', prefix .. 'nu:' .. node, ARGV[i])
+  redis.call('SADD', prefix .. 'online', ARGV[i])
+end
+return 0
+"#;
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}{body}"))
+}
+
+/// Publishes events (see `PUBLISH_BODY`).
+pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| script(PUBLISH_BODY));
+/// Joins or catches up a connection (see `JOIN_BODY`).
+pub static JOIN: LazyLock<Script> = LazyLock::new(|| script(JOIN_BODY));
+/// Forgets connections that left (see `LEAVE_BODY`).
+pub static LEAVE: LazyLock<Script> = LazyLock::new(|| script(LEAVE_BODY));
+/// A node's heartbeat (see `HEARTBEAT_BODY`).
+pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| script(HEARTBEAT_BODY));
+/// (Re)registers a node's connections (see `RESET_BODY`).
+pub static RESET: LazyLock<Script> = LazyLock::new(|| script(RESET_BODY));

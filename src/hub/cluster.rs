@@ -1,0 +1,347 @@
+//! The hub's side of cluster mode: delivering a user's cluster-wide stream to this node's
+//! connections, each exactly once and in order, across joins, gaps and broker outages.
+//!
+//! In cluster mode the stream (positions, history) lives in the broker; events reach this node
+//! already [`Sequenced`] (epoch and position), possibly while a connection is still joining or
+//! catching up. Every connection therefore carries a [`Feed`]: the position of the last event it
+//! was given (its cursor) and, while the broker is fetching what it missed, a buffer of the live
+//! events that arrived meanwhile. A [`CatchUp`] from the broker (replayed events, or a resync)
+//! is applied under the shard lock, then the buffer is flushed behind it, skipping what the
+//! replay already covered. Live events that do not follow the cursor (a gap after a lost
+//! subscription, or a new epoch after the broker lost its data) put the connection back into
+//! catching up instead of being delivered out of order.
+//!
+//! The broker never touches a connection directly: it asks the hub, by user and connection id.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use super::{
+    Connection, Delivery, DisconnectReason, Hub, Outbox, Outgoing, Registration, Transport,
+    resync_notice,
+};
+use crate::history::{ResyncReason, StreamPosition};
+use crate::protocol::{Published, UserId};
+
+/// An event of a user's cluster-wide stream, with its place in it.
+#[derive(Debug, Clone)]
+pub struct Sequenced {
+    /// Its epoch and position.
+    pub at: StreamPosition,
+    /// What clients receive.
+    pub published: Arc<Published>,
+}
+
+/// What the broker found for a connection that joins or catches up.
+#[derive(Debug)]
+pub struct CatchUp {
+    /// The user's stream head when the broker looked.
+    pub head: StreamPosition,
+    /// The events after the connection's point, oldest first, ending at `head`.
+    pub events: Vec<Sequenced>,
+    /// Set when the connection's point cannot be resumed from: it gets a resync notice and
+    /// continues from `head`.
+    pub resync: Option<ResyncReason>,
+    /// The point the connection asked to resume from (quoted in a resync notice).
+    pub from: Option<String>,
+}
+
+/// A connection whose live events went missing and must be caught up from the broker.
+#[derive(Debug, Clone)]
+pub struct Lagging {
+    /// Its user.
+    pub user: UserId,
+    /// Its node-unique id.
+    pub connection: u64,
+    /// The last event it was given.
+    pub cursor: StreamPosition,
+}
+
+/// A connection that left this node (sent to the broker, which forgets its presence).
+#[derive(Debug, Clone)]
+pub struct Departure {
+    /// Its user.
+    pub user: UserId,
+    /// Its node-unique id.
+    pub connection: u64,
+}
+
+/// A connection as the cluster's presence records it.
+#[derive(Debug, Clone)]
+pub struct Present {
+    /// Its user.
+    pub user: UserId,
+    /// Its node-unique id.
+    pub connection: u64,
+    /// How it is connected.
+    pub transport: Transport,
+    /// When it connected, in unix milliseconds.
+    pub connected_at_ms: u64,
+}
+
+/// One connection's place in its user's cluster-wide stream.
+#[derive(Debug, Default)]
+pub(super) struct Feed {
+    /// The last event given to the connection; `None` until its join completes.
+    cursor: Option<StreamPosition>,
+    /// `Some` while the broker fetches what the connection missed: live events wait here.
+    pending: Option<Vec<Sequenced>>,
+}
+
+impl Feed {
+    /// A feed for a joining connection: everything waits until its catch-up arrives.
+    pub(super) fn joining() -> Mutex<Self> {
+        Mutex::new(Self {
+            cursor: None,
+            pending: Some(Vec::new()),
+        })
+    }
+}
+
+/// Where `event` stands relative to `cursor`.
+enum Fit {
+    /// The next event: deliver it.
+    Next,
+    /// Already given: skip it.
+    Seen,
+    /// Something is missing before it (or it is from another epoch): catch up first.
+    Gap,
+}
+
+fn fit(cursor: Option<&StreamPosition>, event: &StreamPosition) -> Fit {
+    match cursor {
+        None => Fit::Next,
+        Some(cursor) if cursor.epoch != event.epoch => Fit::Gap,
+        Some(cursor) if event.position <= cursor.position => Fit::Seen,
+        Some(cursor) if event.position == cursor.position + 1 => Fit::Next,
+        Some(_) => Fit::Gap,
+    }
+}
+
+/// Queues `event` for `connection`; a full queue closes it as a slow consumer.
+fn give(connection: &Connection, event: &Arc<Published>) -> bool {
+    match connection
+        .queue
+        .try_send(Outgoing::Event(Arc::clone(event)))
+    {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            connection.request_close(DisconnectReason::SlowConsumer);
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// The current time in unix milliseconds.
+pub(super) fn unix_millis_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Hub {
+    /// Has every connection that leaves this node reported to `departures` (cluster mode).
+    pub fn report_departures(&self, departures: mpsc::UnboundedSender<Departure>) {
+        // Set once, at start-up; a second call is a no-op.
+        let _ = self.departures.set(departures);
+    }
+
+    /// Registers a connection of `user` that joins the cluster-wide stream: it receives nothing
+    /// until [`Hub::complete_catch_up`] gives it its starting point. The cluster enforces the
+    /// per-user limit, not this hub.
+    pub fn attach_joining(
+        self: &Arc<Self>,
+        user: UserId,
+        transport: Transport,
+    ) -> (Registration, Outbox) {
+        let (connection, outbox) = self.new_connection(transport, Some(Feed::joining()));
+        {
+            let mut shard = self.shard(&user).lock();
+            let connections = shard.connections.entry(user.clone()).or_default();
+            self.add_connection(connections, &connection);
+        }
+        let registration = Registration {
+            hub: Arc::clone(self),
+            user,
+            connection,
+        };
+        (registration, outbox)
+    }
+
+    /// Applies what the broker found for one catching-up connection: its missed events or a
+    /// resync notice, then the live events that waited meanwhile. Returns the connection's cursor
+    /// when the waiting events do not follow on (they stay waiting: fetch again from there).
+    pub fn complete_catch_up(
+        &self,
+        user: &UserId,
+        connection: u64,
+        catch_up: CatchUp,
+    ) -> Option<StreamPosition> {
+        let shard = self.shard(user).lock();
+        let connection = shard
+            .connections
+            .get(user)?
+            .iter()
+            .find(|c| c.id == connection)?;
+        let mut feed = connection.feed.as_ref()?.lock();
+        let waiting = feed.pending.take()?;
+        if let Some(reason) = catch_up.resync {
+            let from = catch_up.from.as_deref().unwrap_or_default();
+            let notice = Arc::new(resync_notice(user, reason, from, Some(&catch_up.head)));
+            give(connection, &notice);
+            feed.cursor = Some(catch_up.head);
+        } else {
+            for event in &catch_up.events {
+                if let Fit::Next = fit(feed.cursor.as_ref(), &event.at) {
+                    give(connection, &event.published);
+                    feed.cursor = Some(event.at.clone());
+                }
+            }
+            if feed.cursor.is_none() {
+                feed.cursor = Some(catch_up.head);
+            }
+        }
+        let mut waiting = waiting.into_iter();
+        while let Some(event) = waiting.next() {
+            match fit(feed.cursor.as_ref(), &event.at) {
+                Fit::Seen => {}
+                Fit::Next => {
+                    give(connection, &event.published);
+                    feed.cursor = Some(event.at);
+                }
+                Fit::Gap => {
+                    feed.pending = Some(std::iter::once(event).chain(waiting).collect());
+                    return feed.cursor.clone();
+                }
+            }
+        }
+        None
+    }
+
+    /// Hands an event of `user`'s stream to each of the user's connections here that is due to
+    /// receive it next; buffers it for those catching up. Returns the connections it revealed a
+    /// gap for (now catching up, with this event waiting): the broker must fetch what they missed.
+    pub fn deliver_sequenced(&self, user: &UserId, event: &Sequenced) -> Vec<Lagging> {
+        let mut lagging = Vec::new();
+        let mut delivery = Delivery::default();
+        {
+            let shard = self.shard(user).lock();
+            for connection in shard.connections.get(user).into_iter().flatten() {
+                let Some(feed) = connection.feed.as_ref() else {
+                    continue;
+                };
+                if connection.is_closing() {
+                    continue;
+                }
+                let mut feed = feed.lock();
+                let Feed { cursor, pending } = &mut *feed;
+                if let Some(waiting) = pending {
+                    if waiting.len() >= self.limits.queue_capacity {
+                        connection.request_close(DisconnectReason::SlowConsumer);
+                    } else {
+                        waiting.push(event.clone());
+                    }
+                    continue;
+                }
+                match fit(cursor.as_ref(), &event.at) {
+                    Fit::Seen => {}
+                    Fit::Next => {
+                        if give(connection, &event.published) {
+                            delivery.delivered += 1;
+                        } else {
+                            delivery.failed += 1;
+                        }
+                        *cursor = Some(event.at.clone());
+                    }
+                    Fit::Gap => {
+                        *pending = Some(vec![event.clone()]);
+                        if let Some(cursor) = cursor.clone() {
+                            lagging.push(Lagging {
+                                user: user.clone(),
+                                connection: connection.id,
+                                cursor,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if delivery != Delivery::default() {
+            self.metrics.record_delivery(delivery);
+        }
+        lagging
+    }
+
+    /// Puts every connection that is not already catching up into catching up (after the
+    /// broker lost events, e.g. while its subscription was down), and returns every connection
+    /// with a cursor to fetch from. Connections still joining are left to their join.
+    pub fn begin_catch_up_all(&self) -> Vec<Lagging> {
+        let mut lagging = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (user, connections) in &shard.connections {
+                for connection in connections {
+                    let Some(feed) = connection.feed.as_ref() else {
+                        continue;
+                    };
+                    let mut feed = feed.lock();
+                    let Some(cursor) = feed.cursor.clone() else {
+                        continue;
+                    };
+                    feed.pending.get_or_insert_with(Vec::new);
+                    lagging.push(Lagging {
+                        user: user.clone(),
+                        connection: connection.id,
+                        cursor,
+                    });
+                }
+            }
+        }
+        lagging
+    }
+
+    /// Every connection on this node, as the cluster's presence records it.
+    pub fn present(&self) -> Vec<Present> {
+        let mut present = Vec::with_capacity(self.connection_count());
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (user, connections) in &shard.connections {
+                present.extend(connections.iter().map(|connection| Present {
+                    user: user.clone(),
+                    connection: connection.id,
+                    transport: connection.transport,
+                    connected_at_ms: connection.connected_at_ms,
+                }));
+            }
+        }
+        present
+    }
+
+    /// Asks one connection of `user` to close (another node took its place, or an operator).
+    pub fn kick(&self, user: &UserId, connection: u64, reason: DisconnectReason) {
+        let shard = self.shard(user).lock();
+        if let Some(connection) = shard
+            .connections
+            .get(user)
+            .and_then(|connections| connections.iter().find(|c| c.id == connection))
+        {
+            connection.request_close(reason);
+        }
+    }
+}
+
+impl Registration {
+    /// When this connection connected, in unix milliseconds.
+    pub fn connected_at_ms(&self) -> u64 {
+        self.connection.connected_at_ms
+    }
+
+    /// How this connection is connected.
+    pub fn transport(&self) -> Transport {
+        self.connection.transport
+    }
+}
