@@ -345,3 +345,167 @@ impl Registration {
         self.connection.transport
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::UserLimitPolicy;
+    use crate::history::HistoryLimits;
+    use crate::hub::HubLimits;
+    use crate::metrics::Metrics;
+    use crate::protocol::Frame;
+
+    const CAPACITY: usize = 8;
+
+    fn hub() -> Arc<Hub> {
+        let limits = HubLimits {
+            per_user: usize::MAX,
+            policy: UserLimitPolicy::Reject,
+            queue_capacity: CAPACITY,
+        };
+        let history = HistoryLimits {
+            size: 0,
+            ttl: Duration::ZERO,
+            max_users: 1,
+        };
+        Arc::new(Hub::new(limits, history, Arc::new(Metrics::default())))
+    }
+
+    fn user() -> UserId {
+        UserId::parse("u").unwrap()
+    }
+
+    fn at(epoch: &str, position: u64) -> StreamPosition {
+        StreamPosition {
+            epoch: Arc::from(epoch),
+            position,
+        }
+    }
+
+    fn event(epoch: &str, position: u64) -> Sequenced {
+        let id = format!("{epoch}{position}");
+        Sequenced {
+            at: at(epoch, position),
+            published: Arc::new(Published {
+                event_id: Arc::from(id.as_str()),
+                event_type: Arc::from("message"),
+                frame: Frame::from(id),
+            }),
+        }
+    }
+
+    fn catch_up(head: StreamPosition, events: Vec<Sequenced>) -> CatchUp {
+        CatchUp {
+            head,
+            events,
+            resync: None,
+            from: None,
+        }
+    }
+
+    fn drain(outbox: &mut Outbox) -> Vec<String> {
+        std::iter::from_fn(|| outbox.try_recv().ok())
+            .map(|item| item.frame().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn live_events_wait_for_the_join_and_are_not_given_twice() {
+        let hub = hub();
+        let (registration, mut outbox) = hub.attach_joining(user(), Transport::WebSocket);
+        // Published while the broker looked up the replay: 3 is also in the replay.
+        for position in [3, 4] {
+            assert!(hub.deliver_sequenced(&user(), &event("A", position)).is_empty());
+        }
+        assert!(drain(&mut outbox).is_empty(), "nothing before the join completes");
+        let joined = catch_up(at("A", 3), vec![event("A", 2), event("A", 3)]);
+        assert_eq!(hub.complete_catch_up(&user(), registration.id(), joined), None);
+        assert_eq!(drain(&mut outbox), ["A2", "A3", "A4"]);
+        hub.deliver_sequenced(&user(), &event("A", 5));
+        hub.deliver_sequenced(&user(), &event("A", 5));
+        assert_eq!(drain(&mut outbox), ["A5"], "a repeat is skipped");
+    }
+
+    #[test]
+    fn a_gap_holds_events_back_until_caught_up() {
+        let hub = hub();
+        let (registration, mut outbox) = hub.attach_joining(user(), Transport::Sse);
+        hub.complete_catch_up(&user(), registration.id(), catch_up(at("A", 1), vec![]));
+        let lagging = hub.deliver_sequenced(&user(), &event("A", 4));
+        assert_eq!(lagging.len(), 1);
+        assert_eq!(lagging[0].cursor, at("A", 1));
+        hub.deliver_sequenced(&user(), &event("A", 5));
+        assert!(drain(&mut outbox).is_empty(), "held back behind the gap");
+        let found = catch_up(at("A", 4), vec![event("A", 2), event("A", 3), event("A", 4)]);
+        assert_eq!(hub.complete_catch_up(&user(), registration.id(), found), None);
+        assert_eq!(drain(&mut outbox), ["A2", "A3", "A4", "A5"]);
+    }
+
+    #[test]
+    fn a_catch_up_that_still_leaves_a_gap_asks_for_another() {
+        let hub = hub();
+        let (registration, mut outbox) = hub.attach_joining(user(), Transport::WebSocket);
+        hub.deliver_sequenced(&user(), &event("A", 9));
+        let stale = catch_up(at("A", 5), vec![]);
+        assert_eq!(
+            hub.complete_catch_up(&user(), registration.id(), stale),
+            Some(at("A", 5))
+        );
+        let rest = catch_up(at("A", 8), vec![event("A", 6), event("A", 7), event("A", 8)]);
+        assert_eq!(hub.complete_catch_up(&user(), registration.id(), rest), None);
+        assert_eq!(drain(&mut outbox), ["A6", "A7", "A8", "A9"]);
+    }
+
+    #[test]
+    fn a_lost_stream_gets_a_resync_then_the_new_epoch() {
+        let hub = hub();
+        let (registration, mut outbox) = hub.attach_joining(user(), Transport::WebSocket);
+        hub.complete_catch_up(&user(), registration.id(), catch_up(at("A", 7), vec![]));
+        let lagging = hub.begin_catch_up_all();
+        assert_eq!(lagging.len(), 1, "after an outage everyone catches up");
+        hub.deliver_sequenced(&user(), &event("B", 1));
+        hub.deliver_sequenced(&user(), &event("B", 2));
+        let lost = CatchUp {
+            head: at("B", 1),
+            events: Vec::new(),
+            resync: Some(ResyncReason::EpochChanged),
+            from: Some("A:7".to_owned()),
+        };
+        assert_eq!(hub.complete_catch_up(&user(), registration.id(), lost), None);
+        let frames = drain(&mut outbox);
+        assert_eq!(frames.len(), 2, "{frames:?}");
+        let notice: serde_json::Value = serde_json::from_str(&frames[0]).unwrap();
+        assert_eq!(notice["event_type"], "resync");
+        assert_eq!(notice["event_id"], "B:1");
+        assert_eq!(notice["data"]["reason"], "epoch_changed");
+        assert_eq!(frames[1], "B2");
+    }
+
+    #[tokio::test]
+    async fn a_joiner_that_waits_too_long_is_closed_as_a_slow_consumer() {
+        let hub = hub();
+        let (registration, _outbox) = hub.attach_joining(user(), Transport::WebSocket);
+        for position in 1..=CAPACITY as u64 + 1 {
+            hub.deliver_sequenced(&user(), &event("A", position));
+        }
+        assert_eq!(
+            registration.close_requested().await,
+            DisconnectReason::SlowConsumer
+        );
+    }
+
+    #[tokio::test]
+    async fn kicks_and_presence_name_connections() {
+        let hub = hub();
+        let (first, _a) = hub.attach_joining(user(), Transport::WebSocket);
+        let (_second, _b) = hub.attach_joining(user(), Transport::Sse);
+        let present = hub.present();
+        assert_eq!(present.len(), 2);
+        assert!(present.iter().any(|p| p.transport == Transport::Sse));
+        assert!(present.iter().all(|p| p.connected_at_ms > 0));
+        hub.kick(&user(), first.id(), DisconnectReason::Replaced);
+        assert_eq!(first.close_requested().await, DisconnectReason::Replaced);
+    }
+}

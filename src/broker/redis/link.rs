@@ -214,7 +214,7 @@ async fn serve(
                     break "a command failed".to_owned();
                 }
             }
-            _ = beat.tick() => {
+            _ = beat.tick(), if !shared.left.load(Ordering::Acquire) => {
                 if let Err(error) = heartbeat(shared, &mut commands).await {
                     break format!("heartbeat failed: {error}");
                 }
@@ -398,6 +398,7 @@ pub(super) async fn forget_departures(
 /// On a graceful shutdown: removes this node's presence and lease at once, so the cluster's
 /// counts drop without waiting for the lease to run out.
 pub(super) async fn leave_cluster(shared: &Shared) {
+    shared.left.store(true, Ordering::Release);
     let Ok((_, mut commands)) = shared.commands() else {
         return;
     };

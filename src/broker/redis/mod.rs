@@ -21,7 +21,7 @@ mod scripts;
 mod wire;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -105,6 +105,8 @@ struct Shared {
     failed: Notify,
     changes: mpsc::UnboundedSender<Change>,
     cluster: Mutex<Option<ClusterStats>>,
+    /// Set once this node has left the cluster (shutdown): no more heartbeats.
+    left: AtomicBool,
 }
 
 /// What [`Shared::join`] found.
@@ -153,6 +155,7 @@ impl RedisBroker {
             failed: Notify::new(),
             changes,
             cluster: Mutex::new(None),
+            left: AtomicBool::new(false),
         });
         hub.report_departures(departures);
         tokio::spawn(link::supervise(Arc::clone(&shared), changes_rx));
