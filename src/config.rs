@@ -823,6 +823,35 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_are_checked_and_the_redis_url_stays_secret() {
+        let cli = parse(&[
+            "--broker",
+            "REDIS",
+            "--redis-url",
+            "redis://:hunter2@redis:6379/1",
+            "--node-id",
+            "node-a.eu_1",
+        ])
+        .unwrap();
+        assert_eq!(cli.settings.broker, BrokerKind::Redis);
+        assert_eq!(cli.settings.redis_url.expose(), "redis://:hunter2@redis:6379/1");
+        assert!(!format!("{:?}", cli.settings).contains("hunter2"));
+        assert_eq!(cli.settings.presence_lease, Duration::from_secs(15));
+        for (flag, bad) in [
+            ("--redis-url", "http://redis:6379"),
+            ("--redis-url", "redis://"),
+            ("--node-id", "a/b"),
+            ("--node-id", ""),
+            ("--redis-key-prefix", "a{b}"),
+            ("--redis-key-prefix", "has space"),
+            ("--broker", "kafka"),
+        ] {
+            let err = parse(&[flag, bad]).unwrap_err();
+            assert!(describe_error(&err).starts_with("invalid "), "{flag} {bad}");
+        }
+    }
+
+    #[test]
     fn paths_must_be_plain() {
         assert!(parse_path("/ws").is_ok());
         for bad in ["ws", "/", "/ws/", "/{id}", "/a//b", "/:x", "/*rest"] {
