@@ -834,7 +834,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.settings.broker, BrokerKind::Redis);
-        assert_eq!(cli.settings.redis_url.expose(), "redis://:hunter2@redis:6379/1");
+        assert_eq!(
+            cli.settings.redis_url.expose(),
+            "redis://:hunter2@redis:6379/1"
+        );
         assert!(!format!("{:?}", cli.settings).contains("hunter2"));
         assert_eq!(cli.settings.presence_lease, Duration::from_secs(15));
         for (flag, bad) in [

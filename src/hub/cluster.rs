@@ -40,10 +40,10 @@ pub struct Sequenced {
 pub struct CatchUp {
     /// The user's stream head when the broker looked.
     pub head: StreamPosition,
-    /// The events after the connection's point, oldest first, ending at `head`.
+    /// The events after the connection's point (after `head` when resyncing), oldest first.
     pub events: Vec<Sequenced>,
-    /// Set when the connection's point cannot be resumed from: it gets a resync notice and
-    /// continues from `head`.
+    /// Set when the connection's point cannot be resumed from: it gets a resync notice naming
+    /// `head`, then `events`.
     pub resync: Option<ResyncReason>,
     /// The point the connection asked to resume from (quoted in a resync notice).
     pub from: Option<String>,
@@ -193,17 +193,16 @@ impl Hub {
             let from = catch_up.from.as_deref().unwrap_or_default();
             let notice = Arc::new(resync_notice(user, reason, from, Some(&catch_up.head)));
             give(connection, &notice);
+            feed.cursor = Some(catch_up.head.clone());
+        }
+        for event in &catch_up.events {
+            if let Fit::Next = fit(feed.cursor.as_ref(), &event.at) {
+                give(connection, &event.published);
+                feed.cursor = Some(event.at.clone());
+            }
+        }
+        if feed.cursor.is_none() {
             feed.cursor = Some(catch_up.head);
-        } else {
-            for event in &catch_up.events {
-                if let Fit::Next = fit(feed.cursor.as_ref(), &event.at) {
-                    give(connection, &event.published);
-                    feed.cursor = Some(event.at.clone());
-                }
-            }
-            if feed.cursor.is_none() {
-                feed.cursor = Some(catch_up.head);
-            }
         }
         let mut waiting = waiting.into_iter();
         while let Some(event) = waiting.next() {
@@ -417,11 +416,20 @@ mod tests {
         let (registration, mut outbox) = hub.attach_joining(user(), Transport::WebSocket);
         // Published while the broker looked up the replay: 3 is also in the replay.
         for position in [3, 4] {
-            assert!(hub.deliver_sequenced(&user(), &event("A", position)).is_empty());
+            assert!(
+                hub.deliver_sequenced(&user(), &event("A", position))
+                    .is_empty()
+            );
         }
-        assert!(drain(&mut outbox).is_empty(), "nothing before the join completes");
+        assert!(
+            drain(&mut outbox).is_empty(),
+            "nothing before the join completes"
+        );
         let joined = catch_up(at("A", 3), vec![event("A", 2), event("A", 3)]);
-        assert_eq!(hub.complete_catch_up(&user(), registration.id(), joined), None);
+        assert_eq!(
+            hub.complete_catch_up(&user(), registration.id(), joined),
+            None
+        );
         assert_eq!(drain(&mut outbox), ["A2", "A3", "A4"]);
         hub.deliver_sequenced(&user(), &event("A", 5));
         hub.deliver_sequenced(&user(), &event("A", 5));
@@ -438,8 +446,14 @@ mod tests {
         assert_eq!(lagging[0].cursor, at("A", 1));
         hub.deliver_sequenced(&user(), &event("A", 5));
         assert!(drain(&mut outbox).is_empty(), "held back behind the gap");
-        let found = catch_up(at("A", 4), vec![event("A", 2), event("A", 3), event("A", 4)]);
-        assert_eq!(hub.complete_catch_up(&user(), registration.id(), found), None);
+        let found = catch_up(
+            at("A", 4),
+            vec![event("A", 2), event("A", 3), event("A", 4)],
+        );
+        assert_eq!(
+            hub.complete_catch_up(&user(), registration.id(), found),
+            None
+        );
         assert_eq!(drain(&mut outbox), ["A2", "A3", "A4", "A5"]);
     }
 
@@ -453,8 +467,14 @@ mod tests {
             hub.complete_catch_up(&user(), registration.id(), stale),
             Some(at("A", 5))
         );
-        let rest = catch_up(at("A", 8), vec![event("A", 6), event("A", 7), event("A", 8)]);
-        assert_eq!(hub.complete_catch_up(&user(), registration.id(), rest), None);
+        let rest = catch_up(
+            at("A", 8),
+            vec![event("A", 6), event("A", 7), event("A", 8)],
+        );
+        assert_eq!(
+            hub.complete_catch_up(&user(), registration.id(), rest),
+            None
+        );
         assert_eq!(drain(&mut outbox), ["A6", "A7", "A8", "A9"]);
     }
 
@@ -467,20 +487,25 @@ mod tests {
         assert_eq!(lagging.len(), 1, "after an outage everyone catches up");
         hub.deliver_sequenced(&user(), &event("B", 1));
         hub.deliver_sequenced(&user(), &event("B", 2));
+        hub.deliver_sequenced(&user(), &event("B", 3));
+        // The new stream is whole from its start: the resync point is B:0, and B1, B2 follow.
         let lost = CatchUp {
-            head: at("B", 1),
-            events: Vec::new(),
+            head: at("B", 0),
+            events: vec![event("B", 1), event("B", 2)],
             resync: Some(ResyncReason::EpochChanged),
             from: Some("A:7".to_owned()),
         };
-        assert_eq!(hub.complete_catch_up(&user(), registration.id(), lost), None);
+        assert_eq!(
+            hub.complete_catch_up(&user(), registration.id(), lost),
+            None
+        );
         let frames = drain(&mut outbox);
-        assert_eq!(frames.len(), 2, "{frames:?}");
+        assert_eq!(frames.len(), 4, "{frames:?}");
         let notice: serde_json::Value = serde_json::from_str(&frames[0]).unwrap();
         assert_eq!(notice["event_type"], "resync");
-        assert_eq!(notice["event_id"], "B:1");
+        assert_eq!(notice["event_id"], "B:0");
         assert_eq!(notice["data"]["reason"], "epoch_changed");
-        assert_eq!(frames[1], "B2");
+        assert_eq!(frames[1..], ["B1", "B2", "B3"]);
     }
 
     #[tokio::test]

@@ -126,7 +126,9 @@ return out
 /// connection, presence value, per-user limit (0: no presence change, a catch-up), replace
 /// ('1': over the limit, the oldest connection is kicked).
 /// Returns `{'limit', count}` or `{'ok', epoch, head, kicked, resync reason, position, envelope,
-/// position, envelope, ...}` with the events after the point.
+/// position, envelope, ...}` with the events after the point. When the point's stream was lost
+/// but the current one is whole from its start, the reason is `epoch_changed`, `head` is 0 (the
+/// resync point) and every event of the current stream follows.
 const JOIN_BODY: &str = r#"
 local size, ttl, meta_ttl, candidate = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local user, from, token_epoch, token_position = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
@@ -174,7 +176,22 @@ end
 if not after then
   if token_epoch == '' then return answer('unknown_event_id') end
   local position = tonumber(token_position)
-  if token_epoch ~= epoch or position > head then return answer('epoch_changed') end
+  if token_epoch ~= epoch or position > head then
+    -- The client's stream is gone (Redis lost it). If the current one is still whole from its
+    -- first event, the resync point is its start and everything in it follows the notice.
+    local entries = redis.call('XRANGE', stream, '1-0', '+')
+    local first = entries[1]
+    if head == 0 or not first or first[1] ~= '1-0' or now_ms() - tonumber(first[2][6]) >= ttl then
+      return answer('epoch_changed')
+    end
+    head = 0
+    local events = {}
+    for _, entry in ipairs(entries) do
+      events[#events + 1] = tonumber(string.match(entry[1], '^(%d+)'))
+      events[#events + 1] = entry[2][2]
+    end
+    return answer('epoch_changed', events)
+  end
   after = position
 end
 if after >= head then return answer('') end
@@ -185,7 +202,7 @@ if not first or first[1] ~= (after + 1) .. '-0' or now_ms() - tonumber(first[2][
 end
 local events = {}
 for _, entry in ipairs(entries) do
-  events[#events + 1] = string.match(entry[1], '^(%d+)')
+  events[#events + 1] = tonumber(string.match(entry[1], '^(%d+)'))
   events[#events + 1] = entry[2][2]
 end
 return answer('', events)

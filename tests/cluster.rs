@@ -1,0 +1,28 @@
+//! Cluster mode (`--broker redis`): several nodes sharing one Redis, real HTTP, WebSocket and SSE
+//! clients. Each test runs its own nodes under its own Redis key prefix, so tests run in
+//! parallel against one Redis: `TEST_REDIS_URL`, else a Redis on 127.0.0.1:6379, else a
+//! throwaway `redis-server` (see `cluster/redis.rs`). Without any of them the tests print
+//! `SKIPPED` and pass, except under `CI=true`, where they fail.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a failed expectation is a failed test"
+)]
+
+#[path = "api/helpers.rs"]
+mod helpers;
+
+#[path = "cluster/redis.rs"]
+mod redis;
+#[path = "cluster/support.rs"]
+mod support;
+
+#[path = "cluster/delivery.rs"]
+mod delivery;
+#[path = "cluster/outage.rs"]
+mod outage;
+#[path = "cluster/presence.rs"]
+mod presence;
+#[path = "cluster/resume.rs"]
+mod resume;
