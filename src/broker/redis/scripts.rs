@@ -161,6 +161,15 @@ if limit > 0 then
 end
 local meta, epoch = stream_meta(user, candidate, meta_ttl)
 local head = tonumber(redis.call('HGET', meta, 'p'))
+-- History entries as the reply lists them: position, envelope, position, envelope, ...
+local function replay(entries)
+  local events = {}
+  for _, entry in ipairs(entries) do
+    events[#events + 1] = tonumber(string.match(entry[1], '^(%d+)'))
+    events[#events + 1] = entry[2][2]
+  end
+  return events
+end
 local function answer(reason, events)
   local out = {'ok', epoch, head, kicked, reason}
   for _, event in ipairs(events or {}) do out[#out + 1] = event end
@@ -185,12 +194,7 @@ if not after then
       return answer('epoch_changed')
     end
     head = 0
-    local events = {}
-    for _, entry in ipairs(entries) do
-      events[#events + 1] = tonumber(string.match(entry[1], '^(%d+)'))
-      events[#events + 1] = entry[2][2]
-    end
-    return answer('epoch_changed', events)
+    return answer('epoch_changed', replay(entries))
   end
   after = position
 end
@@ -200,12 +204,7 @@ local first = entries[1]
 if not first or first[1] ~= (after + 1) .. '-0' or now_ms() - tonumber(first[2][6]) >= ttl then
   return answer('expired')
 end
-local events = {}
-for _, entry in ipairs(entries) do
-  events[#events + 1] = tonumber(string.match(entry[1], '^(%d+)'))
-  events[#events + 1] = entry[2][2]
-end
-return answer('', events)
+return answer('', replay(entries))
 "#;
 
 /// Forgets connections that left. ARGV: prefix, node, then per connection: user, connection.
