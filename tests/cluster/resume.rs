@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{Value, json};
 
 use crate::support::{
-    Client, Counts, QUIET, cluster, datas, epoch_of, id_of, push, seqs, take, wait_for_counts,
+    Client, Counts, QUIET, cluster, datas, epoch_of, id_of, position_of, push, seqs, take,
+    wait_for_counts,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,4 +227,61 @@ async fn hopping_between_nodes_while_pushes_race_loses_nothing_and_repeats_nothi
             at.map(|i| &expected[i])
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_history_in_redis_keeps_its_size_and_age_bounds() {
+    const USER: &str = "bounded";
+    let Some(redis) = crate::redis::shared("history_bounds").await else {
+        return;
+    };
+    let flags = ["--history-size", "3", "--history-ttl", "1"];
+    let cluster = cluster(&redis, "history_bounds", 2, &flags).await;
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    for n in 1..=5 {
+        let body = json!({"user_id": USER, "event_id": format!("e{n}"), "data": {"seq": n}});
+        let response = push(a, body).await;
+        assert_eq!(response["stored"], true, "{response}");
+        assert_eq!(position_of(&response), n);
+    }
+
+    // Only the last 3 are kept: resuming after e2 replays e3..e5 on another node...
+    let mut client = Client::ws_resume(b, USER, "e2").await;
+    assert_eq!(datas(&take(&mut client, 3).await), seqs(3..=5));
+    client.close().await;
+    // ...after e1, no longer known, is a resync.
+    let mut client = Client::ws_resume(b, USER, "e1").await;
+    let notice = client.next().await;
+    assert_eq!(notice["event_type"], "resync", "{notice}");
+    assert_eq!(notice["data"]["reason"], "unknown_event_id", "{notice}");
+    client.close().await;
+    // From a position token older than the history: expired.
+    let epoch = notice["data"]["epoch"]
+        .as_str()
+        .expect("the resync names the epoch");
+    let mut client = Client::ws_resume(a, USER, &format!("{epoch}:1")).await;
+    let notice = client.next().await;
+    assert_eq!(notice["data"]["reason"], "expired", "{notice}");
+    client.close().await;
+    // A retry of a trimmed event is a new event; of a kept one, a duplicate.
+    let retried = push(b, json!({"user_id": USER, "event_id": "e1", "data": {}})).await;
+    assert_eq!(retried["duplicate"], false, "{retried}");
+    assert_eq!(position_of(&retried), 6);
+    let retried = push(b, json!({"user_id": USER, "event_id": "e5", "data": {}})).await;
+    assert_eq!(retried["duplicate"], true, "{retried}");
+    assert_eq!(position_of(&retried), 5);
+
+    // After HISTORY_TTL nothing is replayable, and nothing is a duplicate any more.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let mut client = Client::ws_resume(a, USER, &format!("{}:5", epoch_of(&retried))).await;
+    let notice = client.next().await;
+    assert_eq!(notice["data"]["reason"], "expired", "{notice}");
+    client.close().await;
+    let late = push(a, json!({"user_id": USER, "event_id": "e5", "data": {}})).await;
+    assert_eq!(late["duplicate"], false, "{late}");
+    assert_eq!(
+        position_of(&late),
+        7,
+        "positions go on: the stream itself is kept"
+    );
 }
