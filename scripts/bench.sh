@@ -9,8 +9,10 @@
 #                               1 s of churn with 20 workers and a 200 users × 20 events history
 #                               fill with its replay check; fails on any loss, duplicate or
 #                               misrouted frame, failed connection, leaked connection, or history
-#                               event not stored or not replayed exactly
+#                               event not stored or not replayed exactly; then one 1 s round of
+#                               the cluster comparison (below), which needs Redis
 #   scripts/bench.sh --targets "ours pushpin"   only these targets
+#   scripts/bench.sh cluster    only the cluster comparison (below); with --quick or --smoke too
 #
 # Each server is pinned to CPU 0 and loadgen to CPU 1 (taskset), so they do not compete. A
 # fresh server is started for the idle scenario, another for churn and (ours) another for
@@ -20,6 +22,19 @@
 # (ours only) stores BENCH_HISTORY_USERS × BENCH_HISTORY_EVENTS events of 256 B for offline users
 # and reports the server's RSS per stored event and the fill rate, then checks that 50 sampled
 # users resuming from <epoch>:0 get exactly their events, in order.
+#
+# Cluster comparison (`cluster`, and one short round in --smoke; not in the default run, as it
+# needs Redis): the closed-loop push run (100 users, 32 publishers, 256 B) against two nodes
+# started with BROKER=redis, loadgen's WebSockets on node B and its publishers on node A, so
+# every delivery crosses Redis; and, in the same run with the same loadgen arguments, against one
+# node with the memory broker. Both alternate (memory first in odd rounds, cluster first in even
+# rounds), each run on fresh servers (and a fresh REDIS_KEY_PREFIX); the table reports medians.
+# Then the same for open-loop pushes at BENCH_CLUSTER_RATE. Nodes (and a Redis started here) are
+# pinned to CPU 0 like the single server, so both sides get one core. Redis: 127.0.0.1:6379 when
+# it answers PING (keys under a unique prefix, deleted afterwards when redis-cli is there),
+# otherwise a throwaway `redis-server --save '' --appendonly no` on a free port, stopped at the
+# end. Redis's CPU comes from its INFO (all of Redis's work, so a shared Redis's other clients
+# count too). --smoke fails when the cluster delivers nothing, loses, duplicates or misroutes.
 #
 # Environment (all optional):
 #   BENCH_DURATION=10            seconds per scenario (--quick: 2)
@@ -38,6 +53,15 @@
 #   PEERS_DIR=/work/shared/peers   the peers' scripts (only read, never written)
 #   PEER_VENV=~/.cache/websocket-sse-peers/fastapi_seed    the FastAPI seed's virtualenv
 #   SOCKUDO_BIN=~/.cache/websocket-sse-peers/sockudo/bin/sockudo
+#   BENCH_CLUSTER_ROUNDS=5       cluster: rounds of (memory, cluster) runs (--quick: 3, --smoke: 1)
+#   BENCH_CLUSTER_RATE=N         cluster: open-loop pushes/s for both brokers (default: half the
+#                                cluster's median closed-loop delivered/s; no open loop in --smoke)
+#   BENCH_REDIS=auto             cluster: `own` always starts a throwaway Redis (pinned to CPU 0
+#                                with the nodes) instead of using 127.0.0.1:6379
+#   BENCH_PORT_CLUSTER=18180     cluster: node A (node B: +1); BENCH_PORT_REDIS=18379 the first
+#                                port tried for a throwaway Redis
+#   BENCH_PRESENCE_LEASE=3       cluster: the nodes' PRESENCE_LEASE (a short lease lets node A see
+#                                node B within a second of its start)
 #
 # Exit status: 0 when every run was clean, 1 when any run failed or a server did not start.
 set -euo pipefail
@@ -47,8 +71,10 @@ cd "$ROOT"
 
 MODE=full
 TARGETS="ours fastapi pushpin sockudo"
+CLUSTER_ONLY=0
 while [ $# -gt 0 ]; do
     case "$1" in
+        cluster) CLUSTER_ONLY=1 ;;
         --quick) MODE=quick ;;
         --smoke) MODE=smoke ;;
         --targets) shift; TARGETS="${1:?--targets needs a list}" ;;
@@ -63,6 +89,13 @@ case "$MODE" in
     quick) DURATION="${BENCH_DURATION:-2}"; IDLE_CONNS="${BENCH_IDLE_CONNECTIONS:-10000}" ;;
     smoke) DURATION=1; IDLE_CONNS=200; TARGETS=ours ;;
 esac
+case "$MODE" in
+    full) CLUSTER_ROUNDS="${BENCH_CLUSTER_ROUNDS:-5}" ;;
+    quick) CLUSTER_ROUNDS="${BENCH_CLUSTER_ROUNDS:-3}" ;;
+    smoke) CLUSTER_ROUNDS=1 ;;
+esac
+# Whether this run includes the cluster comparison.
+if [ "$CLUSTER_ONLY" = 1 ] || [ "$MODE" = smoke ]; then RUN_CLUSTER=1; else RUN_CLUSTER=0; fi
 if [ "$MODE" = smoke ]; then
     CHURN_CONC=20; HISTORY_USERS=200; HISTORY_EVENTS=20
 else
@@ -75,6 +108,9 @@ PORT_OURS="${BENCH_PORT_OURS:-18080}"
 PORT_FASTAPI="${BENCH_PORT_FASTAPI:-18090}"
 PORT_PUSHPIN="${BENCH_PORT_PUSHPIN:-18000}"
 PORT_SOCKUDO="${BENCH_PORT_SOCKUDO:-18300}"
+PORT_CLUSTER="${BENCH_PORT_CLUSTER:-18180}"   # node A; node B is +1
+PORT_REDIS="${BENCH_PORT_REDIS:-18379}"       # first port tried for a throwaway Redis
+PRESENCE_LEASE="${BENCH_PRESENCE_LEASE:-3}"
 PEERS_DIR="${PEERS_DIR:-/work/shared/peers}"
 FASTAPI_VENV="${PEER_VENV:-${HOME:-/root}/.cache/websocket-sse-peers/fastapi_seed}"
 SOCKUDO_BIN="${SOCKUDO_BIN:-${HOME:-/root}/.cache/websocket-sse-peers/sockudo/bin/sockudo}"
@@ -142,6 +178,8 @@ cleanup() {
     for pid in "${STARTED[@]}"; do
         [ -n "$pid" ] && stop_tree "$pid"
     done
+    # The cluster runs' keys in a shared Redis (defined with the cluster comparison below).
+    if declare -F cleanup_redis_keys >/dev/null; then cleanup_redis_keys || true; fi
     # A run that stopped before measuring anything leaves no empty results directory behind.
     if [ ! -e "$OUT/results.json" ] && [ ! -s "$RUNS" ]; then
         rm -f "$RUNS"
@@ -260,10 +298,17 @@ stop_server() {
 # --- loadgen runs ---------------------------------------------------------------------------------
 FAILED=0
 LAST_JSON=""
+LAST_STATUS=0
+# Set by the cluster comparison around its runs: where WebSockets connect and publishers POST
+# (default: the target's port for both), and a function printing extra fields (`,"key":value…`)
+# for the run's record, called once loadgen has finished.
+RUN_URL=""
+RUN_PUBLISH_URL=""
+RUN_EXTRA_FN=""
 
 # run_loadgen <target> <name> <scenario> [loadgen args...]: one pinned loadgen run, recorded.
 run_loadgen() {
-    local target="$1" name="$2" scenario="$3" url status=0
+    local target="$1" name="$2" scenario="$3" url status=0 extra="" urls
     shift 3
     case "$target" in
         ours) url="http://127.0.0.1:$PORT_OURS" ;;
@@ -271,19 +316,23 @@ run_loadgen() {
         pushpin) url="http://127.0.0.1:$PORT_PUSHPIN" ;;
         sockudo) url="http://127.0.0.1:$PORT_SOCKUDO" ;;
     esac
+    urls=(--url "${RUN_URL:-$url}")
+    [ -z "$RUN_PUBLISH_URL" ] || urls+=(--publish-url "$RUN_PUBLISH_URL")
     log "$target: $name ($scenario $*)"
     # In the background and waited for, so that a signal to this script is handled at once.
     timeout --kill-after=10 $((DURATION + 240)) \
-        "${PIN_LOADGEN[@]}" "$LOADGEN_BIN" "$scenario" --target "$target" --url "$url" \
+        "${PIN_LOADGEN[@]}" "$LOADGEN_BIN" "$scenario" --target "$target" "${urls[@]}" \
         --server-pid "$SERVER_PID" --json "$@" \
         >"$OUT/$target-$name.json" 2>"$OUT/$target-$name.log" &
     LOADGEN_PID=$!
     wait "$LOADGEN_PID" || status=$?
     LOADGEN_PID=""
+    LAST_STATUS=$status
     LAST_JSON="$(head -c 1000000 "$OUT/$target-$name.json")"
     [ -n "$LAST_JSON" ] || LAST_JSON=null
-    printf '{"target":"%s","name":"%s","exit_status":%d,"result":%s}\n' \
-        "$target" "$name" "$status" "$LAST_JSON" >>"$RUNS"
+    [ -z "$RUN_EXTRA_FN" ] || extra="$("$RUN_EXTRA_FN")"
+    printf '{"target":"%s","name":"%s","exit_status":%d%s,"result":%s}\n' \
+        "$target" "$name" "$status" "$extra" "$LAST_JSON" >>"$RUNS"
     if [ "$status" -ne 0 ]; then
         # A peer losing messages (loadgen exit 2) is a measured result, shown in the table; only
         # our own failures and harness errors fail the run.
@@ -363,10 +412,251 @@ bench_history() {
     stop_server
 }
 
+# --- cluster comparison ---------------------------------------------------------------------------
+REDIS_PORT=""        # the Redis the nodes use (127.0.0.1)
+REDIS_DESC=""        # what it is, for the results
+REDIS_PID=""         # a throwaway Redis started here (stopped on exit with the servers)
+PREFIX_BASE="wssbench:$STAMP:$$:"   # every run's REDIS_KEY_PREFIX starts with this
+CLUSTER_RUNS=0
+REDIS_CPU_BEFORE=""
+CLUSTER_RECORD=""    # the cluster fields of the current run's record (without redis_cpu_s)
+
+# True when 127.0.0.1:$1 answers PING with +PONG (a Redis that needs a password does not).
+redis_ping() {
+    timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/'"$1"' || exit 1
+        printf "PING\r\n" >&3
+        IFS= read -r reply <&3
+        case "$reply" in "+PONG"*) exit 0 ;; *) exit 1 ;; esac' 2>/dev/null
+}
+
+# Redis's own CPU seconds so far (used_cpu_user + used_cpu_sys from INFO cpu); empty if unknown.
+redis_cpu_seconds() {
+    timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/'"$REDIS_PORT"' || exit 1
+        printf "INFO cpu\r\n" >&3
+        IFS= read -r header <&3
+        len="${header#?}"; len="${len%?}"
+        case "$len" in ""|*[!0-9]*) exit 1 ;; esac
+        head -c "$len" <&3' 2>/dev/null |
+        awk -F: '/^used_cpu_(user|sys):/ { s += $2; n++ } END { if (n == 2) printf "%.3f", s }' ||
+        true
+}
+
+# Picks the Redis for the cluster runs: 127.0.0.1:6379 when it answers (unless BENCH_REDIS=own),
+# otherwise a throwaway redis-server on the first free port from BENCH_PORT_REDIS, pinned to CPU
+# 0 with the nodes. Fails (loudly) when there is neither.
+setup_redis() {
+    local port
+    if [ "${BENCH_REDIS:-auto}" != own ] && redis_ping 6379; then
+        REDIS_PORT=6379
+        REDIS_DESC="existing 127.0.0.1:6379 ($(redis_version 6379))"
+        log "cluster: using the Redis on 127.0.0.1:6379, keys under $PREFIX_BASE*"
+        return 0
+    fi
+    if ! command -v redis-server >/dev/null; then
+        log "cluster: no Redis answers on 127.0.0.1:6379 and redis-server is not installed" \
+            "(Debian: apt-get install redis-server)"
+        return 1
+    fi
+    for port in $(seq "$PORT_REDIS" $((PORT_REDIS + 20))); do
+        port_busy "$port" || break
+    done
+    if port_busy "$port"; then
+        log "cluster: no free port for Redis in $PORT_REDIS-$((PORT_REDIS + 20))"
+        return 1
+    fi
+    # Not daemonized: a child of this script, stopped on exit like the servers.
+    "${PIN_SERVER[@]}" redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+        >"$OUT/redis.log" 2>&1 &
+    REDIS_PID=$!
+    STARTED+=("$REDIS_PID")
+    REDIS_PORT=$port
+    for _ in $(seq 100); do
+        redis_ping "$port" && break
+        kill -0 "$REDIS_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if ! redis_ping "$port"; then
+        log "cluster: the throwaway redis-server on port $port did not answer PING; log: $OUT/redis.log"
+        tail -n 20 "$OUT/redis.log" >&2 || true
+        return 1
+    fi
+    REDIS_DESC="throwaway redis-server on 127.0.0.1:$port ($(redis_version "$port"), no persistence)"
+    log "cluster: started $REDIS_DESC"
+}
+
+redis_version() {
+    timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/'"$1"' || exit 1
+        printf "INFO server\r\n" >&3
+        IFS= read -r header <&3
+        len="${header#?}"; len="${len%?}"
+        case "$len" in ""|*[!0-9]*) exit 1 ;; esac
+        head -c "$len" <&3' 2>/dev/null | tr -d '\r' | sed -n 's/^redis_version:/Redis /p' || true
+}
+
+# Deletes this run's keys from a shared Redis (a throwaway one just goes away).
+cleanup_redis_keys() {
+    [ -n "$REDIS_PORT" ] && [ -z "$REDIS_PID" ] && [ "$CLUSTER_RUNS" -gt 0 ] || return 0
+    if command -v redis-cli >/dev/null; then
+        redis-cli -p "$REDIS_PORT" --scan --pattern "$PREFIX_BASE*" |
+            xargs -r -d '\n' -n 500 redis-cli -p "$REDIS_PORT" UNLINK >/dev/null 2>&1 || true
+    else
+        log "cluster: redis-cli not installed: keys under $PREFIX_BASE* are left to expire"
+    fi
+}
+
+# The /health "cluster"."nodes" count of the node on port $1 (empty before its first heartbeat).
+cluster_nodes_seen() {
+    timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/'"$1"' || exit 1
+        printf "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" >&3
+        cat <&3' 2>/dev/null | grep -o '"nodes":[0-9]*' | head -n 1 | cut -d: -f2 || true
+}
+
+# start_cluster <key prefix>: node A (PORT_CLUSTER) and node B (+1) with BROKER=redis, both under
+# one wrapper process (so loadgen's --server-pid sums the CPU of both), pinned to CPU 0; sets
+# SERVER_PID to the wrapper. Ready when both answer /ready and node A counts 2 live nodes.
+start_cluster() {
+    local prefix="$1" port_a="$PORT_CLUSTER" port_b=$((PORT_CLUSTER + 1)) log_a log_b seen=""
+    SERVER_STARTS=$((SERVER_STARTS + 1))
+    log_a="$OUT/cluster-node-a-$SERVER_STARTS.log"
+    log_b="$OUT/cluster-node-b-$SERVER_STARTS.log"
+    for port in "$port_a" "$port_b"; do
+        if port_busy "$port"; then
+            log "port $port is busy; not starting the cluster"
+            return 1
+        fi
+    done
+    local settings=(LOG_LEVEL=warning MAX_CONNECTIONS_PER_USER=1000 BROKER=redis
+        "REDIS_URL=redis://127.0.0.1:$REDIS_PORT" "REDIS_KEY_PREFIX=$prefix"
+        "PRESENCE_LEASE=$PRESENCE_LEASE")
+    # The wrapper passes SIGTERM on to both nodes and, if either exits, stops the other and
+    # exits too (so a node that fails at start-up is noticed at once).
+    (
+        a="" b=""
+        trap 'kill -TERM $a $b 2>/dev/null || true; wait || true; exit 0' TERM INT
+        env "${settings[@]}" NODE_ID=bench-node-a "${PIN_SERVER[@]}" "$SERVER_BIN" \
+            --host 127.0.0.1 --port "$port_a" >"$log_a" 2>&1 &
+        a=$!
+        env "${settings[@]}" NODE_ID=bench-node-b "${PIN_SERVER[@]}" "$SERVER_BIN" \
+            --host 127.0.0.1 --port "$port_b" >"$log_b" 2>&1 &
+        b=$!
+        wait -n || true
+        kill -TERM $a $b 2>/dev/null || true
+        wait || true
+    ) &
+    SERVER_PID=$!
+    STARTED+=("$SERVER_PID")
+    for _ in $(seq $((READY_TIMEOUT * 10))); do
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            log "cluster: a node exited during startup; logs: $log_a $log_b"
+            tail -n 20 "$log_a" "$log_b" >&2 || true
+            return 1
+        fi
+        if http_ok "$port_a" /ready && http_ok "$port_b" /ready; then
+            seen="$(cluster_nodes_seen "$port_a")"
+            [ -n "$seen" ] && [ "$seen" -ge 2 ] && return 0
+        fi
+        sleep 0.1
+    done
+    log "cluster: not ready after ${READY_TIMEOUT}s (node A sees ${seen:-no} cluster nodes;" \
+        "needs /ready 200 on both and 2 nodes in node A's /health); logs: $log_a $log_b"
+    tail -n 20 "$log_a" "$log_b" >&2 || true
+    return 1
+}
+
+# The extra fields of a cluster run's record: broker, round, loop, Redis CPU over the run.
+cluster_record_fields() {
+    local after="" used=null
+    if [ -n "$REDIS_CPU_BEFORE" ]; then
+        after="$(redis_cpu_seconds)"
+        [ -z "$after" ] || used="$(awk -v a="$after" -v b="$REDIS_CPU_BEFORE" 'BEGIN { printf "%.3f", a - b }')"
+    fi
+    printf ',"cluster":{%s,"redis_cpu_s":%s}' "$CLUSTER_RECORD" "$used"
+}
+
+# cluster_run <broker> <round> <loop> [loadgen push args...]: one push run on fresh servers:
+# memory = one node on PORT_OURS; redis = nodes A and B, WebSockets on B, publishers on A.
+cluster_run() {
+    local broker="$1" round="$2" loop="$3" name delivered
+    shift 3
+    name="cluster-$loop-$broker-$round"
+    CLUSTER_RECORD="\"broker\":\"$broker\",\"round\":$round,\"loop\":\"$loop\""
+    if [ "$broker" = memory ]; then
+        if ! start_server ours; then FAILED=1; stop_server; return; fi
+        REDIS_CPU_BEFORE=""
+    else
+        CLUSTER_RUNS=$((CLUSTER_RUNS + 1))
+        if ! start_cluster "$PREFIX_BASE$CLUSTER_RUNS:"; then
+            FAILED=1
+            stop_server
+            # Recorded, so that the table shows the failed run.
+            printf '{"target":"ours","name":"%s","exit_status":1,"cluster":{%s},"result":null}\n' \
+                "$name" "$CLUSTER_RECORD" >>"$RUNS"
+            return
+        fi
+        RUN_URL="http://127.0.0.1:$((PORT_CLUSTER + 1))"
+        RUN_PUBLISH_URL="http://127.0.0.1:$PORT_CLUSTER"
+        CLUSTER_RECORD="$CLUSTER_RECORD,\"nodes\":2,\"redis\":\"$REDIS_DESC\""
+        REDIS_CPU_BEFORE="$(redis_cpu_seconds)"
+    fi
+    RUN_EXTRA_FN=cluster_record_fields
+    run_loadgen ours "$name" push --users 100 --publishers 32 --payload-bytes 256 \
+        --duration "$DURATION" "$@"
+    RUN_URL="" RUN_PUBLISH_URL="" RUN_EXTRA_FN=""
+    if [ "$broker" = redis ]; then
+        delivered="$(json_number delivered_frames)"
+        if [ "$LAST_STATUS" -ne 0 ] || [ -z "$delivered" ] || [ "$delivered" = 0 ]; then
+            FAILED=1
+            log "cluster: $name: pushes to node A did not all reach node B's WebSockets" \
+                "(loadgen exit $LAST_STATUS, ${delivered:-no} frames delivered); see" \
+                "$OUT/ours-$name.log and the node logs in $OUT"
+        fi
+    fi
+    stop_server
+}
+
+# Every round runs both brokers, memory first in odd rounds and the cluster first in even ones.
+cluster_rounds() {
+    local loop="$1" round
+    shift
+    for round in $(seq "$CLUSTER_ROUNDS"); do
+        if [ $((round % 2)) = 1 ]; then
+            cluster_run memory "$round" "$loop" "$@"
+            cluster_run redis "$round" "$loop" "$@"
+        else
+            cluster_run redis "$round" "$loop" "$@"
+            cluster_run memory "$round" "$loop" "$@"
+        fi
+    done
+}
+
+# The median of the cluster's closed-loop delivered/s so far (empty if none).
+cluster_closed_median() {
+    { grep -F '"broker":"redis"' "$RUNS" || true; } | { grep -F '"loop":"closed"' || true; } |
+        sed -n 's/.*"delivered_per_s":\([0-9.][0-9.]*\).*/\1/p' | sort -g |
+        awk '{ v[NR] = $1 } END { if (NR) printf "%d", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'
+}
+
+bench_cluster() {
+    local rate
+    if ! setup_redis; then FAILED=1; return; fi
+    log "cluster: $CLUSTER_ROUNDS round(s) of memory vs redis ($REDIS_DESC), ${DURATION}s each"
+    cluster_rounds closed
+    if [ "$MODE" != smoke ]; then
+        rate="${BENCH_CLUSTER_RATE:-$(cluster_closed_median | awk '{ printf "%d", $1 / 2 }')}"
+        if [ -n "$rate" ] && [ "$rate" -ge 1 ]; then
+            cluster_rounds open --rate "$rate"
+        else
+            log "cluster: open loop skipped: no closed-loop cluster rate to halve"
+        fi
+    fi
+    cleanup_redis_keys
+}
+
 # --- main -----------------------------------------------------------------------------------------
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 RUN_TARGETS=()
+[ "$CLUSTER_ONLY" = 1 ] && TARGETS=""
 for target in $TARGETS; do
     why="$(missing "$target")"
     if [ -n "$why" ]; then
@@ -375,13 +665,17 @@ for target in $TARGETS; do
     fi
     RUN_TARGETS+=("$target")
 done
-[ "${#RUN_TARGETS[@]}" -gt 0 ] || { log "no target to run"; exit 1; }
+[ "${#RUN_TARGETS[@]}" -gt 0 ] || [ "$CLUSTER_ONLY" = 1 ] || { log "no target to run"; exit 1; }
 
 busy=""
-for target in "${RUN_TARGETS[@]}"; do
-    for port in $(ports_of "$target"); do
-        port_busy "$port" && busy="$busy $port"
-    done
+check_ports=""
+for target in "${RUN_TARGETS[@]}"; do check_ports="$check_ports $(ports_of "$target")"; done
+if [ "$RUN_CLUSTER" = 1 ]; then
+    check_ports="$check_ports $PORT_OURS $PORT_CLUSTER $((PORT_CLUSTER + 1))"
+fi
+# shellcheck disable=SC2086
+for port in $(printf '%s\n' $check_ports | sort -un); do
+    port_busy "$port" && busy="$busy $port"
 done
 if [ -n "$busy" ]; then
     log "refusing to run: port(s)$busy already in use on 127.0.0.1 (set BENCH_PORT_* to move)"
@@ -401,7 +695,11 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 SERVER_BIN="$TARGET_DIR/$PROFILE/websocket-sse-server"
 LOADGEN_BIN="$TARGET_DIR/$PROFILE/loadgen"
 
-log "targets: ${RUN_TARGETS[*]}; ${DURATION}s per scenario; results in $OUT"
+if [ "$CLUSTER_ONLY" = 1 ]; then
+    log "cluster comparison only; ${DURATION}s per run; results in $OUT"
+else
+    log "targets: ${RUN_TARGETS[*]}; ${DURATION}s per scenario; results in $OUT"
+fi
 for target in "${RUN_TARGETS[@]}"; do
     bench_target "$target"
     if [ "$target" = ours ] && [ "$MODE" != smoke ]; then bench_nohistory "$target"; fi
@@ -409,6 +707,7 @@ for target in "${RUN_TARGETS[@]}"; do
     bench_churn "$target"
     if [ "$target" = ours ]; then bench_history "$target"; fi
 done
+if [ "$RUN_CLUSTER" = 1 ]; then bench_cluster; fi
 
 # --- results --------------------------------------------------------------------------------------
 {
@@ -416,10 +715,17 @@ done
         "$STAMP" "$MODE" "$DURATION" "$IDLE_CONNS"
     printf '"churn_concurrency":%s,"history_users":%s,"history_events_per_user":%s,' \
         "$CHURN_CONC" "$HISTORY_USERS" "$HISTORY_EVENTS"
-    printf '"git_commit":"%s","git_dirty":%s,"nproc":%s,"kernel":"%s","runs":[' \
+    printf '"git_commit":"%s","git_dirty":%s,"nproc":%s,"kernel":"%s",' \
         "$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
         "$([ -n "$(git status --porcelain 2>/dev/null)" ] && echo true || echo false)" \
         "$(nproc 2>/dev/null || echo 0)" "$(uname -sr)"
+    printf '"cpu_model":"%s",' \
+        "$(sed -n 's/^model name[[:space:]]*: *//p' /proc/cpuinfo 2>/dev/null | head -n 1 | tr -d '"\134')"
+    if [ "$RUN_CLUSTER" = 1 ]; then
+        printf '"cluster":{"rounds":%s,"redis":"%s","presence_lease_s":"%s"},' \
+            "$CLUSTER_ROUNDS" "$REDIS_DESC" "$PRESENCE_LEASE"
+    fi
+    printf '"runs":['
     sep=""
     while IFS= read -r line; do printf '%s%s' "$sep" "$line"; sep=","; done <"$RUNS"
     printf ']}\n'
@@ -431,8 +737,11 @@ if command -v python3 >/dev/null; then
 import json, sys
 
 doc = json.load(open(sys.argv[1]))
-targets, rows, cells = [], [], {}
+targets, rows, cells, cluster_runs = [], [], {}, []
 for run in doc["runs"]:
+    if run.get("cluster"):
+        cluster_runs.append(run)
+        continue
     if run["target"] not in targets:
         targets.append(run["target"])
     if run["name"] not in rows:
@@ -498,25 +807,93 @@ def cell(run):
         text += " · FAILED"
     return text
 
-print(f"\nResults: {sys.argv[1]} ({doc['mode']}, {doc['duration_s']} s per scenario)\n")
-print("| scenario | " + " | ".join(targets) + " |")
-print("| --- |" + " --- |" * len(targets))
-for name in rows:
-    print(f"| {name} | " + " | ".join(
-        cell(cells[(name, t)]) if (name, t) in cells else "n/a" for t in targets) + " |")
-print("\ndelivered/s · latency p50 / p99 (ms, end to end) · server CPU seconds per million "
-      "deliveries · loss; idle: server RSS per connection · handshakes/s; churn: open+close "
-      "cycles/s · WebSocket handshake latency (incl. subscribe) · server RSS growth after a 2 s "
-      "settle · failed cycles; history: events stored for offline users (256 B each) · server "
-      "RSS growth · bytes per stored event · fill rate · sampled users whose replay from "
-      "<epoch>:0 was exactly their events in order; push-closed-nohistory: push-closed on a "
-      "server started with HISTORY_SIZE=0")
+print(f"\nResults: {sys.argv[1]} ({doc['mode']}, {doc['duration_s']} s per scenario)")
+if rows:
+    print("\n| scenario | " + " | ".join(targets) + " |")
+    print("| --- |" + " --- |" * len(targets))
+    for name in rows:
+        print(f"| {name} | " + " | ".join(
+            cell(cells[(name, t)]) if (name, t) in cells else "n/a" for t in targets) + " |")
+    print("\ndelivered/s · latency p50 / p99 (ms, end to end) · server CPU seconds per million "
+          "deliveries · loss; idle: server RSS per connection · handshakes/s; churn: open+close "
+          "cycles/s · WebSocket handshake latency (incl. subscribe) · server RSS growth after a "
+          "2 s settle · failed cycles; history: events stored for offline users (256 B each) · "
+          "server RSS growth · bytes per stored event · fill rate · sampled users whose replay "
+          "from <epoch>:0 was exactly their events in order; push-closed-nohistory: push-closed "
+          "on a server started with HISTORY_SIZE=0")
 on, off = cells.get(("push-closed", "ours")), cells.get(("push-closed-nohistory", "ours"))
 if on and off and on.get("result") and off.get("result"):
     rate_on, rate_off = on["result"].get("delivered_per_s"), off["result"].get("delivered_per_s")
     if rate_on and rate_off:
         print(f"\nours push-closed, history on vs off: {num(rate_on)}/s vs {num(rate_off)}/s "
               f"({(rate_on / rate_off - 1) * 100:+.1f}% with history)")
+
+# The cluster comparison: medians over the rounds, per loop (closed, open) and broker.
+if cluster_runs:
+    from statistics import median
+
+    def med(values):
+        values = [v for v in values if v is not None]
+        return median(values) if values else None
+
+    def per_million(r, seconds):
+        frames = r.get("delivered_frames")
+        return seconds / frames * 1e6 if seconds is not None and frames else None
+
+    groups = {}
+    for run in cluster_runs:
+        c = run["cluster"]
+        groups.setdefault((c["loop"], c["broker"]), []).append(run)
+    info = doc.get("cluster") or {}
+    print(f"\nCluster comparison, median of {info.get('rounds', '?')} round(s) "
+          f"({doc['duration_s']} s each, fresh servers each run): memory = 1 node, memory broker; "
+          f"redis = 2 nodes, WebSockets on node B, pushes POSTed to node A; Redis: "
+          f"{info.get('redis', '?')}\n")
+    print("| push run | broker | delivered/s (median, range) | latency p50 / p99 / p99.9 ms "
+          "| nodes CPU-s/M | Redis CPU-s/M | loss · dup · misrouted | clean runs |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    medians = {}
+    for loop in ("closed", "open"):
+        for broker in ("memory", "redis"):
+            runs = groups.get((loop, broker))
+            if not runs:
+                continue
+            results = [r["result"] for r in runs if r.get("result")]
+            rates = [r.get("delivered_per_s") for r in results if r.get("delivered_per_s") is not None]
+            lat = [r.get("latency_ms") or {} for r in results]
+            p50, p99, p999 = (med([l.get(k) for l in lat]) for k in ("p50", "p99", "p99_9"))
+            cpu = med([(r.get("cpu") or {}).get("server_s_per_million_deliveries") for r in results])
+            redis_cpu = med([per_million(run.get("result") or {}, run["cluster"].get("redis_cpu_s"))
+                             for run in runs])
+            busy = med([(r.get("cpu") or {}).get("loadgen_cores") for r in results])
+            bad = [sum(r.get(k) or 0 for r in results) for k in ("loss", "duplicates", "misrouted")]
+            clean = sum(1 for run in runs
+                        if run["exit_status"] == 0 and (run.get("result") or {}).get("ok"))
+            rate = med(rates)
+            medians[(loop, broker)] = (rate, p99)
+            offered = med([(r.get("config") or {}).get("rate_msgs_per_s") for r in results])
+            label = "closed loop" if loop == "closed" else f"open loop @{num(offered)}/s"
+            rng = f" ({num(min(rates))}–{num(max(rates))})" if len(rates) > 1 else ""
+            if rate is None:
+                print(f"| {label} | {broker} | failed | - | - | - | - | {clean}/{len(runs)} |")
+                continue
+            print(f"| {label} | {broker} | {num(rate)}/s{rng}"
+                  f"{' ⚠' if busy is not None and busy > 0.9 else ''} "
+                  f"| {ms(p50)} / {ms(p99)} / {ms(p999)} "
+                  f"| {'-' if cpu is None else f'{cpu:.3g}'} "
+                  f"| {'-' if redis_cpu is None else f'{redis_cpu:.3g}'} "
+                  f"| {bad[0]} · {bad[1]} · {bad[2]} | {clean}/{len(runs)} |")
+    print("\nnodes CPU-s/M: CPU seconds of the server process(es) per million deliveries (both "
+          "nodes for redis); Redis CPU-s/M: Redis's own CPU (INFO used_cpu_user + used_cpu_sys) "
+          "over the whole loadgen run, per million deliveries; ⚠: loadgen used > 90% of its core")
+    for loop in ("closed", "open"):
+        mem, red = medians.get((loop, "memory")), medians.get((loop, "redis"))
+        if mem and red and mem[0] and red[0]:
+            line = (f"{loop} loop, redis cluster vs memory: {num(red[0])}/s vs {num(mem[0])}/s "
+                    f"({(red[0] / mem[0] - 1) * 100:+.1f}%)")
+            if mem[1] and red[1]:
+                line += f"; p99 {ms(red[1])} vs {ms(mem[1])} ms"
+            print(line)
 PY
 else
     log "python3 not found: no table; results in $OUT/results.json"
