@@ -7,8 +7,8 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Client, Counts, QUIET, cluster, datas, epoch_of, id_of, position_of, push, push_batch, take,
-    wait_for_counts,
+    Client, Counts, QUIET, cluster, datas, epoch_of, id_of, position_of, push, push_batch, seqs,
+    take, wait_for_counts,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,4 +327,43 @@ async fn an_event_id_pushed_through_several_nodes_is_delivered_once() {
         assert_eq!(got, ids);
         client.assert_quiet(QUIET).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_arrives_whole_and_in_order_even_after_redis_forgot_the_scripts() {
+    const USER: &str = "bulk";
+    const ITEMS: u64 = 250;
+    let Some(redis) = crate::redis::shared("large_batch").await else {
+        return;
+    };
+    let cluster = cluster(&redis, "large_batch", 2, &[]).await;
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    let mut client = Client::ws(b, USER).await;
+    // A flushed script cache (an operator's SCRIPT FLUSH) is reloaded, not a failed push.
+    let mut admin = redis::Client::open(redis.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let batch: Vec<Value> = (1..=ITEMS)
+        .map(|n| json!({"user_id": USER, "data": {"seq": n}}))
+        .collect();
+    let results = push_batch(a, json!(batch)).await;
+    assert_eq!(results.len(), ITEMS as usize);
+    assert!(
+        results
+            .iter()
+            .all(|r| r["success"] == true && r["delivered"] == 1),
+        "{results:?}"
+    );
+    let events = take(&mut client, ITEMS as usize).await;
+    assert_eq!(datas(&events), seqs(1..=ITEMS));
+    let ids: Vec<String> = results.iter().map(id_of).collect();
+    assert_eq!(events.iter().map(id_of).collect::<Vec<_>>(), ids);
+    client.assert_quiet(QUIET).await;
 }

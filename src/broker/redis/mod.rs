@@ -4,8 +4,9 @@
 //!
 //! A push runs one script ([`scripts::PUBLISH`]) that, atomically for the whole cluster, checks
 //! the event id against the user's history, assigns the next position, publishes the event on
-//! the user's channel and appends it to the history. A batch is one script call, so one round
-//! trip; concurrent requests share one multiplexed connection, which pipelines them.
+//! the user's channel and appends it to the history. A batch is one pipeline of scripts (one per
+//! 100 events), so one round trip; concurrent requests share one multiplexed connection, which
+//! pipelines them.
 //!
 //! A connection joins in three steps: this node subscribes to the user's channel (if it was not
 //! already), registers the connection as joining (its live events wait), and runs
@@ -44,6 +45,10 @@ use crate::protocol::{Event, UserId};
 /// How long a user's stream position outlives its last event or connection: a client that comes
 /// back within it resumes without a resync even when its history expired (if it missed nothing).
 const META_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Most events one publish script handles: a large batch becomes several scripts in one pipeline
+/// (still one round trip), so that Redis serves other clients between them.
+const EVENTS_PER_SCRIPT: usize = 100;
 
 /// Rounds of catching up one connection before giving up on it (each round normally completes it).
 const CATCH_UP_ROUNDS: usize = 3;
@@ -224,6 +229,27 @@ impl Shared {
         META_TTL.max(self.history.ttl * 2).as_millis()
     }
 
+    /// The [`scripts::PUBLISH`] call for `events`.
+    fn publish_command(&self, events: &[Event]) -> redis::Cmd {
+        let mut command = redis::cmd("EVALSHA");
+        command
+            .arg(scripts::PUBLISH.get_hash())
+            .arg(0)
+            .arg(self.names.prefix())
+            .arg(self.history_size())
+            .arg(self.history_ttl_ms())
+            .arg(self.meta_ttl_ms())
+            .arg(ulid::Ulid::new().to_string());
+        for event in events {
+            command
+                .arg(event.user_id.as_str())
+                .arg(event.event_id().as_ref())
+                .arg(if event.upstream_id { "1" } else { "0" })
+                .arg(wire::envelope(event));
+        }
+        command
+    }
+
     /// Runs [`scripts::JOIN`]: for a joining connection (`joining`: its id and presence value)
     /// or one catching up (`None`), from the point `from`.
     async fn join(
@@ -360,27 +386,24 @@ impl Broker for RedisBroker {
         let shared = &self.shared;
         let (generation, mut commands) = shared.commands()?;
         let size = shared.history_size();
-        let mut invocation = scripts::PUBLISH.prepare_invoke();
-        invocation
-            .arg(shared.names.prefix())
-            .arg(size)
-            .arg(shared.history_ttl_ms())
-            .arg(shared.meta_ttl_ms())
-            .arg(ulid::Ulid::new().to_string());
-        for event in events {
-            invocation
-                .arg(event.user_id.as_str())
-                .arg(event.event_id().as_ref())
-                .arg(if event.upstream_id { "1" } else { "0" })
-                .arg(wire::envelope(event));
+        let mut pipeline = redis::pipe();
+        for chunk in events.chunks(EVENTS_PER_SCRIPT) {
+            pipeline.add_command(shared.publish_command(chunk));
         }
-        let replies: Vec<(u8, String, u64, usize)> =
-            invocation
-                .invoke_async(&mut commands)
-                .await
-                .map_err(|error| shared.command_failed(generation, &error))?;
+        let mut result = pipeline.query_async(&mut commands).await;
+        if matches!(&result, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            // Redis forgot the script (SCRIPT FLUSH): nothing ran; load it and run again.
+            if let Err(error) = scripts::PUBLISH.load_async(&mut commands).await {
+                return Err(shared.command_failed(generation, &error));
+            }
+            result = pipeline.query_async(&mut commands).await;
+        }
+        let replies: Vec<Vec<(u8, String, u64, usize)>> =
+            result.map_err(|error| shared.command_failed(generation, &error))?;
         let outcomes = replies
             .into_iter()
+            .flatten()
             .map(|(duplicate, epoch, position, delivered)| {
                 let duplicate = duplicate == 1;
                 if duplicate {
