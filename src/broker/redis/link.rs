@@ -230,7 +230,6 @@ async fn serve(
         }
     };
     receiver.abort();
-    *shared.commands.write() = None;
     reason
 }
 
@@ -408,9 +407,9 @@ pub(super) async fn leave_cluster(shared: &Shared) {
     }
 }
 
-/// Marks the link down (if it was up), logging the transition once.
+/// Marks the link down (if it was up), logging the transition once. The state turns down before
+/// the command connection goes, so that "up" always comes with a connection.
 fn set_down(shared: &Shared, reason: String) {
-    *shared.commands.write() = None;
     let was_up = shared.down.borrow().is_none();
     if was_up {
         tracing::error!(node = %shared.node, %reason, "redis link down: not ready, pushes answer 503");
@@ -418,6 +417,7 @@ fn set_down(shared: &Shared, reason: String) {
         tracing::debug!(%reason, "redis still unreachable");
     }
     shared.down.send_replace(Some(reason));
+    *shared.commands.write() = None;
 }
 
 /// The wait before reconnection attempt `failures + 1`: exponential, capped, with full jitter
