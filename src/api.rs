@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::auth::KeyError;
 use crate::broker::BrokerError;
 use crate::hub::{Delivery, Outcome, Transport};
-use crate::metrics::{Gauges, Rejection};
+use crate::metrics::Rejection;
 use crate::protocol::{
     BatchItemResult, BatchResponse, Event, Issue, PushResponse, PushStatus, parse_batch,
     parse_push, unix_seconds_now,
@@ -419,21 +419,9 @@ pub async fn ready(State(state): State<SharedState>) -> Response {
     }
 }
 
-/// `GET /metrics`: the seed's keys, then every counter.
-pub async fn metrics(State(state): State<SharedState>) -> Json<Value> {
-    let hub = &state.hub;
-    let mut snapshot = state.metrics.snapshot(&Gauges {
-        connections: Transport::ALL.map(|transport| hub.transport_count(transport)),
-        users_online: hub.user_count(),
-        history_users: hub.history().stream_count(),
-        history_events: hub.history().event_count(),
-        uptime_seconds: state.started_at.elapsed().as_secs_f64(),
-    });
-    if let Value::Object(fields) = &mut snapshot {
-        fields.insert("broker".to_owned(), state.broker.report());
-        fields.insert("cluster".to_owned(), json!(state.broker.cluster()));
-    }
-    Json(snapshot)
+/// `POST /sse/broadcast` (being written).
+pub async fn broadcast(State(_state): State<SharedState>) -> Response {
+    ApiError::NotFound.into_response()
 }
 
 /// Any unknown path.

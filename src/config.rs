@@ -31,6 +31,8 @@
 //! | `MAX_CONNECTIONS` | `0` | WebSocket and SSE connections on this node (503 beyond); `0` derives it from the file-descriptor limit |
 //! | `MAX_CONNECTIONS_PER_USER` | `32` | connections one user may hold |
 //! | `USER_LIMIT_POLICY` | `reject` | at the per-user limit: `reject` the new connection or `replace-oldest` |
+//! | `CONSOLE_ENABLED` | `true` | whether the web console is served |
+//! | `CONSOLE_PATH` | `/` | path of the web console |
 //! | `BROKER` | `memory` | `memory` (single node) or `redis` (cluster over Redis) |
 //! | `REDIS_URL` | `redis://127.0.0.1:6379` | the cluster's Redis (`rediss://` for TLS; may carry a password) |
 //! | `REDIS_KEY_PREFIX` | `wss:` | prefix of the cluster's Redis keys and channels |
@@ -179,6 +181,14 @@ pub struct Settings {
         ignore_case = true
     )]
     pub user_limit_policy: UserLimitPolicy,
+
+    /// Whether the web console (a page to connect as a user, push, and watch live stats) is served.
+    #[arg(long, env = "CONSOLE_ENABLED", default_value = "true", value_parser = parse_bool,
+          action = clap::ArgAction::Set)]
+    pub console_enabled: bool,
+    /// Path of the web console.
+    #[arg(long, env = "CONSOLE_PATH", default_value = "/", value_parser = parse_console_path)]
+    pub console_path: String,
 
     /// Where pushes are routed: `memory` (this node only, the default) or `redis` (a cluster of
     /// nodes sharing one Redis: every node delivers to its own clients, history lives in Redis).
@@ -480,6 +490,7 @@ impl Settings {
             ("SSE_PATH", self.sse_path.as_str()),
             ("SSE_BATCH_PATH", self.sse_batch_path.as_str()),
             ("SSE_STREAM_PATH", self.sse_stream_path.as_str()),
+            ("CONSOLE_PATH", self.console_path.as_str()),
         ];
         for (i, (name, path)) in paths.iter().enumerate() {
             if let Some((reserved, _)) = RESERVED_PATHS.iter().find(|(p, _)| p == path) {
@@ -536,10 +547,14 @@ impl Settings {
 }
 
 /// Paths the server always serves, which the configurable paths must not shadow.
-const RESERVED_PATHS: [(&str, &str); 3] = [
+const RESERVED_PATHS: [(&str, &str); 7] = [
     ("/health", "health"),
     ("/ready", "readiness"),
     ("/metrics", "metrics"),
+    ("/metrics/prometheus", "Prometheus metrics"),
+    ("/openapi.json", "OpenAPI document"),
+    ("/docs", "API documentation"),
+    ("/sse/broadcast", "broadcast"),
 ];
 
 impl Cli {
@@ -693,6 +708,14 @@ fn parse_seconds(raw: &str) -> Result<Duration, String> {
 /// Upper bound for any duration setting: a day is longer than any sensible timeout.
 const MAX_SECONDS: f64 = 86_400.0;
 const SECONDS_EXPECTED: &str = "expected a number of seconds from 0 to 86400, such as 30 or 0.5";
+
+fn parse_console_path(raw: &str) -> Result<String, String> {
+    if raw.trim() == "/" {
+        Ok("/".to_owned())
+    } else {
+        parse_path(raw)
+    }
+}
 
 fn parse_key_prefix(raw: &str) -> Result<String, String> {
     let valid = !raw.is_empty()

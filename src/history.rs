@@ -499,6 +499,7 @@ mod tests {
                 event_id: Arc::from(id),
                 event_type: Arc::from("message"),
                 frame: Frame::from(format!("{{\"event_id\":\"{id}\"}}")),
+                accepted_at: Instant::now(),
             }),
         }
     }

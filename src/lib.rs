@@ -11,10 +11,12 @@
 //! socket. [`server`] wires it together and shuts it down
 //! through [`lifecycle`]; [`dotenv`], [`config`] and [`logging`] come first, in `main`.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod console;
 pub mod dotenv;
 pub mod healthcheck;
 pub mod history;
@@ -22,6 +24,7 @@ pub mod hub;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod openapi;
 pub mod protocol;
 pub mod rate_limit;
 pub mod server;

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
@@ -167,6 +167,9 @@ pub struct Published {
     pub event_type: Arc<str>,
     /// The JSON the client receives (a WebSocket text frame; SSE `data:`).
     pub frame: Frame,
+    /// When this node accepted the event (or received it from the cluster): the start of its
+    /// push-to-socket latency.
+    pub accepted_at: Instant,
 }
 
 /// The outbound JSON shape, in the field order of the wire contract.
@@ -234,6 +237,7 @@ impl PushMessage<'_> {
                 event_id,
                 event_type,
                 frame: Frame::from(json),
+                accepted_at: Instant::now(),
             }),
         })
     }

@@ -14,7 +14,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -27,7 +27,6 @@ use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
-use crate::api;
 use crate::auth::{PublisherKeys, TokenVerifier};
 use crate::broker::{Broker, MemoryBroker, RedisBroker};
 use crate::config::{BrokerKind, CorsOrigins, Settings};
@@ -37,6 +36,7 @@ use crate::metrics::Metrics;
 use crate::rate_limit::KeyedLimit;
 use crate::state::{AppState, SharedState};
 use crate::transport::{sse, ws};
+use crate::{admin, api, console, metrics, openapi};
 
 /// Part of `SHUTDOWN_TIMEOUT` kept for sessions to write what is queued and close with 1001
 /// (at most half of it).
@@ -342,18 +342,33 @@ pub fn router(state: SharedState) -> Router {
     let publishing = Router::new()
         .route(&settings.sse_path, post(api::push))
         .route(&settings.sse_batch_path, post(api::push_batch))
+        .route("/sse/broadcast", post(api::broadcast))
+        .route("/admin/users/{user_id}", get(admin::user))
+        .route(
+            "/admin/users/{user_id}/connections",
+            delete(admin::disconnect),
+        )
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             api::require_publisher,
         ));
-    let mut metrics = Router::new().route("/metrics", get(api::metrics));
+    let mut metrics = Router::new()
+        .route("/metrics", get(metrics::http::handler))
+        .route("/metrics/prometheus", get(metrics::http::prometheus));
     if !settings.metrics_public {
         metrics = metrics.route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             api::require_key,
         ));
     }
-    Router::new()
+    let mut router = Router::new()
+        .route("/openapi.json", get(openapi::spec))
+        .route("/docs", get(openapi::docs))
+        .route("/docs/{file}", get(openapi::asset));
+    if settings.console_enabled {
+        router = router.route(&settings.console_path, get(console::page));
+    }
+    router
         .route(&settings.ws_path, get(ws::handshake))
         .route(&settings.sse_stream_path, get(sse::stream))
         .merge(publishing)

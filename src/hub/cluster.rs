@@ -347,7 +347,7 @@ impl Registration {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use super::*;
     use crate::config::UserLimitPolicy;
@@ -391,6 +391,7 @@ mod tests {
                 event_id: Arc::from(id.as_str()),
                 event_type: Arc::from("message"),
                 frame: Frame::from(id),
+                accepted_at: Instant::now(),
             }),
         }
     }

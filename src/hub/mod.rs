@@ -605,6 +605,7 @@ fn resync_notice(
     let event_id: Arc<str> = head.map_or_else(|| Arc::from(""), |head| head.to_string().into());
     Published {
         frame: resync_frame(user, &event_id, reason.label(), requested, head),
+        accepted_at: Instant::now(),
         event_id,
         event_type: Arc::from(RESYNC_EVENT_TYPE),
     }
@@ -715,6 +716,7 @@ mod tests {
                 event_id: Arc::from(id),
                 event_type: Arc::from("message"),
                 frame: Frame::from(id.to_owned()),
+                accepted_at: Instant::now(),
             }),
         }
     }

@@ -312,6 +312,7 @@ mod tests {
             event_id: Arc::from("e1"),
             event_type: Arc::from("message"),
             frame: Frame::from(frame.to_owned()),
+            accepted_at: std::time::Instant::now(),
         }))
     }
 

@@ -9,9 +9,13 @@
 
 mod helpers;
 
+mod admin;
 mod auth;
+mod cli;
 mod config_process;
 mod history;
 mod http_api;
+mod openapi;
+mod prometheus;
 mod sse;
 mod websocket;

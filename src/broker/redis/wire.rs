@@ -12,6 +12,7 @@
 //! event by the publishing node, copied verbatim by the scripts, parsed by receiving nodes.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -104,6 +105,7 @@ pub fn open_envelope(envelope: Bytes) -> Result<Published, Malformed> {
         event_id,
         event_type,
         frame,
+        accepted_at: Instant::now(),
     })
 }
 
@@ -176,6 +178,7 @@ mod tests {
                 event_id: Arc::from(id),
                 event_type: Arc::from(event_type),
                 frame: Frame::from(frame.to_owned()),
+                accepted_at: Instant::now(),
             }),
         }
     }

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{Map, Value, json};
 
 use crate::history::ResyncReason;
+pub mod http;
+
 use crate::hub::{Delivery, DisconnectReason, Resumed, Transport};
 
 /// Why a WebSocket connection attempt was turned away before it was registered.
