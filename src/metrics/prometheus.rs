@@ -1,0 +1,521 @@
+//! The Prometheus view of the metrics: every counter, gauge and histogram, named `websocket_sse_*`,
+//! encoded by `prometheus-client` (the official Rust client) in the Prometheus text format 0.0.4
+//! or in OpenMetrics text 1.0.
+//!
+//! The counters live in [`Metrics`](super::Metrics) as plain atomics (see there why); at each
+//! scrape they are read once into a [`Counts`], the gauges are read from their owners, and an
+//! [`Exposition`] holding those values is registered as a collector in a fresh registry and
+//! encoded. The crate does the format work: names and their `_total`/unit suffixes, `HELP`/`TYPE`
+//! (and `UNIT`, `# EOF` in OpenMetrics), escaping, cumulative histogram buckets.
+//!
+//! Labels are bounded: transports, reasons, the broker kind and the version. None holds a user id.
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use serde_json::Value;
+
+use super::histogram::HistogramSnapshot;
+use super::{Counts, DropReason, Gauges, Refusal, Rejection};
+use crate::broker::ClusterStats;
+use crate::history::ResyncReason;
+use crate::hub::{DisconnectReason, Transport};
+
+/// The prefix of every metric name.
+pub const PREFIX: &str = "websocket_sse";
+
+/// Which text format to encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text exposition format, version 0.0.4.
+    Prometheus,
+    /// OpenMetrics text, version 1.0.0.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` of a response in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Prometheus => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            Self::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// What the broker reports about itself (`Broker::report`), as far as metrics go. Counters a
+/// broker does not report (the memory broker has no link to lose) read 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerState {
+    /// `memory` or `redis`.
+    pub kind: String,
+    /// Whether the broker can route pushes now.
+    pub connected: bool,
+    /// Redis command or connection errors.
+    pub errors: u64,
+    /// Times the link to Redis went down.
+    pub outages: u64,
+    /// Times it came back.
+    pub reconnects: u64,
+    /// Catch-ups run for connections after an outage or a gap.
+    pub catch_ups: u64,
+    /// Messages received on the subscription.
+    pub messages_received: u64,
+    /// Messages received that could not be decoded.
+    pub malformed_messages: u64,
+}
+
+impl BrokerState {
+    /// Reads the broker's JSON report.
+    pub fn from_report(report: &Value) -> Self {
+        let count = |key: &str| report.get(key).and_then(Value::as_u64).unwrap_or(0);
+        Self {
+            kind: report
+                .get("kind")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown")
+                .to_owned(),
+            connected: report
+                .get("connected")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            errors: count("errors"),
+            outages: count("outages"),
+            reconnects: count("reconnects"),
+            catch_ups: count("catch_ups"),
+            messages_received: count("messages_received"),
+            malformed_messages: count("malformed_messages"),
+        }
+    }
+}
+
+/// Everything one scrape shows, read once.
+#[derive(Debug, Clone)]
+pub struct Exposition {
+    /// The counters and histograms.
+    pub counts: Counts,
+    /// This node's gauges.
+    pub gauges: Gauges,
+    /// The broker's state and counters.
+    pub broker: BrokerState,
+    /// The cluster's counts (`None` with the memory broker).
+    pub cluster: Option<ClusterStats>,
+}
+
+impl Exposition {
+    /// The text exposition in `format`.
+    pub fn encode(self, format: Format) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::with_prefix(PREFIX);
+        registry.register_collector(Box::new(self));
+        let mut text = String::new();
+        match format {
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut text, &registry)?;
+            }
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut text, &registry)?,
+        }
+        Ok(text)
+    }
+}
+
+/// Writes one metric family with a descriptor.
+struct Family<'e, 'a> {
+    encoder: &'e mut DescriptorEncoder<'a>,
+}
+
+impl Family<'_, '_> {
+    fn counter(&mut self, name: &str, help: &str, value: u64) -> Result<(), std::fmt::Error> {
+        self.encoder
+            .encode_descriptor(name, help, None, MetricType::Counter)?
+            .encode_counter::<NoLabelSet, _, u64>(&value, None)
+    }
+
+    fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        value: V,
+    ) -> Result<(), std::fmt::Error> {
+        self.encoder
+            .encode_descriptor(name, help, unit, MetricType::Gauge)?
+            .encode_gauge(&value)
+    }
+
+    /// A counter or gauge with one label, one sample per `(label value, value)`.
+    fn labelled(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric_type: MetricType,
+        label: &'static str,
+        samples: impl IntoIterator<Item = (&'static str, u64)>,
+    ) -> Result<(), std::fmt::Error> {
+        let mut metric = self
+            .encoder
+            .encode_descriptor(name, help, None, metric_type)?;
+        for (value_label, value) in samples {
+            let labels = [(label, value_label)];
+            let mut sample = metric.encode_family(&labels)?;
+            match metric_type {
+                MetricType::Counter => sample.encode_counter::<NoLabelSet, _, u64>(&value, None)?,
+                _ => sample.encode_gauge(&value)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        unit: Option<&Unit>,
+        histogram: &HistogramSnapshot,
+    ) -> Result<(), std::fmt::Error> {
+        self.encoder
+            .encode_descriptor(name, help, unit, MetricType::Histogram)?
+            .encode_histogram::<NoLabelSet>(
+                histogram.sum,
+                histogram.count,
+                &histogram.buckets,
+                None,
+            )
+    }
+
+    fn info(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &impl EncodeLabelSet,
+    ) -> Result<(), std::fmt::Error> {
+        self.encoder
+            .encode_descriptor(name, help, None, MetricType::Info)?
+            .encode_info(labels)
+    }
+}
+
+/// Pairs each label of `all` with its value in `values` (same order).
+fn by<T: Copy>(
+    all: impl IntoIterator<Item = T>,
+    label: impl Fn(T) -> &'static str,
+    values: &[u64],
+) -> impl Iterator<Item = (&'static str, u64)> {
+    all.into_iter().map(label).zip(values.iter().copied())
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counts = &self.counts;
+        let gauges = &self.gauges;
+        let broker = &self.broker;
+        let mut out = Family {
+            encoder: &mut encoder,
+        };
+        use MetricType::{Counter, Gauge};
+
+        out.info(
+            "build",
+            "Build information: the server's version (always 1)",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+        )?;
+        out.gauge(
+            "uptime",
+            "Time since the server started",
+            Some(&Unit::Seconds),
+            gauges.uptime_seconds,
+        )?;
+
+        // Connections and users on this node.
+        let connections = gauges.connections.map(|count| count as u64);
+        out.labelled(
+            "connections",
+            "Open client connections on this node, by transport",
+            Gauge,
+            "transport",
+            by(Transport::ALL, Transport::label, &connections),
+        )?;
+        out.gauge(
+            "max_connections",
+            "The connection limit of this node (MAX_CONNECTIONS or derived from the file descriptor limit)",
+            None,
+            gauges.max_connections as u64,
+        )?;
+        out.gauge(
+            "users_online",
+            "Users with at least one connection on this node",
+            None,
+            gauges.users_online as u64,
+        )?;
+        out.counter(
+            "connections_opened",
+            "Connections registered (WebSocket and SSE)",
+            counts.connections_opened,
+        )?;
+        out.labelled(
+            "connections_closed",
+            "Registered connections that ended, by reason",
+            Counter,
+            "reason",
+            by(
+                DisconnectReason::ALL,
+                DisconnectReason::label,
+                &counts.connections_closed,
+            ),
+        )?;
+        out.labelled(
+            "connections_refused",
+            "Connection attempts turned away before registration, by reason",
+            Counter,
+            "reason",
+            by(Refusal::ALL, Refusal::label, &counts.connections_refused),
+        )?;
+        out.counter(
+            "client_messages",
+            "Text frames received from WebSocket clients (each answered with an ack)",
+            counts.client_messages,
+        )?;
+
+        // Pushes.
+        out.counter(
+            "pushes_accepted",
+            "Events accepted from upstreams (each batch item counts; duplicates do not)",
+            counts.events_accepted,
+        )?;
+        out.labelled(
+            "push_requests_rejected",
+            "Push requests refused, by reason",
+            Counter,
+            "reason",
+            by(Rejection::ALL, Rejection::label, &counts.requests_rejected),
+        )?;
+        out.counter(
+            "duplicate_pushes",
+            "Pushes that repeated an event_id still in the user's history (not delivered again)",
+            counts.duplicate_pushes,
+        )?;
+        out.histogram(
+            "batch_size",
+            "Items per accepted batch push request",
+            None,
+            &counts.batch_size,
+        )?;
+
+        // Delivery.
+        out.counter(
+            "events_delivered",
+            "Event copies handed to connection queues on this node (one per connection)",
+            counts.events_delivered,
+        )?;
+        out.labelled(
+            "events_dropped",
+            "Events that did not reach a socket, by reason: offline (no connection of the user \
+             on this node, per event), failed (a connection's queue was full or closing, per \
+             connection), slow_consumer and closed (left queued, never written, when the connection \
+             ended)",
+            Counter,
+            "reason",
+            by(DropReason::ALL, DropReason::label, &counts.events_dropped),
+        )?;
+        out.histogram(
+            "delivery_latency",
+            "From an event's acceptance on this node (or its arrival from the cluster) to the \
+             write of its frame to a client's socket; replays excluded",
+            Some(&Unit::Seconds),
+            &counts.delivery_latency,
+        )?;
+        out.labelled(
+            "bytes_sent",
+            "Bytes written to clients, by transport (WebSocket: text frames with their headers; \
+             SSE: the event stream body)",
+            Counter,
+            "transport",
+            by(Transport::ALL, Transport::label, &counts.bytes_sent),
+        )?;
+
+        // History and resumes.
+        out.gauge(
+            "history_users",
+            "Users with a history stream on this node",
+            None,
+            gauges.history_users as u64,
+        )?;
+        out.gauge(
+            "history_events",
+            "Events held in history on this node",
+            None,
+            gauges.history_events as u64,
+        )?;
+        out.counter(
+            "resumes",
+            "Connections that resumed and were replayed what they missed",
+            counts.resumes_replayed,
+        )?;
+        out.counter(
+            "events_replayed",
+            "Events replayed to resuming connections",
+            counts.events_replayed,
+        )?;
+        out.labelled(
+            "resyncs",
+            "Connections that could not resume and were sent a resync event, by reason",
+            Counter,
+            "reason",
+            by(ResyncReason::ALL, ResyncReason::label, &counts.resyncs),
+        )?;
+
+        // Broker.
+        out.labelled(
+            "broker_connected",
+            "1 when the broker can route pushes (always 1 for the memory broker), by broker kind",
+            Gauge,
+            "broker",
+            [(broker_kind(&broker.kind), u64::from(broker.connected))],
+        )?;
+        out.counter("broker_errors", "Broker (Redis) errors", broker.errors)?;
+        out.counter(
+            "broker_outages",
+            "Times the link to the broker (Redis) went down",
+            broker.outages,
+        )?;
+        out.counter(
+            "broker_reconnects",
+            "Times the link to the broker (Redis) came back",
+            broker.reconnects,
+        )?;
+        out.counter(
+            "broker_catch_ups",
+            "Catch-ups run for connections after a broker outage or a gap",
+            broker.catch_ups,
+        )?;
+        out.counter(
+            "broker_messages_received",
+            "Messages received from the broker's subscription",
+            broker.messages_received,
+        )?;
+        out.counter(
+            "broker_malformed_messages",
+            "Messages from the broker that could not be decoded",
+            broker.malformed_messages,
+        )?;
+
+        // Cluster (as of this node's last heartbeat).
+        if let Some(cluster) = &self.cluster {
+            out.gauge(
+                "cluster_nodes",
+                "Nodes with a live lease in the cluster",
+                None,
+                cluster.nodes,
+            )?;
+            out.labelled(
+                "cluster_connections",
+                "Connections on all nodes of the cluster, by transport",
+                Gauge,
+                "transport",
+                [
+                    ("websocket", cluster.websocket_connections),
+                    ("sse", cluster.sse_connections),
+                ],
+            )?;
+            out.gauge(
+                "cluster_users",
+                "Users with at least one connection anywhere in the cluster",
+                None,
+                cluster.users,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The broker kind as a label value from a fixed set (bounded cardinality whatever it reports).
+fn broker_kind(kind: &str) -> &'static str {
+    match kind {
+        "memory" => "memory",
+        "redis" => "redis",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn exposition(cluster: Option<ClusterStats>) -> Exposition {
+        let metrics = Metrics::default();
+        metrics.connection_opened();
+        metrics.connection_closed(DisconnectReason::PingTimeout);
+        metrics.observe_batch(3);
+        Exposition {
+            counts: metrics.counts(),
+            gauges: Gauges {
+                connections: [2, 1],
+                users_online: 2,
+                history_users: 1,
+                history_events: 4,
+                uptime_seconds: 2.0,
+                max_connections: 100,
+            },
+            broker: BrokerState::from_report(&json!({"kind": "memory", "connected": true})),
+            cluster,
+        }
+    }
+
+    #[test]
+    fn prometheus_text_has_typed_families_and_cumulative_buckets() {
+        let text = exposition(None).encode(Format::Prometheus).unwrap();
+        assert!(text.contains("# TYPE websocket_sse_connections_opened_total counter\n"));
+        assert!(text.contains("websocket_sse_connections_opened_total 1\n"));
+        assert!(
+            text.contains("websocket_sse_connections_closed_total{reason=\"ping_timeout\"} 1\n")
+        );
+        assert!(text.contains("websocket_sse_connections{transport=\"websocket\"} 2\n"));
+        assert!(text.contains("websocket_sse_batch_size_bucket{le=\"2\"} 0\n"));
+        assert!(text.contains("websocket_sse_batch_size_bucket{le=\"5\"} 1\n"));
+        assert!(text.contains("websocket_sse_batch_size_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("websocket_sse_batch_size_count 1\n"));
+        assert!(text.contains("# TYPE websocket_sse_delivery_latency_seconds histogram\n"));
+        assert!(text.contains("websocket_sse_delivery_latency_seconds_bucket{le=\"0.0001\"} 0\n"));
+        assert!(text.contains("websocket_sse_delivery_latency_seconds_bucket{le=\"0.025\"} 0\n"));
+        assert!(text.contains("websocket_sse_build_info{version=\""));
+        assert!(text.contains("websocket_sse_broker_connected{broker=\"memory\"} 1\n"));
+        assert!(!text.contains("cluster_nodes"));
+        assert!(!text.contains("# EOF"));
+    }
+
+    #[test]
+    fn openmetrics_text_ends_with_eof_and_shows_the_cluster() {
+        let cluster = ClusterStats {
+            node_id: "a".to_owned(),
+            nodes: 3,
+            connections: 7,
+            websocket_connections: 5,
+            sse_connections: 2,
+            users: 4,
+        };
+        let text = exposition(Some(cluster))
+            .encode(Format::OpenMetrics)
+            .unwrap();
+        assert!(text.ends_with("# EOF\n"));
+        assert!(text.contains("# TYPE websocket_sse_connections_opened counter\n"));
+        assert!(text.contains("# UNIT websocket_sse_delivery_latency_seconds seconds\n"));
+        assert!(text.contains("websocket_sse_cluster_nodes 3\n"));
+        assert!(text.contains("websocket_sse_cluster_connections{transport=\"sse\"} 2\n"));
+    }
+
+    #[test]
+    fn a_redis_report_is_read_and_unknown_kinds_are_bounded() {
+        let state = BrokerState::from_report(&json!({
+            "kind": "redis", "connected": false, "outages": 2, "reconnects": 1, "errors": 5,
+            "catch_ups": 4, "messages_received": 10, "malformed_messages": 0,
+        }));
+        assert_eq!(state.outages, 2);
+        assert_eq!(state.errors, 5);
+        assert!(!state.connected);
+        assert_eq!(broker_kind(&state.kind), "redis");
+        assert_eq!(broker_kind("user-42"), "other");
+    }
+}
