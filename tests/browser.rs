@@ -8,8 +8,11 @@
 //! reconnects by itself after the `retry:` hint, sending `Last-Event-ID` (which replaces this
 //! side's stream in turn), and must be replayed exactly what it missed, in order, once.
 //!
+//! The web console's tests are in `browser/console.rs`: the page driven in the same browser, and
+//! how it is served (those need no browser).
+//!
 //! Needs `node`, `/usr/bin/chromium` (or `CHROMIUM_PATH`) and `npm ci --prefix tests/browser`.
-//! Without them the test says what is missing and passes, unless `CI=true`, where it fails.
+//! Without them the browser tests say what is missing and pass, unless `CI=true`, where they fail.
 
 #![allow(
     clippy::unwrap_used,
@@ -29,6 +32,9 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use websocket_sse_server::config::Settings;
 use websocket_sse_server::server::Application;
+
+#[path = "browser/console.rs"]
+mod console;
 
 /// The user whose stream the browser reads.
 const USER: &str = "browser-e2e";
@@ -271,12 +277,7 @@ fn script_dir() -> PathBuf {
 
 /// Starts the server on an ephemeral loopback port; returns its base URL.
 async fn start_server() -> String {
-    let settings = Settings::try_parse_from([
-        "websocket-sse-server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
+    start_server_with(&[
         "--sse-retry",
         SSE_RETRY,
         "--max-connections-per-user",
@@ -284,7 +285,13 @@ async fn start_server() -> String {
         "--user-limit-policy",
         "replace-oldest",
     ])
-    .expect("test flags parse");
+    .await
+}
+
+/// Starts the server on an ephemeral loopback port with these flags; returns its base URL.
+async fn start_server_with(flags: &[&str]) -> String {
+    let base = ["websocket-sse-server", "--host", "127.0.0.1", "--port", "0"];
+    let settings = Settings::try_parse_from(base.iter().chain(flags)).expect("test flags parse");
     settings
         .check_consistency()
         .expect("test flags are consistent");
@@ -359,12 +366,22 @@ struct Browser {
 
 impl Browser {
     async fn start(chromium: &Path, page_url: &str, server: &str) -> Self {
+        Self::spawn(
+            chromium,
+            "eventsource.mjs",
+            &[page_url, server, USER, CUSTOM_TYPE],
+            SCRIPT_TIMEOUT_MS,
+        )
+    }
+
+    /// Starts `node <script> <args…>` in `tests/browser/`, with its own overall timeout.
+    fn spawn(chromium: &Path, script: &str, args: &[&str], timeout_ms: &str) -> Self {
         let mut child = Command::new("node")
-            .arg("eventsource.mjs")
-            .args([page_url, server, USER, CUSTOM_TYPE])
+            .arg(script)
+            .args(args)
             .current_dir(script_dir())
             .env("CHROMIUM_PATH", chromium)
-            .env("BROWSER_TEST_TIMEOUT_MS", SCRIPT_TIMEOUT_MS)
+            .env("BROWSER_TEST_TIMEOUT_MS", timeout_ms)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
