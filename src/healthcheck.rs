@@ -14,8 +14,9 @@ use crate::config::Settings;
 /// How long the whole probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The host to probe: loopback when the server binds every interface.
-fn probe_host(bind_host: &str) -> &str {
+/// The host to reach this machine's server on: loopback when the server binds every interface.
+/// Also the default host of the `push` and `listen` commands.
+pub fn probe_host(bind_host: &str) -> &str {
     match bind_host {
         "0.0.0.0" => "127.0.0.1",
         "::" => "::1",

@@ -1,10 +1,12 @@
-//! The `websocket-sse-server` command: reads `.env` and the command line, then serves (default) or
-//! probes a running server (`healthcheck`).
+//! The `websocket-sse-server` command: reads `.env` and the command line, then serves (default),
+//! probes a running server (`healthcheck`), or acts as its client (`push`, `listen`).
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use websocket_sse_server::client;
 use websocket_sse_server::config::{Cli, Command, Settings};
 use websocket_sse_server::dotenv;
 use websocket_sse_server::healthcheck;
@@ -33,22 +35,67 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let runtime = match runtime(&cli.settings) {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => match runtime(&cli.settings) {
+            Ok(runtime) => runtime.block_on(serve(cli.settings)),
+            Err(error) => runtime_failed(&error),
+        },
+        command => match client_runtime() {
+            Ok(runtime) => runtime.block_on(client(command, cli.settings)),
+            Err(error) => runtime_failed(&error),
+        },
+    }
+}
+
+fn runtime_failed(error: &std::io::Error) -> ExitCode {
+    eprintln!("error: cannot start the async runtime: {error}");
+    ExitCode::FAILURE
+}
+
+/// One thread is plenty for a command that holds one connection.
+fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Runs `healthcheck`, `push` or `listen`.
+async fn client(command: Command, settings: Settings) -> ExitCode {
+    let outcome = match command {
+        Command::Serve => return serve(settings).await,
+        Command::Healthcheck => {
+            return match healthcheck::probe(&settings).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("unhealthy: {error}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Push(args) => client::push::run(&args, &settings).await,
+        Command::Listen(args) => {
+            let stop = CancellationToken::new();
+            let mut signals = match ShutdownSignals::install() {
+                Ok(signals) => signals,
+                Err(error) => {
+                    eprintln!("error: cannot install signal handlers: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                signals.next().await;
+                on_signal.cancel();
+            });
+            client::listen::run(&args, &settings, stop).await
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime.block_on(serve(cli.settings)),
-        Command::Healthcheck => match runtime.block_on(healthcheck::probe(&cli.settings)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("unhealthy: {error}");
-                ExitCode::FAILURE
-            }
-        },
+    match outcome {
+        Ok(()) => ExitCode::from(client::EXIT_OK),
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            ExitCode::from(failure.status)
+        }
     }
 }
 
