@@ -1,17 +1,90 @@
-//! The administrative API: who is connected as a user, and disconnecting them.
+//! The administrative API: who is connected as a user, and disconnecting them (logout, ban).
+//! Mounted behind the publisher keys (`PUSH_API_KEYS`) with the push routes; cluster-wide with the
+//! Redis broker.
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 
 use crate::api::ApiError;
+use crate::broker::UserConnection;
+use crate::hub::Transport;
+use crate::protocol::{Loc, UserId};
 use crate::state::SharedState;
 
-/// `GET /admin/users/{user_id}` (being written).
-pub async fn user(State(_state): State<SharedState>, Path(_user): Path<String>) -> Response {
-    ApiError::NotFound.into_response()
+/// `GET /admin/users/{user_id}`: the user's connections.
+#[derive(Debug, Serialize)]
+pub struct UserReport {
+    /// The user asked about.
+    pub user_id: UserId,
+    /// Whether the user has at least one connection.
+    pub online: bool,
+    /// How many connections the user has.
+    pub connection_count: usize,
+    /// Connections by transport (`websocket`, `sse`).
+    pub transports: TransportCounts,
+    /// Every connection, oldest first.
+    pub connections: Vec<UserConnection>,
 }
 
-/// `DELETE /admin/users/{user_id}/connections` (being written).
-pub async fn disconnect(State(_state): State<SharedState>, Path(_user): Path<String>) -> Response {
-    ApiError::NotFound.into_response()
+/// Connections of one user by transport.
+#[derive(Debug, Default, Serialize)]
+pub struct TransportCounts {
+    /// WebSocket connections.
+    pub websocket: usize,
+    /// SSE streams.
+    pub sse: usize,
+}
+
+/// `DELETE /admin/users/{user_id}/connections`: how many connections were closed.
+#[derive(Debug, Serialize)]
+pub struct Disconnected {
+    /// The user disconnected.
+    pub user_id: UserId,
+    /// Connections asked to close (WebSocket: close code 4003; SSE: `event: close`).
+    pub disconnected: usize,
+}
+
+/// `GET /admin/users/{user_id}`.
+pub async fn user(
+    State(state): State<SharedState>,
+    Path(user): Path<String>,
+) -> Result<Json<UserReport>, ApiError> {
+    let user = path_user(&user)?;
+    let connections = state.broker.connections_of(&user).await?;
+    let mut transports = TransportCounts::default();
+    for connection in &connections {
+        match connection.transport {
+            Transport::WebSocket => transports.websocket += 1,
+            Transport::Sse => transports.sse += 1,
+        }
+    }
+    Ok(Json(UserReport {
+        user_id: user,
+        online: !connections.is_empty(),
+        connection_count: connections.len(),
+        transports,
+        connections,
+    }))
+}
+
+/// `DELETE /admin/users/{user_id}/connections`.
+pub async fn disconnect(
+    State(state): State<SharedState>,
+    Path(user): Path<String>,
+) -> Result<Json<Disconnected>, ApiError> {
+    let user = path_user(&user)?;
+    let disconnected = state.broker.disconnect(&user).await?;
+    tracing::info!(%user, disconnected, "user disconnected by an administrator");
+    Ok(Json(Disconnected {
+        user_id: user,
+        disconnected,
+    }))
+}
+
+/// The `user_id` path segment, validated like everywhere else (422 naming `path.user_id`).
+fn path_user(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse(raw).map_err(|error| {
+        ApiError::Validation(vec![error.at(vec![Loc::Key("path"), Loc::Key("user_id")])])
+    })
 }

@@ -20,8 +20,9 @@ use crate::broker::BrokerError;
 use crate::hub::{Delivery, Outcome, Transport};
 use crate::metrics::Rejection;
 use crate::protocol::{
-    BatchItemResult, BatchResponse, Event, Issue, PushResponse, PushStatus, parse_batch,
-    parse_push, unix_seconds_now,
+    BatchItemResult, BatchResponse, BroadcastResponse, Event, Issue, MultiPushResponse, Push,
+    PushMessage, PushResponse, PushStatus, parse_batch, parse_broadcast, parse_push_targets,
+    unix_seconds_now,
 };
 use crate::rate_limit::client_ip;
 use crate::state::{Publisher, SharedState};
@@ -296,20 +297,143 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-/// `POST {SSE_PATH}`: one event to every connection of one user.
+/// `POST {SSE_PATH}`: one event to every connection of one user (`user_id`), or of several
+/// (`user_ids`).
 pub async fn push(State(state): State<SharedState>, body: Result<JsonBody, ApiError>) -> Response {
+    let JsonBody(bytes) = match body {
+        Ok(body) => body,
+        Err(error) => return respond::<()>(&state, Err(error)),
+    };
+    match parse_push_targets(&bytes, state.settings.max_batch_size) {
+        Ok(Push::One(message)) => {
+            let result = async {
+                let event = message.encode(unix_seconds_now())?;
+                let outcomes = state.broker.publish(std::slice::from_ref(&event)).await?;
+                state.metrics.events_accepted(new_events(&outcomes));
+                let outcome = outcomes.into_iter().next().unwrap_or_default();
+                Ok::<_, ApiError>(push_response(event, outcome))
+            };
+            respond(&state, result.await)
+        }
+        Ok(Push::Many(messages)) => {
+            let result = async {
+                let (event_id, results) = publish_shared(&state, messages).await?;
+                let delivered = results.iter().map(|result| result.delivered).sum();
+                let succeeded = results.iter().filter(|result| result.success).count();
+                let status = if succeeded == results.len() {
+                    PushStatus::Success
+                } else {
+                    PushStatus::Partial
+                };
+                let message = format!(
+                    "delivered to {delivered} connection(s) of {} user(s); {succeeded} of the \
+                     users' pushes succeeded",
+                    results.len()
+                );
+                Ok::<_, ApiError>(MultiPushResponse {
+                    status,
+                    message,
+                    event_id,
+                    delivered,
+                    results,
+                })
+            };
+            respond(&state, result.await)
+        }
+        Err(issues) => respond::<()>(&state, Err(ApiError::Validation(issues))),
+    }
+}
+
+/// `POST /sse/broadcast`: one event to every user connected at this moment (cluster-wide in a
+/// cluster), stored in each one's history like a push.
+pub async fn broadcast(
+    State(state): State<SharedState>,
+    body: Result<JsonBody, ApiError>,
+) -> Response {
     let result = async {
         let JsonBody(bytes) = body?;
-        let event = parse_push(&bytes)
-            .map_err(ApiError::Validation)?
-            .encode(unix_seconds_now())?;
-        let outcomes = state.broker.publish(std::slice::from_ref(&event)).await?;
-        state.metrics.events_accepted(new_events(&outcomes));
-        let outcome = outcomes.into_iter().next().unwrap_or_default();
-        Ok::<_, ApiError>(push_response(event, outcome))
+        let fields = parse_broadcast(&bytes).map_err(ApiError::Validation)?;
+        let users = state.broker.online_users().await?;
+        let messages = users
+            .into_iter()
+            .map(|user| fields.clone().addressed_to(user))
+            .collect();
+        let (event_id, results) = publish_shared(&state, messages).await?;
+        let delivered: usize = results.iter().map(|result| result.delivered).sum();
+        let (status, message) = if delivered > 0 {
+            (
+                PushStatus::Success,
+                format!(
+                    "delivered to {delivered} connection(s) of {} user(s)",
+                    results.len()
+                ),
+            )
+        } else {
+            (PushStatus::Partial, "no user connected".to_owned())
+        };
+        Ok::<_, ApiError>(BroadcastResponse {
+            status,
+            message,
+            event_id,
+            users: results.len(),
+            delivered,
+        })
+    };
+    respond(&state, result.await)
+}
+
+/// Publishes one event to several users: each user's copy names its user but all share one
+/// `event_id` (the upstream's, or one assigned here, which is not treated as an upstream id).
+async fn publish_shared(
+    state: &SharedState,
+    mut messages: Vec<PushMessage<'_>>,
+) -> Result<(Arc<str>, Vec<BatchItemResult>), ApiError> {
+    let assigned = messages
+        .first()
+        .is_some_and(|message| message.event_id.is_none())
+        .then(|| ulid::Ulid::new().to_string());
+    if let Some(assigned) = &assigned {
+        for message in &mut messages {
+            message.event_id = Some(assigned.clone().into());
+        }
     }
-    .await;
-    respond(&state, result)
+    let accepted_at = unix_seconds_now();
+    let events = messages
+        .iter()
+        .map(|message| {
+            let mut event = message.encode(accepted_at)?;
+            event.upstream_id = assigned.is_none();
+            Ok(event)
+        })
+        .collect::<Result<Vec<Event>, serde_json::Error>>()?;
+    let event_id = match (&assigned, messages.first()) {
+        (Some(assigned), _) => Arc::from(assigned.as_str()),
+        (None, Some(message)) => Arc::from(message.event_id.as_deref().unwrap_or_default()),
+        (None, None) => Arc::from(ulid::Ulid::new().to_string()),
+    };
+    let outcomes = if events.is_empty() {
+        Vec::new()
+    } else {
+        state.broker.publish(&events).await?
+    };
+    state.metrics.events_accepted(new_events(&outcomes));
+    Ok((event_id, batch_results(events, outcomes)))
+}
+
+/// One batch-shaped result per event.
+fn batch_results(events: Vec<Event>, outcomes: Vec<Outcome>) -> Vec<BatchItemResult> {
+    events
+        .into_iter()
+        .zip(outcomes)
+        .map(|(event, outcome)| BatchItemResult {
+            event_id: Arc::clone(event.event_id()),
+            user_id: event.user_id,
+            success: outcome.delivery.is_success(),
+            delivered: outcome.delivery.delivered,
+            stored: outcome.stored.is_some(),
+            duplicate: outcome.duplicate,
+        })
+        .collect()
 }
 
 /// How many of the published events were new (not duplicates of events already accepted).
@@ -372,18 +496,8 @@ pub async fn push_batch(
             .collect::<Result<Vec<Event>, _>>()?;
         let outcomes = state.broker.publish(&events).await?;
         state.metrics.events_accepted(new_events(&outcomes));
-        let results = events
-            .into_iter()
-            .zip(outcomes)
-            .map(|(event, outcome)| BatchItemResult {
-                event_id: Arc::clone(event.event_id()),
-                user_id: event.user_id,
-                success: outcome.delivery.is_success(),
-                delivered: outcome.delivery.delivered,
-                stored: outcome.stored.is_some(),
-                duplicate: outcome.duplicate,
-            })
-            .collect();
+        state.metrics.observe_batch(events.len());
+        let results = batch_results(events, outcomes);
         Ok::<_, ApiError>(BatchResponse { results })
     }
     .await;
@@ -417,11 +531,6 @@ pub async fn ready(State(state): State<SharedState>) -> Response {
     } else {
         Json(json!({ "status": "ready" })).into_response()
     }
-}
-
-/// `POST /sse/broadcast` (being written).
-pub async fn broadcast(State(_state): State<SharedState>) -> Response {
-    ApiError::NotFound.into_response()
 }
 
 /// Any unknown path.

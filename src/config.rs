@@ -35,6 +35,7 @@
 //! | `CONSOLE_PATH` | `/` | path of the web console |
 //! | `BROKER` | `memory` | `memory` (single node) or `redis` (cluster over Redis) |
 //! | `REDIS_URL` | `redis://127.0.0.1:6379` | the cluster's Redis (`rediss://` for TLS; may carry a password) |
+//! | `REDIS_CA_FILE` | (none) | PEM CA of the Redis server's TLS certificate (`rediss://`), instead of the public roots |
 //! | `REDIS_KEY_PREFIX` | `wss:` | prefix of the cluster's Redis keys and channels |
 //! | `NODE_ID` | (random) | this node's name in the cluster's presence |
 //! | `PRESENCE_LEASE` | `15` | seconds a silent node's connections still count cluster-wide |
@@ -82,13 +83,111 @@ pub struct Cli {
 }
 
 /// The program's subcommands.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
     Serve,
     /// Ask the server on HOST:PORT for `/health`; exit 0 when it answers 200, 1 otherwise. Made for
     /// container health checks, so the image needs no curl.
     Healthcheck,
+    /// Push one event to a user (or several) through a running server, and print its JSON answer.
+    #[command(
+        after_help = "Exit status: 0 when the server answers 2xx, 1 otherwise (refused, \
+                            unreachable, timed out), 2 for bad arguments such as --data that is \
+                            not a JSON object (nothing is sent then).\n\n\
+                            Example:\n  websocket-sse-server push --user 42 \
+                            --data '{\"text\":\"hello\"}' --event-type chat"
+    )]
+    Push(PushArgs),
+    /// Connect to a running server as a user and print every event it delivers, one JSON line per
+    /// event on stdout (status lines go to stderr); reconnect and resume when the connection
+    /// drops.
+    #[command(
+        after_help = "Reconnects with exponential backoff (with jitter, capped at \
+                            --reconnect-max) and resumes from the last event id seen, so nothing \
+                            is lost or repeated while the event is in the server's history (else \
+                            the server sends a resync event).\n\n\
+                            Exit status: 0 after --count events or on Ctrl-C/SIGTERM; 1 when the \
+                            server refuses the connection for good (400, 401, 403) or an \
+                            administrator disconnects the user (close code 4003); 2 for bad \
+                            arguments; 3 when the token expired (close code 4001): get a new \
+                            token and run again with --token <new> --last-event-id <the id \
+                            printed>.\n\n\
+                            Example:\n  websocket-sse-server listen --user 42 --count 1"
+    )]
+    Listen(ListenArgs),
+}
+
+/// Arguments of `push`.
+#[derive(Debug, Clone, Args)]
+#[command(group = clap::ArgGroup::new("recipients").required(true).args(["user", "user_ids"]))]
+pub struct PushArgs {
+    /// The user to push to.
+    #[arg(long, value_name = "USER_ID")]
+    pub user: Option<String>,
+    /// Several users, comma-separated: one event (one event_id) for all of them, one result each.
+    #[arg(long, value_name = "ID,ID,...", value_delimiter = ',')]
+    pub user_ids: Vec<String>,
+    /// The event's payload: a JSON object, `@FILE` to read it from a file, or `-` for stdin.
+    #[arg(long, value_name = "JSON")]
+    pub data: String,
+    /// The event's type (the server's default is `message`).
+    #[arg(long, value_name = "TYPE")]
+    pub event_type: Option<String>,
+    /// The event's id, for safe retries: the server recognises a repeated id (default: it makes
+    /// one up).
+    #[arg(long, value_name = "ID")]
+    pub event_id: Option<String>,
+    /// The server's base URL, http:// (plain only) [default: http://127.0.0.1:PORT, PORT from
+    /// the settings].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// The push endpoint's path, appended to the URL [default: SSE_PATH from the settings].
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<String>,
+    /// Publisher API key, sent as `Authorization: Bearer`, when the server has PUSH_API_KEYS
+    /// [default: PUSH_API_KEY from the environment, else the first key of PUSH_API_KEYS, so
+    /// that it works next to the server's own .env].
+    #[arg(long, value_name = "KEY", env = "PUSH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Seconds to wait for the answer.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub timeout: Duration,
+}
+
+/// Arguments of `listen`.
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// The user to connect as (with --token, the token's `sub` decides; this may be left out).
+    #[arg(long, value_name = "USER_ID", required_unless_present = "token")]
+    pub user: Option<String>,
+    /// Subscriber JWT, sent as `Authorization: Bearer`, when the server verifies tokens.
+    #[arg(long, value_name = "JWT", env = "LISTEN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Use the Server-Sent Events stream instead of the WebSocket.
+    #[arg(long)]
+    pub sse: bool,
+    /// The server's base URL, http:// or ws:// (plain only) [default: ws://127.0.0.1:PORT, or
+    /// http://127.0.0.1:PORT with --sse; PORT from the settings].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// The endpoint's path, appended to the URL [default: WS_PATH, or SSE_STREAM_PATH with
+    /// --sse, from the settings].
+    #[arg(long, value_name = "PATH")]
+    pub path: Option<String>,
+    /// Resume from this event id (or `<epoch>:<position>` token) on the first connection.
+    #[arg(long, value_name = "ID")]
+    pub last_event_id: Option<String>,
+    /// Exit (status 0) after printing this many events.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Seconds before the first reconnection attempt; each failed attempt doubles it (with
+    /// jitter).
+    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
+    pub reconnect_min: Duration,
+    /// Longest wait between reconnection attempts, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    pub reconnect_max: Duration,
 }
 
 /// Every server setting, parsed and validated.
@@ -204,6 +303,10 @@ pub struct Settings {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379",
           value_parser = Secret::parse_redis_url, hide_default_value = true, hide_env_values = true)]
     pub redis_url: Secret,
+    /// PEM file with the certificate authority that signed the Redis server's TLS certificate
+    /// (`rediss://` only), when it is not one of the public roots.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
     /// Prefix of every Redis key and channel this cluster uses (several clusters may share a Redis).
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "wss:", value_parser = parse_key_prefix)]
     pub redis_key_prefix: String,
@@ -535,6 +638,11 @@ impl Settings {
                         JWT_PUBLIC_KEY_FILE, which turn subscriber tokens on"
                 .into());
         }
+        if self.redis_ca_file.is_some() && !self.redis_url.expose().starts_with("rediss://") {
+            return Err(
+                "invalid REDIS_CA_FILE: it needs a TLS REDIS_URL (rediss://host:port)".into(),
+            );
+        }
         if !self.shutdown_drain.is_zero() && self.shutdown_drain >= self.shutdown_timeout {
             return Err(format!(
                 "invalid SHUTDOWN_DRAIN={}: must be shorter than SHUTDOWN_TIMEOUT={}",
@@ -615,8 +723,7 @@ pub fn describe_error(err: &clap::Error) -> String {
         .get_arguments()
         .find(|arg| arg.get_long() == Some(long))
         .and_then(|arg| arg.get_env())
-        .map(|env| env.to_string_lossy().into_owned())
-        .unwrap_or_else(|| long.to_uppercase().replace('-', "_"));
+        .map(|env| env.to_string_lossy().into_owned());
     let expected = match err.get(ContextKind::ValidValue) {
         Some(ContextValue::Strings(values)) => format!("expected one of {}", values.join(", ")),
         _ => std::error::Error::source(err).map_or_else(
@@ -624,7 +731,11 @@ pub fn describe_error(err: &clap::Error) -> String {
             |source| source.to_string(),
         ),
     };
-    format!("invalid {env}={value:?} (--{long}): {expected}")
+    match env {
+        Some(env) => format!("invalid {env}={value:?} (--{long}): {expected}"),
+        // A subcommand's flag (`push`, `listen`): no variable to name.
+        None => format!("invalid value {value:?} for --{long}: {expected}"),
+    }
 }
 
 fn parse_host(raw: &str) -> Result<String, String> {

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod console;
 pub mod dotenv;

@@ -93,7 +93,8 @@ impl FieldError {
         }
     }
 
-    fn at(self, loc: Vec<Loc>) -> Issue {
+    /// This error at `loc`.
+    pub fn at(self, loc: Vec<Loc>) -> Issue {
         Issue {
             loc,
             msg: self.msg,
@@ -269,6 +270,7 @@ pub fn unix_seconds_now() -> f64 {
 #[derive(Default)]
 struct RawPush<'a> {
     user_id: Option<&'a RawValue>,
+    user_ids: Option<&'a RawValue>,
     data: Option<&'a RawValue>,
     event_type: Option<&'a RawValue>,
     event_id: Option<&'a RawValue>,
@@ -280,6 +282,7 @@ struct RawPush<'a> {
 #[serde(field_identifier, rename_all = "snake_case")]
 enum PushField {
     UserId,
+    UserIds,
     Data,
     EventType,
     EventId,
@@ -307,6 +310,7 @@ impl<'de> Deserialize<'de> for RawPush<'de> {
                 while let Some(field) = map.next_key::<PushField>()? {
                     let (slot, name) = match field {
                         PushField::UserId => (&mut push.user_id, "user_id"),
+                        PushField::UserIds => (&mut push.user_ids, "user_ids"),
                         PushField::Data => (&mut push.data, "data"),
                         PushField::EventType => (&mut push.event_type, "event_type"),
                         PushField::EventId => (&mut push.event_id, "event_id"),
@@ -330,16 +334,120 @@ impl<'de> Deserialize<'de> for RawPush<'de> {
     }
 }
 
-/// Parses and validates a single push body.
+/// Parses and validates a single push body (one `user_id`).
 pub fn parse_push(body: &[u8]) -> Result<PushMessage<'_>, Vec<Issue>> {
-    if body.trim_ascii_start().first() != Some(&b'{') {
-        return Err(vec![body_issue(body, Shape::Object, None)]);
-    }
-    let raw: RawPush<'_> =
-        serde_json::from_slice(body).map_err(|e| vec![body_issue(body, Shape::Object, Some(e))])?;
+    let raw = parse_object(body)?;
     let mut issues = Vec::new();
     let message = validate(raw, &[], &mut issues);
     message.ok_or(issues)
+}
+
+/// Reads a body that must be one JSON object, its fields kept raw.
+fn parse_object(body: &[u8]) -> Result<RawPush<'_>, Vec<Issue>> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(vec![body_issue(body, Shape::Object, None)]);
+    }
+    serde_json::from_slice(body).map_err(|e| vec![body_issue(body, Shape::Object, Some(e))])
+}
+
+/// A push body for the single-push endpoint: one user (`user_id`) or several (`user_ids`).
+#[derive(Debug)]
+pub enum Push<'a> {
+    /// `user_id`: one user.
+    One(PushMessage<'a>),
+    /// `user_ids`: the same event for each of these users (duplicates removed, order kept).
+    Many(Vec<PushMessage<'a>>),
+}
+
+/// Parses and validates a body of the single-push endpoint, which takes either `user_id` or
+/// `user_ids` (a list of 1 to `max_users` user ids).
+pub fn parse_push_targets(body: &[u8], max_users: usize) -> Result<Push<'_>, Vec<Issue>> {
+    let raw = parse_object(body)?;
+    let mut issues = Vec::new();
+    let Some(user_ids) = raw.user_ids else {
+        return validate(raw, &[], &mut issues).map(Push::One).ok_or(issues);
+    };
+    let users = if raw.user_id.is_some() {
+        issues.push(
+            FieldError::new("value_error", "Give either user_id or user_ids, not both")
+                .at(loc(&[], Some("user_ids"))),
+        );
+        None
+    } else {
+        user_list(user_ids, max_users, &mut issues)
+    };
+    let fields = validate_fields(&raw, &[], &mut issues);
+    match (users, fields) {
+        (Some(users), Some(fields)) if issues.is_empty() => Ok(Push::Many(
+            users
+                .into_iter()
+                .map(|user_id| fields.clone().addressed_to(user_id))
+                .collect(),
+        )),
+        _ => Err(issues),
+    }
+}
+
+/// Parses and validates a broadcast body: a push without `user_id` (the event goes to every
+/// connected user). Returns the message fields, to be addressed to each user.
+pub fn parse_broadcast(body: &[u8]) -> Result<PushFields<'_>, Vec<Issue>> {
+    let raw = parse_object(body)?;
+    let mut issues = Vec::new();
+    for (field, present) in [("user_id", raw.user_id), ("user_ids", raw.user_ids)] {
+        if present.is_some() {
+            issues.push(
+                FieldError::new(
+                    "extra_forbidden",
+                    "A broadcast goes to every connected user: no user id is taken",
+                )
+                .at(loc(&[], Some(field))),
+            );
+        }
+    }
+    let fields = validate_fields(&raw, &[], &mut issues);
+    match fields {
+        Some(fields) if issues.is_empty() => Ok(fields),
+        _ => Err(issues),
+    }
+}
+
+/// The list of `user_ids`: a JSON array of 1 to `max` valid user ids; duplicates are dropped.
+fn user_list(raw: &RawValue, max: usize, issues: &mut Vec<Issue>) -> Option<Vec<UserId>> {
+    let at = |index: Option<usize>| {
+        let mut loc = loc(&[], Some("user_ids"));
+        loc.extend(index.map(Loc::Index));
+        loc
+    };
+    let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) else {
+        issues.push(FieldError::new("list_type", "Input should be a valid list").at(at(None)));
+        return None;
+    };
+    if items.is_empty() || items.len() > max {
+        let (kind, msg) = if items.is_empty() {
+            ("too_short", "List should have at least 1 item".to_owned())
+        } else {
+            (
+                "too_long",
+                format!("List should have at most {max} items (MAX_BATCH_SIZE)"),
+            )
+        };
+        issues.push(FieldError::new(kind, msg).at(at(None)));
+        return None;
+    }
+    let before = issues.len();
+    let mut users: Vec<UserId> = Vec::with_capacity(items.len());
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        match string(item).and_then(|text| UserId::parse(&text)) {
+            Ok(user) => {
+                if seen.insert(user.clone()) {
+                    users.push(user);
+                }
+            }
+            Err(error) => issues.push(error.at(at(Some(index)))),
+        }
+    }
+    (issues.len() == before).then_some(users)
 }
 
 /// Parses and validates a batch body: a JSON array of at most `max_items` pushes. The batch is
@@ -445,29 +553,56 @@ fn loc(prefix: &[Loc], field: Option<&'static str>) -> Vec<Loc> {
     loc
 }
 
+/// The fields of a push other than its user: what a multi-user push or a broadcast shares.
+#[derive(Debug, Clone)]
+pub struct PushFields<'a> {
+    data: &'a RawValue,
+    event_type: Cow<'a, str>,
+    event_id: Option<Cow<'a, str>>,
+    timestamp: Option<&'a RawValue>,
+}
+
+impl<'a> PushFields<'a> {
+    /// The push of these fields to `user_id`.
+    pub fn addressed_to(self, user_id: UserId) -> PushMessage<'a> {
+        PushMessage {
+            user_id,
+            data: self.data,
+            event_type: self.event_type,
+            event_id: self.event_id,
+            timestamp: self.timestamp,
+        }
+    }
+}
+
 /// Checks every field of one push, appending problems to `issues`; `Some` only when all passed.
 fn validate<'a>(
     raw: RawPush<'a>,
     prefix: &[Loc],
     issues: &mut Vec<Issue>,
 ) -> Option<PushMessage<'a>> {
+    let user_id = required(raw.user_id)
+        .and_then(string)
+        .and_then(|s| UserId::parse(&s))
+        .map_err(|error| issues.push(error.at(loc(prefix, Some("user_id")))))
+        .ok();
+    let fields = validate_fields(&raw, prefix, issues);
+    Some(fields?.addressed_to(user_id?))
+}
+
+/// Checks the fields of a push other than its user, appending problems to `issues`; `Some` only
+/// when all passed.
+fn validate_fields<'a>(
+    raw: &RawPush<'a>,
+    prefix: &[Loc],
+    issues: &mut Vec<Issue>,
+) -> Option<PushFields<'a>> {
     let before = issues.len();
     let mut check = |field: &'static str, result: Result<(), FieldError>| {
         if let Err(error) = result {
             issues.push(error.at(loc(prefix, Some(field))));
         }
     };
-
-    let mut user_id = None;
-    check(
-        "user_id",
-        required(raw.user_id)
-            .and_then(string)
-            .and_then(|s| UserId::parse(&s))
-            .map(|id| {
-                user_id = Some(id);
-            }),
-    );
 
     let mut data = None;
     check(
@@ -512,8 +647,7 @@ fn validate<'a>(
     if issues.len() > before {
         return None;
     }
-    Some(PushMessage {
-        user_id: user_id?,
+    Some(PushFields {
         data: data?,
         event_type,
         event_id,
@@ -661,6 +795,36 @@ pub struct BatchItemResult {
     pub stored: bool,
     /// Whether it repeated an `event_id` already in the user's history.
     pub duplicate: bool,
+}
+
+/// Response body of a push to several users (`user_ids`).
+#[derive(Debug, Serialize)]
+pub struct MultiPushResponse {
+    /// `success` when every user's push succeeded, `partial` otherwise.
+    pub status: PushStatus,
+    /// What happened, for a person.
+    pub message: String,
+    /// The event's id, shared by every user's copy.
+    pub event_id: Arc<str>,
+    /// Connections that received it, all users together.
+    pub delivered: usize,
+    /// One result per user, in the order given (duplicates removed).
+    pub results: Vec<BatchItemResult>,
+}
+
+/// Response body of a broadcast.
+#[derive(Debug, Serialize)]
+pub struct BroadcastResponse {
+    /// `success` when at least one connection received it, `partial` otherwise.
+    pub status: PushStatus,
+    /// What happened, for a person.
+    pub message: String,
+    /// The event's id, shared by every user's copy.
+    pub event_id: Arc<str>,
+    /// Users it was sent to (those connected when it was accepted).
+    pub users: usize,
+    /// Connections that received it.
+    pub delivered: usize,
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ mod redis;
 #[path = "cluster/support.rs"]
 mod support;
 
+#[path = "cluster/admin.rs"]
+mod admin;
 #[path = "cluster/delivery.rs"]
 mod delivery;
 #[path = "cluster/outage.rs"]
@@ -26,3 +28,5 @@ mod outage;
 mod presence;
 #[path = "cluster/resume.rs"]
 mod resume;
+#[path = "cluster/tls.rs"]
+mod tls;

@@ -1,4 +1,5 @@
-//! Arbitrary bytes as a push body: `parse_push`, and `parse_batch(bytes, 1000)`.
+//! Arbitrary bytes as a push body: `parse_push`, `parse_push_targets` (`user_ids`),
+//! `parse_broadcast`, and `parse_batch(bytes, 1000)`.
 //!
 //! Beyond "no panic", every accepted push must encode into a frame that is valid JSON with exactly
 //! the contract's five fields, echoing the validated `user_id`, `event_type`, `event_id` and the
@@ -12,8 +13,8 @@ use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use websocket_sse_server::protocol::{
-    DEFAULT_EVENT_TYPE, EVENT_ID_MAX_CHARS, EVENT_TYPE_MAX_CHARS, Issue, Loc, PushMessage,
-    USER_ID_MAX_BYTES, parse_batch, parse_push,
+    DEFAULT_EVENT_TYPE, EVENT_ID_MAX_CHARS, EVENT_TYPE_MAX_CHARS, Issue, Loc, Push, PushMessage,
+    USER_ID_MAX_BYTES, UserId, parse_batch, parse_broadcast, parse_push, parse_push_targets,
 };
 
 /// Most items a batch may hold here (the server's default `MAX_BATCH_SIZE`).
@@ -151,5 +152,28 @@ fuzz_target!(|body: &[u8]| {
         // `{…},{…}` is no push but a valid batch of two: nothing to compare.
         (None, _) => {}
         (Some(_), Ok(messages)) => panic!("one push became {} batch items", messages.len()),
+    }
+
+    // The single-push endpoint: one user as `parse_push` has it, or up to MAX_ITEMS distinct users.
+    match parse_push_targets(body, MAX_ITEMS) {
+        Ok(Push::One(message)) => assert_eq!(single, Some(check_accepted(&message))),
+        Ok(Push::Many(messages)) => {
+            assert!((1..=MAX_ITEMS).contains(&messages.len()));
+            let mut users: Vec<&str> = messages.iter().map(|m| m.user_id.as_str()).collect();
+            users.sort_unstable();
+            users.dedup();
+            assert_eq!(users.len(), messages.len(), "duplicates are dropped");
+            for message in &messages {
+                check_accepted(message);
+            }
+        }
+        Err(issues) => check_refused(&issues),
+    }
+    match parse_broadcast(body) {
+        Ok(fields) => {
+            let user = UserId::parse("fuzz").expect("a valid user id");
+            check_accepted(&fields.addressed_to(user));
+        }
+        Err(issues) => check_refused(&issues),
     }
 });

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 
-use super::{AttachError, Broker, BrokerError, ClusterStats};
-use crate::hub::{Attached, Hub, Outcome, Transport};
+use super::{AttachError, Broker, BrokerError, ClusterStats, UserConnection, unix_seconds};
+use crate::hub::{Attached, DisconnectReason, Hub, Outcome, Transport};
 use crate::protocol::{Event, UserId};
 
 /// Delivers to the local [`Hub`] only. It cannot fail and never waits.
@@ -37,6 +37,29 @@ impl Broker for MemoryBroker {
         want_head: bool,
     ) -> Result<Attached, AttachError> {
         Ok(self.hub.attach(user, transport, resume_from, want_head)?)
+    }
+
+    async fn connections_of(&self, user: &UserId) -> Result<Vec<UserConnection>, BrokerError> {
+        let connections = self.hub.connections_of(user);
+        Ok(connections
+            .into_iter()
+            .map(|present| UserConnection {
+                connection_id: present.connection.to_string(),
+                node_id: None,
+                transport: present.transport,
+                connected_since: unix_seconds(present.connected_at_ms),
+            })
+            .collect())
+    }
+
+    async fn disconnect(&self, user: &UserId) -> Result<usize, BrokerError> {
+        Ok(self
+            .hub
+            .disconnect_user(user, DisconnectReason::Disconnected))
+    }
+
+    async fn online_users(&self) -> Result<Vec<UserId>, BrokerError> {
+        Ok(self.hub.online_users())
     }
 
     fn kind(&self) -> &'static str {

@@ -13,6 +13,11 @@ mod redis;
 pub use self::redis::RedisBroker;
 pub use memory::MemoryBroker;
 
+/// Milliseconds since the unix epoch as seconds, for `connected_since`.
+fn unix_seconds(millis: u64) -> f64 {
+    millis as f64 / 1000.0
+}
+
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
@@ -57,6 +62,19 @@ pub struct ClusterStats {
     pub users: u64,
 }
 
+/// One connection of a user, as the administrative API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UserConnection {
+    /// Unique in the cluster: `<node>/<number>` in a cluster, `<number>` on a single node.
+    pub connection_id: String,
+    /// The node that holds it (`None` on a single node).
+    pub node_id: Option<String>,
+    /// How it is connected.
+    pub transport: Transport,
+    /// When it connected, in unix seconds.
+    pub connected_since: f64,
+}
+
 /// Publishes events to every connection of their users, and attaches new connections.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
@@ -74,6 +92,16 @@ pub trait Broker: Send + Sync + 'static {
         resume_from: Option<&str>,
         want_head: bool,
     ) -> Result<Attached, AttachError>;
+
+    /// The connections of `user`, wherever they are, oldest first.
+    async fn connections_of(&self, user: &UserId) -> Result<Vec<UserConnection>, BrokerError>;
+
+    /// Closes every connection of `user`, wherever they are, as disconnected by an operator;
+    /// returns how many there were.
+    async fn disconnect(&self, user: &UserId) -> Result<usize, BrokerError>;
+
+    /// Every user with at least one connection, wherever it is.
+    async fn online_users(&self) -> Result<Vec<UserId>, BrokerError>;
 
     /// `memory` or `redis`.
     fn kind(&self) -> &'static str;

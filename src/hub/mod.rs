@@ -72,11 +72,13 @@ pub enum DisconnectReason {
     TokenExpired,
     /// The client sent frames faster than `CLIENT_MESSAGE_RATE`.
     MessageRate,
+    /// An operator disconnected the user (`DELETE /admin/users/{user_id}/connections`).
+    Disconnected,
 }
 
 impl DisconnectReason {
     /// Every reason, in declaration order (for metrics).
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::ClientClosed,
         Self::PingTimeout,
         Self::SlowConsumer,
@@ -89,6 +91,7 @@ impl DisconnectReason {
         Self::NetworkError,
         Self::TokenExpired,
         Self::MessageRate,
+        Self::Disconnected,
     ];
 
     /// A stable snake_case name, used as a metrics key.
@@ -106,6 +109,7 @@ impl DisconnectReason {
             Self::NetworkError => "network_error",
             Self::TokenExpired => "token_expired",
             Self::MessageRate => "message_rate",
+            Self::Disconnected => "disconnected",
         }
     }
 
@@ -166,8 +170,9 @@ pub struct HubLimits {
     pub queue_capacity: usize,
 }
 
-/// How a client is connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a client is connected. Serialized as its [label](Self::label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// A WebSocket.
     WebSocket,
@@ -531,6 +536,50 @@ impl Hub {
             }
             shard.lock().history.evict_idlest(&self.history);
         }
+    }
+
+    /// The connections of `user` on this node, oldest first.
+    pub fn connections_of(&self, user: &UserId) -> Vec<Present> {
+        let shard = self.shard(user).lock();
+        shard
+            .connections
+            .get(user)
+            .into_iter()
+            .flatten()
+            .map(|connection| Present {
+                user: user.clone(),
+                connection: connection.id,
+                transport: connection.transport,
+                connected_at_ms: connection.connected_at_ms,
+            })
+            .collect()
+    }
+
+    /// Asks every connection of `user` on this node to close for `reason`; returns how many were
+    /// asked (those already closing are not counted again).
+    pub fn disconnect_user(&self, user: &UserId, reason: DisconnectReason) -> usize {
+        let shard = self.shard(user).lock();
+        let open = shard
+            .connections
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|connection| !connection.is_closing());
+        let mut count = 0;
+        for connection in open {
+            connection.request_close(reason);
+            count += 1;
+        }
+        count
+    }
+
+    /// Every user with a connection on this node right now.
+    pub fn online_users(&self) -> Vec<UserId> {
+        let mut users = Vec::with_capacity(self.user_count());
+        for shard in self.shards.iter() {
+            users.extend(shard.lock().connections.keys().cloned());
+        }
+        users
     }
 
     /// Reclaims the events of streams idle for longer than the TTL, one shard at a time.

@@ -195,19 +195,31 @@ const TOKEN_MAX_BYTES: usize = 8 * 1024;
 
 /// Refuses a browser (a request with an `Origin`) from an origin not in `CORS_ORIGINS`: a page
 /// elsewhere must not open a connection with the user's credentials (cross-site WebSocket
-/// hijacking). Clients without `Origin` (not browsers) are not concerned.
+/// hijacking). Clients without `Origin` (not browsers) are not concerned, and neither are this
+/// server's own pages (the web console): an origin naming the host the request was sent to.
 fn check_origin(allowed: &CorsOrigins, headers: &HeaderMap) -> Result<(), ApiError> {
     let (CorsOrigins::List(list), Some(origin)) = (allowed, headers.get(header::ORIGIN)) else {
         return Ok(());
     };
     let origin = origin.to_str().unwrap_or_default();
-    if list.iter().any(|allowed| allowed == origin) {
+    if list.iter().any(|allowed| allowed == origin) || same_origin(origin, headers) {
         Ok(())
     } else {
         Err(ApiError::Forbidden(format!(
             "origin {origin:?} is not allowed (CORS_ORIGINS)"
         )))
     }
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the host this request was sent to (`Host`).
+fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok());
+    matches!((authority, host), (Some(authority), Some(host)) if authority.eq_ignore_ascii_case(host))
 }
 
 const USER_ID_LOC: [&str; 2] = ["query", "user_id"];

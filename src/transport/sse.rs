@@ -73,6 +73,8 @@ pub async fn stream(
         }
     };
     let fresh = admission.resume_from.is_none();
+    // Events accepted before this instant are replays: they are not timed as live deliveries.
+    let live_since = std::time::Instant::now();
     let attached = match state
         .broker
         .attach(
@@ -110,6 +112,7 @@ pub async fn stream(
         batch: Vec::new(),
         opening: Some(opening.freeze()),
         reason: None,
+        live_since,
         _tracked: state.lifecycle.track_session(),
         _slot: admission.slot,
         expiry: admission
@@ -119,6 +122,10 @@ pub async fn stream(
     };
     let chunks = futures_util::stream::unfold(session, |mut session| async move {
         let chunk = session.next_chunk().await?;
+        session
+            .state
+            .metrics
+            .bytes_sent(Transport::Sse, chunk.len());
         Some((Ok::<_, Infallible>(chunk), session))
     });
     event_stream_response(Body::from_stream(chunks))
@@ -215,6 +222,8 @@ struct Session {
     opening: Option<Bytes>,
     /// Why the session ended, once it has.
     reason: Option<DisconnectReason>,
+    /// When the session started: events accepted earlier are replays, not timed as deliveries.
+    live_since: std::time::Instant,
     /// Held until the session ends: shutdown waits for it.
     _tracked: TaskTrackerToken,
     /// Held until the session ends: its `MAX_CONNECTIONS` slot.
@@ -262,9 +271,13 @@ impl Session {
                     return None;
                 }
                 top_up(&mut self.outbox, &mut self.batch).await;
-                for item in self.batch.drain(..) {
-                    write_event(&mut buffer, &item);
+                for item in &self.batch {
+                    write_event(&mut buffer, item);
                 }
+                // Bytes are counted with every chunk, where the stream is polled.
+                let metrics = &self.state.metrics;
+                metrics.record_written(Transport::Sse, &self.batch, 0, self.live_since);
+                self.batch.clear();
             }
             () = self.keepalive_timer.as_mut(), if keepalive_on => {
                 buffer.put_slice(b": keepalive\n\n");
@@ -297,6 +310,14 @@ impl Drop for Session {
             tracing::debug!(user = %registration.user(), connection = registration.id(), reason = reason.label(), "sse disconnected");
         }
         self.state.metrics.connection_closed(reason);
+        // Unregistered: nothing more can be queued. What is left was never written.
+        let mut unwritten = self.batch.len();
+        while let Ok(item) = self.outbox.try_recv() {
+            if let Outgoing::Event(_) = item {
+                unwritten += 1;
+            }
+        }
+        self.state.metrics.events_unwritten(reason, unwritten);
     }
 }
 

@@ -889,8 +889,12 @@ async fn only_allowed_browser_origins_may_connect() {
     let mut sse_allowed =
         Sse::open(&app, "user_id=u", &[("origin", "https://app.example.com")]).await;
     let mut sse_no_origin = Sse::open(&app, "user_id=u", &[]).await;
+    // The server's own pages (the web console) are same-origin: always allowed.
+    let own_origin = format!("http://{}", app.addr);
+    let mut same_origin = upgraded(&app, "user_id=u", &[("origin", own_origin.as_str())]).await;
 
     push_to(&app, "u", "welcome").await;
+    assert_eq!(next_json(&mut same_origin).await["event_id"], "welcome");
     assert_eq!(next_json(&mut allowed).await["event_id"], "welcome");
     assert_eq!(next_json(&mut no_origin).await["event_id"], "welcome");
     assert_eq!(sse_allowed.next_event().await.0.as_deref(), Some("welcome"));

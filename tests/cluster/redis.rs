@@ -89,7 +89,7 @@ async fn provision_shared() -> Result<Shared, String> {
             _server: None,
         });
     }
-    let server = RedisServer::launch().await?;
+    let server = RedisServer::launch(Vec::new()).await?;
     Ok(Shared {
         url: server.url(),
         _server: Some(server),
@@ -286,6 +286,8 @@ pub struct RedisServer {
     pub port: u16,
     binary: PathBuf,
     log: PathBuf,
+    /// Arguments beyond the defaults (e.g. a TLS port).
+    extra: Vec<String>,
     running: Option<Running>,
 }
 
@@ -301,7 +303,12 @@ impl RedisServer {
     /// A dedicated server for one test; `None` (after printing `SKIPPED`) when `redis-server`
     /// is not available and this is not CI.
     pub async fn start(test: &str) -> Option<Self> {
-        match Self::launch().await {
+        Self::start_with(test, Vec::new()).await
+    }
+
+    /// Like [`RedisServer::start`], with `extra` arguments for `redis-server`.
+    pub async fn start_with(test: &str, extra: Vec<String>) -> Option<Self> {
+        match Self::launch(extra).await {
             Ok(server) => Some(server),
             Err(why) => {
                 unavailable(test, &why);
@@ -310,7 +317,7 @@ impl RedisServer {
         }
     }
 
-    async fn launch() -> Result<Self, String> {
+    async fn launch(extra: Vec<String>) -> Result<Self, String> {
         let binary = binary().await?;
         let mut last_error = String::new();
         for _attempt in 0..3 {
@@ -319,6 +326,7 @@ impl RedisServer {
                 port,
                 binary: binary.clone(),
                 log: std::env::temp_dir().join(format!("cluster-test-redis-{port}.log")),
+                extra: extra.clone(),
                 running: None,
             };
             match server.spawn().await {
@@ -350,6 +358,7 @@ impl RedisServer {
             .args(["--save", ""])
             .args(["--appendonly", "no"])
             .args(["--daemonize", "no"])
+            .args(&self.extra)
             .env("REDIS_TEST_LOG", &self.log)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -345,6 +345,11 @@ async fn receive(shared: Arc<Shared>, mut messages: PubSubStream) {
                         .kick(&user, connection, DisconnectReason::Replaced);
                 }
             }
+            Ok(ChannelMessage::DisconnectAll) => {
+                shared
+                    .hub
+                    .disconnect_user(&user, DisconnectReason::Disconnected);
+            }
             Err(error) => {
                 bump(&shared.counters.malformed_messages);
                 tracing::warn!(%error, channel = message.get_channel_name(), "ignored");

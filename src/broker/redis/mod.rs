@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use self::wire::Names;
-use super::{AttachError, Broker, BrokerError, ClusterStats};
+use super::{AttachError, Broker, BrokerError, ClusterStats, UserConnection};
 use crate::config::{Settings, UserLimitPolicy};
 use crate::history::{HistoryLimits, ResyncReason, StreamPosition, parse_token};
 use crate::hub::{
@@ -131,8 +131,7 @@ impl RedisBroker {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(settings.redis_url.expose())
-            .map_err(|error| format!("invalid REDIS_URL: {error}"))?;
+        let client = redis_client(settings)?;
         let node = settings
             .node_id
             .clone()
@@ -298,6 +297,30 @@ impl Shared {
         })
     }
 
+    /// The connections of `user` on live nodes (see [`scripts::CONNECTIONS`]), oldest first;
+    /// with `disconnect`, they are all told to close.
+    async fn connections(
+        &self,
+        user: &UserId,
+        disconnect: bool,
+    ) -> Result<Vec<UserConnection>, BrokerError> {
+        let (generation, mut commands) = self.commands()?;
+        let pairs: Vec<(String, String)> = scripts::CONNECTIONS
+            .prepare_invoke()
+            .arg(self.names.prefix())
+            .arg(user.as_str())
+            .arg(if disconnect { "1" } else { "0" })
+            .invoke_async(&mut commands)
+            .await
+            .map_err(|error| self.command_failed(generation, &error))?;
+        let mut connections: Vec<UserConnection> = pairs
+            .into_iter()
+            .filter_map(|(field, value)| read_presence(field, &value))
+            .collect();
+        connections.sort_by(|a, b| a.connected_since.total_cmp(&b.connected_since));
+        Ok(connections)
+    }
+
     /// Catches one lagging connection up from its cursor, in the background. If Redis fails
     /// meanwhile, the reconnection catches every connection up anyway.
     fn spawn_catch_up(self: &Arc<Self>, lagging: Lagging) {
@@ -323,6 +346,25 @@ impl Shared {
             tracing::warn!(%user, connection, "connection still behind after catching up");
         });
     }
+}
+
+/// The Redis client for `REDIS_URL`, trusting `REDIS_CA_FILE` when given (else, for `rediss://`,
+/// the public roots).
+fn redis_client(settings: &Settings) -> Result<redis::Client, String> {
+    let url = settings.redis_url.expose();
+    let client = match &settings.redis_ca_file {
+        None => redis::Client::open(url),
+        Some(path) => {
+            let root_cert = std::fs::read(path)
+                .map_err(|error| format!("invalid REDIS_CA_FILE={}: {error}", path.display()))?;
+            let certificates = redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            };
+            redis::Client::build_with_tls(url, certificates)
+        }
+    };
+    client.map_err(|error| format!("invalid REDIS_URL or REDIS_CA_FILE: {error}"))
 }
 
 /// Reads [`scripts::JOIN`]'s reply (see there for its shape).
@@ -373,6 +415,22 @@ fn read_join_reply(reply: Vec<redis::Value>, from: Option<&str>) -> Result<Joine
         resync,
         from: from.map(str::to_owned),
     }))
+}
+
+/// One presence entry (`<node>/<connection>` → `<transport> <connected-at ms>`) as the
+/// administrative API shows it.
+fn read_presence(field: String, value: &str) -> Option<UserConnection> {
+    let (node, _) = field.rsplit_once('/')?;
+    let (transport, since) = value.split_once(' ')?;
+    let transport = Transport::ALL
+        .into_iter()
+        .find(|candidate| candidate.label() == transport)?;
+    Some(UserConnection {
+        node_id: Some(node.to_owned()),
+        connected_since: super::unix_seconds(since.parse().ok()?),
+        transport,
+        connection_id: field,
+    })
 }
 
 /// A connection's presence value: `<transport> <connected-at ms>`.
@@ -473,6 +531,28 @@ impl Broker for RedisBroker {
             head,
             resumed,
         })
+    }
+
+    async fn connections_of(&self, user: &UserId) -> Result<Vec<UserConnection>, BrokerError> {
+        self.shared.connections(user, false).await
+    }
+
+    async fn disconnect(&self, user: &UserId) -> Result<usize, BrokerError> {
+        Ok(self.shared.connections(user, true).await?.len())
+    }
+
+    async fn online_users(&self) -> Result<Vec<UserId>, BrokerError> {
+        let shared = &self.shared;
+        let (generation, mut commands) = shared.commands()?;
+        let users: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{}online", shared.names.prefix()))
+            .query_async(&mut commands)
+            .await
+            .map_err(|error| shared.command_failed(generation, &error))?;
+        Ok(users
+            .iter()
+            .filter_map(|user| UserId::parse(user).ok())
+            .collect())
     }
 
     fn kind(&self) -> &'static str {

@@ -2,8 +2,8 @@
 //!
 //! Each script is one atomic step for the whole cluster: assigning positions and publishing
 //! ([`PUBLISH`]), joining or catching up a connection ([`JOIN`]), leaving ([`LEAVE`]), a node's
-//! heartbeat with the reaping of dead nodes ([`HEARTBEAT`]) and a node (re)registering its
-//! connections ([`RESET`]). Names follow [`super::wire`]; the scripts build them from the prefix,
+//! heartbeat with the reaping of dead nodes ([`HEARTBEAT`]), a node (re)registering its
+//! connections ([`RESET`]), and listing or disconnecting a user's connections ([`CONNECTIONS`]). Names follow [`super::wire`]; the scripts build them from the prefix,
 //! which ties the cluster to a single Redis (not Redis Cluster, whose scripts must declare keys).
 //! Time comes from Redis (`TIME`), so nodes need no synchronised clocks.
 
@@ -247,6 +247,26 @@ end
 return {nodes, ws, sse, redis.call('SCARD', prefix .. 'online')}
 "#;
 
+/// A user's connections on live nodes, and optionally disconnects them all (their nodes close them
+/// when they read `X` on the user's channel). ARGV: prefix, user, disconnect ('1'/'0').
+/// Returns `{field, value, field, value, ...}` as in the presence hash.
+const CONNECTIONS_BODY: &str = r#"
+local user = ARGV[2]
+local fields = redis.call('HGETALL', prefix .. 'p:' .. user)
+local live = {}
+for i = 1, #fields, 2 do
+  local node = node_of(fields[i])
+  if node and alive(node) then
+    live[#live + 1] = fields[i]
+    live[#live + 1] = fields[i + 1]
+  end
+end
+if ARGV[3] == '1' and #live > 0 then
+  redis.call('PUBLISH', prefix .. 'c:' .. user, 'X')
+end
+return live
+"#;
+
 /// (Re)registers this node's connections: optionally forgets all it had first (after a restart
 /// or an outage, when leaves may have been lost), and optionally drops its lease (shutdown).
 /// ARGV: prefix, node, forget ('1'/'0'), drop lease ('1'/'0'), then per connection: user,
@@ -275,5 +295,7 @@ pub static JOIN: LazyLock<Script> = LazyLock::new(|| script(JOIN_BODY));
 pub static LEAVE: LazyLock<Script> = LazyLock::new(|| script(LEAVE_BODY));
 /// A node's heartbeat (see `HEARTBEAT_BODY`).
 pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| script(HEARTBEAT_BODY));
+/// A user's connections, optionally disconnecting them (see `CONNECTIONS_BODY`).
+pub static CONNECTIONS: LazyLock<Script> = LazyLock::new(|| script(CONNECTIONS_BODY));
 /// (Re)registers a node's connections (see `RESET_BODY`).
 pub static RESET: LazyLock<Script> = LazyLock::new(|| script(RESET_BODY));

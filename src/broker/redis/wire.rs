@@ -121,9 +121,11 @@ pub enum ChannelMessage {
         /// Its id on that node.
         connection: u64,
     },
+    /// Every connection of the user is to close (an operator disconnected the user).
+    DisconnectAll,
 }
 
-/// Reads a channel message: `E <epoch> <position> <envelope>` or `K <node>/<connection>`.
+/// Reads a channel message: `E <epoch> <position> <envelope>`, `K <node>/<connection>` or `X`.
 pub fn read_message(payload: Bytes) -> Result<ChannelMessage, Malformed> {
     let word_end = |from: usize| {
         payload
@@ -162,6 +164,7 @@ pub fn read_message(payload: Bytes) -> Result<ChannelMessage, Malformed> {
                 connection,
             })
         }
+        Some(b'X') if payload.len() == 1 => Ok(ChannelMessage::DisconnectAll),
         _ => Err(Malformed("unknown kind")),
     }
 }
@@ -214,10 +217,15 @@ mod tests {
             panic!("expected a kick");
         };
         assert_eq!((node.as_str(), connection), ("node-a", 7));
+        assert!(matches!(
+            read_message(Bytes::from_static(b"X")),
+            Ok(ChannelMessage::DisconnectAll)
+        ));
 
         for bad in [
             &b""[..],
-            b"X",
+            b"Y",
+            b"XX",
             b"E",
             b"E epoch",
             b"E e x {}",

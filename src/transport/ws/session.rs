@@ -16,7 +16,9 @@ use tokio::time::{Instant, sleep_until, timeout};
 use super::super::{WRITE_BATCH, top_up};
 use super::keepalive::{Due, Keepalive};
 use crate::auth::remaining;
-use crate::hub::{Attached, DisconnectReason, Outbox, Outgoing, Registration, UserLimitReached};
+use crate::hub::{
+    Attached, DisconnectReason, Outbox, Outgoing, Registration, Transport, UserLimitReached,
+};
 use crate::metrics::Refusal;
 use crate::protocol::ack_frame;
 use crate::rate_limit::Limit;
@@ -33,6 +35,8 @@ pub(super) async fn run(
     expires_at: Option<SystemTime>,
     state: SharedState,
 ) {
+    // Events accepted before this instant are replays: they are not timed as live deliveries.
+    let live_since = std::time::Instant::now();
     let Attached {
         registration,
         mut outbox,
@@ -53,7 +57,15 @@ pub(super) async fn run(
     tracing::debug!(user = %registration.user(), connection = registration.id(), "connected");
 
     let expires_at = expires_at.map(|at| Instant::now() + remaining(at));
-    let reason = serve(&mut socket, &registration, &mut outbox, expires_at, &state).await;
+    let reason = serve(
+        &mut socket,
+        &registration,
+        &mut outbox,
+        expires_at,
+        live_since,
+        &state,
+    )
+    .await;
 
     tracing::debug!(user = %registration.user(), connection = registration.id(), reason = reason.label(), "disconnected");
     // Unregister first: after that nothing more can be queued, so draining misses nothing.
@@ -61,10 +73,16 @@ pub(super) async fn run(
     state.metrics.connection_closed(reason);
     // Pushes accepted before shutdown still reach the client, ahead of the close frame.
     let mut pending = Vec::new();
+    while let Ok(item) = outbox.try_recv() {
+        pending.push(item);
+    }
     if reason == DisconnectReason::Shutdown {
-        while let Ok(item) = outbox.try_recv() {
-            pending.push(item);
-        }
+        let bytes = frame_bytes(&pending);
+        let metrics = &state.metrics;
+        metrics.record_written(Transport::WebSocket, &pending, bytes, live_since);
+    } else {
+        state.metrics.events_unwritten(reason, events_in(&pending));
+        pending.clear();
     }
     finish(&mut socket, pending, close_frame(reason, &state)).await;
 }
@@ -75,6 +93,7 @@ async fn serve(
     registration: &Registration,
     outbox: &mut Outbox,
     expires_at: Option<Instant>,
+    live_since: std::time::Instant,
     state: &AppState,
 ) -> DisconnectReason {
     let inbound = Limit::new(state.settings.client_message_rate);
@@ -102,10 +121,14 @@ async fn serve(
                     return DisconnectReason::NetworkError;
                 }
                 top_up(outbox, &mut batch).await;
-                let frames = batch.drain(..).map(|item| Message::Text(item.frame().clone()));
+                let frames = batch.iter().map(|item| Message::Text(item.frame().clone()));
                 if let Err(reason) = write(socket, frames, settings.ws_write_timeout).await {
+                    state.metrics.events_unwritten(reason, events_in(&batch));
                     return reason;
                 }
+                let bytes = frame_bytes(&batch);
+                state.metrics.record_written(Transport::WebSocket, &batch, bytes, live_since);
+                batch.clear();
             }
             () = &mut expiry, if expires_at.is_some() => {
                 return DisconnectReason::TokenExpired;
@@ -144,6 +167,30 @@ async fn serve(
             }
         }
     }
+}
+
+/// How many of these items are events (not replies).
+fn events_in(items: &[Outgoing]) -> usize {
+    items
+        .iter()
+        .filter(|item| matches!(item, Outgoing::Event(_)))
+        .count()
+}
+
+/// Bytes on the wire of these items as unmasked text frames: payload and frame header.
+fn frame_bytes(items: &[Outgoing]) -> usize {
+    items
+        .iter()
+        .map(|item| {
+            let payload = item.frame().as_str().len();
+            let header = match payload {
+                0..=125 => 2,
+                126..=65_535 => 4,
+                _ => 10,
+            };
+            payload + header
+        })
+        .sum()
 }
 
 /// Writes messages and flushes once, within `limit`; a write that cannot finish in time means the
@@ -204,6 +251,8 @@ mod close_code {
     /// The client's token expired (a private-use code): reconnect with a fresh token, resuming
     /// from the last event received.
     pub const TOKEN_EXPIRED: u16 = 4001;
+    /// An operator disconnected the user (a private-use code).
+    pub const DISCONNECTED: u16 = 4003;
 }
 
 /// The close frame for a reason, or `None` where the client already closed or the network is gone.
@@ -229,6 +278,10 @@ fn close_frame(reason: DisconnectReason, state: &AppState) -> Option<CloseFrame>
         }
         DisconnectReason::ProtocolError => (close_code::PROTOCOL, "protocol error".to_owned()),
         DisconnectReason::TokenExpired => (close_code::TOKEN_EXPIRED, "token expired".to_owned()),
+        DisconnectReason::Disconnected => (
+            close_code::DISCONNECTED,
+            "disconnected by an administrator".to_owned(),
+        ),
         DisconnectReason::MessageRate => (
             close_code::POLICY,
             format!(
