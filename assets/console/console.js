@@ -744,7 +744,8 @@
       { key: 'deliveries', stroke: color('--deliver'), fill: true },
       { key: 'pushes', stroke: color('--push'), fill: false },
     ];
-    for (const { key, stroke, fill } of series) {
+    // Starts a new path along one series.
+    const trace = (key) => {
       ctx.beginPath();
       visible.forEach((sample, index) => {
         const px = x(sample.t);
@@ -752,6 +753,9 @@
         if (index === 0) ctx.moveTo(px, py);
         else ctx.lineTo(px, py);
       });
+    };
+    for (const { key, stroke, fill } of series) {
+      trace(key);
       if (fill) {
         ctx.save();
         ctx.lineTo(x(visible[visible.length - 1].t), bottom);
@@ -761,13 +765,7 @@
         ctx.fillStyle = stroke;
         ctx.fill();
         ctx.restore();
-        ctx.beginPath();
-        visible.forEach((sample, index) => {
-          const px = x(sample.t);
-          const py = y(sample[key]);
-          if (index === 0) ctx.moveTo(px, py);
-          else ctx.lineTo(px, py);
-        });
+        trace(key);
       }
       ctx.lineWidth = 2;
       ctx.lineJoin = 'round';
