@@ -71,6 +71,25 @@ async fn every_node_counts_the_connections_of_the_whole_cluster() {
         assert_eq!(metrics["broker"]["kind"], "redis", "{metrics}");
         assert_eq!(metrics["broker"]["connected"], true, "{metrics}");
         assert_eq!(metrics["cluster"]["nodes"], 3, "{metrics}");
+        // The same in Prometheus's format, which dashboards read.
+        let text = node
+            .http
+            .get(node.url("/metrics/prometheus"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in [
+            "websocket_sse_broker_connected{broker=\"redis\"} 1",
+            "websocket_sse_cluster_nodes 3",
+            "websocket_sse_cluster_users 2",
+            "websocket_sse_cluster_connections{transport=\"websocket\"} 3",
+            "websocket_sse_cluster_connections{transport=\"sse\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in:\n{text}");
+        }
     }
     // A push counts the user's connections on every node.
     let response = push(c, json!({"user_id": "counted-1", "data": {"n": 1}})).await;
