@@ -47,6 +47,9 @@ pub struct CatchUp {
     pub resync: Option<ResyncReason>,
     /// The point the connection asked to resume from (quoted in a resync notice).
     pub from: Option<String>,
+    /// For a connection catching up: the cursor the broker fetched from. A catch-up whose cursor
+    /// is no longer the connection's is stale (another one overtook it) and is ignored.
+    pub after: Option<StreamPosition>,
 }
 
 /// A connection whose live events went missing and must be caught up from the broker.
@@ -114,6 +117,9 @@ enum Fit {
 fn fit(cursor: Option<&StreamPosition>, event: &StreamPosition) -> Fit {
     match cursor {
         None => Fit::Next,
+        // Epochs are ULIDs, ordered by creation: an event of an older stream than the cursor's
+        // was overtaken by a resync.
+        Some(cursor) if event.epoch < cursor.epoch => Fit::Seen,
         Some(cursor) if cursor.epoch != event.epoch => Fit::Gap,
         Some(cursor) if event.position <= cursor.position => Fit::Seen,
         Some(cursor) if event.position == cursor.position + 1 => Fit::Next,
@@ -188,6 +194,9 @@ impl Hub {
             .iter()
             .find(|c| c.id == connection)?;
         let mut feed = connection.feed.as_ref()?.lock();
+        if catch_up.after.is_some() && catch_up.after != feed.cursor {
+            return None;
+        }
         let waiting = feed.pending.take()?;
         if let Some(reason) = catch_up.resync {
             let from = catch_up.from.as_deref().unwrap_or_default();
@@ -402,6 +411,7 @@ mod tests {
             events,
             resync: None,
             from: None,
+            after: None,
         }
     }
 
@@ -495,6 +505,7 @@ mod tests {
             events: vec![event("B", 1), event("B", 2)],
             resync: Some(ResyncReason::EpochChanged),
             from: Some("A:7".to_owned()),
+            after: None,
         };
         assert_eq!(
             hub.complete_catch_up(&user(), registration.id(), lost),
@@ -507,6 +518,58 @@ mod tests {
         assert_eq!(notice["event_id"], "B:0");
         assert_eq!(notice["data"]["reason"], "epoch_changed");
         assert_eq!(frames[1..], ["B1", "B2", "B3"]);
+    }
+
+    #[test]
+    fn stale_catch_ups_and_events_of_a_lost_stream_change_nothing() {
+        let hub = hub();
+        let (registration, mut outbox) = hub.attach_joining(user(), Transport::WebSocket);
+        hub.complete_catch_up(&user(), registration.id(), catch_up(at("A", 2), vec![]));
+        hub.begin_catch_up_all();
+        // Still waiting: an old-stream event (overtaken later) and a new-stream one.
+        hub.deliver_sequenced(&user(), &event("A", 5));
+        hub.deliver_sequenced(&user(), &event("B", 1));
+        let lost = CatchUp {
+            head: at("B", 0),
+            events: Vec::new(),
+            resync: Some(ResyncReason::EpochChanged),
+            from: Some("A:2".to_owned()),
+            after: Some(at("A", 2)),
+        };
+        assert_eq!(
+            hub.complete_catch_up(&user(), registration.id(), lost),
+            None
+        );
+        let frames = drain(&mut outbox);
+        assert_eq!(
+            frames.len(),
+            2,
+            "resync, then B1; A5 is dropped: {frames:?}"
+        );
+        assert_eq!(frames[1], "B1");
+        // A second catch-up fetched from the old cursor arrives late: ignored.
+        hub.begin_catch_up_all();
+        let late = CatchUp {
+            head: at("B", 0),
+            events: vec![event("B", 1)],
+            resync: Some(ResyncReason::EpochChanged),
+            from: Some("A:2".to_owned()),
+            after: Some(at("A", 2)),
+        };
+        assert_eq!(
+            hub.complete_catch_up(&user(), registration.id(), late),
+            None
+        );
+        hub.complete_catch_up(
+            &user(),
+            registration.id(),
+            CatchUp {
+                after: Some(at("B", 1)),
+                ..catch_up(at("B", 1), vec![])
+            },
+        );
+        hub.deliver_sequenced(&user(), &event("B", 2));
+        assert_eq!(drain(&mut outbox), ["B2"], "no second resync, no B1 again");
     }
 
     #[tokio::test]

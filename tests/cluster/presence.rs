@@ -276,3 +276,50 @@ async fn a_node_killed_with_sigkill_leaves_no_ghost_presence_after_its_lease() {
     assert_eq!(health(survivor).await["connections"], 0);
     drop(victim);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaped_while_alive_registers_its_connections_again() {
+    let Some(redis) = crate::redis::shared("reaped_alive").await else {
+        return;
+    };
+    let cluster = cluster(&redis, "reaped_alive", 2, &[]).await;
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    let _client = Client::ws(a, "paused").await;
+    wait_for_counts(&[a, b], empty(2).with_connections(1, 1, 0, 1)).await;
+
+    // As if node A had been paused past its lease and another node had reaped it: its lease,
+    // its membership and its connections' presence are gone (done here at once, atomically).
+    let mut admin = ::redis::Client::open(cluster.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = |name: &str| format!("{}{name}", cluster.prefix);
+    let a_id = node_id("a");
+    let () = ::redis::pipe()
+        .atomic()
+        .del(key(&format!("n:{a_id}")))
+        .del(key(&format!("nu:{a_id}")))
+        .del(key("p:paused"))
+        .srem(key("nodes"), &a_id)
+        .srem(key("online"), "paused")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+
+    // A notices at its next heartbeat and registers again: the user is reachable cluster-wide.
+    wait_for_counts(&[a, b], empty(2).with_connections(1, 1, 0, 1)).await;
+    let deadline = Instant::now() + PRESENCE_DEADLINE;
+    loop {
+        let (_, report) = b.get_json("/admin/users/paused").await;
+        let response = push(b, json!({"user_id": "paused", "data": {}})).await;
+        if report["connection_count"] == 1 && response["delivered"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never registered again: {report} {response}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -101,21 +101,34 @@ async fn connect(shared: &Shared, subscribed: &Subscribed) -> Result<Link, redis
     for chunk in channels.chunks(CHUNK) {
         with_timeout(shared, subscriptions.subscribe(chunk)).await?;
     }
-    let present = shared.hub.present();
-    let mut first = true;
-    for chunk in present.chunks(CHUNK) {
-        reset(shared, &mut commands, first, false, chunk).await?;
-        first = false;
-    }
-    if first {
-        reset(shared, &mut commands, true, false, &[]).await?;
-    }
+    register(shared, &mut commands).await?;
     heartbeat(shared, &mut commands).await?;
     Ok(Link {
         commands,
         subscriptions,
         messages,
     })
+}
+
+/// Registers every connection of this node afresh, forgetting whatever presence it had (after
+/// a (re)connection, or after it was reaped while alive): departures may have been lost.
+async fn register(
+    shared: &Shared,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), redis::RedisError> {
+    let present = shared.hub.present();
+    reset(
+        shared,
+        commands,
+        true,
+        false,
+        present.get(..CHUNK).unwrap_or(&present),
+    )
+    .await?;
+    for chunk in present.get(CHUNK..).unwrap_or_default().chunks(CHUNK) {
+        reset(shared, commands, false, false, chunk).await?;
+    }
+    Ok(())
 }
 
 /// Runs [`scripts::RESET`] for `present` (forgetting this node's earlier presence first when
@@ -133,7 +146,8 @@ async fn reset(
         .arg(shared.names.prefix())
         .arg(&shared.node)
         .arg(flag(forget))
-        .arg(flag(drop_lease));
+        .arg(flag(drop_lease))
+        .arg(shared.lease.as_millis());
     for connection in present {
         invocation
             .arg(connection.user.as_str())
@@ -146,13 +160,14 @@ async fn reset(
     invocation.invoke_async(commands).await
 }
 
-/// Renews this node's lease and refreshes the cluster's counts.
+/// Renews this node's lease and refreshes the cluster's counts. If the node had been reaped (its
+/// lease ran out while it lived: a long pause), it registers its connections again.
 async fn heartbeat(
     shared: &Shared,
     commands: &mut MultiplexedConnection,
 ) -> Result<(), redis::RedisError> {
     let hub = &shared.hub;
-    let (nodes, websocket, sse, users): (u64, u64, u64, u64) = scripts::HEARTBEAT
+    let (nodes, websocket, sse, users, registered): (u64, u64, u64, u64, u8) = scripts::HEARTBEAT
         .prepare_invoke()
         .arg(shared.names.prefix())
         .arg(&shared.node)
@@ -170,6 +185,13 @@ async fn heartbeat(
         sse_connections: sse,
         users,
     });
+    if registered == 0 && !shared.left.load(Ordering::Acquire) {
+        tracing::warn!(
+            node = %shared.node,
+            "this node's lease had run out (paused?): registering its connections again"
+        );
+        register(shared, commands).await?;
+    }
     Ok(())
 }
 
@@ -217,6 +239,11 @@ async fn serve(
             _ = beat.tick(), if !shared.left.load(Ordering::Acquire) => {
                 if let Err(error) = heartbeat(shared, &mut commands).await {
                     break format!("heartbeat failed: {error}");
+                }
+                // A subscription connection silently cut (a NAT's idle timeout) would never
+                // deliver again: it must answer too.
+                if let Err(error) = with_timeout(shared, subscriptions.ping::<redis::Value>()).await {
+                    break format!("subscription connection does not answer: {error}");
                 }
             }
             received = changes.recv_many(&mut batch, CHUNK) => {
@@ -275,20 +302,33 @@ async fn apply(
         }
         Ok(())
     };
-    let result = result.await;
+    let result: Result<(), redis::RedisError> = result.await;
+    let mut abandoned = Vec::new();
     for (user, answer) in answers {
-        let outcome = match &result {
-            Ok(()) => Ok(()),
+        match &result {
+            Ok(()) => {
+                // A joiner that went away meanwhile (the client hung up) will never register,
+                // so never unsubscribe: its interest is given back here.
+                if answer.send(Ok(())).is_err() {
+                    unsubscribe(subscribed, &user, &mut abandoned);
+                }
+            }
             Err(error) => {
                 // Not counted: the joiner gives up, and will not unsubscribe.
-                let mut unused = Vec::new();
-                unsubscribe(subscribed, &user, &mut unused);
-                Err(BrokerError::Unavailable(format!("redis: {error}")))
+                unsubscribe(subscribed, &user, &mut Vec::new());
+                let _ = answer.send(Err(BrokerError::Unavailable(format!("redis: {error}"))));
             }
-        };
-        let _ = answer.send(outcome);
+        }
     }
-    result
+    result?;
+    if !abandoned.is_empty() {
+        let channels: Vec<String> = abandoned
+            .iter()
+            .map(|user| shared.names.channel(user))
+            .collect();
+        with_timeout(shared, sink.unsubscribe(&channels)).await?;
+    }
+    Ok(())
 }
 
 fn unsubscribe(subscribed: &mut Subscribed, user: &UserId, ended: &mut Vec<UserId>) {
@@ -390,8 +430,9 @@ pub(super) async fn forget_departures(
                 Ok(()) => break,
                 Err(error) => {
                     shared.command_failed(generation, &error);
-                    // Wait for the link to go down and up again before retrying.
-                    let _ = up.wait_for(Option::is_some).await;
+                    // Whatever the failure (link, out of memory, busy), try again shortly; a
+                    // broken link is waited for at the top of the loop.
+                    tokio::time::sleep(FIRST_BACKOFF.max(shared.lease / 10)).await;
                 }
             }
         }

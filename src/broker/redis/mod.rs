@@ -29,15 +29,15 @@ use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use self::wire::Names;
 use super::{AttachError, Broker, BrokerError, ClusterStats, UserConnection};
 use crate::config::{Settings, UserLimitPolicy};
 use crate::history::{HistoryLimits, ResyncReason, StreamPosition, parse_token};
 use crate::hub::{
-    Attached, CatchUp, Delivery, Hub, Lagging, Outcome, Resumed, Sequenced, Transport,
-    UserLimitReached,
+    Attached, CatchUp, Delivery, DisconnectReason, Hub, Lagging, Outcome, Resumed, Sequenced,
+    Transport, UserLimitReached,
 };
 use crate::metrics::Metrics;
 use crate::protocol::{Event, UserId};
@@ -49,6 +49,14 @@ const META_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Most events one publish script handles: a large batch becomes several scripts in one pipeline
 /// (still one round trip), so that Redis serves other clients between them.
 const EVENTS_PER_SCRIPT: usize = 100;
+
+/// Most scripts in one round trip: a batch (at most `MAX_BATCH_SIZE`) is usually one round trip;
+/// a broadcast to many users takes several, one after the other.
+const SCRIPTS_PER_ROUND_TRIP: usize = 10;
+
+/// Most catch-ups (history reads) in flight at once: after an outage every connection catches up,
+/// and they wait for a permit here rather than in Redis's queue (where they would time out).
+const CATCH_UPS_IN_FLIGHT: usize = 64;
 
 /// Rounds of catching up one connection before giving up on it (each round normally completes it).
 const CATCH_UP_ROUNDS: usize = 3;
@@ -109,6 +117,8 @@ struct Shared {
     failed_generation: AtomicU64,
     failed: Notify,
     changes: mpsc::UnboundedSender<Change>,
+    /// Bounds the catch-ups in flight ([`CATCH_UPS_IN_FLIGHT`]).
+    catch_up_slots: Semaphore,
     cluster: Mutex<Option<ClusterStats>>,
     /// Set once this node has left the cluster (shutdown): no more heartbeats.
     left: AtomicBool,
@@ -158,6 +168,7 @@ impl RedisBroker {
             failed_generation: AtomicU64::new(0),
             failed: Notify::new(),
             changes,
+            catch_up_slots: Semaphore::new(CATCH_UPS_IN_FLIGHT),
             cluster: Mutex::new(None),
             left: AtomicBool::new(false),
         });
@@ -331,19 +342,29 @@ impl Shared {
                 connection,
                 mut cursor,
             } = lagging;
+            let Ok(_permit) = shared.catch_up_slots.acquire().await else {
+                return;
+            };
             for _ in 0..CATCH_UP_ROUNDS {
                 bump(&shared.counters.catch_ups);
                 let from = cursor.to_string();
-                let Ok(Joined::Accepted(catch_up)) = shared.join(&user, Some(&from), None).await
-                else {
-                    return;
+                let mut catch_up = match shared.join(&user, Some(&from), None).await {
+                    Ok(Joined::Accepted(catch_up)) => catch_up,
+                    // The link broke: reconnecting catches every connection up.
+                    Err(_) if shared.commands().is_err() => return,
+                    Ok(Joined::AtLimit) | Err(_) => break,
                 };
+                catch_up.after = Some(cursor.clone());
                 match shared.hub.complete_catch_up(&user, connection, catch_up) {
                     None => return,
                     Some(still_behind) => cursor = still_behind,
                 }
             }
-            tracing::warn!(%user, connection, "connection still behind after catching up");
+            // Never left waiting forever: closed, the client reconnects and resumes.
+            tracing::warn!(%user, connection, "connection could not catch up; closing it");
+            shared
+                .hub
+                .kick(&user, connection, DisconnectReason::SlowConsumer);
         });
     }
 }
@@ -414,6 +435,7 @@ fn read_join_reply(reply: Vec<redis::Value>, from: Option<&str>) -> Result<Joine
         events,
         resync,
         from: from.map(str::to_owned),
+        after: None,
     }))
 }
 
@@ -444,24 +466,29 @@ impl Broker for RedisBroker {
         let shared = &self.shared;
         let (generation, mut commands) = shared.commands()?;
         let size = shared.history_size();
-        let mut pipeline = redis::pipe();
-        for chunk in events.chunks(EVENTS_PER_SCRIPT) {
-            pipeline.add_command(shared.publish_command(chunk));
-        }
-        let mut result = pipeline.query_async(&mut commands).await;
-        if matches!(&result, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        {
-            // Redis forgot the script (SCRIPT FLUSH): nothing ran; load it and run again.
-            if let Err(error) = scripts::PUBLISH.load_async(&mut commands).await {
-                return Err(shared.command_failed(generation, &error));
+        let mut replies = Vec::with_capacity(events.len());
+        // Round trips of bounded size, one after the other (a broadcast to many users must not be
+        // one pipeline that outlasts REDIS_TIMEOUT).
+        for round in events.chunks(EVENTS_PER_SCRIPT * SCRIPTS_PER_ROUND_TRIP) {
+            let mut pipeline = redis::pipe();
+            for chunk in round.chunks(EVENTS_PER_SCRIPT) {
+                pipeline.add_command(shared.publish_command(chunk));
             }
-            result = pipeline.query_async(&mut commands).await;
+            let mut result = pipeline.query_async(&mut commands).await;
+            if matches!(&result, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+            {
+                // Redis forgot the script (SCRIPT FLUSH): nothing ran; load it and run again.
+                if let Err(error) = scripts::PUBLISH.load_async(&mut commands).await {
+                    return Err(shared.command_failed(generation, &error));
+                }
+                result = pipeline.query_async(&mut commands).await;
+            }
+            let round: Vec<Vec<(u8, String, u64, usize)>> =
+                result.map_err(|error| shared.command_failed(generation, &error))?;
+            replies.extend(round.into_iter().flatten());
         }
-        let replies: Vec<Vec<(u8, String, u64, usize)>> =
-            result.map_err(|error| shared.command_failed(generation, &error))?;
         let outcomes = replies
             .into_iter()
-            .flatten()
             .map(|(duplicate, epoch, position, delivered)| {
                 let duplicate = duplicate == 1;
                 if duplicate {

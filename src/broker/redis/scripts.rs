@@ -105,8 +105,12 @@ for i = 6, #ARGV, 4 do
       if length >= size then
         for _, old in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', length - size + 1)) do
           redis.call('XDEL', stream, old[1])
-          redis.call('HDEL', ids, old[2][8])
-          redis.call('HSET', meta, 'di', old[2][8], 'dp', string.match(old[1], '^(%d+)'))
+          local old_position = string.match(old[1], '^(%d+)')
+          -- The id may name a newer event by now (re-pushed after the duplicate window).
+          if redis.call('HGET', ids, old[2][8]) == old_position then
+            redis.call('HDEL', ids, old[2][8])
+            redis.call('HSET', meta, 'di', old[2][8], 'dp', old_position)
+          end
         end
       end
       redis.call('XADD', stream, position .. '-0', 'v', envelope, 'd', delivered, 't', now, 'i', id)
@@ -140,7 +144,7 @@ if limit > 0 then
   local live = {}
   for i = 1, #fields, 2 do
     local field_node = node_of(fields[i])
-    if field_node == node or alive(field_node) then
+    if field_node and (field_node == node or alive(field_node)) then
       live[#live + 1] = {fields[i], tonumber(string.match(fields[i + 1], ' (%d+)$')) or 0}
     else
       redis.call('HDEL', presence, fields[i])
@@ -176,6 +180,7 @@ local function answer(reason, events)
   return out
 end
 if from == '' then return answer('') end
+if token_epoch == epoch and tonumber(token_position) == head then return answer('') end
 if size == 0 then return answer('history_disabled') end
 local stream, ids = prefix .. 's:' .. user, prefix .. 'i:' .. user
 local after = tonumber(redis.call('HGET', ids, from))
@@ -227,9 +232,12 @@ return 0
 
 /// Renews this node's lease with its counts, reaps nodes whose lease ran out, and returns the
 /// cluster's counts. ARGV: prefix, node, lease ms, websocket connections, SSE connections, users.
-/// Returns `{live nodes, websocket connections, SSE connections, users online}`.
+/// Returns `{live nodes, websocket connections, SSE connections, users online, registered}`;
+/// `registered` is 0 when this node had been reaped meanwhile (its lease ran out while it was
+/// alive, e.g. paused): it must register its connections again.
 const HEARTBEAT_BODY: &str = r#"
 local node, lease = ARGV[2], tonumber(ARGV[3])
+local registered = redis.call('SISMEMBER', prefix .. 'nodes', node)
 redis.call('HSET', prefix .. 'n:' .. node, 'ws', ARGV[4], 'sse', ARGV[5], 'users', ARGV[6])
 redis.call('PEXPIRE', prefix .. 'n:' .. node, lease)
 redis.call('SADD', prefix .. 'nodes', node)
@@ -244,7 +252,7 @@ for _, other in ipairs(redis.call('SMEMBERS', prefix .. 'nodes')) do
     reap(other)
   end
 end
-return {nodes, ws, sse, redis.call('SCARD', prefix .. 'online')}
+return {nodes, ws, sse, redis.call('SCARD', prefix .. 'online'), registered}
 "#;
 
 /// A user's connections on live nodes, and optionally disconnects them all (their nodes close them
@@ -269,13 +277,21 @@ return live
 
 /// (Re)registers this node's connections: optionally forgets all it had first (after a restart
 /// or an outage, when leaves may have been lost), and optionally drops its lease (shutdown).
-/// ARGV: prefix, node, forget ('1'/'0'), drop lease ('1'/'0'), then per connection: user,
-/// connection, presence value.
+/// ARGV: prefix, node, forget ('1'/'0'), drop lease ('1'/'0'), lease ms, then per connection:
+/// user, connection, presence value.
 const RESET_BODY: &str = r#"
 local node = ARGV[2]
 if ARGV[3] == '1' then reap(node) end
-if ARGV[4] == '1' then redis.call('DEL', prefix .. 'n:' .. node) end
-for i = 5, #ARGV, 3 do
+if ARGV[4] == '1' then
+  redis.call('DEL', prefix .. 'n:' .. node)
+else
+  -- Registered with a lease at once, so that the node is reaped if it dies before a heartbeat.
+  redis.call('SADD', prefix .. 'nodes', node)
+  redis.call('HSETNX', prefix .. 'n:' .. node, 'ws', 0)
+  redis.call('HSETNX', prefix .. 'n:' .. node, 'sse', 0)
+  redis.call('PEXPIRE', prefix .. 'n:' .. node, ARGV[5])
+end
+for i = 6, #ARGV, 3 do
   redis.call('HSET', prefix .. 'p:' .. ARGV[i], node .. '/' .. ARGV[i + 1], ARGV[i + 2])
   redis.call('SADD', prefix .. 'nu:' .. node, ARGV[i])
   redis.call('SADD', prefix .. 'online', ARGV[i])
