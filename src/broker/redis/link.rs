@@ -10,6 +10,11 @@
 //! presence it had, since departures may have been lost), renews its lease, and only then declares
 //! the link up and catches every connection up from the history: events published during the
 //! outage are replayed, or, if Redis lost its data, the client is told to resync.
+//!
+//! A live link is checked at every heartbeat (`PRESENCE_LEASE`/3): the command connection by the
+//! heartbeat script, the subscription connection by a PING (a socket cut silently by a NAT would
+//! otherwise never deliver again). A heartbeat that finds this node reaped (its lease ran out
+//! while it was paused) registers its connections again.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
