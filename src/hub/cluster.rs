@@ -19,10 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::{
-    Connection, Delivery, DisconnectReason, Hub, Outbox, Outgoing, Registration, Transport,
-    resync_notice,
-};
+use super::{Delivery, DisconnectReason, Hub, Outbox, Registration, Transport, resync_notice};
 use crate::history::{ResyncReason, StreamPosition};
 use crate::protocol::{Published, UserId};
 
@@ -127,21 +124,6 @@ fn fit(cursor: Option<&StreamPosition>, event: &StreamPosition) -> Fit {
     }
 }
 
-/// Queues `event` for `connection`; a full queue closes it as a slow consumer.
-fn give(connection: &Connection, event: &Arc<Published>) -> bool {
-    match connection
-        .queue
-        .try_send(Outgoing::Event(Arc::clone(event)))
-    {
-        Ok(()) => true,
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            connection.request_close(DisconnectReason::SlowConsumer);
-            false
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
-    }
-}
-
 /// The current time in unix milliseconds.
 pub(super) fn unix_millis_now() -> u64 {
     SystemTime::now()
@@ -201,12 +183,12 @@ impl Hub {
         if let Some(reason) = catch_up.resync {
             let from = catch_up.from.as_deref().unwrap_or_default();
             let notice = Arc::new(resync_notice(user, reason, from, Some(&catch_up.head)));
-            give(connection, &notice);
+            connection.offer(&notice);
             feed.cursor = Some(catch_up.head.clone());
         }
         for event in &catch_up.events {
             if let Fit::Next = fit(feed.cursor.as_ref(), &event.at) {
-                give(connection, &event.published);
+                connection.offer(&event.published);
                 feed.cursor = Some(event.at.clone());
             }
         }
@@ -218,7 +200,7 @@ impl Hub {
             match fit(feed.cursor.as_ref(), &event.at) {
                 Fit::Seen => {}
                 Fit::Next => {
-                    give(connection, &event.published);
+                    connection.offer(&event.published);
                     feed.cursor = Some(event.at);
                 }
                 Fit::Gap => {
@@ -258,7 +240,7 @@ impl Hub {
                 match fit(cursor.as_ref(), &event.at) {
                     Fit::Seen => {}
                     Fit::Next => {
-                        if give(connection, &event.published) {
+                        if connection.offer(&event.published) {
                             delivery.delivered += 1;
                         } else {
                             delivery.failed += 1;
@@ -318,12 +300,11 @@ impl Hub {
         for shard in self.shards.iter() {
             let shard = shard.lock();
             for (user, connections) in &shard.connections {
-                present.extend(connections.iter().map(|connection| Present {
-                    user: user.clone(),
-                    connection: connection.id,
-                    transport: connection.transport,
-                    connected_at_ms: connection.connected_at_ms,
-                }));
+                present.extend(
+                    connections
+                        .iter()
+                        .map(|connection| connection.present(user)),
+                );
             }
         }
         present

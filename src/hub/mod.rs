@@ -237,6 +237,29 @@ impl Connection {
         self.close_reason.load(Ordering::Acquire) != 0
     }
 
+    /// Queues `event` for the connection without waiting. A full queue means the client is not
+    /// reading: the connection is asked to close as a slow consumer. Returns whether it took it.
+    fn offer(&self, event: &Arc<Published>) -> bool {
+        match self.queue.try_send(Outgoing::Event(Arc::clone(event))) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.request_close(DisconnectReason::SlowConsumer);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// This connection of `user` as the cluster's presence and the admin API see it.
+    fn present(&self, user: &UserId) -> Present {
+        Present {
+            user: user.clone(),
+            connection: self.id,
+            transport: self.transport,
+            connected_at_ms: self.connected_at_ms,
+        }
+    }
+
     /// Asks the connection to close; the first reason given wins.
     fn request_close(&self, reason: DisconnectReason) {
         if self
@@ -546,12 +569,7 @@ impl Hub {
             .get(user)
             .into_iter()
             .flatten()
-            .map(|connection| Present {
-                user: user.clone(),
-                connection: connection.id,
-                transport: connection.transport,
-                connected_at_ms: connection.connected_at_ms,
-            })
+            .map(|connection| connection.present(user))
             .collect()
     }
 
@@ -600,16 +618,10 @@ fn deliver(connections: Option<&Vec<Arc<Connection>>>, event: &Arc<Published>) -
         if connection.is_closing() {
             continue;
         }
-        match connection
-            .queue
-            .try_send(Outgoing::Event(Arc::clone(event)))
-        {
-            Ok(()) => delivery.delivered += 1,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                connection.request_close(DisconnectReason::SlowConsumer);
-                delivery.failed += 1;
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => delivery.failed += 1,
+        if connection.offer(event) {
+            delivery.delivered += 1;
+        } else {
+            delivery.failed += 1;
         }
     }
     delivery
@@ -634,8 +646,8 @@ fn queue_resume(
             (vec![Arc::new(notice)], Resumed::Resync(reason))
         }
     };
-    for item in items {
-        if connection.queue.try_send(Outgoing::Event(item)).is_err() {
+    for item in &items {
+        if !connection.offer(item) {
             connection.request_close(DisconnectReason::SlowConsumer);
             break;
         }

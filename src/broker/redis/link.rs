@@ -122,15 +122,11 @@ async fn register(
     commands: &mut MultiplexedConnection,
 ) -> Result<(), redis::RedisError> {
     let present = shared.hub.present();
-    reset(
-        shared,
-        commands,
-        true,
-        false,
-        present.get(..CHUNK).unwrap_or(&present),
-    )
-    .await?;
-    for chunk in present.get(CHUNK..).unwrap_or_default().chunks(CHUNK) {
+    let mut chunks = present.chunks(CHUNK);
+    // The first call forgets, even with nothing to register.
+    let first = chunks.next().unwrap_or_default();
+    reset(shared, commands, true, false, first).await?;
+    for chunk in chunks {
         reset(shared, commands, false, false, chunk).await?;
     }
     Ok(())
