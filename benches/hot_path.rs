@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use divan::{AllocProfiler, Bencher, black_box};
-use websocket_sse_server::config::UserLimitPolicy;
 use websocket_sse_server::history::HistoryLimits;
-use websocket_sse_server::hub::{Attached, Hub, HubLimits, Transport};
+use websocket_sse_server::hub::{Attached, Hub, HubMode, UserLimit, UserLimitPolicy};
 use websocket_sse_server::metrics::Metrics;
-use websocket_sse_server::protocol::{UserId, parse_batch, parse_push};
+use websocket_sse_server::protocol::{Transport, UserId, parse_batch, parse_push};
 
 #[global_allocator]
 static ALLOC: AllocProfiler = AllocProfiler::system();
@@ -66,17 +65,18 @@ fn parse_and_encode_batch_of_100(bencher: Bencher) {
 
 /// A hub holding `connections` connections of one user, keeping `history` events per user.
 fn hub_with(connections: usize, history: usize) -> (Arc<Hub>, Vec<Attached>) {
-    let limits = HubLimits {
-        per_user: connections,
-        policy: UserLimitPolicy::Reject,
-        queue_capacity: 1024,
+    let mode = HubMode::Standalone {
+        user_limit: UserLimit {
+            per_user: connections,
+            policy: UserLimitPolicy::Reject,
+        },
+        history: HistoryLimits {
+            size: history,
+            ttl: Duration::from_secs(300),
+            max_users: 10_000,
+        },
     };
-    let history = HistoryLimits {
-        size: history,
-        ttl: Duration::from_secs(300),
-        max_users: 10_000,
-    };
-    let hub = Arc::new(Hub::new(limits, history, Arc::new(Metrics::default())));
+    let hub = Arc::new(Hub::new(mode, 1024, Arc::new(Metrics::default())));
     let user = UserId::parse("fan").expect("valid user");
     let attached = (0..connections)
         .map(|_| {

@@ -5,190 +5,17 @@
 //! Every value is parsed into its final type here, once, at start-up; a bad value stops the program
 //! with one line that names the variable, the flag and the accepted values (see [`describe_error`]).
 //!
-//! | variable | default | meaning |
-//! | --- | --- | --- |
-//! | `HOST` | `0.0.0.0` | address to bind |
-//! | `PORT` | `8080` | port to bind (`0` picks a free one) |
-//! | `DEBUG` | `false` | `true` forces debug-level logging |
-//! | `WORKERS` | `0` | runtime worker threads; `0` uses every core this process may run on |
-//! | `WS_PATH` | `/ws` | WebSocket endpoint |
-//! | `WS_PING_INTERVAL` | `30` | seconds between keepalive pings; `0` disables pings |
-//! | `WS_PING_TIMEOUT` | `10` | seconds a client has to answer a ping before it is closed |
-//! | `WS_MAX_MESSAGE_BYTES` | `65536` | largest client frame; bigger ones close the socket with 1009 |
-//! | `WS_SEND_QUEUE` | `1024` | events queued per connection (WebSocket or SSE) before it is closed as a slow consumer; must exceed `HISTORY_SIZE` |
-//! | `WS_WRITE_TIMEOUT` | `10` | seconds one socket write (WebSocket, SSE or HTTP response) may stall before the client counts as slow |
-//! | `SSE_PATH` | `/sse/push` | single push endpoint |
-//! | `SSE_BATCH_PATH` | `/sse/push/batch` | batch push endpoint |
-//! | `MAX_BODY_BYTES` | `1048576` | largest push request body (413 beyond) |
-//! | `HTTP_REQUEST_TIMEOUT` | `30` | seconds to send a request head (or stay idle between requests), and a body (408) |
-//! | `MAX_BATCH_SIZE` | `1000` | most messages in one batch (422 beyond) |
-//! | `SSE_STREAM_PATH` | `/sse/stream` | Server-Sent Events endpoint |
-//! | `SSE_KEEPALIVE` | `15` | seconds between keepalive comments on an idle SSE stream; `0` disables them |
-//! | `SSE_RETRY` | `3` | seconds an EventSource waits before reconnecting (`retry:` hint) |
-//! | `HISTORY_SIZE` | `100` | events kept per user for resume and duplicate detection; `0` disables history |
-//! | `HISTORY_TTL` | `300` | seconds an event stays in history; `0` disables history |
-//! | `HISTORY_MAX_USERS` | `10000` | most users with a history; the idlest is dropped beyond it |
-//! | `MAX_CONNECTIONS` | `0` | WebSocket and SSE connections on this node (503 beyond); `0` derives it from the file-descriptor limit |
-//! | `MAX_CONNECTIONS_PER_USER` | `32` | connections one user may hold |
-//! | `USER_LIMIT_POLICY` | `reject` | at the per-user limit: `reject` the new connection or `replace-oldest` |
-//! | `CONSOLE_ENABLED` | `true` | whether the web console is served |
-//! | `CONSOLE_PATH` | `/` | path of the web console |
-//! | `BROKER` | `memory` | `memory` (single node) or `redis` (cluster over Redis) |
-//! | `REDIS_URL` | `redis://127.0.0.1:6379` | the cluster's Redis (`rediss://` for TLS; may carry a password) |
-//! | `REDIS_CA_FILE` | (none) | PEM CA of the Redis server's TLS certificate (`rediss://`), instead of the public roots |
-//! | `REDIS_KEY_PREFIX` | `wss:` | prefix of the cluster's Redis keys and channels |
-//! | `NODE_ID` | (random) | this node's name in the cluster's presence |
-//! | `PRESENCE_LEASE` | `15` | seconds a silent node's connections still count cluster-wide |
-//! | `REDIS_TIMEOUT` | `2` | seconds to connect to Redis or wait for an answer |
-//! | `SHUTDOWN_DRAIN` | `0` | seconds `/ready` answers 503 before the listener closes on shutdown |
-//! | `SHUTDOWN_TIMEOUT` | `10` | seconds a graceful shutdown may take in all |
-//! | `LOG_LEVEL` | `INFO` | `TRACE`, `DEBUG`, `INFO`, `WARNING`, `ERROR` (`RUST_LOG`, when set, wins) |
-//! | `LOG_FORMAT` | `{time:YYYY-MM-DD HH:mm:ss} \| {level} \| {message}` | a loguru-style template, or `json` |
-//! | `CORS_ORIGINS` | `*` | `*` or a comma-separated list of allowed origins (HTTP API, WebSocket and SSE) |
-//! | `PUSH_API_KEYS` | (none) | comma-separated publisher keys; when set, pushes and admin endpoints need one |
-//! | `METRICS_PUBLIC` | `true` | whether `/metrics` is open when API keys are set |
-//! | `JWT_SECRET` | (none) | HS256 secret of subscriber tokens; turns subscriber authentication on |
-//! | `JWT_PUBLIC_KEY_FILE` | (none) | PEM public key (RS256 or ES256) of subscriber tokens; instead of `JWT_SECRET` |
-//! | `JWT_AUDIENCE`, `JWT_ISSUER` | (none) | the `aud` / `iss` tokens must carry |
-//! | `CONNECT_RATE_PER_IP` | `0` | connection attempts per second per client IP (429 beyond); `0` disables |
-//! | `PUSH_RATE` | `0` | push requests per second per API key (or client IP); `0` disables |
-//! | `CLIENT_MESSAGE_RATE` | `10` | frames per second a WebSocket client may send (1008 beyond); `0` disables |
-//! | `TRUSTED_PROXIES` | (none) | proxies whose `X-Forwarded-For` is believed |
+//! The table of every setting (variable, default, meaning) is `docs/configuration.md`, checked
+//! against the definitions here by a test; `--help` prints the same from the doc comments below.
+//! The command line as a whole (subcommands, the `.env` merge) is [`crate::cli`]'s.
 
 use std::time::Duration;
 
-use clap::error::{ContextKind, ContextValue, ErrorKind};
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 
 use crate::history::HistoryLimits;
-use crate::logging::LogFormat;
-
-/// The whole command line: server settings plus an optional subcommand.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "websocket-sse-server",
-    version,
-    about = "Real-time push gateway: upstream services POST JSON messages for a user_id; every \
-             WebSocket client connected as that user receives them at once, in order.",
-    after_help = "Every option can also be set by the environment variable shown, or in a .env file \
-                  in the working directory. Flags beat the environment, which beats .env."
-)]
-pub struct Cli {
-    /// What to run; `serve` when omitted.
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    /// Settings shared by every subcommand.
-    #[command(flatten)]
-    pub settings: Settings,
-}
-
-/// The program's subcommands.
-#[derive(Debug, Clone, Subcommand)]
-pub enum Command {
-    /// Run the server (the default).
-    Serve,
-    /// Ask the server on HOST:PORT for `/health`; exit 0 when it answers 200, 1 otherwise. Made for
-    /// container health checks, so the image needs no curl.
-    Healthcheck,
-    /// Push one event to a user (or several) through a running server, and print its JSON answer.
-    #[command(
-        after_help = "Exit status: 0 when the server answers 2xx, 1 otherwise (refused, \
-                            unreachable, timed out), 2 for bad arguments such as --data that is \
-                            not a JSON object (nothing is sent then).\n\n\
-                            Example:\n  websocket-sse-server push --user 42 \
-                            --data '{\"text\":\"hello\"}' --event-type chat"
-    )]
-    Push(PushArgs),
-    /// Connect to a running server as a user and print every event it delivers, one JSON line per
-    /// event on stdout (status lines go to stderr); reconnect and resume when the connection
-    /// drops.
-    #[command(
-        after_help = "Reconnects with exponential backoff (with jitter, capped at \
-                            --reconnect-max) and resumes from the last event id seen, so nothing \
-                            is lost or repeated while the event is in the server's history (else \
-                            the server sends a resync event).\n\n\
-                            Exit status: 0 after --count events or on Ctrl-C/SIGTERM; 1 when the \
-                            server refuses the connection for good (400, 401, 403) or an \
-                            administrator disconnects the user (close code 4003); 2 for bad \
-                            arguments; 3 when the token expired (close code 4001): get a new \
-                            token and run again with --token <new> --last-event-id <the id \
-                            printed>.\n\n\
-                            Example:\n  websocket-sse-server listen --user 42 --count 1"
-    )]
-    Listen(ListenArgs),
-}
-
-/// Arguments of `push`.
-#[derive(Debug, Clone, Args)]
-#[command(group = clap::ArgGroup::new("recipients").required(true).args(["user", "user_ids"]))]
-pub struct PushArgs {
-    /// The user to push to.
-    #[arg(long, value_name = "USER_ID")]
-    pub user: Option<String>,
-    /// Several users, comma-separated: one event (one event_id) for all of them, one result each.
-    #[arg(long, value_name = "ID,ID,...", value_delimiter = ',')]
-    pub user_ids: Vec<String>,
-    /// The event's payload: a JSON object, `@FILE` to read it from a file, or `-` for stdin.
-    #[arg(long, value_name = "JSON")]
-    pub data: String,
-    /// The event's type (the server's default is `message`).
-    #[arg(long, value_name = "TYPE")]
-    pub event_type: Option<String>,
-    /// The event's id, for safe retries: the server recognises a repeated id (default: it makes
-    /// one up).
-    #[arg(long, value_name = "ID")]
-    pub event_id: Option<String>,
-    /// The server's base URL, http:// (plain only) [default: http://127.0.0.1:PORT, PORT from
-    /// the settings].
-    #[arg(long, value_name = "URL")]
-    pub url: Option<String>,
-    /// The push endpoint's path, appended to the URL [default: SSE_PATH from the settings].
-    #[arg(long, value_name = "PATH")]
-    pub path: Option<String>,
-    /// Publisher API key, sent as `Authorization: Bearer`, when the server has PUSH_API_KEYS
-    /// [default: PUSH_API_KEY from the environment, else the first key of PUSH_API_KEYS, so
-    /// that it works next to the server's own .env].
-    #[arg(long, value_name = "KEY", env = "PUSH_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Seconds to wait for the answer.
-    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
-    pub timeout: Duration,
-}
-
-/// Arguments of `listen`.
-#[derive(Debug, Clone, Args)]
-pub struct ListenArgs {
-    /// The user to connect as (with --token, the token's `sub` decides; this may be left out).
-    #[arg(long, value_name = "USER_ID", required_unless_present = "token")]
-    pub user: Option<String>,
-    /// Subscriber JWT, sent as `Authorization: Bearer`, when the server verifies tokens.
-    #[arg(long, value_name = "JWT", env = "LISTEN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Use the Server-Sent Events stream instead of the WebSocket.
-    #[arg(long)]
-    pub sse: bool,
-    /// The server's base URL, http:// or ws:// (plain only) [default: ws://127.0.0.1:PORT, or
-    /// http://127.0.0.1:PORT with --sse; PORT from the settings].
-    #[arg(long, value_name = "URL")]
-    pub url: Option<String>,
-    /// The endpoint's path, appended to the URL [default: WS_PATH, or SSE_STREAM_PATH with
-    /// --sse, from the settings].
-    #[arg(long, value_name = "PATH")]
-    pub path: Option<String>,
-    /// Resume from this event id (or `<epoch>:<position>` token) on the first connection.
-    #[arg(long, value_name = "ID")]
-    pub last_event_id: Option<String>,
-    /// Exit (status 0) after printing this many events.
-    #[arg(long, value_name = "N")]
-    pub count: Option<u64>,
-    /// Seconds before the first reconnection attempt; each failed attempt doubles it (with
-    /// jitter).
-    #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = parse_seconds)]
-    pub reconnect_min: Duration,
-    /// Longest wait between reconnection attempts, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
-    pub reconnect_max: Duration,
-}
+use crate::hub::UserLimitPolicy;
+use crate::logging::{LogFormat, LogLevel};
 
 /// Every server setting, parsed and validated.
 #[derive(Debug, Clone, Args)]
@@ -492,32 +319,6 @@ pub enum BrokerKind {
     Redis,
 }
 
-/// What to do with a connection that would exceed `MAX_CONNECTIONS_PER_USER`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum UserLimitPolicy {
-    /// Refuse the new connection (close code 1008); the existing ones are untouched.
-    Reject,
-    /// Accept the new connection and close the user's oldest one (close code 1008).
-    ReplaceOldest,
-}
-
-/// Logging verbosity, with the seed's Python level names accepted as aliases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    /// Everything, including per-frame detail.
-    Trace,
-    /// Connection and push detail.
-    Debug,
-    /// Start-up, shutdown and notable events.
-    Info,
-    /// Problems the server worked around.
-    #[value(alias = "warning")]
-    Warn,
-    /// Failures only.
-    #[value(alias = "critical")]
-    Error,
-}
-
 /// Browser origins allowed by CORS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CorsOrigins {
@@ -567,14 +368,17 @@ impl CorsOrigins {
 }
 
 impl Settings {
-    /// Parses settings from a full argument list (program name first) and the environment.
-    /// Integration tests use this to build servers with chosen flags.
+    /// Parses settings from an argument list alone (program name first): the environment is not
+    /// read, so the result depends on `args` and the defaults only. Tests build servers with it.
     pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Cli::try_parse_from(args).map(|cli| cli.settings)
+        let command = Self::augment_args(clap::Command::new("websocket-sse-server"))
+            .mut_args(|arg| arg.env(None));
+        let matches = command.try_get_matches_from(args)?;
+        <Self as clap::FromArgMatches>::from_arg_matches(&matches)
     }
 
     /// The history bounds these settings ask for.
@@ -586,31 +390,9 @@ impl Settings {
         }
     }
 
-    /// Checks rules that involve several settings at once. Returns one line per problem.
+    /// Checks rules that involve several settings at once (the endpoint paths are checked against
+    /// the route table: [`crate::routes::check_paths`]). Returns the first problem, in one line.
     pub fn check_consistency(&self) -> Result<(), String> {
-        let paths = [
-            ("WS_PATH", self.ws_path.as_str()),
-            ("SSE_PATH", self.sse_path.as_str()),
-            ("SSE_BATCH_PATH", self.sse_batch_path.as_str()),
-            ("SSE_STREAM_PATH", self.sse_stream_path.as_str()),
-            ("CONSOLE_PATH", self.console_path.as_str()),
-        ];
-        for (i, (name, path)) in paths.iter().enumerate() {
-            if let Some((reserved, _)) = RESERVED_PATHS.iter().find(|(p, _)| p == path) {
-                return Err(format!(
-                    "invalid {name}={path:?}: {reserved} is reserved for the {} endpoint",
-                    RESERVED_PATHS
-                        .iter()
-                        .find(|(p, _)| p == reserved)
-                        .map_or("", |(_, what)| what)
-                ));
-            }
-            if let Some((other, _)) = paths[..i].iter().find(|(_, p)| p == path) {
-                return Err(format!(
-                    "invalid {name}={path:?}: {other} already uses that path"
-                ));
-            }
-        }
         if self.history_limits().enabled() && self.ws_send_queue <= self.history_size {
             return Err(format!(
                 "invalid WS_SEND_QUEUE={}: must be larger than HISTORY_SIZE={} so that a replay \
@@ -651,90 +433,6 @@ impl Settings {
             ));
         }
         Ok(())
-    }
-}
-
-/// Paths the server always serves, which the configurable paths must not shadow.
-const RESERVED_PATHS: [(&str, &str); 7] = [
-    ("/health", "health"),
-    ("/ready", "readiness"),
-    ("/metrics", "metrics"),
-    ("/metrics/prometheus", "Prometheus metrics"),
-    ("/openapi.json", "OpenAPI document"),
-    ("/docs", "API documentation"),
-    ("/sse/broadcast", "broadcast"),
-];
-
-impl Cli {
-    /// Parses flags, the environment and `dotenv` (the `.env` file's settings that the environment
-    /// does not set). On a bad value, returns the one-line message to print; help and version
-    /// requests and usage errors are handled by clap (printed, then exit).
-    ///
-    /// `.env` settings become flags placed before the command line's, and a later flag overrides
-    /// an earlier one, so the command line still wins; the environment is never modified. Keys
-    /// that are not settings are ignored.
-    pub fn parse_or_exit(dotenv: Vec<(String, String)>) -> Result<Self, String> {
-        let command = Self::command().args_override_self(true);
-        let mut given = std::env::args_os();
-        let program = given
-            .next()
-            .unwrap_or_else(|| "websocket-sse-server".into());
-        let from_dotenv: Vec<std::ffi::OsString> = dotenv
-            .into_iter()
-            .filter_map(|(key, value)| {
-                let long = command
-                    .get_arguments()
-                    .find(|arg| arg.get_env().is_some_and(|env| env == key.as_str()))?
-                    .get_long()?;
-                Some(format!("--{long}={value}").into())
-            })
-            .collect();
-        let args = std::iter::once(program).chain(from_dotenv).chain(given);
-        let parsed = command.try_get_matches_from(args).and_then(|mut matches| {
-            <Self as clap::FromArgMatches>::from_arg_matches_mut(&mut matches)
-        });
-        match parsed {
-            Ok(cli) => cli.settings.check_consistency().map(|()| cli),
-            Err(err) => match err.kind() {
-                ErrorKind::ValueValidation | ErrorKind::InvalidValue => Err(describe_error(&err)),
-                _ => err.exit(),
-            },
-        }
-    }
-}
-
-/// Turns clap's report of a bad value into one line naming the environment variable, the flag,
-/// the value and what is accepted, e.g. `invalid PORT="abc" (--port): expected an integer from 0
-/// to 65535`.
-pub fn describe_error(err: &clap::Error) -> String {
-    let context_string = |kind| match err.get(kind) {
-        Some(ContextValue::String(s)) => Some(s.clone()),
-        _ => None,
-    };
-    let flag = context_string(ContextKind::InvalidArg).unwrap_or_default();
-    let value = context_string(ContextKind::InvalidValue).unwrap_or_default();
-    let long = flag
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .trim_start_matches("--");
-    let command = Cli::command();
-    let env = command
-        .get_arguments()
-        .find(|arg| arg.get_long() == Some(long))
-        .and_then(|arg| arg.get_env())
-        .map(|env| env.to_string_lossy().into_owned());
-    let expected = match err.get(ContextKind::ValidValue) {
-        Some(ContextValue::Strings(values)) => format!("expected one of {}", values.join(", ")),
-        _ => std::error::Error::source(err).map_or_else(
-            || "the value is not accepted".to_owned(),
-            |source| source.to_string(),
-        ),
-    };
-    match env {
-        Some(env) => format!("invalid {env}={value:?} (--{long}): {expected}"),
-        // A subcommand's flag (`push`, `listen`): no variable to name.
-        None => format!("invalid value {value:?} for --{long}: {expected}"),
     }
 }
 
@@ -809,7 +507,9 @@ fn parse_seconds_or_zero(raw: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-fn parse_seconds(raw: &str) -> Result<Duration, String> {
+/// Parses a positive number of seconds (fractions allowed), at most a day: the parser of every
+/// duration setting that may not be zero, and of the client commands' durations.
+pub fn parse_seconds(raw: &str) -> Result<Duration, String> {
     match parse_seconds_or_zero(raw) {
         Ok(duration) if !duration.is_zero() => Ok(duration),
         _ => Err("expected a number of seconds greater than 0, such as 10 or 0.5".into()),
@@ -881,13 +581,15 @@ fn parse_path(raw: &str) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("websocket-sse-server").chain(args.iter().copied()))
+    fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
+        Settings::try_parse_from(
+            std::iter::once("websocket-sse-server").chain(args.iter().copied()),
+        )
     }
 
     #[test]
     fn defaults_match_the_seed() {
-        let settings = parse(&[]).expect("defaults parse").settings;
+        let settings = parse(&[]).expect("defaults parse");
         assert_eq!(settings.port, 8080);
         assert_eq!(settings.host, "0.0.0.0");
         assert_eq!(settings.ws_path, "/ws");
@@ -901,37 +603,11 @@ mod tests {
     }
 
     #[test]
-    fn bad_port_names_variable_flag_and_range() {
-        let err = parse(&["--port", "abc"]).unwrap_err();
-        assert_eq!(
-            describe_error(&err),
-            r#"invalid PORT="abc" (--port): expected an integer from 0 to 65535"#
-        );
-    }
-
-    #[test]
-    fn bad_log_level_lists_the_choices() {
-        let err = parse(&["--log-level", "loud"]).unwrap_err();
-        let line = describe_error(&err);
-        assert!(
-            line.starts_with(r#"invalid LOG_LEVEL="loud" (--log-level): expected one of"#),
-            "{line}"
-        );
-        assert!(line.contains("info") && line.contains("warn"), "{line}");
-    }
-
-    #[test]
-    fn negative_interval_is_refused() {
-        let err = parse(&["--ws-ping-interval=-1"]).unwrap_err();
-        assert!(describe_error(&err).starts_with(r#"invalid WS_PING_INTERVAL="-1""#));
-    }
-
-    #[test]
     fn python_level_names_are_accepted() {
-        let cli = parse(&["--log-level", "WARNING"]).unwrap();
-        assert_eq!(cli.settings.log_level, LogLevel::Warn);
-        let cli = parse(&["--log-level", "critical"]).unwrap();
-        assert_eq!(cli.settings.log_level, LogLevel::Error);
+        let settings = parse(&["--log-level", "WARNING"]).unwrap();
+        assert_eq!(settings.log_level, LogLevel::Warn);
+        let settings = parse(&["--log-level", "critical"]).unwrap();
+        assert_eq!(settings.log_level, LogLevel::Error);
     }
 
     #[test]
@@ -945,47 +621,6 @@ mod tests {
         );
         assert!(CorsOrigins::parse("not-an-origin").is_err());
         assert!(CorsOrigins::parse(" , ").is_err());
-    }
-
-    #[test]
-    fn clashing_paths_are_refused() {
-        let cli = parse(&["--sse-path", "/health"]).unwrap();
-        let err = cli.settings.check_consistency().unwrap_err();
-        assert!(err.starts_with(r#"invalid SSE_PATH="/health""#), "{err}");
-        let cli = parse(&["--ws-path", "/sse/push"]).unwrap();
-        assert!(cli.settings.check_consistency().is_err());
-    }
-
-    #[test]
-    fn cluster_settings_are_checked_and_the_redis_url_stays_secret() {
-        let cli = parse(&[
-            "--broker",
-            "REDIS",
-            "--redis-url",
-            "redis://:hunter2@redis:6379/1",
-            "--node-id",
-            "node-a.eu_1",
-        ])
-        .unwrap();
-        assert_eq!(cli.settings.broker, BrokerKind::Redis);
-        assert_eq!(
-            cli.settings.redis_url.expose(),
-            "redis://:hunter2@redis:6379/1"
-        );
-        assert!(!format!("{:?}", cli.settings).contains("hunter2"));
-        assert_eq!(cli.settings.presence_lease, Duration::from_secs(15));
-        for (flag, bad) in [
-            ("--redis-url", "http://redis:6379"),
-            ("--redis-url", "redis://"),
-            ("--node-id", "a/b"),
-            ("--node-id", ""),
-            ("--redis-key-prefix", "a{b}"),
-            ("--redis-key-prefix", "has space"),
-            ("--broker", "kafka"),
-        ] {
-            let err = parse(&[flag, bad]).unwrap_err();
-            assert!(describe_error(&err).starts_with("invalid "), "{flag} {bad}");
-        }
     }
 
     #[test]

@@ -24,17 +24,16 @@
 //! that missed nothing still resumes without a resync.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hashlink::LinkedHashMap;
 use hashlink::linked_hash_map::Entry as MapEntry;
-use serde::Serialize;
 
-use crate::hub::Delivery;
-use crate::protocol::{Event, Published, UserId};
+use crate::protocol::{
+    Delivery, Event, IdOrigin, Publication, ResyncReason, StreamPosition, UserId, parse_token,
+};
 
 /// How much history to keep.
 #[derive(Debug, Clone, Copy)]
@@ -54,65 +53,11 @@ impl HistoryLimits {
     }
 }
 
-/// A place in a user's stream.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StreamPosition {
-    /// The stream's incarnation.
-    pub epoch: Arc<str>,
-    /// The last position assigned in it (0 before the first event).
-    pub position: u64,
-}
-
-impl fmt::Display for StreamPosition {
-    /// The resume token: `<epoch>:<position>`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.epoch, self.position)
-    }
-}
-
-/// Why a client cannot resume where it asked to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResyncReason {
-    /// No event with that id is in the user's history (never was, or already expired).
-    UnknownEventId,
-    /// The position is older than the oldest event still kept.
-    Expired,
-    /// The position belongs to an earlier incarnation of the stream (restart, eviction).
-    EpochChanged,
-    /// This server keeps no history.
-    HistoryDisabled,
-}
-
-impl ResyncReason {
-    /// Every reason, in declaration order (for metrics).
-    pub const ALL: [Self; 4] = [
-        Self::UnknownEventId,
-        Self::Expired,
-        Self::EpochChanged,
-        Self::HistoryDisabled,
-    ];
-
-    /// The reason with this [label](Self::label).
-    pub fn from_label(label: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|reason| reason.label() == label)
-    }
-
-    /// A stable snake_case name: the resync event's `reason` and a metrics key.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::UnknownEventId => "unknown_event_id",
-            Self::Expired => "expired",
-            Self::EpochChanged => "epoch_changed",
-            Self::HistoryDisabled => "history_disabled",
-        }
-    }
-}
-
 /// What a resuming client gets before live events.
 #[derive(Debug)]
 pub enum Resume {
     /// Every event after the client's point, oldest first (empty when it missed nothing).
-    Replay(Vec<Arc<Published>>),
+    Replay(Vec<Arc<Event>>),
     /// The client's point is unknown or lost: it must reload its state.
     Resync(ResyncReason),
 }
@@ -125,14 +70,14 @@ pub enum Offered {
         /// Where it was stored.
         at: StreamPosition,
         /// What its delivery achieved.
-        outcome: Delivery,
+        delivery: Delivery,
     },
     /// An event with the same upstream `event_id` is already stored: not delivered again.
     Duplicate {
         /// Where the original was stored.
         at: StreamPosition,
         /// What the original delivery achieved.
-        outcome: Delivery,
+        delivery: Delivery,
     },
 }
 
@@ -202,9 +147,9 @@ impl History {
 /// One stored event.
 #[derive(Debug)]
 struct Entry {
-    event: Arc<Published>,
+    event: Arc<Event>,
     position: u64,
-    outcome: Delivery,
+    delivery: Delivery,
     stored_at: Instant,
 }
 
@@ -320,16 +265,6 @@ impl Stream {
     }
 }
 
-/// Reads a position token `<epoch>:<position>` into its epoch and position. Epochs are ULIDs, so an upstream id that merely
-/// contains a colon (`order:7`) is not taken for a token.
-pub fn parse_token(token: &str) -> Option<(&str, u64)> {
-    let (epoch, position) = token.rsplit_once(':')?;
-    if epoch.len() != ulid::ULID_LEN {
-        return None;
-    }
-    Some((epoch, position.parse().ok()?))
-}
-
 type StreamMap = LinkedHashMap<UserId, Stream, foldhash::fast::RandomState>;
 
 /// The streams of one hub shard's users. Each stream is in exactly one of two maps: `recent`
@@ -350,25 +285,24 @@ impl ShardHistory {
     pub fn offer(
         &mut self,
         history: &History,
-        event: &Event,
+        event: &Publication,
         now: Instant,
         deliver: impl FnOnce() -> Delivery,
     ) -> Offered {
         let limits = &history.limits;
         let stream = self.touch(history, &event.user_id, now);
         history.dropped(stream.trim(now, limits));
-        let original = event
-            .upstream_id
+        let original = (event.id_origin == IdOrigin::Upstream)
             .then(|| stream.find(event.event_id()))
             .flatten()
             .and_then(|index| stream.entries.get(index));
         if let Some(entry) = original {
             return Offered::Duplicate {
                 at: stream.at(entry.position),
-                outcome: entry.outcome,
+                delivery: entry.delivery,
             };
         }
-        let outcome = deliver();
+        let delivery = deliver();
         stream.position += 1;
         stream.last_push = now;
         if stream.entries.len() == limits.size {
@@ -377,14 +311,14 @@ impl ShardHistory {
             history.stored(1);
         }
         stream.entries.push_back(Entry {
-            event: Arc::clone(&event.published),
+            event: Arc::clone(&event.event),
             position: stream.position,
-            outcome,
+            delivery,
             stored_at: now,
         });
         Offered::Stored {
             at: stream.head(),
-            outcome,
+            delivery,
         }
     }
 
@@ -479,7 +413,7 @@ impl ShardHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Frame;
+    use crate::protocol::{Frame, Label};
 
     const SECOND: Duration = Duration::from_secs(1);
 
@@ -491,11 +425,15 @@ mod tests {
         })
     }
 
-    fn event(user: &str, id: &str, upstream_id: bool) -> Event {
-        Event {
+    fn event(user: &str, id: &str, upstream_id: bool) -> Publication {
+        Publication {
             user_id: UserId::parse(user).unwrap(),
-            upstream_id,
-            published: Arc::new(Published {
+            id_origin: if upstream_id {
+                IdOrigin::Upstream
+            } else {
+                IdOrigin::Assigned
+            },
+            event: Arc::new(Event {
                 event_id: Arc::from(id),
                 event_type: Arc::from("message"),
                 frame: Frame::from(format!("{{\"event_id\":\"{id}\"}}")),
@@ -647,9 +585,9 @@ mod tests {
             (history(10, 60, 10), ShardHistory::default(), Instant::now());
         store(&mut shard, &history, "u", "a", now);
         match shard.offer(&history, &event("u", "a", true), now, Delivery::default) {
-            Offered::Duplicate { at, outcome } => {
+            Offered::Duplicate { at, delivery } => {
                 assert_eq!(at.position, 1);
-                assert_eq!(outcome.delivered, 1);
+                assert_eq!(delivery.delivered, 1);
             }
             other => panic!("expected a duplicate, got {other:?}"),
         }

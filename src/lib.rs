@@ -11,14 +11,15 @@
 //! socket. [`server`] wires it together and shuts it down
 //! through [`lifecycle`]; [`dotenv`], [`config`] and [`logging`] come first, in `main`.
 
-pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod console;
 pub mod dotenv;
+pub mod error;
 pub mod healthcheck;
 pub mod history;
 pub mod hub;
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod protocol;
 pub mod rate_limit;
+pub mod routes;
 pub mod server;
 pub mod state;
 pub mod transport;

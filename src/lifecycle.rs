@@ -8,7 +8,15 @@
 //! 3. **closing** — every session writes what is queued for it and ends (WebSocket: close 1001;
 //!    SSE: the stream ends, so the browser reconnects elsewhere); the server waits for all of them
 //!    (tracked here) until `SHUTDOWN_TIMEOUT` runs out.
+//!
+//! Background tasks (the housekeeping task; the Redis broker's link, departures and catch-up
+//! tasks) are spawned here too, with [`Lifecycle::spawn_background`]: tracked, and ended by
+//! [`Lifecycle::stop_background`] as the last step of a shutdown (after the broker left the
+//! cluster). No task outlives the server.
 
+use std::future::Future;
+
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -24,6 +32,10 @@ pub struct Lifecycle {
     sessions: TaskTracker,
     /// HTTP requests whose handler has not answered yet.
     requests: TaskTracker,
+    /// Background tasks, so that shutdown can end them and wait for them.
+    background: TaskTracker,
+    /// Cancelled when background tasks must end.
+    stopping: CancellationToken,
 }
 
 impl Lifecycle {
@@ -68,5 +80,27 @@ impl Lifecycle {
         self.closing.cancel();
         self.sessions.close();
         self.sessions.wait().await;
+    }
+
+    /// Spawns a background task that runs until it completes or [`Self::stop_background`] is
+    /// called, whichever comes first (it is then dropped at its next await).
+    pub fn spawn_background<F>(&self, task: F) -> JoinHandle<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let stopping = self.stopping.clone();
+        self.background.spawn(async move {
+            tokio::select! {
+                () = stopping.cancelled() => {}
+                () = task => {}
+            }
+        })
+    }
+
+    /// Ends every background task and waits until all have ended.
+    pub async fn stop_background(&self) {
+        self.stopping.cancel();
+        self.background.close();
+        self.background.wait().await;
     }
 }

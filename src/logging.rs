@@ -15,7 +15,22 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::{LogLevel, Settings};
+/// Logging verbosity, with the seed's Python level names accepted as aliases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    /// Everything, including per-frame detail.
+    Trace,
+    /// Connection and push detail.
+    Debug,
+    /// Start-up, shutdown and notable events.
+    Info,
+    /// Problems the server worked around.
+    #[value(alias = "warning")]
+    Warn,
+    /// Failures only.
+    #[value(alias = "critical")]
+    Error,
+}
 
 /// The seed's default line template.
 pub const DEFAULT_TEMPLATE: &str = "{time:YYYY-MM-DD HH:mm:ss} | {level} | {message}";
@@ -185,17 +200,12 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-/// The filter for the configured level: `RUST_LOG` when set, otherwise the level for this crate and
-/// at most `info` for the libraries below it (their debug output is per-frame noise).
-fn filter(settings: &Settings) -> EnvFilter {
+/// The filter for `level`: `RUST_LOG` when set, otherwise the level for this crate and at most
+/// `info` for the libraries below it (their debug output is per-frame noise).
+fn filter(level: LogLevel) -> EnvFilter {
     if let Ok(filter) = EnvFilter::try_from_default_env() {
         return filter;
     }
-    let level = if settings.debug {
-        LogLevel::Debug
-    } else {
-        settings.log_level
-    };
     let directive = match level {
         LogLevel::Trace => "info,websocket_sse_server=trace",
         LogLevel::Debug => "info,websocket_sse_server=debug",
@@ -206,16 +216,17 @@ fn filter(settings: &Settings) -> EnvFilter {
     EnvFilter::new(directive)
 }
 
-/// Installs the global subscriber. Call once, before anything logs.
-pub fn init(settings: &Settings) {
+/// Installs the global subscriber, writing `format` lines at `level`. Call once, before anything
+/// logs.
+pub fn init(level: LogLevel, format: &LogFormat) {
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter(settings))
+        .with_env_filter(filter(level))
         .with_ansi(std::io::stderr().is_terminal())
         // A log line that cannot be written (closed pipe, full disk) is dropped; reporting it
         // would panic the task that logged, such as the one that handles shutdown signals.
         .log_internal_errors(false)
         .with_writer(std::io::stderr);
-    match &settings.log_format {
+    match format {
         LogFormat::Json => builder
             .json()
             .with_current_span(false)

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
+use websocket_sse_server::cli::{Cli, Command};
 use websocket_sse_server::client;
-use websocket_sse_server::config::{Cli, Command, Settings};
+use websocket_sse_server::config::Settings;
 use websocket_sse_server::dotenv;
 use websocket_sse_server::healthcheck;
 use websocket_sse_server::logging;
@@ -35,16 +36,30 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => match runtime(&cli.settings) {
-            Ok(runtime) => runtime.block_on(serve(cli.settings)),
-            Err(error) => runtime_failed(&error),
-        },
-        command => match client_runtime() {
-            Ok(runtime) => runtime.block_on(client(command, cli.settings)),
-            Err(error) => runtime_failed(&error),
-        },
+    let settings = cli.settings;
+    let (runtime, command) = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let runtime = runtime(&settings);
+            return match runtime {
+                Ok(runtime) => runtime.block_on(serve(settings)),
+                Err(error) => runtime_failed(&error),
+            };
+        }
+        Command::Healthcheck => (client_runtime(), ClientCommand::Healthcheck),
+        Command::Push(args) => (client_runtime(), ClientCommand::Push(args)),
+        Command::Listen(args) => (client_runtime(), ClientCommand::Listen(args)),
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(client(command, settings)),
+        Err(error) => runtime_failed(&error),
     }
+}
+
+/// The subcommands that act as a client of a server.
+enum ClientCommand {
+    Healthcheck,
+    Push(client::args::PushArgs),
+    Listen(client::args::ListenArgs),
 }
 
 fn runtime_failed(error: &std::io::Error) -> ExitCode {
@@ -60,10 +75,9 @@ fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// Runs `healthcheck`, `push` or `listen`.
-async fn client(command: Command, settings: Settings) -> ExitCode {
+async fn client(command: ClientCommand, settings: Settings) -> ExitCode {
     let outcome = match command {
-        Command::Serve => return serve(settings).await,
-        Command::Healthcheck => {
+        ClientCommand::Healthcheck => {
             return match healthcheck::probe(&settings).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
@@ -72,8 +86,8 @@ async fn client(command: Command, settings: Settings) -> ExitCode {
                 }
             };
         }
-        Command::Push(args) => client::push::run(&args, &settings).await,
-        Command::Listen(args) => {
+        ClientCommand::Push(args) => client::push::run(&args, &settings).await,
+        ClientCommand::Listen(args) => {
             let stop = CancellationToken::new();
             let mut signals = match ShutdownSignals::install() {
                 Ok(signals) => signals,
@@ -109,7 +123,12 @@ fn runtime(settings: &Settings) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(settings: Settings) -> ExitCode {
-    logging::init(&settings);
+    let level = if settings.debug {
+        logging::LogLevel::Debug
+    } else {
+        settings.log_level
+    };
+    logging::init(level, &settings.log_format);
     let (host, port) = (settings.host.clone(), settings.port);
     let app = match Application::build(settings).await {
         Ok(app) => app,

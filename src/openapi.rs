@@ -25,8 +25,8 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::sync::LazyLock;
 
-use crate::api::ApiError;
 use crate::config::Settings;
+use crate::error::ApiError;
 use crate::state::SharedState;
 
 /// The document as written, for the default configuration.

@@ -14,7 +14,6 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -27,16 +26,17 @@ use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
+use crate::api::health::{method_not_allowed, not_found, panic_response};
+use crate::api::{require_key, require_publisher};
 use crate::auth::{PublisherKeys, TokenVerifier};
 use crate::broker::{Broker, MemoryBroker, RedisBroker};
 use crate::config::{BrokerKind, CorsOrigins, Settings};
-use crate::hub::{Hub, HubLimits};
+use crate::hub::{Hub, HubMode, UserLimit};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::rate_limit::KeyedLimit;
+use crate::routes::{self, Access};
 use crate::state::{AppState, SharedState};
-use crate::transport::{sse, ws};
-use crate::{admin, api, console, metrics, openapi};
 
 /// Part of `SHUTDOWN_TIMEOUT` kept for sessions to write what is queued and close with 1001
 /// (at most half of it).
@@ -64,12 +64,13 @@ impl Application {
     /// Checks the settings' cross-field rules, binds the listener and builds the state. Fails if
     /// the settings clash (paths) or the address cannot be bound.
     pub async fn build(settings: Settings) -> io::Result<Self> {
-        settings
-            .check_consistency()
-            .map_err(|problem| io::Error::new(io::ErrorKind::InvalidInput, problem))?;
+        let invalid = |problem| io::Error::new(io::ErrorKind::InvalidInput, problem);
+        settings.check_consistency().map_err(invalid)?;
+        routes::check_paths(&settings).map_err(invalid)?;
         let listener = bind(&settings.host, settings.port).await?;
         let metrics = Arc::new(Metrics::default());
-        let (hub, broker) = build_broker(&settings, &metrics).await?;
+        let lifecycle = Lifecycle::default();
+        let (hub, broker) = build_broker(&settings, &metrics, &lifecycle).await?;
         let max_connections = effective_max_connections(settings.max_connections);
         let tokens = TokenVerifier::from_settings(&settings)
             .map_err(|problem| io::Error::new(io::ErrorKind::InvalidInput, problem))?;
@@ -82,7 +83,7 @@ impl Application {
             hub,
             broker,
             metrics,
-            lifecycle: Lifecycle::default(),
+            lifecycle,
             connection_slots: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             started_at: Instant::now(),
@@ -114,7 +115,7 @@ impl Application {
             "websocket-sse-server listening"
         );
         warn_about_open_access(&state);
-        tokio::spawn(housekeeping(Arc::clone(&state)));
+        lifecycle.spawn_background(housekeeping(Arc::clone(&state)));
 
         let stop_accepting = {
             let lifecycle = lifecycle.clone();
@@ -170,6 +171,12 @@ impl Application {
             );
         }
         state.broker.shutdown().await;
+        if tokio::time::timeout_at(deadline, lifecycle.stop_background())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not all end before SHUTDOWN_TIMEOUT");
+        }
         // What is left: SSE responses writing their last bytes, idle keep-alive connections.
         if tokio::time::timeout_at(deadline, &mut server)
             .await
@@ -182,27 +189,29 @@ impl Application {
     }
 }
 
-/// This node's hub and the broker that routes to it. In cluster mode the cluster keeps the
-/// history and enforces the per-user limit, so the hub does neither.
+/// This node's hub and the broker that routes to it: a standalone hub behind the memory broker,
+/// or a cluster node's hub behind the Redis broker (which then keeps the history and enforces
+/// the per-user limit).
 async fn build_broker(
     settings: &Settings,
     metrics: &Arc<Metrics>,
+    lifecycle: &Lifecycle,
 ) -> io::Result<(Arc<Hub>, Arc<dyn Broker>)> {
-    let mut limits = HubLimits {
-        per_user: settings.max_connections_per_user,
-        policy: settings.user_limit_policy,
-        queue_capacity: settings.ws_send_queue,
+    let mode = match settings.broker {
+        BrokerKind::Memory => HubMode::Standalone {
+            user_limit: UserLimit {
+                per_user: settings.max_connections_per_user,
+                policy: settings.user_limit_policy,
+            },
+            history: settings.history_limits(),
+        },
+        BrokerKind::Redis => HubMode::Cluster,
     };
-    let mut history = settings.history_limits();
-    if settings.broker == BrokerKind::Redis {
-        limits.per_user = usize::MAX;
-        history.size = 0;
-    }
-    let hub = Arc::new(Hub::new(limits, history, Arc::clone(metrics)));
+    let hub = Arc::new(Hub::new(mode, settings.ws_send_queue, Arc::clone(metrics)));
     let broker: Arc<dyn Broker> = match settings.broker {
         BrokerKind::Memory => Arc::new(MemoryBroker::new(Arc::clone(&hub))),
         BrokerKind::Redis => Arc::new(
-            RedisBroker::start(settings, Arc::clone(&hub), Arc::clone(metrics))
+            RedisBroker::start(settings, Arc::clone(&hub), lifecycle)
                 .await
                 .map_err(|problem| io::Error::new(io::ErrorKind::InvalidInput, problem))?,
         ),
@@ -225,24 +234,19 @@ fn warn_about_open_access(state: &AppState) {
     }
 }
 
-/// Background upkeep until the server closes its sessions: reclaims expired history and forgets
+/// Background upkeep until the lifecycle stops it: reclaims expired history and forgets
 /// rate-limit entries of clients gone quiet.
 async fn housekeeping(state: SharedState) {
-    let history = state.hub.history();
-    let period = if history.enabled() {
+    let period = state.hub.history().map_or(HOUSEKEEPING_PERIOD, |history| {
         history.sweep_interval().min(HOUSEKEEPING_PERIOD)
-    } else {
-        HOUSEKEEPING_PERIOD
-    };
+    });
     let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = state.lifecycle.closing() => return,
             _ = ticks.tick() => {
-                if history.enabled() {
-                    state.hub.sweep_history();
-                }
+                state.hub.sweep_history();
                 if let Some(limit) = &state.connect_limit {
                     limit.forget_idle();
                 }
@@ -336,53 +340,40 @@ async fn serve_http(
     connections.wait().await;
 }
 
-/// The HTTP router with every endpoint, the body limit, panic containment and CORS.
+/// The HTTP router: every endpoint of the [route table](routes::table) behind the checks its
+/// access needs, then the body limit, panic containment and CORS.
 pub fn router(state: SharedState) -> Router {
     let settings = &state.settings;
-    let publishing = Router::new()
-        .route(&settings.sse_path, post(api::push))
-        .route(&settings.sse_batch_path, post(api::push_batch))
-        .route("/sse/broadcast", post(api::broadcast))
-        .route("/admin/users/{user_id}", get(admin::user))
-        .route(
-            "/admin/users/{user_id}/connections",
-            delete(admin::disconnect),
-        )
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&state),
-            api::require_publisher,
-        ));
-    let mut metrics = Router::new()
-        .route("/metrics", get(metrics::http::handler))
-        .route("/metrics/prometheus", get(metrics::http::prometheus));
+    let (mut public, mut publishing, mut metrics) = (Router::new(), Router::new(), Router::new());
+    for route in routes::table(settings) {
+        let group = match route.access {
+            Access::Public => &mut public,
+            Access::Publisher => &mut publishing,
+            Access::Metrics => &mut metrics,
+        };
+        *group = std::mem::take(group).route(&route.path, route.handler);
+    }
+    let publishing = publishing.route_layer(middleware::from_fn_with_state(
+        Arc::clone(&state),
+        require_publisher,
+    ));
     if !settings.metrics_public {
         metrics = metrics.route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
-            api::require_key,
+            require_key,
         ));
     }
-    let mut router = Router::new()
-        .route("/openapi.json", get(openapi::spec))
-        .route("/docs", get(openapi::docs))
-        .route("/docs/{file}", get(openapi::asset));
-    if settings.console_enabled {
-        router = router.route(&settings.console_path, get(console::page));
-    }
-    router
-        .route(&settings.ws_path, get(ws::handshake))
-        .route(&settings.sse_stream_path, get(sse::stream))
+    public
         .merge(publishing)
         .merge(metrics)
-        .route("/health", get(api::health))
-        .route("/ready", get(api::ready))
-        .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             track_request,
         ))
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-        .layer(CatchPanicLayer::custom(api::panic_response))
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(cors(&settings.cors_origins))
         .with_state(state)
 }

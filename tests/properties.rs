@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use websocket_sse_server::protocol::{
-    EVENT_ID_MAX_CHARS, EVENT_TYPE_MAX_CHARS, Issue, Loc, USER_ID_MAX_BYTES, parse_batch,
+    EVENT_ID_MAX_CHARS, EVENT_TYPE_MAX_CHARS, IdOrigin, Issue, Loc, USER_ID_MAX_BYTES, parse_batch,
     parse_push,
 };
 use websocket_sse_server::transport::ConnectRequest;
@@ -534,12 +534,12 @@ proptest! {
         prop_assert_eq!(message.user_id.as_str(), push.user_id.as_str());
         let event = message.encode(ACCEPTED_AT).unwrap();
         prop_assert_eq!(event.user_id.as_str(), push.user_id.as_str());
-        prop_assert_eq!(event.upstream_id, push.event_id.is_some());
+        prop_assert_eq!(event.id_origin == IdOrigin::Upstream, push.event_id.is_some());
         prop_assert_eq!(
-            &*event.published.event_type,
+            &*event.event.event_type,
             push.event_type.as_deref().unwrap_or("message")
         );
-        let frame = event.published.frame.as_str();
+        let frame = event.event.frame.as_str();
         let parsed: Frame = serde_json::from_str(frame).unwrap();
         prop_assert_eq!(parsed.event_id.as_str(), &**event.event_id());
         check_frame(frame, &push, raw_data(&body))?;
@@ -572,7 +572,7 @@ proptest! {
         let sent: Vec<&RawValue> = serde_json::from_str(&body).unwrap();
         for ((message, push), item) in messages.iter().zip(&pushes).zip(sent) {
             let event = message.encode(ACCEPTED_AT).unwrap();
-            check_frame(event.published.frame.as_str(), push, raw_data(item.get()))?;
+            check_frame(event.event.frame.as_str(), push, raw_data(item.get()))?;
         }
         // The same batch is refused whole when it is over the limit.
         if !pushes.is_empty() {

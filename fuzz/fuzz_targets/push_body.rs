@@ -59,21 +59,21 @@ fn check_accepted(message: &PushMessage<'_>) -> (String, String, Option<String>,
     let event = message
         .encode(0.0)
         .unwrap_or_else(|e| panic!("a validated push must encode: {e}"));
-    let text = event.published.frame.as_str();
+    let text = event.event.frame.as_str();
     let frame: Frame<'_> = serde_json::from_str(text)
         .unwrap_or_else(|e| panic!("encoded frame is not the contract's JSON ({e}): {text}"));
     assert_eq!(frame.user_id, user);
     assert_eq!(frame.event_type, message.event_type);
-    assert_eq!(&*event.published.event_type, &*message.event_type);
+    assert_eq!(&*event.event.event_type, &*message.event_type);
     assert_eq!(frame.event_id, &**event.event_id());
     match &message.event_id {
         Some(id) => {
             assert_eq!(frame.event_id, id.as_ref());
-            assert!(event.upstream_id);
+            assert_eq!(event.id_origin, IdOrigin::Upstream);
         }
         None => {
             assert_eq!(frame.event_id.len(), 26, "an assigned ULID");
-            assert!(!event.upstream_id);
+            assert_eq!(event.id_origin, IdOrigin::Assigned);
         }
     }
     assert_eq!(
@@ -86,7 +86,7 @@ fn check_accepted(message: &PushMessage<'_>) -> (String, String, Option<String>,
         None => assert_eq!(frame.timestamp.get(), "0.0"),
     }
     if message.event_type == DEFAULT_EVENT_TYPE {
-        assert_eq!(&*event.published.event_type, DEFAULT_EVENT_TYPE);
+        assert_eq!(&*event.event.event_type, DEFAULT_EVENT_TYPE);
     }
     (
         frame.user_id,

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde_json::{Value, json};
 
-use super::{AttachError, Broker, BrokerError, ClusterStats, UserConnection, unix_seconds};
-use crate::hub::{Attached, DisconnectReason, Hub, Outcome, Transport};
-use crate::protocol::{Event, UserId};
+use super::{AttachError, Broker, BrokerError, UserConnection, unix_seconds};
+use crate::hub::{Attached, Hub, Outcome};
+use crate::metrics::{BrokerReport, ClusterStats};
+use crate::protocol::{DisconnectReason, Publication, Transport, UserId};
 
 /// Delivers to the local [`Hub`] only. It cannot fail and never waits.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ impl MemoryBroker {
 
 #[async_trait]
 impl Broker for MemoryBroker {
-    async fn publish(&self, events: &[Event]) -> Result<Vec<Outcome>, BrokerError> {
+    async fn publish(&self, events: &[Publication]) -> Result<Vec<Outcome>, BrokerError> {
         Ok(events.iter().map(|event| self.hub.publish(event)).collect())
     }
 
@@ -74,8 +74,13 @@ impl Broker for MemoryBroker {
         None
     }
 
-    fn report(&self) -> Value {
-        json!({ "kind": self.kind(), "connected": true })
+    fn report(&self) -> BrokerReport {
+        BrokerReport {
+            kind: self.kind(),
+            node_id: None,
+            connected: true,
+            link: None,
+        }
     }
 
     async fn shutdown(&self) {}

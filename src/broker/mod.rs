@@ -13,17 +13,12 @@ mod redis;
 pub use self::redis::RedisBroker;
 pub use memory::MemoryBroker;
 
-/// Milliseconds since the unix epoch as seconds, for `connected_since`.
-fn unix_seconds(millis: u64) -> f64 {
-    millis as f64 / 1000.0
-}
-
 use async_trait::async_trait;
 use serde::Serialize;
-use serde_json::Value;
 
-use crate::hub::{Attached, Outcome, Transport, UserLimitReached};
-use crate::protocol::{Event, UserId};
+use crate::hub::{Attached, Outcome, UserLimitReached};
+use crate::metrics::{BrokerReport, ClusterStats};
+use crate::protocol::{Publication, Transport, UserId};
 
 /// Why a broker could not take events.
 #[derive(Debug, thiserror::Error)]
@@ -45,23 +40,6 @@ pub enum AttachError {
     Unavailable(#[from] BrokerError),
 }
 
-/// The cluster's counts, as this node last saw them (refreshed at each heartbeat).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct ClusterStats {
-    /// This node's name.
-    pub node_id: String,
-    /// Nodes with a live lease.
-    pub nodes: u64,
-    /// Connections on those nodes, all transports.
-    pub connections: u64,
-    /// WebSocket connections on those nodes.
-    pub websocket_connections: u64,
-    /// SSE connections on those nodes.
-    pub sse_connections: u64,
-    /// Users with at least one connection somewhere.
-    pub users: u64,
-}
-
 /// One connection of a user, as the administrative API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct UserConnection {
@@ -75,12 +53,17 @@ pub struct UserConnection {
     pub connected_since: f64,
 }
 
+/// Milliseconds since the unix epoch as seconds, for `connected_since`.
+fn unix_seconds(millis: u64) -> f64 {
+    millis as f64 / 1000.0
+}
+
 /// Publishes events to every connection of their users, and attaches new connections.
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Publishes `events` in order and reports, in the same order, what happened to each. Events
     /// for one user are stored and delivered in the order of this slice and of successive calls.
-    async fn publish(&self, events: &[Event]) -> Result<Vec<Outcome>, BrokerError>;
+    async fn publish(&self, events: &[Publication]) -> Result<Vec<Outcome>, BrokerError>;
 
     /// Registers a new connection of `user`: it receives every event published after this
     /// returns and, when it resumes from `resume_from`, what it missed first (or a resync
@@ -112,8 +95,8 @@ pub trait Broker: Send + Sync + 'static {
     /// The cluster's counts, in cluster mode once known.
     fn cluster(&self) -> Option<ClusterStats>;
 
-    /// The broker's own counters, for `/metrics`.
-    fn report(&self) -> Value;
+    /// The broker's state and own counters, for `/metrics`.
+    fn report(&self) -> BrokerReport;
 
     /// Leaves the cluster on a graceful shutdown (after the connections closed).
     async fn shutdown(&self);

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::sse::SseParser;
 use super::{EXIT_TOKEN_EXPIRED, Failure, Target, check_path, describe_body};
-use crate::config::{ListenArgs, Settings};
+use crate::client::args::ListenArgs;
+use crate::config::Settings;
 
 /// Close code of a WebSocket whose subscriber token expired.
 const CLOSE_TOKEN_EXPIRED: u16 = 4001;

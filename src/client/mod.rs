@@ -8,6 +8,7 @@
 //! are refused with a clear message: supporting them would add a TLS crypto provider to the
 //! server's binary.
 
+pub mod args;
 pub mod listen;
 pub mod push;
 mod sse;

@@ -10,7 +10,8 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{Failure, Target, check_path, describe_body};
-use crate::config::{PushArgs, Settings};
+use crate::client::args::PushArgs;
+use crate::config::Settings;
 
 /// Validates the arguments, sends the push and prints the server's answer. `Ok` when the server
 /// answered 2xx.

@@ -14,14 +14,14 @@
 //! The broker never touches a connection directly: it asks the hub, by user and connection id.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
-use super::{Delivery, DisconnectReason, Hub, Outbox, Registration, Transport, resync_notice};
-use crate::history::{ResyncReason, StreamPosition};
-use crate::protocol::{Published, UserId};
+use super::{Hub, Outbox, Outgoing, Present, Registration, hand_over, resync_notice};
+use crate::protocol::{
+    Delivery, DisconnectReason, Event, ResyncReason, StreamPosition, Transport, UserId,
+};
 
 /// An event of a user's cluster-wide stream, with its place in it.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ pub struct Sequenced {
     /// Its epoch and position.
     pub at: StreamPosition,
     /// What clients receive.
-    pub published: Arc<Published>,
+    pub event: Arc<Event>,
 }
 
 /// What the broker found for a connection that joins or catches up.
@@ -67,19 +67,6 @@ pub struct Departure {
     pub user: UserId,
     /// Its node-unique id.
     pub connection: u64,
-}
-
-/// A connection as the cluster's presence records it.
-#[derive(Debug, Clone)]
-pub struct Present {
-    /// Its user.
-    pub user: UserId,
-    /// Its node-unique id.
-    pub connection: u64,
-    /// How it is connected.
-    pub transport: Transport,
-    /// When it connected, in unix milliseconds.
-    pub connected_at_ms: u64,
 }
 
 /// One connection's place in its user's cluster-wide stream.
@@ -122,13 +109,6 @@ fn fit(cursor: Option<&StreamPosition>, event: &StreamPosition) -> Fit {
         Some(cursor) if event.position == cursor.position + 1 => Fit::Next,
         Some(_) => Fit::Gap,
     }
-}
-
-/// The current time in unix milliseconds.
-pub(super) fn unix_millis_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Hub {
@@ -182,13 +162,13 @@ impl Hub {
         let waiting = feed.pending.take()?;
         if let Some(reason) = catch_up.resync {
             let from = catch_up.from.as_deref().unwrap_or_default();
-            let notice = Arc::new(resync_notice(user, reason, from, Some(&catch_up.head)));
-            connection.offer(&notice);
+            let notice = resync_notice(user, reason, from, Some(&catch_up.head));
+            connection.offer(Outgoing::Replay(Arc::new(notice)));
             feed.cursor = Some(catch_up.head.clone());
         }
         for event in &catch_up.events {
             if let Fit::Next = fit(feed.cursor.as_ref(), &event.at) {
-                connection.offer(&event.published);
+                connection.offer(Outgoing::Replay(Arc::clone(&event.event)));
                 feed.cursor = Some(event.at.clone());
             }
         }
@@ -200,7 +180,7 @@ impl Hub {
             match fit(feed.cursor.as_ref(), &event.at) {
                 Fit::Seen => {}
                 Fit::Next => {
-                    connection.offer(&event.published);
+                    connection.offer(Outgoing::Live(event.event));
                     feed.cursor = Some(event.at);
                 }
                 Fit::Gap => {
@@ -230,7 +210,7 @@ impl Hub {
                 let mut feed = feed.lock();
                 let Feed { cursor, pending } = &mut *feed;
                 if let Some(waiting) = pending {
-                    if waiting.len() >= self.limits.queue_capacity {
+                    if waiting.len() >= self.queue_capacity {
                         connection.request_close(DisconnectReason::SlowConsumer);
                     } else {
                         waiting.push(event.clone());
@@ -240,11 +220,7 @@ impl Hub {
                 match fit(cursor.as_ref(), &event.at) {
                     Fit::Seen => {}
                     Fit::Next => {
-                        if connection.offer(&event.published) {
-                            delivery.delivered += 1;
-                        } else {
-                            delivery.failed += 1;
-                        }
+                        hand_over(connection, &event.event, &mut delivery);
                         *cursor = Some(event.at.clone());
                     }
                     Fit::Gap => {
@@ -260,9 +236,7 @@ impl Hub {
                 }
             }
         }
-        if delivery != Delivery::default() {
-            self.metrics.record_delivery(delivery);
-        }
+        self.metrics.events_handed_over(delivery);
         lagging
     }
 
@@ -323,43 +297,20 @@ impl Hub {
     }
 }
 
-impl Registration {
-    /// When this connection connected, in unix milliseconds.
-    pub fn connected_at_ms(&self) -> u64 {
-        self.connection.connected_at_ms
-    }
-
-    /// How this connection is connected.
-    pub fn transport(&self) -> Transport {
-        self.connection.transport
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     use super::*;
-    use crate::config::UserLimitPolicy;
-    use crate::history::HistoryLimits;
-    use crate::hub::HubLimits;
+    use crate::hub::HubMode;
     use crate::metrics::Metrics;
     use crate::protocol::Frame;
 
     const CAPACITY: usize = 8;
 
     fn hub() -> Arc<Hub> {
-        let limits = HubLimits {
-            per_user: usize::MAX,
-            policy: UserLimitPolicy::Reject,
-            queue_capacity: CAPACITY,
-        };
-        let history = HistoryLimits {
-            size: 0,
-            ttl: Duration::ZERO,
-            max_users: 1,
-        };
-        Arc::new(Hub::new(limits, history, Arc::new(Metrics::default())))
+        let metrics = Arc::new(Metrics::default());
+        Arc::new(Hub::new(HubMode::Cluster, CAPACITY, metrics))
     }
 
     fn user() -> UserId {
@@ -377,7 +328,7 @@ mod tests {
         let id = format!("{epoch}{position}");
         Sequenced {
             at: at(epoch, position),
-            published: Arc::new(Published {
+            event: Arc::new(Event {
                 event_id: Arc::from(id.as_str()),
                 event_type: Arc::from("message"),
                 frame: Frame::from(id),

@@ -15,128 +15,80 @@
 //! and the event counts as not delivered to it. One stalled client therefore costs the others
 //! nothing, and the server's memory per connection is bounded by the queue capacity.
 //!
-//! In cluster mode the user's stream lives in the broker, and [`cluster`] keeps each connection
-//! in step with it (see there).
+//! A hub runs in one of two [modes](HubMode): standalone (it keeps the history and enforces the
+//! per-user limit itself) or as one node of a cluster (the broker does both, and [`cluster`] keeps
+//! each connection in step with its user's cluster-wide stream).
 //!
 //! The hub never touches sockets and knows nothing about WebSocket or HTTP: it hands events to
-//! queues and raises close requests; the transports do the rest.
+//! queues and raises close requests; the transports do the rest. It counts the events it hands to
+//! queues (and those that did not fit); what a push achieved as a whole is counted by its caller.
 
 mod cluster;
 
-pub use cluster::{CatchUp, Departure, Lagging, Present, Sequenced};
+pub use cluster::{CatchUp, Departure, Lagging, Sequenced};
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use strum::{EnumCount, VariantArray};
 use tokio::sync::{Notify, mpsc};
 
-use crate::config::UserLimitPolicy;
-use crate::history::{
-    History, HistoryLimits, Offered, Resume, ResyncReason, ShardHistory, StreamPosition,
-};
+use crate::history::{History, HistoryLimits, Offered, Resume, ShardHistory};
 use crate::metrics::Metrics;
-use crate::protocol::{Event, Frame, Published, RESYNC_EVENT_TYPE, UserId, resync_frame};
+use crate::protocol::{
+    Delivery, DisconnectReason, Event, Frame, Label, Publication, RESYNC_EVENT_TYPE, Resumed,
+    ResyncReason, StreamPosition, Transport, UserId, resync_frame,
+};
 
 /// Number of independently locked partitions of the registry.
 pub const SHARDS: usize = 64;
 
-/// Why a connection ended. Each maps to a close code in the transport and a metrics label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum DisconnectReason {
-    /// The client closed the connection or went away.
-    ClientClosed = 1,
-    /// The client did not answer a ping in time.
-    PingTimeout,
-    /// The client's outbound queue filled up, or a write to it took too long.
-    SlowConsumer,
-    /// The server is shutting down.
-    Shutdown,
-    /// The client sent a frame over the size limit.
-    MessageTooBig,
-    /// The client sent a text frame that is not valid UTF-8.
-    InvalidPayload,
-    /// The client broke the WebSocket protocol.
-    ProtocolError,
-    /// The client sent a binary frame; this server only speaks text.
-    UnsupportedData,
-    /// A newer connection of the same user took this one's place (`replace-oldest` policy).
-    Replaced,
-    /// The network failed under the connection (reset, broken pipe).
-    NetworkError,
-    /// The client's token expired (its `exp`): it may reconnect with a new one and resume.
-    TokenExpired,
-    /// The client sent frames faster than `CLIENT_MESSAGE_RATE`.
-    MessageRate,
-    /// An operator disconnected the user (`DELETE /admin/users/{user_id}/connections`).
-    Disconnected,
+/// What to do with a connection that would exceed the per-user limit (`USER_LIMIT_POLICY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UserLimitPolicy {
+    /// Refuse the new connection (close code 1008); the existing ones are untouched.
+    Reject,
+    /// Accept the new connection and close the user's oldest one (close code 1008).
+    ReplaceOldest,
 }
 
-impl DisconnectReason {
-    /// Every reason, in declaration order (for metrics).
-    pub const ALL: [Self; 13] = [
-        Self::ClientClosed,
-        Self::PingTimeout,
-        Self::SlowConsumer,
-        Self::Shutdown,
-        Self::MessageTooBig,
-        Self::InvalidPayload,
-        Self::ProtocolError,
-        Self::UnsupportedData,
-        Self::Replaced,
-        Self::NetworkError,
-        Self::TokenExpired,
-        Self::MessageRate,
-        Self::Disconnected,
-    ];
-
-    /// A stable snake_case name, used as a metrics key.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::ClientClosed => "client_closed",
-            Self::PingTimeout => "ping_timeout",
-            Self::SlowConsumer => "slow_consumer",
-            Self::Shutdown => "shutdown",
-            Self::MessageTooBig => "message_too_big",
-            Self::InvalidPayload => "invalid_payload",
-            Self::ProtocolError => "protocol_error",
-            Self::UnsupportedData => "unsupported_data",
-            Self::Replaced => "replaced",
-            Self::NetworkError => "network_error",
-            Self::TokenExpired => "token_expired",
-            Self::MessageRate => "message_rate",
-            Self::Disconnected => "disconnected",
-        }
-    }
-
-    /// Position in [`Self::ALL`].
-    pub fn index(self) -> usize {
-        self as usize - 1
-    }
-
-    fn from_u8(value: u8) -> Option<Self> {
-        Self::ALL.get(usize::from(value).checked_sub(1)?).copied()
-    }
+/// How many connections one user may hold, and what happens beyond.
+#[derive(Debug, Clone, Copy)]
+pub struct UserLimit {
+    /// Most connections per user (`MAX_CONNECTIONS_PER_USER`).
+    pub per_user: usize,
+    /// What to do beyond `per_user`.
+    pub policy: UserLimitPolicy,
 }
 
-/// What one delivery achieved.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Delivery {
-    /// Connections whose queue took the event.
-    pub delivered: usize,
-    /// Connections that could not take it (queue full: now closing as slow consumers; or closed).
-    pub failed: usize,
+/// How a hub serves its users: alone, or as one node of a cluster.
+#[derive(Debug, Clone, Copy)]
+pub enum HubMode {
+    /// A single node: the hub keeps each user's history and enforces the per-user limit.
+    Standalone {
+        /// The per-user connection limit.
+        user_limit: UserLimit,
+        /// How much history to keep.
+        history: HistoryLimits,
+    },
+    /// One node of a cluster: the broker keeps the history and enforces the per-user limit
+    /// cluster-wide; every connection here follows its user's cluster-wide stream (see
+    /// [`cluster`]).
+    Cluster,
 }
 
-impl Delivery {
-    /// At least one connection took the event and none failed: what a push reports as `success`.
-    pub fn is_success(self) -> bool {
-        self.delivered > 0 && self.failed == 0
-    }
+/// The mode with its running state.
+#[derive(Debug)]
+enum Mode {
+    Standalone {
+        user_limit: UserLimit,
+        history: History,
+    },
+    Cluster,
 }
 
 /// What publishing one event achieved.
@@ -159,45 +111,15 @@ pub struct UserLimitReached {
     pub limit: usize,
 }
 
-/// Per-connection limits the hub enforces.
-#[derive(Debug, Clone, Copy)]
-pub struct HubLimits {
-    /// Most connections per user.
-    pub per_user: usize,
-    /// What to do beyond `per_user`.
-    pub policy: UserLimitPolicy,
-    /// Capacity of each connection's outbound queue, in frames.
-    pub queue_capacity: usize,
-}
-
-/// How a client is connected. Serialized as its [label](Self::label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// A WebSocket.
-    WebSocket,
-    /// A Server-Sent Events stream.
-    Sse,
-}
-
-impl Transport {
-    /// Every transport, in declaration order.
-    pub const ALL: [Self; 2] = [Self::WebSocket, Self::Sse];
-
-    /// A stable snake_case name, used as a metrics key.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::WebSocket => "websocket",
-            Self::Sse => "sse",
-        }
-    }
-}
-
 /// One item of a connection's outbox.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
-    /// An event (pushed, replayed, or a resync notice), shared with the history and other outboxes.
-    Event(Arc<Published>),
+    /// An event pushed while the connection was registered: timed from its acceptance to its
+    /// write (push-to-socket latency). Shared with the history and other outboxes.
+    Live(Arc<Event>),
+    /// An event the connection missed, replayed from history, or a resync notice: written like
+    /// a live one, not timed.
+    Replay(Arc<Event>),
     /// A reply to this client alone (a WebSocket ack).
     Reply(Frame),
 }
@@ -206,10 +128,38 @@ impl Outgoing {
     /// The JSON to send.
     pub fn frame(&self) -> &Frame {
         match self {
-            Self::Event(event) => &event.frame,
+            Self::Live(event) | Self::Replay(event) => &event.frame,
             Self::Reply(frame) => frame,
         }
     }
+
+    /// The event, unless this is a reply.
+    pub fn event(&self) -> Option<&Event> {
+        match self {
+            Self::Live(event) | Self::Replay(event) => Some(event),
+            Self::Reply(_) => None,
+        }
+    }
+}
+
+/// A connection as the cluster's presence and the administrative API see it.
+#[derive(Debug, Clone)]
+pub struct Present {
+    /// Its user.
+    pub user: UserId,
+    /// Its node-unique id.
+    pub connection: u64,
+    /// How it is connected.
+    pub transport: Transport,
+    /// When it connected, in unix milliseconds.
+    pub connected_at_ms: u64,
+}
+
+/// The current time in unix milliseconds.
+fn unix_millis_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The hub's handle on one connection: its queue and a way to ask it to close.
@@ -220,14 +170,15 @@ struct Connection {
     transport: Transport,
     /// Frames for the connection's writer. Bounded: a full queue means a slow consumer.
     queue: mpsc::Sender<Outgoing>,
-    /// Set once, when the hub asks the connection to close (slow consumer, replaced); 0 otherwise.
-    /// The session's own reasons to end (ping timeout, client close, errors) unregister it instead.
+    /// Set once, when the hub asks the connection to close (slow consumer, replaced): the
+    /// reason's index + 1; 0 otherwise. The session's own reasons to end (ping timeout, client
+    /// close, errors) unregister it instead.
     close_reason: AtomicU8,
     /// Wakes the connection's task after `close_reason` is set.
     close_requested: Notify,
     /// When it connected, in unix milliseconds.
     connected_at_ms: u64,
-    /// Its place in the user's cluster-wide stream (cluster mode only).
+    /// Its place in the user's cluster-wide stream: `Some` exactly in cluster mode.
     feed: Option<Mutex<cluster::Feed>>,
 }
 
@@ -237,10 +188,10 @@ impl Connection {
         self.close_reason.load(Ordering::Acquire) != 0
     }
 
-    /// Queues `event` for the connection without waiting. A full queue means the client is not
+    /// Queues `item` for the connection without waiting. A full queue means the client is not
     /// reading: the connection is asked to close as a slow consumer. Returns whether it took it.
-    fn offer(&self, event: &Arc<Published>) -> bool {
-        match self.queue.try_send(Outgoing::Event(Arc::clone(event))) {
+    fn offer(&self, item: Outgoing) -> bool {
+        match self.queue.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.request_close(DisconnectReason::SlowConsumer);
@@ -262,13 +213,21 @@ impl Connection {
 
     /// Asks the connection to close; the first reason given wins.
     fn request_close(&self, reason: DisconnectReason) {
+        let code = reason as u8 + 1;
         if self
             .close_reason
-            .compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
         {
             self.close_requested.notify_one();
         }
+    }
+
+    /// The reason the hub asked this connection to close, if it has.
+    fn close_reason(&self) -> Option<DisconnectReason> {
+        let code = self.close_reason.load(Ordering::Acquire);
+        let index = usize::from(code).checked_sub(1)?;
+        DisconnectReason::VARIANTS.get(index).copied()
     }
 }
 
@@ -276,6 +235,7 @@ impl Connection {
 #[derive(Debug, Default)]
 struct Shard {
     connections: HashMap<UserId, Vec<Arc<Connection>>, foldhash::fast::RandomState>,
+    /// Empty in cluster mode.
     history: ShardHistory,
 }
 
@@ -293,15 +253,6 @@ pub struct Attached {
     pub resumed: Option<Resumed>,
 }
 
-/// How a resume went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resumed {
-    /// This many missed events were replayed (0: the client had missed nothing).
-    Replayed(usize),
-    /// The client's point was unknown or lost; it was sent a resync notice.
-    Resync(ResyncReason),
-}
-
 /// The registry of this node's connections, and the history of its users.
 #[derive(Debug)]
 pub struct Hub {
@@ -309,28 +260,39 @@ pub struct Hub {
     /// Picks a user's shard; randomly seeded so clients cannot aim at one shard.
     shard_hasher: foldhash::fast::RandomState,
     /// Registered connections by transport, kept exact for `/health` and `/metrics`.
-    connections: [AtomicUsize; Transport::ALL.len()],
+    connections: [AtomicUsize; Transport::COUNT],
     /// Users with at least one registered connection.
     users: AtomicUsize,
     next_connection_id: AtomicU64,
-    limits: HubLimits,
-    history: History,
+    /// Capacity of each connection's outbound queue, in items (`WS_SEND_QUEUE`).
+    queue_capacity: usize,
+    mode: Mode,
     metrics: Arc<Metrics>,
     /// Where departing connections are reported (cluster mode).
     departures: OnceLock<mpsc::UnboundedSender<Departure>>,
 }
 
 impl Hub {
-    /// Creates an empty hub.
-    pub fn new(limits: HubLimits, history: HistoryLimits, metrics: Arc<Metrics>) -> Self {
+    /// Creates an empty hub whose connections queue at most `queue_capacity` items each.
+    pub fn new(mode: HubMode, queue_capacity: usize, metrics: Arc<Metrics>) -> Self {
+        let mode = match mode {
+            HubMode::Standalone {
+                user_limit,
+                history,
+            } => Mode::Standalone {
+                user_limit,
+                history: History::new(history),
+            },
+            HubMode::Cluster => Mode::Cluster,
+        };
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_hasher: foldhash::fast::RandomState::default(),
             connections: Default::default(),
             users: AtomicUsize::new(0),
             next_connection_id: AtomicU64::new(1),
-            limits,
-            history: History::new(history),
+            queue_capacity,
+            mode,
             metrics,
             departures: OnceLock::new(),
         }
@@ -362,16 +324,19 @@ impl Hub {
         self.users.load(Ordering::Acquire)
     }
 
-    /// The users' history (for its counts).
-    pub fn history(&self) -> &History {
-        &self.history
+    /// The users' history when this hub keeps one (standalone with history on).
+    pub fn history(&self) -> Option<&History> {
+        match &self.mode {
+            Mode::Standalone { history, .. } if history.enabled() => Some(history),
+            _ => None,
+        }
     }
 
-    /// Registers a new connection for `user`, applying the per-user limit and its policy. When
-    /// the client resumes from `resume_from` (an `event_id` or position token), the events it
-    /// missed, or a resync notice, are queued first, in the same critical section as the
-    /// registration: no live event can fall between them or come twice. `want_head` asks for the
-    /// stream's position even without a resume (SSE announces it).
+    /// Registers a new connection for `user` (standalone mode), applying the per-user limit and
+    /// its policy. When the client resumes from `resume_from` (an `event_id` or position token),
+    /// the events it missed, or a resync notice, are queued first, in the same critical section
+    /// as the registration: no live event can fall between them or come twice. `want_head` asks
+    /// for the stream's position even without a resume (SSE announces it).
     pub fn attach(
         self: &Arc<Self>,
         user: UserId,
@@ -381,33 +346,42 @@ impl Hub {
     ) -> Result<Attached, UserLimitReached> {
         let (connection, outbox) = self.new_connection(transport, None);
         let shard_index = self.shard_index(&user);
+        let (user_limit, history) = match &self.mode {
+            Mode::Standalone {
+                user_limit,
+                history,
+            } => (Some(*user_limit), self.history().map(|_| history)),
+            Mode::Cluster => (None, None),
+        };
         let (head, resumed) = {
             let mut guard = self.shards[shard_index].lock();
             let Shard {
                 connections,
-                history,
+                history: shard_history,
             } = &mut *guard;
             let connections = connections.entry(user.clone()).or_default();
-            self.enforce_user_limit(connections)?;
-            let consult = self.history.enabled() && (want_head || resume_from.is_some());
-            let (resume, head) = if consult {
-                let (resume, head) =
-                    history.resume(&self.history, &user, resume_from, Instant::now());
-                (resume, Some(head))
-            } else if resume_from.is_some() {
-                (Resume::Resync(ResyncReason::HistoryDisabled), None)
-            } else {
-                (Resume::Replay(Vec::new()), None)
+            if let Some(limit) = user_limit {
+                enforce_user_limit(limit, connections)?;
+            }
+            let (resume, head) = match history {
+                Some(history) if want_head || resume_from.is_some() => {
+                    let now = Instant::now();
+                    let (resume, head) = shard_history.resume(history, &user, resume_from, now);
+                    (resume, Some(head))
+                }
+                None if resume_from.is_some() => {
+                    (Resume::Resync(ResyncReason::HistoryDisabled), None)
+                }
+                _ => (Resume::Replay(Vec::new()), None),
             };
-            let resumed = resume_from.map(|from| {
-                let resumed = queue_resume(&connection, resume, &user, from, head.as_ref());
-                self.metrics.resumed(resumed);
-                resumed
-            });
+            let resumed = resume_from
+                .map(|from| queue_resume(&connection, resume, &user, from, head.as_ref()));
             self.add_connection(connections, &connection);
             (head, resumed)
         };
-        self.keep_history_under_cap(shard_index);
+        if history.is_some() {
+            self.keep_history_under_cap(shard_index);
+        }
         Ok(Attached {
             registration: Registration {
                 hub: Arc::clone(self),
@@ -425,14 +399,14 @@ impl Hub {
         transport: Transport,
         feed: Option<Mutex<cluster::Feed>>,
     ) -> (Arc<Connection>, Outbox) {
-        let (sender, outbox) = mpsc::channel(self.limits.queue_capacity);
+        let (sender, outbox) = mpsc::channel(self.queue_capacity);
         let connection = Arc::new(Connection {
             id: self.next_connection_id.fetch_add(1, Ordering::Relaxed),
             transport,
             queue: sender,
             close_reason: AtomicU8::new(0),
             close_requested: Notify::new(),
-            connected_at_ms: cluster::unix_millis_now(),
+            connected_at_ms: unix_millis_now(),
             feed,
         });
         (connection, outbox)
@@ -445,32 +419,6 @@ impl Hub {
         }
         connections.push(Arc::clone(connection));
         self.connections[connection.transport as usize].fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// Makes room for one more connection among `connections` of one user, or refuses it.
-    fn enforce_user_limit(&self, connections: &[Arc<Connection>]) -> Result<(), UserLimitReached> {
-        // Connections already closing (replaced, slow) no longer count against the user.
-        let open = connections.iter().filter(|c| !c.is_closing()).count();
-        if open < self.limits.per_user {
-            return Ok(());
-        }
-        match self.limits.policy {
-            UserLimitPolicy::Reject => Err(UserLimitReached {
-                limit: self.limits.per_user,
-            }),
-            UserLimitPolicy::ReplaceOldest => {
-                // The replaced connection stays registered until its task unregisters it, which
-                // keeps the counts exact; it receives nothing new meanwhile.
-                for oldest in connections
-                    .iter()
-                    .filter(|c| !c.is_closing())
-                    .take(open + 1 - self.limits.per_user)
-                {
-                    oldest.request_close(DisconnectReason::Replaced);
-                }
-                Ok(())
-            }
-        }
     }
 
     fn unregister(&self, user: &UserId, connection: &Connection) {
@@ -497,55 +445,71 @@ impl Hub {
         }
     }
 
-    /// Stores `event` in its user's history (when on) and hands it to every open connection of
-    /// the user, without waiting. Connections whose queue is full are asked to close as slow
-    /// consumers. A repeat of an upstream `event_id` still in the history is not delivered again.
-    pub fn publish(&self, event: &Event) -> Outcome {
-        let shard_index = self.shard_index(&event.user_id);
+    /// Stores `publication` in its user's history (when this hub keeps one) and hands it to every
+    /// open connection of the user, without waiting. Connections whose queue is full are asked to
+    /// close as slow consumers. A repeat of an upstream `event_id` still in the history is not
+    /// delivered again.
+    pub fn publish(&self, publication: &Publication) -> Outcome {
+        let shard_index = self.shard_index(&publication.user_id);
+        let history = self.history();
         let outcome = {
             let mut guard = self.shards[shard_index].lock();
             let Shard {
                 connections,
-                history,
+                history: shard_history,
             } = &mut *guard;
-            let connections = connections.get(&event.user_id);
-            if self.history.enabled() {
-                let deliver = || deliver(connections, &event.published);
-                match history.offer(&self.history, event, Instant::now(), deliver) {
-                    Offered::Stored { at, outcome } => Outcome {
-                        delivery: outcome,
-                        stored: Some(at),
-                        duplicate: false,
-                    },
-                    Offered::Duplicate { at, outcome } => Outcome {
-                        delivery: outcome,
-                        stored: Some(at),
-                        duplicate: true,
-                    },
+            let connections = connections.get(&publication.user_id);
+            let deliver = || self.deliver(connections, &publication.event);
+            match history {
+                Some(history) => {
+                    match shard_history.offer(history, publication, Instant::now(), deliver) {
+                        Offered::Stored { at, delivery } => Outcome {
+                            delivery,
+                            stored: Some(at),
+                            duplicate: false,
+                        },
+                        Offered::Duplicate { at, delivery } => Outcome {
+                            delivery,
+                            stored: Some(at),
+                            duplicate: true,
+                        },
+                    }
                 }
-            } else {
-                let delivery = deliver(connections, &event.published);
-                Outcome {
-                    delivery,
+                None => Outcome {
+                    delivery: deliver(),
                     stored: None,
                     duplicate: false,
-                }
+                },
             }
         };
-        self.keep_history_under_cap(shard_index);
-        if outcome.duplicate {
-            self.metrics.duplicate_push();
-        } else {
-            self.metrics.record_delivery(outcome.delivery);
+        if history.is_some() {
+            self.keep_history_under_cap(shard_index);
         }
         outcome
+    }
+
+    /// Hands a live `event` to each open connection in `connections`, and counts the handoffs.
+    fn deliver(&self, connections: Option<&Vec<Arc<Connection>>>, event: &Arc<Event>) -> Delivery {
+        let mut delivery = Delivery::default();
+        for connection in connections.into_iter().flatten() {
+            // A closing connection is no longer part of the user's live set: the push that made
+            // it a slow consumer already counted it as failed.
+            if !connection.is_closing() {
+                hand_over(connection, event, &mut delivery);
+            }
+        }
+        self.metrics.events_handed_over(delivery);
+        delivery
     }
 
     /// After a stream was created in shard `creator`, which had nothing else to give up: evicts
     /// idlest streams from the other shards until the history is back under its user cap. The
     /// creator's own new stream must stay. Takes one lock at a time, none held on entry.
     fn keep_history_under_cap(&self, creator: usize) {
-        if !self.history.over_capacity() {
+        let Some(history) = self.history() else {
+            return;
+        };
+        if !history.over_capacity() {
             return;
         }
         let others = self
@@ -554,10 +518,10 @@ impl Hub {
             .enumerate()
             .filter(|(i, _)| *i != creator);
         for (_, shard) in others {
-            if !self.history.over_capacity() {
+            if !history.over_capacity() {
                 return;
             }
-            shard.lock().history.evict_idlest(&self.history);
+            shard.lock().history.evict_idlest(history);
         }
     }
 
@@ -602,33 +566,58 @@ impl Hub {
 
     /// Reclaims the events of streams idle for longer than the TTL, one shard at a time.
     pub fn sweep_history(&self) {
+        let Some(history) = self.history() else {
+            return;
+        };
         let now = Instant::now();
         for shard in self.shards.iter() {
-            shard.lock().history.sweep(&self.history, now);
+            shard.lock().history.sweep(history, now);
         }
     }
 }
 
-/// Hands `event` to each open connection in `connections`.
-fn deliver(connections: Option<&Vec<Arc<Connection>>>, event: &Arc<Published>) -> Delivery {
-    let mut delivery = Delivery::default();
-    for connection in connections.into_iter().flatten() {
-        // A closing connection is no longer part of the user's live set: the push that made it a
-        // slow consumer already counted it as failed.
-        if connection.is_closing() {
-            continue;
-        }
-        if connection.offer(event) {
-            delivery.delivered += 1;
-        } else {
-            delivery.failed += 1;
+/// Offers a live `event` to one connection, counting the result in `delivery`: the one place, in
+/// both modes, where an event meets a connection's queue.
+fn hand_over(connection: &Connection, event: &Arc<Event>, delivery: &mut Delivery) {
+    if connection.offer(Outgoing::Live(Arc::clone(event))) {
+        delivery.delivered += 1;
+    } else {
+        delivery.failed += 1;
+    }
+}
+
+/// Makes room for one more connection among `connections` of one user, or refuses it.
+fn enforce_user_limit(
+    limit: UserLimit,
+    connections: &[Arc<Connection>],
+) -> Result<(), UserLimitReached> {
+    // Connections already closing (replaced, slow) no longer count against the user.
+    let open = connections.iter().filter(|c| !c.is_closing()).count();
+    if open < limit.per_user {
+        return Ok(());
+    }
+    match limit.policy {
+        UserLimitPolicy::Reject => Err(UserLimitReached {
+            limit: limit.per_user,
+        }),
+        UserLimitPolicy::ReplaceOldest => {
+            // The replaced connection stays registered until its task unregisters it, which
+            // keeps the counts exact; it receives nothing new meanwhile.
+            for oldest in connections
+                .iter()
+                .filter(|c| !c.is_closing())
+                .take(open + 1 - limit.per_user)
+            {
+                oldest.request_close(DisconnectReason::Replaced);
+            }
+            Ok(())
         }
     }
-    delivery
 }
 
 /// Queues a resuming connection's replay, or its resync notice, into its fresh queue. The queue
-/// is larger than the history (a start-up rule), so everything fits.
+/// is larger than the history (a start-up rule), so everything fits; if it ever did not, the
+/// connection is closing as a slow consumer and the rest is not offered.
 fn queue_resume(
     connection: &Connection,
     resume: Resume,
@@ -646,9 +635,8 @@ fn queue_resume(
             (vec![Arc::new(notice)], Resumed::Resync(reason))
         }
     };
-    for item in &items {
-        if !connection.offer(item) {
-            connection.request_close(DisconnectReason::SlowConsumer);
+    for item in items {
+        if !connection.offer(Outgoing::Replay(item)) {
             break;
         }
     }
@@ -662,9 +650,9 @@ fn resync_notice(
     reason: ResyncReason,
     requested: &str,
     head: Option<&StreamPosition>,
-) -> Published {
+) -> Event {
     let event_id: Arc<str> = head.map_or_else(|| Arc::from(""), |head| head.to_string().into());
-    Published {
+    Event {
         frame: resync_frame(user, &event_id, reason.label(), requested, head),
         accepted_at: Instant::now(),
         event_id,
@@ -695,6 +683,11 @@ impl Registration {
         self.connection.id
     }
 
+    /// When this connection connected, in unix milliseconds.
+    pub fn connected_at_ms(&self) -> u64 {
+        self.connection.connected_at_ms
+    }
+
     /// Queues a reply to this client behind the events already queued. A full queue means the
     /// client is not reading: the connection must close as a slow consumer.
     pub fn queue_reply(&self, frame: Frame) -> Result<(), DisconnectReason> {
@@ -706,7 +699,7 @@ impl Registration {
 
     /// The reason the hub asked this connection to close, if it has.
     pub fn close_reason(&self) -> Option<DisconnectReason> {
-        DisconnectReason::from_u8(self.connection.close_reason.load(Ordering::Acquire))
+        self.connection.close_reason()
     }
 
     /// Completes when the hub has asked this connection to close, with the reason.
@@ -731,6 +724,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::protocol::IdOrigin;
 
     const NO_HISTORY: HistoryLimits = HistoryLimits {
         size: 0,
@@ -744,12 +738,11 @@ mod tests {
         queue_capacity: usize,
         history: HistoryLimits,
     ) -> Arc<Hub> {
-        let limits = HubLimits {
-            per_user,
-            policy,
-            queue_capacity,
+        let mode = HubMode::Standalone {
+            user_limit: UserLimit { per_user, policy },
+            history,
         };
-        Arc::new(Hub::new(limits, history, Arc::new(Metrics::default())))
+        Arc::new(Hub::new(mode, queue_capacity, Arc::new(Metrics::default())))
     }
 
     fn hub(per_user: usize, policy: UserLimitPolicy, queue_capacity: usize) -> Arc<Hub> {
@@ -769,11 +762,11 @@ mod tests {
         UserId::parse(name).unwrap()
     }
 
-    fn event(user_name: &str, id: &str) -> Event {
-        Event {
+    fn event(user_name: &str, id: &str) -> Publication {
+        Publication {
             user_id: user(user_name),
-            upstream_id: true,
-            published: Arc::new(Published {
+            id_origin: IdOrigin::Upstream,
+            event: Arc::new(Event {
                 event_id: Arc::from(id),
                 event_type: Arc::from("message"),
                 frame: Frame::from(id.to_owned()),
@@ -879,13 +872,15 @@ mod tests {
         );
     }
 
-    #[test]
-    fn reasons_round_trip_through_their_index() {
-        for (index, reason) in DisconnectReason::ALL.into_iter().enumerate() {
-            assert_eq!(reason.index(), index);
-            assert_eq!(DisconnectReason::from_u8(reason as u8), Some(reason));
+    #[tokio::test]
+    async fn every_close_reason_survives_the_request() {
+        let hub = hub(DisconnectReason::COUNT + 1, UserLimitPolicy::Reject, 8);
+        for &reason in DisconnectReason::VARIANTS {
+            let (registration, _outbox) = connect(&hub, "a");
+            assert_eq!(registration.close_reason(), None);
+            hub.disconnect_user(&user("a"), reason);
+            assert_eq!(registration.close_requested().await, reason);
         }
-        assert_eq!(DisconnectReason::from_u8(0), None);
     }
 
     #[test]
@@ -920,8 +915,8 @@ mod tests {
             attached.resumed,
             Some(Resumed::Resync(ResyncReason::UnknownEventId))
         );
-        let Outgoing::Event(notice) = attached.outbox.try_recv().unwrap() else {
-            panic!("expected an event");
+        let Outgoing::Replay(notice) = attached.outbox.try_recv().unwrap() else {
+            panic!("expected a replayed event");
         };
         let head = attached.head.clone().unwrap();
         assert_eq!(&*notice.event_type, RESYNC_EVENT_TYPE);
@@ -958,9 +953,9 @@ mod tests {
         let hub = history_hub(4, 3);
         for n in 0..50 {
             hub.publish(&event(&format!("user{n}"), "e"));
-            assert!(hub.history().stream_count() <= 3);
+            assert!(hub.history().unwrap().stream_count() <= 3);
         }
-        assert_eq!(hub.history().stream_count(), 3);
-        assert_eq!(hub.history().event_count(), 3);
+        assert_eq!(hub.history().unwrap().stream_count(), 3);
+        assert_eq!(hub.history().unwrap().event_count(), 3);
     }
 }

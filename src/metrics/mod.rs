@@ -1,5 +1,5 @@
 //! Counters for what the server has done since it started, and their two views: the `/metrics`
-//! JSON and the Prometheus text exposition (`prometheus`).
+//! JSON and the Prometheus text exposition ([`prometheus`]).
 //!
 //! Every counter is a relaxed atomic in a fixed array indexed by its reason: recording costs one
 //! atomic add on the hot path, never a lock or a map lookup. The two histograms (batch sizes,
@@ -8,23 +8,29 @@
 //! hub, the broker); a snapshot reads both. Both views are rendered from one [`Counts`] read, so
 //! they never disagree. No counter is keyed by user, so memory here is fixed whatever the traffic,
 //! and no label carries a user id.
+//!
+//! A leaf of the crate: it knows only the shared vocabulary in [`crate::protocol`]. Callers tell
+//! it what happened in those terms; the HTTP endpoints that serve the views live in the API.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use serde::Serialize;
 use serde_json::{Map, Value, json};
+use strum::{EnumCount, VariantArray};
 
-use crate::history::ResyncReason;
-use crate::hub::{Delivery, DisconnectReason, Outgoing, Resumed, Transport};
+use crate::protocol::{Delivery, DisconnectReason, Label, Resumed, ResyncReason, Transport};
 
 pub mod histogram;
-pub mod http;
 pub mod prometheus;
 
 use histogram::{AtomicHistogram, HistogramSnapshot};
 
-/// Why a WebSocket connection attempt was turned away before it was registered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a WebSocket or SSE connection attempt was turned away before it was registered.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::VariantArray, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Refusal {
     /// `MAX_CONNECTIONS` reached (503 before the upgrade).
     ServerFull,
@@ -44,36 +50,11 @@ pub enum Refusal {
     BrokerUnavailable,
 }
 
-impl Refusal {
-    /// Every refusal, in declaration order.
-    pub const ALL: [Self; 8] = [
-        Self::ServerFull,
-        Self::ShuttingDown,
-        Self::UserLimit,
-        Self::BadRequest,
-        Self::Unauthorized,
-        Self::Forbidden,
-        Self::RateLimited,
-        Self::BrokerUnavailable,
-    ];
-
-    /// A stable snake_case name, used as a metrics label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::ServerFull => "server_full",
-            Self::ShuttingDown => "shutting_down",
-            Self::UserLimit => "user_limit",
-            Self::BadRequest => "bad_request",
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden => "forbidden",
-            Self::RateLimited => "rate_limited",
-            Self::BrokerUnavailable => "broker_unavailable",
-        }
-    }
-}
-
 /// Why a push request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::VariantArray, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Rejection {
     /// The body failed validation (422) or was not JSON.
     Invalid,
@@ -89,35 +70,14 @@ pub enum Rejection {
     RateLimited,
 }
 
-impl Rejection {
-    /// Every rejection, in declaration order.
-    pub const ALL: [Self; 6] = [
-        Self::Invalid,
-        Self::TooLarge,
-        Self::UnsupportedMediaType,
-        Self::Unavailable,
-        Self::Unauthorized,
-        Self::RateLimited,
-    ];
-
-    /// A stable snake_case name, used as a metrics label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Invalid => "invalid",
-            Self::TooLarge => "too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::Unavailable => "unavailable",
-            Self::Unauthorized => "unauthorized",
-            Self::RateLimited => "rate_limited",
-        }
-    }
-}
-
 /// Why an event did not reach a client's socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::VariantArray, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum DropReason {
-    /// The user had no connection on this node (counted once per event; with history on, the event
-    /// is still stored for a client that resumes).
+    /// The user had no connection (counted once per event by the node that accepted it; with
+    /// history on, the event is still stored for a client that resumes).
     Offline,
     /// A connection's queue could not take the event: it was full (the connection is then closed
     /// as a slow consumer) or the connection was already closing. Counted per connection.
@@ -129,24 +89,54 @@ pub enum DropReason {
     Closed,
 }
 
-impl DropReason {
-    /// Every reason, in declaration order.
-    pub const ALL: [Self; 4] = [
-        Self::Offline,
-        Self::Failed,
-        Self::SlowConsumer,
-        Self::Closed,
-    ];
+/// What a broker reports about itself, for `/metrics` (JSON: the `broker` object) and the
+/// Prometheus `broker_*` families.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BrokerReport {
+    /// `memory` or `redis`.
+    pub kind: &'static str,
+    /// This node's name in the cluster (cluster brokers only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// Whether the broker can route pushes now.
+    pub connected: bool,
+    /// The link's counters (cluster brokers only; a memory broker has no link to lose).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkCounts>,
+}
 
-    /// A stable snake_case name, used as a metrics label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Offline => "offline",
-            Self::Failed => "failed",
-            Self::SlowConsumer => "slow_consumer",
-            Self::Closed => "closed",
-        }
-    }
+/// Counters of a cluster broker's link to its backend (Redis).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LinkCounts {
+    /// Times the link went down.
+    pub outages: u64,
+    /// Times it came back.
+    pub reconnects: u64,
+    /// Command or connection errors.
+    pub errors: u64,
+    /// Messages received on the subscription.
+    pub messages_received: u64,
+    /// Messages received that could not be decoded.
+    pub malformed_messages: u64,
+    /// Catch-ups run for connections after an outage or a gap.
+    pub catch_ups: u64,
+}
+
+/// The cluster's counts, as this node last saw them (refreshed at each heartbeat).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// This node's name.
+    pub node_id: String,
+    /// Nodes with a live lease.
+    pub nodes: u64,
+    /// Connections on those nodes, all transports.
+    pub connections: u64,
+    /// WebSocket connections on those nodes.
+    pub websocket_connections: u64,
+    /// SSE connections on those nodes.
+    pub sse_connections: u64,
+    /// Users with at least one connection somewhere.
+    pub users: u64,
 }
 
 /// Upper bounds of the batch size buckets (items per `POST /sse/push/batch`).
@@ -162,16 +152,16 @@ const LATENCY_BOUNDS_MICROS: &[u64] = &[
 #[derive(Debug)]
 pub struct Metrics {
     connections_opened: AtomicU64,
-    connections_closed: [AtomicU64; DisconnectReason::ALL.len()],
-    connections_refused: [AtomicU64; Refusal::ALL.len()],
+    connections_closed: [AtomicU64; DisconnectReason::COUNT],
+    connections_refused: [AtomicU64; Refusal::COUNT],
     /// Events accepted from upstreams (a batch counts each item; duplicates are not counted).
     events_accepted: AtomicU64,
     /// Push requests refused, by reason.
-    requests_rejected: [AtomicU64; Rejection::ALL.len()],
+    requests_rejected: [AtomicU64; Rejection::COUNT],
     /// Event copies handed to connection queues.
     events_delivered: AtomicU64,
     /// Events that did not reach a socket, by reason.
-    events_dropped: [AtomicU64; DropReason::ALL.len()],
+    events_dropped: [AtomicU64; DropReason::COUNT],
     /// Text frames received from clients (each answered with an ack).
     client_messages: AtomicU64,
     /// Pushes that repeated an `event_id` still in the user's history (not delivered again).
@@ -181,9 +171,9 @@ pub struct Metrics {
     /// Events replayed to resuming connections.
     events_replayed: AtomicU64,
     /// Connections that could not resume and were sent a resync notice, by reason.
-    resyncs: [AtomicU64; ResyncReason::ALL.len()],
+    resyncs: [AtomicU64; ResyncReason::COUNT],
     /// Bytes written to clients, by transport.
-    bytes_sent: [AtomicU64; Transport::ALL.len()],
+    bytes_sent: [AtomicU64; Transport::COUNT],
     /// Items per batch push request.
     batch_size: AtomicHistogram,
     /// From an event's acceptance on this node to the write of its frame to a socket, in µs.
@@ -215,8 +205,8 @@ impl Default for Metrics {
 /// Point-in-time values the counters do not hold, read from their owners for a snapshot.
 #[derive(Debug, Clone, Copy)]
 pub struct Gauges {
-    /// Connections by transport, in [`Transport::ALL`] order.
-    pub connections: [usize; Transport::ALL.len()],
+    /// Connections by transport, in [`Transport`] declaration order.
+    pub connections: [usize; Transport::COUNT],
     /// Users with at least one connection.
     pub users_online: usize,
     /// Users with a history stream.
@@ -234,18 +224,18 @@ pub struct Gauges {
 pub struct Counts {
     /// Connections registered.
     pub connections_opened: u64,
-    /// Connections ended, in [`DisconnectReason::ALL`] order.
-    pub connections_closed: [u64; DisconnectReason::ALL.len()],
-    /// Connection attempts turned away, in `Refusal` declaration order.
-    pub connections_refused: [u64; Refusal::ALL.len()],
+    /// Connections ended, in [`DisconnectReason`] declaration order.
+    pub connections_closed: [u64; DisconnectReason::COUNT],
+    /// Connection attempts turned away, in [`Refusal`] declaration order.
+    pub connections_refused: [u64; Refusal::COUNT],
     /// Events accepted (duplicates excluded).
     pub events_accepted: u64,
-    /// Push requests refused, in `Rejection` declaration order.
-    pub requests_rejected: [u64; Rejection::ALL.len()],
+    /// Push requests refused, in [`Rejection`] declaration order.
+    pub requests_rejected: [u64; Rejection::COUNT],
     /// Event copies handed to connection queues.
     pub events_delivered: u64,
-    /// Events that did not reach a socket, in [`DropReason::ALL`] order.
-    pub events_dropped: [u64; DropReason::ALL.len()],
+    /// Events that did not reach a socket, in [`DropReason`] declaration order.
+    pub events_dropped: [u64; DropReason::COUNT],
     /// Text frames received from clients.
     pub client_messages: u64,
     /// Pushes that repeated a stored `event_id`.
@@ -254,10 +244,10 @@ pub struct Counts {
     pub resumes_replayed: u64,
     /// Events replayed.
     pub events_replayed: u64,
-    /// Resync notices, in [`ResyncReason::ALL`] order.
-    pub resyncs: [u64; ResyncReason::ALL.len()],
-    /// Bytes written to clients, in [`Transport::ALL`] order.
-    pub bytes_sent: [u64; Transport::ALL.len()],
+    /// Resync notices, in [`ResyncReason`] declaration order.
+    pub resyncs: [u64; ResyncReason::COUNT],
+    /// Bytes written to clients, in [`Transport`] declaration order.
+    pub bytes_sent: [u64; Transport::COUNT],
     /// Items per batch request.
     pub batch_size: HistogramSnapshot,
     /// Push-to-socket-write latency, in seconds.
@@ -284,17 +274,12 @@ impl Metrics {
 
     /// A registered connection ended.
     pub fn connection_closed(&self, reason: DisconnectReason) {
-        bump(&self.connections_closed[reason.index()], 1);
+        bump(&self.connections_closed[reason as usize], 1);
     }
 
     /// A connection attempt was turned away.
     pub fn connection_refused(&self, refusal: Refusal) {
         bump(&self.connections_refused[refusal as usize], 1);
-    }
-
-    /// Upstreams' events were accepted for delivery.
-    pub fn events_accepted(&self, count: usize) {
-        bump(&self.events_accepted, count as u64);
     }
 
     /// A batch push request of `len` items was accepted (recorded in the batch size histogram).
@@ -307,8 +292,21 @@ impl Metrics {
         bump(&self.requests_rejected[rejection as usize], 1);
     }
 
-    /// The outcome of delivering one event on this node.
-    pub fn record_delivery(&self, delivery: Delivery) {
+    /// Publications were accepted: `new` events (each stored and delivered), `duplicates` that
+    /// repeated an `event_id` still in their user's history (not delivered again), and `offline`
+    /// new events that found no connection of their user.
+    pub fn pushes_published(&self, new: usize, duplicates: usize, offline: usize) {
+        bump(&self.events_accepted, new as u64);
+        bump(&self.duplicate_pushes, duplicates as u64);
+        bump(
+            &self.events_dropped[DropReason::Offline as usize],
+            offline as u64,
+        );
+    }
+
+    /// One event was handed to this node's connections of its user: `delivered` queues took it,
+    /// `failed` could not.
+    pub fn events_handed_over(&self, delivery: Delivery) {
         if delivery.delivered > 0 {
             bump(&self.events_delivered, delivery.delivered as u64);
         }
@@ -317,9 +315,6 @@ impl Metrics {
                 &self.events_dropped[DropReason::Failed as usize],
                 delivery.failed as u64,
             );
-        }
-        if delivery.delivered + delivery.failed == 0 {
-            bump(&self.events_dropped[DropReason::Offline as usize], 1);
         }
     }
 
@@ -335,28 +330,22 @@ impl Metrics {
         bump(&self.events_dropped[dropped as usize], count as u64);
     }
 
-    /// A session wrote `items` to its client's socket, `bytes` bytes in all. Each event accepted
-    /// at or after `live_since` (when the session started: earlier ones are replays from
-    /// history) is timed from its acceptance to now. One clock read and a few atomic adds per
-    /// write, whatever the number of items.
+    /// A session wrote `bytes` to its client's socket, among them live events accepted at
+    /// `accepted` (replays and replies are not timed): each is timed from its acceptance to now.
+    /// One clock read and a few atomic adds per write, whatever the number of events.
     pub fn record_written(
         &self,
         transport: Transport,
-        items: &[Outgoing],
         bytes: usize,
-        live_since: Instant,
+        accepted: impl IntoIterator<Item = Instant>,
     ) {
         bump(&self.bytes_sent[transport as usize], bytes as u64);
         let mut tally = self.delivery_latency.tally();
         let mut now = None;
-        for item in items {
-            if let Outgoing::Event(event) = item
-                && event.accepted_at >= live_since
-            {
-                let now = *now.get_or_insert_with(Instant::now);
-                let micros = now.saturating_duration_since(event.accepted_at).as_micros();
-                tally.observe(u64::try_from(micros).unwrap_or(u64::MAX));
-            }
+        for accepted_at in accepted {
+            let now = *now.get_or_insert_with(Instant::now);
+            let micros = now.saturating_duration_since(accepted_at).as_micros();
+            tally.observe(u64::try_from(micros).unwrap_or(u64::MAX));
         }
         tally.commit();
     }
@@ -370,11 +359,6 @@ impl Metrics {
     /// A client sent a text frame.
     pub fn client_message(&self) {
         bump(&self.client_messages, 1);
-    }
-
-    /// A push repeated an `event_id` already in its user's history.
-    pub fn duplicate_push(&self) {
-        bump(&self.duplicate_pushes, 1);
     }
 
     /// A connection asked to resume; this is how it went.
@@ -415,17 +399,13 @@ impl Metrics {
     }
 }
 
-/// A JSON object of `label: value`, in the given order.
-fn labelled<T: Copy>(
-    labels: impl IntoIterator<Item = T>,
-    label: impl Fn(T) -> &'static str,
-    values: &[u64],
-) -> Value {
+/// A JSON object of `label: value` for every variant of `T`, in declaration order.
+fn labelled<T: Label + VariantArray>(values: &[u64]) -> Value {
     Value::Object(
-        labels
-            .into_iter()
+        T::VARIANTS
+            .iter()
             .zip(values)
-            .map(|(key, value)| (label(key).to_owned(), json!(value)))
+            .map(|(key, value)| (key.label().to_owned(), json!(value)))
             .collect::<Map<_, _>>(),
     )
 }
@@ -440,30 +420,27 @@ impl Counts {
         json!({
             "active_connections": gauges.connections.iter().sum::<usize>(),
             "service": crate::SERVICE_NAME,
-            "connections_by_transport": labelled(Transport::ALL, Transport::label, &connections),
+            "connections_by_transport": labelled::<Transport>(&connections),
             "users_online": gauges.users_online,
             "max_connections": gauges.max_connections,
             "uptime_seconds": gauges.uptime_seconds,
             "connections_opened_total": self.connections_opened,
-            "connections_closed_total":
-                labelled(DisconnectReason::ALL, DisconnectReason::label, &self.connections_closed),
-            "connections_refused_total":
-                labelled(Refusal::ALL, Refusal::label, &self.connections_refused),
+            "connections_closed_total": labelled::<DisconnectReason>(&self.connections_closed),
+            "connections_refused_total": labelled::<Refusal>(&self.connections_refused),
             "events_accepted_total": self.events_accepted,
-            "push_requests_rejected_total":
-                labelled(Rejection::ALL, Rejection::label, &self.requests_rejected),
+            "push_requests_rejected_total": labelled::<Rejection>(&self.requests_rejected),
             "events_delivered_total": self.events_delivered,
             "events_failed_total": dropped(DropReason::Failed),
             "events_offline_total": dropped(DropReason::Offline),
-            "events_dropped_total": labelled(DropReason::ALL, DropReason::label, &self.events_dropped),
+            "events_dropped_total": labelled::<DropReason>(&self.events_dropped),
             "client_messages_total": self.client_messages,
             "duplicate_pushes_total": self.duplicate_pushes,
             "history_users": gauges.history_users,
             "history_events": gauges.history_events,
             "resumes_replayed_total": self.resumes_replayed,
             "events_replayed_total": self.events_replayed,
-            "resyncs_total": labelled(ResyncReason::ALL, ResyncReason::label, &self.resyncs),
-            "bytes_sent_total": labelled(Transport::ALL, Transport::label, &self.bytes_sent),
+            "resyncs_total": labelled::<ResyncReason>(&self.resyncs),
+            "bytes_sent_total": labelled::<Transport>(&self.bytes_sent),
             "batch_size": histogram(&self.batch_size),
             "delivery_latency_seconds": histogram(&self.delivery_latency),
         })
@@ -479,11 +456,11 @@ mod tests {
         let metrics = Metrics::default();
         metrics.connection_opened();
         metrics.connection_closed(DisconnectReason::SlowConsumer);
-        metrics.record_delivery(Delivery {
+        metrics.events_handed_over(Delivery {
             delivered: 2,
             failed: 1,
         });
-        metrics.record_delivery(Delivery::default());
+        metrics.pushes_published(2, 0, 1);
         metrics.request_rejected(Rejection::TooLarge);
         metrics.resumed(Resumed::Replayed(4));
         metrics.resumed(Resumed::Resync(ResyncReason::Expired));
@@ -523,37 +500,39 @@ mod tests {
     }
 
     #[test]
-    fn writes_count_bytes_and_time_live_events_only() {
-        use std::sync::Arc;
-        use std::time::Duration;
-
-        use crate::protocol::{Frame, Published};
-
-        let event = |accepted_at| {
-            Outgoing::Event(Arc::new(Published {
-                event_id: Arc::from("e"),
-                event_type: Arc::from("message"),
-                frame: Frame::from("{}".to_owned()),
-                accepted_at,
-            }))
-        };
+    fn writes_count_bytes_and_time_the_live_events_given() {
         let metrics = Metrics::default();
-        let since = Instant::now();
-        let replayed = since.checked_sub(Duration::from_secs(60)).unwrap_or(since);
-        let items = [
-            event(replayed),
-            event(Instant::now()),
-            Outgoing::Reply(Frame::from("{}".to_owned())),
-            event(Instant::now()),
-        ];
-        metrics.record_written(Transport::Sse, &items, 100, since);
+        metrics.record_written(Transport::Sse, 100, [Instant::now(), Instant::now()]);
+        metrics.record_written(Transport::Sse, 0, []);
         metrics.bytes_sent(Transport::Sse, 5);
         let counts = metrics.counts();
         assert_eq!(counts.bytes_sent[Transport::Sse as usize], 105);
         assert_eq!(counts.bytes_sent[Transport::WebSocket as usize], 0);
-        let expected = if replayed < since { 2 } else { 3 };
-        assert_eq!(counts.delivery_latency.count, expected);
+        assert_eq!(counts.delivery_latency.count, 2);
         assert!(counts.delivery_latency.sum < 1.0);
+    }
+
+    #[test]
+    fn every_label_is_snake_case_and_distinct() {
+        fn check<T: Label + VariantArray>() {
+            let labels: Vec<&str> = T::VARIANTS.iter().map(|v| v.label()).collect();
+            let mut unique = labels.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), labels.len(), "{labels:?}");
+            for label in labels {
+                assert!(
+                    label.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                    "{label}"
+                );
+            }
+        }
+        check::<DisconnectReason>();
+        check::<Refusal>();
+        check::<Rejection>();
+        check::<DropReason>();
+        check::<ResyncReason>();
+        check::<Transport>();
     }
 
     #[test]

@@ -14,13 +14,11 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
-use serde_json::Value;
+use strum::VariantArray;
 
 use super::histogram::HistogramSnapshot;
-use super::{Counts, DropReason, Gauges, Refusal, Rejection};
-use crate::broker::ClusterStats;
-use crate::history::ResyncReason;
-use crate::hub::{DisconnectReason, Transport};
+use super::{BrokerReport, ClusterStats, Counts, DropReason, Gauges, Refusal, Rejection};
+use crate::protocol::{DisconnectReason, Label, ResyncReason, Transport};
 
 /// The prefix of every metric name.
 pub const PREFIX: &str = "websocket_sse";
@@ -44,52 +42,6 @@ impl Format {
     }
 }
 
-/// What the broker reports about itself (`Broker::report`), as far as metrics go. Counters a
-/// broker does not report (the memory broker has no link to lose) read 0.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BrokerState {
-    /// `memory` or `redis`.
-    pub kind: String,
-    /// Whether the broker can route pushes now.
-    pub connected: bool,
-    /// Redis command or connection errors.
-    pub errors: u64,
-    /// Times the link to Redis went down.
-    pub outages: u64,
-    /// Times it came back.
-    pub reconnects: u64,
-    /// Catch-ups run for connections after an outage or a gap.
-    pub catch_ups: u64,
-    /// Messages received on the subscription.
-    pub messages_received: u64,
-    /// Messages received that could not be decoded.
-    pub malformed_messages: u64,
-}
-
-impl BrokerState {
-    /// Reads the broker's JSON report.
-    pub fn from_report(report: &Value) -> Self {
-        let count = |key: &str| report.get(key).and_then(Value::as_u64).unwrap_or(0);
-        Self {
-            kind: report
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown")
-                .to_owned(),
-            connected: report
-                .get("connected")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
-            errors: count("errors"),
-            outages: count("outages"),
-            reconnects: count("reconnects"),
-            catch_ups: count("catch_ups"),
-            messages_received: count("messages_received"),
-            malformed_messages: count("malformed_messages"),
-        }
-    }
-}
-
 /// Everything one scrape shows, read once.
 #[derive(Debug, Clone)]
 pub struct Exposition {
@@ -98,7 +50,7 @@ pub struct Exposition {
     /// This node's gauges.
     pub gauges: Gauges,
     /// The broker's state and counters.
-    pub broker: BrokerState,
+    pub broker: BrokerReport,
     /// The cluster's counts (`None` with the memory broker).
     pub cluster: Option<ClusterStats>,
 }
@@ -195,13 +147,12 @@ impl Family<'_, '_> {
     }
 }
 
-/// Pairs each label of `all` with its value in `values` (same order).
-fn by<T: Copy>(
-    all: impl IntoIterator<Item = T>,
-    label: impl Fn(T) -> &'static str,
-    values: &[u64],
-) -> impl Iterator<Item = (&'static str, u64)> {
-    all.into_iter().map(label).zip(values.iter().copied())
+/// Pairs the label of each variant of `T` with its value in `values` (declaration order).
+fn by<T: Label + VariantArray>(values: &[u64]) -> impl Iterator<Item = (&'static str, u64)> {
+    T::VARIANTS
+        .iter()
+        .map(|variant| variant.label())
+        .zip(values.iter().copied())
 }
 
 impl Collector for Exposition {
@@ -233,7 +184,7 @@ impl Collector for Exposition {
             "Open client connections on this node, by transport",
             Gauge,
             "transport",
-            by(Transport::ALL, Transport::label, &connections),
+            by::<Transport>(&connections),
         )?;
         out.gauge(
             "max_connections",
@@ -257,18 +208,14 @@ impl Collector for Exposition {
             "Registered connections that ended, by reason",
             Counter,
             "reason",
-            by(
-                DisconnectReason::ALL,
-                DisconnectReason::label,
-                &counts.connections_closed,
-            ),
+            by::<DisconnectReason>(&counts.connections_closed),
         )?;
         out.labelled(
             "connections_refused",
             "Connection attempts turned away before registration, by reason",
             Counter,
             "reason",
-            by(Refusal::ALL, Refusal::label, &counts.connections_refused),
+            by::<Refusal>(&counts.connections_refused),
         )?;
         out.counter(
             "client_messages",
@@ -287,7 +234,7 @@ impl Collector for Exposition {
             "Push requests refused, by reason",
             Counter,
             "reason",
-            by(Rejection::ALL, Rejection::label, &counts.requests_rejected),
+            by::<Rejection>(&counts.requests_rejected),
         )?;
         out.counter(
             "duplicate_pushes",
@@ -315,7 +262,7 @@ impl Collector for Exposition {
              ended)",
             Counter,
             "reason",
-            by(DropReason::ALL, DropReason::label, &counts.events_dropped),
+            by::<DropReason>(&counts.events_dropped),
         )?;
         out.histogram(
             "delivery_latency",
@@ -330,7 +277,7 @@ impl Collector for Exposition {
              SSE: the event stream body)",
             Counter,
             "transport",
-            by(Transport::ALL, Transport::label, &counts.bytes_sent),
+            by::<Transport>(&counts.bytes_sent),
         )?;
 
         // History and resumes.
@@ -361,7 +308,7 @@ impl Collector for Exposition {
             "Connections that could not resume and were sent a resync event, by reason",
             Counter,
             "reason",
-            by(ResyncReason::ALL, ResyncReason::label, &counts.resyncs),
+            by::<ResyncReason>(&counts.resyncs),
         )?;
 
         // Broker.
@@ -370,33 +317,34 @@ impl Collector for Exposition {
             "1 when the broker can route pushes (always 1 for the memory broker), by broker kind",
             Gauge,
             "broker",
-            [(broker_kind(&broker.kind), u64::from(broker.connected))],
+            [(broker.kind, u64::from(broker.connected))],
         )?;
-        out.counter("broker_errors", "Broker (Redis) errors", broker.errors)?;
+        let link = broker.link.clone().unwrap_or_default();
+        out.counter("broker_errors", "Broker (Redis) errors", link.errors)?;
         out.counter(
             "broker_outages",
             "Times the link to the broker (Redis) went down",
-            broker.outages,
+            link.outages,
         )?;
         out.counter(
             "broker_reconnects",
             "Times the link to the broker (Redis) came back",
-            broker.reconnects,
+            link.reconnects,
         )?;
         out.counter(
             "broker_catch_ups",
             "Catch-ups run for connections after a broker outage or a gap",
-            broker.catch_ups,
+            link.catch_ups,
         )?;
         out.counter(
             "broker_messages_received",
             "Messages received from the broker's subscription",
-            broker.messages_received,
+            link.messages_received,
         )?;
         out.counter(
             "broker_malformed_messages",
             "Messages from the broker that could not be decoded",
-            broker.malformed_messages,
+            link.malformed_messages,
         )?;
 
         // Cluster (as of this node's last heartbeat).
@@ -428,21 +376,10 @@ impl Collector for Exposition {
     }
 }
 
-/// The broker kind as a label value from a fixed set (bounded cardinality whatever it reports).
-fn broker_kind(kind: &str) -> &'static str {
-    match kind {
-        "memory" => "memory",
-        "redis" => "redis",
-        _ => "other",
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::metrics::{LinkCounts, Metrics};
 
     fn exposition(cluster: Option<ClusterStats>) -> Exposition {
         let metrics = Metrics::default();
@@ -459,7 +396,12 @@ mod tests {
                 uptime_seconds: 2.0,
                 max_connections: 100,
             },
-            broker: BrokerState::from_report(&json!({"kind": "memory", "connected": true})),
+            broker: BrokerReport {
+                kind: "memory",
+                node_id: None,
+                connected: true,
+                link: None,
+            },
             cluster,
         }
     }
@@ -507,15 +449,24 @@ mod tests {
     }
 
     #[test]
-    fn a_redis_report_is_read_and_unknown_kinds_are_bounded() {
-        let state = BrokerState::from_report(&json!({
-            "kind": "redis", "connected": false, "outages": 2, "reconnects": 1, "errors": 5,
-            "catch_ups": 4, "messages_received": 10, "malformed_messages": 0,
-        }));
-        assert_eq!(state.outages, 2);
-        assert_eq!(state.errors, 5);
-        assert!(!state.connected);
-        assert_eq!(broker_kind(&state.kind), "redis");
-        assert_eq!(broker_kind("user-42"), "other");
+    fn a_cluster_broker_shows_its_link_counters() {
+        let mut exposition = exposition(None);
+        exposition.broker = BrokerReport {
+            kind: "redis",
+            node_id: Some("a".to_owned()),
+            connected: false,
+            link: Some(LinkCounts {
+                outages: 2,
+                errors: 5,
+                ..LinkCounts::default()
+            }),
+        };
+        let json = serde_json::to_value(&exposition.broker).unwrap();
+        let text = exposition.encode(Format::Prometheus).unwrap();
+        assert!(text.contains("websocket_sse_broker_connected{broker=\"redis\"} 0\n"));
+        assert!(text.contains("websocket_sse_broker_outages_total 2\n"));
+        assert!(text.contains("websocket_sse_broker_errors_total 5\n"));
+        assert_eq!(json["node_id"], "a");
+        assert_eq!(json["outages"], 2);
     }
 }

@@ -1,11 +1,14 @@
 //! Client-facing transports: how connected clients receive their users' events.
 //!
-//! A transport owns one client session from handshake to close: it checks the request, registers
-//! the connection with the [`Hub`](crate::hub::Hub) (replaying what a resuming client missed),
-//! writes the connection's outbox to the client and ends the session for the right reason. It
-//! never decides routing; the hub and broker do. What both transports check the same way lives
-//! here: who the client is, where it resumes from, and whether the server can take it.
+//! A transport owns one client session from handshake to close: it checks the request, attaches
+//! the connection through the broker (replaying what a resuming client missed), writes the
+//! connection's outbox to the client and ends the session for the right reason. It never decides
+//! routing; the hub and broker do. What both transports do the same way lives here: who the
+//! client is, where it resumes from, and whether the server can take it ([`authorize`]);
+//! attaching ([`attach`]); and the [`session`] core that runs every connection, each transport
+//! providing only its [`Link`](session::Link).
 
+mod session;
 pub mod sse;
 pub mod ws;
 
@@ -16,17 +19,15 @@ use std::time::SystemTime;
 use axum::http::{HeaderMap, header};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::api::ApiError;
 use crate::auth::{TokenError, bearer};
+use crate::broker::AttachError;
 use crate::config::CorsOrigins;
-use crate::hub::{Outbox, Outgoing};
+use crate::error::ApiError;
+use crate::hub::Attached;
 use crate::metrics::Refusal;
-use crate::protocol::{Issue, Loc, UserId};
+use crate::protocol::{Issue, Loc, Transport, UserId};
 use crate::rate_limit::client_ip;
 use crate::state::AppState;
-
-/// Most items a session writes at once.
-const WRITE_BATCH: usize = 64;
 
 /// Longest resume point a client may send, in bytes: event ids are at most 128 characters, and
 /// position tokens are shorter.
@@ -254,18 +255,24 @@ fn admit(state: &AppState) -> Result<OwnedSemaphorePermit, (Refusal, ApiError)> 
         })
 }
 
-/// After `recv_many` returned fewer than a full batch: lets the other ready tasks (pushes being
-/// handled) run once, then takes what they queued, so that under load several events share one
-/// write. When idle this costs one trip through the scheduler.
-async fn top_up(outbox: &mut Outbox, batch: &mut Vec<Outgoing>) {
-    if batch.len() >= WRITE_BATCH {
-        return;
+/// Attaches a new connection of `user` through the broker (see
+/// [`Broker::attach`](crate::broker::Broker::attach)), and counts how its resume went: the one
+/// place where resumes are counted, whatever the transport and the broker.
+async fn attach(
+    state: &AppState,
+    user: UserId,
+    transport: Transport,
+    resume_from: Option<&str>,
+    want_head: bool,
+) -> Result<Attached, AttachError> {
+    let attached = state
+        .broker
+        .attach(user, transport, resume_from, want_head)
+        .await?;
+    if let Some(resumed) = attached.resumed {
+        state.metrics.resumed(resumed);
     }
-    tokio::task::yield_now().await;
-    while batch.len() < WRITE_BATCH {
-        let Ok(item) = outbox.try_recv() else { break };
-        batch.push(item);
-    }
+    Ok(attached)
 }
 
 #[cfg(test)]

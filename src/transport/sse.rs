@@ -8,36 +8,42 @@
 //! Browsers resume with the `Last-Event-ID` header; the `last_event_id` query parameter does the
 //! same for a first connection. An idle stream gets a keepalive comment every `SSE_KEEPALIVE`.
 //!
-//! The response body *is* the session: hyper pulls the next chunk when it can write, and the
-//! session waits for events, keepalive time, a close request or shutdown. A client that stops
-//! reading fills its queue and is ended as a slow consumer; a stalled write is cut by the server's
-//! connection write timeout. Refusals the client should retry (shutting down, server or user
-//! full, over the connect rate) are answered `200` with a `retry:` hint and a comment, then end:
-//! per the WHATWG spec an EventSource that gets a 4xx/5xx never reconnects. Final refusals (a bad
-//! request: 400; a refused token: 401; a foreign origin or user: 403) should stop it, and do.
+//! The connection runs as a [session](super::session) over an [`SseLink`]: the session writes
+//! chunks into a small channel that the response body streams out, each within
+//! `WS_WRITE_TIMEOUT`, so a client that stops reading is ended as a slow consumer; a client that
+//! goes away drops the body, which the session notices at once. Refusals the client should retry
+//! (shutting down, server or user full, over the connect rate) are answered `200` with a `retry:`
+//! hint and a comment, then end: per the WHATWG spec an EventSource that gets a 4xx/5xx never
+//! reconnects. Final refusals (a bad request: 400; a refused token: 401; a foreign origin or user:
+//! 403) should stop it, and do.
 
 use std::convert::Infallible;
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use std::net::SocketAddr;
-
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, BytesMut};
-use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, Sleep, sleep};
-use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, timeout};
 
-use super::{WRITE_BATCH, authorize, top_up};
-use crate::api::ApiError;
-use crate::auth::remaining;
+use super::session::{self, Link};
+use super::{attach, authorize};
 use crate::broker::AttachError;
-use crate::hub::{DisconnectReason, Outbox, Outgoing, Registration, Transport};
+use crate::error::ApiError;
+use crate::hub::Outgoing;
 use crate::metrics::Refusal;
+use crate::protocol::{DisconnectReason, Frame, Label, Transport};
 use crate::state::SharedState;
+
+/// Chunks written but not yet taken by the response body. A client that reads keeps this empty;
+/// one that does not makes the session's next write wait, then time out.
+const CHUNKS_IN_FLIGHT: usize = 1;
+
+/// How long the goodbye (close event, or the last events and a comment at shutdown) may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// `GET {SSE_STREAM_PATH}`: opens an event stream for one user.
 pub async fn stream(
@@ -72,19 +78,8 @@ pub async fn stream(
             };
         }
     };
-    let fresh = admission.resume_from.is_none();
-    // Events accepted before this instant are replays: they are not timed as live deliveries.
-    let live_since = std::time::Instant::now();
-    let attached = match state
-        .broker
-        .attach(
-            admission.user,
-            Transport::Sse,
-            admission.resume_from.as_deref(),
-            true,
-        )
-        .await
-    {
+    let resume_from = admission.resume_from.as_deref();
+    let attached = match attach(&state, admission.user, Transport::Sse, resume_from, true).await {
         Ok(attached) => attached,
         Err(AttachError::UserLimit(limit)) => {
             return come_back_later(&state, Refusal::UserLimit, &limit.to_string(), None);
@@ -94,41 +89,112 @@ pub async fn stream(
             return come_back_later(&state, Refusal::BrokerUnavailable, &why, None);
         }
     };
-    state.metrics.connection_opened();
-    tracing::debug!(user = %attached.registration.user(), connection = attached.registration.id(), "sse connected");
 
     let mut opening = BytesMut::new();
     write_retry(&mut opening, state.settings.sse_retry);
-    if let Some(head) = attached.head.as_ref().filter(|_| fresh) {
+    if admission.resume_from.is_none()
+        && let Some(head) = attached.head.as_ref()
+    {
         opening.put_slice(format!("id: {head}\n").as_bytes());
     }
     opening.put_u8(b'\n');
-    let keepalive = state.settings.sse_keepalive;
-    let session = Session {
-        keepalive,
-        keepalive_timer: Box::pin(sleep(keepalive)),
-        registration: Some(attached.registration),
-        outbox: attached.outbox,
-        batch: Vec::new(),
+    let (chunks, mut body) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let link = SseLink {
+        chunks,
         opening: Some(opening.freeze()),
-        reason: None,
-        live_since,
-        _tracked: state.lifecycle.track_session(),
-        _slot: admission.slot,
-        expiry: admission
-            .expires_at
-            .map(|at| Box::pin(sleep(remaining(at)))),
-        state,
+        keepalive: state.settings.sse_keepalive,
+        last_write: Instant::now(),
+        write_timeout: state.settings.ws_write_timeout,
     };
-    let chunks = futures_util::stream::unfold(session, |mut session| async move {
-        let chunk = session.next_chunk().await?;
-        session
-            .state
-            .metrics
-            .bytes_sent(Transport::Sse, chunk.len());
-        Some((Ok::<_, Infallible>(chunk), session))
+    let tracked = state.lifecycle.track_session();
+    let (slot, expires_at) = (admission.slot, admission.expires_at);
+    tokio::spawn(async move {
+        session::run(link, attached, expires_at, state).await;
+        drop((slot, tracked));
     });
-    event_stream_response(Body::from_stream(chunks))
+    let body = futures_util::stream::poll_fn(move |cx| {
+        body.poll_recv(cx)
+            .map(|chunk| chunk.map(Ok::<_, Infallible>))
+    });
+    event_stream_response(Body::from_stream(body))
+}
+
+/// An SSE response body, as a session's [`Link`]: chunks go into a channel the body streams out.
+struct SseLink {
+    chunks: mpsc::Sender<Bytes>,
+    /// The first chunk, until it is sent.
+    opening: Option<Bytes>,
+    /// `SSE_KEEPALIVE`; zero: no keepalive comments.
+    keepalive: Duration,
+    /// When the last chunk was written: the keepalive is due `keepalive` after it.
+    last_write: Instant,
+    /// `WS_WRITE_TIMEOUT`: how long a chunk may wait for the client to read.
+    write_timeout: Duration,
+}
+
+impl SseLink {
+    /// Sends one chunk within `limit`; returns its length.
+    async fn send(&mut self, chunk: Bytes, limit: Duration) -> Result<usize, DisconnectReason> {
+        let length = chunk.len();
+        match timeout(limit, self.chunks.send(chunk)).await {
+            Ok(Ok(())) => {
+                self.last_write = Instant::now();
+                Ok(length)
+            }
+            Ok(Err(_closed)) => Err(DisconnectReason::ClientClosed),
+            Err(_elapsed) => Err(DisconnectReason::SlowConsumer),
+        }
+    }
+}
+
+impl Link for SseLink {
+    const TRANSPORT: Transport = Transport::Sse;
+
+    async fn open(&mut self) -> Result<usize, DisconnectReason> {
+        match self.opening.take() {
+            Some(opening) => self.send(opening, self.write_timeout).await,
+            None => Ok(0),
+        }
+    }
+
+    async fn write(&mut self, items: &[Outgoing]) -> Result<usize, DisconnectReason> {
+        let mut buffer = BytesMut::new();
+        for item in items {
+            write_event(&mut buffer, item);
+        }
+        self.send(buffer.freeze(), self.write_timeout).await
+    }
+
+    fn keepalive_deadline(&self) -> Option<Instant> {
+        (!self.keepalive.is_zero()).then(|| self.last_write + self.keepalive)
+    }
+
+    async fn keep_alive(&mut self) -> Result<usize, DisconnectReason> {
+        self.send(Bytes::from_static(b": keepalive\n\n"), self.write_timeout)
+            .await
+    }
+
+    async fn receive(&mut self) -> Result<Option<Frame>, DisconnectReason> {
+        // An event stream has no way back: the only news is that the client went away.
+        self.chunks.closed().await;
+        Err(DisconnectReason::ClientClosed)
+    }
+
+    async fn close(mut self, pending: Vec<Outgoing>, reason: DisconnectReason) -> usize {
+        let mut buffer = BytesMut::new();
+        match reason {
+            DisconnectReason::ClientClosed | DisconnectReason::NetworkError => return 0,
+            DisconnectReason::Shutdown => {
+                for item in &pending {
+                    write_event(&mut buffer, item);
+                }
+                // The stream ends; the browser reconnects, elsewhere.
+                write_comment(&mut buffer, "server shutting down; reconnect");
+            }
+            reason => write_close_event(&mut buffer, reason),
+        }
+        self.send(buffer.freeze(), CLOSE_GRACE).await.unwrap_or(0)
+    }
 }
 
 /// A `200 text/event-stream` response with headers that keep caches and proxies from holding
@@ -189,7 +255,7 @@ fn write_close_event(buffer: &mut BytesMut, reason: DisconnectReason) {
 /// between tokens (inside strings they are escaped), which an upstream's raw `data` may contain, so
 /// each line becomes its own `data:` line and the client's parser joins them back with `\n`.
 fn write_event(buffer: &mut BytesMut, item: &Outgoing) {
-    if let Outgoing::Event(event) = item {
+    if let Some(event) = item.event() {
         buffer.put_slice(b"id: ");
         buffer.put_slice(event.event_id.as_bytes());
         buffer.put_slice(b"\nevent: ");
@@ -206,130 +272,15 @@ fn write_event(buffer: &mut BytesMut, item: &Outgoing) {
     buffer.put_u8(b'\n');
 }
 
-/// One SSE client, from its first chunk to its end. Dropping it (the stream ended, or hyper
-/// dropped the body because the client went away) unregisters the connection and counts it.
-struct Session {
-    state: SharedState,
-    /// `SSE_KEEPALIVE`; zero: no keepalive comments.
-    keepalive: Duration,
-    /// Fires `keepalive` after the last chunk; pushed back after each one.
-    keepalive_timer: Pin<Box<Sleep>>,
-    /// `None` once unregistered (shutting down).
-    registration: Option<Registration>,
-    outbox: Outbox,
-    batch: Vec<Outgoing>,
-    /// The first chunk, until it is sent.
-    opening: Option<Bytes>,
-    /// Why the session ended, once it has.
-    reason: Option<DisconnectReason>,
-    /// When the session started: events accepted earlier are replays, not timed as deliveries.
-    live_since: std::time::Instant,
-    /// Held until the session ends: shutdown waits for it.
-    _tracked: TaskTrackerToken,
-    /// Held until the session ends: its `MAX_CONNECTIONS` slot.
-    _slot: OwnedSemaphorePermit,
-    /// Fires when the client's token expires: the stream ends then.
-    expiry: Option<Pin<Box<Sleep>>>,
-}
-
-impl Session {
-    /// The next chunk to send, or `None` to end the stream.
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        if let Some(opening) = self.opening.take() {
-            return Some(opening);
-        }
-        if self.reason.is_some() {
-            return None;
-        }
-        let registration = self.registration.as_ref()?;
-        let keepalive_on = !self.keepalive.is_zero();
-        let expires = self.expiry.is_some();
-        let expiry = async {
-            if let Some(expiry) = self.expiry.as_mut() {
-                expiry.await;
-            }
-        };
-        let mut buffer = BytesMut::new();
-        tokio::select! {
-            () = self.state.lifecycle.closing() => {
-                self.reason = Some(DisconnectReason::Shutdown);
-                // Unregister first: after that nothing more can be queued, so draining misses
-                // nothing. Then the stream ends; the browser reconnects, elsewhere.
-                self.registration = None;
-                while let Ok(item) = self.outbox.try_recv() {
-                    write_event(&mut buffer, &item);
-                }
-                write_comment(&mut buffer, "server shutting down; reconnect");
-            }
-            reason = registration.close_requested() => {
-                self.reason = Some(reason);
-                write_close_event(&mut buffer, reason);
-            }
-            received = self.outbox.recv_many(&mut self.batch, WRITE_BATCH) => {
-                if received == 0 {
-                    self.reason = Some(DisconnectReason::NetworkError);
-                    return None;
-                }
-                top_up(&mut self.outbox, &mut self.batch).await;
-                for item in &self.batch {
-                    write_event(&mut buffer, item);
-                }
-                // Bytes are counted with every chunk, where the stream is polled.
-                let metrics = &self.state.metrics;
-                metrics.record_written(Transport::Sse, &self.batch, 0, self.live_since);
-                self.batch.clear();
-            }
-            () = self.keepalive_timer.as_mut(), if keepalive_on => {
-                buffer.put_slice(b": keepalive\n\n");
-            }
-            () = expiry, if expires => {
-                self.reason = Some(DisconnectReason::TokenExpired);
-                write_close_event(&mut buffer, DisconnectReason::TokenExpired);
-            }
-        }
-        if keepalive_on {
-            self.keepalive_timer
-                .as_mut()
-                .reset(Instant::now() + self.keepalive);
-        }
-        Some(buffer.freeze())
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // Ended before it chose to: the client went away, or a write stalled past the timeout
-        // after the hub had asked it to close.
-        let reason = self.reason.unwrap_or_else(|| {
-            self.registration
-                .as_ref()
-                .and_then(Registration::close_reason)
-                .unwrap_or(DisconnectReason::ClientClosed)
-        });
-        if let Some(registration) = self.registration.take() {
-            tracing::debug!(user = %registration.user(), connection = registration.id(), reason = reason.label(), "sse disconnected");
-        }
-        self.state.metrics.connection_closed(reason);
-        // Unregistered: nothing more can be queued. What is left was never written.
-        let mut unwritten = self.batch.len();
-        while let Ok(item) = self.outbox.try_recv() {
-            if let Outgoing::Event(_) = item {
-                unwritten += 1;
-            }
-        }
-        self.state.metrics.events_unwritten(reason, unwritten);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::protocol::{Frame, Published};
+    use crate::protocol::{Event, Frame};
 
     fn event(frame: &str) -> Outgoing {
-        Outgoing::Event(Arc::new(Published {
+        Outgoing::Live(Arc::new(Event {
             event_id: Arc::from("e1"),
             event_type: Arc::from("message"),
             frame: Frame::from(frame.to_owned()),

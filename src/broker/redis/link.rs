@@ -30,9 +30,10 @@ use tokio::sync::mpsc;
 
 use super::wire::{self, ChannelMessage};
 use super::{Change, Shared, bump, presence_value, scripts};
-use crate::broker::{BrokerError, ClusterStats};
-use crate::hub::{Departure, DisconnectReason, Transport};
-use crate::protocol::UserId;
+use crate::broker::BrokerError;
+use crate::hub::{Departure, Present};
+use crate::metrics::ClusterStats;
+use crate::protocol::{DisconnectReason, Transport, UserId};
 
 /// First wait before reconnecting; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -51,7 +52,7 @@ struct Link {
 /// The users whose channels this node subscribes to, with their joining/joined connection counts.
 type Subscribed = HashMap<UserId, usize, foldhash::fast::RandomState>;
 
-/// Runs for the life of the process: connects, serves, and reconnects after every failure.
+/// Runs until the lifecycle stops it: connects, serves, and reconnects after every failure.
 pub(super) async fn supervise(shared: Arc<Shared>, mut changes: mpsc::UnboundedReceiver<Change>) {
     let mut subscribed = Subscribed::default();
     let mut failures = 0u32;
@@ -139,7 +140,7 @@ async fn reset(
     commands: &mut MultiplexedConnection,
     forget: bool,
     drop_lease: bool,
-    present: &[crate::hub::Present],
+    present: &[Present],
 ) -> Result<(), redis::RedisError> {
     let flag = |on: bool| if on { "1" } else { "0" };
     let mut invocation = scripts::RESET.prepare_invoke();
@@ -222,7 +223,9 @@ async fn serve(
             "reconnected to redis; catching connections up"
         );
     }
-    let mut receiver = tokio::spawn(receive(Arc::clone(shared), messages));
+    let mut receiver = shared
+        .lifecycle
+        .spawn_background(receive(Arc::clone(shared), messages));
     for lagging in shared.hub.begin_catch_up_all() {
         shared.spawn_catch_up(lagging);
     }

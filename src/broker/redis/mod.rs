@@ -28,19 +28,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use redis::aio::MultiplexedConnection;
-use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use self::wire::Names;
-use super::{AttachError, Broker, BrokerError, ClusterStats, UserConnection};
-use crate::config::{Settings, UserLimitPolicy};
-use crate::history::{HistoryLimits, ResyncReason, StreamPosition, parse_token};
+use super::{AttachError, Broker, BrokerError, UserConnection};
+use crate::config::Settings;
+use crate::history::HistoryLimits;
 use crate::hub::{
-    Attached, CatchUp, Delivery, DisconnectReason, Hub, Lagging, Outcome, Resumed, Sequenced,
-    Transport, UserLimitReached,
+    Attached, CatchUp, Hub, Lagging, Outcome, Sequenced, UserLimitPolicy, UserLimitReached,
 };
-use crate::metrics::Metrics;
-use crate::protocol::{Event, UserId};
+use crate::lifecycle::Lifecycle;
+use crate::metrics::{BrokerReport, ClusterStats, LinkCounts};
+use crate::protocol::{
+    Delivery, DisconnectReason, IdOrigin, Label, Publication, Resumed, ResyncReason,
+    StreamPosition, Transport, UserId, parse_token,
+};
 
 /// How long a user's stream position outlives its last event or connection: a client that comes
 /// back within it resumes without a resync even when its history expired (if it missed nothing).
@@ -61,7 +63,8 @@ const CATCH_UPS_IN_FLIGHT: usize = 64;
 /// Rounds of catching up one connection before giving up on it (each round normally completes it).
 const CATCH_UP_ROUNDS: usize = 3;
 
-/// The cluster broker. Cheap to share; its background tasks run until the process exits.
+/// The cluster broker. Cheap to share; its background tasks are the lifecycle's, and end when it
+/// stops them (after the node left the cluster).
 pub struct RedisBroker {
     shared: Arc<Shared>,
 }
@@ -103,7 +106,8 @@ struct Shared {
     names: Names,
     node: String,
     hub: Arc<Hub>,
-    metrics: Arc<Metrics>,
+    /// Where the broker's tasks run: tracked, and stopped at the end of a shutdown.
+    lifecycle: Lifecycle,
     counters: Counters,
     join_rules: JoinRules,
     history: HistoryLimits,
@@ -139,7 +143,7 @@ impl RedisBroker {
     pub async fn start(
         settings: &Settings,
         hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
+        lifecycle: &Lifecycle,
     ) -> Result<Self, String> {
         let client = redis_client(settings)?;
         let node = settings
@@ -154,7 +158,7 @@ impl RedisBroker {
             names: Names::new(&settings.redis_key_prefix),
             node,
             hub: Arc::clone(&hub),
-            metrics,
+            lifecycle: lifecycle.clone(),
             counters: Counters::default(),
             join_rules: JoinRules {
                 per_user: settings.max_connections_per_user,
@@ -173,8 +177,8 @@ impl RedisBroker {
             left: AtomicBool::new(false),
         });
         hub.report_departures(departures);
-        tokio::spawn(link::supervise(Arc::clone(&shared), changes_rx));
-        tokio::spawn(link::forget_departures(Arc::clone(&shared), departures_rx));
+        lifecycle.spawn_background(link::supervise(Arc::clone(&shared), changes_rx));
+        lifecycle.spawn_background(link::forget_departures(Arc::clone(&shared), departures_rx));
         let mut down = shared.down.subscribe();
         let connected =
             tokio::time::timeout(settings.redis_timeout, down.wait_for(Option::is_none));
@@ -240,7 +244,7 @@ impl Shared {
     }
 
     /// The [`scripts::PUBLISH`] call for `events`.
-    fn publish_command(&self, events: &[Event]) -> redis::Cmd {
+    fn publish_command(&self, events: &[Publication]) -> redis::Cmd {
         let mut command = redis::cmd("EVALSHA");
         command
             .arg(scripts::PUBLISH.get_hash())
@@ -254,7 +258,11 @@ impl Shared {
             command
                 .arg(event.user_id.as_str())
                 .arg(event.event_id().as_ref())
-                .arg(if event.upstream_id { "1" } else { "0" })
+                .arg(if event.id_origin == IdOrigin::Upstream {
+                    "1"
+                } else {
+                    "0"
+                })
                 .arg(wire::envelope(event));
         }
         command
@@ -336,7 +344,7 @@ impl Shared {
     /// meanwhile, the reconnection catches every connection up anyway.
     fn spawn_catch_up(self: &Arc<Self>, lagging: Lagging) {
         let shared = Arc::clone(self);
-        tokio::spawn(async move {
+        self.lifecycle.spawn_background(async move {
             let Lagging {
                 user,
                 connection,
@@ -412,7 +420,11 @@ fn read_join_reply(reply: Vec<redis::Value>, from: Option<&str>) -> Result<Joine
     let resync = if reason.is_empty() {
         None
     } else {
-        Some(ResyncReason::from_label(&reason).ok_or_else(|| format!("reason {reason:?}"))?)
+        Some(
+            reason
+                .parse::<ResyncReason>()
+                .map_err(|_| format!("reason {reason:?}"))?,
+        )
     };
     let mut events = Vec::new();
     while let Some(position) = fields.next() {
@@ -427,7 +439,7 @@ fn read_join_reply(reply: Vec<redis::Value>, from: Option<&str>) -> Result<Joine
                 epoch: Arc::clone(&epoch),
                 position,
             },
-            published: Arc::new(published),
+            event: Arc::new(published),
         });
     }
     Ok(Joined::Accepted(CatchUp {
@@ -444,9 +456,7 @@ fn read_join_reply(reply: Vec<redis::Value>, from: Option<&str>) -> Result<Joine
 fn read_presence(field: String, value: &str) -> Option<UserConnection> {
     let (node, _) = field.rsplit_once('/')?;
     let (transport, since) = value.split_once(' ')?;
-    let transport = Transport::ALL
-        .into_iter()
-        .find(|candidate| candidate.label() == transport)?;
+    let transport = transport.parse::<Transport>().ok()?;
     Some(UserConnection {
         node_id: Some(node.to_owned()),
         connected_since: super::unix_seconds(since.parse().ok()?),
@@ -462,7 +472,7 @@ fn presence_value(transport: Transport, connected_at_ms: u64) -> String {
 
 #[async_trait]
 impl Broker for RedisBroker {
-    async fn publish(&self, events: &[Event]) -> Result<Vec<Outcome>, BrokerError> {
+    async fn publish(&self, events: &[Publication]) -> Result<Vec<Outcome>, BrokerError> {
         let shared = &self.shared;
         let (generation, mut commands) = shared.commands()?;
         let size = shared.history_size();
@@ -491,11 +501,6 @@ impl Broker for RedisBroker {
             .into_iter()
             .map(|(duplicate, epoch, position, delivered)| {
                 let duplicate = duplicate == 1;
-                if duplicate {
-                    shared.metrics.duplicate_push();
-                } else if delivered == 0 {
-                    shared.metrics.record_delivery(Delivery::default());
-                }
                 Outcome {
                     delivery: Delivery {
                         delivered,
@@ -538,9 +543,6 @@ impl Broker for RedisBroker {
             Some(reason) => Resumed::Resync(reason),
             None => Resumed::Replayed(catch_up.events.len()),
         });
-        if let Some(resumed) = resumed {
-            shared.metrics.resumed(resumed);
-        }
         let head = (shared.history_size() > 0).then(|| catch_up.head.clone());
         if let Some(cursor) = shared
             .hub
@@ -594,20 +596,22 @@ impl Broker for RedisBroker {
         self.shared.cluster.lock().clone()
     }
 
-    fn report(&self) -> Value {
+    fn report(&self) -> BrokerReport {
         let counters = &self.shared.counters;
         let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        json!({
-            "kind": self.kind(),
-            "node_id": self.shared.node,
-            "connected": self.unavailable().is_none(),
-            "outages": read(&counters.outages),
-            "reconnects": read(&counters.reconnects),
-            "errors": read(&counters.errors),
-            "messages_received": read(&counters.messages_received),
-            "malformed_messages": read(&counters.malformed_messages),
-            "catch_ups": read(&counters.catch_ups),
-        })
+        BrokerReport {
+            kind: self.kind(),
+            node_id: Some(self.shared.node.clone()),
+            connected: self.unavailable().is_none(),
+            link: Some(LinkCounts {
+                outages: read(&counters.outages),
+                reconnects: read(&counters.reconnects),
+                errors: read(&counters.errors),
+                messages_received: read(&counters.messages_received),
+                malformed_messages: read(&counters.malformed_messages),
+                catch_ups: read(&counters.catch_ups),
+            }),
+        }
     }
 
     async fn shutdown(&self) {

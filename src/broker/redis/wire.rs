@@ -16,9 +16,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::history::StreamPosition;
 use crate::hub::Sequenced;
-use crate::protocol::{Event, Frame, Published, UserId};
+use crate::protocol::{Event, Frame, Publication, StreamPosition, UserId};
 
 /// Builds key and channel names under one prefix.
 #[derive(Debug, Clone)]
@@ -53,8 +52,8 @@ impl Names {
 }
 
 /// The envelope of `event` (see the module docs).
-pub fn envelope(event: &Event) -> Vec<u8> {
-    let published = &event.published;
+pub fn envelope(event: &Publication) -> Vec<u8> {
+    let published = &event.event;
     let header = format!(
         "{} {}\n",
         published.event_id.len(),
@@ -78,7 +77,7 @@ pub fn envelope(event: &Event) -> Vec<u8> {
 pub struct Malformed(&'static str);
 
 /// Reads an envelope back into the event clients receive. The frame shares `envelope`'s bytes.
-pub fn open_envelope(envelope: Bytes) -> Result<Published, Malformed> {
+pub fn open_envelope(envelope: Bytes) -> Result<Event, Malformed> {
     let newline = envelope
         .iter()
         .position(|&b| b == b'\n')
@@ -101,7 +100,7 @@ pub fn open_envelope(envelope: Bytes) -> Result<Published, Malformed> {
     let event_id = Arc::from(text(id_start..type_start)?);
     let event_type = Arc::from(text(type_start..frame_start)?);
     let frame = Frame::try_from(envelope.slice(frame_start..)).map_err(|_| Malformed("frame"))?;
-    Ok(Published {
+    Ok(Event {
         event_id,
         event_type,
         frame,
@@ -151,7 +150,7 @@ pub fn read_message(payload: Bytes) -> Result<ChannelMessage, Malformed> {
             let published = open_envelope(payload.slice(position_end + 1..))?;
             Ok(ChannelMessage::Event(Sequenced {
                 at,
-                published: Arc::new(published),
+                event: Arc::new(published),
             }))
         }
         Some(b'K') => {
@@ -172,12 +171,13 @@ pub fn read_message(payload: Bytes) -> Result<ChannelMessage, Malformed> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::IdOrigin;
 
-    fn event(id: &str, event_type: &str, frame: &str) -> Event {
-        Event {
+    fn event(id: &str, event_type: &str, frame: &str) -> Publication {
+        Publication {
             user_id: UserId::parse("u").unwrap(),
-            upstream_id: true,
-            published: Arc::new(Published {
+            id_origin: IdOrigin::Upstream,
+            event: Arc::new(Event {
                 event_id: Arc::from(id),
                 event_type: Arc::from(event_type),
                 frame: Frame::from(frame.to_owned()),
@@ -209,7 +209,7 @@ mod tests {
             panic!("expected an event");
         };
         assert_eq!(event.at.to_string(), "01HZZZZZZZZZZZZZZZZZZZZZZZ:42");
-        assert_eq!(&*event.published.event_id, "e1");
+        assert_eq!(&*event.event.event_id, "e1");
 
         let ChannelMessage::Kick { node, connection } =
             read_message(Bytes::from_static(b"K node-a/7")).unwrap()

@@ -6,12 +6,12 @@
 //! `detail`. The connection is
 //! registered with the hub *before* the 101 answer, so no push sent after the client sees its
 //! handshake complete can miss it; a resuming client's missed events (or resync notice) are
-//! queued in the same step, ahead of anything live. After the upgrade the connection belongs to its [`session`],
-//! which closes it with 1008 if the per-user limit refused it, and otherwise runs it until it
-//! closes.
+//! queued in the same step, ahead of anything live. After the upgrade the connection is closed
+//! with 1008 if the per-user limit refused it, and otherwise runs as a
+//! [session](super::session) over a [`link::WsLink`] until it closes.
 
 mod keepalive;
-mod session;
+mod link;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
@@ -21,11 +21,12 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
-use super::authorize;
-use crate::api::ApiError;
+use self::link::WsLink;
+use super::{attach, authorize, session};
 use crate::broker::AttachError;
-use crate::hub::Transport;
+use crate::error::ApiError;
 use crate::metrics::Refusal;
+use crate::protocol::Transport;
 use crate::state::SharedState;
 
 /// Bytes tungstenite reserves for reading from each connection, and reads per call. Clients send
@@ -68,15 +69,15 @@ async fn accept(
     let admission = authorize(state, query, headers, peer)?;
     // Register before answering 101: once the client sees its handshake complete, every push for
     // its user reaches it (queued until the session starts writing), after what it missed.
-    let attached = match state
-        .broker
-        .attach(
-            admission.user,
-            Transport::WebSocket,
-            admission.resume_from.as_deref(),
-            false,
-        )
-        .await
+    let resume_from = admission.resume_from.as_deref();
+    let attached = match attach(
+        state,
+        admission.user,
+        Transport::WebSocket,
+        resume_from,
+        false,
+    )
+    .await
     {
         Ok(attached) => Ok(attached),
         // Refused after the upgrade, with a close code the client can act on.
@@ -95,7 +96,16 @@ async fn accept(
         .max_frame_size(max_message)
         .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
         .on_upgrade(move |socket| async move {
-            session::run(socket, attached, expires_at, state).await;
+            match attached {
+                Ok(attached) => {
+                    let link = WsLink::new(socket, &state.settings);
+                    session::run(link, attached, expires_at, state).await;
+                }
+                Err(limit) => {
+                    state.metrics.connection_refused(Refusal::UserLimit);
+                    link::refuse(socket, limit.to_string()).await;
+                }
+            }
             drop((slot, tracked));
         }))
 }

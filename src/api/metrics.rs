@@ -8,20 +8,22 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::Gauges;
-use super::prometheus::{BrokerState, Exposition, Format};
-use crate::api::ApiError;
-use crate::hub::Transport;
+use strum::VariantArray;
+
+use crate::error::ApiError;
+use crate::metrics::Gauges;
+use crate::metrics::prometheus::{Exposition, Format};
+use crate::protocol::Transport;
 use crate::state::{AppState, SharedState};
 
 /// The gauges read from their owners for one snapshot.
 fn gauges(state: &AppState) -> Gauges {
     let hub = &state.hub;
     Gauges {
-        connections: Transport::ALL.map(|transport| hub.transport_count(transport)),
+        connections: std::array::from_fn(|index| hub.transport_count(Transport::VARIANTS[index])),
         users_online: hub.user_count(),
-        history_users: hub.history().stream_count(),
-        history_events: hub.history().event_count(),
+        history_users: hub.history().map_or(0, |history| history.stream_count()),
+        history_events: hub.history().map_or(0, |history| history.event_count()),
         uptime_seconds: state.started_at.elapsed().as_secs_f64(),
         max_connections: state.max_connections,
     }
@@ -57,7 +59,7 @@ pub async fn prometheus(State(state): State<SharedState>, headers: HeaderMap) ->
 fn json_snapshot(state: &AppState) -> Json<Value> {
     let mut snapshot = state.metrics.snapshot(&gauges(state));
     if let Value::Object(fields) = &mut snapshot {
-        fields.insert("broker".to_owned(), state.broker.report());
+        fields.insert("broker".to_owned(), json!(state.broker.report()));
         fields.insert("cluster".to_owned(), json!(state.broker.cluster()));
     }
     Json(snapshot)
@@ -67,7 +69,7 @@ fn text(state: &AppState, format: Format) -> Response {
     let exposition = Exposition {
         counts: state.metrics.counts(),
         gauges: gauges(state),
-        broker: BrokerState::from_report(&state.broker.report()),
+        broker: state.broker.report(),
         cluster: state.broker.cluster(),
     };
     match exposition.encode(format) {

@@ -6,10 +6,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::Serialize;
 
-use crate::api::ApiError;
 use crate::broker::UserConnection;
-use crate::hub::Transport;
-use crate::protocol::{Loc, UserId};
+use crate::error::ApiError;
+use crate::protocol::{Loc, Transport, UserId};
 use crate::state::SharedState;
 
 /// `GET /admin/users/{user_id}`: the user's connections.

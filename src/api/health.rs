@@ -1,0 +1,73 @@
+//! Liveness and readiness (`GET /health`, `GET /ready`), the JSON answers for unknown paths and
+//! methods, and the JSON 500 for a handler that panicked.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::protocol::Transport;
+use crate::state::SharedState;
+
+/// `GET /health`: liveness, with the seed's keys first.
+pub async fn health(State(state): State<SharedState>) -> Json<Value> {
+    Json(json!({
+        "status": "healthy",
+        "connections": state.hub.connection_count(),
+        "uptime": "running",
+        "websocket_connections": state.hub.transport_count(Transport::WebSocket),
+        "sse_connections": state.hub.transport_count(Transport::Sse),
+        "users": state.hub.user_count(),
+        "uptime_seconds": state.started_at.elapsed().as_secs_f64(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "broker": state.broker.kind(),
+        "cluster": state.broker.cluster(),
+    }))
+}
+
+/// `GET /ready`: 200 while serving; 503 once shutdown has begun, or while the cluster's broker
+/// is unreachable (with the reason), so that load balancers send traffic elsewhere.
+pub async fn ready(State(state): State<SharedState>) -> Response {
+    let unready = |body: Value| (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    if state.lifecycle.is_draining() {
+        unready(json!({ "status": "shutting_down" }))
+    } else if let Some(reason) = state.broker.unavailable() {
+        unready(json!({ "status": "unavailable", "reason": reason }))
+    } else {
+        Json(json!({ "status": "ready" })).into_response()
+    }
+}
+
+/// Any unknown path.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound
+}
+
+/// A known path with the wrong method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Turns a handler's panic into a JSON 500 for that request alone, and logs it.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned());
+    tracing::error!(panic = %message, "a request handler panicked");
+    ApiError::Internal.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_a_json_500() {
+        let response = panic_response(Box::new("boom"));
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

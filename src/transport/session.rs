@@ -1,0 +1,207 @@
+//! The session core: one client connection, from registration to close, whatever the transport.
+//!
+//! A session waits on six things at once: shutdown, a close request from the hub (slow consumer,
+//! replaced, disconnected), the connection's outbox, the keepalive deadline, the token's expiry
+//! and the client. Items from the outbox are written in batches (`recv_many`, then one write);
+//! a small batch first yields to the scheduler once, so that under load more items join it and
+//! share one write. Live events are timed from their acceptance to their write; replays are not.
+//! When the session ends it unregisters first (nothing more can be queued), counts the close,
+//! and lets the transport say goodbye: on shutdown it still writes what was queued, otherwise
+//! what was queued counts as dropped.
+//!
+//! What differs between WebSocket and SSE — how items are framed and written, what keeps an idle
+//! connection alive, what the client can send, how a connection is closed — is a [`Link`]. The
+//! session, and only the session, writes to and closes its link.
+
+use std::time::{Instant as StdInstant, SystemTime};
+
+use tokio::time::{Instant, sleep_until};
+
+use crate::auth::remaining;
+use crate::hub::{Attached, Outbox, Outgoing, Registration};
+use crate::protocol::{DisconnectReason, Frame, Label, Transport};
+use crate::rate_limit::Limit;
+use crate::state::{AppState, SharedState};
+
+/// Most items a session writes at once.
+pub(super) const WRITE_BATCH: usize = 64;
+
+/// What a transport does for the session core. Every method that writes reports the bytes it
+/// wrote, for the metrics.
+pub(super) trait Link: Send {
+    /// Which transport this is.
+    const TRANSPORT: Transport;
+
+    /// Writes what opens the connection, before anything queued.
+    async fn open(&mut self) -> Result<usize, DisconnectReason>;
+
+    /// Writes `items` (events and replies, in order) within the write timeout; a write that
+    /// cannot finish in time means the client is not reading.
+    async fn write(&mut self, items: &[Outgoing]) -> Result<usize, DisconnectReason>;
+
+    /// When [`Self::keep_alive`] must next run; `None` when keepalive is off.
+    fn keepalive_deadline(&self) -> Option<Instant>;
+
+    /// The keepalive deadline passed: write what keeps the connection alive, or give up on a
+    /// client that did not answer in time.
+    async fn keep_alive(&mut self) -> Result<usize, DisconnectReason>;
+
+    /// Waits for what the client does next: a frame to answer (the reply), a sign of life
+    /// (`None`), or a reason to end (it left, or broke a rule).
+    async fn receive(&mut self) -> Result<Option<Frame>, DisconnectReason>;
+
+    /// Ends the connection for `reason`, after writing `pending` (the items still queued when the
+    /// server shuts down; empty otherwise). Returns the bytes written, as the metrics count them.
+    async fn close(self, pending: Vec<Outgoing>, reason: DisconnectReason) -> usize;
+}
+
+/// Runs one connection until it ends. `expires_at` is its token's expiry, when it has one.
+pub(super) async fn run<L: Link>(
+    mut link: L,
+    attached: Attached,
+    expires_at: Option<SystemTime>,
+    state: SharedState,
+) {
+    let Attached {
+        registration,
+        mut outbox,
+        ..
+    } = attached;
+    let transport = L::TRANSPORT.label();
+    let (user, connection) = (registration.user().clone(), registration.id());
+    state.metrics.connection_opened();
+    tracing::debug!(transport, %user, connection, "connected");
+
+    let expires_at = expires_at.map(|at| Instant::now() + remaining(at));
+    let mut unwritten = 0;
+    let reason = serve(
+        &mut link,
+        &registration,
+        &mut outbox,
+        expires_at,
+        &state,
+        &mut unwritten,
+    )
+    .await;
+
+    tracing::debug!(transport, %user, connection, reason = reason.label(), "disconnected");
+    // Unregister first: after that nothing more can be queued, so draining misses nothing.
+    drop(registration);
+    state.metrics.connection_closed(reason);
+    let mut pending = Vec::new();
+    while let Ok(item) = outbox.try_recv() {
+        pending.push(item);
+    }
+    if reason == DisconnectReason::Shutdown {
+        // Pushes accepted before shutdown still reach the client, ahead of its goodbye.
+        let live: Vec<StdInstant> = live_accepted(&pending).collect();
+        let bytes = link.close(pending, reason).await;
+        state.metrics.record_written(L::TRANSPORT, bytes, live);
+    } else {
+        unwritten += events_in(&pending);
+        state.metrics.events_unwritten(reason, unwritten);
+        let bytes = link.close(Vec::new(), reason).await;
+        state.metrics.bytes_sent(L::TRANSPORT, bytes);
+    }
+}
+
+/// The session loop: returns why the connection must end. Events of a batch whose write failed
+/// are added to `unwritten`.
+async fn serve<L: Link>(
+    link: &mut L,
+    registration: &Registration,
+    outbox: &mut Outbox,
+    expires_at: Option<Instant>,
+    state: &AppState,
+    unwritten: &mut usize,
+) -> DisconnectReason {
+    let metrics = &state.metrics;
+    let inbound = Limit::new(state.settings.client_message_rate);
+    match link.open().await {
+        Ok(bytes) => metrics.bytes_sent(L::TRANSPORT, bytes),
+        Err(reason) => return reason,
+    }
+    let keepalive = sleep_until(link.keepalive_deadline().unwrap_or_else(Instant::now));
+    tokio::pin!(keepalive);
+    // Polled only when there is an expiry; the deadline is then the token's.
+    let expiry = sleep_until(expires_at.unwrap_or_else(Instant::now));
+    tokio::pin!(expiry);
+    let mut batch = Vec::new();
+
+    loop {
+        let keepalive_on = link.keepalive_deadline().is_some();
+        tokio::select! {
+            () = state.lifecycle.closing() => return DisconnectReason::Shutdown,
+            reason = registration.close_requested() => return reason,
+            received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
+                if received == 0 {
+                    // Cannot happen while `registration` holds the sender; end cleanly if it does.
+                    return DisconnectReason::NetworkError;
+                }
+                top_up(outbox, &mut batch).await;
+                match link.write(&batch).await {
+                    Ok(bytes) => metrics.record_written(L::TRANSPORT, bytes, live_accepted(&batch)),
+                    Err(reason) => {
+                        *unwritten += events_in(&batch);
+                        return reason;
+                    }
+                }
+                batch.clear();
+            }
+            () = &mut expiry, if expires_at.is_some() => return DisconnectReason::TokenExpired,
+            () = &mut keepalive, if keepalive_on => {
+                match link.keep_alive().await {
+                    Ok(bytes) => metrics.bytes_sent(L::TRANSPORT, bytes),
+                    Err(reason) => return reason,
+                }
+            }
+            received = link.receive() => {
+                if received.is_ok() && inbound.as_ref().is_some_and(|limit| !limit.check()) {
+                    return DisconnectReason::MessageRate;
+                }
+                match received {
+                    Ok(Some(reply)) => {
+                        metrics.client_message();
+                        if let Err(reason) = registration.queue_reply(reply) {
+                            return reason;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(reason) => return reason,
+                }
+            }
+        }
+        if let Some(deadline) = link.keepalive_deadline()
+            && deadline != keepalive.deadline()
+        {
+            keepalive.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// After `recv_many` returned fewer than a full batch: lets the other ready tasks (pushes being
+/// handled) run once, then takes what they queued, so that under load several events share one
+/// write. When idle this costs one trip through the scheduler.
+async fn top_up(outbox: &mut Outbox, batch: &mut Vec<Outgoing>) {
+    if batch.len() >= WRITE_BATCH {
+        return;
+    }
+    tokio::task::yield_now().await;
+    while batch.len() < WRITE_BATCH {
+        let Ok(item) = outbox.try_recv() else { break };
+        batch.push(item);
+    }
+}
+
+/// When each live event among `items` was accepted (replays and replies are not timed).
+fn live_accepted(items: &[Outgoing]) -> impl Iterator<Item = StdInstant> + '_ {
+    items.iter().filter_map(|item| match item {
+        Outgoing::Live(event) => Some(event.accepted_at),
+        Outgoing::Replay(_) | Outgoing::Reply(_) => None,
+    })
+}
+
+/// How many of these items are events (not replies).
+fn events_in(items: &[Outgoing]) -> usize {
+    items.iter().filter(|item| item.event().is_some()).count()
+}

@@ -1,0 +1,258 @@
+//! The WebSocket side of a session: text frames out, client frames in, pings, close codes.
+//!
+//! Items are sent as text frames (`feed` each, one `flush`), each batch within
+//! `WS_WRITE_TIMEOUT`. Every text frame from the client is answered with an ack (queued behind
+//! the events already queued); binary frames, oversized or invalid ones close the socket with the
+//! matching RFC 6455 code. Keepalive pings follow [`Keepalive`]. Closing sends the close code for
+//! the reason and waits briefly for the client's reply.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::SinkExt;
+use tokio::time::{Instant, timeout};
+
+use super::super::session::Link;
+use super::keepalive::{Due, Keepalive};
+use crate::config::Settings;
+use crate::hub::Outgoing;
+use crate::protocol::{DisconnectReason, Frame, Transport, ack_frame};
+
+/// How long closing may take: queued frames, the close frame and the client's reply.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// An upgraded WebSocket, as a session's [`Link`].
+pub(super) struct WsLink {
+    socket: WebSocket,
+    /// `WS_PING_INTERVAL`/`WS_PING_TIMEOUT`; `None` when pings are off.
+    keepalive: Option<Keepalive>,
+    /// `WS_WRITE_TIMEOUT`.
+    write_timeout: Duration,
+    /// What close frames quote: the limits a client broke.
+    limits: Limits,
+}
+
+/// The settings close frames name.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_message_bytes: usize,
+    client_message_rate: u32,
+}
+
+impl WsLink {
+    /// A link over `socket` with the keepalive and limits of `settings`.
+    pub(super) fn new(socket: WebSocket, settings: &Settings) -> Self {
+        let keepalive = (!settings.ws_ping_interval.is_zero()).then(|| {
+            Keepalive::new(
+                settings.ws_ping_interval,
+                settings.ws_ping_timeout,
+                Instant::now(),
+            )
+        });
+        Self {
+            socket,
+            keepalive,
+            write_timeout: settings.ws_write_timeout,
+            limits: Limits {
+                max_message_bytes: settings.ws_max_message_bytes,
+                client_message_rate: settings.client_message_rate,
+            },
+        }
+    }
+}
+
+impl Link for WsLink {
+    const TRANSPORT: Transport = Transport::WebSocket;
+
+    async fn open(&mut self) -> Result<usize, DisconnectReason> {
+        Ok(0)
+    }
+
+    async fn write(&mut self, items: &[Outgoing]) -> Result<usize, DisconnectReason> {
+        let frames = items.iter().map(|item| Message::Text(item.frame().clone()));
+        write(&mut self.socket, frames, self.write_timeout).await?;
+        Ok(frame_bytes(items))
+    }
+
+    fn keepalive_deadline(&self) -> Option<Instant> {
+        self.keepalive.as_ref().map(Keepalive::deadline)
+    }
+
+    async fn keep_alive(&mut self) -> Result<usize, DisconnectReason> {
+        let Some(keepalive) = self.keepalive.as_mut() else {
+            return Ok(0);
+        };
+        match keepalive.on_deadline(Instant::now()) {
+            Due::Ping => {
+                let ping = std::iter::once(Message::Ping(Default::default()));
+                write(&mut self.socket, ping, self.write_timeout).await?;
+                Ok(0)
+            }
+            Due::TimedOut => Err(DisconnectReason::PingTimeout),
+        }
+    }
+
+    async fn receive(&mut self) -> Result<Option<Frame>, DisconnectReason> {
+        let message = self.socket.recv().await;
+        if let Some(keepalive) = self.keepalive.as_mut() {
+            keepalive.on_client_activity();
+        }
+        match message {
+            Some(Ok(Message::Text(text))) => Ok(Some(ack_frame(&text))),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(None),
+            Some(Ok(Message::Binary(_))) => Err(DisconnectReason::UnsupportedData),
+            Some(Ok(Message::Close(_))) | None => Err(DisconnectReason::ClientClosed),
+            Some(Err(error)) => Err(classify(error)),
+        }
+    }
+
+    async fn close(mut self, pending: Vec<Outgoing>, reason: DisconnectReason) -> usize {
+        let bytes = frame_bytes(&pending);
+        finish(&mut self.socket, pending, close_frame(reason, self.limits)).await;
+        bytes
+    }
+}
+
+/// Closes a connection the per-user limit refused after the upgrade (close code 1008).
+pub(super) async fn refuse(mut socket: WebSocket, why: String) {
+    let frame = CloseFrame {
+        code: close_code::POLICY,
+        reason: why.into(),
+    };
+    finish(&mut socket, Vec::new(), Some(frame)).await;
+}
+
+/// Bytes on the wire of these items as unmasked text frames: payload and frame header.
+fn frame_bytes(items: &[Outgoing]) -> usize {
+    items
+        .iter()
+        .map(|item| {
+            let payload = item.frame().as_str().len();
+            let header = match payload {
+                0..=125 => 2,
+                126..=65_535 => 4,
+                _ => 10,
+            };
+            payload + header
+        })
+        .sum()
+}
+
+/// Writes messages and flushes once, within `limit`; a write that cannot finish in time means the
+/// client is not reading.
+async fn write(
+    socket: &mut WebSocket,
+    messages: impl Iterator<Item = Message>,
+    limit: Duration,
+) -> Result<(), DisconnectReason> {
+    let write_all = async {
+        for message in messages {
+            socket.feed(message).await?;
+        }
+        socket.flush().await
+    };
+    match timeout(limit, write_all).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(classify(error)),
+        Err(_elapsed) => Err(DisconnectReason::SlowConsumer),
+    }
+}
+
+/// Writes what is still pending, closes with `frame` (or completes a close the client began) and
+/// waits briefly for the client's close reply, so the TCP connection ends cleanly.
+async fn finish(socket: &mut WebSocket, pending: Vec<Outgoing>, frame: Option<CloseFrame>) {
+    let close = async {
+        for item in pending {
+            socket.feed(Message::Text(item.frame().clone())).await?;
+        }
+        match frame {
+            Some(frame) => socket.send(Message::Close(Some(frame))).await?,
+            None => socket.close().await?,
+        }
+        while let Some(Ok(message)) = socket.recv().await {
+            if let Message::Close(_) = message {
+                break;
+            }
+        }
+        Ok::<_, axum::Error>(())
+    };
+    let _ = timeout(CLOSE_GRACE, close).await;
+}
+
+/// RFC 6455 close codes this server sends.
+mod close_code {
+    /// The server is going away (shutdown).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The client broke the protocol.
+    pub const PROTOCOL: u16 = 1002;
+    /// The client sent a data type the server does not accept (binary).
+    pub const UNSUPPORTED: u16 = 1003;
+    /// The client sent a text frame that is not UTF-8.
+    pub const INVALID_PAYLOAD: u16 = 1007;
+    /// The connection broke a server policy: keepalive, queue limit, per-user limit.
+    pub const POLICY: u16 = 1008;
+    /// The client sent a frame over the size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// The client's token expired (a private-use code): reconnect with a fresh token, resuming
+    /// from the last event received.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+    /// An operator disconnected the user (a private-use code).
+    pub const DISCONNECTED: u16 = 4003;
+}
+
+/// The close frame for a reason, or `None` where the client already closed or the network is gone.
+fn close_frame(reason: DisconnectReason, limits: Limits) -> Option<CloseFrame> {
+    let (code, text) = match reason {
+        DisconnectReason::ClientClosed | DisconnectReason::NetworkError => return None,
+        DisconnectReason::Shutdown => (close_code::GOING_AWAY, "server shutting down".to_owned()),
+        DisconnectReason::PingTimeout => (close_code::POLICY, "ping timeout".to_owned()),
+        DisconnectReason::SlowConsumer => (close_code::POLICY, "slow consumer".to_owned()),
+        DisconnectReason::Replaced => (
+            close_code::POLICY,
+            "replaced by a newer connection".to_owned(),
+        ),
+        DisconnectReason::MessageTooBig => (
+            close_code::TOO_BIG,
+            format!(
+                "message too big (WS_MAX_MESSAGE_BYTES={})",
+                limits.max_message_bytes
+            ),
+        ),
+        DisconnectReason::InvalidPayload => {
+            (close_code::INVALID_PAYLOAD, "invalid UTF-8".to_owned())
+        }
+        DisconnectReason::ProtocolError => (close_code::PROTOCOL, "protocol error".to_owned()),
+        DisconnectReason::TokenExpired => (close_code::TOKEN_EXPIRED, "token expired".to_owned()),
+        DisconnectReason::Disconnected => (
+            close_code::DISCONNECTED,
+            "disconnected by an administrator".to_owned(),
+        ),
+        DisconnectReason::MessageRate => (
+            close_code::POLICY,
+            format!(
+                "message rate exceeded (CLIENT_MESSAGE_RATE={} per second)",
+                limits.client_message_rate
+            ),
+        ),
+        DisconnectReason::UnsupportedData => (
+            close_code::UNSUPPORTED,
+            "binary frames are not supported".to_owned(),
+        ),
+    };
+    Some(CloseFrame {
+        code,
+        reason: text.into(),
+    })
+}
+
+/// Maps a socket error to the reason the connection ends.
+fn classify(error: axum::Error) -> DisconnectReason {
+    use tungstenite::error::Error;
+    match error.into_inner().downcast::<Error>().map(|boxed| *boxed) {
+        Ok(Error::Capacity(_)) => DisconnectReason::MessageTooBig,
+        Ok(Error::Utf8(_)) => DisconnectReason::InvalidPayload,
+        Ok(Error::ConnectionClosed | Error::AlreadyClosed) => DisconnectReason::ClientClosed,
+        Ok(Error::Io(_)) | Err(_) => DisconnectReason::NetworkError,
+        Ok(_) => DisconnectReason::ProtocolError,
+    }
+}
