@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use reqwest::{Method, Url};
 use serde_json::{Value, json};
 use websocket_sse_server::config::Settings;
-use websocket_sse_server::openapi;
+use websocket_sse_server::{openapi, routes};
 
 use crate::helpers::{TestApp, spawn_app};
 
@@ -245,117 +245,17 @@ fn collect_examples(
     }
 }
 
-/// The routes `server::router` registers, read from its source: (method, path expression), where
-/// a path expression is a literal path or the name of a `Settings` field.
-fn router_routes() -> Vec<(String, String)> {
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/server.rs"))
-        .expect("src/server.rs");
-    let start = source.find("pub fn router(").expect("server::router");
-    let body = &source[start..];
-    let body = &body[..body.find("\n}\n").expect("the end of server::router")];
-    assert!(
-        !body.contains(".nest("),
-        "router uses nest(): teach this test to read it"
-    );
-    let mut routes = Vec::new();
-    for (index, _) in body.match_indices(".route(") {
-        let arguments = balanced(&body[index + ".route(".len()..]);
-        let (path, method_router) = split_top_level_comma(arguments);
-        let path = path.trim();
-        let path = if let Some(literal) = path.strip_prefix('"') {
-            literal.trim_end_matches('"').to_owned()
-        } else {
-            let field = path.rsplit('.').next().unwrap();
-            format!("settings.{field}")
-        };
-        let methods = top_level_calls(method_router);
-        assert!(!methods.is_empty(), "no method in {method_router}");
-        for method in methods {
-            routes.push((method.to_uppercase(), path.clone()));
-        }
-    }
-    routes
-}
-
-/// The text up to the parenthesis closing an opened one.
-fn balanced(text: &str) -> &str {
-    let mut depth = 0;
-    for (index, c) in text.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' if depth == 0 => return &text[..index],
-            ')' => depth -= 1,
-            _ => {}
-        }
-    }
-    panic!("unbalanced: {text}")
-}
-
-fn split_top_level_comma(text: &str) -> (&str, &str) {
-    let mut depth = 0;
-    for (index, c) in text.char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => return (&text[..index], &text[index + 1..]),
-            _ => {}
-        }
-    }
-    panic!("no comma in {text}")
-}
-
-/// The HTTP method functions called at the top level of a method router expression, such as
-/// `get(a).post(b)`.
-fn top_level_calls(text: &str) -> Vec<&str> {
-    const METHODS: [&str; 8] = [
-        "get", "post", "put", "delete", "patch", "head", "options", "trace",
-    ];
-    let mut depth = 0;
-    let mut calls = Vec::new();
-    let mut word_start = None;
-    for (index, c) in text.char_indices() {
-        if c.is_ascii_alphanumeric() || c == '_' {
-            word_start.get_or_insert(index);
-            continue;
-        }
-        if c == '(' {
-            if let Some(start) = word_start
-                && depth == 0
-                && METHODS.contains(&&text[start..index])
-            {
-                calls.push(&text[start..index]);
-            }
-            depth += 1;
-        } else if c == ')' {
-            depth -= 1;
-        }
-        word_start = None;
-    }
-    calls
-}
-
-fn settings_path(settings: &Settings, expression: &str) -> String {
-    match expression.strip_prefix("settings.") {
-        None => expression.to_owned(),
-        Some("ws_path") => settings.ws_path.clone(),
-        Some("sse_path") => settings.sse_path.clone(),
-        Some("sse_batch_path") => settings.sse_batch_path.clone(),
-        Some("sse_stream_path") => settings.sse_stream_path.clone(),
-        Some("console_path") => settings.console_path.clone(),
-        Some(other) => panic!("the router uses settings.{other}: teach this test about it"),
-    }
-}
-
+/// The router is built from `routes::table` and nothing else, so comparing the table with the
+/// document compares what is served with what is documented.
 #[tokio::test]
 async fn the_document_and_the_router_have_the_same_routes() {
-    let routes = router_routes();
-    assert!(routes.len() >= 15, "found only {routes:?}");
     for flags in [&[][..], &CUSTOM_PATHS[..]] {
         let settings = settings(flags);
-        let served: BTreeSet<(String, String)> = routes
-            .iter()
-            .map(|(method, path)| (method.clone(), settings_path(&settings, path)))
+        let served: BTreeSet<(String, String)> = routes::table(&settings)
+            .into_iter()
+            .map(|route| (route.method.to_string(), route.path))
             .collect();
+        assert!(served.len() >= 15, "found only {served:?}");
         let described: BTreeSet<(String, String)> = openapi::operations(&settings)
             .unwrap()
             .into_iter()
