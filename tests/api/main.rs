@@ -17,5 +17,6 @@ mod history;
 mod http_api;
 mod openapi;
 mod prometheus;
+mod settings_table;
 mod sse;
 mod websocket;
