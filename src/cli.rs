@@ -16,7 +16,7 @@ use crate::routes;
     name = "websocket-sse-server",
     version,
     about = "Real-time push gateway: upstream services POST JSON messages for a user_id; every \
-             WebSocket client connected as that user receives them at once, in order.",
+             WebSocket and SSE client connected as that user receives them at once, in order.",
     after_help = "Every option can also be set by the environment variable shown, or in a .env file \
                   in the working directory. Flags beat the environment, which beats .env."
 )]

@@ -150,8 +150,8 @@ pub struct Settings {
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "2", value_parser = parse_seconds)]
     pub redis_timeout: Duration,
 
-    /// Seconds `/ready` answers 503 (while everything else is still served) before the listener
-    /// closes, so load balancers stop sending traffic first.
+    /// Seconds `/ready` answers 503 (pushes are still served; new WebSocket and SSE connections are
+    /// refused) before the listener closes, so load balancers stop sending traffic first.
     #[arg(long, env = "SHUTDOWN_DRAIN", default_value = "0", value_parser = parse_seconds_or_zero)]
     pub shutdown_drain: Duration,
     /// Seconds a graceful shutdown may take in all, drain included; then the process exits anyway.
