@@ -13,8 +13,9 @@ use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use websocket_sse_server::protocol::{
-    DEFAULT_EVENT_TYPE, EVENT_ID_MAX_CHARS, EVENT_TYPE_MAX_CHARS, Issue, Loc, Push, PushMessage,
-    USER_ID_MAX_BYTES, UserId, parse_batch, parse_broadcast, parse_push, parse_push_targets,
+    DEFAULT_EVENT_TYPE, EVENT_ID_MAX_CHARS, EVENT_TYPE_MAX_CHARS, IdOrigin, Issue, Loc, Push,
+    PushMessage, USER_ID_MAX_BYTES, UserId, parse_batch, parse_broadcast, parse_push,
+    parse_push_targets,
 };
 
 /// Most items a batch may hold here (the server's default `MAX_BATCH_SIZE`).
