@@ -40,6 +40,18 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How long a test waits for something that should happen promptly.
 pub const PROMPTLY: Duration = Duration::from_secs(5);
 
+/// Flags for a server whose connections fall behind quickly, for [`TestApp::push_until_refused`]:
+/// a queue of 8 events per connection (more than the history of 4, as `WS_SEND_QUEUE` must be),
+/// and a write blocked for 0.5 s closes the connection as a slow consumer.
+pub const SMALL_QUEUES: [&str; 6] = [
+    "--ws-send-queue",
+    "8",
+    "--ws-write-timeout",
+    "0.5",
+    "--history-size",
+    "4",
+];
+
 /// How long a process may take to exit after it was told to (or after failing at start-up).
 pub const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -351,26 +363,32 @@ impl TestApp {
 
     /// Polls `/metrics` until `check` holds (or panics after [`PROMPTLY`]).
     pub async fn wait_for_metrics(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + PROMPTLY;
-        loop {
-            let (_, metrics) = self.get_json("/metrics").await;
-            if check(&metrics) {
-                return metrics;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}: {metrics}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.poll_json("/metrics", what, |_, body| check(body))
+            .await
     }
 
-    /// Polls `/health` until `check` holds (or panics after [`PROMPTLY`]).
+    /// Polls `/health` (which must answer 200) until `check` holds (or panics after
+    /// [`PROMPTLY`]).
     pub async fn wait_for_health(&self, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        self.poll_json("/health", what, |status, body| {
+            assert_eq!(status, 200, "{body}");
+            check(body)
+        })
+        .await
+    }
+
+    /// GETs `path` every 10 ms until `check` holds for its status and JSON body; panics after
+    /// [`PROMPTLY`].
+    async fn poll_json(
+        &self,
+        path: &str,
+        what: &str,
+        check: impl Fn(u16, &Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + PROMPTLY;
         loop {
-            let body = self.health().await;
-            if check(&body) {
+            let (status, body) = self.get_json(path).await;
+            if check(status, &body) {
                 return body;
             }
             assert!(

@@ -373,7 +373,8 @@ async fn resume_points_pushed_out_by_history_size_resync() {
 
 #[tokio::test]
 async fn events_older_than_history_ttl_are_dropped_and_swept() {
-    let app = spawn_app(&["--history-ttl", "0.5"]).await;
+    const TTL: Duration = Duration::from_millis(200);
+    let app = spawn_app(&["--history-ttl", &TTL.as_secs_f64().to_string()]).await;
     let pushed_at = Instant::now();
     let mut responses = Vec::new();
     for seq in 0..3 {
@@ -391,7 +392,7 @@ async fn events_older_than_history_ttl_are_dropped_and_swept() {
     })
     .await;
     assert!(
-        pushed_at.elapsed() >= Duration::from_millis(500),
+        pushed_at.elapsed() >= TTL,
         "events went after {:?}, before their TTL",
         pushed_at.elapsed()
     );
@@ -438,7 +439,7 @@ async fn events_older_than_history_ttl_are_dropped_and_swept() {
     assert_eq!(next_json(&mut caught_up).await["data"], json!({"seq": 3}));
 
     // An active stream also sheds events past the TTL when pushed to.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
     let newer = app
         .push(json!({"user_id": "aging", "data": {"seq": 4}}))
         .await;

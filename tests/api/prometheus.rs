@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{PROMPTLY, SseReader, TestApp, next_text, spawn_app};
+use crate::helpers::{PROMPTLY, SMALL_QUEUES, SseReader, TestApp, next_text, spawn_app};
 
 const PLAIN: &str = "text/plain; version=0.0.4; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -508,15 +508,7 @@ async fn resumes_and_resyncs_are_counted_and_replays_are_not_timed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_s_events_are_counted_as_dropped() {
-    let app = spawn_app(&[
-        "--ws-send-queue",
-        "8",
-        "--ws-write-timeout",
-        "1",
-        "--history-size",
-        "4",
-    ])
-    .await;
+    let app = spawn_app(&SMALL_QUEUES).await;
     // Connected, then never read from.
     let _slow = app.connect("prom-slow").await;
     app.push_until_refused("prom-slow", async || {}).await;

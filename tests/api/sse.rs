@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, timeout};
 
 use crate::helpers::{
-    Events, Opening, PROMPTLY, SseReader, TestApp, assert_stopped_promptly, next_text, spawn_app,
+    Events, Opening, PROMPTLY, SMALL_QUEUES, SseReader, TestApp, assert_stopped_promptly,
+    next_text, spawn_app,
 };
 
 /// How long a stream must stay quiet to count as having received nothing.
@@ -256,7 +257,8 @@ async fn raw_line_breaks_in_upstream_data_become_data_lines_a_parser_joins_back(
 
 #[tokio::test]
 async fn an_idle_stream_gets_keepalive_comments() {
-    let app = spawn_app(&["--sse-keepalive", "0.2"]).await;
+    const KEEPALIVE: Duration = Duration::from_millis(100);
+    let app = spawn_app(&["--sse-keepalive", &KEEPALIVE.as_secs_f64().to_string()]).await;
     let mut raw = SseReader::open(&app, "user_id=idle", &[]).await;
     raw.opening().await;
     let started = Instant::now();
@@ -265,13 +267,13 @@ async fn an_idle_stream_gets_keepalive_comments() {
     }
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(500) && elapsed < Duration::from_secs(3),
-        "three keepalives every 0.2 s took {elapsed:?}"
+        elapsed >= KEEPALIVE * 5 / 2 && elapsed < Duration::from_secs(3),
+        "three keepalives every {KEEPALIVE:?} took {elapsed:?}"
     );
 
     // Comments dispatch nothing; an event still arrives between them.
     let mut events = raw.events();
-    assert_quiet(&mut events, Duration::from_millis(500)).await;
+    assert_quiet(&mut events, KEEPALIVE * 5 / 2).await;
     push_numbered(&app, "idle", "k", 0..1).await;
     expect_numbered(&mut events, "k", 0..1).await;
 }
@@ -612,15 +614,7 @@ async fn graceful_shutdown_delivers_queued_events_then_ends_the_stream_cleanly()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_is_not_read_is_ended_without_delaying_other_users() {
-    let app = spawn_app(&[
-        "--ws-send-queue",
-        "8",
-        "--ws-write-timeout",
-        "2",
-        "--history-size",
-        "4",
-    ])
-    .await;
+    let app = spawn_app(&SMALL_QUEUES).await;
     // Never read past its headers.
     let _slow = app.sse_stream("user_id=slow", &[]).await;
     let mut healthy = connect_sse(&app, "healthy").await;
@@ -706,9 +700,14 @@ async fn a_cross_origin_stream_request_is_allowed() {
 #[tokio::test]
 async fn a_quiet_stream_outlives_the_http_request_timeout() {
     // The head timeout is for request heads; it must not cut a response that is still streaming.
-    let app = spawn_app(&["--http-request-timeout", "0.5"]).await;
+    const HEAD_TIMEOUT: Duration = Duration::from_millis(200);
+    let app = spawn_app(&[
+        "--http-request-timeout",
+        &HEAD_TIMEOUT.as_secs_f64().to_string(),
+    ])
+    .await;
     let mut client = connect_sse(&app, "patient").await;
-    assert_quiet(&mut client.events, Duration::from_millis(1500)).await;
+    assert_quiet(&mut client.events, HEAD_TIMEOUT * 3).await;
     assert_eq!(app.health().await["sse_connections"], 1);
     push_numbered(&app, "patient", "p", 0..1).await;
     expect_numbered(&mut client.events, "p", 0..1).await;

@@ -12,8 +12,8 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{
-    PROMPTLY, TestApp, Ws, assert_silent, assert_stopped_promptly, close_of, drain_until_end,
-    next_json, send_text, spawn_app,
+    PROMPTLY, SMALL_QUEUES, TestApp, Ws, assert_silent, assert_stopped_promptly, close_of,
+    drain_until_end, next_json, send_text, spawn_app,
 };
 
 /// How long a socket must stay quiet to count as having received nothing.
@@ -268,16 +268,24 @@ async fn raw_handshake(app: &TestApp, user: &str) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_is_closed_after_ping_timeout_while_an_answering_client_stays() {
-    const INTERVAL: f64 = 0.2;
-    const PING_TIMEOUT: f64 = 0.3;
-    let app = spawn_app(&["--ws-ping-interval", "0.2", "--ws-ping-timeout", "0.3"]).await;
+    const INTERVAL: f64 = 0.1;
+    const PING_TIMEOUT: f64 = 0.15;
+    /// How long the answering client counts pings: 7.5 intervals, past the silent one's close.
+    const WATCH: Duration = Duration::from_millis(750);
+    let app = spawn_app(&[
+        "--ws-ping-interval",
+        &INTERVAL.to_string(),
+        "--ws-ping-timeout",
+        &PING_TIMEOUT.to_string(),
+    ])
+    .await;
 
     // A well-behaved client: tungstenite answers pings whenever the stream is polled.
     let mut good = app.connect("good").await;
     app.wait_for_connections(1).await;
     let good_client = tokio::spawn(async move {
         let mut pings = 0;
-        let deadline = Instant::now() + Duration::from_millis(1500);
+        let deadline = Instant::now() + WATCH;
         loop {
             match timeout_at(deadline, good.next()).await {
                 Err(_elapsed) => break,
@@ -324,7 +332,7 @@ async fn silent_client_is_closed_after_ping_timeout_while_an_answering_client_st
     let (mut good, pings) = good_client.await.expect("good client task");
     assert!(
         pings >= 3,
-        "only {pings} pings in 1.5 s at a 0.2 s interval"
+        "only {pings} pings in {WATCH:?} at a {INTERVAL} s interval"
     );
     let response = app
         .push(json!({"user_id": "good", "data": {"still": "here"}}))
@@ -350,15 +358,7 @@ async fn check_healthy(app: &TestApp, healthy: &mut Ws, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_without_delaying_other_users() {
-    let app = spawn_app(&[
-        "--ws-send-queue",
-        "8",
-        "--ws-write-timeout",
-        "2",
-        "--history-size",
-        "4",
-    ])
-    .await;
+    let app = spawn_app(&SMALL_QUEUES).await;
     let mut slow = app.connect("slow").await;
     let mut healthy = app.connect("healthy").await;
     app.wait_for_connections(2).await;
@@ -468,7 +468,8 @@ async fn graceful_shutdown_flushes_queued_events_then_closes_with_1001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_the_drain_ready_fails_and_handshakes_are_refused_but_pushes_flow() {
-    let app = spawn_app(&["--shutdown-drain", "2", "--shutdown-timeout", "5"]).await;
+    // The drain is long enough for the checks made during it (milliseconds on loopback).
+    let app = spawn_app(&["--shutdown-drain", "0.5", "--shutdown-timeout", "5"]).await;
     assert_eq!(
         app.get_json("/ready").await,
         (200, json!({"status": "ready"}))
@@ -936,7 +937,8 @@ async fn client_ping_is_answered_with_a_pong() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_http_client_does_not_cost_websocket_clients_their_close_frame() {
-    let app = spawn_app(&["--shutdown-timeout", "2"]).await;
+    // The stalled request holds the shutdown until this timeout.
+    let app = spawn_app(&["--shutdown-timeout", "0.5"]).await;
     let mut ws = app.connect("survivor").await;
     app.wait_for_connections(1).await;
     // A push whose body never finishes (the request timeout is the default 30 s).

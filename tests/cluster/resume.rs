@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -143,7 +144,7 @@ async fn hopping_between_nodes_while_pushes_race_loses_nothing_and_repeats_nothi
                     let position = response["position"].as_u64().expect("a position");
                     acks.push((position, seq, id_of(&response)));
                     // Leave the client time to hop while pushes are still coming.
-                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             })
         })
@@ -202,7 +203,10 @@ async fn hopping_between_nodes_while_pushes_race_loses_nothing_and_repeats_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_in_redis_keeps_its_size_and_age_bounds() {
     const USER: &str = "bounded";
-    let flags = ["--history-size", "3", "--history-ttl", "1"];
+    // Time enough for the pushes and resumes below, which rely on nothing having expired yet.
+    const TTL: Duration = Duration::from_millis(500);
+    let ttl = TTL.as_secs_f64().to_string();
+    let flags = ["--history-size", "3", "--history-ttl", &ttl];
     let Some(cluster) = shared_cluster("history_bounds", 2, &flags).await else {
         return;
     };
@@ -245,7 +249,7 @@ async fn the_history_in_redis_keeps_its_size_and_age_bounds() {
     assert_eq!(position_of(&retried), 5);
 
     // After HISTORY_TTL nothing is replayable, and nothing is a duplicate any more.
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
     let mut client = Client::ws_resume(a, USER, &format!("{}:5", epoch_of(&retried))).await;
     let notice = client.next().await;
     assert_eq!(notice["data"]["reason"], "expired", "{notice}");

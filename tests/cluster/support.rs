@@ -15,11 +15,14 @@ use crate::helpers::{
 };
 use crate::redis::{delete_prefix_blocking, unique_prefix};
 
-/// The presence lease the tests run nodes with, in seconds (heartbeat every lease/3).
-pub const LEASE: f64 = 1.5;
+/// The presence lease the tests run nodes with, in seconds (heartbeat every lease/3, when the
+/// cluster-wide counts are refreshed: what most waits here wait for). A node is reaped when it
+/// misses its heartbeats for the rest of the lease (0.5 s), which a busy test machine must not
+/// make it do.
+pub const LEASE: f64 = 0.75;
 
 /// [`LEASE`] as a flag value.
-pub const LEASE_FLAG: &str = "1.5";
+pub const LEASE_FLAG: &str = "0.75";
 
 /// How long cluster-wide counts may take to agree with reality: a few heartbeats.
 pub const PRESENCE_DEADLINE: Duration = Duration::from_secs(8);
