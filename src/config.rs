@@ -368,6 +368,13 @@ impl CorsOrigins {
 }
 
 impl Settings {
+    /// The command line that parses these settings from flags alone: no argument is bound to an
+    /// environment variable (the derive's `env = …` bindings are reset).
+    pub fn flags_only_command() -> clap::Command {
+        Self::augment_args(clap::Command::new("websocket-sse-server"))
+            .mut_args(|arg| arg.env(None::<&'static str>))
+    }
+
     /// Parses settings from an argument list alone (program name first): the environment is not
     /// read, so the result depends on `args` and the defaults only. Tests build servers with it.
     pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
@@ -375,9 +382,7 @@ impl Settings {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let command = Self::augment_args(clap::Command::new("websocket-sse-server"))
-            .mut_args(|arg| arg.env(None));
-        let matches = command.try_get_matches_from(args)?;
+        let matches = Self::flags_only_command().try_get_matches_from(args)?;
         <Self as clap::FromArgMatches>::from_arg_matches(&matches)
     }
 

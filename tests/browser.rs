@@ -12,7 +12,8 @@
 //! how it is served (those need no browser).
 //!
 //! Needs `node`, `/usr/bin/chromium` (or `CHROMIUM_PATH`) and `npm ci --prefix tests/browser`.
-//! Without them the browser tests say what is missing and pass, unless `CI=true`, where they fail.
+//! Without them the browser tests say what is missing and pass, except under CI (`CI` set to
+//! `true` or `1`: `common/ci.rs`), where they fail.
 
 #![allow(
     clippy::unwrap_used,
@@ -30,11 +31,13 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
-use websocket_sse_server::config::Settings;
-use websocket_sse_server::server::Application;
 
+#[path = "common/ci.rs"]
+mod ci;
 #[path = "browser/console.rs"]
 mod console;
+#[path = "api/helpers.rs"]
+mod helpers;
 
 /// The user whose stream the browser reads.
 const USER: &str = "browser-e2e";
@@ -227,7 +230,7 @@ async fn browser_eventsource_receives_pushes_and_resumes_without_gap_after_being
     );
 }
 
-/// Whether the browser, `node` and `playwright-core` are there. If not: fails under `CI=true`,
+/// Whether the browser, `node` and `playwright-core` are there. If not: fails under CI,
 /// otherwise says what is missing (past the test harness's output capture) and returns `None`.
 fn browser_tools() -> Option<PathBuf> {
     let chromium = std::env::var_os("CHROMIUM_PATH")
@@ -263,10 +266,7 @@ fn browser_tools() -> Option<PathBuf> {
         return Some(chromium);
     }
     let message = format!("missing {}; {INSTALL_HINT}", missing.join(", "));
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "browser test cannot run (CI=true): {message}"
-    );
+    assert!(!ci::is_ci(), "browser test cannot run under CI: {message}");
     let _ = writeln!(std::io::stderr(), "skipped: browser test: {message}");
     None
 }
@@ -288,17 +288,10 @@ async fn start_server() -> String {
     .await
 }
 
-/// Starts the server on an ephemeral loopback port with these flags; returns its base URL.
+/// Starts the server on an ephemeral loopback port with these flags (and nothing from the
+/// environment); returns its base URL.
 async fn start_server_with(flags: &[&str]) -> String {
-    let base = ["websocket-sse-server", "--host", "127.0.0.1", "--port", "0"];
-    let settings = Settings::try_parse_from(base.iter().chain(flags)).expect("test flags parse");
-    settings
-        .check_consistency()
-        .expect("test flags are consistent");
-    let app = Application::build(settings).await.expect("server binds");
-    let addr = app.local_addr().expect("bound address");
-    tokio::spawn(app.run_until_stopped());
-    format!("http://{addr}")
+    helpers::spawn_app(flags).await.url("")
 }
 
 /// Serves `tests/browser/eventsource.html` from another loopback port (another origin); returns

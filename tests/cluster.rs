@@ -2,7 +2,8 @@
 //! clients. Each test runs its own nodes under its own Redis key prefix, so tests run in
 //! parallel against one Redis: `TEST_REDIS_URL`, else a Redis on 127.0.0.1:6379, else a
 //! throwaway `redis-server` (see `cluster/redis.rs`). Without any of them the tests print
-//! `SKIPPED` and pass, except under `CI=true`, where they fail.
+//! `SKIPPED` and pass, except under CI (`CI` set to `true` or `1`: `common/ci.rs`), where they
+//! fail.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,6 +11,8 @@
     reason = "tests: a failed expectation is a failed test"
 )]
 
+#[path = "common/ci.rs"]
+mod ci;
 #[path = "api/helpers.rs"]
 mod helpers;
 

@@ -6,50 +6,16 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::helpers::{PROMPTLY, TestApp, close_of, next_json, spawn_app};
+use crate::helpers::{SseReader, close_of, next_json, spawn_app};
 
 const KEY: &str = "admin-test-key-0123456789";
-
-async fn sse_lines(app: &TestApp, user: &str) -> reqwest::Response {
-    let response = app
-        .http
-        .get(app.url(&format!("/sse/stream?user_id={user}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response
-}
-
-/// Reads an SSE body until `needle` appears (or fails after [`PROMPTLY`]).
-async fn read_until(response: &mut reqwest::Response, needle: &str) -> String {
-    let mut text = String::new();
-    tokio::time::timeout(PROMPTLY, async {
-        while !text.contains(needle) {
-            match response.chunk().await.unwrap() {
-                Some(chunk) => text.push_str(&String::from_utf8_lossy(&chunk)),
-                None => break,
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{needle:?} within the deadline; got {text:?}"));
-    assert!(text.contains(needle), "{needle:?} not in {text:?}");
-    text
-}
-
-async fn delete(app: &TestApp, path: &str) -> (u16, Value) {
-    let response = app.http.delete(app.url(path)).send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
-}
 
 #[tokio::test]
 async fn the_admin_api_lists_a_users_connections_and_disconnects_them() {
     let app = spawn_app(&[]).await;
     let mut first = app.connect("ann").await;
     let mut second = app.connect("ann").await;
-    let mut stream = sse_lines(&app, "ann").await;
+    let mut stream = SseReader::open(&app, "user_id=ann", &[]).await;
     let _bystander = app.connect("bob").await;
 
     let (status, report) = app.get_json("/admin/users/ann").await;
@@ -76,8 +42,7 @@ async fn the_admin_api_lists_a_users_connections_and_disconnects_them() {
         .collect();
     assert!(since.is_sorted(), "oldest first: {since:?}");
 
-    let (status, answer) = delete(&app, "/admin/users/ann/connections").await;
-    assert_eq!(status, 200, "{answer}");
+    let answer = app.disconnect_user("ann").await;
     assert_eq!(answer, json!({"user_id": "ann", "disconnected": 3}));
     for ws in [&mut first, &mut second] {
         assert_eq!(
@@ -85,11 +50,9 @@ async fn the_admin_api_lists_a_users_connections_and_disconnects_them() {
             Some((4003, "disconnected by an administrator".to_owned()))
         );
     }
-    read_until(
-        &mut stream,
-        "event: close\ndata: {\"event_type\":\"close\",\"reason\":\"disconnected\"}",
-    )
-    .await;
+    stream
+        .until("event: close\ndata: {\"event_type\":\"close\",\"reason\":\"disconnected\"}")
+        .await;
     let metrics = app
         .wait_for_metrics("the closes counted", |m| {
             m["connections_closed_total"]["disconnected"] == 3
@@ -101,7 +64,7 @@ async fn the_admin_api_lists_a_users_connections_and_disconnects_them() {
     assert_eq!(report["online"], false);
     assert_eq!(report["connection_count"], 0);
     assert_eq!(report["connections"], json!([]));
-    let (_, answer) = delete(&app, "/admin/users/nobody/connections").await;
+    let (_, answer) = app.delete_json("/admin/users/nobody/connections").await;
     assert_eq!(answer["disconnected"], 0);
 }
 
@@ -110,7 +73,7 @@ async fn admin_routes_need_a_publisher_key_and_a_valid_user_id() {
     let app = spawn_app(&["--push-api-keys", KEY]).await;
     let (status, body) = app.get_json("/admin/users/ann").await;
     assert_eq!(status, 401, "{body}");
-    let (status, _) = delete(&app, "/admin/users/ann/connections").await;
+    let (status, _) = app.delete_json("/admin/users/ann/connections").await;
     assert_eq!(status, 401);
     let response = app
         .http
@@ -244,23 +207,16 @@ async fn bad_recipient_lists_are_refused_naming_the_field() {
 #[tokio::test]
 async fn a_broadcast_reaches_every_connected_user() {
     let app = spawn_app(&[]).await;
-    let (status, body) = app
-        .post_json("/sse/broadcast", &json!({"data": {"maintenance": true}}))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = app.broadcast(json!({"data": {"maintenance": true}})).await;
     assert_eq!(body["users"], 0);
     assert_eq!(body["status"], "partial");
 
     let mut ann = app.connect("ann").await;
     let mut bob = app.connect("bob").await;
-    let mut stream = sse_lines(&app, "carl").await;
-    let (status, body) = app
-        .post_json(
-            "/sse/broadcast",
-            &json!({"data": {"maintenance": true}, "event_type": "notice"}),
-        )
+    let mut stream = SseReader::open(&app, "user_id=carl", &[]).await;
+    let body = app
+        .broadcast(json!({"data": {"maintenance": true}, "event_type": "notice"}))
         .await;
-    assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "success");
     assert_eq!(body["users"], 3);
     assert_eq!(body["delivered"], 3);
@@ -271,14 +227,16 @@ async fn a_broadcast_reaches_every_connected_user() {
         assert_eq!(event["event_id"], event_id.as_str());
         assert_eq!(event["event_type"], "notice");
     }
-    read_until(&mut stream, &format!("id: {event_id}\nevent: notice\n")).await;
+    stream
+        .until(&format!("id: {event_id}\nevent: notice\n"))
+        .await;
 
     let (status, body) = app
         .post_json("/sse/broadcast", &json!({"user_id": "ann", "data": {}}))
         .await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["detail"][0]["loc"], json!(["body", "user_id"]));
-    let metrics = app.get_json("/metrics").await.1;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["events_accepted_total"], 3, "{metrics}");
     // Nothing else arrives.
     let quiet = tokio::time::timeout(Duration::from_millis(200), ann.next()).await;

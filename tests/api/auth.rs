@@ -6,24 +6,19 @@
 //! The RS256/ES256 keys in `tests/fixtures/jwt/` were made for these tests with `openssl genpkey`
 //! (RSA 2048 and EC P-256, PKCS#8) and protect nothing.
 
-use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::SinkExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
-use tokio::process::Child;
-use tokio::sync::mpsc::UnboundedReceiver;
-use tokio::time::{Instant, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::http::HeaderMap;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::helpers::{
-    PROMPTLY, TestApp, Ws, assert_silent, close_of, next_json, server_command, spawn_app,
-    start_process,
+    PROMPTLY, SseReader, TestApp, assert_silent, close_of, next_json, server_command, sigterm,
+    spawn_app, start_process,
 };
 
 /// The HS256 secret of the servers that verify tokens with a secret.
@@ -111,254 +106,17 @@ fn unsigned(claims: &Value) -> String {
     format!("{header}.{payload}.")
 }
 
-// --- WebSocket handshakes ---------------------------------------------------------------------
-
-/// A handshake the server answered with an HTTP status instead of 101.
-#[derive(Debug)]
-struct Refused {
-    status: u16,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Refused {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("no {name} header in {self:?}"))
-            .to_str()
-            .expect("visible ASCII header")
-    }
-
-    /// `Retry-After` in whole seconds.
-    fn retry_after(&self) -> u64 {
-        self.header("retry-after")
-            .parse()
-            .unwrap_or_else(|_| panic!("Retry-After is a number of seconds: {self:?}"))
-    }
-}
-
-/// A WebSocket handshake to `/ws?{query}` with extra (lowercase) headers: the upgraded socket, or
-/// the refusal. Anything else (no answer, a broken connection) fails the test.
-async fn handshake(
-    app: &TestApp,
-    query: &str,
-    headers: &[(&'static str, &str)],
-) -> Result<Ws, Refused> {
-    let mut request = app
-        .ws_url(query)
-        .into_client_request()
-        .expect("a valid request");
-    for (name, value) in headers {
-        let value = HeaderValue::from_str(value).expect("a valid header value");
-        request.headers_mut().insert(*name, value);
-    }
-    let answer = timeout(PROMPTLY, tokio_tungstenite::connect_async(request))
-        .await
-        .expect("the handshake is answered promptly");
-    match answer {
-        Ok((ws, response)) => {
-            assert_eq!(response.status(), 101, "{query}");
-            Ok(ws)
-        }
-        Err(WsError::Http(response)) => Err(Refused {
-            status: response.status().as_u16(),
-            headers: response.headers().clone(),
-            body: String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
-                .into_owned(),
-        }),
-        Err(other) => panic!("handshake /ws?{query}: expected 101 or an HTTP refusal, got {other}"),
-    }
-}
-
-/// A handshake that must be upgraded.
-async fn upgraded(app: &TestApp, query: &str, headers: &[(&'static str, &str)]) -> Ws {
-    handshake(app, query, headers)
-        .await
-        .unwrap_or_else(|refused| panic!("/ws?{query} was refused: {refused:?}"))
-}
-
-/// A handshake that must be refused before the upgrade.
-async fn refused(app: &TestApp, query: &str, headers: &[(&'static str, &str)]) -> Refused {
-    match handshake(app, query, headers).await {
-        Ok(_) => panic!("/ws?{query} with {headers:?} was upgraded (101); it must be refused"),
-        Err(refused) => refused,
-    }
-}
-
 // --- SSE --------------------------------------------------------------------------------------
 
-/// `GET /sse/stream?{query}` with extra headers; the response once its headers arrived.
-async fn sse_get(app: &TestApp, query: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut request = app.http.get(app.url(&format!("/sse/stream?{query}")));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    timeout(PROMPTLY, request.send())
-        .await
-        .expect("response headers within the deadline")
-        .expect("request")
-}
-
-/// An accepted event stream, read as raw text.
-struct Sse {
-    response: reqwest::Response,
-    /// Received but not yet returned.
-    pending: Vec<u8>,
-}
-
-impl Sse {
-    /// Opens a stream that must be accepted (200, `text/event-stream`) and reads its opening block.
-    async fn open(app: &TestApp, query: &str, headers: &[(&str, &str)]) -> Self {
-        let response = sse_get(app, query, headers).await;
-        assert_eq!(response.status(), 200, "/sse/stream?{query}");
-        assert_eq!(response.headers()["content-type"], "text/event-stream");
-        let mut sse = Self {
-            response,
-            pending: Vec::new(),
-        };
-        let opening = sse.until("\n\n").await;
-        assert!(opening.starts_with("retry: "), "{opening:?}");
-        sse
-    }
-
-    /// Reads until `needle` has arrived; returns everything up to and including it.
-    async fn until(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + PROMPTLY;
-        loop {
-            if let Some(at) = find(&self.pending, needle) {
-                let rest = self.pending.split_off(at + needle.len());
-                let text = std::mem::replace(&mut self.pending, rest);
-                return String::from_utf8(text).expect("the stream is UTF-8");
-            }
-            let chunk = timeout_at(deadline, self.response.chunk())
-                .await
-                .unwrap_or_else(|_| panic!("{needle:?} did not arrive; got {:?}", self.lossy()));
-            match chunk {
-                Ok(Some(chunk)) => self.pending.extend_from_slice(&chunk),
-                Ok(None) => panic!("the stream ended before {needle:?}; got {:?}", self.lossy()),
-                Err(error) => panic!("the stream failed before {needle:?}: {error}"),
-            }
-        }
-    }
-
-    /// The next event (a block with `data:`), skipping comments: its `id:` and its data as JSON.
-    async fn next_event(&mut self) -> (Option<String>, Value) {
-        loop {
-            let block = self.until("\n\n").await;
-            let field = |name: &str| {
-                block
-                    .lines()
-                    .find_map(|line| line.strip_prefix(name))
-                    .map(str::to_owned)
-            };
-            if let Some(data) = field("data: ") {
-                let json = serde_json::from_str(&data)
-                    .unwrap_or_else(|error| panic!("data is not JSON ({error}): {block:?}"));
-                return (field("id: "), json);
-            }
-        }
-    }
-
-    /// Reads until the server ends the stream (cleanly); returns what came before the end.
-    async fn read_to_end(&mut self) -> String {
-        let deadline = Instant::now() + PROMPTLY;
-        loop {
-            let chunk = timeout_at(deadline, self.response.chunk())
-                .await
-                .unwrap_or_else(|_| panic!("the stream did not end; got {:?}", self.lossy()));
-            match chunk {
-                Ok(Some(chunk)) => self.pending.extend_from_slice(&chunk),
-                Ok(None) => {
-                    let text = std::mem::take(&mut self.pending);
-                    return String::from_utf8(text).expect("the stream is UTF-8");
-                }
-                Err(error) => panic!("the stream ended with an error: {error}"),
-            }
-        }
-    }
-
-    /// Fails the test if anything but a keepalive comment arrives within `within`.
-    async fn assert_quiet(&mut self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while let Ok(chunk) = timeout_at(deadline, self.response.chunk()).await {
-            let chunk = chunk.expect("the stream is still open").expect("not ended");
-            self.pending.extend_from_slice(&chunk);
-        }
-        let text = self.lossy().replace(": keepalive\n\n", "");
-        assert!(text.is_empty(), "expected nothing, got {text:?}");
-    }
-
-    fn lossy(&self) -> String {
-        String::from_utf8_lossy(&self.pending).into_owned()
-    }
-}
-
-fn find(haystack: &[u8], needle: &str) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle.as_bytes())
+/// Opens a stream that must be accepted (200, `text/event-stream`) and reads its opening block.
+async fn open_sse(app: &TestApp, query: &str, headers: &[(&str, &str)]) -> SseReader {
+    let mut sse = SseReader::open(app, query, headers).await;
+    let opening = sse.until("\n\n").await;
+    assert!(opening.starts_with("retry: "), "{opening:?}");
+    sse
 }
 
 // --- HTTP -------------------------------------------------------------------------------------
-
-/// POSTs `body` to `path` with extra headers; returns the response.
-async fn post(
-    app: &TestApp,
-    path: &str,
-    body: &Value,
-    headers: &[(&str, &str)],
-) -> reqwest::Response {
-    let mut request = app.http.post(app.url(path)).json(body);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    timeout(PROMPTLY, request.send())
-        .await
-        .expect("answered promptly")
-        .expect("request")
-}
-
-/// Pushes one message with extra headers and asserts 200; returns the response body.
-async fn push_ok(app: &TestApp, body: Value, headers: &[(&str, &str)]) -> Value {
-    let response = post(app, "/sse/push", &body, headers).await;
-    let status = response.status();
-    let answer: Value = response.json().await.expect("JSON body");
-    assert_eq!(status, 200, "push {body} answered {answer}");
-    answer
-}
-
-/// Pushes `{"id": id}` to `user` with upstream event id `id` (no API key).
-async fn push_to(app: &TestApp, user: &str, id: &str) -> Value {
-    push_ok(
-        app,
-        json!({"user_id": user, "event_id": id, "data": {"id": id}}),
-        &[],
-    )
-    .await
-}
-
-/// GETs `path` with extra headers; returns status, headers and body text.
-async fn get(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> (u16, HeaderMap, String) {
-    let mut request = app.http.get(app.url(path));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = timeout(PROMPTLY, request.send())
-        .await
-        .expect("answered promptly")
-        .expect("request");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    (status, headers, response.text().await.expect("body"))
-}
-
-/// The `/metrics` JSON (the server's metrics must be public).
-async fn metrics(app: &TestApp) -> Value {
-    let (status, body) = app.get_json("/metrics").await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
 
 /// Asserts a 401 for a credential that was presented but refused, or for none at all.
 fn assert_unauthorized(status: u16, headers: &HeaderMap, invalid_token: bool, what: &str) {
@@ -383,26 +141,32 @@ async fn a_token_for_alice_never_receives_bobs_events_over_websocket() {
     let app = spawn_app(&["--jwt-secret", SECRET]).await;
     let alice_token = token_for("alice");
 
-    let forbidden = refused(&app, &format!("token={alice_token}&user_id=bob"), &[]).await;
+    let forbidden = app
+        .refused(&format!("token={alice_token}&user_id=bob"), &[])
+        .await;
     assert_eq!(forbidden.status, 403, "{forbidden:?}");
     assert!(forbidden.body.contains("sub"), "{forbidden:?}");
-    let forbidden = refused(
-        &app,
-        "user_id=bob",
-        &[("authorization", &format!("Bearer {alice_token}"))],
-    )
-    .await;
+    let forbidden = app
+        .refused(
+            "user_id=bob",
+            &[("authorization", &format!("Bearer {alice_token}"))],
+        )
+        .await;
     assert_eq!(forbidden.status, 403, "{forbidden:?}");
 
-    let mut alice = upgraded(&app, &format!("token={alice_token}"), &[]).await;
+    let mut alice = app.upgraded(&format!("token={alice_token}"), &[]).await;
     // Naming the token's own user is fine.
-    let mut alice_too = upgraded(&app, &format!("token={alice_token}&user_id=alice"), &[]).await;
+    let mut alice_too = app
+        .upgraded(&format!("token={alice_token}&user_id=alice"), &[])
+        .await;
     // Bob is connected too, so the push to him is really delivered somewhere.
-    let mut bob = upgraded(&app, &format!("token={}", token_for("bob")), &[]).await;
+    let mut bob = app
+        .upgraded(&format!("token={}", token_for("bob")), &[])
+        .await;
 
-    let to_bob = push_to(&app, "bob", "for-bob").await;
+    let to_bob = app.push_id("bob", "for-bob").await;
     assert_eq!(to_bob["delivered"], 1, "only bob's connection: {to_bob}");
-    push_to(&app, "alice", "for-alice").await;
+    app.push_id("alice", "for-alice").await;
     // Per-connection order is kept, so had bob's event reached alice it would come first.
     for ws in [&mut alice, &mut alice_too] {
         let frame = next_json(ws).await;
@@ -411,7 +175,7 @@ async fn a_token_for_alice_never_receives_bobs_events_over_websocket() {
         assert_silent(ws, QUIET).await;
     }
     assert_eq!(next_json(&mut bob).await["event_id"], "for-bob");
-    let metrics = metrics(&app).await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["connections_refused_total"]["forbidden"], 2,
         "{metrics}"
@@ -423,12 +187,14 @@ async fn a_token_for_alice_never_receives_bobs_events_over_sse() {
     let app = spawn_app(&["--jwt-secret", SECRET]).await;
     let alice_token = token_for("alice");
 
-    let response = sse_get(&app, &format!("token={alice_token}&user_id=bob"), &[]).await;
+    let response = app
+        .sse_stream(&format!("token={alice_token}&user_id=bob"), &[])
+        .await;
     assert_eq!(response.status(), 403, "a final refusal, not a stream");
-    let mut alice = Sse::open(&app, &format!("token={alice_token}"), &[]).await;
+    let mut alice = open_sse(&app, &format!("token={alice_token}"), &[]).await;
 
-    push_to(&app, "bob", "for-bob").await;
-    push_to(&app, "alice", "for-alice").await;
+    app.push_id("bob", "for-bob").await;
+    app.push_id("alice", "for-alice").await;
     let (id, frame) = alice.next_event().await;
     assert_eq!(id.as_deref(), Some("for-alice"), "{frame}");
     assert_eq!(frame["user_id"], "alice", "{frame}");
@@ -518,16 +284,16 @@ async fn every_bad_token_is_refused_with_401_before_the_upgrade() {
     ];
     let mut refusals = 0;
     for (case, token) in &bad_tokens {
-        let by_query = refused(&app, &format!("token={token}"), &[]).await;
+        let by_query = app.refused(&format!("token={token}"), &[]).await;
         let bearer = format!("Bearer {token}");
-        let by_header = refused(&app, "", &[("authorization", &bearer)]).await;
+        let by_header = app.refused("", &[("authorization", &bearer)]).await;
         for (way, refusal) in [("?token=", by_query), ("Authorization", by_header)] {
             let what = format!("{case} via {way}: {refusal:?}");
             assert_unauthorized(refusal.status, &refusal.headers, true, &what);
             assert!(!refusal.body.contains(token.as_str()), "{what}");
             refusals += 1;
         }
-        let response = sse_get(&app, &format!("token={token}"), &[]).await;
+        let response = app.sse_stream(&format!("token={token}"), &[]).await;
         let (status, headers) = (response.status().as_u16(), response.headers().clone());
         assert_unauthorized(status, &headers, true, &format!("{case} over SSE"));
         refusals += 1;
@@ -540,17 +306,17 @@ async fn every_bad_token_is_refused_with_401_before_the_upgrade() {
         ("user_id=alice", vec![]),
         ("", vec![("authorization", "Basic YWxpY2U6c2VjcmV0")]),
     ] {
-        let refusal = refused(&app, query, &headers).await;
+        let refusal = app.refused(query, &headers).await;
         let what = format!("no token ({query:?}, {headers:?}): {refusal:?}");
         assert_unauthorized(refusal.status, &refusal.headers, false, &what);
         refusals += 1;
     }
-    let response = sse_get(&app, "user_id=alice", &[]).await;
+    let response = app.sse_stream("user_id=alice", &[]).await;
     let (status, headers) = (response.status().as_u16(), response.headers().clone());
     assert_unauthorized(status, &headers, false, "no token over SSE");
     refusals += 1;
 
-    let metrics = metrics(&app).await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["connections_refused_total"]["unauthorized"], refusals,
         "{metrics}"
@@ -561,10 +327,12 @@ async fn every_bad_token_is_refused_with_401_before_the_upgrade() {
     );
 
     // The good token is accepted either way.
-    let mut by_query = upgraded(&app, &format!("token={good}"), &[]).await;
-    let mut by_header = upgraded(&app, "", &[("authorization", &format!("Bearer {good}"))]).await;
-    let mut by_sse = Sse::open(&app, "", &[("authorization", &format!("Bearer {good}"))]).await;
-    push_to(&app, "alice", "hello").await;
+    let mut by_query = app.upgraded(&format!("token={good}"), &[]).await;
+    let mut by_header = app
+        .upgraded("", &[("authorization", &format!("Bearer {good}"))])
+        .await;
+    let mut by_sse = open_sse(&app, "", &[("authorization", &format!("Bearer {good}"))]).await;
+    app.push_id("alice", "hello").await;
     assert_eq!(next_json(&mut by_query).await["event_id"], "hello");
     assert_eq!(next_json(&mut by_header).await["event_id"], "hello");
     assert_eq!(by_sse.next_event().await.0.as_deref(), Some("hello"));
@@ -582,11 +350,12 @@ async fn tokens_without_the_configured_audience_or_issuer_are_refused() {
         ("neither", claims_with(json!({"aud": null, "iss": null}))),
     ] {
         let token = hs256(&claims);
-        let websocket = match handshake(&app, &format!("token={token}"), &[]).await {
+        let websocket = match app.handshake(&format!("token={token}"), &[]).await {
             Ok(_) => 101,
             Err(refusal) => refusal.status,
         };
-        let sse = sse_get(&app, &format!("token={token}"), &[])
+        let sse = app
+            .sse_stream(&format!("token={token}"), &[])
             .await
             .status()
             .as_u16();
@@ -605,11 +374,12 @@ async fn tokens_without_the_configured_audience_or_issuer_are_refused() {
 async fn a_token_with_an_absurd_expiry_is_not_a_server_error() {
     let app = spawn_app(&["--jwt-secret", SECRET]).await;
     let token = hs256(&json!({"sub": "far", "exp": u64::MAX}));
-    let websocket = match handshake(&app, &format!("token={token}"), &[]).await {
+    let websocket = match app.handshake(&format!("token={token}"), &[]).await {
         Ok(_) => 101,
         Err(refusal) => refusal.status,
     };
-    let sse = sse_get(&app, &format!("token={token}"), &[])
+    let sse = app
+        .sse_stream(&format!("token={token}"), &[])
         .await
         .status()
         .as_u16();
@@ -634,8 +404,10 @@ async fn check_public_key_server(
     let app = spawn_app(&["--jwt-public-key-file", &fixture(public_file)]).await;
     let claims = json!({"sub": "carol", "exp": in_seconds(300)});
 
-    let mut ws = upgraded(&app, &format!("token={}", sign_good(&claims)), &[]).await;
-    push_to(&app, "carol", "signed").await;
+    let mut ws = app
+        .upgraded(&format!("token={}", sign_good(&claims)), &[])
+        .await;
+    app.push_id("carol", "signed").await;
     assert_eq!(next_json(&mut ws).await["event_id"], "signed");
 
     for (case, token) in [
@@ -648,7 +420,7 @@ async fn check_public_key_server(
         ("HS256 with some secret", hs256(&claims)),
         ("alg none", unsigned(&claims)),
     ] {
-        let refusal = refused(&app, &format!("token={token}"), &[]).await;
+        let refusal = app.refused(&format!("token={token}"), &[]).await;
         let what = format!("{public_file}, {case}: {refusal:?}");
         assert_unauthorized(refusal.status, &refusal.headers, true, &what);
     }
@@ -713,9 +485,9 @@ fn assert_ended_at_expiry(connected: Instant, expires: SystemTime) {
 async fn an_expiring_token_closes_the_websocket_with_4001_and_resuming_loses_nothing() {
     let app = spawn_app(&["--jwt-secret", SECRET]).await;
     let (token, expires) = short_lived_token("dave");
-    let mut ws = upgraded(&app, &format!("token={token}"), &[]).await;
+    let mut ws = app.upgraded(&format!("token={token}"), &[]).await;
     let connected = Instant::now();
-    push_to(&app, "dave", "before").await;
+    app.push_id("dave", "before").await;
     assert_eq!(next_json(&mut ws).await["event_id"], "before");
 
     let close = close_of(&mut ws).await;
@@ -726,14 +498,16 @@ async fn an_expiring_token_closes_the_websocket_with_4001_and_resuming_loses_not
     })
     .await;
 
-    let between = push_to(&app, "dave", "between").await;
+    let between = app.push_id("dave", "between").await;
     assert_eq!(between["delivered"], 0, "{between}");
     assert_eq!(between["stored"], true, "{between}");
     let fresh = token_for("dave");
-    let mut ws = upgraded(&app, &format!("token={fresh}&last_event_id=before"), &[]).await;
+    let mut ws = app
+        .upgraded(&format!("token={fresh}&last_event_id=before"), &[])
+        .await;
     let replayed = next_json(&mut ws).await;
     assert_eq!(replayed["event_id"], "between", "{replayed}");
-    push_to(&app, "dave", "after").await;
+    app.push_id("dave", "after").await;
     assert_eq!(next_json(&mut ws).await["event_id"], "after");
     assert_silent(&mut ws, QUIET).await;
 }
@@ -742,9 +516,9 @@ async fn an_expiring_token_closes_the_websocket_with_4001_and_resuming_loses_not
 async fn an_expiring_token_ends_the_sse_stream_with_a_close_event_and_resuming_loses_nothing() {
     let app = spawn_app(&["--jwt-secret", SECRET]).await;
     let (token, expires) = short_lived_token("erin");
-    let mut sse = Sse::open(&app, &format!("token={token}"), &[]).await;
+    let mut sse = open_sse(&app, &format!("token={token}"), &[]).await;
     let connected = Instant::now();
-    push_to(&app, "erin", "before").await;
+    app.push_id("erin", "before").await;
     assert_eq!(sse.next_event().await.0.as_deref(), Some("before"));
 
     let rest = sse.read_to_end().await;
@@ -771,16 +545,16 @@ async fn an_expiring_token_ends_the_sse_stream_with_a_close_event_and_resuming_l
     })
     .await;
 
-    push_to(&app, "erin", "between").await;
+    app.push_id("erin", "between").await;
     let fresh = token_for("erin");
-    let mut sse = Sse::open(
+    let mut sse = open_sse(
         &app,
         &format!("token={fresh}"),
         &[("last-event-id", "before")],
     )
     .await;
     assert_eq!(sse.next_event().await.0.as_deref(), Some("between"));
-    push_to(&app, "erin", "after").await;
+    app.push_id("erin", "after").await;
     assert_eq!(sse.next_event().await.0.as_deref(), Some("after"));
 }
 
@@ -806,14 +580,9 @@ async fn pushes_need_one_of_the_api_keys_and_either_header_works() {
             // A prefix of a real key is not the key.
             (vec![("x-api-key", &KEY_1[..KEY_1.len() - 1])], true),
         ] {
-            let response = post(&app, path, body, &headers).await;
+            let reply = app.post_with(path, body, &headers).await;
             let what = format!("{path} with {headers:?}");
-            assert_unauthorized(
-                response.status().as_u16(),
-                response.headers(),
-                invalid_token,
-                &what,
-            );
+            assert_unauthorized(reply.status, &reply.headers, invalid_token, &what);
             rejected += 1;
         }
     }
@@ -826,19 +595,21 @@ async fn pushes_need_one_of_the_api_keys_and_either_header_works() {
         [("x-api-key", KEY_1)],
         [("authorization", &format!("Bearer {KEY_2}"))],
     ] {
-        let answer = push_ok(&app, one.clone(), &headers).await;
+        let answer = app.push_with(one.clone(), &headers).await;
         assert_eq!(answer["delivered"], 1, "{answer}");
         assert_eq!(next_json(&mut ws).await["data"], json!({"n": 1}));
     }
-    let response = post(&app, "/sse/push/batch", &batch, &[("x-api-key", KEY_2)]).await;
-    assert_eq!(response.status(), 200);
+    let reply = app
+        .post_with("/sse/push/batch", &batch, &[("x-api-key", KEY_2)])
+        .await;
+    assert_eq!(reply.status, 200);
     assert_eq!(next_json(&mut ws).await["data"], json!({"n": 2}));
 
     for path in ["/health", "/ready", "/metrics"] {
-        let (status, _, body) = get(&app, path, &[]).await;
-        assert_eq!(status, 200, "{path} stays open: {body}");
+        let reply = app.get(path, &[]).await;
+        assert_eq!(reply.status, 200, "{path} stays open: {}", reply.text);
     }
-    let metrics = metrics(&app).await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["push_requests_rejected_total"]["unauthorized"], rejected,
         "{metrics}"
@@ -849,22 +620,32 @@ async fn pushes_need_one_of_the_api_keys_and_either_header_works() {
 #[tokio::test]
 async fn private_metrics_need_an_api_key() {
     let app = spawn_app(&["--push-api-keys", KEY_1, "--metrics-public", "false"]).await;
-    let (status, headers, _) = get(&app, "/metrics", &[]).await;
-    assert_unauthorized(status, &headers, false, "/metrics without a key");
-    let (status, headers, _) = get(&app, "/metrics", &[("x-api-key", WRONG_KEY)]).await;
-    assert_unauthorized(status, &headers, true, "/metrics with a wrong key");
+    let reply = app.get("/metrics", &[]).await;
+    assert_unauthorized(
+        reply.status,
+        &reply.headers,
+        false,
+        "/metrics without a key",
+    );
+    let reply = app.get("/metrics", &[("x-api-key", WRONG_KEY)]).await;
+    assert_unauthorized(
+        reply.status,
+        &reply.headers,
+        true,
+        "/metrics with a wrong key",
+    );
     for headers in [
         [("x-api-key", KEY_1)],
         [("authorization", &format!("Bearer {KEY_1}"))],
     ] {
-        let (status, _, body) = get(&app, "/metrics", &headers).await;
-        assert_eq!(status, 200, "{body}");
-        let metrics: Value = serde_json::from_str(&body).expect("JSON metrics");
+        let reply = app.get("/metrics", &headers).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        let metrics: Value = serde_json::from_str(&reply.text).expect("JSON metrics");
         assert!(metrics["active_connections"].is_number(), "{metrics}");
     }
     for path in ["/health", "/ready"] {
-        let (status, _, body) = get(&app, path, &[]).await;
-        assert_eq!(status, 200, "{path} stays open: {body}");
+        let reply = app.get(path, &[]).await;
+        assert_eq!(reply.status, 200, "{path} stays open: {}", reply.text);
     }
 }
 
@@ -879,21 +660,25 @@ async fn only_allowed_browser_origins_may_connect() {
         "https://app.example.com.evil.example",
         "null",
     ] {
-        let refusal = refused(&app, "user_id=u", &[("origin", origin)]).await;
+        let refusal = app.refused("user_id=u", &[("origin", origin)]).await;
         assert_eq!(refusal.status, 403, "{origin}: {refusal:?}");
-        let response = sse_get(&app, "user_id=u", &[("origin", origin)]).await;
+        let response = app.sse_stream("user_id=u", &[("origin", origin)]).await;
         assert_eq!(response.status(), 403, "SSE from {origin}");
     }
-    let mut allowed = upgraded(&app, "user_id=u", &[("origin", "https://app.example.com")]).await;
-    let mut no_origin = upgraded(&app, "user_id=u", &[]).await;
+    let mut allowed = app
+        .upgraded("user_id=u", &[("origin", "https://app.example.com")])
+        .await;
+    let mut no_origin = app.upgraded("user_id=u", &[]).await;
     let mut sse_allowed =
-        Sse::open(&app, "user_id=u", &[("origin", "https://app.example.com")]).await;
-    let mut sse_no_origin = Sse::open(&app, "user_id=u", &[]).await;
+        open_sse(&app, "user_id=u", &[("origin", "https://app.example.com")]).await;
+    let mut sse_no_origin = open_sse(&app, "user_id=u", &[]).await;
     // The server's own pages (the web console) are same-origin: always allowed.
     let own_origin = format!("http://{}", app.addr);
-    let mut same_origin = upgraded(&app, "user_id=u", &[("origin", own_origin.as_str())]).await;
+    let mut same_origin = app
+        .upgraded("user_id=u", &[("origin", own_origin.as_str())])
+        .await;
 
-    push_to(&app, "u", "welcome").await;
+    app.push_id("u", "welcome").await;
     assert_eq!(next_json(&mut same_origin).await["event_id"], "welcome");
     assert_eq!(next_json(&mut allowed).await["event_id"], "welcome");
     assert_eq!(next_json(&mut no_origin).await["event_id"], "welcome");
@@ -902,7 +687,7 @@ async fn only_allowed_browser_origins_may_connect() {
         sse_no_origin.next_event().await.0.as_deref(),
         Some("welcome")
     );
-    let metrics = metrics(&app).await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["connections_refused_total"]["forbidden"], 6,
         "{metrics}"
@@ -937,8 +722,8 @@ where
 
 /// A WebSocket handshake with these headers: `None` when upgraded, its `Retry-After` when refused
 /// with 429 (anything else fails the test).
-async fn ws_attempt(app: &TestApp, headers: &[(&'static str, &str)]) -> Option<u64> {
-    let refusal = handshake(app, "user_id=u", headers).await.err()?;
+async fn ws_attempt(app: &TestApp, headers: &[(&str, &str)]) -> Option<u64> {
+    let refusal = app.handshake("user_id=u", headers).await.err()?;
     assert_eq!(refusal.status, 429, "{refusal:?}");
     let retry_after = refusal.retry_after();
     assert!((1..=2).contains(&retry_after), "{refusal:?}");
@@ -950,8 +735,8 @@ async fn connection_attempts_are_limited_per_ip_and_recover() {
     let app = spawn_app(&["--connect-rate-per-ip", "2"]).await;
     let retry_after = exhaust(4, 2, || ws_attempt(&app, &[])).await;
     tokio::time::sleep(Duration::from_secs(retry_after)).await;
-    upgraded(&app, "user_id=u", &[]).await;
-    let metrics = metrics(&app).await;
+    app.upgraded("user_id=u", &[]).await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["connections_refused_total"]["rate_limited"], 1,
         "{metrics}"
@@ -1004,14 +789,14 @@ async fn pushes_are_limited_per_key_and_recover() {
         };
         let app = &app;
         async move {
-            let response = post(app, path, body, &key_1).await;
-            if response.status() == 200 {
+            let reply = app.post_with(path, body, &key_1).await;
+            if reply.status == 200 {
                 return None;
             }
-            assert_eq!(response.status(), 429, "{path}");
-            let retry_after: u64 = response.headers()["retry-after"]
-                .to_str()
-                .expect("ASCII")
+            assert_eq!(reply.status, 429, "{path}");
+            let retry_after: u64 = reply
+                .header("retry-after")
+                .expect("a Retry-After header")
                 .parse()
                 .expect("Retry-After in seconds");
             assert!((1..=2).contains(&retry_after), "{retry_after}");
@@ -1021,16 +806,15 @@ async fn pushes_are_limited_per_key_and_recover() {
     .await;
 
     // The other key has its own budget.
-    push_ok(
-        &app,
+    app.push_with(
         one.clone(),
         &[("authorization", &format!("Bearer {KEY_2}"))],
     )
     .await;
 
     tokio::time::sleep(Duration::from_secs(retry_after)).await;
-    push_ok(&app, one.clone(), &key_1).await;
-    let metrics = metrics(&app).await;
+    app.push_with(one.clone(), &key_1).await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["push_requests_rejected_total"]["rate_limited"], 1,
         "{metrics}"
@@ -1044,17 +828,14 @@ async fn a_rate_limited_sse_client_is_told_to_come_back_after_the_wait() {
     let body = exhaust(4, 2, || {
         let app = &app;
         async move {
-            let response = sse_get(app, "user_id=u", &[]).await;
+            let response = app.sse_stream("user_id=u", &[]).await;
             assert_eq!(
                 response.status(),
                 200,
                 "an EventSource must come back: not 429"
             );
             assert_eq!(response.headers()["content-type"], "text/event-stream");
-            let mut sse = Sse {
-                response,
-                pending: Vec::new(),
-            };
+            let mut sse = SseReader::new(response);
             let opening = sse.until("\n\n").await;
             if !opening.contains("too many") {
                 // Accepted (the limit is on attempts, not on open streams).
@@ -1082,8 +863,8 @@ async fn a_rate_limited_sse_client_is_told_to_come_back_after_the_wait() {
     assert!(!body.contains("data:"), "no event: {body:?}");
 
     tokio::time::sleep(Duration::from_millis(retry)).await;
-    Sse::open(&app, "user_id=u", &[]).await;
-    let metrics = metrics(&app).await;
+    open_sse(&app, "user_id=u", &[]).await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["connections_refused_total"]["rate_limited"], 2,
         "{metrics}"
@@ -1114,7 +895,7 @@ async fn a_flooding_client_is_closed_with_1008_and_others_are_unaffected() {
     });
     for n in 0..5 {
         let sent = Instant::now();
-        push_ok(&app, json!({"user_id": "calm", "data": {"n": n}}), &[]).await;
+        app.push(json!({"user_id": "calm", "data": {"n": n}})).await;
         let frame = timeout(Duration::from_secs(1), next_json(&mut calm))
             .await
             .expect("the calm client receives promptly");
@@ -1129,12 +910,8 @@ async fn a_flooding_client_is_closed_with_1008_and_others_are_unaffected() {
     assert_eq!(code, 1008, "{reason}");
     assert!(reason.contains("message rate"), "{reason}");
 
-    push_ok(
-        &app,
-        json!({"user_id": "calm", "data": {"n": "after"}}),
-        &[],
-    )
-    .await;
+    app.push(json!({"user_id": "calm", "data": {"n": "after"}}))
+        .await;
     assert_eq!(next_json(&mut calm).await["data"]["n"], "after");
     let metrics = app
         .wait_for_metrics("message_rate counted", |m| {
@@ -1151,56 +928,6 @@ async fn a_flooding_client_is_closed_with_1008_and_others_are_unaffected() {
 
 // --- 9. logs ----------------------------------------------------------------------------------
 
-/// Sends SIGTERM to the process.
-fn sigterm(child: &Child) {
-    let pid = child.id().expect("process still running");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -TERM {pid}");
-}
-
-/// Receives log lines until the channel closes (the process exited) or the deadline passes.
-async fn drain_log(log: &mut UnboundedReceiver<String>) -> Vec<String> {
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while let Ok(Some(line)) = timeout_at(deadline, log.recv()).await {
-        lines.push(line);
-    }
-    lines
-}
-
-/// Waits for a log line containing `needle`, returning it.
-async fn wait_for_line(
-    log: &mut UnboundedReceiver<String>,
-    seen: &mut Vec<String>,
-    needle: &str,
-) -> String {
-    let deadline = Instant::now() + PROMPTLY;
-    loop {
-        if let Some(line) = seen.iter().find(|line| line.contains(needle)) {
-            return line.clone();
-        }
-        let line = timeout_at(deadline, log.recv())
-            .await
-            .unwrap_or_else(|_| panic!("no log line with {needle:?} in {seen:#?}"))
-            .expect("the process is still logging");
-        seen.push(line);
-    }
-}
-
-/// The clients of this file, pointed at a server process at `addr`. Its `lifecycle` and `stopped`
-/// are inert: the process is stopped with a signal.
-fn process_app(addr: SocketAddr) -> TestApp {
-    TestApp {
-        addr,
-        http: reqwest::Client::new(),
-        lifecycle: Default::default(),
-        stopped: tokio::spawn(async { Ok(()) }),
-    }
-}
-
 #[tokio::test]
 async fn credentials_never_reach_the_log_even_at_debug_level() {
     let dir = tempfile::tempdir().expect("temporary directory");
@@ -1212,7 +939,7 @@ async fn credentials_never_reach_the_log_even_at_debug_level() {
         .env("JWT_SECRET", SECRET)
         .env("PUSH_API_KEYS", format!("{KEY_1},{KEY_2}"));
     let mut server = start_process(command).await;
-    let app = process_app(server.addr);
+    let app = TestApp::at(server.addr);
 
     let valid = token_for("logged-user");
     let header_token = token_for("logged-user-2");
@@ -1220,46 +947,52 @@ async fn credentials_never_reach_the_log_even_at_debug_level() {
         b"not-the-secret-0123456789",
         &json!({"sub": "x", "exp": in_seconds(300)}),
     );
-    let mut ws = upgraded(&app, &format!("token={valid}"), &[]).await;
-    let mut ws2 = upgraded(
-        &app,
-        "",
-        &[("authorization", &format!("Bearer {header_token}"))],
-    )
-    .await;
-    let refusal = refused(&app, &format!("token={invalid}"), &[]).await;
+    let mut ws = app.upgraded(&format!("token={valid}"), &[]).await;
+    let mut ws2 = app
+        .upgraded("", &[("authorization", &format!("Bearer {header_token}"))])
+        .await;
+    let refusal = app.refused(&format!("token={invalid}"), &[]).await;
     assert_eq!(refusal.status, 401);
-    let refusal = refused(&app, "", &[("authorization", &format!("Bearer {invalid}"))]).await;
+    let refusal = app
+        .refused("", &[("authorization", &format!("Bearer {invalid}"))])
+        .await;
     assert_eq!(refusal.status, 401);
-    let response = sse_get(&app, &format!("token={invalid}"), &[]).await;
+    let response = app.sse_stream(&format!("token={invalid}"), &[]).await;
     assert_eq!(response.status(), 401);
-    let mut sse = Sse::open(&app, &format!("token={valid}"), &[]).await;
+    let mut sse = open_sse(&app, &format!("token={valid}"), &[]).await;
 
-    let answer = push_ok(
-        &app,
-        json!({"user_id": "logged-user", "data": {}}),
-        &[("authorization", &format!("Bearer {KEY_1}"))],
-    )
-    .await;
+    let answer = app
+        .push_with(
+            json!({"user_id": "logged-user", "data": {}}),
+            &[("authorization", &format!("Bearer {KEY_1}"))],
+        )
+        .await;
     assert_eq!(answer["delivered"], 2, "{answer}");
-    let response = post(
-        &app,
-        "/sse/push",
-        &json!({"user_id": "u", "data": {}}),
-        &[("x-api-key", WRONG_KEY)],
-    )
-    .await;
-    assert_eq!(response.status(), 401);
+    let reply = app
+        .post_with(
+            "/sse/push",
+            &json!({"user_id": "u", "data": {}}),
+            &[("x-api-key", WRONG_KEY)],
+        )
+        .await;
+    assert_eq!(reply.status, 401);
     next_json(&mut ws).await;
     sse.next_event().await;
 
-    let mut seen = Vec::new();
     // DEBUG is really on: connections are logged, with their user.
-    wait_for_line(&mut server.log, &mut seen, "user=logged-user-2").await;
+    server
+        .wait_for_log("with user=logged-user-2", |line| {
+            line.contains("user=logged-user-2")
+        })
+        .await;
     ws.send(Message::Close(None)).await.expect("close");
     ws2.send(Message::Close(None)).await.expect("close");
     drop(sse);
-    wait_for_line(&mut server.log, &mut seen, "disconnected").await;
+    server
+        .wait_for_log("about a disconnection", |line| {
+            line.contains("disconnected")
+        })
+        .await;
     sigterm(&server.child);
     drop((ws, ws2));
     let status = timeout(Duration::from_secs(10), server.child.wait())
@@ -1272,9 +1005,8 @@ async fn credentials_never_reach_the_log_even_at_debug_level() {
         out.read_to_string(&mut stdout).await.expect("stdout");
     }
 
-    let mut all = server.startup.clone();
-    all.extend(seen);
-    all.extend(drain_log(&mut server.log).await);
+    let mut all = server.seen.clone();
+    all.extend(server.rest_of_log().await);
     all.extend(stdout.lines().map(str::to_owned));
     let text = all.join("\n");
     assert!(text.contains("connected"), "{text}");
@@ -1306,19 +1038,16 @@ async fn open_mode_is_warned_about_at_start_up() {
     let mut command = server_command(dir.path());
     command.env("HOST", "127.0.0.1").env("PORT", "0");
     let mut server = start_process(command).await;
-    let mut seen = server.startup.clone();
-    let subscribers = wait_for_line(
-        &mut server.log,
-        &mut seen,
-        "any client can read any user's messages",
-    )
-    .await;
-    let publishers = wait_for_line(
-        &mut server.log,
-        &mut seen,
-        "anyone who can reach this port can push",
-    )
-    .await;
+    let subscribers = server
+        .wait_for_log("about open subscriptions", |line| {
+            line.contains("any client can read any user's messages")
+        })
+        .await;
+    let publishers = server
+        .wait_for_log("about open pushes", |line| {
+            line.contains("anyone who can reach this port can push")
+        })
+        .await;
     for line in [&subscribers, &publishers] {
         assert!(line.contains("| WARNING |"), "a warning: {line:?}");
     }

@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc::UnboundedReceiver;
 
-use crate::helpers::{PROMPTLY, TestApp, close_of, next_json, server_command, spawn_app};
+use crate::helpers::{PROMPTLY, TestApp, close_of, next_json, server_command, signal, spawn_app};
 
 /// A publisher key long enough for `PUSH_API_KEYS`.
 const KEY: &str = "cli-test-key-0123456789abcdef";
@@ -135,21 +135,6 @@ impl Running {
             self.stderr_seen,
         )
     }
-
-    fn pid(&self) -> String {
-        self.child.id().expect("running").to_string()
-    }
-}
-
-/// Pushes one event with a chosen id through the HTTP API.
-async fn push(app: &TestApp, user: &str, event_id: &str) {
-    let (status, body) = app
-        .post_json(
-            "/sse/push",
-            &json!({"user_id": user, "event_id": event_id, "data": {"n": event_id}}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
 }
 
 fn http_url(app: &TestApp) -> String {
@@ -261,9 +246,9 @@ async fn push_with_bad_data_exits_2_without_sending() {
     assert_eq!(out.code, 2, "TLS URL: {out:?}");
 
     // Nothing reached the server: the next frame is this push.
-    push(&app, "cli-bad", "after").await;
+    app.push_id("cli-bad", "after").await;
     assert_eq!(next_json(&mut ws).await["event_id"], "after");
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["events_accepted_total"], 1, "{metrics}");
 }
 
@@ -356,7 +341,7 @@ async fn listen_prints_frames_in_order_and_exits_after_count() {
     let connected = listen.status("connected to").await;
     assert!(connected.contains("/ws?user_id=cli-listen"), "{connected}");
     for id in ["one", "two", "three"] {
-        push(&app, "cli-listen", id).await;
+        app.push_id("cli-listen", id).await;
     }
     let (code, lines, stderr) = listen.finish().await;
     assert_eq!(code, 0, "{stderr:?}");
@@ -406,7 +391,7 @@ async fn listen_resumes_after_the_server_drops_it(sse: bool) {
     let mut listen = Running::start(&args, &[]);
     listen.status("connected to").await;
     for id in ["e1", "e2", "e3"] {
-        push(&app, user, id).await;
+        app.push_id(user, id).await;
     }
     for id in ["e1", "e2", "e3"] {
         assert_eq!(listen.event().await["event_id"], id);
@@ -415,8 +400,8 @@ async fn listen_resumes_after_the_server_drops_it(sse: bool) {
     let mut intruder = app.connect(user).await;
     let dropped = listen.status("disconnected").await;
     assert!(dropped.contains("reconnecting in"), "{dropped}");
-    push(&app, user, "e4").await;
-    push(&app, user, "e5").await;
+    app.push_id(user, "e4").await;
+    app.push_id(user, "e5").await;
     // The listener comes back and replaces the intruder in turn.
     assert_eq!(
         close_of(&mut intruder).await.map(|(code, _)| code),
@@ -425,7 +410,7 @@ async fn listen_resumes_after_the_server_drops_it(sse: bool) {
     listen.status("connected to").await;
     let resuming = listen.status("resuming from").await;
     assert!(resuming.ends_with("e3"), "{resuming}");
-    push(&app, user, "e6").await;
+    app.push_id(user, "e6").await;
 
     let (code, rest, stderr) = listen.finish().await;
     assert_eq!(code, 0, "{stderr:?}");
@@ -461,8 +446,8 @@ async fn listen_over_sse_prints_the_same_frames() {
         connected.contains("/sse/stream?user_id=cli-sse"),
         "{connected}"
     );
-    push(&app, "cli-sse", "s1").await;
-    push(&app, "cli-sse", "s2").await;
+    app.push_id("cli-sse", "s1").await;
+    app.push_id("cli-sse", "s2").await;
     let (code, lines, stderr) = listen.finish().await;
     assert_eq!(code, 0, "{stderr:?}");
     assert_eq!(lines.len(), 2, "{lines:?}");
@@ -476,7 +461,7 @@ async fn listen_over_sse_prints_the_same_frames() {
 async fn listen_resumes_from_last_event_id_on_its_first_connection() {
     let app = spawn_app(&[]).await;
     for id in ["h1", "h2", "h3"] {
-        push(&app, "cli-history", id).await;
+        app.push_id("cli-history", id).await;
     }
     let url = ws_url(&app);
     let out = run(
@@ -510,11 +495,7 @@ async fn listen_exits_0_on_sigterm() {
     let url = ws_url(&app);
     let mut listen = Running::start(&["listen", "--url", &url, "--user", "cli-term"], &[]);
     listen.status("connected to").await;
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &listen.pid()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
+    signal(&listen.child, "TERM");
     let (code, lines, stderr) = listen.finish().await;
     assert_eq!(code, 0, "{stderr:?}");
     assert!(lines.is_empty());
@@ -549,11 +530,7 @@ async fn listen_keeps_retrying_while_the_server_is_away() {
         "{first}"
     );
     listen.status("connection failed").await;
-    let status = std::process::Command::new("kill")
-        .args(["-INT", &listen.pid()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
+    signal(&listen.child, "INT");
     let (code, _, stderr) = listen.finish().await;
     assert_eq!(code, 0, "{stderr:?}");
 }
@@ -570,13 +547,14 @@ async fn listen_without_a_required_token_exits_1() {
     );
 }
 
-/// An HS256 token for `user` expiring about `seconds` from now.
+/// An HS256 token for `user` that expires at the first whole second (`exp` has no fraction) at
+/// least `seconds` from now: between `seconds` and `seconds + 1` from now.
 fn token(user: &str, seconds: f64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    let claims = json!({"sub": user, "exp": (now + seconds).round() as u64});
+    let claims = json!({"sub": user, "exp": (now + seconds).ceil() as u64});
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -591,14 +569,16 @@ async fn listen_exits_3_when_its_token_expires_and_says_how_to_resume() {
     for sse in [false, true] {
         let user = if sse { "cli-exp-sse" } else { "cli-exp-ws" };
         let url = ws_url(&app);
-        let token = token(user, 2.0);
+        // Time enough to start, connect and receive one event; the server's clock cannot be
+        // advanced, so the test waits for the real expiry (0.6 to 1.6 s).
+        let token = token(user, 0.6);
         let mut args = vec!["listen", "--url", &url, "--token", &token];
         if sse {
             args.push("--sse");
         }
         let mut listen = Running::start(&args, &[]);
         listen.status("connected to").await;
-        push(&app, user, "before-expiry").await;
+        app.push_id(user, "before-expiry").await;
         assert_eq!(listen.event().await["event_id"], "before-expiry");
         let (code, _, stderr) = listen.finish().await;
         assert_eq!(code, 3, "sse={sse}: {stderr:?}");
@@ -622,13 +602,7 @@ async fn listen_exits_1_when_an_administrator_disconnects_the_user() {
         }
         let mut listen = Running::start(&args, &[]);
         listen.status("connected to").await;
-        let response = app
-            .http
-            .delete(app.url(&format!("/admin/users/{user}/connections")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        app.disconnect_user(user).await;
         let (code, _, stderr) = listen.finish().await;
         assert_eq!(code, 1, "sse={sse}: {stderr:?}");
         assert!(

@@ -7,16 +7,12 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::process::Command;
 
 use crate::helpers::{
-    PROMPTLY, Ws, close_of, json_addr, server_command, start_process, start_process_with,
-    template_addr,
+    EXIT_DEADLINE, PROMPTLY, TestApp, Ws, close_of, exit_code, json_addr, server_command, sigterm,
+    start_process, start_process_with, template_addr,
 };
-
-/// How long a process may take to exit after it was told to (or after failing at start-up).
-const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// A fresh, empty working directory (so no stray `.env` is read).
 fn workdir() -> tempfile::TempDir {
@@ -77,103 +73,19 @@ fn has_template_prefix(line: &str, level: &str) -> bool {
         })
 }
 
-/// Sends SIGTERM to the process.
-fn sigterm(child: &Child) {
-    let pid = child.id().expect("process still running");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -TERM {pid}");
-}
-
-/// Waits for the process to exit, returning its exit code.
-async fn exit_code(child: &mut Child) -> Option<i32> {
-    tokio::time::timeout(EXIT_DEADLINE, child.wait())
-        .await
-        .expect("process exits within the deadline")
-        .expect("wait for the process")
-        .code()
-}
-
-/// Receives log lines until the channel closes (the process exited) or the deadline passes.
-async fn drain_log(log: &mut UnboundedReceiver<String>) -> Vec<String> {
-    let mut lines = Vec::new();
-    let deadline = tokio::time::Instant::now() + EXIT_DEADLINE;
-    while let Ok(Some(line)) = tokio::time::timeout_at(deadline, log.recv()).await {
-        lines.push(line);
-    }
-    lines
-}
-
-/// Waits for a log line satisfying `check`, returning it.
-async fn wait_for_line(
-    log: &mut UnboundedReceiver<String>,
-    check: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        let line = tokio::time::timeout_at(deadline, log.recv())
-            .await
-            .expect("the expected log line within the deadline")
-            .expect("the process is still logging");
-        if check(&line) {
-            return line;
-        }
-    }
-}
-
 /// Connects a WebSocket client to `ws://addr{path}?user_id={user}`.
 async fn connect(addr: SocketAddr, path: &str, user: &str) -> Ws {
-    let url = format!("ws://{addr}{path}?user_id={user}");
-    let (ws, _) = tokio::time::timeout(PROMPTLY, tokio_tungstenite::connect_async(url))
+    TestApp::at(addr)
+        .handshake_on(path, &format!("user_id={user}"), &[])
         .await
-        .expect("handshake within the deadline")
-        .unwrap_or_else(|e| panic!("handshake on {path}: {e}"));
-    ws
+        .unwrap_or_else(|refused| panic!("handshake on {path}: {refused:?}"))
 }
 
 /// The HTTP status of a WebSocket handshake on `path` that the server refuses.
 async fn refused_status(addr: SocketAddr, path: &str) -> u16 {
-    let url = format!("ws://{addr}{path}?user_id=u");
-    match tokio::time::timeout(PROMPTLY, tokio_tungstenite::connect_async(url))
-        .await
-        .expect("answer within the deadline")
-    {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status().as_u16(),
-        Err(other) => panic!("expected an HTTP refusal on {path}, got {other}"),
+    match TestApp::at(addr).handshake_on(path, "user_id=u", &[]).await {
+        Err(refused) => refused.status,
         Ok(_) => panic!("expected {path} to be refused, but it upgraded"),
-    }
-}
-
-/// GETs `http://addr{path}` and returns status and JSON body.
-async fn get_json(addr: SocketAddr, path: &str) -> (u16, Value) {
-    let response = tokio::time::timeout(
-        PROMPTLY,
-        reqwest::Client::new()
-            .get(format!("http://{addr}{path}"))
-            .send(),
-    )
-    .await
-    .expect("answer within the deadline")
-    .expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
-}
-
-/// Waits until the server reports `n` registered WebSocket connections.
-async fn wait_connections(addr: SocketAddr, n: u64) {
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    loop {
-        let (_, metrics) = get_json(addr, "/metrics").await;
-        if metrics["active_connections"] == n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {n} connection(s): {metrics}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -264,7 +176,7 @@ async fn dotenv_in_the_working_directory_is_read() {
     assert_ne!(server.addr.port(), 8080);
 
     let _ws = connect(server.addr, "/from-dotenv", "u").await;
-    wait_connections(server.addr, 1).await;
+    TestApp::at(server.addr).wait_for_connections(1).await;
     assert_eq!(refused_status(server.addr, "/ws").await, 404);
 }
 
@@ -370,14 +282,14 @@ async fn default_log_lines_follow_the_seed_template_without_debug_lines() {
 
     // A connection would log at DEBUG level, which INFO does not show.
     let mut ws = connect(server.addr, "/ws", "quiet").await;
-    wait_connections(server.addr, 1).await;
+    TestApp::at(server.addr).wait_for_connections(1).await;
     sigterm(&server.child);
     // (The close handshake itself is checked in `sigterm_closes_clients_with_1001_and_exits_0`.)
     let _ = close_of(&mut ws).await;
     drop(ws);
     assert_eq!(exit_code(&mut server.child).await, Some(0));
 
-    let lines = drain_log(&mut server.log).await;
+    let lines = server.rest_of_log().await;
     assert!(
         lines
             .iter()
@@ -416,11 +328,11 @@ async fn json_log_format_writes_one_json_object_per_line() {
         serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     }
 
-    let (status, _) = get_json(server.addr, "/health").await;
+    let (status, _) = TestApp::at(server.addr).get_json("/health").await;
     assert_eq!(status, 200);
     sigterm(&server.child);
     assert_eq!(exit_code(&mut server.child).await, Some(0));
-    let lines = drain_log(&mut server.log).await;
+    let lines = server.rest_of_log().await;
     assert!(!lines.is_empty(), "shutdown is logged");
     for line in &lines {
         let value: Value =
@@ -437,17 +349,19 @@ async fn debug_true_logs_connections() {
     let mut server = start_process(command).await;
 
     let ws = connect(server.addr, "/ws", "dbg").await;
-    let line = wait_for_line(&mut server.log, |line| {
-        line.contains(" connected") && line.contains("user=dbg")
-    })
-    .await;
+    let line = server
+        .wait_for_log("about the connection", |line| {
+            line.contains(" connected") && line.contains("user=dbg")
+        })
+        .await;
     assert!(has_template_prefix(&line, "DEBUG"), "{line:?}");
 
     drop(ws);
-    let line = wait_for_line(&mut server.log, |line| {
-        line.contains("disconnected") && line.contains("user=dbg")
-    })
-    .await;
+    let line = server
+        .wait_for_log("about the disconnection", |line| {
+            line.contains("disconnected") && line.contains("user=dbg")
+        })
+        .await;
     assert!(has_template_prefix(&line, "DEBUG"), "{line:?}");
 }
 
@@ -460,7 +374,7 @@ async fn sigterm_closes_clients_with_1001_and_exits_0() {
     command.env("SHUTDOWN_TIMEOUT", "5");
     let mut server = start_process(command).await;
     let mut ws = connect(server.addr, "/ws", "bye").await;
-    wait_connections(server.addr, 1).await;
+    TestApp::at(server.addr).wait_for_connections(1).await;
 
     let started = tokio::time::Instant::now();
     sigterm(&server.child);

@@ -6,15 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::time::{Instant, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
-use websocket_sse_server::config::Settings;
+use tokio::time::{Instant, timeout};
 use websocket_sse_server::server::Application;
 
-use crate::helpers::{PROMPTLY, TestApp, Ws, assert_silent, next_json, spawn_app};
+use crate::helpers::{
+    TestApp, Ws, assert_silent, drain_until_end, encode, epoch_of, next_json, spawn_app,
+    test_settings,
+};
 
 /// How long a socket must stay quiet to count as having received nothing.
 const QUIET: Duration = Duration::from_millis(200);
@@ -34,11 +33,13 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed_in_order_then_live_ev
     let mut seen = Vec::new();
     let mut epoch = String::new();
     for seq in 0..3 {
-        let response = push(&app, json!({"user_id": "rejoin", "data": {"seq": seq}})).await;
+        let response = app
+            .push(json!({"user_id": "rejoin", "data": {"seq": seq}}))
+            .await;
         assert_eq!(response["status"], "success", "{response}");
         assert_eq!(response["stored"], true, "{response}");
         assert_eq!(response["position"], seq + 1, "{response}");
-        epoch = push_epoch(&response);
+        epoch = epoch_of(&response);
         let frame = next_json(&mut ws).await;
         assert_eq!(frame["data"]["seq"], seq, "{frame}");
         seen.push(frame);
@@ -48,7 +49,9 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed_in_order_then_live_ev
 
     let mut missed = Vec::new();
     for seq in 3..13 {
-        let response = push(&app, json!({"user_id": "rejoin", "data": {"seq": seq}})).await;
+        let response = app
+            .push(json!({"user_id": "rejoin", "data": {"seq": seq}}))
+            .await;
         assert_eq!(response["status"], "partial", "{response}");
         assert_eq!(response["delivered"], 0, "{response}");
         assert_eq!(response["stored"], true, "{response}");
@@ -61,7 +64,7 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed_in_order_then_live_ev
         missed.push(response);
     }
 
-    let mut back = resume(&app, "rejoin", &last_seen).await;
+    let mut back = app.resume("rejoin", &last_seen).await;
     for (n, response) in missed.iter().enumerate() {
         let frame = next_json(&mut back).await;
         assert_eq!(
@@ -75,7 +78,9 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed_in_order_then_live_ev
         assert_eq!(frame["data"], json!({"seq": n + 3}), "replayed frame {n}");
         assert_eq!(frame["user_id"], "rejoin");
     }
-    let live = push(&app, json!({"user_id": "rejoin", "data": {"seq": 13}})).await;
+    let live = app
+        .push(json!({"user_id": "rejoin", "data": {"seq": 13}}))
+        .await;
     assert_eq!(live["delivered"], 1, "{live}");
     let frame = next_json(&mut back).await;
     assert_eq!(
@@ -94,7 +99,7 @@ async fn a_reconnecting_client_gets_exactly_what_it_missed_in_order_then_live_ev
     }
     assert_silent(&mut via_header, QUIET).await;
 
-    let metrics = metrics(&app).await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["resumes_replayed_total"], 2, "{metrics}");
     assert_eq!(metrics["events_replayed_total"], 10 + 11, "{metrics}");
     assert_no_resyncs(&metrics);
@@ -107,7 +112,8 @@ async fn a_caught_up_client_resumes_with_nothing_replayed_and_no_resync() {
     let app = spawn_app(&[]).await;
     let mut ws = app.connect("current").await;
     for seq in 0..3 {
-        push(&app, json!({"user_id": "current", "data": {"seq": seq}})).await;
+        app.push(json!({"user_id": "current", "data": {"seq": seq}}))
+            .await;
     }
     let mut last = Value::Null;
     for seq in 0..3 {
@@ -116,13 +122,17 @@ async fn a_caught_up_client_resumes_with_nothing_replayed_and_no_resync() {
     }
     disconnect(&app, ws).await;
 
-    let mut back = resume(&app, "current", last["event_id"].as_str().unwrap()).await;
+    let mut back = app
+        .resume("current", last["event_id"].as_str().unwrap())
+        .await;
     assert_silent(&mut back, QUIET).await;
-    let live = push(&app, json!({"user_id": "current", "data": {"seq": 3}})).await;
+    let live = app
+        .push(json!({"user_id": "current", "data": {"seq": 3}}))
+        .await;
     assert_eq!(live["delivered"], 1, "{live}");
     assert_eq!(next_json(&mut back).await["data"], json!({"seq": 3}));
 
-    let metrics = metrics(&app).await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["resumes_replayed_total"], 1, "{metrics}");
     assert_eq!(metrics["events_replayed_total"], 0, "{metrics}");
     assert_no_resyncs(&metrics);
@@ -205,7 +215,7 @@ async fn resuming_while_pushes_race_loses_nothing_and_repeats_nothing() {
             ws = if session == 1 {
                 resume_with_header(&app, USER, "", &last).await
             } else {
-                resume(&app, USER, &last).await
+                app.resume(USER, &last).await
             };
             resumed_tx.send_replace(true);
         }
@@ -247,7 +257,7 @@ async fn resuming_while_pushes_race_loses_nothing_and_repeats_nothing() {
             "no gap, no duplicate"
         );
 
-        let metrics = metrics(&app).await;
+        let metrics = app.metrics().await;
         assert_eq!(metrics["resumes_replayed_total"], 3, "{metrics}");
         assert_no_resyncs(&metrics);
         eprintln!(
@@ -265,14 +275,19 @@ async fn an_unknown_or_foreign_resume_point_gets_a_resync_notice_first_then_live
     let app = spawn_app(&[]).await;
     let mut stored = Vec::new();
     for seq in 0..2 {
-        stored.push(push(&app, json!({"user_id": "lost", "data": {"seq": seq}})).await);
+        stored.push(
+            app.push(json!({"user_id": "lost", "data": {"seq": seq}}))
+                .await,
+        );
     }
-    let epoch = push_epoch(&stored[0]);
+    let epoch = epoch_of(&stored[0]);
 
-    let mut ws = resume(&app, "lost", "never-sent").await;
+    let mut ws = app.resume("lost", "never-sent").await;
     let notice = next_json(&mut ws).await;
     assert_resync(&notice, "lost", "unknown_event_id", "never-sent", &epoch, 2);
-    let live = push(&app, json!({"user_id": "lost", "data": {"seq": 2}})).await;
+    let live = app
+        .push(json!({"user_id": "lost", "data": {"seq": 2}}))
+        .await;
     assert_eq!(live["delivered"], 1, "{live}");
     let frame = next_json(&mut ws).await;
     assert_eq!(
@@ -286,13 +301,13 @@ async fn an_unknown_or_foreign_resume_point_gets_a_resync_notice_first_then_live
     let foreign = "01ARZ3NDEKTSV4RRFFQ69G5FAV:1".to_owned();
     let future = format!("{epoch}:99");
     for from in [&foreign, &future] {
-        let mut ws = resume(&app, "lost", from).await;
+        let mut ws = app.resume("lost", from).await;
         let notice = next_json(&mut ws).await;
         assert_resync(&notice, "lost", "epoch_changed", from, &epoch, 3);
         assert_silent(&mut ws, QUIET).await;
     }
 
-    let metrics = metrics(&app).await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["resyncs_total"]["unknown_event_id"], 1, "{metrics}");
     assert_eq!(metrics["resyncs_total"]["epoch_changed"], 2, "{metrics}");
     assert_eq!(metrics["resumes_replayed_total"], 0, "{metrics}");
@@ -303,14 +318,17 @@ async fn resume_points_pushed_out_by_history_size_resync() {
     let app = spawn_app(&["--history-size", "3"]).await;
     let mut responses = Vec::new();
     for seq in 0..10 {
-        responses.push(push(&app, json!({"user_id": "small", "data": {"seq": seq}})).await);
+        responses.push(
+            app.push(json!({"user_id": "small", "data": {"seq": seq}}))
+                .await,
+        );
     }
-    let epoch = push_epoch(&responses[0]);
+    let epoch = epoch_of(&responses[0]);
     let id = |seq: usize| responses[seq]["event_id"].as_str().unwrap().to_owned();
-    let metrics_now = metrics(&app).await;
+    let metrics_now = app.metrics().await;
     assert_eq!(metrics_now["history_events"], 3, "{metrics_now}");
 
-    let mut ws = resume(&app, "small", &id(0)).await;
+    let mut ws = app.resume("small", &id(0)).await;
     assert_resync(
         &next_json(&mut ws).await,
         "small",
@@ -322,7 +340,7 @@ async fn resume_points_pushed_out_by_history_size_resync() {
     assert_silent(&mut ws, QUIET).await;
 
     let from_start = format!("{epoch}:0");
-    let mut ws = resume(&app, "small", &from_start).await;
+    let mut ws = app.resume("small", &from_start).await;
     assert_resync(
         &next_json(&mut ws).await,
         "small",
@@ -338,7 +356,7 @@ async fn resume_points_pushed_out_by_history_size_resync() {
     let newest_dropped = id(6);
     let just_before_oldest = format!("{epoch}:7");
     for (from, first) in [(id(7), 8), (newest_dropped, 7), (just_before_oldest, 7)] {
-        let mut ws = resume(&app, "small", &from).await;
+        let mut ws = app.resume("small", &from).await;
         for seq in first..10 {
             let frame = next_json(&mut ws).await;
             assert_eq!(frame["data"], json!({"seq": seq}), "resuming from {from}");
@@ -346,7 +364,7 @@ async fn resume_points_pushed_out_by_history_size_resync() {
         assert_silent(&mut ws, QUIET).await;
     }
 
-    let metrics = metrics(&app).await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["resyncs_total"]["unknown_event_id"], 1, "{metrics}");
     assert_eq!(metrics["resyncs_total"]["expired"], 1, "{metrics}");
     assert_eq!(metrics["resumes_replayed_total"], 3, "{metrics}");
@@ -355,15 +373,18 @@ async fn resume_points_pushed_out_by_history_size_resync() {
 
 #[tokio::test]
 async fn events_older_than_history_ttl_are_dropped_and_swept() {
-    let app = spawn_app(&["--history-ttl", "0.5"]).await;
+    const TTL: Duration = Duration::from_millis(200);
+    let app = spawn_app(&["--history-ttl", &TTL.as_secs_f64().to_string()]).await;
     let pushed_at = Instant::now();
     let mut responses = Vec::new();
     for seq in 0..3 {
-        let response = push(&app, json!({"user_id": "aging", "data": {"seq": seq}})).await;
+        let response = app
+            .push(json!({"user_id": "aging", "data": {"seq": seq}}))
+            .await;
         assert_eq!(response["stored"], true, "{response}");
         responses.push(response);
     }
-    let epoch = push_epoch(&responses[0]);
+    let epoch = epoch_of(&responses[0]);
     let id = |seq: usize| responses[seq]["event_id"].as_str().unwrap().to_owned();
 
     app.wait_for_metrics("the sweeper to drop the expired events", |m| {
@@ -371,18 +392,18 @@ async fn events_older_than_history_ttl_are_dropped_and_swept() {
     })
     .await;
     assert!(
-        pushed_at.elapsed() >= Duration::from_millis(500),
+        pushed_at.elapsed() >= TTL,
         "events went after {:?}, before their TTL",
         pushed_at.elapsed()
     );
-    let metrics_now = metrics(&app).await;
+    let metrics_now = app.metrics().await;
     assert_eq!(
         metrics_now["history_users"], 1,
         "an idle stream keeps its place: {metrics_now}"
     );
 
     for old in [id(0), id(1)] {
-        let mut ws = resume(&app, "aging", &old).await;
+        let mut ws = app.resume("aging", &old).await;
         assert_resync(
             &next_json(&mut ws).await,
             "aging",
@@ -393,7 +414,7 @@ async fn events_older_than_history_ttl_are_dropped_and_swept() {
         );
     }
     let from_start = format!("{epoch}:0");
-    let mut ws = resume(&app, "aging", &from_start).await;
+    let mut ws = app.resume("aging", &from_start).await;
     assert_resync(
         &next_json(&mut ws).await,
         "aging",
@@ -405,9 +426,11 @@ async fn events_older_than_history_ttl_are_dropped_and_swept() {
     drop(ws);
 
     // A client that had seen the last event missed nothing: it resumes without a resync.
-    let mut caught_up = resume(&app, "aging", &id(2)).await;
+    let mut caught_up = app.resume("aging", &id(2)).await;
     assert_silent(&mut caught_up, QUIET).await;
-    let live = push(&app, json!({"user_id": "aging", "data": {"seq": 3}})).await;
+    let live = app
+        .push(json!({"user_id": "aging", "data": {"seq": 3}}))
+        .await;
     assert_eq!(
         live["epoch"], epoch,
         "the stream survived its events: {live}"
@@ -416,16 +439,18 @@ async fn events_older_than_history_ttl_are_dropped_and_swept() {
     assert_eq!(next_json(&mut caught_up).await["data"], json!({"seq": 3}));
 
     // An active stream also sheds events past the TTL when pushed to.
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let newer = push(&app, json!({"user_id": "aging", "data": {"seq": 4}})).await;
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    let newer = app
+        .push(json!({"user_id": "aging", "data": {"seq": 4}}))
+        .await;
     assert_eq!(newer["position"], 5, "{newer}");
-    let metrics_now = metrics(&app).await;
+    let metrics_now = app.metrics().await;
     assert_eq!(
         metrics_now["history_events"], 1,
         "only the fresh event: {metrics_now}"
     );
 
-    let metrics = metrics(&app).await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["resyncs_total"]["unknown_event_id"], 2, "{metrics}");
     assert_eq!(metrics["resyncs_total"]["expired"], 1, "{metrics}");
 }
@@ -434,11 +459,9 @@ async fn events_older_than_history_ttl_are_dropped_and_swept() {
 async fn without_history_pushes_are_not_stored_resumes_resync_and_ids_are_not_deduplicated() {
     for flags in [["--history-size", "0"], ["--history-ttl", "0"]] {
         let app = spawn_app(&flags).await;
-        let response = push(
-            &app,
-            json!({"user_id": "plain", "data": {}, "event_id": "x-1"}),
-        )
-        .await;
+        let response = app
+            .push(json!({"user_id": "plain", "data": {}, "event_id": "x-1"}))
+            .await;
         assert_eq!(response["status"], "partial", "{flags:?}: {response}");
         assert_eq!(response["message"], "user not connected", "{flags:?}");
         assert_eq!(response["stored"], false, "{flags:?}: {response}");
@@ -448,7 +471,7 @@ async fn without_history_pushes_are_not_stored_resumes_resync_and_ids_are_not_de
             "{flags:?}: no position without history: {response}"
         );
 
-        let mut ws = resume(&app, "plain", "x-1").await;
+        let mut ws = app.resume("plain", "x-1").await;
         let notice = next_json(&mut ws).await;
         assert_eq!(notice["event_type"], "resync", "{flags:?}: {notice}");
         assert_eq!(
@@ -465,24 +488,20 @@ async fn without_history_pushes_are_not_stored_resumes_resync_and_ids_are_not_de
 
         // Without history there is nothing to recognise a retry by: both copies are delivered.
         for _ in 0..2 {
-            let retry = push(
-                &app,
-                json!({"user_id": "plain", "data": {"n": 1}, "event_id": "x-2"}),
-            )
-            .await;
+            let retry = app
+                .push(json!({"user_id": "plain", "data": {"n": 1}, "event_id": "x-2"}))
+                .await;
             assert_eq!(retry["duplicate"], false, "{flags:?}: {retry}");
             assert_eq!(retry["delivered"], 1, "{flags:?}: {retry}");
             assert_eq!(next_json(&mut ws).await["event_id"], "x-2");
         }
-        let batch = push_batch(
-            &app,
-            json!([{"user_id": "plain", "data": {}, "event_id": "x-2"}]),
-        )
-        .await;
+        let batch = app
+            .push_batch(json!([{"user_id": "plain", "data": {}, "event_id": "x-2"}]))
+            .await;
         assert_eq!(batch[0]["stored"], false, "{flags:?}: {batch:?}");
         assert_eq!(batch[0]["duplicate"], false, "{flags:?}: {batch:?}");
 
-        let metrics = metrics(&app).await;
+        let metrics = app.metrics().await;
         assert_eq!(metrics["resyncs_total"]["history_disabled"], 1, "{metrics}");
         assert_eq!(metrics["history_users"], 0, "{metrics}");
         assert_eq!(metrics["history_events"], 0, "{metrics}");
@@ -494,9 +513,10 @@ async fn without_history_pushes_are_not_stored_resumes_resync_and_ids_are_not_de
 async fn the_resync_notices_event_id_is_a_resume_token() {
     let app = spawn_app(&[]).await;
     for seq in 0..2 {
-        push(&app, json!({"user_id": "token", "data": {"seq": seq}})).await;
+        app.push(json!({"user_id": "token", "data": {"seq": seq}}))
+            .await;
     }
-    let mut ws = resume(&app, "token", "stale").await;
+    let mut ws = app.resume("token", "stale").await;
     let notice = next_json(&mut ws).await;
     assert_eq!(notice["data"]["reason"], "unknown_event_id", "{notice}");
     let token = notice["event_id"].as_str().unwrap().to_owned();
@@ -504,9 +524,12 @@ async fn the_resync_notices_event_id_is_a_resume_token() {
 
     let mut later = Vec::new();
     for seq in 2..5 {
-        later.push(push(&app, json!({"user_id": "token", "data": {"seq": seq}})).await);
+        later.push(
+            app.push(json!({"user_id": "token", "data": {"seq": seq}}))
+                .await,
+        );
     }
-    let mut back = resume(&app, "token", &token).await;
+    let mut back = app.resume("token", &token).await;
     for (n, response) in later.iter().enumerate() {
         let frame = next_json(&mut back).await;
         assert_eq!(frame["event_id"], response["event_id"], "{frame}");
@@ -516,7 +539,7 @@ async fn the_resync_notices_event_id_is_a_resume_token() {
     disconnect(&app, back).await;
 
     // A user nobody has pushed to yet gets a token for the start of its new stream.
-    let mut fresh = resume(&app, "newcomer", "whatever").await;
+    let mut fresh = app.resume("newcomer", "whatever").await;
     let notice = next_json(&mut fresh).await;
     assert_eq!(notice["data"]["reason"], "unknown_event_id", "{notice}");
     assert_eq!(notice["data"]["position"], 0, "{notice}");
@@ -526,13 +549,15 @@ async fn the_resync_notices_event_id_is_a_resume_token() {
         format!("{}:0", notice["data"]["epoch"].as_str().unwrap())
     );
     disconnect(&app, fresh).await;
-    let first = push(&app, json!({"user_id": "newcomer", "data": {"hello": 1}})).await;
+    let first = app
+        .push(json!({"user_id": "newcomer", "data": {"hello": 1}}))
+        .await;
     assert_eq!(
         format!("{}:0", first["epoch"].as_str().unwrap()),
         token,
         "the push joined the stream the notice described: {first}"
     );
-    let mut back = resume(&app, "newcomer", &token).await;
+    let mut back = app.resume("newcomer", &token).await;
     assert_eq!(next_json(&mut back).await["data"], json!({"hello": 1}));
     assert_silent(&mut back, QUIET).await;
 }
@@ -542,13 +567,13 @@ async fn a_retried_push_is_delivered_once_and_reports_the_original_outcome() {
     let app = spawn_app(&[]).await;
     let mut ws = app.connect("idem").await;
     let body = json!({"user_id": "idem", "data": {"order": 7}, "event_id": "order-7"});
-    let first = push(&app, body.clone()).await;
+    let first = app.push(body.clone()).await;
     assert_eq!(first["status"], "success", "{first}");
     assert_eq!(first["duplicate"], false, "{first}");
     assert_eq!(first["delivered"], 1, "{first}");
     assert_eq!(next_json(&mut ws).await["event_id"], "order-7");
 
-    let retry = push(&app, body.clone()).await;
+    let retry = app.push(body.clone()).await;
     assert_eq!(retry["duplicate"], true, "{retry}");
     assert_eq!(retry["event_id"], "order-7", "{retry}");
     assert_eq!(retry["status"], "success", "the original's status: {retry}");
@@ -564,47 +589,42 @@ async fn a_retried_push_is_delivered_once_and_reports_the_original_outcome() {
     );
 
     // The retry of the same id with another payload is still the same event.
-    let changed = push(
-        &app,
-        json!({"user_id": "idem", "data": {"order": 8}, "event_id": "order-7"}),
-    )
-    .await;
+    let changed = app
+        .push(json!({"user_id": "idem", "data": {"order": 8}, "event_id": "order-7"}))
+        .await;
     assert_eq!(changed["duplicate"], true, "{changed}");
     // Nothing reached the client a second time: the next frame is the next event.
-    push(
-        &app,
-        json!({"user_id": "idem", "data": {}, "event_id": "order-8"}),
-    )
-    .await;
+    app.push(json!({"user_id": "idem", "data": {}, "event_id": "order-8"}))
+        .await;
     assert_eq!(next_json(&mut ws).await["event_id"], "order-8");
 
     // The outcome is the original's even when nobody is connected any more.
     disconnect(&app, ws).await;
-    let offline_retry = push(&app, body).await;
+    let offline_retry = app.push(body).await;
     assert_eq!(offline_retry["duplicate"], true, "{offline_retry}");
     assert_eq!(offline_retry["delivered"], 1, "{offline_retry}");
     assert_eq!(offline_retry["status"], "success", "{offline_retry}");
 
     // And the other way round: first pushed offline, retried once a client is connected.
     let offline_body = json!({"user_id": "idem", "data": {}, "event_id": "order-9"});
-    let original = push(&app, offline_body.clone()).await;
+    let original = app.push(offline_body.clone()).await;
     assert_eq!(original["status"], "partial", "{original}");
     let mut fresh = app.connect("idem").await;
-    let retry = push(&app, offline_body).await;
+    let retry = app.push(offline_body).await;
     assert_eq!(retry["duplicate"], true, "{retry}");
     assert_eq!(retry["delivered"], 0, "{retry}");
     assert_eq!(retry["status"], "partial", "{retry}");
     assert_silent(&mut fresh, QUIET).await;
 
     // The same id for another user is another event; ids the server assigns never collide.
-    let other = push(
-        &app,
-        json!({"user_id": "someone-else", "data": {}, "event_id": "order-7"}),
-    )
-    .await;
+    let other = app
+        .push(json!({"user_id": "someone-else", "data": {}, "event_id": "order-7"}))
+        .await;
     assert_eq!(other["duplicate"], false, "{other}");
     for _ in 0..2 {
-        let generated = push(&app, json!({"user_id": "idem", "data": {"same": true}})).await;
+        let generated = app
+            .push(json!({"user_id": "idem", "data": {"same": true}}))
+            .await;
         assert_eq!(generated["duplicate"], false, "{generated}");
         assert_eq!(generated["delivered"], 1, "{generated}");
         assert_eq!(
@@ -613,7 +633,7 @@ async fn a_retried_push_is_delivered_once_and_reports_the_original_outcome() {
         );
     }
 
-    let metrics = metrics(&app).await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["duplicate_pushes_total"], 4, "{metrics}");
     assert_eq!(
         metrics["events_accepted_total"], 6,
@@ -626,16 +646,14 @@ async fn duplicates_are_recognised_within_a_batch_and_across_single_and_batch_pu
     let app = spawn_app(&[]).await;
     let mut ws = app.connect("bulk").await;
 
-    let results = push_batch(
-        &app,
-        json!([
+    let results = app
+        .push_batch(json!([
             {"user_id": "bulk", "data": {"i": 0}, "event_id": "a"},
             {"user_id": "bulk", "data": {"i": 1}, "event_id": "b"},
             {"user_id": "bulk", "data": {"i": 2}, "event_id": "a"},
             {"user_id": "bulk", "data": {"i": 3}},
-        ]),
-    )
-    .await;
+        ]))
+        .await;
     let flags: Vec<(bool, bool)> = results
         .iter()
         .map(|r| (r["stored"] == true, r["duplicate"] == true))
@@ -657,27 +675,21 @@ async fn duplicates_are_recognised_within_a_batch_and_across_single_and_batch_pu
     assert_silent(&mut ws, QUIET).await;
 
     // Single, then in a batch; batch, then single.
-    let single = push(
-        &app,
-        json!({"user_id": "bulk", "data": {"i": 4}, "event_id": "c"}),
-    )
-    .await;
+    let single = app
+        .push(json!({"user_id": "bulk", "data": {"i": 4}, "event_id": "c"}))
+        .await;
     assert_eq!(single["duplicate"], false, "{single}");
-    let results = push_batch(
-        &app,
-        json!([
+    let results = app
+        .push_batch(json!([
             {"user_id": "bulk", "data": {"i": 5}, "event_id": "c"},
             {"user_id": "bulk", "data": {"i": 6}, "event_id": "d"},
-        ]),
-    )
-    .await;
+        ]))
+        .await;
     assert_eq!(results[0]["duplicate"], true, "{results:?}");
     assert_eq!(results[1]["duplicate"], false, "{results:?}");
-    let single = push(
-        &app,
-        json!({"user_id": "bulk", "data": {"i": 7}, "event_id": "d"}),
-    )
-    .await;
+    let single = app
+        .push(json!({"user_id": "bulk", "data": {"i": 7}, "event_id": "d"}))
+        .await;
     assert_eq!(single["duplicate"], true, "{single}");
     for expected in [json!({"i": 4}), json!({"i": 6})] {
         assert_eq!(next_json(&mut ws).await["data"], expected);
@@ -685,13 +697,15 @@ async fn duplicates_are_recognised_within_a_batch_and_across_single_and_batch_pu
     assert_silent(&mut ws, QUIET).await;
 
     // A replay carries each event once too.
-    let mut replay = resume(&app, "bulk", &format!("{}:0", push_epoch(&single))).await;
+    let mut replay = app
+        .resume("bulk", &format!("{}:0", epoch_of(&single)))
+        .await;
     for i in [0, 1, 3, 4, 6] {
         assert_eq!(next_json(&mut replay).await["data"], json!({"i": i}));
     }
     assert_silent(&mut replay, QUIET).await;
 
-    let metrics = metrics(&app).await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["duplicate_pushes_total"], 3, "{metrics}");
     assert_eq!(metrics["history_events"], 5, "{metrics}");
 }
@@ -699,7 +713,9 @@ async fn duplicates_are_recognised_within_a_batch_and_across_single_and_batch_pu
 #[tokio::test]
 async fn pushes_to_an_offline_user_are_stored_for_a_resume_but_not_for_a_fresh_connection() {
     let app = spawn_app(&[]).await;
-    let offline = push(&app, json!({"user_id": "ghost", "data": {"early": true}})).await;
+    let offline = app
+        .push(json!({"user_id": "ghost", "data": {"early": true}}))
+        .await;
     assert_eq!(offline["status"], "partial", "{offline}");
     assert_eq!(offline["delivered"], 0, "{offline}");
     assert_eq!(offline["stored"], true, "{offline}");
@@ -710,15 +726,17 @@ async fn pushes_to_an_offline_user_are_stored_for_a_resume_but_not_for_a_fresh_c
         message.starts_with("user not connected") && message.contains("history"),
         "{message}"
     );
-    let epoch = push_epoch(&offline);
+    let epoch = epoch_of(&offline);
 
     let mut fresh = app.connect("ghost").await;
     assert_silent(&mut fresh, QUIET).await;
-    let live = push(&app, json!({"user_id": "ghost", "data": {"live": true}})).await;
+    let live = app
+        .push(json!({"user_id": "ghost", "data": {"live": true}}))
+        .await;
     assert_eq!(live["delivered"], 1, "{live}");
     assert_eq!(next_json(&mut fresh).await["data"], json!({"live": true}));
 
-    let mut resumed = resume(&app, "ghost", &format!("{epoch}:0")).await;
+    let mut resumed = app.resume("ghost", &format!("{epoch}:0")).await;
     let first = next_json(&mut resumed).await;
     assert_eq!(first["event_id"], offline["event_id"], "{first}");
     assert_eq!(first["data"], json!({"early": true}));
@@ -726,7 +744,7 @@ async fn pushes_to_an_offline_user_are_stored_for_a_resume_but_not_for_a_fresh_c
     assert_silent(&mut resumed, QUIET).await;
     assert_silent(&mut fresh, Duration::ZERO).await;
 
-    let metrics = metrics(&app).await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["resumes_replayed_total"], 1, "{metrics}");
     assert_eq!(metrics["events_replayed_total"], 2, "{metrics}");
     assert_eq!(metrics["events_offline_total"], 1, "{metrics}");
@@ -735,11 +753,7 @@ async fn pushes_to_an_offline_user_are_stored_for_a_resume_but_not_for_a_fresh_c
 
 #[tokio::test]
 async fn a_send_queue_no_larger_than_the_history_is_refused_at_start_up() {
-    let settings = |flags: &[&str]| {
-        let mut args = vec!["websocket-sse-server", "--host", "127.0.0.1", "--port", "0"];
-        args.extend_from_slice(flags);
-        Settings::try_parse_from(args).expect("flags parse")
-    };
+    let settings = test_settings;
     for flags in [
         ["--history-size", "100", "--ws-send-queue", "50"],
         ["--history-size", "100", "--ws-send-queue", "100"],
@@ -777,9 +791,11 @@ async fn a_send_queue_no_larger_than_the_history_is_refused_at_start_up() {
 async fn history_max_users_bounds_the_number_of_streams() {
     let app = spawn_app(&["--history-max-users", "3"]).await;
     for n in 0..20 {
-        let response = push(&app, json!({"user_id": format!("many-{n}"), "data": {}})).await;
+        let response = app
+            .push(json!({"user_id": format!("many-{n}"), "data": {}}))
+            .await;
         assert_eq!(response["stored"], true, "{response}");
-        let metrics = metrics(&app).await;
+        let metrics = app.metrics().await;
         let expected = (n + 1).min(3);
         assert_eq!(
             metrics["history_users"], expected,
@@ -800,13 +816,13 @@ async fn at_history_max_users_the_stream_just_pushed_to_is_kept() {
     let app = spawn_app(&["--history-max-users", "1"]).await;
     for n in 0..20 {
         let user = format!("capped-{n}");
-        let response = push(&app, json!({"user_id": user, "data": {"n": n}})).await;
+        let response = app.push(json!({"user_id": user, "data": {"n": n}})).await;
         assert_eq!(response["stored"], true, "{response}");
-        let metrics_now = metrics(&app).await;
+        let metrics_now = app.metrics().await;
         assert_eq!(metrics_now["history_users"], 1, "push {n}: {metrics_now}");
         // The stream just pushed to is the least idle one: it must be the one kept.
-        let from = format!("{}:0", push_epoch(&response));
-        let mut ws = resume(&app, &user, &from).await;
+        let from = format!("{}:0", epoch_of(&response));
+        let mut ws = app.resume(&user, &from).await;
         let frame = next_json(&mut ws).await;
         assert_eq!(
             frame["data"],
@@ -818,38 +834,6 @@ async fn at_history_max_users_the_stream_just_pushed_to_is_kept() {
 }
 
 // Helpers for this module.
-
-/// Pushes one message and returns the response body, asserting 200.
-async fn push(app: &TestApp, body: Value) -> Value {
-    let (status, response) = app.post_json("/sse/push", &body).await;
-    assert_eq!(status, 200, "push {body} answered {response}");
-    response
-}
-
-/// Pushes a batch and returns its per-item results, asserting 200.
-async fn push_batch(app: &TestApp, body: Value) -> Vec<Value> {
-    let (status, response) = app.post_json("/sse/push/batch", &body).await;
-    assert_eq!(status, 200, "batch {body} answered {response}");
-    response["results"]
-        .as_array()
-        .expect("a results list")
-        .clone()
-}
-
-/// `GET /metrics`.
-async fn metrics(app: &TestApp) -> Value {
-    let (status, body) = app.get_json("/metrics").await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// The stream epoch a push response names.
-fn push_epoch(response: &Value) -> String {
-    response["epoch"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a stored push names its epoch: {response}"))
-        .to_owned()
-}
 
 /// Asserts that every resync counter is zero.
 fn assert_no_resyncs(metrics: &Value) {
@@ -882,32 +866,6 @@ fn assert_resync(
     );
 }
 
-/// Percent-encodes a query parameter value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(byte).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
-/// Connects as `user`, resuming from `from` (the `last_event_id` query parameter).
-async fn resume(app: &TestApp, user: &str, from: &str) -> Ws {
-    let url = app.ws_url(&format!(
-        "user_id={}&last_event_id={}",
-        encode(user),
-        encode(from)
-    ));
-    let (ws, _response) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("websocket handshake");
-    ws
-}
-
 /// Connects as `user` with a `Last-Event-ID` header of `from`, and `query_from` as the query
 /// parameter (empty: none).
 async fn resume_with_header(app: &TestApp, user: &str, query_from: &str, from: &str) -> Ws {
@@ -915,31 +873,13 @@ async fn resume_with_header(app: &TestApp, user: &str, query_from: &str, from: &
     if !query_from.is_empty() {
         query.push_str(&format!("&last_event_id={}", encode(query_from)));
     }
-    let mut request = app
-        .ws_url(&query)
-        .into_client_request()
-        .expect("a valid request");
-    request.headers_mut().insert(
-        "Last-Event-ID",
-        HeaderValue::from_str(from).expect("a header value"),
-    );
-    let (ws, _response) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("websocket handshake");
-    ws
+    app.upgraded(&query, &[("last-event-id", from)]).await
 }
 
 /// Closes `ws` and waits until the server has unregistered every connection.
 async fn disconnect(app: &TestApp, mut ws: Ws) {
     ws.close(None).await.expect("close");
-    let deadline = Instant::now() + PROMPTLY;
-    loop {
-        match timeout_at(deadline, ws.next()).await {
-            Err(_elapsed) => panic!("the connection did not end after the close handshake"),
-            Ok(None | Some(Err(_))) => break,
-            Ok(Some(Ok(_))) => continue,
-        }
-    }
+    drain_until_end(&mut ws).await;
     app.wait_for_metrics("every connection to be unregistered", |m| {
         m["active_connections"] == 0
     })

@@ -3,13 +3,10 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use reqwest::Method;
-use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{PROMPTLY, TestApp, Ws, next_json, next_text, spawn_app};
+use crate::helpers::{Reply, TestApp, assert_silent, next_json, next_text, spawn_app};
 
 /// How long a client listens to be sure that nothing was delivered to it.
 const QUIET: Duration = Duration::from_millis(300);
@@ -28,86 +25,15 @@ const SEED_BATCH: &str = r#"[
     {"user_id": "test456", "data": {"msg": "msg2"}}
   ]"#;
 
-/// A response: status, headers and the body as text.
-struct Reply {
-    status: u16,
-    headers: HeaderMap,
-    text: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.text))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .map(|value| value.to_str().expect("header is text"))
-    }
-}
-
-/// Sends `method path` with the given headers and raw body.
-async fn request(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<Vec<u8>>,
-) -> Reply {
-    let mut builder = app.http.request(method, app.url(path));
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    if let Some(body) = body {
-        builder = builder.body(body);
-    }
-    let response = tokio::time::timeout(PROMPTLY, builder.send())
-        .await
-        .expect("response within the deadline")
-        .expect("request");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let text = response.text().await.expect("body");
-    Reply {
-        status,
-        headers,
-        text,
-    }
-}
-
 /// POSTs raw bytes declared as `application/json`.
 async fn post_raw(app: &TestApp, path: &str, body: impl Into<Vec<u8>>) -> Reply {
-    request(
-        app,
+    app.request(
         Method::POST,
         path,
         &[("content-type", "application/json")],
         Some(body.into()),
     )
     .await
-}
-
-/// Waits until the server has registered exactly `n` WebSocket connections (registration happens
-/// after the handshake, so a push sent right after `connect` could otherwise miss the client).
-async fn wait_connections(app: &TestApp, n: u64) {
-    app.wait_for_metrics(&format!("{n} active connection(s)"), |m| {
-        m["active_connections"] == n
-    })
-    .await;
-}
-
-/// Asserts that no data frame arrives for [`QUIET`].
-async fn assert_nothing_received(ws: &mut Ws) {
-    let deadline = tokio::time::Instant::now() + QUIET;
-    loop {
-        match tokio::time::timeout_at(deadline, ws.next()).await {
-            Err(_) => return,
-            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
-            Ok(other) => panic!("expected nothing, got {other:?}"),
-        }
-    }
 }
 
 fn issue(loc: Value, msg: &str, kind: &str) -> Value {
@@ -262,7 +188,7 @@ async fn invalid_pushes_get_fastapi_422s_and_the_server_keeps_serving() {
     let (status, health) = app.get_json("/health").await;
     assert_eq!(status, 200);
     assert_eq!(health["status"], "healthy");
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["push_requests_rejected_total"],
         json!({ "invalid": rejected, "too_large": 0, "unsupported_media_type": 0, "unavailable": 0, "unauthorized": 0, "rate_limited": 0 })
@@ -339,7 +265,7 @@ async fn seed_curl_examples_work_verbatim() {
 
     // test123 connected: the single push succeeds and arrives with the upstream's fields.
     let mut ws = app.connect("test123").await;
-    wait_connections(&app, 1).await;
+    app.wait_for_connections(1).await;
     let reply = post_raw(&app, "/sse/push", SEED_SINGLE).await;
     let body = reply.json();
     assert_eq!(body["status"], "success", "{body}");
@@ -405,7 +331,7 @@ async fn bodies_over_the_configured_limit_get_413() {
 
     let (status, _) = app.get_json("/health").await;
     assert_eq!(status, 200);
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["push_requests_rejected_total"]["too_large"], 3);
     assert_eq!(metrics["push_requests_rejected_total"]["invalid"], 0);
 }
@@ -436,7 +362,7 @@ async fn default_body_limit_is_one_mebibyte() {
             .is_some_and(|d| d.contains("MAX_BODY_BYTES=1048576")),
         "{body}"
     );
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["push_requests_rejected_total"]["too_large"], 1);
 }
 
@@ -444,7 +370,7 @@ async fn default_body_limit_is_one_mebibyte() {
 async fn batches_are_validated_whole_before_anything_is_delivered() {
     let app = spawn_app(&["--max-batch-size", "3"]).await;
     let mut ws = app.connect("b").await;
-    wait_connections(&app, 1).await;
+    app.wait_for_connections(1).await;
     let item = |n: u64| json!({ "user_id": "b", "data": { "n": n } });
 
     // Four items: over MAX_BATCH_SIZE.
@@ -498,7 +424,7 @@ async fn batches_are_validated_whole_before_anything_is_delivered() {
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["detail"][0]["type"], "list_type");
 
-    assert_nothing_received(&mut ws).await;
+    assert_silent(&mut ws, QUIET).await;
 
     // Exactly MAX_BATCH_SIZE: accepted, and these are the first events the client sees.
     let (status, body) = app
@@ -519,7 +445,7 @@ async fn batches_are_validated_whole_before_anything_is_delivered() {
         assert_eq!(event["event_id"], result["event_id"]);
     }
 
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["events_accepted_total"], 3);
     assert_eq!(metrics["push_requests_rejected_total"]["invalid"], 4);
 }
@@ -529,28 +455,28 @@ async fn content_type_must_be_json_or_absent() {
     let app = spawn_app(&[]).await;
     let body = br#"{"user_id":"u","data":{}}"#.to_vec();
 
-    let reply = request(
-        &app,
-        Method::POST,
-        "/sse/push",
-        &[("content-type", "text/plain")],
-        Some(body.clone()),
-    )
-    .await;
+    let reply = app
+        .request(
+            Method::POST,
+            "/sse/push",
+            &[("content-type", "text/plain")],
+            Some(body.clone()),
+        )
+        .await;
     assert_eq!(reply.status, 415, "{}", reply.text);
     assert_eq!(
         reply.json(),
         json!({ "detail": "Content-Type must be application/json, not text/plain" })
     );
 
-    let reply = request(
-        &app,
-        Method::POST,
-        "/sse/push/batch",
-        &[("content-type", "application/x-www-form-urlencoded")],
-        Some(b"[]".to_vec()),
-    )
-    .await;
+    let reply = app
+        .request(
+            Method::POST,
+            "/sse/push/batch",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Some(b"[]".to_vec()),
+        )
+        .await;
     assert_eq!(reply.status, 415, "{}", reply.text);
 
     for headers in [
@@ -559,12 +485,14 @@ async fn content_type_must_be_json_or_absent() {
         &[("content-type", "Application/JSON")][..],
         &[("content-type", "application/vnd.api+json")][..],
     ] {
-        let reply = request(&app, Method::POST, "/sse/push", headers, Some(body.clone())).await;
+        let reply = app
+            .request(Method::POST, "/sse/push", headers, Some(body.clone()))
+            .await;
         assert_eq!(reply.status, 200, "{headers:?}: {}", reply.text);
         assert_eq!(reply.json()["status"], "partial");
     }
 
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["push_requests_rejected_total"]["unsupported_media_type"],
         2
@@ -577,18 +505,18 @@ async fn unknown_paths_and_wrong_methods_get_json_errors() {
     let app = spawn_app(&[]).await;
 
     for path in ["/nope", "/sse", "/sse/push/", "/ws/extra"] {
-        let reply = request(&app, Method::GET, path, &[], None).await;
+        let reply = app.request(Method::GET, path, &[], None).await;
         assert_eq!(reply.status, 404, "{path}");
         assert_eq!(reply.json(), json!({ "detail": "Not Found" }), "{path}");
     }
 
-    let reply = request(&app, Method::GET, "/sse/push", &[], None).await;
+    let reply = app.request(Method::GET, "/sse/push", &[], None).await;
     assert_eq!(reply.status, 405);
     assert_eq!(reply.json(), json!({ "detail": "Method Not Allowed" }));
     let allow = reply.header("allow").expect("405 carries an Allow header");
     assert!(allow.contains("POST"), "Allow: {allow}");
 
-    let reply = request(&app, Method::DELETE, "/health", &[], None).await;
+    let reply = app.request(Method::DELETE, "/health", &[], None).await;
     assert_eq!(reply.status, 405);
     assert_eq!(reply.json(), json!({ "detail": "Method Not Allowed" }));
     let allow = reply.header("allow").expect("405 carries an Allow header");
@@ -597,8 +525,7 @@ async fn unknown_paths_and_wrong_methods_get_json_errors() {
 
 /// A cross-origin push from `origin`, as a browser sends it.
 async fn cors_simple(app: &TestApp, origin: &str) -> Reply {
-    request(
-        app,
+    app.request(
         Method::POST,
         "/sse/push",
         &[("origin", origin), ("content-type", "application/json")],
@@ -609,8 +536,7 @@ async fn cors_simple(app: &TestApp, origin: &str) -> Reply {
 
 /// The preflight a browser sends before a cross-origin JSON push from `origin`.
 async fn cors_preflight(app: &TestApp, origin: &str) -> Reply {
-    request(
-        app,
+    app.request(
         Method::OPTIONS,
         "/sse/push",
         &[
@@ -695,7 +621,7 @@ async fn cors_origin_list_echoes_allowed_and_ignores_others() {
 async fn health_metrics_and_ready_keep_the_seed_shapes() {
     let app = spawn_app(&[]).await;
 
-    let reply = request(&app, Method::GET, "/health", &[], None).await;
+    let reply = app.request(Method::GET, "/health", &[], None).await;
     assert_eq!(reply.status, 200);
     assert!(
         reply
@@ -710,7 +636,7 @@ async fn health_metrics_and_ready_keep_the_seed_shapes() {
         "JSON content type"
     );
 
-    let reply = request(&app, Method::GET, "/metrics", &[], None).await;
+    let reply = app.request(Method::GET, "/metrics", &[], None).await;
     assert_eq!(reply.status, 200);
     assert!(
         reply
@@ -720,18 +646,18 @@ async fn health_metrics_and_ready_keep_the_seed_shapes() {
         reply.text
     );
 
-    let reply = request(&app, Method::GET, "/ready", &[], None).await;
+    let reply = app.request(Method::GET, "/ready", &[], None).await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json(), json!({ "status": "ready" }));
 
     // The counts follow connections.
     let _ws = app.connect("h").await;
     let _ws2 = app.connect("h").await;
-    wait_connections(&app, 2).await;
+    app.wait_for_connections(2).await;
     let (_, health) = app.get_json("/health").await;
     assert_eq!(health["connections"], 2);
     assert_eq!(health["users"], 1);
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["active_connections"], 2);
     assert_eq!(metrics["users_online"], 1);
 }
@@ -740,7 +666,7 @@ async fn health_metrics_and_ready_keep_the_seed_shapes() {
 async fn ready_turns_503_while_draining() {
     let app = spawn_app(&["--shutdown-drain", "2", "--shutdown-timeout", "5"]).await;
     app.lifecycle.begin_shutdown();
-    let reply = request(&app, Method::GET, "/ready", &[], None).await;
+    let reply = app.request(Method::GET, "/ready", &[], None).await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json(), json!({ "status": "shutting_down" }));
     // Everything else is still served during the drain.
@@ -764,10 +690,11 @@ async fn configured_paths_replace_the_defaults() {
     ])
     .await;
 
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/live?user_id=u", app.addr))
+    let mut ws = app
+        .handshake_on("/live", "user_id=u", &[])
         .await
         .expect("handshake on the configured path");
-    wait_connections(&app, 1).await;
+    app.wait_for_connections(1).await;
 
     let (status, body) = app
         .post_json(
@@ -793,19 +720,15 @@ async fn configured_paths_replace_the_defaults() {
         let reply = post_raw(&app, path, r#"{"user_id":"u","data":{}}"#).await;
         assert_eq!(reply.status, 404, "{path} is no longer served");
     }
-    match tokio_tungstenite::connect_async(app.ws_url("user_id=u")).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status().as_u16(), 404, "/ws is no longer served");
-        }
-        other => panic!("expected 404 for /ws, got {other:?}"),
-    }
+    let refusal = app.refused("user_id=u", &[]).await;
+    assert_eq!(refusal.status, 404, "/ws is no longer served");
 }
 
 #[tokio::test]
 async fn deeply_nested_data_is_delivered_verbatim_and_unclosed_nesting_is_refused() {
     let app = spawn_app(&[]).await;
     let mut ws = app.connect("deep").await;
-    wait_connections(&app, 1).await;
+    app.wait_for_connections(1).await;
 
     let depth = 10_000;
     let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
@@ -841,7 +764,7 @@ async fn deeply_nested_data_is_delivered_verbatim_and_unclosed_nesting_is_refuse
         let reply = post_raw(&app, "/sse/push/batch", format!("[{garbage}]")).await;
         assert_eq!(reply.status, 422, "{}", reply.text);
     }
-    assert_nothing_received(&mut ws).await;
+    assert_silent(&mut ws, QUIET).await;
 
     let (status, _) = app.get_json("/health").await;
     assert_eq!(status, 200);
@@ -858,7 +781,12 @@ async fn deeply_nested_data_is_delivered_verbatim_and_unclosed_nesting_is_refuse
 #[tokio::test]
 async fn trickling_bodies_get_408_and_silent_connections_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app(&["--http-request-timeout", "0.5"]).await;
+    const HEAD_TIMEOUT: Duration = Duration::from_millis(200);
+    let app = spawn_app(&[
+        "--http-request-timeout",
+        &HEAD_TIMEOUT.as_secs_f64().to_string(),
+    ])
+    .await;
 
     let mut trickling = tokio::net::TcpStream::connect(app.addr)
         .await
@@ -886,11 +814,11 @@ async fn trickling_bodies_get_408_and_silent_connections_are_closed() {
         .expect("closed within the deadline");
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
     assert!(
-        started.elapsed() >= Duration::from_millis(400),
+        started.elapsed() >= HEAD_TIMEOUT * 4 / 5,
         "not before the timeout"
     );
 
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["push_requests_rejected_total"]["invalid"], 1,
         "{metrics}"

@@ -15,6 +15,7 @@ mod cli;
 mod config_process;
 mod history;
 mod http_api;
+mod isolation;
 mod layering;
 mod openapi;
 mod prometheus;

@@ -8,10 +8,10 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use prometheus_parse::{Sample, Scrape, Value as Parsed};
 use serde_json::{Value, json};
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{PROMPTLY, TestApp, next_text, spawn_app};
+use crate::helpers::{PROMPTLY, SMALL_QUEUES, SseReader, TestApp, next_text, spawn_app};
 
 const PLAIN: &str = "text/plain; version=0.0.4; charset=utf-8";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -248,31 +248,12 @@ fn check_line(line: &str) {
     );
 }
 
-/// GETs `path` with these headers: status, content type and body.
-async fn get(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
-    let mut request = app.http.get(app.url(path));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = timeout(PROMPTLY, request.send())
-        .await
-        .expect("a response within the deadline")
-        .expect("request");
-    let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .map(|value| value.to_str().unwrap().to_owned())
-        .unwrap_or_default();
-    (status, content_type, response.text().await.expect("body"))
-}
-
 /// Scrapes `/metrics/prometheus` (Prometheus text 0.0.4) and parses it.
 async fn scrape(app: &TestApp) -> Exposition {
-    let (status, content_type, body) = get(app, "/metrics/prometheus", &[]).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(content_type, PLAIN);
-    Exposition::parse(body)
+    let reply = app.get("/metrics/prometheus", &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.content_type(), PLAIN);
+    Exposition::parse(reply.text)
 }
 
 /// Scrapes until `check` holds, or fails after [`PROMPTLY`].
@@ -296,12 +277,6 @@ async fn scrape_until(
     }
 }
 
-async fn push(app: &TestApp, path: &str, body: Value) -> Value {
-    let (status, response) = app.post_json(path, &body).await;
-    assert_eq!(status, 200, "{body} answered {response}");
-    response
-}
-
 /// Bytes of a server's (unmasked) text frame with this payload on the wire.
 fn ws_frame_bytes(payload: usize) -> f64 {
     let header = match payload {
@@ -310,50 +285,6 @@ fn ws_frame_bytes(payload: usize) -> f64 {
         _ => 10,
     };
     (payload + header) as f64
-}
-
-/// An open SSE stream, read chunk by chunk.
-struct SseClient {
-    response: reqwest::Response,
-    received: Vec<u8>,
-}
-
-impl SseClient {
-    async fn open(app: &TestApp, user: &str) -> Self {
-        let response = timeout(
-            PROMPTLY,
-            app.http
-                .get(app.url(&format!("/sse/stream?user_id={user}")))
-                .send(),
-        )
-        .await
-        .expect("stream headers within the deadline")
-        .expect("request");
-        assert_eq!(response.status(), 200);
-        let mut client = Self {
-            response,
-            received: Vec::new(),
-        };
-        client.read_until("\n\n").await;
-        client
-    }
-
-    /// Reads until the text received so far holds `needle` and ends a block.
-    async fn read_until(&mut self, needle: &str) {
-        let deadline = Instant::now() + PROMPTLY;
-        loop {
-            let text = String::from_utf8_lossy(&self.received);
-            if text.contains(needle) && text.ends_with("\n\n") {
-                return;
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.response.chunk())
-                .await
-                .unwrap_or_else(|_| panic!("no {needle:?} in time; got {text:?}"))
-                .expect("stream readable")
-                .expect("stream still open");
-            self.received.extend_from_slice(&chunk);
-        }
-    }
 }
 
 #[tokio::test]
@@ -379,7 +310,8 @@ async fn counters_gauges_and_histograms_move_with_real_traffic() {
 
     // One WebSocket and one SSE client.
     let mut ws = app.connect("prom-alice").await;
-    let mut sse = SseClient::open(&app, "prom-bob").await;
+    let mut sse = SseReader::open(&app, "user_id=prom-bob", &[]).await;
+    sse.opening().await;
     let connected = scrape(&app).await;
     assert_eq!(
         connected.value("websocket_sse_connections", &[("transport", "websocket")]),
@@ -399,38 +331,28 @@ async fn counters_gauges_and_histograms_move_with_real_traffic() {
     // nobody, one invalid push, one client message.
     let mut ws_bytes = 0.0;
     for n in 0..3 {
-        let response = push(
-            &app,
-            "/sse/push",
-            json!({"user_id": "prom-alice", "data": {"n": n}}),
-        )
-        .await;
+        let response = app
+            .push(json!({"user_id": "prom-alice", "data": {"n": n}}))
+            .await;
         assert_eq!(response["delivered"], 1, "{response}");
         ws_bytes += ws_frame_bytes(next_text(&mut ws).await.len());
     }
     ws.send(Message::text("hello")).await.unwrap();
     ws_bytes += ws_frame_bytes(next_text(&mut ws).await.len());
-    push(
-        &app,
-        "/sse/push",
-        json!({"user_id": "prom-bob", "data": {"to": "sse"}}),
-    )
-    .await;
-    sse.read_until("\"to\":\"sse\"").await;
-    push(
-        &app,
-        "/sse/push",
-        json!({"user_id": "prom-nobody", "data": {}}),
-    )
-    .await;
+    app.push(json!({"user_id": "prom-bob", "data": {"to": "sse"}}))
+        .await;
+    sse.until("\"to\":\"sse\"").await;
+    sse.until("\n\n").await;
+    app.push(json!({"user_id": "prom-nobody", "data": {}}))
+        .await;
     let items: Vec<Value> = (0..4)
         .map(|n| json!({"user_id": format!("prom-carol-{n}"), "data": {"n": n}}))
         .collect();
-    push(&app, "/sse/push/batch", Value::Array(items)).await;
+    app.push_batch(Value::Array(items)).await;
     let (status, _) = app.post_json("/sse/push", &json!({"data": {}})).await;
     assert_eq!(status, 422);
 
-    let sse_bytes = sse.received.len() as f64;
+    let sse_bytes = sse.received() as f64;
     let after = scrape_until(&app, "the writes to be counted", |e| {
         e.histogram("websocket_sse_delivery_latency_seconds").2 >= 4.0
             && e.value(
@@ -540,33 +462,19 @@ async fn counters_gauges_and_histograms_move_with_real_traffic() {
 #[tokio::test]
 async fn resumes_and_resyncs_are_counted_and_replays_are_not_timed() {
     let app = spawn_app(&[]).await;
-    let stored = push(
-        &app,
-        "/sse/push",
-        json!({"user_id": "prom-dave", "data": {"n": 1}}),
-    )
-    .await;
-    push(
-        &app,
-        "/sse/push",
-        json!({"user_id": "prom-dave", "data": {"n": 2}}),
-    )
-    .await;
+    let stored = app
+        .push(json!({"user_id": "prom-dave", "data": {"n": 1}}))
+        .await;
+    app.push(json!({"user_id": "prom-dave", "data": {"n": 2}}))
+        .await;
     let first = stored["event_id"].as_str().unwrap();
 
     // Resumes after the first event: the second is replayed.
-    let (mut ws, _) = tokio_tungstenite::connect_async(
-        app.ws_url(&format!("user_id=prom-dave&last_event_id={first}")),
-    )
-    .await
-    .unwrap();
+    let mut ws = app.resume("prom-dave", first).await;
     let replayed: Value = serde_json::from_str(&next_text(&mut ws).await).unwrap();
     assert_eq!(replayed["data"], json!({"n": 2}));
     // An unknown resume point: a resync event.
-    let (mut lost, _) =
-        tokio_tungstenite::connect_async(app.ws_url("user_id=prom-erin&last_event_id=never-seen"))
-            .await
-            .unwrap();
+    let mut lost = app.resume("prom-erin", "never-seen").await;
     let resync: Value = serde_json::from_str(&next_text(&mut lost).await).unwrap();
     assert_eq!(resync["event_type"], "resync", "{resync}");
 
@@ -589,12 +497,8 @@ async fn resumes_and_resyncs_are_counted_and_replays_are_not_timed() {
     );
 
     // A live push after the replay is timed.
-    push(
-        &app,
-        "/sse/push",
-        json!({"user_id": "prom-dave", "data": {"n": 3}}),
-    )
-    .await;
+    app.push(json!({"user_id": "prom-dave", "data": {"n": 3}}))
+        .await;
     next_text(&mut ws).await;
     scrape_until(&app, "the live event to be timed", |e| {
         e.histogram("websocket_sse_delivery_latency_seconds").2 == 1.0
@@ -604,32 +508,10 @@ async fn resumes_and_resyncs_are_counted_and_replays_are_not_timed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_s_events_are_counted_as_dropped() {
-    let app = spawn_app(&[
-        "--ws-send-queue",
-        "8",
-        "--ws-write-timeout",
-        "1",
-        "--history-size",
-        "4",
-    ])
-    .await;
+    let app = spawn_app(&SMALL_QUEUES).await;
     // Connected, then never read from.
     let _slow = app.connect("prom-slow").await;
-    let padding = "x".repeat(64 * 1024);
-    let mut overflowed = false;
-    for n in 0..2000 {
-        let response = push(
-            &app,
-            "/sse/push",
-            json!({"user_id": "prom-slow", "data": {"n": n, "pad": padding}}),
-        )
-        .await;
-        if response["status"] == "partial" {
-            overflowed = true;
-            break;
-        }
-    }
-    assert!(overflowed, "the queue never filled");
+    app.push_until_refused("prom-slow", async || {}).await;
     let exposition = scrape_until(&app, "the slow consumer's drops", |e| {
         e.value(
             "websocket_sse_connections_closed_total",
@@ -670,32 +552,34 @@ async fn metrics_serves_text_when_accept_prefers_it_and_json_otherwise() {
         Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
     ] {
         let headers: Vec<(&str, &str)> = accept.map(|a| ("accept", a)).into_iter().collect();
-        let (status, content_type, body) = get(&app, "/metrics", &headers).await;
-        assert_eq!(status, 200);
+        let reply = app.get("/metrics", &headers).await;
+        assert_eq!(reply.status, 200);
         assert!(
-            content_type.starts_with("application/json"),
-            "{accept:?}: {content_type}"
+            reply.content_type().starts_with("application/json"),
+            "{accept:?}: {}",
+            reply.content_type()
         );
-        let json: Value = serde_json::from_str(&body).unwrap();
+        let json: Value = serde_json::from_str(&reply.text).unwrap();
         let keys: Vec<&String> = json.as_object().unwrap().keys().take(2).collect();
         assert_eq!(keys, ["active_connections", "service"], "{accept:?}");
     }
 
     // The Prometheus text for `text/plain`.
     for accept in ["text/plain", "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"] {
-        let (status, content_type, body) = get(&app, "/metrics", &[("accept", accept)]).await;
-        assert_eq!(status, 200);
-        assert_eq!(content_type, PLAIN, "{accept}");
-        assert!(!body.contains("# EOF"));
-        Exposition::parse(body).check_families_and_labels(&[]);
+        let reply = app.get("/metrics", &[("accept", accept)]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.content_type(), PLAIN, "{accept}");
+        assert!(!reply.text.contains("# EOF"));
+        Exposition::parse(reply.text).check_families_and_labels(&[]);
     }
 
     // OpenMetrics for what Prometheus sends, on both paths.
     for path in ["/metrics", "/metrics/prometheus"] {
         for accept in [PROMETHEUS_SCRAPE_ACCEPT, "application/openmetrics-text"] {
-            let (status, content_type, body) = get(&app, path, &[("accept", accept)]).await;
-            assert_eq!(status, 200);
-            assert_eq!(content_type, OPENMETRICS, "{path} {accept}");
+            let reply = app.get(path, &[("accept", accept)]).await;
+            assert_eq!(reply.status, 200);
+            assert_eq!(reply.content_type(), OPENMETRICS, "{path} {accept}");
+            let body = reply.text;
             assert!(body.ends_with("# EOF\n"), "{path}: {body}");
             assert!(body.contains("# TYPE websocket_sse_connections_opened counter\n"));
             assert!(body.contains("# UNIT websocket_sse_delivery_latency_seconds seconds\n"));
@@ -707,10 +591,9 @@ async fn metrics_serves_text_when_accept_prefers_it_and_json_otherwise() {
 
     // `/metrics/prometheus` is text whatever else is asked for.
     for accept in ["application/json", "*/*"] {
-        let (status, content_type, _) =
-            get(&app, "/metrics/prometheus", &[("accept", accept)]).await;
-        assert_eq!(status, 200);
-        assert_eq!(content_type, PLAIN, "{accept}");
+        let reply = app.get("/metrics/prometheus", &[("accept", accept)]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.content_type(), PLAIN, "{accept}");
     }
 }
 
@@ -722,23 +605,26 @@ async fn private_metrics_need_an_api_key_in_every_format() {
         ("/metrics", "text/plain"),
         ("/metrics", PROMETHEUS_SCRAPE_ACCEPT),
     ] {
-        let (status, _, body) = get(&app, path, &[("accept", accept)]).await;
-        assert_eq!(status, 401, "{path} without a key: {body}");
-        assert!(!body.contains("websocket_sse_"), "{body}");
-        let (status, _, _) = get(
-            &app,
-            path,
-            &[("accept", accept), ("x-api-key", "wrong-key-0123456789")],
-        )
-        .await;
-        assert_eq!(status, 401, "{path} with a wrong key");
+        let reply = app.get(path, &[("accept", accept)]).await;
+        assert_eq!(reply.status, 401, "{path} without a key: {}", reply.text);
+        assert!(!reply.text.contains("websocket_sse_"), "{}", reply.text);
+        let reply = app
+            .get(
+                path,
+                &[("accept", accept), ("x-api-key", "wrong-key-0123456789")],
+            )
+            .await;
+        assert_eq!(reply.status, 401, "{path} with a wrong key");
         let bearer = format!("Bearer {KEY}");
         for credential in [("x-api-key", KEY), ("authorization", bearer.as_str())] {
-            let (status, content_type, body) =
-                get(&app, path, &[("accept", accept), credential]).await;
-            assert_eq!(status, 200, "{path} with a key: {body}");
-            assert!(content_type.contains("text"), "{content_type}");
-            Exposition::parse(body);
+            let reply = app.get(path, &[("accept", accept), credential]).await;
+            assert_eq!(reply.status, 200, "{path} with a key: {}", reply.text);
+            assert!(
+                reply.content_type().contains("text"),
+                "{}",
+                reply.content_type()
+            );
+            Exposition::parse(reply.text);
         }
     }
 }

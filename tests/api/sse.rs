@@ -2,146 +2,20 @@
 //! EventSource retries, graceful shutdown and slow consumers, each against its own server with a
 //! real HTTP client and a real SSE parser.
 
-use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
-use eventsource_stream::{Event, EventStream, Eventsource};
-use futures_util::stream::{self, Stream, StreamExt};
+use eventsource_stream::{Event, Eventsource};
+use futures_util::stream::{self, StreamExt};
 use serde_json::{Value, json};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout};
 
-use crate::helpers::{PROMPTLY, TestApp, assert_stopped_promptly, next_text, spawn_app};
+use crate::helpers::{
+    Events, Opening, PROMPTLY, SMALL_QUEUES, SseReader, TestApp, assert_stopped_promptly,
+    next_text, spawn_app,
+};
 
 /// How long a stream must stay quiet to count as having received nothing.
 const QUIET: Duration = Duration::from_millis(200);
-
-/// A response body as a stream of chunks (reqwest's `stream` feature is not needed for this).
-type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
-
-/// Parsed events, as a browser's EventSource would dispatch them.
-type Events = EventStream<Body>;
-
-fn body_of(response: reqwest::Response) -> Body {
-    Box::pin(stream::unfold(Some(response), |response| async move {
-        let mut response = response?;
-        match response.chunk().await {
-            Ok(Some(chunk)) => Some((Ok(chunk), Some(response))),
-            Ok(None) => None,
-            Err(error) => Some((Err(error), None)),
-        }
-    }))
-}
-
-/// An event stream read as raw text, for what a parser hides (comments, `retry:`, the opening
-/// `id:`); it can be handed to the parser at any point without losing bytes.
-struct Raw {
-    body: Body,
-    /// Received but not yet returned.
-    pending: Vec<u8>,
-}
-
-impl Raw {
-    fn new(response: reqwest::Response) -> Self {
-        Self {
-            body: body_of(response),
-            pending: Vec::new(),
-        }
-    }
-
-    /// Reads until `needle` has arrived; returns everything up to and including it.
-    async fn until(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + PROMPTLY;
-        loop {
-            if let Some(at) = find(&self.pending, needle.as_bytes()) {
-                let rest = self.pending.split_off(at + needle.len());
-                let text = std::mem::replace(&mut self.pending, rest);
-                return String::from_utf8(text).expect("the stream is UTF-8");
-            }
-            let chunk = timeout_at(deadline, self.body.next())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "{needle:?} did not arrive within the deadline; got {:?}",
-                        String::from_utf8_lossy(&self.pending)
-                    )
-                });
-            match chunk {
-                Some(Ok(chunk)) => self.pending.extend_from_slice(&chunk),
-                Some(Err(error)) => panic!("the stream failed before {needle:?}: {error}"),
-                None => panic!(
-                    "the stream ended before {needle:?}; got {:?}",
-                    String::from_utf8_lossy(&self.pending)
-                ),
-            }
-        }
-    }
-
-    /// Reads the stream's first block: the `retry:` hint and, on a fresh connection, the `id:`.
-    async fn opening(&mut self) -> Opening {
-        let text = self.until("\n\n").await;
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|line| line.strip_prefix(name))
-                .map(str::to_owned)
-        };
-        Opening {
-            retry: field("retry: ").map(|ms| ms.parse().expect("retry is a number")),
-            id: field("id: "),
-            text,
-        }
-    }
-
-    /// Reads until the stream ends (cleanly: a transport error fails the test); returns the rest.
-    async fn read_to_end(&mut self) -> String {
-        let deadline = Instant::now() + PROMPTLY;
-        loop {
-            let chunk = timeout_at(deadline, self.body.next())
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "the stream did not end within the deadline; got {:?}",
-                        String::from_utf8_lossy(&self.pending)
-                    )
-                });
-            match chunk {
-                Some(Ok(chunk)) => self.pending.extend_from_slice(&chunk),
-                Some(Err(error)) => panic!(
-                    "the stream ended with an error: {error}; got {:?}",
-                    String::from_utf8_lossy(&self.pending)
-                ),
-                None => {
-                    let text = std::mem::take(&mut self.pending);
-                    return String::from_utf8(text).expect("the stream is UTF-8");
-                }
-            }
-        }
-    }
-
-    /// The rest of the stream, parsed.
-    fn events(self) -> Events {
-        let pending: Body = Box::pin(stream::iter([Ok(Bytes::from(self.pending))]));
-        let body: Body = Box::pin(pending.chain(self.body));
-        body.eventsource()
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
-}
-
-/// What a stream opens with.
-#[derive(Debug)]
-struct Opening {
-    /// The `retry:` hint, in milliseconds.
-    retry: Option<u64>,
-    /// The opening `id:` (a position token), on a fresh connection.
-    id: Option<String>,
-    /// The whole block, blank line included.
-    text: String,
-}
 
 /// Parses `text` (complete blocks) as an EventSource would.
 async fn parse(text: &str) -> Vec<Event> {
@@ -151,30 +25,6 @@ async fn parse(text: &str) -> Vec<Event> {
         .map(|event| event.expect("a valid event stream"))
         .collect()
         .await
-}
-
-/// `GET /sse/stream?{query}` with extra headers; the response as it arrives (headers only).
-async fn get_stream(app: &TestApp, query: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut request = app.http.get(app.url(&format!("/sse/stream?{query}")));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    timeout(PROMPTLY, request.send())
-        .await
-        .expect("response headers within the deadline")
-        .expect("request")
-}
-
-/// Opens a stream that must be accepted as an event stream; returns it raw.
-async fn open_raw(app: &TestApp, query: &str, headers: &[(&str, &str)]) -> Raw {
-    let response = get_stream(app, query, headers).await;
-    assert_eq!(response.status(), 200, "{query}");
-    assert_eq!(
-        response.headers()["content-type"],
-        "text/event-stream",
-        "{query}"
-    );
-    Raw::new(response)
 }
 
 /// An accepted SSE client past its opening block.
@@ -190,7 +40,7 @@ async fn connect_sse(app: &TestApp, user: &str) -> Client {
 
 /// Connects with this query and headers; reads the opening block.
 async fn resume_sse(app: &TestApp, query: &str, headers: &[(&str, &str)]) -> Client {
-    let mut raw = open_raw(app, query, headers).await;
+    let mut raw = SseReader::open(app, query, headers).await;
     let opening = raw.opening().await;
     assert!(
         opening.retry.is_some(),
@@ -227,21 +77,11 @@ async fn assert_quiet(events: &mut Events, within: Duration) {
     }
 }
 
-/// Pushes one message and returns the response body, asserting 200.
-async fn push(app: &TestApp, body: Value) -> Value {
-    let (status, response) = app.post_json("/sse/push", &body).await;
-    assert_eq!(status, 200, "push {body} answered {response}");
-    response
-}
-
 /// Pushes `{"n": n}` to `user` with upstream event id `{prefix}-{n}` for each `n`.
 async fn push_numbered(app: &TestApp, user: &str, prefix: &str, ns: std::ops::Range<u32>) {
     for n in ns {
-        push(
-            app,
-            json!({"user_id": user, "event_id": format!("{prefix}-{n}"), "data": {"n": n}}),
-        )
-        .await;
+        app.push(json!({"user_id": user, "event_id": format!("{prefix}-{n}"), "data": {"n": n}}))
+            .await;
     }
 }
 
@@ -254,27 +94,12 @@ async fn expect_numbered(events: &mut Events, prefix: &str, ns: std::ops::Range<
     }
 }
 
-/// `GET /health`.
-async fn health(app: &TestApp) -> Value {
-    let (status, body) = app.get_json("/health").await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// Polls `/health` until the server has exactly `n` SSE connections registered.
+/// Waits until the server has exactly `n` SSE connections registered.
 async fn wait_for_sse_connections(app: &TestApp, n: u64) -> Value {
-    let deadline = Instant::now() + PROMPTLY;
-    loop {
-        let body = health(app).await;
-        if body["sse_connections"] == n {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {n} SSE connections: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    app.wait_for_health(&format!("{n} SSE connections"), |h| {
+        h["sse_connections"] == n
+    })
+    .await
 }
 
 /// Splits a position token `<epoch>:<position>`, asserting its shape.
@@ -295,7 +120,7 @@ fn position_token(token: &str) -> (String, u64) {
 /// Asserts a refusal an EventSource retries: 200 `text/event-stream`, a `retry:` hint and a
 /// comment containing `why`, then the end; no event. Returns the body.
 async fn assert_come_back_later(app: &TestApp, query: &str, why: &str) -> String {
-    let mut raw = open_raw(app, query, &[]).await;
+    let mut raw = SseReader::open(app, query, &[]).await;
     let body = raw.read_to_end().await;
     assert!(body.starts_with("retry: 3000\n"), "{body:?}");
     let comment = body
@@ -311,14 +136,14 @@ async fn assert_come_back_later(app: &TestApp, query: &str, why: &str) -> String
 #[tokio::test]
 async fn a_fresh_stream_opens_with_event_stream_headers_a_retry_hint_and_its_position() {
     let app = spawn_app(&[]).await;
-    let response = get_stream(&app, "user_id=opener", &[]).await;
+    let response = app.sse_stream("user_id=opener", &[]).await;
     assert_eq!(response.status(), 200);
     let headers = response.headers();
     assert_eq!(headers["content-type"], "text/event-stream");
     assert_eq!(headers["cache-control"], "no-cache");
     assert_eq!(headers["x-accel-buffering"], "no");
 
-    let mut raw = Raw::new(response);
+    let mut raw = SseReader::new(response);
     let opening = raw.until("\n\n").await;
     let lines: Vec<&str> = opening.lines().collect();
     assert_eq!(lines.len(), 3, "{opening:?}");
@@ -343,7 +168,7 @@ async fn a_fresh_stream_opens_with_event_stream_headers_a_retry_hint_and_its_pos
 #[tokio::test]
 async fn the_retry_hint_follows_the_sse_retry_flag() {
     let app = spawn_app(&["--sse-retry", "0.25"]).await;
-    let mut raw = open_raw(&app, "user_id=retry", &[]).await;
+    let mut raw = SseReader::open(&app, "user_id=retry", &[]).await;
     let opening = raw.opening().await;
     assert!(opening.text.starts_with("retry: 250\n"), "{opening:?}");
     assert_eq!(opening.retry, Some(250));
@@ -353,13 +178,11 @@ async fn the_retry_hint_follows_the_sse_retry_flag() {
 async fn a_pushed_event_carries_its_id_its_type_and_the_websocket_frame_as_data() {
     let app = spawn_app(&[]).await;
     let mut ws = app.connect("framed").await;
-    let mut raw = open_raw(&app, "user_id=framed", &[]).await;
+    let mut raw = SseReader::open(&app, "user_id=framed", &[]).await;
     raw.opening().await;
 
     let data = json!({"text": "hi", "nested": {"list": [1, 2.5, null, true], "s": "é \"q\" \\n"}});
-    let response = push(
-        &app,
-        json!({"user_id": "framed", "event_type": "order.updated", "event_id": "evt-42", "data": data}),
+    let response = app.push(json!({"user_id": "framed", "event_type": "order.updated", "event_id": "evt-42", "data": data}),
     )
     .await;
     assert_eq!(response["delivered"], 2, "{response}");
@@ -379,7 +202,9 @@ async fn a_pushed_event_carries_its_id_its_type_and_the_websocket_frame_as_data(
     assert_eq!(json["event_id"], "evt-42");
 
     // Without an event_type or event_id: `message` and the server's id.
-    let response = push(&app, json!({"user_id": "framed", "data": {"plain": true}})).await;
+    let response = app
+        .push(json!({"user_id": "framed", "data": {"plain": true}}))
+        .await;
     let mut events = raw.events();
     let (event, json) = next_data(&mut events).await;
     assert_eq!(event.event, "message");
@@ -395,7 +220,7 @@ async fn a_pushed_event_carries_its_id_its_type_and_the_websocket_frame_as_data(
 async fn raw_line_breaks_in_upstream_data_become_data_lines_a_parser_joins_back() {
     let app = spawn_app(&[]).await;
     let mut ws = app.connect("lines").await;
-    let mut raw = open_raw(&app, "user_id=lines", &[]).await;
+    let mut raw = SseReader::open(&app, "user_id=lines", &[]).await;
     raw.opening().await;
 
     let body = "{\"user_id\":\"lines\",\"event_id\":\"nl-1\",\"data\":{\n  \"a\": 1,\r\n\t\"b\": [1,\r2],\n   \n\"c\": \"x y\"\n}}";
@@ -432,8 +257,9 @@ async fn raw_line_breaks_in_upstream_data_become_data_lines_a_parser_joins_back(
 
 #[tokio::test]
 async fn an_idle_stream_gets_keepalive_comments() {
-    let app = spawn_app(&["--sse-keepalive", "0.2"]).await;
-    let mut raw = open_raw(&app, "user_id=idle", &[]).await;
+    const KEEPALIVE: Duration = Duration::from_millis(100);
+    let app = spawn_app(&["--sse-keepalive", &KEEPALIVE.as_secs_f64().to_string()]).await;
+    let mut raw = SseReader::open(&app, "user_id=idle", &[]).await;
     raw.opening().await;
     let started = Instant::now();
     for _ in 0..3 {
@@ -441,13 +267,13 @@ async fn an_idle_stream_gets_keepalive_comments() {
     }
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_millis(500) && elapsed < Duration::from_secs(3),
-        "three keepalives every 0.2 s took {elapsed:?}"
+        elapsed >= KEEPALIVE * 5 / 2 && elapsed < Duration::from_secs(3),
+        "three keepalives every {KEEPALIVE:?} took {elapsed:?}"
     );
 
     // Comments dispatch nothing; an event still arrives between them.
     let mut events = raw.events();
-    assert_quiet(&mut events, Duration::from_millis(500)).await;
+    assert_quiet(&mut events, KEEPALIVE * 5 / 2).await;
     push_numbered(&app, "idle", "k", 0..1).await;
     expect_numbered(&mut events, "k", 0..1).await;
 }
@@ -472,7 +298,7 @@ async fn last_event_id_header_replays_exactly_the_missed_events_then_live_ones()
     push_numbered(&app, "resumer", "r", 5..6).await;
     expect_numbered(&mut back.events, "r", 5..6).await;
     assert_quiet(&mut back.events, QUIET).await;
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["events_replayed_total"], 3, "{metrics}");
 }
 
@@ -566,7 +392,9 @@ async fn a_push_while_offline_is_stored_and_delivered_when_the_client_resumes() 
     drop(first);
     wait_for_sse_connections(&app, 0).await;
 
-    let response = push(&app, json!({"user_id": "away", "data": {"while": "away"}})).await;
+    let response = app
+        .push(json!({"user_id": "away", "data": {"while": "away"}}))
+        .await;
     assert_eq!(response["status"], "partial", "{response}");
     assert_eq!(response["stored"], true, "{response}");
     assert_eq!(response["delivered"], 0, "{response}");
@@ -583,19 +411,21 @@ async fn sse_and_websocket_clients_are_counted_by_transport_and_both_receive_a_p
     let app = spawn_app(&[]).await;
     let mut ws = app.connect("both-ways").await;
     let mut sse = connect_sse(&app, "both-ways").await;
-    let body = health(&app).await;
+    let body = app.health().await;
     assert_eq!(body["connections"], 2, "{body}");
     assert_eq!(body["websocket_connections"], 1, "{body}");
     assert_eq!(body["sse_connections"], 1, "{body}");
     assert_eq!(body["users"], 1, "{body}");
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["active_connections"], 2, "{metrics}");
     assert_eq!(
         metrics["connections_by_transport"],
         json!({"websocket": 1, "sse": 1})
     );
 
-    let response = push(&app, json!({"user_id": "both-ways", "data": {"to": "all"}})).await;
+    let response = app
+        .push(json!({"user_id": "both-ways", "data": {"to": "all"}}))
+        .await;
     assert_eq!(response["status"], "success", "{response}");
     assert_eq!(response["delivered"], 2, "{response}");
     let (_, json) = next_data(&mut sse.events).await;
@@ -615,7 +445,7 @@ async fn sse_and_websocket_clients_are_counted_by_transport_and_both_receive_a_p
         metrics["connections_closed_total"]["client_closed"], 1,
         "{metrics}"
     );
-    assert_eq!(health(&app).await["sse_connections"], 0);
+    assert_eq!(app.health().await["sse_connections"], 0);
 }
 
 #[tokio::test]
@@ -628,7 +458,7 @@ async fn a_missing_or_invalid_user_id_or_resume_point_is_a_400_with_a_detail() {
         "user_id=a%0Ab",
         "user_id=u&last_event_id=%0A",
     ] {
-        let response = get_stream(&app, query, &[]).await;
+        let response = app.sse_stream(query, &[]).await;
         assert_eq!(response.status(), 400, "{query:?}");
         assert!(
             response.headers()["content-type"]
@@ -640,7 +470,7 @@ async fn a_missing_or_invalid_user_id_or_resume_point_is_a_400_with_a_detail() {
         let body: Value = response.json().await.expect("JSON body");
         assert!(body.get("detail").is_some(), "{query:?}: {body}");
     }
-    let response = get_stream(&app, "", &[]).await;
+    let response = app.sse_stream("", &[]).await;
     let body: Value = response.json().await.unwrap();
     assert_eq!(
         body["detail"][0]["loc"],
@@ -648,7 +478,7 @@ async fn a_missing_or_invalid_user_id_or_resume_point_is_a_400_with_a_detail() {
         "{body}"
     );
     assert_eq!(body["detail"][0]["type"], "missing", "{body}");
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["connections_refused_total"]["bad_request"], 6);
     assert_eq!(metrics["active_connections"], 0);
 }
@@ -660,7 +490,7 @@ async fn while_draining_new_streams_are_told_to_come_back_later() {
     app.lifecycle.begin_shutdown();
 
     assert_come_back_later(&app, "user_id=latecomer", "shutting down").await;
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["connections_refused_total"]["shutting_down"], 1,
         "{metrics}"
@@ -676,7 +506,7 @@ async fn a_full_server_tells_new_streams_to_come_back_later() {
     let app = spawn_app(&["--max-connections", "1"]).await;
     let holder = connect_sse(&app, "holder").await;
     assert_come_back_later(&app, "user_id=second", "MAX_CONNECTIONS=1").await;
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["connections_refused_total"]["server_full"], 1);
     assert_eq!(metrics["active_connections"], 1);
 
@@ -693,18 +523,16 @@ async fn the_per_user_limit_tells_the_extra_stream_to_come_back_later() {
     let mut first = connect_sse(&app, "limited").await;
     assert_come_back_later(&app, "user_id=limited", "MAX_CONNECTIONS_PER_USER").await;
     let _other = connect_sse(&app, "unlimited").await;
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["connections_refused_total"]["user_limit"], 1,
         "{metrics}"
     );
     assert_eq!(metrics["active_connections"], 2, "{metrics}");
 
-    let response = push(
-        &app,
-        json!({"user_id": "limited", "data": {"still": "here"}}),
-    )
-    .await;
+    let response = app
+        .push(json!({"user_id": "limited", "data": {"still": "here"}}))
+        .await;
     assert_eq!(response["delivered"], 1, "{response}");
     let (_, json) = next_data(&mut first.events).await;
     assert_eq!(json["data"], json!({"still": "here"}));
@@ -719,7 +547,7 @@ async fn replace_oldest_ends_the_older_stream_with_a_close_event() {
         "replace-oldest",
     ])
     .await;
-    let mut older = open_raw(&app, "user_id=swapped", &[]).await;
+    let mut older = SseReader::open(&app, "user_id=swapped", &[]).await;
     older.opening().await;
     let mut newer = connect_sse(&app, "swapped").await;
 
@@ -728,7 +556,9 @@ async fn replace_oldest_ends_the_older_stream_with_a_close_event() {
         "event: close\ndata: {\"event_type\":\"close\",\"reason\":\"replaced\"}\n\n",
         "a named event the page can act on, with no id (the resume point stays)"
     );
-    let response = push(&app, json!({"user_id": "swapped", "data": {"to": "newer"}})).await;
+    let response = app
+        .push(json!({"user_id": "swapped", "data": {"to": "newer"}}))
+        .await;
     assert_eq!(response["delivered"], 1, "{response}");
     let (_, json) = next_data(&mut newer.events).await;
     assert_eq!(json["data"], json!({"to": "newer"}));
@@ -744,7 +574,7 @@ async fn replace_oldest_ends_the_older_stream_with_a_close_event() {
 async fn graceful_shutdown_delivers_queued_events_then_ends_the_stream_cleanly() {
     const EVENTS: usize = 500;
     let app = spawn_app(&["--shutdown-timeout", "4", "--max-body-bytes", "8388608"]).await;
-    let mut raw = open_raw(&app, "user_id=bye", &[]).await;
+    let mut raw = SseReader::open(&app, "user_id=bye", &[]).await;
     raw.opening().await;
     // A backlog larger than the socket buffers, not read yet: most of it is still in the
     // connection's queue when the session is told to close.
@@ -784,40 +614,19 @@ async fn graceful_shutdown_delivers_queued_events_then_ends_the_stream_cleanly()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_is_not_read_is_ended_without_delaying_other_users() {
-    let app = spawn_app(&[
-        "--ws-send-queue",
-        "8",
-        "--ws-write-timeout",
-        "2",
-        "--history-size",
-        "4",
-    ])
-    .await;
+    let app = spawn_app(&SMALL_QUEUES).await;
     // Never read past its headers.
-    let _slow = get_stream(&app, "user_id=slow", &[]).await;
+    let _slow = app.sse_stream("user_id=slow", &[]).await;
     let mut healthy = connect_sse(&app, "healthy").await;
     wait_for_sse_connections(&app, 2).await;
 
-    let padding = "x".repeat(64 * 1024);
     let mut healthy_sent = 0;
-    let mut overflow = None;
-    for n in 0..2000 {
-        let response = push(
-            &app,
-            json!({"user_id": "slow", "data": {"n": n, "pad": padding}}),
-        )
-        .await;
-        if response["status"] == "partial" {
-            overflow = Some(response);
-            break;
-        }
-        assert_eq!(response["delivered"], 1, "push {n}: {response}");
-        if n % 10 == 0 {
+    let (_, response) = app
+        .push_until_refused("slow", async || {
             check_healthy(&app, &mut healthy.events, healthy_sent).await;
             healthy_sent += 1;
-        }
-    }
-    let response = overflow.expect("the slow stream's queue never overflowed");
+        })
+        .await;
     assert!(
         response["message"]
             .as_str()
@@ -841,7 +650,9 @@ async fn a_stream_that_is_not_read_is_ended_without_delaying_other_users() {
 
 /// Pushes `{"h": n}` to the healthy user and expects it within a second.
 async fn check_healthy(app: &TestApp, events: &mut Events, n: u32) {
-    let response = push(app, json!({"user_id": "healthy", "data": {"h": n}})).await;
+    let response = app
+        .push(json!({"user_id": "healthy", "data": {"h": n}}))
+        .await;
     assert_eq!(response["delivered"], 1, "{response}");
     let (_, json) = timeout(Duration::from_secs(1), next_data(events))
         .await
@@ -852,7 +663,9 @@ async fn check_healthy(app: &TestApp, events: &mut Events, n: u32) {
 #[tokio::test]
 async fn a_cross_origin_stream_request_is_allowed() {
     let app = spawn_app(&[]).await;
-    let response = get_stream(&app, "user_id=cors", &[("Origin", "http://example.com")]).await;
+    let response = app
+        .sse_stream("user_id=cors", &[("Origin", "http://example.com")])
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["access-control-allow-origin"], "*");
     assert_eq!(response.headers()["content-type"], "text/event-stream");
@@ -887,10 +700,15 @@ async fn a_cross_origin_stream_request_is_allowed() {
 #[tokio::test]
 async fn a_quiet_stream_outlives_the_http_request_timeout() {
     // The head timeout is for request heads; it must not cut a response that is still streaming.
-    let app = spawn_app(&["--http-request-timeout", "0.5"]).await;
+    const HEAD_TIMEOUT: Duration = Duration::from_millis(200);
+    let app = spawn_app(&[
+        "--http-request-timeout",
+        &HEAD_TIMEOUT.as_secs_f64().to_string(),
+    ])
+    .await;
     let mut client = connect_sse(&app, "patient").await;
-    assert_quiet(&mut client.events, Duration::from_millis(1500)).await;
-    assert_eq!(health(&app).await["sse_connections"], 1);
+    assert_quiet(&mut client.events, HEAD_TIMEOUT * 3).await;
+    assert_eq!(app.health().await["sse_connections"], 1);
     push_numbered(&app, "patient", "p", 0..1).await;
     expect_numbered(&mut client.events, "p", 0..1).await;
 }
@@ -905,7 +723,7 @@ async fn fresh_streams_do_not_lift_history_over_history_max_users() {
     for n in 0..200 {
         push_numbered(&app, &format!("cap-{n}"), "e", 0..3).await;
     }
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["history_users"], 2, "{metrics}");
     assert_eq!(metrics["history_events"], 6, "{metrics}");
 }

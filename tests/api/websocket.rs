@@ -9,87 +9,21 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout, timeout_at};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{
-    PROMPTLY, TestApp, Ws, assert_silent, assert_stopped_promptly, close_of, next_json, send_text,
-    spawn_app,
+    PROMPTLY, SMALL_QUEUES, TestApp, Ws, assert_silent, assert_stopped_promptly, close_of,
+    drain_until_end, next_json, send_text, spawn_app,
 };
 
 /// How long a socket must stay quiet to count as having received nothing.
 const QUIET: Duration = Duration::from_millis(200);
 
-/// After the close handshake began, polls the client until its stream ends, so that its close
-/// reply is actually written (tungstenite sends it on the next poll).
-async fn drain_until_end(ws: &mut Ws) {
-    let deadline = Instant::now() + PROMPTLY;
-    loop {
-        match timeout_at(deadline, ws.next()).await {
-            Err(_elapsed) => panic!("the connection did not end after the close handshake"),
-            Ok(None | Some(Err(_))) => return,
-            Ok(Some(Ok(_))) => continue,
-        }
-    }
-}
-
-/// `GET /health`.
-async fn health(app: &TestApp) -> Value {
-    let (status, body) = app.get_json("/health").await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// Polls `/health` until `check` holds; panics after [`PROMPTLY`].
-async fn wait_for_health(app: &TestApp, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + PROMPTLY;
-    loop {
-        let body = health(app).await;
-        if check(&body) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Waits until exactly `n` connections are registered. A client's handshake completes before its
-/// session registers it, so a push sent right after `connect` could miss it.
-async fn wait_for_connections(app: &TestApp, n: u64) -> Value {
-    wait_for_health(app, &format!("{n} registered connections"), |h| {
-        h["connections"] == n
-    })
-    .await
-}
-
-/// Pushes one message and returns the response body, asserting 200.
-async fn push(app: &TestApp, body: Value) -> Value {
-    let (status, response) = app.post_json("/sse/push", &body).await;
-    assert_eq!(status, 200, "push {body} answered {response}");
-    response
-}
-
 /// Attempts a handshake that the server must refuse before the upgrade; returns the status and
 /// the JSON body.
 async fn refused_handshake(app: &TestApp, query: &str) -> (u16, Value) {
-    let url = app.ws_url(query);
-    match tokio_tungstenite::connect_async(&url).await {
-        Ok(_) => panic!("handshake to {url} was accepted"),
-        Err(WsError::Http(response)) => {
-            let status = response.status().as_u16();
-            let body = response.body().as_deref().unwrap_or_default();
-            let json = serde_json::from_slice(body).unwrap_or_else(|error| {
-                panic!(
-                    "refusal body is not JSON ({error}): {:?}",
-                    String::from_utf8_lossy(body)
-                )
-            });
-            (status, json)
-        }
-        Err(other) => panic!("expected an HTTP refusal from {url}, got {other}"),
-    }
+    let refusal = app.refused(query, &[]).await;
+    (refusal.status, refusal.json())
 }
 
 #[tokio::test]
@@ -97,10 +31,10 @@ async fn push_reaches_the_users_socket_with_the_full_event_and_no_one_else() {
     let app = spawn_app(&[]).await;
     let mut alice = app.connect("alice").await;
     let mut bob = app.connect("bob").await;
-    wait_for_connections(&app, 2).await;
+    app.wait_for_connections(2).await;
 
     let data = json!({"text": "hi", "nested": {"list": [1, 2.5, null, true], "s": "é \"q\""}});
-    let response = push(&app, json!({"user_id": "alice", "data": data})).await;
+    let response = app.push(json!({"user_id": "alice", "data": data})).await;
     assert_eq!(response["status"], "success", "{response}");
     assert_eq!(response["delivered"], 1, "{response}");
     assert_eq!(response["message"], "delivered to 1 connection(s)");
@@ -138,7 +72,9 @@ async fn a_push_sent_right_after_the_handshake_is_never_missed() {
     for round in 0..20 {
         let user = format!("eager-{round}");
         let mut ws = app.connect(&user).await;
-        let response = push(&app, json!({"user_id": user, "data": {"round": round}})).await;
+        let response = app
+            .push(json!({"user_id": user, "data": {"round": round}}))
+            .await;
         assert_eq!(response["delivered"], 1, "round {round}: {response}");
         assert_eq!(next_json(&mut ws).await["data"]["round"], round);
     }
@@ -152,9 +88,11 @@ async fn one_push_reaches_every_connection_of_the_user() {
         sockets.push(app.connect("multi").await);
     }
     let mut other = app.connect("other").await;
-    wait_for_connections(&app, 4).await;
+    app.wait_for_connections(4).await;
 
-    let response = push(&app, json!({"user_id": "multi", "data": {"tab": "all"}})).await;
+    let response = app
+        .push(json!({"user_id": "multi", "data": {"tab": "all"}}))
+        .await;
     assert_eq!(response["status"], "success", "{response}");
     assert_eq!(response["delivered"], 3, "{response}");
     assert_eq!(response["message"], "delivered to 3 connection(s)");
@@ -172,7 +110,7 @@ async fn sequential_pushes_and_a_batch_arrive_in_order_on_every_connection() {
     const BATCH: usize = 500;
     let app = spawn_app(&[]).await;
     let mut sockets = [app.connect("ordered").await, app.connect("ordered").await];
-    wait_for_connections(&app, 2).await;
+    app.wait_for_connections(2).await;
 
     // Read concurrently with pushing, as a real client would, so no buffer limits the test.
     let readers: Vec<_> = sockets
@@ -191,7 +129,9 @@ async fn sequential_pushes_and_a_batch_arrive_in_order_on_every_connection() {
         .collect();
     let pushes = async {
         for n in 0..PUSHES {
-            let response = push(&app, json!({"user_id": "ordered", "data": {"n": n}})).await;
+            let response = app
+                .push(json!({"user_id": "ordered", "data": {"n": n}}))
+                .await;
             assert_eq!(response["delivered"], 2, "push {n}: {response}");
         }
         let batch: Vec<Value> = (0..BATCH)
@@ -218,7 +158,7 @@ async fn sequential_pushes_and_a_batch_arrive_in_order_on_every_connection() {
 async fn batch_reports_each_item_in_order_and_delivers_only_to_connected_users() {
     let app = spawn_app(&[]).await;
     let mut online = app.connect("online").await;
-    wait_for_connections(&app, 1).await;
+    app.wait_for_connections(1).await;
 
     let batch = json!([
         {"user_id": "online", "data": {"i": 0}},
@@ -257,7 +197,7 @@ async fn batch_reports_each_item_in_order_and_delivers_only_to_connected_users()
     assert_eq!(second["event_type"], "custom");
     assert_silent(&mut online, QUIET).await;
 
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["events_offline_total"], 2, "{metrics}");
     assert_eq!(metrics["events_delivered_total"], 2, "{metrics}");
 }
@@ -267,7 +207,7 @@ async fn client_text_is_acked_to_that_client_only() {
     let app = spawn_app(&[]).await;
     let mut sender = app.connect("acker").await;
     let mut sibling = app.connect("acker").await;
-    wait_for_connections(&app, 2).await;
+    app.wait_for_connections(2).await;
 
     send_text(&mut sender, "Hello server").await;
     let reply = timeout(PROMPTLY, sender.next())
@@ -293,7 +233,7 @@ async fn client_text_is_acked_to_that_client_only() {
         json!({"event_type": "ack", "data": {"received": tricky}})
     );
 
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["client_messages_total"], 2, "{metrics}");
 }
 
@@ -328,16 +268,24 @@ async fn raw_handshake(app: &TestApp, user: &str) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_is_closed_after_ping_timeout_while_an_answering_client_stays() {
-    const INTERVAL: f64 = 0.2;
-    const PING_TIMEOUT: f64 = 0.3;
-    let app = spawn_app(&["--ws-ping-interval", "0.2", "--ws-ping-timeout", "0.3"]).await;
+    const INTERVAL: f64 = 0.1;
+    const PING_TIMEOUT: f64 = 0.15;
+    /// How long the answering client counts pings: 7.5 intervals, past the silent one's close.
+    const WATCH: Duration = Duration::from_millis(750);
+    let app = spawn_app(&[
+        "--ws-ping-interval",
+        &INTERVAL.to_string(),
+        "--ws-ping-timeout",
+        &PING_TIMEOUT.to_string(),
+    ])
+    .await;
 
     // A well-behaved client: tungstenite answers pings whenever the stream is polled.
     let mut good = app.connect("good").await;
-    wait_for_connections(&app, 1).await;
+    app.wait_for_connections(1).await;
     let good_client = tokio::spawn(async move {
         let mut pings = 0;
-        let deadline = Instant::now() + Duration::from_millis(1500);
+        let deadline = Instant::now() + WATCH;
         loop {
             match timeout_at(deadline, good.next()).await {
                 Err(_elapsed) => break,
@@ -350,14 +298,10 @@ async fn silent_client_is_closed_after_ping_timeout_while_an_answering_client_st
 
     let before_connect = Instant::now();
     let mut raw = raw_handshake(&app, "silent").await;
-    wait_for_health(&app, "the silent client to register", |h| {
-        h["connections"] == 2
-    })
-    .await;
-    wait_for_health(&app, "the silent client to be dropped", |h| {
-        h["connections"] == 1
-    })
-    .await;
+    app.wait_for_health("the silent client to register", |h| h["connections"] == 2)
+        .await;
+    app.wait_for_health("the silent client to be dropped", |h| h["connections"] == 1)
+        .await;
     let elapsed = before_connect.elapsed().as_secs_f64();
     assert!(
         elapsed >= INTERVAL + PING_TIMEOUT - 0.05,
@@ -388,19 +332,23 @@ async fn silent_client_is_closed_after_ping_timeout_while_an_answering_client_st
     let (mut good, pings) = good_client.await.expect("good client task");
     assert!(
         pings >= 3,
-        "only {pings} pings in 1.5 s at a 0.2 s interval"
+        "only {pings} pings in {WATCH:?} at a {INTERVAL} s interval"
     );
-    let response = push(&app, json!({"user_id": "good", "data": {"still": "here"}})).await;
+    let response = app
+        .push(json!({"user_id": "good", "data": {"still": "here"}}))
+        .await;
     assert_eq!(response["delivered"], 1, "{response}");
     assert_eq!(next_json(&mut good).await["data"], json!({"still": "here"}));
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["connections_closed_total"]["ping_timeout"], 1);
     assert_eq!(metrics["active_connections"], 1, "{metrics}");
 }
 
 /// Pushes `{"h": n}` to the healthy user and asserts that it arrives within a second.
 async fn check_healthy(app: &TestApp, healthy: &mut Ws, n: usize) {
-    let response = push(app, json!({"user_id": "healthy", "data": {"h": n}})).await;
+    let response = app
+        .push(json!({"user_id": "healthy", "data": {"h": n}}))
+        .await;
     assert_eq!(response["status"], "success", "{response}");
     let frame = timeout(Duration::from_secs(1), next_json(healthy))
         .await
@@ -410,39 +358,18 @@ async fn check_healthy(app: &TestApp, healthy: &mut Ws, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_without_delaying_other_users() {
-    let app = spawn_app(&[
-        "--ws-send-queue",
-        "8",
-        "--ws-write-timeout",
-        "2",
-        "--history-size",
-        "4",
-    ])
-    .await;
+    let app = spawn_app(&SMALL_QUEUES).await;
     let mut slow = app.connect("slow").await;
     let mut healthy = app.connect("healthy").await;
-    wait_for_connections(&app, 2).await;
+    app.wait_for_connections(2).await;
 
-    let padding = "x".repeat(64 * 1024);
     let mut healthy_sent = 0;
-    let mut overflow = None;
-    for n in 0..2000 {
-        let response = push(
-            &app,
-            json!({"user_id": "slow", "data": {"n": n, "pad": padding}}),
-        )
-        .await;
-        if response["status"] == "partial" {
-            overflow = Some((n, response));
-            break;
-        }
-        assert_eq!(response["delivered"], 1, "push {n}: {response}");
-        if n % 10 == 0 {
+    let (overflowed_at, response) = app
+        .push_until_refused("slow", async || {
             check_healthy(&app, &mut healthy, healthy_sent).await;
             healthy_sent += 1;
-        }
-    }
-    let (overflowed_at, response) = overflow.expect("the slow client's queue never overflowed");
+        })
+        .await;
     assert_eq!(response["delivered"], 0, "{response}");
     assert!(
         response["message"]
@@ -463,8 +390,10 @@ async fn slow_consumer_is_closed_without_delaying_other_users() {
         })
         .await;
     assert_eq!(metrics["users_online"], 1, "{metrics}");
-    assert_eq!(health(&app).await["connections"], 1);
-    let after = push(&app, json!({"user_id": "slow", "data": {"late": true}})).await;
+    assert_eq!(app.health().await["connections"], 1);
+    let after = app
+        .push(json!({"user_id": "slow", "data": {"late": true}}))
+        .await;
     assert_eq!(after["delivered"], 0, "{after}");
     assert!(
         after["message"]
@@ -518,8 +447,10 @@ async fn graceful_shutdown_flushes_queued_events_then_closes_with_1001() {
     for _ in 0..3 {
         clients.push(app.connect("bye").await);
     }
-    wait_for_connections(&app, 3).await;
-    let response = push(&app, json!({"user_id": "bye", "data": {"last": "words"}})).await;
+    app.wait_for_connections(3).await;
+    let response = app
+        .push(json!({"user_id": "bye", "data": {"last": "words"}}))
+        .await;
     assert_eq!(response["delivered"], 3, "{response}");
 
     let started = Instant::now();
@@ -537,13 +468,14 @@ async fn graceful_shutdown_flushes_queued_events_then_closes_with_1001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn during_the_drain_ready_fails_and_handshakes_are_refused_but_pushes_flow() {
-    let app = spawn_app(&["--shutdown-drain", "2", "--shutdown-timeout", "5"]).await;
+    // The drain is long enough for the checks made during it (milliseconds on loopback).
+    let app = spawn_app(&["--shutdown-drain", "0.5", "--shutdown-timeout", "5"]).await;
     assert_eq!(
         app.get_json("/ready").await,
         (200, json!({"status": "ready"}))
     );
     let mut client = app.connect("draining").await;
-    wait_for_connections(&app, 1).await;
+    app.wait_for_connections(1).await;
 
     app.lifecycle.begin_shutdown();
     assert_eq!(
@@ -558,18 +490,16 @@ async fn during_the_drain_ready_fails_and_handshakes_are_refused_but_pushes_flow
             .is_some_and(|d| d.contains("shutting down")),
         "{body}"
     );
-    let response = push(
-        &app,
-        json!({"user_id": "draining", "data": {"during": "drain"}}),
-    )
-    .await;
+    let response = app
+        .push(json!({"user_id": "draining", "data": {"during": "drain"}}))
+        .await;
     assert_eq!(response["status"], "success", "{response}");
     assert_eq!(response["delivered"], 1, "{response}");
     assert_eq!(
         next_json(&mut client).await["data"],
         json!({"during": "drain"})
     );
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["connections_refused_total"]["shutting_down"], 1);
     assert_eq!(metrics["active_connections"], 1, "{metrics}");
     drop(app.http);
@@ -601,13 +531,13 @@ async fn during_the_drain_ready_fails_and_handshakes_are_refused_but_pushes_flow
 #[tokio::test]
 async fn health_and_metrics_count_connections_exactly_as_they_open_and_close() {
     let app = spawn_app(&[]).await;
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["active_connections"], 0);
     assert_eq!(metrics["connections_opened_total"], 0);
 
     let mut a = [app.connect("count-a").await, app.connect("count-a").await];
     let mut b = [app.connect("count-b").await, app.connect("count-b").await];
-    let body = wait_for_connections(&app, 4).await;
+    let body = app.wait_for_connections(4).await;
     assert_eq!(body["users"], 2, "{body}");
     let metrics = app
         .wait_for_metrics("4 connections", |m| m["active_connections"] == 4)
@@ -623,7 +553,7 @@ async fn health_and_metrics_count_connections_exactly_as_they_open_and_close() {
         .await;
     assert_eq!(metrics["users_online"], 2, "{metrics}");
     assert_eq!(metrics["connections_closed_total"]["client_closed"], 1);
-    let body = health(&app).await;
+    let body = app.health().await;
     assert_eq!(
         (&body["connections"], &body["users"]),
         (&json!(3), &json!(2))
@@ -651,12 +581,12 @@ async fn health_and_metrics_count_connections_exactly_as_they_open_and_close() {
         metrics["connections_closed_total"]["client_closed"], 4,
         "{metrics}"
     );
-    let body = health(&app).await;
+    let body = app.health().await;
     assert_eq!(
         (&body["connections"], &body["users"]),
         (&json!(0), &json!(0))
     );
-    let response = push(&app, json!({"user_id": "count-a", "data": {}})).await;
+    let response = app.push(json!({"user_id": "count-a", "data": {}})).await;
     assert_eq!(response["delivered"], 0, "{response}");
 }
 
@@ -679,7 +609,7 @@ async fn a_thousand_concurrent_connections_each_get_exactly_their_users_events()
         .collect()
         .await;
     assert_eq!(sockets.len(), TOTAL);
-    let body = wait_for_connections(&app, TOTAL as u64).await;
+    let body = app.wait_for_connections(TOTAL as u64).await;
     assert_eq!(body["users"], USERS, "{body}");
 
     for round in 0..2 {
@@ -717,7 +647,7 @@ async fn a_thousand_concurrent_connections_each_get_exactly_their_users_events()
         })
         .await;
     assert_eq!(metrics["connections_opened_total"], TOTAL, "{metrics}");
-    assert_eq!(health(&app).await["connections"], 0);
+    assert_eq!(app.health().await["connections"], 0);
 }
 
 #[tokio::test]
@@ -725,7 +655,7 @@ async fn per_user_limit_rejects_the_extra_connection() {
     let app = spawn_app(&["--max-connections-per-user", "2"]).await;
     let mut first = app.connect("limited").await;
     let mut second = app.connect("limited").await;
-    wait_for_connections(&app, 2).await;
+    app.wait_for_connections(2).await;
 
     let mut third = app.connect("limited").await;
     let (code, reason) = close_of(&mut third).await.expect("a close frame");
@@ -735,12 +665,14 @@ async fn per_user_limit_rejects_the_extra_connection() {
         "{reason}"
     );
 
-    let response = push(&app, json!({"user_id": "limited", "data": {"ok": 1}})).await;
+    let response = app
+        .push(json!({"user_id": "limited", "data": {"ok": 1}}))
+        .await;
     assert_eq!(response["delivered"], 2, "{response}");
     for ws in [&mut first, &mut second] {
         assert_eq!(next_json(ws).await["data"], json!({"ok": 1}));
     }
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["connections_refused_total"]["user_limit"], 1,
         "{metrics}"
@@ -750,7 +682,7 @@ async fn per_user_limit_rejects_the_extra_connection() {
 
     // Another user is not affected by this user's limit.
     let _other = app.connect("unlimited").await;
-    wait_for_connections(&app, 3).await;
+    app.wait_for_connections(3).await;
 }
 
 #[tokio::test]
@@ -763,10 +695,12 @@ async fn replace_oldest_policy_closes_the_older_connection() {
     ])
     .await;
     let mut older = app.connect("replaced").await;
-    wait_for_connections(&app, 1).await;
+    app.wait_for_connections(1).await;
     let mut newer = app.connect("replaced").await;
     // Right away, while the older one is still closing: it is no longer counted.
-    let response = push(&app, json!({"user_id": "replaced", "data": {"at": "once"}})).await;
+    let response = app
+        .push(json!({"user_id": "replaced", "data": {"at": "once"}}))
+        .await;
     assert_eq!(response["status"], "success", "{response}");
     assert_eq!(response["delivered"], 1, "{response}");
     assert_eq!(next_json(&mut newer).await["data"], json!({"at": "once"}));
@@ -775,11 +709,9 @@ async fn replace_oldest_policy_closes_the_older_connection() {
         Some((1008, "replaced by a newer connection".to_owned()))
     );
 
-    let response = push(
-        &app,
-        json!({"user_id": "replaced", "data": {"to": "newer"}}),
-    )
-    .await;
+    let response = app
+        .push(json!({"user_id": "replaced", "data": {"to": "newer"}}))
+        .await;
     assert_eq!(response["status"], "success", "{response}");
     assert_eq!(response["delivered"], 1, "{response}");
     assert_eq!(next_json(&mut newer).await["data"], json!({"to": "newer"}));
@@ -805,12 +737,12 @@ async fn max_connections_refuses_the_extra_handshake_with_503() {
             .is_some_and(|d| d.contains("MAX_CONNECTIONS=2")),
         "{body}"
     );
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["connections_refused_total"]["server_full"], 1,
         "{metrics}"
     );
-    assert_eq!(health(&app).await["connections"], 2);
+    assert_eq!(app.health().await["connections"], 2);
 }
 
 #[tokio::test]
@@ -819,7 +751,7 @@ async fn oversized_or_binary_client_frames_close_only_that_socket() {
     let mut offender = app.connect("sizes").await;
     let mut bystander = app.connect("sizes").await;
     let mut binary = app.connect("sizes").await;
-    wait_for_connections(&app, 3).await;
+    app.wait_for_connections(3).await;
 
     // Just under the limit is fine.
     let fits = "a".repeat(1000);
@@ -844,7 +776,9 @@ async fn oversized_or_binary_client_frames_close_only_that_socket() {
         Some((1003, "binary frames are not supported".to_owned()))
     );
 
-    let response = push(&app, json!({"user_id": "sizes", "data": {"still": "ok"}})).await;
+    let response = app
+        .push(json!({"user_id": "sizes", "data": {"still": "ok"}}))
+        .await;
     assert_eq!(response["status"], "success", "{response}");
     assert_eq!(response["delivered"], 1, "{response}");
     assert_eq!(
@@ -899,13 +833,13 @@ async fn handshake_with_a_bad_user_id_or_no_upgrade_is_refused_with_json() {
         "{body}"
     );
 
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(
         metrics["connections_refused_total"]["bad_request"], 5,
         "{metrics}"
     );
     assert_eq!(metrics["connections_opened_total"], 0, "{metrics}");
-    assert_eq!(health(&app).await["connections"], 0);
+    assert_eq!(app.health().await["connections"], 0);
 }
 
 /// Reads from a raw stream until `len` bytes arrived or it ended; returns what arrived.
@@ -974,7 +908,9 @@ async fn invalid_utf8_and_unmasked_frames_close_with_1007_and_1002() {
         metrics["connections_closed_total"]["protocol_error"], 1,
         "{metrics}"
     );
-    let response = push(&app, json!({"user_id": "raw-frames", "data": {"x": 1}})).await;
+    let response = app
+        .push(json!({"user_id": "raw-frames", "data": {"x": 1}}))
+        .await;
     assert_eq!(response["delivered"], 1, "{response}");
     assert_eq!(next_json(&mut bystander).await["data"], json!({"x": 1}));
 }
@@ -994,16 +930,17 @@ async fn client_ping_is_answered_with_a_pong() {
     assert_eq!(reply, Message::Pong(b"are you there".to_vec().into()));
     // A ping is not a text message: no ack, and the connection stays.
     assert_silent(&mut ws, QUIET).await;
-    let (_, metrics) = app.get_json("/metrics").await;
+    let metrics = app.metrics().await;
     assert_eq!(metrics["client_messages_total"], 0, "{metrics}");
     assert_eq!(metrics["active_connections"], 1, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_http_client_does_not_cost_websocket_clients_their_close_frame() {
-    let app = spawn_app(&["--shutdown-timeout", "2"]).await;
+    // The stalled request holds the shutdown until this timeout.
+    let app = spawn_app(&["--shutdown-timeout", "0.5"]).await;
     let mut ws = app.connect("survivor").await;
-    wait_for_connections(&app, 1).await;
+    app.wait_for_connections(1).await;
     // A push whose body never finishes (the request timeout is the default 30 s).
     let mut stalled = TcpStream::connect(app.addr).await.expect("connect");
     stalled

@@ -4,14 +4,13 @@
 use serde_json::json;
 
 use crate::helpers::{close_of, next_json};
-use crate::support::{cluster, empty, wait_for_counts};
+use crate::support::{empty, shared_cluster, wait_for_counts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_calls_and_broadcasts_span_the_cluster() {
-    let Some(redis) = crate::redis::shared("admin").await else {
+    let Some(cluster) = shared_cluster("admin", 2, &[]).await else {
         return;
     };
-    let cluster = cluster(&redis, "admin", 2, &[]).await;
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
     let mut on_a = a.connect("ann").await;
     let mut on_b = b.connect("ann").await;
@@ -43,10 +42,7 @@ async fn admin_calls_and_broadcasts_span_the_cluster() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["delivered"], 3, "{body}");
-    let (status, body) = a
-        .post_json("/sse/broadcast", &json!({"data": {"n": 2}}))
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = a.broadcast(json!({"data": {"n": 2}})).await;
     assert_eq!(body["users"], 2, "{body}");
     assert_eq!(body["delivered"], 3, "{body}");
     for ws in [&mut on_a, &mut on_b, &mut bob] {
@@ -55,14 +51,7 @@ async fn admin_calls_and_broadcasts_span_the_cluster() {
     }
 
     // Disconnecting through B closes the user's connections on both nodes.
-    let response = b
-        .http
-        .delete(b.url("/admin/users/ann/connections"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let body: serde_json::Value = response.json().await.unwrap();
+    let body = b.disconnect_user("ann").await;
     assert_eq!(body["disconnected"], 2, "{body}");
     for ws in [&mut on_a, &mut on_b] {
         assert_eq!(

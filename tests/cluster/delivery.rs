@@ -6,18 +6,15 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::support::{
-    Client, Counts, QUIET, cluster, datas, epoch_of, id_of, position_of, push, push_batch, seqs,
-    take, wait_for_counts,
-};
+use crate::helpers::{epoch_of, id_of, position_of};
+use crate::support::{Client, QUIET, datas, empty, seqs, shared_cluster, take, wait_for_counts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_through_any_node_reaches_the_users_connections_on_the_other_nodes() {
     const USER: &str = "fan";
-    let Some(redis) = crate::redis::shared("fan_out").await else {
+    let Some(cluster) = shared_cluster("fan_out", 3, &[]).await else {
         return;
     };
-    let cluster = cluster(&redis, "fan_out", 3, &[]).await;
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     let mut on_b = Client::ws(b, USER).await;
     let mut on_c = Client::sse(c, USER).await;
@@ -25,7 +22,7 @@ async fn a_push_through_any_node_reaches_the_users_connections_on_the_other_node
 
     // Registered before the handshake completes, cluster-wide: a push through another node
     // right away reaches both connections.
-    let first = push(a, json!({"user_id": USER, "data": {"seq": 0}})).await;
+    let first = a.push(json!({"user_id": USER, "data": {"seq": 0}})).await;
     assert_eq!(first["stored"], true, "{first}");
     assert_eq!(first["duplicate"], false, "{first}");
     assert_eq!(first["position"], 1, "{first}");
@@ -38,22 +35,14 @@ async fn a_push_through_any_node_reaches_the_users_connections_on_the_other_node
         assert_eq!(event["data"], json!({"seq": 0}), "{event}");
     }
 
-    wait_for_counts(
-        &[a, b, c],
-        Counts {
-            nodes: 3,
-            connections: 3,
-            websocket_connections: 2,
-            sse_connections: 1,
-            users: 2,
-        },
-    )
-    .await;
+    wait_for_counts(&[a, b, c], empty(3).with_connections(3, 2, 1, 2)).await;
 
     // Through each node in turn: the user's two connections, on B and C, both count.
     let mut accepted = Vec::new();
     for (seq, node) in [(1_u64, a), (2, b), (3, c)] {
-        let response = push(node, json!({"user_id": USER, "data": {"seq": seq}})).await;
+        let response = node
+            .push(json!({"user_id": USER, "data": {"seq": seq}}))
+            .await;
         assert_eq!(response["status"], "success", "{response}");
         assert_eq!(response["delivered"], 2, "{response}");
         assert_eq!(response["stored"], true, "{response}");
@@ -63,15 +52,13 @@ async fn a_push_through_any_node_reaches_the_users_connections_on_the_other_node
         accepted.push(response);
     }
     // And in a batch, with an item for a user connected nowhere.
-    let results = push_batch(
-        c,
-        json!([
+    let results = c
+        .push_batch(json!([
             {"user_id": USER, "data": {"seq": 4}},
             {"user_id": "nobody-home", "data": {"seq": -1}},
             {"user_id": USER, "data": {"seq": 5}},
-        ]),
-    )
-    .await;
+        ]))
+        .await;
     assert_eq!(results.len(), 3, "{results:?}");
     for (item, connected) in [(0, true), (1, false), (2, true)] {
         let result = &results[item];
@@ -110,24 +97,13 @@ async fn concurrent_pushes_through_three_nodes_reach_every_connection_in_one_ord
     const PUBLISHERS: u64 = 3;
     const PER_PUBLISHER: u64 = 100;
     const TOTAL: usize = (PUBLISHERS * PER_PUBLISHER) as usize;
-    let Some(redis) = crate::redis::shared("ordering").await else {
+    let Some(cluster) = shared_cluster("ordering", 3, &[]).await else {
         return;
     };
-    let cluster = cluster(&redis, "ordering", 3, &[]).await;
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     let on_a = Client::ws(a, USER).await;
     let on_b = Client::sse(b, USER).await;
-    wait_for_counts(
-        &[a, b, c],
-        Counts {
-            nodes: 3,
-            connections: 2,
-            websocket_connections: 1,
-            sse_connections: 1,
-            users: 1,
-        },
-    )
-    .await;
+    wait_for_counts(&[a, b, c], empty(3).with_connections(2, 1, 1, 1)).await;
 
     // Both clients read as events arrive.
     let readers: Vec<_> = [on_a, on_b]
@@ -222,39 +198,24 @@ async fn concurrent_pushes_through_three_nodes_reach_every_connection_in_one_ord
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_id_pushed_through_several_nodes_is_delivered_once() {
     const USER: &str = "idem";
-    let Some(redis) = crate::redis::shared("duplicates").await else {
+    let Some(cluster) = shared_cluster("duplicates", 3, &[]).await else {
         return;
     };
-    let cluster = cluster(&redis, "duplicates", 3, &[]).await;
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     let mut clients = [Client::ws(c, USER).await, Client::sse(b, USER).await];
-    wait_for_counts(
-        &[a, b, c],
-        Counts {
-            nodes: 3,
-            connections: 2,
-            websocket_connections: 1,
-            sse_connections: 1,
-            users: 1,
-        },
-    )
-    .await;
+    wait_for_counts(&[a, b, c], empty(3).with_connections(2, 1, 1, 1)).await;
 
     // A retry through another node (even with another payload) is the same event.
-    let first = push(
-        a,
-        json!({"user_id": USER, "event_id": "order-1", "data": {"v": 1}}),
-    )
-    .await;
+    let first = a
+        .push(json!({"user_id": USER, "event_id": "order-1", "data": {"v": 1}}))
+        .await;
     assert_eq!(first["duplicate"], false, "{first}");
     assert_eq!(first["delivered"], 2, "{first}");
     assert_eq!(first["event_id"], "order-1", "{first}");
     for (node, v) in [(b, 1), (c, 2)] {
-        let retry = push(
-            node,
-            json!({"user_id": USER, "event_id": "order-1", "data": {"v": v}}),
-        )
-        .await;
+        let retry = node
+            .push(json!({"user_id": USER, "event_id": "order-1", "data": {"v": v}}))
+            .await;
         assert_eq!(retry["duplicate"], true, "{retry}");
         assert_eq!(retry["event_id"], "order-1", "{retry}");
         assert_eq!(retry["stored"], true, "{retry}");
@@ -271,43 +232,37 @@ async fn an_event_id_pushed_through_several_nodes_is_delivered_once() {
     }
 
     // Within a batch, and between batches and single pushes through different nodes.
-    let results = push_batch(
-        a,
-        json!([
+    let results = a
+        .push_batch(json!([
             {"user_id": USER, "event_id": "x", "data": {"v": 2}},
             {"user_id": USER, "event_id": "y", "data": {"v": 3}},
             {"user_id": USER, "event_id": "x", "data": {"v": -1}},
-        ]),
-    )
-    .await;
+        ]))
+        .await;
     let flags: Vec<Value> = results.iter().map(|r| r["duplicate"].clone()).collect();
     assert_eq!(flags, [false, false, true], "{results:?}");
     assert_eq!(results[2]["event_id"], "x", "{results:?}");
     assert_eq!(results[2]["success"], true, "the original's: {results:?}");
     assert_eq!(results[2]["delivered"], 2, "the original's: {results:?}");
-    let results = push_batch(
-        b,
-        json!([
+    let results = b
+        .push_batch(json!([
             {"user_id": USER, "event_id": "y", "data": {"v": -1}},
             {"user_id": USER, "event_id": "z", "data": {"v": 4}},
-        ]),
-    )
-    .await;
+        ]))
+        .await;
     let flags: Vec<Value> = results.iter().map(|r| r["duplicate"].clone()).collect();
     assert_eq!(flags, [true, false], "{results:?}");
-    let single = push(
-        c,
-        json!({"user_id": USER, "event_id": "z", "data": {"v": -1}}),
-    )
-    .await;
+    let single = c
+        .push(json!({"user_id": USER, "event_id": "z", "data": {"v": -1}}))
+        .await;
     assert_eq!(single["duplicate"], true, "{single}");
 
     // The same new id through all three nodes at once: exactly one of them is the original.
     let body = json!({"user_id": USER, "event_id": "race", "data": {"v": 5}});
     let (via_a, via_b, via_c) = tokio::join!(
-        push(a, body.clone()),
-        push(b, body.clone()),
-        push(c, body.clone())
+        a.push(body.clone()),
+        b.push(body.clone()),
+        c.push(body.clone())
     );
     let raced = [via_a, via_b, via_c];
     let originals = raced.iter().filter(|r| r["duplicate"] == false).count();
@@ -333,14 +288,13 @@ async fn an_event_id_pushed_through_several_nodes_is_delivered_once() {
 async fn a_large_batch_arrives_whole_and_in_order_even_after_redis_forgot_the_scripts() {
     const USER: &str = "bulk";
     const ITEMS: u64 = 250;
-    let Some(redis) = crate::redis::shared("large_batch").await else {
+    let Some(cluster) = shared_cluster("large_batch", 2, &[]).await else {
         return;
     };
-    let cluster = cluster(&redis, "large_batch", 2, &[]).await;
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
     let mut client = Client::ws(b, USER).await;
     // A flushed script cache (an operator's SCRIPT FLUSH) is reloaded, not a failed push.
-    let mut admin = redis::Client::open(redis.as_str())
+    let mut admin = redis::Client::open(cluster.redis_url.as_str())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -353,7 +307,7 @@ async fn a_large_batch_arrives_whole_and_in_order_even_after_redis_forgot_the_sc
     let batch: Vec<Value> = (1..=ITEMS)
         .map(|n| json!({"user_id": USER, "data": {"seq": n}}))
         .collect();
-    let results = push_batch(a, json!(batch)).await;
+    let results = a.push_batch(json!(batch)).await;
     assert_eq!(results.len(), ITEMS as usize);
     assert!(
         results

@@ -10,11 +10,10 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::helpers::{PROMPTLY, TestApp};
+use crate::helpers::{PROMPTLY, epoch_of, id_of};
 use crate::redis::RedisServer;
 use crate::support::{
-    Client, QUIET, cluster, empty, epoch_of, get_stream, health, id_of, read_to_end,
-    wait_for_counts, wait_for_ready_status,
+    Client, QUIET, cluster, empty, read_to_end, wait_for_counts, wait_for_ready_status,
 };
 
 /// One push of the stream and how it was answered.
@@ -152,25 +151,6 @@ fn assert_unavailable(status: u16, retry_after: Option<&str>, body: &Value, what
     );
 }
 
-/// POSTs `body` to `path` on `node`; status, `Retry-After`, JSON body.
-async fn post(node: &TestApp, path: &str, body: &Value) -> (u16, Option<String>, Value) {
-    let response = tokio::time::timeout(PROMPTLY, node.http.post(node.url(path)).json(body).send())
-        .await
-        .unwrap_or_else(|_| panic!("{path} answered within {PROMPTLY:?}"))
-        .expect("request");
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned);
-    (
-        status,
-        retry_after,
-        response.json().await.expect("JSON body"),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_stopped_and_restarted_during_pushes_leaves_no_silent_gap() {
     const USER: &str = "steady";
@@ -226,50 +206,41 @@ async fn redis_stopped_and_restarted_during_pushes_leaves_no_silent_gap() {
 
     // While it is away: alive, refusing what needs Redis, keeping what is open.
     for node in [a, b] {
-        let body = health(node).await;
+        let body = node.health().await;
         assert_eq!(body["broker"], "redis", "{body}");
         let (status, metrics) = node.get_json("/metrics").await;
         assert_eq!(status, 200, "{metrics}");
         assert_eq!(metrics["broker"]["connected"], false, "{metrics}");
     }
-    let (status, retry_after, body) = post(
-        a,
-        "/sse/push",
-        &json!({"user_id": USER, "data": {"seq": -1}}),
-    )
-    .await;
+    let reply = a
+        .post_with(
+            "/sse/push",
+            &json!({"user_id": USER, "data": {"seq": -1}}),
+            &[],
+        )
+        .await;
     assert_unavailable(
-        status,
-        retry_after.as_deref(),
-        &body,
+        reply.status,
+        reply.header("retry-after"),
+        &reply.json(),
         "a push while Redis is down",
     );
-    let (status, retry_after, body) = post(
-        b,
-        "/sse/push/batch",
-        &json!([{"user_id": USER, "data": {"seq": -2}}]),
-    )
-    .await;
+    let reply = b
+        .post_with(
+            "/sse/push/batch",
+            &json!([{"user_id": USER, "data": {"seq": -2}}]),
+            &[],
+        )
+        .await;
     assert_unavailable(
-        status,
-        retry_after.as_deref(),
-        &body,
+        reply.status,
+        reply.header("retry-after"),
+        &reply.json(),
         "a batch while Redis is down",
     );
-    match tokio::time::timeout(
-        PROMPTLY,
-        tokio_tungstenite::connect_async(a.ws_url("user_id=newcomer")),
-    )
-    .await
-    .expect("a handshake answer within the deadline")
-    {
-        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
-            assert_eq!(response.status().as_u16(), 503, "{response:?}");
-        }
-        Err(other) => panic!("expected a 503 refusal of a new WebSocket, got {other}"),
-        Ok(_) => panic!("a new WebSocket was upgraded while Redis is down"),
-    }
-    let response = get_stream(b, "user_id=newcomer", &[]).await;
+    let refusal = a.refused("user_id=newcomer", &[]).await;
+    assert_eq!(refusal.status, 503, "{refusal:?}");
+    let response = b.sse_stream("user_id=newcomer", &[]).await;
     assert_eq!(
         response.status(),
         200,
@@ -283,8 +254,8 @@ async fn redis_stopped_and_restarted_during_pushes_leaves_no_silent_gap() {
         "{text:?}"
     );
 
-    // Keep it away a while, with pushes coming.
-    tokio::time::sleep_until(killed + Duration::from_secs(2)).await;
+    // Keep it away a while, with pushes coming (each refused: checked below).
+    tokio::time::sleep_until(killed + Duration::from_secs(1)).await;
     let restarting = Instant::now();
     redis.restart().await;
     let mut recovered = Duration::ZERO;
@@ -360,13 +331,9 @@ async fn redis_stopped_and_restarted_during_pushes_leaves_no_silent_gap() {
     // The nodes registered their connections again in the new Redis. The marker, through A,
     // ends the readers.
     wait_for_counts(&[a, b], empty(2).with_connections(2, 1, 1, 1)).await;
-    let (status, _, marker) = post(
-        a,
-        "/sse/push",
-        &json!({"user_id": USER, "data": {"marker": true}}),
-    )
-    .await;
-    assert_eq!(status, 200, "{marker}");
+    let marker = a
+        .push(json!({"user_id": USER, "data": {"marker": true}}))
+        .await;
     assert_eq!(marker["delivered"], 2, "{marker}");
 
     // Each client: what was accepted before, a resync (the history was lost), what was accepted

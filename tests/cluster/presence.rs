@@ -7,18 +7,17 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::helpers::{PROMPTLY, close_of, server_command, start_process};
+use crate::helpers::{PROMPTLY, TestApp, close_of, server_command, start_process};
 use crate::support::{
-    Client, Counts, LEASE, LEASE_FLAG, PRESENCE_DEADLINE, QUIET, cluster, empty, health, node_id,
-    push, wait_for_counts,
+    Client, Counts, LEASE, LEASE_FLAG, PRESENCE_DEADLINE, QUIET, empty, node_id, shared_cluster,
+    wait_for_counts,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_counts_the_connections_of_the_whole_cluster() {
-    let Some(redis) = crate::redis::shared("presence_counts").await else {
+    let Some(cluster) = shared_cluster("presence_counts", 3, &[]).await else {
         return;
     };
-    let cluster = cluster(&redis, "presence_counts", 3, &[]).await;
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     let all = [a, b, c];
 
@@ -33,17 +32,7 @@ async fn every_node_counts_the_connections_of_the_whole_cluster() {
     let mut second_on_a = Client::ws(a, "counted-1").await;
     let mut sse_on_b = Client::sse(b, "counted-1").await;
     let on_c = Client::ws(c, "counted-2").await;
-    let bodies = wait_for_counts(
-        &all,
-        Counts {
-            nodes: 3,
-            connections: 4,
-            websocket_connections: 3,
-            sse_connections: 1,
-            users: 2,
-        },
-    )
-    .await;
+    let bodies = wait_for_counts(&all, empty(3).with_connections(4, 3, 1, 2)).await;
     // Each node's own counts stay its own.
     let local: Vec<(Value, Value, Value, Value)> = bodies
         .iter()
@@ -92,23 +81,15 @@ async fn every_node_counts_the_connections_of_the_whole_cluster() {
         }
     }
     // A push counts the user's connections on every node.
-    let response = push(c, json!({"user_id": "counted-1", "data": {"n": 1}})).await;
+    let response = c
+        .push(json!({"user_id": "counted-1", "data": {"n": 1}}))
+        .await;
     assert_eq!(response["delivered"], 3, "{response}");
 
     // Connections leaving are counted out everywhere.
     on_c.close().await;
     first_on_a.close().await;
-    wait_for_counts(
-        &all,
-        Counts {
-            nodes: 3,
-            connections: 2,
-            websocket_connections: 1,
-            sse_connections: 1,
-            users: 1,
-        },
-    )
-    .await;
+    wait_for_counts(&all, empty(3).with_connections(2, 1, 1, 1)).await;
     assert_eq!(second_on_a.next().await["data"], json!({"n": 1}));
     assert_eq!(sse_on_b.next().await["data"], json!({"n": 1}));
 
@@ -128,16 +109,11 @@ async fn every_node_counts_the_connections_of_the_whole_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_user_limit_is_cluster_wide_and_rejects_the_extra_connection() {
     const USER: &str = "limited";
-    let Some(redis) = crate::redis::shared("limit_reject").await else {
+    let Some(cluster) =
+        shared_cluster("limit_reject", 3, &["--max-connections-per-user", "2"]).await
+    else {
         return;
     };
-    let cluster = cluster(
-        &redis,
-        "limit_reject",
-        3,
-        &["--max-connections-per-user", "2"],
-    )
-    .await;
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     let all = [a, b, c];
     let two = empty(3).with_connections(2, 2, 0, 1);
@@ -156,7 +132,7 @@ async fn the_per_user_limit_is_cluster_wide_and_rejects_the_extra_connection() {
     );
     // The first two are untouched.
     wait_for_counts(&all, two).await;
-    let response = push(c, json!({"user_id": USER, "data": {"ok": 1}})).await;
+    let response = c.push(json!({"user_id": USER, "data": {"ok": 1}})).await;
     assert_eq!(response["delivered"], 2, "{response}");
     for client in [&mut on_a, &mut on_b] {
         assert_eq!(client.next().await["data"], json!({"ok": 1}));
@@ -170,18 +146,16 @@ async fn the_per_user_limit_is_cluster_wide_and_rejects_the_extra_connection() {
 
     // Another user is not affected, on the same node.
     let mut other = Client::ws(c, "unlimited").await;
-    let response = push(a, json!({"user_id": "unlimited", "data": {"ok": 2}})).await;
+    let response = a
+        .push(json!({"user_id": "unlimited", "data": {"ok": 2}}))
+        .await;
     assert_eq!(other.next().await["data"], json!({"ok": 2}), "{response}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replace_oldest_closes_the_users_oldest_connection_on_whatever_node() {
     const USER: &str = "replaced";
-    let Some(redis) = crate::redis::shared("limit_replace").await else {
-        return;
-    };
-    let cluster = cluster(
-        &redis,
+    let Some(cluster) = shared_cluster(
         "limit_replace",
         3,
         &[
@@ -191,7 +165,10 @@ async fn replace_oldest_closes_the_users_oldest_connection_on_whatever_node() {
             "replace-oldest",
         ],
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     let all = [a, b, c];
 
@@ -207,11 +184,9 @@ async fn replace_oldest_closes_the_users_oldest_connection_on_whatever_node() {
         Some((1008, "replaced by a newer connection".to_owned()))
     );
     wait_for_counts(&all, empty(3).with_connections(2, 2, 0, 1)).await;
-    let response = push(
-        a,
-        json!({"user_id": USER, "data": {"to": "the two newest"}}),
-    )
-    .await;
+    let response = a
+        .push(json!({"user_id": USER, "data": {"to": "the two newest"}}))
+        .await;
     assert_eq!(response["delivered"], 2, "{response}");
     for client in [&mut middle, &mut newest] {
         assert_eq!(client.next().await["data"], json!({"to": "the two newest"}));
@@ -225,10 +200,9 @@ async fn replace_oldest_closes_the_users_oldest_connection_on_whatever_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_with_sigkill_leaves_no_ghost_presence_after_its_lease() {
-    let Some(redis) = crate::redis::shared("sigkill").await else {
+    let Some(cluster) = shared_cluster("sigkill", 1, &[]).await else {
         return;
     };
-    let cluster = cluster(&redis, "sigkill", 1, &[]).await;
     let survivor = &cluster.nodes[0];
     let workdir = tempfile::tempdir().expect("temporary directory");
     let mut command = server_command(workdir.path());
@@ -236,19 +210,21 @@ async fn a_node_killed_with_sigkill_leaves_no_ghost_presence_after_its_lease() {
         .env("HOST", "127.0.0.1")
         .env("PORT", "0")
         .env("BROKER", "redis")
-        .env("REDIS_URL", &redis)
+        .env("REDIS_URL", &cluster.redis_url)
         .env("REDIS_KEY_PREFIX", &cluster.prefix)
         .env("PRESENCE_LEASE", LEASE_FLAG)
         .env("NODE_ID", "node-victim");
     let mut victim = start_process(command).await;
-    let at = victim.addr;
+    let at = TestApp::at(victim.addr);
 
     // Its clients are counted by the survivor, and reached through it.
     let mut ws = Client::ws(&at, "ghost-1").await;
     let mut sse = Client::sse(&at, "ghost-1").await;
     let _other = Client::ws(&at, "ghost-2").await;
     wait_for_counts(&[survivor], empty(2).with_connections(3, 2, 1, 2)).await;
-    let response = push(survivor, json!({"user_id": "ghost-1", "data": {"n": 1}})).await;
+    let response = survivor
+        .push(json!({"user_id": "ghost-1", "data": {"n": 1}}))
+        .await;
     assert_eq!(response["delivered"], 2, "{response}");
     for client in [&mut ws, &mut sse] {
         assert_eq!(client.next().await["data"], json!({"n": 1}));
@@ -269,20 +245,21 @@ async fn a_node_killed_with_sigkill_leaves_no_ghost_presence_after_its_lease() {
         "the dead node's presence took {took:?} to go (bound {bound:?}, deadline \
          {PRESENCE_DEADLINE:?}): {body:?}"
     );
-    let response = push(survivor, json!({"user_id": "ghost-1", "data": {"n": 2}})).await;
+    let response = survivor
+        .push(json!({"user_id": "ghost-1", "data": {"n": 2}}))
+        .await;
     assert_eq!(response["delivered"], 0, "{response}");
     assert_eq!(response["stored"], true, "{response}");
     assert_ne!(response["status"], "success", "{response}");
-    assert_eq!(health(survivor).await["connections"], 0);
+    assert_eq!(survivor.health().await["connections"], 0);
     drop(victim);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_reaped_while_alive_registers_its_connections_again() {
-    let Some(redis) = crate::redis::shared("reaped_alive").await else {
+    let Some(cluster) = shared_cluster("reaped_alive", 2, &[]).await else {
         return;
     };
-    let cluster = cluster(&redis, "reaped_alive", 2, &[]).await;
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
     let _client = Client::ws(a, "paused").await;
     wait_for_counts(&[a, b], empty(2).with_connections(1, 1, 0, 1)).await;
@@ -312,7 +289,7 @@ async fn a_node_reaped_while_alive_registers_its_connections_again() {
     let deadline = Instant::now() + PRESENCE_DEADLINE;
     loop {
         let (_, report) = b.get_json("/admin/users/paused").await;
-        let response = push(b, json!({"user_id": "paused", "data": {}})).await;
+        let response = b.push(json!({"user_id": "paused", "data": {}})).await;
         if report["connection_count"] == 1 && response["delivered"] == 1 {
             break;
         }

@@ -4,8 +4,8 @@
 //! ([`unique_prefix`], cleaned up by [`delete_prefix`]). It is, in order of preference:
 //! `TEST_REDIS_URL`; a Redis already answering on 127.0.0.1:6379; a throwaway `redis-server`
 //! started for this binary (installed with `apt-get` first when it is missing and we are root).
-//! When none of them is possible the tests print `SKIPPED: …` and pass, except under `CI=true`,
-//! where they fail.
+//! When none of them is possible the tests print `SKIPPED: …` and pass, except under CI (`CI` set
+//! to `true` or `1`), where they fail.
 //!
 //! [`RedisServer::start`] is a dedicated throwaway `redis-server` that a test may kill
 //! (SIGKILL) and restart, empty, on the same port.
@@ -41,15 +41,10 @@ struct Shared {
     _server: Option<RedisServer>,
 }
 
-/// Whether the environment says this is CI, where a missing Redis is a failure, not a skip.
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value.eq_ignore_ascii_case("true") || value == "1")
-}
-
 /// What a test does when it cannot get Redis: fail under CI, else say so loudly and skip.
 fn unavailable(test: &str, why: &str) {
     assert!(
-        !ci(),
+        !crate::ci::is_ci(),
         "CI requires Redis for the cluster tests, but none is available: {why}. Set \
          TEST_REDIS_URL, run Redis on 127.0.0.1:6379, or install redis-server."
     );
@@ -359,6 +354,9 @@ impl RedisServer {
             .args(["--appendonly", "no"])
             .args(["--daemonize", "no"])
             .args(&self.extra)
+            // Nothing from the developer's environment, only what the watchdog needs.
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("REDIS_TEST_LOG", &self.log)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -4,36 +4,28 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{
-    Client, Counts, QUIET, cluster, datas, epoch_of, id_of, position_of, push, seqs, take,
-    wait_for_counts,
-};
+use crate::helpers::{epoch_of, id_of, position_of};
+use crate::support::{Client, QUIET, datas, empty, seqs, shared_cluster, take, wait_for_counts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resumes_on_another_node_with_exactly_what_it_missed_then_live_events() {
     const USER: &str = "wanderer";
-    let Some(redis) = crate::redis::shared("resume_elsewhere").await else {
+    let Some(cluster) = shared_cluster("resume_elsewhere", 3, &[]).await else {
         return;
     };
-    let cluster = cluster(&redis, "resume_elsewhere", 3, &[]).await;
     let [a, b, c] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
     let all = [a, b, c];
-    let no_one = Counts {
-        nodes: 3,
-        connections: 0,
-        websocket_connections: 0,
-        sse_connections: 0,
-        users: 0,
-    };
+    let no_one = empty(3);
 
     // Seen on A (pushed through B), then the client leaves A.
     let mut on_a = Client::ws(a, USER).await;
     let mut pushed = Vec::new();
     for seq in 0..3 {
-        pushed.push(push(b, json!({"user_id": USER, "data": {"seq": seq}})).await);
+        pushed.push(b.push(json!({"user_id": USER, "data": {"seq": seq}})).await);
     }
     let epoch = epoch_of(&pushed[0]);
     let seen = take(&mut on_a, 3).await;
@@ -44,7 +36,7 @@ async fn a_client_resumes_on_another_node_with_exactly_what_it_missed_then_live_
 
     // Missed while offline (pushed through C): stored, delivered nowhere.
     for seq in 3..8 {
-        let response = push(c, json!({"user_id": USER, "data": {"seq": seq}})).await;
+        let response = c.push(json!({"user_id": USER, "data": {"seq": seq}})).await;
         assert_eq!(response["status"], "partial", "{response}");
         assert_eq!(response["delivered"], 0, "{response}");
         assert_eq!(response["stored"], true, "{response}");
@@ -61,18 +53,8 @@ async fn a_client_resumes_on_another_node_with_exactly_what_it_missed_then_live_
     let expected: Vec<String> = pushed[3..8].iter().map(id_of).collect();
     assert_eq!(ids, expected);
     assert!(replayed.iter().all(|e| e["event_type"] == "message"));
-    wait_for_counts(
-        &all,
-        Counts {
-            nodes: 3,
-            connections: 1,
-            websocket_connections: 1,
-            sse_connections: 0,
-            users: 1,
-        },
-    )
-    .await;
-    let live = push(a, json!({"user_id": USER, "data": {"seq": 8}})).await;
+    wait_for_counts(&all, empty(3).with_connections(1, 1, 0, 1)).await;
+    let live = a.push(json!({"user_id": USER, "data": {"seq": 8}})).await;
     assert_eq!(live["delivered"], 1, "{live}");
     assert_eq!(on_b.next().await["event_id"], live["event_id"]);
     on_b.assert_quiet(QUIET).await;
@@ -96,18 +78,8 @@ async fn a_client_resumes_on_another_node_with_exactly_what_it_missed_then_live_
     again_on_a.assert_quiet(QUIET).await;
 
     // A live push reaches each resumed client once.
-    wait_for_counts(
-        &all,
-        Counts {
-            nodes: 3,
-            connections: 3,
-            websocket_connections: 2,
-            sse_connections: 1,
-            users: 1,
-        },
-    )
-    .await;
-    let live = push(c, json!({"user_id": USER, "data": {"seq": 9}})).await;
+    wait_for_counts(&all, empty(3).with_connections(3, 2, 1, 1)).await;
+    let live = c.push(json!({"user_id": USER, "data": {"seq": 9}})).await;
     assert_eq!(live["delivered"], 3, "{live}");
     for client in [&mut on_b, &mut on_c, &mut again_on_a] {
         assert_eq!(client.next().await["data"], json!({"seq": 9}));
@@ -125,7 +97,7 @@ async fn a_client_resumes_on_another_node_with_exactly_what_it_missed_then_live_
         json!({"reason": "unknown_event_id", "last_event_id": "no-such-id", "epoch": epoch, "position": 10}),
         "{notice}"
     );
-    let live = push(b, json!({"user_id": USER, "data": {"seq": 10}})).await;
+    let live = b.push(json!({"user_id": USER, "data": {"seq": 10}})).await;
     assert_eq!(lost.next().await["event_id"], live["event_id"]);
     lost.assert_quiet(QUIET).await;
 }
@@ -137,16 +109,15 @@ async fn hopping_between_nodes_while_pushes_race_loses_nothing_and_repeats_nothi
     /// The client drops its connection after reading this many events in all, and resumes on
     /// the next node.
     const HOP_AFTER: [usize; 3] = [60, 140, 220];
-    let Some(redis) = crate::redis::shared("resume_race").await else {
-        return;
-    };
-    let cluster = cluster(
-        &redis,
+    let Some(cluster) = shared_cluster(
         "resume_race",
         3,
         &["--history-size", "1000", "--ws-send-queue", "4096"],
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     let nodes = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
 
     let mut client = Client::ws(nodes[1], USER).await;
@@ -173,7 +144,7 @@ async fn hopping_between_nodes_while_pushes_race_loses_nothing_and_repeats_nothi
                     let position = response["position"].as_u64().expect("a position");
                     acks.push((position, seq, id_of(&response)));
                     // Leave the client time to hop while pushes are still coming.
-                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             })
         })
@@ -232,15 +203,17 @@ async fn hopping_between_nodes_while_pushes_race_loses_nothing_and_repeats_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_history_in_redis_keeps_its_size_and_age_bounds() {
     const USER: &str = "bounded";
-    let Some(redis) = crate::redis::shared("history_bounds").await else {
+    // Time enough for the pushes and resumes below, which rely on nothing having expired yet.
+    const TTL: Duration = Duration::from_millis(500);
+    let ttl = TTL.as_secs_f64().to_string();
+    let flags = ["--history-size", "3", "--history-ttl", &ttl];
+    let Some(cluster) = shared_cluster("history_bounds", 2, &flags).await else {
         return;
     };
-    let flags = ["--history-size", "3", "--history-ttl", "1"];
-    let cluster = cluster(&redis, "history_bounds", 2, &flags).await;
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
     for n in 1..=5 {
         let body = json!({"user_id": USER, "event_id": format!("e{n}"), "data": {"seq": n}});
-        let response = push(a, body).await;
+        let response = a.push(body).await;
         assert_eq!(response["stored"], true, "{response}");
         assert_eq!(position_of(&response), n);
     }
@@ -264,20 +237,26 @@ async fn the_history_in_redis_keeps_its_size_and_age_bounds() {
     assert_eq!(notice["data"]["reason"], "expired", "{notice}");
     client.close().await;
     // A retry of a trimmed event is a new event; of a kept one, a duplicate.
-    let retried = push(b, json!({"user_id": USER, "event_id": "e1", "data": {}})).await;
+    let retried = b
+        .push(json!({"user_id": USER, "event_id": "e1", "data": {}}))
+        .await;
     assert_eq!(retried["duplicate"], false, "{retried}");
     assert_eq!(position_of(&retried), 6);
-    let retried = push(b, json!({"user_id": USER, "event_id": "e5", "data": {}})).await;
+    let retried = b
+        .push(json!({"user_id": USER, "event_id": "e5", "data": {}}))
+        .await;
     assert_eq!(retried["duplicate"], true, "{retried}");
     assert_eq!(position_of(&retried), 5);
 
     // After HISTORY_TTL nothing is replayable, and nothing is a duplicate any more.
-    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
     let mut client = Client::ws_resume(a, USER, &format!("{}:5", epoch_of(&retried))).await;
     let notice = client.next().await;
     assert_eq!(notice["data"]["reason"], "expired", "{notice}");
     client.close().await;
-    let late = push(a, json!({"user_id": USER, "event_id": "e5", "data": {}})).await;
+    let late = a
+        .push(json!({"user_id": USER, "event_id": "e5", "data": {}}))
+        .await;
     assert_eq!(late["duplicate"], false, "{late}");
     assert_eq!(
         position_of(&late),

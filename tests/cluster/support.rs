@@ -1,27 +1,28 @@
-//! What the cluster tests share: a cluster of in-process nodes on one Redis key prefix, push and
-//! health helpers, and one client type for both transports.
+//! What the cluster tests share: a cluster of in-process nodes on one Redis key prefix, waits for
+//! the cluster-wide counts, and one client type for both transports. The requests themselves
+//! (`push`, `push_batch`, `health`, …) are `helpers::TestApp`'s.
 
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
-use eventsource_stream::{Event, EventStream, Eventsource};
-use futures_util::stream::{self, Stream, StreamExt};
+use eventsource_stream::Event;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::helpers::{PROMPTLY, TestApp, Ws, spawn_app};
+use crate::helpers::{
+    Events, PROMPTLY, SseReader, TestApp, Ws, drain_until_end, encode, id_of, spawn_app,
+};
 use crate::redis::{delete_prefix_blocking, unique_prefix};
 
-/// The presence lease the tests run nodes with, in seconds (heartbeat every lease/3).
-pub const LEASE: f64 = 1.5;
+/// The presence lease the tests run nodes with, in seconds (heartbeat every lease/3, when the
+/// cluster-wide counts are refreshed: what most waits here wait for). A node is reaped when it
+/// misses its heartbeats for the rest of the lease (0.5 s), which a busy test machine must not
+/// make it do.
+pub const LEASE: f64 = 0.75;
 
 /// [`LEASE`] as a flag value.
-pub const LEASE_FLAG: &str = "1.5";
+pub const LEASE_FLAG: &str = "0.75";
 
 /// How long cluster-wide counts may take to agree with reality: a few heartbeats.
 pub const PRESENCE_DEADLINE: Duration = Duration::from_secs(8);
@@ -80,6 +81,13 @@ pub async fn cluster(redis_url: &str, test: &str, n: usize, extra: &[&str]) -> C
     cluster
 }
 
+/// [`cluster`] on the Redis shared by this binary's tests; `None` (after printing `SKIPPED`)
+/// when there is none and this is not CI: the test should return at once.
+pub async fn shared_cluster(test: &str, n: usize, extra: &[&str]) -> Option<Cluster> {
+    let redis = crate::redis::shared(test).await?;
+    Some(cluster(&redis, test, n, extra).await)
+}
+
 impl Cluster {
     /// Starts one more in-process node on this cluster's prefix (not added to `nodes`).
     pub async fn start_node(&self, name: &str, extra: &[&str]) -> TestApp {
@@ -111,56 +119,7 @@ pub fn node_id(name: &str) -> String {
     format!("node-{name}")
 }
 
-// --- pushes -------------------------------------------------------------------------------------
-
-/// Pushes one message through `node` and returns the response body, asserting 200.
-pub async fn push(node: &TestApp, body: Value) -> Value {
-    let (status, response) = node.post_json("/sse/push", &body).await;
-    assert_eq!(status, 200, "push {body} answered {response}");
-    response
-}
-
-/// Pushes a batch through `node` and returns its per-item results, asserting 200.
-pub async fn push_batch(node: &TestApp, body: Value) -> Vec<Value> {
-    let (status, response) = node.post_json("/sse/push/batch", &body).await;
-    assert_eq!(status, 200, "batch {body} answered {response}");
-    response["results"]
-        .as_array()
-        .unwrap_or_else(|| panic!("a results list: {response}"))
-        .clone()
-}
-
-/// The stream epoch a push response names.
-pub fn epoch_of(response: &Value) -> String {
-    response["epoch"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a stored push names its epoch: {response}"))
-        .to_owned()
-}
-
-/// The position a push response names.
-pub fn position_of(response: &Value) -> u64 {
-    response["position"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("a stored push names its position: {response}"))
-}
-
-/// The event id a push response or an event names.
-pub fn id_of(value: &Value) -> String {
-    value["event_id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("an event_id: {value}"))
-        .to_owned()
-}
-
 // --- health and presence ------------------------------------------------------------------------
-
-/// `GET /health` on `node`, asserting 200.
-pub async fn health(node: &TestApp) -> Value {
-    let (status, body) = node.get_json("/health").await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
 
 /// The cluster-wide counts a node reports, as `/health` names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -231,7 +190,7 @@ pub async fn wait_for_cluster(
     loop {
         let mut bodies = Vec::with_capacity(nodes.len());
         for node in nodes {
-            bodies.push(health(node).await);
+            bodies.push(node.health().await);
         }
         if bodies.iter().all(|body| check(Counts::of(body))) {
             return bodies;
@@ -268,68 +227,6 @@ pub async fn wait_for_ready_status(node: &TestApp, status: u16, within: Duration
 
 // --- clients ------------------------------------------------------------------------------------
 
-/// Percent-encodes a query parameter value.
-pub fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|byte| match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                char::from(byte).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
-/// A response body as a stream of chunks.
-pub type Body = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
-
-fn body_of(response: reqwest::Response) -> Body {
-    Box::pin(stream::unfold(Some(response), |response| async move {
-        let mut response = response?;
-        match response.chunk().await {
-            Ok(Some(chunk)) => Some((Ok(chunk), Some(response))),
-            Ok(None) => None,
-            Err(error) => Some((Err(error), None)),
-        }
-    }))
-}
-
-/// Something clients can connect to: an in-process node, or the address of a node process.
-pub trait Node {
-    /// Where it listens.
-    fn address(&self) -> SocketAddr;
-}
-
-impl Node for TestApp {
-    fn address(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Node for SocketAddr {
-    fn address(&self) -> SocketAddr {
-        *self
-    }
-}
-
-/// `GET /sse/stream?{query}` on `node` with extra headers; the response as it arrives.
-pub async fn get_stream(
-    node: &impl Node,
-    query: &str,
-    headers: &[(&str, &str)],
-) -> reqwest::Response {
-    let url = format!("http://{}/sse/stream?{query}", node.address());
-    let mut request = reqwest::Client::new().get(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    timeout(PROMPTLY, request.send())
-        .await
-        .expect("response headers within the deadline")
-        .expect("request")
-}
-
 /// Reads a whole (short) response body as text, within [`PROMPTLY`].
 pub async fn read_to_end(response: reqwest::Response) -> String {
     timeout(PROMPTLY, response.text())
@@ -344,54 +241,41 @@ pub enum Client {
     /// A WebSocket client.
     Ws(Ws),
     /// An SSE client, past nothing (the opening block dispatches no event).
-    Sse(EventStream<Body>),
+    Sse(Events),
 }
 
 impl Client {
     /// A fresh WebSocket client of `user` on `node`.
-    pub async fn ws(node: &impl Node, user: &str) -> Self {
+    pub async fn ws(node: &TestApp, user: &str) -> Self {
         Self::ws_query(node, &format!("user_id={}", encode(user)), None).await
     }
 
     /// A WebSocket client of `user` on `node` resuming from `from` (`last_event_id`).
-    pub async fn ws_resume(node: &impl Node, user: &str, from: &str) -> Self {
-        let query = format!("user_id={}&last_event_id={}", encode(user), encode(from));
-        Self::ws_query(node, &query, None).await
+    pub async fn ws_resume(node: &TestApp, user: &str, from: &str) -> Self {
+        Self::Ws(node.resume(user, from).await)
     }
 
     /// A WebSocket client on `node` with this query and, optionally, a `Last-Event-ID` header.
-    pub async fn ws_query(node: &impl Node, query: &str, last_event_id: Option<&str>) -> Self {
-        let mut request = format!("ws://{}/ws?{query}", node.address())
-            .into_client_request()
-            .expect("a valid request");
-        if let Some(from) = last_event_id {
-            request.headers_mut().insert(
-                "Last-Event-ID",
-                HeaderValue::from_str(from).expect("a header value"),
-            );
-        }
-        let (ws, _response) = timeout(PROMPTLY, tokio_tungstenite::connect_async(request))
+    pub async fn ws_query(node: &TestApp, query: &str, last_event_id: Option<&str>) -> Self {
+        let headers: Vec<(&str, &str)> = last_event_id
+            .map(|from| ("last-event-id", from))
+            .into_iter()
+            .collect();
+        let ws = node
+            .handshake(query, &headers)
             .await
-            .expect("handshake within the deadline")
-            .unwrap_or_else(|error| panic!("websocket handshake on {}: {error}", node.address()));
+            .unwrap_or_else(|refused| panic!("websocket handshake on {}: {refused:?}", node.addr));
         Self::Ws(ws)
     }
 
     /// A fresh SSE client of `user` on `node`.
-    pub async fn sse(node: &impl Node, user: &str) -> Self {
+    pub async fn sse(node: &TestApp, user: &str) -> Self {
         Self::sse_query(node, &format!("user_id={}", encode(user)), &[]).await
     }
 
     /// An SSE client on `node` with this query and headers; the stream must be accepted.
-    pub async fn sse_query(node: &impl Node, query: &str, headers: &[(&str, &str)]) -> Self {
-        let response = get_stream(node, query, headers).await;
-        assert_eq!(response.status(), 200, "{query}");
-        assert_eq!(
-            response.headers()["content-type"],
-            "text/event-stream",
-            "{query}"
-        );
-        Self::Sse(body_of(response).eventsource())
+    pub async fn sse_query(node: &TestApp, query: &str, headers: &[(&str, &str)]) -> Self {
+        Self::Sse(SseReader::open(node, query, headers).await.events())
     }
 
     /// The next event, or `None` if none arrives by `deadline`. Panics if the connection ends.
@@ -447,14 +331,7 @@ impl Client {
         match self {
             Self::Ws(mut ws) => {
                 let _ = ws.close(None).await;
-                let deadline = Instant::now() + PROMPTLY;
-                loop {
-                    match timeout_at(deadline, ws.next()).await {
-                        Err(_elapsed) => panic!("the connection did not end after the close"),
-                        Ok(None | Some(Err(_))) => break,
-                        Ok(Some(Ok(_))) => continue,
-                    }
-                }
+                drain_until_end(&mut ws).await;
             }
             Self::Sse(events) => drop(events),
         }
