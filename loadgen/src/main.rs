@@ -1,7 +1,8 @@
 //! `loadgen`: a load generator for websocket-sse-server.
 //!
 //! Scenarios: `push` (single pushes to many users), `batch` (batch pushes), `fanout` (one user,
-//! many connections), `idle` (memory per idle connection), `churn` (open/close cycles) and
+//! many connections; these three receive over WebSockets or, with `--transport sse`, over
+//! Server-Sent Events streams), `idle` (memory per idle connection), `churn` (open/close cycles) and
 //! `history` (memory per stored event and replay integrity, ours only). Every run prints a table
 //! (or, with `--json`, one JSON object on stdout) and exits 2 when messages were lost, duplicated
 //! or misrouted, 1 on any other error. Only loopback targets are accepted. `--target` picks the
@@ -11,8 +12,10 @@ mod endpoint;
 mod http;
 mod probe;
 mod publisher;
+mod recv;
 mod report;
 mod scenario;
+mod sse;
 mod stats;
 mod sys;
 mod target;
@@ -37,13 +40,14 @@ struct Cli {
 /// The scenarios.
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// One WebSocket per user; publishers POST single pushes round-robin (closed- or open-loop).
+    /// One WebSocket (or SSE stream) per user; publishers POST single pushes round-robin (closed-
+    /// or open-loop).
     Push(push::PushArgs),
-    /// One WebSocket per user; publishers POST batches of messages round-robin.
+    /// One WebSocket (or SSE stream) per user; publishers POST batches of messages round-robin.
     Batch(batch::BatchArgs),
     /// Hold many idle WebSockets and measure server RSS per connection and handshakes/s.
     Idle(idle::IdleArgs),
-    /// One user with many WebSockets; open-loop pushes fan out to all of them.
+    /// One user with many WebSockets (or SSE streams); open-loop pushes fan out to all of them.
     Fanout(fanout::FanoutArgs),
     /// Workers open a WebSocket, close it cleanly and repeat: cycles/s, handshake latency, leaks.
     Churn(churn::ChurnArgs),

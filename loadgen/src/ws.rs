@@ -1,9 +1,8 @@
-//! WebSocket clients: connecting with retries, receiving and checking pushed frames, holding idle
+//! WebSocket clients: connecting, receiving and checking pushed frames, holding idle
 //! connections open, and closing them cleanly.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
@@ -14,8 +13,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::probe::ProbeBoard;
-use crate::stats::{LocalSamples, SeenSet, SharedHistogram};
-use crate::target::{Frame, Incoming, Protocol, Target};
+use crate::recv::{FrameChecker, RecvContext, RecvOutcome};
+use crate::target::{Incoming, Protocol, Target};
 
 /// A client WebSocket over plain TCP.
 pub type WsStream = WebSocketStream<TcpStream>;
@@ -75,27 +74,6 @@ pub async fn connect_url(
         .context("WebSocket handshake timed out")?
 }
 
-/// [`connect`] with up to `attempts` tries (short linear backoff); returns the stream or the last
-/// error, and how many retries were needed.
-pub async fn connect_with_retry(
-    target: &Target,
-    user_id: &str,
-    config: WebSocketConfig,
-    attempts: u32,
-) -> (Result<WsStream>, u32) {
-    let mut retries = 0;
-    loop {
-        match connect(target, user_id, config).await {
-            Ok(ws) => return (Ok(ws), retries),
-            Err(error) if retries + 1 >= attempts.max(1) => return (Err(error), retries),
-            Err(_) => {
-                retries += 1;
-                tokio::time::sleep(Duration::from_millis(50 * u64::from(retries))).await;
-            }
-        }
-    }
-}
-
 /// Sends a close frame (bounded by a timeout) and drops the connection.
 pub async fn close(mut ws: WsStream) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.close(None)).await;
@@ -126,47 +104,6 @@ pub async fn close_handshake(mut ws: WsStream, timeout: Duration) -> Result<()> 
         .context("closing handshake timed out")?
 }
 
-/// State shared by every receiving connection of one run.
-#[derive(Debug)]
-pub struct RecvContext {
-    /// How the target's frames look.
-    pub protocol: Arc<dyn Protocol>,
-    /// Where connections report their first subscription probe.
-    pub probes: Arc<ProbeBoard>,
-    /// The instant `sent_ns` values are measured from.
-    pub start: Instant,
-    /// Number of distinct users; message `seq` goes to user `seq % users`.
-    pub users: u64,
-    /// Sequence numbers at or beyond this are invalid.
-    pub max_seq: u64,
-    /// End-to-end latency (µs), from `sent_ns` to frame arrival.
-    pub latency: SharedHistogram,
-    /// Message frames (not probes or protocol messages) received so far by all connections (for
-    /// the end-of-run grace wait).
-    pub frames: AtomicU64,
-}
-
-/// What one receiving connection saw.
-#[derive(Debug, Default)]
-pub struct RecvOutcome {
-    /// Index of the user the connection belongs to.
-    pub user_index: u64,
-    /// Message frames received (valid or not; probes and protocol messages excluded).
-    pub frames: u64,
-    /// Frames for a message this connection had already received.
-    pub duplicates: u64,
-    /// Frames whose `user_id` or sequence number belongs to another user.
-    pub misrouted: u64,
-    /// Frames that could not be parsed or carried an out-of-range sequence number.
-    pub invalid: u64,
-    /// Per-user message indices (`seq / users`) received.
-    pub seen: SeenSet,
-    /// Arrival of the last valid frame, ns since the shared start.
-    pub last_recv_ns: u64,
-    /// The server closed the connection (or it failed) before the run ended.
-    pub closed_early: bool,
-}
-
 /// Reads frames until `cancel` fires or the connection ends, checking and timing each one.
 pub async fn receive(
     mut ws: WsStream,
@@ -175,85 +112,42 @@ pub async fn receive(
     ctx: Arc<RecvContext>,
     cancel: CancellationToken,
 ) -> RecvOutcome {
-    let mut outcome = RecvOutcome {
-        user_index,
-        ..RecvOutcome::default()
-    };
-    let mut samples = LocalSamples::default();
-    let mut probed = false;
-    loop {
+    let mut checker = FrameChecker::new(user_id, user_index, ctx);
+    // `None`: the run ended; `Some(why)`: the server ended the connection first.
+    let ended = loop {
         let message = tokio::select! {
             biased;
-            () = cancel.cancelled() => break,
+            () = cancel.cancelled() => break None,
             message = ws.next() => message,
         };
         match message {
-            Some(Ok(Message::Text(text))) => match ctx.protocol.classify(&text) {
-                Incoming::Push(frame) => {
-                    count_frame(&ctx, &mut outcome);
-                    check_frame(&frame, &user_id, &ctx, &mut outcome, &mut samples);
+            Some(Ok(Message::Text(text))) => {
+                if let Some(answer) = checker.text(&text) {
+                    answer_control(&mut ws, answer).await;
                 }
-                Incoming::Invalid => {
-                    count_frame(&ctx, &mut outcome);
-                    outcome.invalid += 1;
-                }
-                Incoming::Probe => {
-                    if !std::mem::replace(&mut probed, true) {
-                        ctx.probes.confirm(user_index);
-                    }
-                }
-                Incoming::Reply(answer) => answer_control(&mut ws, answer).await,
-                Incoming::Ignore => {}
-            },
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                outcome.closed_early = true;
-                break;
             }
+            Some(Ok(Message::Close(frame))) => {
+                break Some(match frame {
+                    Some(frame) if !frame.reason.is_empty() => frame.reason.to_string(),
+                    Some(frame) => format!("close code {}", frame.code),
+                    None => "close frame".to_owned(),
+                });
+            }
+            Some(Err(error)) => break Some(error.to_string()),
+            None => break Some("connection ended".to_owned()),
             Some(Ok(_)) => {}
         }
-    }
-    samples.flush(&ctx.latency);
-    if !outcome.closed_early {
+    };
+    if ended.is_none() {
         close(ws).await;
     }
-    outcome
-}
-
-/// Counts one message frame.
-fn count_frame(ctx: &RecvContext, outcome: &mut RecvOutcome) {
-    outcome.frames += 1;
-    ctx.frames.fetch_add(1, Ordering::Relaxed);
+    checker.finish(ended)
 }
 
 /// Sends the answer a protocol message asks for (bounded by a timeout; a failure shows up as the
 /// connection ending).
 async fn answer_control(ws: &mut WsStream, answer: &str) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.send(Message::text(answer))).await;
-}
-
-/// Checks one pushed message (route, duplicate, range) and records its latency.
-fn check_frame(
-    frame: &Frame<'_>,
-    user_id: &str,
-    ctx: &RecvContext,
-    outcome: &mut RecvOutcome,
-    samples: &mut LocalSamples,
-) {
-    if frame.seq >= ctx.max_seq {
-        outcome.invalid += 1;
-        return;
-    }
-    if frame.user_id != user_id || frame.seq % ctx.users != outcome.user_index {
-        outcome.misrouted += 1;
-        return;
-    }
-    if !outcome.seen.insert(frame.seq / ctx.users) {
-        outcome.duplicates += 1;
-        return;
-    }
-    let now_ns = u64::try_from(ctx.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    samples.record(now_ns.saturating_sub(frame.sent_ns) / 1000, &ctx.latency);
-    outcome.last_recv_ns = outcome.last_recv_ns.max(now_ns);
 }
 
 /// What one held idle connection saw.

@@ -5,8 +5,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::value_parser;
 
-use super::CommonArgs;
 use super::load::{self, LoadSpec};
+use super::{CommonArgs, TransportArgs};
 use crate::report::Report;
 use crate::target::Target;
 
@@ -19,7 +19,10 @@ pub struct BatchArgs {
     /// Options shared by every scenario.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Users, one WebSocket each (ids `bench-u{i}`).
+    /// How the receivers connect.
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Users, one receiving connection each (ids `bench-u{i}`).
     #[arg(long, default_value_t = 1000, value_parser = value_parser!(u64).range(1..=20_000))]
     pub users: u64,
     /// Messages per POST (the server's MAX_BATCH_SIZE defaults to 1000).
@@ -47,6 +50,7 @@ pub async fn run(args: BatchArgs, target: Target) -> Result<Report> {
             scenario: "batch",
             user_ids: (0..args.users).map(|i| format!("bench-u{i}")).collect(),
             conns_per_user: 1,
+            transport: args.transport,
             publishers: args.publishers,
             per_request: args.batch,
             payload_bytes: args.payload_bytes as usize,

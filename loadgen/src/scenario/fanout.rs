@@ -1,12 +1,13 @@
-//! `loadgen fanout`: one user with many connections; every push is delivered to all of them.
+//! `loadgen fanout`: one user with many connections (WebSockets or SSE streams); every push is
+//! delivered to all of them.
 
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::value_parser;
 
-use super::CommonArgs;
 use super::load::{self, LoadSpec};
+use super::{CommonArgs, TransportArgs};
 use crate::report::Report;
 use crate::target::Target;
 
@@ -19,6 +20,9 @@ pub struct FanoutArgs {
     /// Options shared by every scenario.
     #[command(flatten)]
     pub common: CommonArgs,
+    /// How the receivers connect.
+    #[command(flatten)]
+    pub transport: TransportArgs,
     /// Connections of the single user `bench-fanout` (the server's MAX_CONNECTIONS_PER_USER
     /// must allow them).
     #[arg(long, default_value_t = 1000, value_parser = value_parser!(u64).range(1..=20_000))]
@@ -45,6 +49,7 @@ pub async fn run(args: FanoutArgs, target: Target) -> Result<Report> {
             scenario: "fanout",
             user_ids: vec!["bench-fanout".to_owned()],
             conns_per_user: args.connections,
+            transport: args.transport,
             publishers: args.publishers,
             per_request: 1,
             payload_bytes: args.payload_bytes as usize,

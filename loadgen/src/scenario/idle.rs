@@ -69,10 +69,14 @@ pub async fn run(args: IdleArgs, target: Target) -> Result<Report> {
         (0..connections).map(|i| i % users),
     ));
     eprintln!("loadgen: opening {connections} idle connection(s) for {users} user(s)");
+    let config = ws::client_config(true);
     let opened = super::open_connections(
         &target,
         specs,
-        ws::client_config(true),
+        |user_id| {
+            let target = &target;
+            async move { ws::connect(target, &user_id, config).await }
+        },
         |stream, _user_id, user_index| {
             tokio::spawn(ws::hold(
                 stream,

@@ -1,22 +1,28 @@
-//! The push engine shared by `push`, `batch` and `fanout`: open receivers, drive publishers for
-//! the window, wait out a grace period, then check every acknowledged message arrived exactly once.
+//! The push engine shared by `push`, `batch` and `fanout`: open receivers (WebSockets, or SSE
+//! streams with `--transport sse`), drive publishers for the window, wait out a grace period, then
+//! check every acknowledged message arrived exactly once.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use serde_json::json;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use super::{Opened, Transport, TransportArgs};
 
 use crate::http::HttpConn;
 use crate::probe::{self, ProbeBoard};
 use crate::publisher::{self, PublishPlan, PublishShared, PublisherStats};
+use crate::recv::{RecvContext, RecvOutcome};
 use crate::report::Report;
 use crate::stats::{AckTable, SeenSet, SharedHistogram, round3, summary_ms};
 use crate::sys::{CpuSnapshot, ratio};
-use crate::target::Target;
-use crate::ws::{self, RecvContext, RecvOutcome};
+use crate::target::{Target, TargetKind};
+use crate::{sse, ws};
 
 /// After the send window, loadgen waits for acknowledged messages still in flight until all have
 /// arrived, or none arrived for this long (servers that acknowledge before delivering, like
@@ -32,8 +38,10 @@ pub struct LoadSpec {
     pub scenario: &'static str,
     /// Users; message `seq` goes to `user_ids[seq % len]`.
     pub user_ids: Vec<String>,
-    /// WebSocket connections per user.
+    /// Receiving connections per user.
     pub conns_per_user: u64,
+    /// How the receivers connect.
+    pub transport: TransportArgs,
     /// HTTP publishers (one keep-alive connection each).
     pub publishers: u64,
     /// Messages per request (1 = single push endpoint).
@@ -57,6 +65,14 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
         bail!("users, connections and publishers must all be at least 1");
     }
     let connections = users * spec.conns_per_user;
+    let transport = spec.transport.transport;
+    if transport == Transport::Sse && target.kind != TargetKind::Ours {
+        bail!(
+            "--transport sse works only with --target ours (got --target {}): the other targets \
+             are driven over WebSockets only",
+            target.kind
+        );
+    }
     super::check_fd_budget(connections, spec.publishers)?;
 
     let start = Instant::now();
@@ -80,27 +96,14 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
             (spec.user_ids[user as usize].clone(), user)
         })
         .collect();
-    eprintln!("loadgen: opening {connections} WebSocket connection(s) for {users} user(s)");
-    let opened = super::open_connections(
-        &target,
-        specs,
-        ws::client_config(connections > 1000),
-        |stream, user_id, user_index| {
-            tokio::spawn(ws::receive(
-                stream,
-                user_id,
-                user_index,
-                Arc::clone(&ctx),
-                cancel.clone(),
-            ))
-        },
-    )
-    .await;
+    let noun = transport.connection_noun();
+    eprintln!("loadgen: opening {connections} {noun}(s) for {users} user(s)");
+    let opened = open_receivers(&target, &spec.transport, specs, &ctx, &cancel).await;
     let receivers = opened.items;
     if opened.failed > 0 {
         cancel.cancel();
         bail!(
-            "{} of {connections} WebSocket connection(s) failed: {}",
+            "{} of {connections} {noun}(s) failed: {}",
             opened.failed,
             opened.first_error.unwrap_or_default()
         );
@@ -217,6 +220,7 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
     }
 
     let check = verify(&shared, &outcomes, users);
+    let close_reasons = close_reasons(&outcomes);
     let mut report = Report::new(spec.scenario);
     report.set("target", target.kind.name());
     let window_to_last =
@@ -226,6 +230,7 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
         json!({
             "users": users,
             "connections": connections,
+            "transport": transport.name(),
             "publishers": spec.publishers,
             "messages_per_request": spec.per_request,
             "payload_bytes": spec.payload_bytes,
@@ -242,6 +247,7 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
             "open_s": round3(opened.elapsed.as_secs_f64()),
             "subscriptions_confirmed_s": round3(probe_time.as_secs_f64()),
             "closed_early": check.closed_early,
+            "closed_early_reasons": close_reasons,
         }),
     );
     report.set("requests", sent.requests);
@@ -297,8 +303,13 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
     }
     if check.closed_early > 0 {
         report.warnings.push(format!(
-            "{} connection(s) were closed by the server during the run (slow consumer?)",
-            check.closed_early
+            "{} connection(s) were closed by the server during the run ({})",
+            check.closed_early,
+            close_reasons
+                .iter()
+                .map(|(reason, count)| format!("{count} × {reason}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     let errors: u64 = sent
@@ -313,6 +324,56 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
         ));
     }
     Ok(report)
+}
+
+/// Opens the receiving connections over `transport`, each read by its own task from the moment
+/// it opens.
+async fn open_receivers(
+    target: &Target,
+    transport: &TransportArgs,
+    specs: Vec<(String, u64)>,
+    ctx: &Arc<RecvContext>,
+    cancel: &CancellationToken,
+) -> Opened<JoinHandle<RecvOutcome>> {
+    let many = specs.len() > 1000;
+    match transport.transport {
+        Transport::Websocket => {
+            let config = ws::client_config(many);
+            super::open_connections(
+                target,
+                specs,
+                |user_id| async move { ws::connect(target, &user_id, config).await },
+                |stream, user_id, user_index| {
+                    let (ctx, cancel) = (Arc::clone(ctx), cancel.clone());
+                    tokio::spawn(ws::receive(stream, user_id, user_index, ctx, cancel))
+                },
+            )
+            .await
+        }
+        Transport::Sse => {
+            let (path, read_size) = (transport.sse_path.as_str(), sse::read_buffer_size(many));
+            super::open_connections(
+                target,
+                specs,
+                |user_id| async move { sse::connect(target, path, &user_id, read_size).await },
+                |stream, user_id, user_index| {
+                    let (ctx, cancel) = (Arc::clone(ctx), cancel.clone());
+                    tokio::spawn(sse::receive(stream, user_id, user_index, ctx, cancel))
+                },
+            )
+            .await
+        }
+    }
+}
+
+/// How many receivers the server ended early, by reason.
+fn close_reasons(outcomes: &[RecvOutcome]) -> BTreeMap<String, u64> {
+    let mut reasons = BTreeMap::new();
+    for outcome in outcomes.iter().filter(|outcome| outcome.closed_early) {
+        let reason = outcome.close_reason.as_deref().unwrap_or("unknown");
+        *reasons.entry(reason.to_owned()).or_default() += 1;
+    }
+    reasons
 }
 
 /// Totals from checking every receiver against the acknowledgement table.

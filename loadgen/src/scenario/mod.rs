@@ -11,20 +11,19 @@ pub mod push;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::sse;
 use crate::target::{Target, TargetKind};
-use crate::ws::{self, WsStream};
 
 /// Quiet time before the server's RSS is read again after connections were opened (`idle`),
 /// churned (`churn`) or history was filled (`history`).
 pub const SETTLE: Duration = Duration::from_secs(2);
 
-/// Tries per WebSocket handshake (the number in flight at once is the target's
-/// [`crate::target::Protocol::max_handshakes_in_flight`]).
+/// Tries per connection opened by [`open_connections`] (the number in flight at once is the
+/// target's [`crate::target::Protocol::max_handshakes_in_flight`]).
 pub const CONNECT_ATTEMPTS: u32 = 3;
 
-/// Result of opening many WebSocket connections.
+/// Result of opening many connections.
 #[derive(Debug)]
 pub struct Opened<T> {
     /// What `on_open` returned for every connection that opened.
@@ -39,16 +38,19 @@ pub struct Opened<T> {
     pub elapsed: Duration,
 }
 
-/// Opens one connection per `(user_id, user_index)` with bounded concurrency and retries, handing
-/// each open stream to `on_open` right away (so it is read, and answers pings, while the rest open).
-pub async fn open_connections<T, F>(
+/// Opens one connection per `(user_id, user_index)` with `connect(user_id)` (a WebSocket, an
+/// event stream), with bounded concurrency and up to [`CONNECT_ATTEMPTS`] tries each, handing each
+/// open stream to `on_open` right away (so it is read, and answers pings, while the rest open).
+pub async fn open_connections<S, T, C, Fut, F>(
     target: &Target,
     specs: Vec<(String, u64)>,
-    config: WebSocketConfig,
+    connect: C,
     mut on_open: F,
 ) -> Opened<T>
 where
-    F: FnMut(WsStream, String, u64) -> T,
+    C: Fn(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<S>>,
+    F: FnMut(S, String, u64) -> T,
 {
     let started = Instant::now();
     let mut opened = Opened {
@@ -58,10 +60,11 @@ where
         first_error: None,
         elapsed: Duration::ZERO,
     };
+    let connect = &connect;
     let mut attempts = futures_util::stream::iter(specs)
         .map(|(user_id, user_index)| async move {
             let (result, retries) =
-                ws::connect_with_retry(target, &user_id, config, CONNECT_ATTEMPTS).await;
+                connect_with_retry(CONNECT_ATTEMPTS, || connect(user_id.clone())).await;
             (result, retries, user_id, user_index)
         })
         .buffer_unordered(target.protocol.max_handshakes_in_flight().max(1));
@@ -79,6 +82,28 @@ where
     }
     opened.elapsed = started.elapsed();
     opened
+}
+
+/// Calls `connect` up to `attempts` times (short linear backoff) until it succeeds; returns the
+/// stream or the last error, and how many retries were needed.
+pub async fn connect_with_retry<S, Fut>(
+    attempts: u32,
+    mut connect: impl FnMut() -> Fut,
+) -> (anyhow::Result<S>, u32)
+where
+    Fut: Future<Output = anyhow::Result<S>>,
+{
+    let mut retries = 0;
+    loop {
+        match connect().await {
+            Ok(stream) => return (Ok(stream), retries),
+            Err(error) if retries + 1 >= attempts.max(1) => return (Err(error), retries),
+            Err(_) => {
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(50 * u64::from(retries))).await;
+            }
+        }
+    }
 }
 
 /// Refuses a run that would need more file descriptors than the soft limit allows.
@@ -115,6 +140,46 @@ pub struct CommonArgs {
     /// summed over the process and all its descendants (Pushpin is a tree of processes).
     #[arg(long)]
     pub server_pid: Option<u32>,
+}
+
+/// How receiving connections reach the server (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// One WebSocket per receiving connection.
+    Websocket,
+    /// One Server-Sent Events stream (`GET {--sse-path}?user_id=`) per receiving connection;
+    /// `--target ours` only.
+    Sse,
+}
+
+impl Transport {
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Websocket => "websocket",
+            Self::Sse => "sse",
+        }
+    }
+
+    /// What one connection is called in messages.
+    pub fn connection_noun(self) -> &'static str {
+        match self {
+            Self::Websocket => "WebSocket connection",
+            Self::Sse => "SSE stream",
+        }
+    }
+}
+
+/// Options of the scenarios whose receivers may use either transport (`push`, `batch`,
+/// `fanout`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TransportArgs {
+    /// How receivers connect: WebSockets, or Server-Sent Events streams (`--target ours` only).
+    #[arg(long, value_enum, default_value_t = Transport::Websocket)]
+    pub transport: Transport,
+    /// Path of the server's event stream (its SSE_STREAM_PATH), with `--transport sse`.
+    #[arg(long, default_value = sse::DEFAULT_STREAM_PATH, value_parser = sse::parse_stream_path)]
+    pub sse_path: String,
 }
 
 /// Message capacity for a run: the open-loop schedule (plus slack) or the closed-loop `cap`.

@@ -1,12 +1,13 @@
-//! `loadgen push`: many users with one WebSocket each; publishers POST single pushes round-robin.
+//! `loadgen push`: many users with one receiving connection (WebSocket or SSE stream) each;
+//! publishers POST single pushes round-robin.
 
 use std::time::Duration;
 
 use anyhow::Result;
 use clap::value_parser;
 
-use super::CommonArgs;
 use super::load::{self, LoadSpec};
+use super::{CommonArgs, TransportArgs};
 use crate::report::Report;
 use crate::target::Target;
 
@@ -19,7 +20,10 @@ pub struct PushArgs {
     /// Options shared by every scenario.
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Users, one WebSocket each (ids `bench-u{i}`).
+    /// How the receivers connect.
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Users, one receiving connection each (ids `bench-u{i}`).
     #[arg(long, default_value_t = 100, value_parser = value_parser!(u64).range(1..=20_000))]
     pub users: u64,
     /// Concurrent HTTP publishers (one keep-alive connection each).
@@ -44,6 +48,7 @@ pub async fn run(args: PushArgs, target: Target) -> Result<Report> {
             scenario: "push",
             user_ids: (0..args.users).map(|i| format!("bench-u{i}")).collect(),
             conns_per_user: 1,
+            transport: args.transport,
             publishers: args.publishers,
             per_request: 1,
             payload_bytes: args.payload_bytes as usize,

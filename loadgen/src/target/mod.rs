@@ -99,7 +99,7 @@ pub enum Ack {
     Accepted,
 }
 
-/// What a text frame received on a WebSocket is.
+/// What a text frame (a WebSocket text message, or an SSE event's data) is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming<'a> {
     /// A pushed loadgen message.
@@ -156,7 +156,7 @@ pub trait Protocol: fmt::Debug + Send + Sync {
     /// Reads a 2xx publish reply for `count` messages; `None` if it cannot be understood.
     fn parse_reply(&self, reply: &[u8], count: usize) -> Option<Vec<Ack>>;
 
-    /// Classifies a text frame received on a WebSocket.
+    /// Classifies a text frame received on a WebSocket (or an SSE event's data).
     fn classify<'a>(&self, text: &'a str) -> Incoming<'a>;
 
     /// Where the server reports its open connections, if it does.
