@@ -21,7 +21,7 @@ use crate::auth::remaining;
 use crate::hub::{Attached, Outbox, Outgoing, Registration};
 use crate::protocol::{DisconnectReason, Frame, Label, Transport};
 use crate::rate_limit::Limit;
-use crate::state::{AppState, SharedState};
+use crate::state::SharedState;
 
 /// Most items a session writes at once.
 pub(super) const WRITE_BATCH: usize = 64;
@@ -56,65 +56,127 @@ pub(super) trait Link: Send {
 }
 
 /// Runs one connection until it ends. `expires_at` is its token's expiry, when it has one.
+///
+/// The future may be dropped before it completes (an SSE body is dropped when its client goes
+/// away): the connection is then still unregistered and its end counted, by [`Session`]'s drop.
 pub(super) async fn run<L: Link>(
     mut link: L,
     attached: Attached,
     expires_at: Option<SystemTime>,
     state: SharedState,
 ) {
-    let Attached {
-        registration,
-        mut outbox,
-        ..
-    } = attached;
-    let transport = L::TRANSPORT.label();
-    let (user, connection) = (registration.user().clone(), registration.id());
-    state.metrics.connection_opened();
-    tracing::debug!(transport, %user, connection, "connected");
-
+    let mut session = Session::open(L::TRANSPORT, attached, state);
     let expires_at = expires_at.map(|at| Instant::now() + remaining(at));
-    let mut unwritten = 0;
-    let reason = serve(
-        &mut link,
-        &registration,
-        &mut outbox,
-        expires_at,
-        &state,
-        &mut unwritten,
-    )
-    .await;
+    let reason = serve(&mut link, &mut session, expires_at).await;
+    session.end(link, reason).await;
+}
 
-    tracing::debug!(transport, %user, connection, reason = reason.label(), "disconnected");
-    // Unregister first: after that nothing more can be queued, so draining misses nothing.
-    drop(registration);
-    state.metrics.connection_closed(reason);
-    let mut pending = Vec::new();
-    while let Ok(item) = outbox.try_recv() {
-        pending.push(item);
+/// One connection's side of the hub while its session runs: its registration and its queue.
+struct Session {
+    transport: Transport,
+    /// `None` once unregistered.
+    registration: Option<Registration>,
+    outbox: Outbox,
+    /// Items taken from the outbox and not yet written.
+    batch: Vec<Outgoing>,
+    /// Events that will never be written (a failed write's batch).
+    unwritten: usize,
+    /// Set once [`Session::end`] has begun: the drop then has nothing left to do.
+    ended: bool,
+    state: SharedState,
+}
+
+impl Session {
+    /// Counts the connection as opened.
+    fn open(transport: Transport, attached: Attached, state: SharedState) -> Self {
+        let Attached {
+            registration,
+            outbox,
+            ..
+        } = attached;
+        state.metrics.connection_opened();
+        let (user, connection) = (registration.user(), registration.id());
+        tracing::debug!(transport = transport.label(), %user, connection, "connected");
+        Self {
+            transport,
+            registration: Some(registration),
+            outbox,
+            batch: Vec::new(),
+            unwritten: 0,
+            ended: false,
+            state,
+        }
     }
-    if reason == DisconnectReason::Shutdown {
-        // Pushes accepted before shutdown still reach the client, ahead of its goodbye.
-        let live: Vec<StdInstant> = live_accepted(&pending).collect();
-        let bytes = link.close(pending, reason).await;
-        state.metrics.record_written(L::TRANSPORT, bytes, live);
-    } else {
-        unwritten += events_in(&pending);
-        state.metrics.events_unwritten(reason, unwritten);
-        let bytes = link.close(Vec::new(), reason).await;
-        state.metrics.bytes_sent(L::TRANSPORT, bytes);
+
+    /// Unregisters the connection (after that nothing more can be queued, so draining misses
+    /// nothing), counts its end, and returns what was still queued.
+    fn unregister(&mut self, reason: DisconnectReason) -> Vec<Outgoing> {
+        if let Some(registration) = self.registration.take() {
+            let (user, connection) = (registration.user(), registration.id());
+            let (transport, reason_label) = (self.transport.label(), reason.label());
+            tracing::debug!(transport, %user, connection, reason = reason_label, "disconnected");
+        }
+        self.state.metrics.connection_closed(reason);
+        let mut pending = std::mem::take(&mut self.batch);
+        while let Ok(item) = self.outbox.try_recv() {
+            pending.push(item);
+        }
+        pending
+    }
+
+    /// Ends the session for `reason`: unregisters, then lets the link say goodbye. On shutdown
+    /// what was queued is still written, ahead of the goodbye; otherwise it counts as dropped.
+    async fn end<L: Link>(mut self, link: L, reason: DisconnectReason) {
+        self.ended = true;
+        let pending = self.unregister(reason);
+        let metrics = &self.state.metrics;
+        if reason == DisconnectReason::Shutdown {
+            let live: Vec<StdInstant> = live_accepted(&pending).collect();
+            let bytes = link.close(pending, reason).await;
+            metrics.record_written(L::TRANSPORT, bytes, live);
+        } else {
+            metrics.events_unwritten(reason, self.unwritten + events_in(&pending));
+            let bytes = link.close(Vec::new(), reason).await;
+            metrics.bytes_sent(L::TRANSPORT, bytes);
+        }
     }
 }
 
-/// The session loop: returns why the connection must end. Events of a batch whose write failed
-/// are added to `unwritten`.
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        // Ended before it chose to: the client went away, or a write stalled past the server's
+        // write timeout (after the hub had perhaps asked the connection to close).
+        let reason = self
+            .registration
+            .as_ref()
+            .and_then(Registration::close_reason)
+            .unwrap_or(DisconnectReason::ClientClosed);
+        let pending = self.unregister(reason);
+        let unwritten = self.unwritten + events_in(&pending);
+        self.state.metrics.events_unwritten(reason, unwritten);
+    }
+}
+
+/// The session loop: returns why the connection must end.
 async fn serve<L: Link>(
     link: &mut L,
-    registration: &Registration,
-    outbox: &mut Outbox,
+    session: &mut Session,
     expires_at: Option<Instant>,
-    state: &AppState,
-    unwritten: &mut usize,
 ) -> DisconnectReason {
+    let Session {
+        registration: Some(registration),
+        outbox,
+        batch,
+        unwritten,
+        state,
+        ..
+    } = session
+    else {
+        return DisconnectReason::NetworkError;
+    };
     let metrics = &state.metrics;
     let inbound = Limit::new(state.settings.client_message_rate);
     match link.open().await {
@@ -126,23 +188,23 @@ async fn serve<L: Link>(
     // Polled only when there is an expiry; the deadline is then the token's.
     let expiry = sleep_until(expires_at.unwrap_or_else(Instant::now));
     tokio::pin!(expiry);
-    let mut batch = Vec::new();
 
     loop {
         let keepalive_on = link.keepalive_deadline().is_some();
         tokio::select! {
             () = state.lifecycle.closing() => return DisconnectReason::Shutdown,
             reason = registration.close_requested() => return reason,
-            received = outbox.recv_many(&mut batch, WRITE_BATCH) => {
+            received = outbox.recv_many(batch, WRITE_BATCH) => {
                 if received == 0 {
                     // Cannot happen while `registration` holds the sender; end cleanly if it does.
                     return DisconnectReason::NetworkError;
                 }
-                top_up(outbox, &mut batch).await;
-                match link.write(&batch).await {
-                    Ok(bytes) => metrics.record_written(L::TRANSPORT, bytes, live_accepted(&batch)),
+                top_up(outbox, batch).await;
+                match link.write(batch).await {
+                    Ok(bytes) => metrics.record_written(L::TRANSPORT, bytes, live_accepted(batch)),
                     Err(reason) => {
-                        *unwritten += events_in(&batch);
+                        *unwritten += events_in(batch);
+                        batch.clear();
                         return reason;
                     }
                 }

@@ -8,17 +8,23 @@
 //! Browsers resume with the `Last-Event-ID` header; the `last_event_id` query parameter does the
 //! same for a first connection. An idle stream gets a keepalive comment every `SSE_KEEPALIVE`.
 //!
-//! The connection runs as a [session](super::session) over an [`SseLink`]: the session writes
-//! chunks into a small channel that the response body streams out, each within
-//! `WS_WRITE_TIMEOUT`, so a client that stops reading is ended as a slow consumer; a client that
-//! goes away drops the body, which the session notices at once. Refusals the client should retry
+//! The response body *is* the session: a [`SessionBody`] runs the [session](super::session) over
+//! an [`SseLink`] inside the HTTP connection's task, polling it whenever hyper asks for the next
+//! chunk (or a waker the session registered fires), and hands on each chunk the link wrote. No
+//! task of its own, so an event costs no extra wakeup. A client that stops reading stops the
+//! polling; its queue fills, the hub asks the connection to close as a slow consumer, and the
+//! server's connection write timeout cuts it. A client that goes away drops the body, and with it
+//! the session, which unregisters and counts the connection then. Refusals the client should retry
 //! (shutting down, server or user full, over the connect rate) are answered `200` with a `retry:`
 //! hint and a comment, then end: per the WHATWG spec an EventSource that gets a 4xx/5xx never
 //! reconnects. Final refusals (a bad request: 400; a refused token: 401; a foreign origin or user:
 //! 403) should stop it, and do.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -26,8 +32,10 @@ use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, BytesMut};
-use tokio::sync::mpsc;
+use futures_util::Stream;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, timeout};
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::session::{self, Link};
 use super::{attach, authorize};
@@ -38,8 +46,8 @@ use crate::metrics::Refusal;
 use crate::protocol::{DisconnectReason, Frame, Label, Transport};
 use crate::state::SharedState;
 
-/// Chunks written but not yet taken by the response body. A client that reads keeps this empty;
-/// one that does not makes the session's next write wait, then time out.
+/// Chunks written by the link and not yet handed to hyper: the body hands each on as soon as the
+/// session has written it, so one is enough.
 const CHUNKS_IN_FLIGHT: usize = 1;
 
 /// How long the goodbye (close event, or the last events and a comment at shutdown) may take.
@@ -98,7 +106,7 @@ pub async fn stream(
         opening.put_slice(format!("id: {head}\n").as_bytes());
     }
     opening.put_u8(b'\n');
-    let (chunks, mut body) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let (chunks, written) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let link = SseLink {
         chunks,
         opening: Some(opening.freeze()),
@@ -106,20 +114,55 @@ pub async fn stream(
         last_write: Instant::now(),
         write_timeout: state.settings.ws_write_timeout,
     };
-    let tracked = state.lifecycle.track_session();
-    let (slot, expires_at) = (admission.slot, admission.expires_at);
-    tokio::spawn(async move {
-        session::run(link, attached, expires_at, state).await;
-        drop((slot, tracked));
-    });
-    let body = futures_util::stream::poll_fn(move |cx| {
-        body.poll_recv(cx)
-            .map(|chunk| chunk.map(Ok::<_, Infallible>))
-    });
+    let body = SessionBody {
+        _tracked: state.lifecycle.track_session(),
+        _slot: admission.slot,
+        session: Some(Box::pin(session::run(
+            link,
+            attached,
+            admission.expires_at,
+            state,
+        ))),
+        written,
+    };
     event_stream_response(Body::from_stream(body))
 }
 
-/// An SSE response body, as a session's [`Link`]: chunks go into a channel the body streams out.
+/// An SSE response body that runs its session: each poll polls the session, then hands on the
+/// chunk it wrote, if any. Ends when the session has ended and its last chunk is out.
+struct SessionBody {
+    /// The session, until it ends.
+    session: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// What the session's link wrote.
+    written: mpsc::Receiver<Bytes>,
+    /// Held until the body is dropped: shutdown waits for it.
+    _tracked: TaskTrackerToken,
+    /// Held until the body is dropped: its `MAX_CONNECTIONS` slot.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Stream for SessionBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(session) = this.session.as_mut()
+            && session.as_mut().poll(cx).is_ready()
+        {
+            this.session = None;
+        }
+        match this.written.poll_recv(cx) {
+            Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(chunk))),
+            // Nothing written: the session waits, or it ended and dropped its link.
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending if this.session.is_none() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// An SSE response body, as a session's [`Link`]: chunks go to the [`SessionBody`] that runs the
+/// session.
 struct SseLink {
     chunks: mpsc::Sender<Bytes>,
     /// The first chunk, until it is sent.
@@ -128,7 +171,7 @@ struct SseLink {
     keepalive: Duration,
     /// When the last chunk was written: the keepalive is due `keepalive` after it.
     last_write: Instant,
-    /// `WS_WRITE_TIMEOUT`: how long a chunk may wait for the client to read.
+    /// `WS_WRITE_TIMEOUT`: how long a chunk may wait for the body to take it.
     write_timeout: Duration,
 }
 
@@ -175,9 +218,9 @@ impl Link for SseLink {
     }
 
     async fn receive(&mut self) -> Result<Option<Frame>, DisconnectReason> {
-        // An event stream has no way back: the only news is that the client went away.
-        self.chunks.closed().await;
-        Err(DisconnectReason::ClientClosed)
+        // An event stream has no way back. A client that goes away drops the body, and the
+        // session with it.
+        std::future::pending().await
     }
 
     async fn close(mut self, pending: Vec<Outgoing>, reason: DisconnectReason) -> usize {
