@@ -33,6 +33,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, BytesMut};
 use futures_util::Stream;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::{Instant, timeout};
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -46,9 +47,10 @@ use crate::metrics::Refusal;
 use crate::protocol::{DisconnectReason, Frame, Label, Transport};
 use crate::state::SharedState;
 
-/// Chunks written by the link and not yet handed to hyper: the body hands each on as soon as the
-/// session has written it, so one is enough.
-const CHUNKS_IN_FLIGHT: usize = 1;
+/// Chunks written by the link and not yet handed to hyper. The body hands one on after each poll
+/// of the session, and a session writes at most one chunk per batch of `WRITE_BATCH` items, so a
+/// few are plenty (a link that finds them all taken waits for the body).
+const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// How long the goodbye (close event, or the last events and a comment at shutdown) may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -151,12 +153,13 @@ impl Stream for SessionBody {
         {
             this.session = None;
         }
-        match this.written.poll_recv(cx) {
-            Poll::Ready(Some(chunk)) => Poll::Ready(Some(Ok(chunk))),
-            // Nothing written: the session waits, or it ended and dropped its link.
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending if this.session.is_none() => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+        // The link writes only while the session is polled, here, in this task: no waker is
+        // needed (one would wake this task again for every chunk it hands on).
+        match this.written.try_recv() {
+            Ok(chunk) => Poll::Ready(Some(Ok(chunk))),
+            Err(TryRecvError::Empty) if this.session.is_some() => Poll::Pending,
+            // The session ended and its last chunk is out.
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => Poll::Ready(None),
         }
     }
 }
