@@ -12,15 +12,19 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+use governor::clock::Clock as _;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
+use crate::clock::Clock;
 use crate::config::TrustedProxies;
 
-/// A rate limit per key (client IP, publisher).
+/// A rate limit per key (client IP, publisher), on the server's [`Clock`].
 #[derive(Debug)]
 pub struct KeyedLimit<K: Hash + Eq + Clone> {
-    limiter: DefaultKeyedRateLimiter<K>,
+    limiter: RateLimiter<K, DashMapStateStore<K>, Clock, NoOpMiddleware<Duration>>,
+    clock: Clock,
 }
 
 /// Refusal by a rate limit: try again after this long.
@@ -42,18 +46,19 @@ fn quota(per_second: u32) -> Option<Quota> {
 }
 
 impl<K: Hash + Eq + Clone> KeyedLimit<K> {
-    /// A limit of `per_second` per key, or `None` when it is 0.
-    pub fn new(per_second: u32) -> Option<Self> {
+    /// A limit of `per_second` per key on `clock`, or `None` when it is 0.
+    pub fn new(per_second: u32, clock: &Clock) -> Option<Self> {
         quota(per_second).map(|quota| Self {
-            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            limiter: RateLimiter::dashmap_with_clock(quota, clock.clone()),
+            clock: clock.clone(),
         })
     }
 
     /// Takes one unit for `key`, or says how long to wait.
     pub fn check(&self, key: &K) -> Result<(), RetryAfter> {
-        self.limiter.check_key(key).map_err(|not_until| {
-            RetryAfter(not_until.wait_time_from(DefaultClock::default().now()))
-        })
+        self.limiter
+            .check_key(key)
+            .map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now())))
     }
 
     /// Drops keys whose bucket has refilled, so that memory follows recent activity.
@@ -119,7 +124,8 @@ mod tests {
 
     #[test]
     fn a_key_gets_its_burst_then_waits_and_other_keys_are_unaffected() {
-        let limit = KeyedLimit::new(2).unwrap();
+        let clock = Clock::default();
+        let limit = KeyedLimit::new(2, &clock).unwrap();
         for _ in 0..4 {
             assert_eq!(limit.check(&"a"), Ok(()));
         }
@@ -127,7 +133,13 @@ mod tests {
         assert!(refused.0 <= Duration::from_millis(500), "{refused:?}");
         assert_eq!(refused.seconds(), 1);
         assert_eq!(limit.check(&"b"), Ok(()));
-        assert!(KeyedLimit::<&str>::new(0).is_none(), "0 disables");
+        assert!(KeyedLimit::<&str>::new(0, &clock).is_none(), "0 disables");
+        clock.advance(refused.0);
+        assert_eq!(
+            limit.check(&"a"),
+            Ok(()),
+            "refilled when the clock moved on"
+        );
     }
 
     #[test]

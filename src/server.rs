@@ -30,6 +30,7 @@ use crate::api::health::{method_not_allowed, not_found, panic_response};
 use crate::api::{require_key, require_publisher};
 use crate::auth::{PublisherKeys, TokenVerifier};
 use crate::broker::{Broker, MemoryBroker, RedisBroker};
+use crate::clock::Clock;
 use crate::config::{BrokerKind, CorsOrigins, Settings};
 use crate::hub::{Hub, HubMode, UserLimit};
 use crate::lifecycle::Lifecycle;
@@ -58,12 +59,18 @@ const LISTEN_BACKLOG: u32 = 4096;
 pub struct Application {
     listener: TcpListener,
     state: SharedState,
+    clock: Clock,
 }
 
 impl Application {
     /// Checks the settings' cross-field rules, binds the listener and builds the state. Fails if
     /// the settings clash (paths) or the address cannot be bound.
     pub async fn build(settings: Settings) -> io::Result<Self> {
+        Self::build_with_clock(settings, Clock::default()).await
+    }
+
+    /// [`Application::build`], with the rate limits on `clock` (tests move it forward).
+    pub async fn build_with_clock(settings: Settings, clock: Clock) -> io::Result<Self> {
         let invalid = |problem| io::Error::new(io::ErrorKind::InvalidInput, problem);
         settings.check_consistency().map_err(invalid)?;
         routes::check_paths(&settings).map_err(invalid)?;
@@ -77,8 +84,8 @@ impl Application {
         let state = Arc::new(AppState {
             publishers: PublisherKeys::new(&settings.push_api_keys),
             tokens,
-            connect_limit: KeyedLimit::new(settings.connect_rate_per_ip),
-            push_limit: KeyedLimit::new(settings.push_rate),
+            connect_limit: KeyedLimit::new(settings.connect_rate_per_ip, &clock),
+            push_limit: KeyedLimit::new(settings.push_rate, &clock),
             settings,
             hub,
             broker,
@@ -88,7 +95,16 @@ impl Application {
             max_connections,
             started_at: Instant::now(),
         });
-        Ok(Self { listener, state })
+        Ok(Self {
+            listener,
+            state,
+            clock,
+        })
+    }
+
+    /// The clock the rate limits run on: tests move it forward instead of waiting.
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
     }
 
     /// The address actually bound (useful with port 0).
@@ -105,7 +121,9 @@ impl Application {
     /// close the listener, let in-flight requests finish, close every session with 1001. Returns
     /// once all of that is done or `SHUTDOWN_TIMEOUT` has passed.
     pub async fn run_until_stopped(self) -> io::Result<()> {
-        let Self { listener, state } = self;
+        let Self {
+            listener, state, ..
+        } = self;
         let lifecycle = state.lifecycle.clone();
         let drain = state.settings.shutdown_drain;
         let shutdown_timeout = state.settings.shutdown_timeout;

@@ -734,7 +734,7 @@ async fn ws_attempt(app: &TestApp, headers: &[(&str, &str)]) -> Option<u64> {
 async fn connection_attempts_are_limited_per_ip_and_recover() {
     let app = spawn_app(&["--connect-rate-per-ip", "2"]).await;
     let retry_after = exhaust(4, 2, || ws_attempt(&app, &[])).await;
-    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    app.clock.advance(Duration::from_secs(retry_after));
     app.upgraded("user_id=u", &[]).await;
     let metrics = app.metrics().await;
     assert_eq!(
@@ -812,7 +812,7 @@ async fn pushes_are_limited_per_key_and_recover() {
     )
     .await;
 
-    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    app.clock.advance(Duration::from_secs(retry_after));
     app.push_with(one.clone(), &key_1).await;
     let metrics = app.metrics().await;
     assert_eq!(
@@ -862,7 +862,7 @@ async fn a_rate_limited_sse_client_is_told_to_come_back_after_the_wait() {
     );
     assert!(!body.contains("data:"), "no event: {body:?}");
 
-    tokio::time::sleep(Duration::from_millis(retry)).await;
+    app.clock.advance(Duration::from_millis(retry));
     open_sse(&app, "user_id=u", &[]).await;
     let metrics = app.metrics().await;
     assert_eq!(

@@ -28,6 +28,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderMap, HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use websocket_sse_server::clock::Clock;
 use websocket_sse_server::config::Settings;
 use websocket_sse_server::lifecycle::Lifecycle;
 use websocket_sse_server::server::Application;
@@ -76,6 +77,8 @@ pub struct TestApp {
     pub lifecycle: Lifecycle,
     /// Completes when the server has shut down.
     pub stopped: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The clock its rate limits run on: move it forward instead of waiting for a refill.
+    pub clock: Clock,
 }
 
 /// Starts the server on 127.0.0.1 with an ephemeral port and the given extra flags.
@@ -87,12 +90,14 @@ pub async fn spawn_app(flags: &[&str]) -> TestApp {
     let app = Application::build(settings).await.expect("server binds");
     let addr = app.local_addr().expect("bound address");
     let lifecycle = app.lifecycle();
+    let clock = app.clock();
     let stopped = tokio::spawn(app.run_until_stopped());
     TestApp {
         addr,
         http: reqwest::Client::new(),
         lifecycle,
         stopped,
+        clock,
     }
 }
 
@@ -165,6 +170,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             lifecycle: Lifecycle::default(),
             stopped: tokio::spawn(async { Ok(()) }),
+            clock: Clock::default(),
         }
     }
 

@@ -16,8 +16,15 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     // The shared vocabulary: the wire contract, positions, reasons, transports.
     &["protocol"],
-    // Leaves: counters, history rules, log output, shutdown state, the .env reader.
-    &["metrics", "history", "logging", "lifecycle", "dotenv"],
+    // Leaves: counters, history rules, log output, shutdown state, the .env reader, the clock.
+    &[
+        "metrics",
+        "history",
+        "logging",
+        "lifecycle",
+        "dotenv",
+        "clock",
+    ],
     // This node's connections and delivery.
     &["hub"],
     // Settings, parsed into the types of the layers below.
