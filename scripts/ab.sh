@@ -97,7 +97,8 @@ for scenario in scenarios:
         p50 = col(lambda r: r.get("latency_ms", {}).get("p50"))
         p99 = col(lambda r: r.get("latency_ms", {}).get("p99"))
         bad = sum(r.get("loss", 0) + r.get("duplicates", 0) for r in runs)
-        span = lambda xs: f"{statistics.median(xs):,.4g} ({min(xs):,.4g}–{max(xs):,.4g})" if xs else "–"
+        num = lambda x: f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+        span = lambda xs: f"{num(statistics.median(xs))} ({num(min(xs))}–{num(max(xs))})" if xs else "–"
         medians[side] = statistics.median(delivered) if delivered else None
         print(f"| {scenario} | {side} | {len(runs)} | {span(delivered)} | {span(cpu)} | "
               f"{span(p50)} | {span(p99)} | {bad} |")
