@@ -259,7 +259,7 @@ mod tests {
     fn settings(extra: &[&str]) -> Settings {
         let mut args = vec!["websocket-sse-server"];
         args.extend_from_slice(extra);
-        Settings::try_parse_from(args).unwrap()
+        Settings::from_flags(args).unwrap()
     }
 
     fn headers(name: &'static str, value: &'static str) -> HeaderMap {

@@ -95,8 +95,8 @@ impl Cli {
         });
         match parsed {
             Ok(cli) => {
-                cli.settings.check_consistency()?;
                 routes::check_paths(&cli.settings)?;
+                cli.settings.check_consistency()?;
                 Ok(cli)
             }
             Err(err) => match err.kind() {

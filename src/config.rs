@@ -375,9 +375,9 @@ impl Settings {
             .mut_args(|arg| arg.env(None::<&'static str>))
     }
 
-    /// Parses settings from an argument list alone (program name first): the environment is not
-    /// read, so the result depends on `args` and the defaults only. Tests build servers with it.
-    pub fn try_parse_from<I, T>(args: I) -> Result<Self, clap::Error>
+    /// Parses settings from flags alone (program name first): the environment is not read, so the
+    /// result depends on `args` and the defaults only. Tests build servers with it.
+    pub fn from_flags<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
@@ -587,9 +587,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Settings, clap::Error> {
-        Settings::try_parse_from(
-            std::iter::once("websocket-sse-server").chain(args.iter().copied()),
-        )
+        Settings::from_flags(std::iter::once("websocket-sse-server").chain(args.iter().copied()))
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //! Background tasks (the housekeeping task; the Redis broker's link, departures and catch-up
 //! tasks) are spawned here too, with [`Lifecycle::spawn_background`]: tracked, and ended by
 //! [`Lifecycle::stop_background`] as the last step of a shutdown (after the broker left the
-//! cluster). No task outlives the server.
+//! cluster).
 
 use std::future::Future;
 

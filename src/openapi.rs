@@ -347,7 +347,7 @@ mod tests {
     fn settings(flags: &[&str]) -> Settings {
         let mut args = vec!["websocket-sse-server"];
         args.extend_from_slice(flags);
-        Settings::try_parse_from(args).expect("flags parse")
+        Settings::from_flags(args).expect("flags parse")
     }
 
     #[test]

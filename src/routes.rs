@@ -190,7 +190,7 @@ mod tests {
     use super::*;
 
     fn settings(args: &[&str]) -> Settings {
-        Settings::try_parse_from(std::iter::once("t").chain(args.iter().copied())).unwrap()
+        Settings::from_flags(std::iter::once("t").chain(args.iter().copied())).unwrap()
     }
 
     #[test]
@@ -207,6 +207,18 @@ mod tests {
         );
         assert!(check_paths(&settings(&["--console-path", "/docs"])).is_err());
         assert!(check_paths(&settings(&[])).is_ok());
+    }
+
+    #[test]
+    fn every_method_in_the_table_is_one_axum_routes() {
+        for route in table(&settings(&[])) {
+            assert!(
+                MethodFilter::try_from(route.method.clone()).is_ok(),
+                "{} {}",
+                route.method,
+                route.path
+            );
+        }
     }
 
     #[test]

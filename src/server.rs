@@ -72,15 +72,15 @@ impl Application {
     /// [`Application::build`], with the rate limits on `clock` (tests move it forward).
     pub async fn build_with_clock(settings: Settings, clock: Clock) -> io::Result<Self> {
         let invalid = |problem| io::Error::new(io::ErrorKind::InvalidInput, problem);
-        settings.check_consistency().map_err(invalid)?;
         routes::check_paths(&settings).map_err(invalid)?;
+        settings.check_consistency().map_err(invalid)?;
+        let tokens = TokenVerifier::from_settings(&settings).map_err(invalid)?;
         let listener = bind(&settings.host, settings.port).await?;
         let metrics = Arc::new(Metrics::default());
         let lifecycle = Lifecycle::default();
+        // Last: a cluster broker starts background tasks, which nothing may fail after.
         let (hub, broker) = build_broker(&settings, &metrics, &lifecycle).await?;
         let max_connections = effective_max_connections(settings.max_connections);
-        let tokens = TokenVerifier::from_settings(&settings)
-            .map_err(|problem| io::Error::new(io::ErrorKind::InvalidInput, problem))?;
         let state = Arc::new(AppState {
             publishers: PublisherKeys::new(&settings.push_api_keys),
             tokens,
@@ -158,7 +158,10 @@ impl Application {
             // mistaken for an end of its own (which would skip closing the sessions).
             biased;
             () = lifecycle.draining() => {}
-            _ = &mut server => return Ok(()),
+            _ = &mut server => {
+                lifecycle.stop_background().await;
+                return Ok(());
+            }
         }
         let deadline = tokio::time::Instant::now() + shutdown_timeout;
         tracing::info!(

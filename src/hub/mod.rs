@@ -577,7 +577,9 @@ impl Hub {
 }
 
 /// Offers a live `event` to one connection, counting the result in `delivery`: the one place, in
-/// both modes, where an event meets a connection's queue.
+/// both modes, where a live push is offered to a connection and counted (replays, resync notices
+/// and a joiner's waiting events are queued by `Connection::offer` uncounted, as deliveries of
+/// pushes already counted).
 fn hand_over(connection: &Connection, event: &Arc<Event>, delivery: &mut Delivery) {
     if connection.offer(Outgoing::Live(Arc::clone(event))) {
         delivery.delivered += 1;

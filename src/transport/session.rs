@@ -26,8 +26,8 @@ use crate::state::SharedState;
 /// Most items a session writes at once.
 pub(super) const WRITE_BATCH: usize = 64;
 
-/// What a transport does for the session core. Every method that writes reports the bytes it
-/// wrote, for the metrics.
+/// What a transport does for the session core. Every method that writes reports the bytes the
+/// metrics count for it (WebSocket pings and close frames are not counted).
 pub(super) trait Link: Send {
     /// Which transport this is.
     const TRANSPORT: Transport;
@@ -55,24 +55,25 @@ pub(super) trait Link: Send {
     async fn close(self, pending: Vec<Outgoing>, reason: DisconnectReason) -> usize;
 }
 
-/// Runs one connection until it ends. `expires_at` is its token's expiry, when it has one.
+/// Runs one opened connection until it ends. `expires_at` is its token's expiry, when it has one.
 ///
-/// The future may be dropped before it completes (an SSE body is dropped when its client goes
-/// away): the connection is then still unregistered and its end counted, by [`Session`]'s drop.
+/// The future may be dropped before it completes, even before it is first polled (an SSE body
+/// is dropped when its client goes away): the connection is then still unregistered and its end
+/// counted, by [`Session`]'s drop.
 pub(super) async fn run<L: Link>(
     mut link: L,
-    attached: Attached,
+    mut session: Session,
     expires_at: Option<SystemTime>,
-    state: SharedState,
 ) {
-    let mut session = Session::open(L::TRANSPORT, attached, state);
     let expires_at = expires_at.map(|at| Instant::now() + remaining(at));
     let reason = serve(&mut link, &mut session, expires_at).await;
     session.end(link, reason).await;
 }
 
 /// One connection's side of the hub while its session runs: its registration and its queue.
-struct Session {
+/// Made by [`Session::open`] as soon as the connection is attached, so that from then on its end
+/// is counted whatever happens.
+pub(super) struct Session {
     transport: Transport,
     /// `None` once unregistered.
     registration: Option<Registration>,
@@ -87,8 +88,8 @@ struct Session {
 }
 
 impl Session {
-    /// Counts the connection as opened.
-    fn open(transport: Transport, attached: Attached, state: SharedState) -> Self {
+    /// Counts the attached connection as opened.
+    pub(super) fn open(transport: Transport, attached: Attached, state: SharedState) -> Self {
         let Attached {
             registration,
             outbox,
@@ -96,7 +97,10 @@ impl Session {
         } = attached;
         state.metrics.connection_opened();
         let (user, connection) = (registration.user(), registration.id());
-        tracing::debug!(transport = transport.label(), %user, connection, "connected");
+        match transport {
+            Transport::WebSocket => tracing::debug!(%user, connection, "connected"),
+            Transport::Sse => tracing::debug!(%user, connection, "sse connected"),
+        }
         Self {
             transport,
             registration: Some(registration),
@@ -113,8 +117,15 @@ impl Session {
     fn unregister(&mut self, reason: DisconnectReason) -> Vec<Outgoing> {
         if let Some(registration) = self.registration.take() {
             let (user, connection) = (registration.user(), registration.id());
-            let (transport, reason_label) = (self.transport.label(), reason.label());
-            tracing::debug!(transport, %user, connection, reason = reason_label, "disconnected");
+            let reason_label = reason.label();
+            match self.transport {
+                Transport::WebSocket => {
+                    tracing::debug!(%user, connection, reason = reason_label, "disconnected");
+                }
+                Transport::Sse => {
+                    tracing::debug!(%user, connection, reason = reason_label, "sse disconnected");
+                }
+            }
         }
         self.state.metrics.connection_closed(reason);
         let mut pending = std::mem::take(&mut self.batch);
@@ -131,9 +142,10 @@ impl Session {
         let pending = self.unregister(reason);
         let metrics = &self.state.metrics;
         if reason == DisconnectReason::Shutdown {
-            let live: Vec<StdInstant> = live_accepted(&pending).collect();
+            // Timed as written now: the goodbye may wait for the client's close reply.
+            metrics.record_written(L::TRANSPORT, 0, live_accepted(&pending));
             let bytes = link.close(pending, reason).await;
-            metrics.record_written(L::TRANSPORT, bytes, live);
+            metrics.bytes_sent(L::TRANSPORT, bytes);
         } else {
             metrics.events_unwritten(reason, self.unwritten + events_in(&pending));
             let bytes = link.close(Vec::new(), reason).await;
@@ -175,6 +187,7 @@ async fn serve<L: Link>(
         ..
     } = session
     else {
+        // The registration is taken only when the session ends, after this loop.
         return DisconnectReason::NetworkError;
     };
     let metrics = &state.metrics;
@@ -218,7 +231,9 @@ async fn serve<L: Link>(
                 }
             }
             received = link.receive() => {
-                if received.is_ok() && inbound.as_ref().is_some_and(|limit| !limit.check()) {
+                // Whatever arrived counts against the client's rate, a frame that ends the
+                // connection included.
+                if inbound.as_ref().is_some_and(|limit| !limit.check()) {
                     return DisconnectReason::MessageRate;
                 }
                 match received {

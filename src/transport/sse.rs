@@ -13,8 +13,8 @@
 //! chunk (or a waker the session registered fires), and hands on each chunk the link wrote. No
 //! task of its own, so an event costs no extra wakeup. A client that stops reading stops the
 //! polling; its queue fills, the hub asks the connection to close as a slow consumer, and the
-//! server's connection write timeout cuts it. A client that goes away drops the body, and with it
-//! the session, which unregisters and counts the connection then. Refusals the client should retry
+//! server's connection write timeout (`WS_WRITE_TIMEOUT` + 1 s) cuts it. A client that goes away
+//! drops the body, and with it the session, which unregisters and counts the connection then. Refusals the client should retry
 //! (shutting down, server or user full, over the connect rate) are answered `200` with a `retry:`
 //! hint and a comment, then end: per the WHATWG spec an EventSource that gets a 4xx/5xx never
 //! reconnects. Final refusals (a bad request: 400; a refused token: 401; a foreign origin or user:
@@ -35,10 +35,10 @@ use bytes::{BufMut, BytesMut};
 use futures_util::Stream;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
-use super::session::{self, Link};
+use super::session::{self, Link, Session};
 use super::{attach, authorize};
 use crate::broker::AttachError;
 use crate::error::ApiError;
@@ -48,12 +48,9 @@ use crate::protocol::{DisconnectReason, Frame, Label, Transport};
 use crate::state::SharedState;
 
 /// Chunks written by the link and not yet handed to hyper. The body hands one on after each poll
-/// of the session, and a session writes at most one chunk per batch of `WRITE_BATCH` items, so a
-/// few are plenty (a link that finds them all taken waits for the body).
+/// of the session, which writes one chunk per batch of items, so a few are plenty; a link that
+/// finds them all taken waits for the body's next poll, which frees one.
 const CHUNKS_IN_FLIGHT: usize = 4;
-
-/// How long the goodbye (close event, or the last events and a comment at shutdown) may take.
-const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// `GET {SSE_STREAM_PATH}`: opens an event stream for one user.
 pub async fn stream(
@@ -111,20 +108,17 @@ pub async fn stream(
     let (chunks, written) = mpsc::channel(CHUNKS_IN_FLIGHT);
     let link = SseLink {
         chunks,
-        opening: Some(opening.freeze()),
+        opening: opening.freeze(),
         keepalive: state.settings.sse_keepalive,
         last_write: Instant::now(),
-        write_timeout: state.settings.ws_write_timeout,
     };
+    let tracked = state.lifecycle.track_session();
+    // Opened here: a body dropped before its first poll still counts its connection's end.
+    let session = Session::open(Transport::Sse, attached, state);
     let body = SessionBody {
-        _tracked: state.lifecycle.track_session(),
+        _tracked: tracked,
         _slot: admission.slot,
-        session: Some(Box::pin(session::run(
-            link,
-            attached,
-            admission.expires_at,
-            state,
-        ))),
+        session: Some(Box::pin(session::run(link, session, admission.expires_at))),
         written,
     };
     event_stream_response(Body::from_stream(body))
@@ -168,28 +162,25 @@ impl Stream for SessionBody {
 /// session.
 struct SseLink {
     chunks: mpsc::Sender<Bytes>,
-    /// The first chunk, until it is sent.
-    opening: Option<Bytes>,
+    /// The first chunk (`retry:`, and the head's `id:` on a fresh connection).
+    opening: Bytes,
     /// `SSE_KEEPALIVE`; zero: no keepalive comments.
     keepalive: Duration,
     /// When the last chunk was written: the keepalive is due `keepalive` after it.
     last_write: Instant,
-    /// `WS_WRITE_TIMEOUT`: how long a chunk may wait for the body to take it.
-    write_timeout: Duration,
 }
 
 impl SseLink {
-    /// Sends one chunk within `limit`; returns its length.
-    async fn send(&mut self, chunk: Bytes, limit: Duration) -> Result<usize, DisconnectReason> {
+    /// Hands one chunk to the body; returns its length. Never waits long: the body frees a slot
+    /// each time it polls the session (a client that stops reading stops both).
+    async fn send(&mut self, chunk: Bytes) -> Result<usize, DisconnectReason> {
         let length = chunk.len();
-        match timeout(limit, self.chunks.send(chunk)).await {
-            Ok(Ok(())) => {
-                self.last_write = Instant::now();
-                Ok(length)
-            }
-            Ok(Err(_closed)) => Err(DisconnectReason::ClientClosed),
-            Err(_elapsed) => Err(DisconnectReason::SlowConsumer),
-        }
+        self.chunks
+            .send(chunk)
+            .await
+            .map_err(|_closed| DisconnectReason::ClientClosed)?;
+        self.last_write = Instant::now();
+        Ok(length)
     }
 }
 
@@ -197,10 +188,8 @@ impl Link for SseLink {
     const TRANSPORT: Transport = Transport::Sse;
 
     async fn open(&mut self) -> Result<usize, DisconnectReason> {
-        match self.opening.take() {
-            Some(opening) => self.send(opening, self.write_timeout).await,
-            None => Ok(0),
-        }
+        let opening = std::mem::take(&mut self.opening);
+        self.send(opening).await
     }
 
     async fn write(&mut self, items: &[Outgoing]) -> Result<usize, DisconnectReason> {
@@ -208,7 +197,7 @@ impl Link for SseLink {
         for item in items {
             write_event(&mut buffer, item);
         }
-        self.send(buffer.freeze(), self.write_timeout).await
+        self.send(buffer.freeze()).await
     }
 
     fn keepalive_deadline(&self) -> Option<Instant> {
@@ -216,8 +205,7 @@ impl Link for SseLink {
     }
 
     async fn keep_alive(&mut self) -> Result<usize, DisconnectReason> {
-        self.send(Bytes::from_static(b": keepalive\n\n"), self.write_timeout)
-            .await
+        self.send(Bytes::from_static(b": keepalive\n\n")).await
     }
 
     async fn receive(&mut self) -> Result<Option<Frame>, DisconnectReason> {
@@ -239,7 +227,7 @@ impl Link for SseLink {
             }
             reason => write_close_event(&mut buffer, reason),
         }
-        self.send(buffer.freeze(), CLOSE_GRACE).await.unwrap_or(0)
+        self.send(buffer.freeze()).await.unwrap_or(0)
     }
 }
 

@@ -61,7 +61,7 @@ pub const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 pub fn test_settings(flags: &[&str]) -> Settings {
     let mut args = vec!["websocket-sse-server", "--host", "127.0.0.1", "--port", "0"];
     args.extend_from_slice(flags);
-    Settings::try_parse_from(args).expect("test flags parse")
+    Settings::from_flags(args).expect("test flags parse")
 }
 
 // --- the server in this process -----------------------------------------------------------------

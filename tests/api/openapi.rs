@@ -39,7 +39,7 @@ async fn served_document(app: &TestApp) -> Value {
 fn settings(flags: &[&str]) -> Settings {
     let mut args = vec!["websocket-sse-server"];
     args.extend_from_slice(flags);
-    Settings::try_parse_from(args).unwrap()
+    Settings::from_flags(args).unwrap()
 }
 
 /// Every `$ref` in `value`, with where it is.

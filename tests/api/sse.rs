@@ -727,3 +727,26 @@ async fn fresh_streams_do_not_lift_history_over_history_max_users() {
     assert_eq!(metrics["history_users"], 2, "{metrics}");
     assert_eq!(metrics["history_events"], 6, "{metrics}");
 }
+
+/// A stream whose body is never read (a `HEAD` request: hyper drops the body unpolled) still
+/// counts its connection as opened and closed, and unregisters it.
+#[tokio::test]
+async fn a_stream_dropped_before_its_first_chunk_is_counted_and_unregistered() {
+    let app = spawn_app(&[]).await;
+    let reply = app
+        .request(
+            reqwest::Method::HEAD,
+            "/sse/stream?user_id=ghost",
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    app.wait_for_connections(0).await;
+    let metrics = app
+        .wait_for_metrics("the close counted", |m| {
+            m["connections_closed_total"]["client_closed"] == 1
+        })
+        .await;
+    assert_eq!(metrics["connections_opened_total"], 1, "{metrics}");
+}

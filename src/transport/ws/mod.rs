@@ -22,7 +22,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
 use self::link::WsLink;
-use super::{attach, authorize, session};
+use super::session::{self, Session};
+use super::{attach, authorize};
 use crate::broker::AttachError;
 use crate::error::ApiError;
 use crate::metrics::Refusal;
@@ -99,7 +100,8 @@ async fn accept(
             match attached {
                 Ok(attached) => {
                     let link = WsLink::new(socket, &state.settings);
-                    session::run(link, attached, expires_at, state).await;
+                    let session = Session::open(Transport::WebSocket, attached, state);
+                    session::run(link, session, expires_at).await;
                 }
                 Err(limit) => {
                     state.metrics.connection_refused(Refusal::UserLimit);
