@@ -31,7 +31,7 @@ const AUDIENCE: &str = "push";
 const ISSUER: &str = "fuzz";
 
 static VERIFIER: LazyLock<TokenVerifier> = LazyLock::new(|| {
-    let settings = Settings::try_parse_from([
+    let settings = Settings::from_flags([
         "websocket-sse-server",
         "--jwt-secret",
         SECRET,
