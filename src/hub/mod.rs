@@ -350,7 +350,7 @@ impl Hub {
             Mode::Standalone {
                 user_limit,
                 history,
-            } => (Some(*user_limit), self.history().map(|_| history)),
+            } => (Some(*user_limit), history.enabled().then_some(history)),
             Mode::Cluster => (None, None),
         };
         let (head, resumed) = {

@@ -254,8 +254,11 @@ pub struct Counts {
     pub delivery_latency: HistogramSnapshot,
 }
 
+/// Adds `by` to `counter`; adding nothing touches nothing (no shared cache line written).
 fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
+    if by > 0 {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
 }
 
 fn read(counter: &AtomicU64) -> u64 {
@@ -307,22 +310,15 @@ impl Metrics {
     /// One event was handed to this node's connections of its user: `delivered` queues took it,
     /// `failed` could not.
     pub fn events_handed_over(&self, delivery: Delivery) {
-        if delivery.delivered > 0 {
-            bump(&self.events_delivered, delivery.delivered as u64);
-        }
-        if delivery.failed > 0 {
-            bump(
-                &self.events_dropped[DropReason::Failed as usize],
-                delivery.failed as u64,
-            );
-        }
+        bump(&self.events_delivered, delivery.delivered as u64);
+        bump(
+            &self.events_dropped[DropReason::Failed as usize],
+            delivery.failed as u64,
+        );
     }
 
     /// A connection that ended for `reason` left `count` events in its queue, never written.
     pub fn events_unwritten(&self, reason: DisconnectReason, count: usize) {
-        if count == 0 {
-            return;
-        }
         let dropped = match reason {
             DisconnectReason::SlowConsumer => DropReason::SlowConsumer,
             _ => DropReason::Closed,

@@ -75,15 +75,11 @@ pub(super) async fn run<L: Link>(
 /// is counted whatever happens.
 pub(super) struct Session {
     transport: Transport,
-    /// `None` once unregistered.
+    /// `None` once unregistered: the session has ended (or is saying goodbye).
     registration: Option<Registration>,
     outbox: Outbox,
-    /// Items taken from the outbox and not yet written.
+    /// Items taken from the outbox and not yet written (after a failed write: never written).
     batch: Vec<Outgoing>,
-    /// Events that will never be written (a failed write's batch).
-    unwritten: usize,
-    /// Set once [`Session::end`] has begun: the drop then has nothing left to do.
-    ended: bool,
     state: SharedState,
 }
 
@@ -106,8 +102,6 @@ impl Session {
             registration: Some(registration),
             outbox,
             batch: Vec::new(),
-            unwritten: 0,
-            ended: false,
             state,
         }
     }
@@ -138,25 +132,24 @@ impl Session {
     /// Ends the session for `reason`: unregisters, then lets the link say goodbye. On shutdown
     /// what was queued is still written, ahead of the goodbye; otherwise it counts as dropped.
     async fn end<L: Link>(mut self, link: L, reason: DisconnectReason) {
-        self.ended = true;
-        let pending = self.unregister(reason);
+        let mut pending = self.unregister(reason);
         let metrics = &self.state.metrics;
         if reason == DisconnectReason::Shutdown {
             // Timed as written now: the goodbye may wait for the client's close reply.
             metrics.record_written(L::TRANSPORT, 0, live_accepted(&pending));
-            let bytes = link.close(pending, reason).await;
-            metrics.bytes_sent(L::TRANSPORT, bytes);
         } else {
-            metrics.events_unwritten(reason, self.unwritten + events_in(&pending));
-            let bytes = link.close(Vec::new(), reason).await;
-            metrics.bytes_sent(L::TRANSPORT, bytes);
+            metrics.events_unwritten(reason, events_in(&pending));
+            pending.clear();
         }
+        let bytes = link.close(pending, reason).await;
+        metrics.bytes_sent(L::TRANSPORT, bytes);
     }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        if self.ended {
+        if self.registration.is_none() {
+            // Ended by `end`, which counted everything.
             return;
         }
         // Ended before it chose to: the client went away, or a write stalled past the server's
@@ -167,8 +160,9 @@ impl Drop for Session {
             .and_then(Registration::close_reason)
             .unwrap_or(DisconnectReason::ClientClosed);
         let pending = self.unregister(reason);
-        let unwritten = self.unwritten + events_in(&pending);
-        self.state.metrics.events_unwritten(reason, unwritten);
+        self.state
+            .metrics
+            .events_unwritten(reason, events_in(&pending));
     }
 }
 
@@ -182,7 +176,6 @@ async fn serve<L: Link>(
         registration: Some(registration),
         outbox,
         batch,
-        unwritten,
         state,
         ..
     } = session
@@ -213,14 +206,12 @@ async fn serve<L: Link>(
                     return DisconnectReason::NetworkError;
                 }
                 top_up(outbox, batch).await;
-                match link.write(batch).await {
-                    Ok(bytes) => metrics.record_written(L::TRANSPORT, bytes, live_accepted(batch)),
-                    Err(reason) => {
-                        *unwritten += events_in(batch);
-                        batch.clear();
-                        return reason;
-                    }
-                }
+                // A failed batch stays in `batch`: the end of the session counts it as dropped.
+                let bytes = match link.write(batch).await {
+                    Ok(bytes) => bytes,
+                    Err(reason) => return reason,
+                };
+                metrics.record_written(L::TRANSPORT, bytes, live_accepted(batch));
                 batch.clear();
             }
             () = &mut expiry, if expires_at.is_some() => return DisconnectReason::TokenExpired,
