@@ -18,9 +18,11 @@ use proptest::prelude::*;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
+use std::sync::Arc;
+
 use websocket_sse_server::protocol::{
-    EVENT_ID_MAX_CHARS, EVENT_TYPE_MAX_CHARS, IdOrigin, Issue, Loc, USER_ID_MAX_BYTES, parse_batch,
-    parse_push,
+    EVENT_ID_MAX_CHARS, EVENT_TYPE_MAX_CHARS, IdOrigin, Issue, Loc, Push as ParsedPush,
+    USER_ID_MAX_BYTES, parse_batch, parse_push, parse_push_targets,
 };
 use websocket_sse_server::transport::ConnectRequest;
 
@@ -539,10 +541,35 @@ proptest! {
             &*event.event.event_type,
             push.event_type.as_deref().unwrap_or("message")
         );
-        let frame = event.event.frame.as_str();
-        let parsed: Frame = serde_json::from_str(frame).unwrap();
+        let frame = event.event.frame.to_string();
+        let parsed: Frame = serde_json::from_str(&frame).unwrap();
         prop_assert_eq!(parsed.event_id.as_str(), &**event.event_id());
-        check_frame(frame, &push, raw_data(&body))?;
+        check_frame(&frame, &push, raw_data(&body))?;
+    }
+
+    /// (a) The same push to several users (`user_ids`) shares one payload among their frames,
+    /// and each user's frame is exactly the text a push to that user alone encodes.
+    #[test]
+    fn a_push_to_several_users_encodes_each_exactly_as_alone(push in push(), style in style()) {
+        let Value::Object(mut object) = push.to_value(&style) else {
+            unreachable!("a push is an object");
+        };
+        let single_body = to_json(&Value::Object(object.clone()), style.escape);
+        let other = if push.user_id == "other" { "another" } else { "other" };
+        object.remove("user_id");
+        object.insert("user_ids".to_owned(), json!([push.user_id, other]));
+        let body = to_json(&Value::Object(object), style.escape);
+        let Ok(ParsedPush::Many(fields, users)) = parse_push_targets(body.as_bytes(), MAX_ITEMS) else {
+            return Err(TestCaseError::fail("user_ids refused"));
+        };
+        let (event_id, events) = fields.encode_for(users, ACCEPTED_AT).unwrap();
+        prop_assert_eq!(events.len(), 2);
+        prop_assert!(Arc::ptr_eq(events[0].event.frame.payload(), events[1].event.frame.payload()));
+        let mut alone = parse_push(single_body.as_bytes()).unwrap();
+        alone.event_id = Some(event_id.to_string().into());
+        let expected = alone.encode(ACCEPTED_AT).unwrap().event.frame.to_string();
+        prop_assert_eq!(events[0].event.frame.to_string(), expected);
+        prop_assert_eq!(events[1].user_id.as_str(), other);
     }
 
     /// (b) A push with one bad field is refused with exactly one issue that names the field.
@@ -572,7 +599,7 @@ proptest! {
         let sent: Vec<&RawValue> = serde_json::from_str(&body).unwrap();
         for ((message, push), item) in messages.iter().zip(&pushes).zip(sent) {
             let event = message.encode(ACCEPTED_AT).unwrap();
-            check_frame(event.event.frame.as_str(), push, raw_data(item.get()))?;
+            check_frame(&event.event.frame.to_string(), push, raw_data(item.get()))?;
         }
         // The same batch is refused whole when it is over the limit.
         if !pushes.is_empty() {

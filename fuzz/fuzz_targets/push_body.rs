@@ -60,7 +60,8 @@ fn check_accepted(message: &PushMessage<'_>) -> (String, String, Option<String>,
     let event = message
         .encode(0.0)
         .unwrap_or_else(|e| panic!("a validated push must encode: {e}"));
-    let text = event.event.frame.as_str();
+    let text = event.event.frame.to_string();
+    let text = text.as_str();
     let frame: Frame<'_> = serde_json::from_str(text)
         .unwrap_or_else(|e| panic!("encoded frame is not the contract's JSON ({e}): {text}"));
     assert_eq!(frame.user_id, user);
@@ -158,14 +159,22 @@ fuzz_target!(|body: &[u8]| {
     // The single-push endpoint: one user as `parse_push` has it, or up to MAX_ITEMS distinct users.
     match parse_push_targets(body, MAX_ITEMS) {
         Ok(Push::One(message)) => assert_eq!(single, Some(check_accepted(&message))),
-        Ok(Push::Many(messages)) => {
-            assert!((1..=MAX_ITEMS).contains(&messages.len()));
-            let mut users: Vec<&str> = messages.iter().map(|m| m.user_id.as_str()).collect();
-            users.sort_unstable();
-            users.dedup();
-            assert_eq!(users.len(), messages.len(), "duplicates are dropped");
-            for message in &messages {
-                check_accepted(message);
+        Ok(Push::Many(fields, users)) => {
+            assert!((1..=MAX_ITEMS).contains(&users.len()));
+            let mut names: Vec<&str> = users.iter().map(UserId::as_str).collect();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), users.len(), "duplicates are dropped");
+            let (event_id, events) = fields
+                .encode_for(users.clone(), 0.0)
+                .unwrap_or_else(|e| panic!("a validated push must encode: {e}"));
+            for (user, event) in users.into_iter().zip(&events) {
+                let mut alone = fields.clone().addressed_to(user);
+                check_accepted(&alone);
+                // Each user's frame is exactly what a push to that user alone encodes.
+                alone.event_id = Some(event_id.to_string().into());
+                let expected = alone.encode(0.0).expect("encodes").event.frame.to_string();
+                assert_eq!(event.event.frame.to_string(), expected);
             }
         }
         Err(issues) => check_refused(&issues),

@@ -12,8 +12,8 @@ use super::{JsonBody, respond};
 use crate::error::ApiError;
 use crate::hub::Outcome;
 use crate::protocol::{
-    BatchItemResult, BatchResponse, BroadcastResponse, Delivery, IdOrigin, MultiPushResponse,
-    Publication, Push, PushMessage, PushResponse, PushStatus, parse_batch, parse_broadcast,
+    BatchItemResult, BatchResponse, BroadcastResponse, Delivery, MultiPushResponse, Publication,
+    Push, PushFields, PushResponse, PushStatus, UserId, parse_batch, parse_broadcast,
     parse_push_targets, unix_seconds_now,
 };
 use crate::state::SharedState;
@@ -35,9 +35,9 @@ pub async fn push(State(state): State<SharedState>, body: Result<JsonBody, ApiEr
             };
             respond(&state, result.await)
         }
-        Ok(Push::Many(messages)) => {
+        Ok(Push::Many(fields, users)) => {
             let result = async {
-                let (event_id, results) = publish_shared(&state, messages).await?;
+                let (event_id, results) = publish_shared(&state, &fields, users).await?;
                 let delivered = results.iter().map(|result| result.delivered).sum();
                 let succeeded = results.iter().filter(|result| result.success).count();
                 let status = if succeeded == results.len() {
@@ -74,11 +74,7 @@ pub async fn broadcast(
         let JsonBody(bytes) = body?;
         let fields = parse_broadcast(&bytes).map_err(ApiError::Validation)?;
         let users = state.broker.online_users().await?;
-        let messages = users
-            .into_iter()
-            .map(|user| fields.clone().addressed_to(user))
-            .collect();
-        let (event_id, results) = publish_shared(&state, messages).await?;
+        let (event_id, results) = publish_shared(&state, &fields, users).await?;
         let delivered: usize = results.iter().map(|result| result.delivered).sum();
         let (status, message) = if delivered > 0 {
             (
@@ -102,37 +98,14 @@ pub async fn broadcast(
     respond(&state, result.await)
 }
 
-/// Publishes one event to several users: each user's copy names its user but all share one
-/// `event_id` (the upstream's, or one assigned here, which is not treated as an upstream id).
+/// Publishes one event to several users: each user's frame names its user, all share one
+/// `event_id` and one copy of the `data` (see [`PushFields::encode_for`]).
 async fn publish_shared(
     state: &SharedState,
-    mut messages: Vec<PushMessage<'_>>,
+    fields: &PushFields<'_>,
+    users: Vec<UserId>,
 ) -> Result<(Arc<str>, Vec<BatchItemResult>), ApiError> {
-    let assigned = messages
-        .first()
-        .is_some_and(|message| message.event_id.is_none())
-        .then(|| ulid::Ulid::new().to_string());
-    if let Some(assigned) = &assigned {
-        for message in &mut messages {
-            message.event_id = Some(assigned.clone().into());
-        }
-    }
-    let accepted_at = unix_seconds_now();
-    let events = messages
-        .iter()
-        .map(|message| {
-            let mut event = message.encode(accepted_at)?;
-            if assigned.is_some() {
-                event.id_origin = IdOrigin::Assigned;
-            }
-            Ok(event)
-        })
-        .collect::<Result<Vec<Publication>, serde_json::Error>>()?;
-    let event_id = match (&assigned, messages.first()) {
-        (Some(assigned), _) => Arc::from(assigned.as_str()),
-        (None, Some(message)) => Arc::from(message.event_id.as_deref().unwrap_or_default()),
-        (None, None) => Arc::from(ulid::Ulid::new().to_string()),
-    };
+    let (event_id, events) = fields.encode_for(users, unix_seconds_now())?;
     let outcomes = if events.is_empty() {
         Vec::new()
     } else {

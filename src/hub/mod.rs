@@ -923,7 +923,7 @@ mod tests {
         let head = attached.head.clone().unwrap();
         assert_eq!(&*notice.event_type, RESYNC_EVENT_TYPE);
         assert_eq!(*notice.event_id, head.to_string());
-        let json: serde_json::Value = serde_json::from_str(notice.frame.as_str()).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&notice.frame.to_string()).unwrap();
         assert_eq!(json["data"]["reason"], "unknown_event_id");
         assert_eq!(json["data"]["position"], 1);
         assert_eq!(json["data"]["last_event_id"], "gone");

@@ -1,22 +1,17 @@
 //! Outbound events: an accepted push serialized once into the JSON clients receive, shared by
-//! reference count by the history and every connection queue it is handed to; and the frames the
+//! reference count by the history and every connection queue it is handed to (a push to several
+//! users serializes its `data` once, into a [`Payload`] their frames share); and the frames the
 //! server writes on its own (acks, resync notices).
 
 use std::cell::RefCell;
 use std::sync::{Arc, LazyLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::extract::ws::Utf8Bytes;
-use serde::Serialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::{DEFAULT_EVENT_TYPE, PushMessage, StreamPosition, UserId};
-
-/// One encoded event or reply, as sent in a WebSocket text frame: shared, immutable JSON bytes.
-/// Cloning is a reference-count increment, so one push costs one serialization however many
-/// connections receive it.
-pub type Frame = Utf8Bytes;
+use super::frame::{Frame, Payload};
+use super::{DEFAULT_EVENT_TYPE, PushFields, PushMessage, StreamPosition, UserId};
 
 /// A push serialized for delivery.
 #[derive(Debug, Clone)]
@@ -60,21 +55,44 @@ pub struct Event {
     pub accepted_at: Instant,
 }
 
-/// The outbound JSON shape, in the field order of the wire contract.
-#[derive(Serialize)]
-struct OutboundEvent<'a> {
-    event_type: &'a str,
-    event_id: &'a str,
-    user_id: &'a str,
-    timestamp: Timestamp<'a>,
-    data: &'a RawValue,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
+/// A push's `timestamp` as it goes out: the upstream's, byte for byte, or the acceptance time.
+#[derive(Clone, Copy)]
 enum Timestamp<'a> {
     Given(&'a RawValue),
     Accepted(f64),
+}
+
+/// The envelope fields of an outbound event other than its `data`.
+struct Envelope<'a> {
+    event_type: &'a str,
+    event_id: &'a str,
+    timestamp: Timestamp<'a>,
+}
+
+impl Envelope<'_> {
+    /// Appends `{"event_type":…,"event_id":…,"user_id":…,"timestamp":…,"data":` (the wire
+    /// contract's field order), which the `data` JSON and a closing brace complete.
+    fn write_head(&self, user_id: &str, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(b"{\"event_type\":");
+        serde_json::to_writer(&mut *out, self.event_type)?;
+        out.extend_from_slice(b",\"event_id\":");
+        serde_json::to_writer(&mut *out, self.event_id)?;
+        out.extend_from_slice(b",\"user_id\":");
+        serde_json::to_writer(&mut *out, user_id)?;
+        out.extend_from_slice(b",\"timestamp\":");
+        match self.timestamp {
+            Timestamp::Given(raw) => out.extend_from_slice(raw.get().as_bytes()),
+            Timestamp::Accepted(seconds) => serde_json::to_writer(&mut *out, &seconds)?,
+        }
+        out.extend_from_slice(b",\"data\":");
+        Ok(())
+    }
+}
+
+/// Appends the `data` JSON and the closing brace of an outbound event.
+fn write_tail(data: &RawValue, out: &mut Vec<u8>) {
+    out.extend_from_slice(data.get().as_bytes());
+    out.push(b'}');
 }
 
 impl PushMessage<'_> {
@@ -88,51 +106,126 @@ impl PushMessage<'_> {
             Some(id) => Arc::from(id.as_ref()),
             None => Arc::from(&*ulid::Ulid::new().array_to_str(&mut ulid_text)),
         };
-        let timestamp = match self.timestamp {
-            Some(raw) => Timestamp::Given(raw),
-            None => Timestamp::Accepted(accepted_at),
-        };
-        let event = OutboundEvent {
+        let envelope = Envelope {
             event_type: &self.event_type,
             event_id: &event_id,
-            user_id: self.user_id.as_str(),
-            timestamp,
-            data: self.data,
+            timestamp: timestamp(self.timestamp, accepted_at),
         };
-        // Serialized into this thread's scratch buffer, then copied into an allocation of exactly
-        // the right size: events live on in history, so slack would be paid for per stored event,
-        // and exact bytes become the frame without a separate reference-count block.
-        let json = SCRATCH.with_borrow_mut(|scratch| {
-            scratch.clear();
-            let written = serde_json::to_writer(&mut *scratch, &event);
-            let json = std::str::from_utf8(scratch)
-                .map(str::to_owned)
-                .map_err(serde::ser::Error::custom);
-            if scratch.capacity() > SCRATCH_KEEP_BYTES {
-                *scratch = Vec::new();
-            }
-            written.and(json)
+        let json = exact_text(|out| {
+            envelope.write_head(self.user_id.as_str(), out)?;
+            write_tail(self.data, out);
+            Ok(())
         })?;
-        let event_type = if self.event_type == DEFAULT_EVENT_TYPE {
-            Arc::clone(&DEFAULT_EVENT_TYPE_SHARED)
-        } else {
-            Arc::from(self.event_type.as_ref())
+        let id_origin = match self.event_id {
+            Some(_) => IdOrigin::Upstream,
+            None => IdOrigin::Assigned,
         };
-        Ok(Publication {
-            user_id: self.user_id.clone(),
-            id_origin: if self.event_id.is_some() {
-                IdOrigin::Upstream
-            } else {
-                IdOrigin::Assigned
-            },
-            event: Arc::new(Event {
-                event_id,
-                event_type,
-                frame: Frame::from(json),
-                accepted_at: Instant::now(),
-            }),
-        })
+        Ok(publication(
+            self.user_id.clone(),
+            id_origin,
+            event_id,
+            shared_event_type(&self.event_type),
+            Frame::whole(json),
+        ))
     }
+}
+
+impl PushFields<'_> {
+    /// Serializes one event for each of `users`: the `data` once, into a payload every user's
+    /// frame shares, and per user only the small envelope that names them. Each frame's text is
+    /// exactly what [`PushMessage::encode`] makes for that user. All share one `event_id`: the
+    /// upstream's, or a ULID assigned here (then unique, so never looked up as a duplicate).
+    /// Returns that `event_id` and the publications, in the order of `users`.
+    pub fn encode_for(
+        &self,
+        users: Vec<UserId>,
+        accepted_at: f64,
+    ) -> Result<(Arc<str>, Vec<Publication>), serde_json::Error> {
+        let (event_id, id_origin): (Arc<str>, _) = match &self.event_id {
+            Some(id) => (Arc::from(id.as_ref()), IdOrigin::Upstream),
+            None => (Arc::from(ulid::Ulid::new().to_string()), IdOrigin::Assigned),
+        };
+        let envelope = Envelope {
+            event_type: &self.event_type,
+            event_id: &event_id,
+            timestamp: timestamp(self.timestamp, accepted_at),
+        };
+        let payload = Payload::new(exact_text(|out| {
+            write_tail(self.data, out);
+            Ok(())
+        })?);
+        let event_type = shared_event_type(&self.event_type);
+        let publications = users
+            .into_iter()
+            .map(|user| {
+                let head = exact_text(|out| envelope.write_head(user.as_str(), out))?;
+                let frame = Frame::split(head, Arc::clone(&payload));
+                Ok(publication(
+                    user,
+                    id_origin,
+                    Arc::clone(&event_id),
+                    Arc::clone(&event_type),
+                    frame,
+                ))
+            })
+            .collect::<Result<_, serde_json::Error>>()?;
+        Ok((event_id, publications))
+    }
+}
+
+fn timestamp(given: Option<&RawValue>, accepted_at: f64) -> Timestamp<'_> {
+    match given {
+        Some(raw) => Timestamp::Given(raw),
+        None => Timestamp::Accepted(accepted_at),
+    }
+}
+
+fn publication(
+    user_id: UserId,
+    id_origin: IdOrigin,
+    event_id: Arc<str>,
+    event_type: Arc<str>,
+    frame: Frame,
+) -> Publication {
+    Publication {
+        user_id,
+        id_origin,
+        event: Arc::new(Event {
+            event_id,
+            event_type,
+            frame,
+            accepted_at: Instant::now(),
+        }),
+    }
+}
+
+/// The event type as events hold it; the default one is shared, so the common case allocates
+/// nothing for it.
+fn shared_event_type(event_type: &str) -> Arc<str> {
+    if event_type == DEFAULT_EVENT_TYPE {
+        Arc::clone(&DEFAULT_EVENT_TYPE_SHARED)
+    } else {
+        Arc::from(event_type)
+    }
+}
+
+/// Runs `write` into this thread's scratch buffer, then copies the text into an allocation of
+/// exactly its size: events live on in history and queues, so slack would be paid for per held
+/// event.
+fn exact_text(
+    write: impl FnOnce(&mut Vec<u8>) -> Result<(), serde_json::Error>,
+) -> Result<String, serde_json::Error> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        let written = write(scratch);
+        let text = std::str::from_utf8(scratch)
+            .map(str::to_owned)
+            .map_err(serde::ser::Error::custom);
+        if scratch.capacity() > SCRATCH_KEEP_BYTES {
+            *scratch = Vec::new();
+        }
+        written.and(text)
+    })
 }
 
 /// The default event type, shared so that the common case allocates nothing for it.

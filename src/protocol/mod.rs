@@ -6,19 +6,21 @@
 //! This is the bottom layer: it imports nothing from the rest of the crate. Pure values and
 //! functions over bytes; it knows nothing about HTTP handlers, sockets, the hub or the broker.
 //! Each accepted push is serialized exactly once into an [`Event`] whose [`Frame`]
-//! (reference-counted bytes) every receiving connection shares.
+//! (reference-counted bytes) every receiving connection shares; a push to several users shares
+//! one [`Payload`] among all their frames ([`frame`]).
 
 pub mod connection;
 pub mod event;
+pub mod frame;
 pub mod push;
 pub mod responses;
 pub mod stream;
 
 pub use connection::{Delivery, DisconnectReason, Transport};
 pub use event::{
-    Event, Frame, IdOrigin, Publication, RESYNC_EVENT_TYPE, ack_frame, resync_frame,
-    unix_seconds_now,
+    Event, IdOrigin, Publication, RESYNC_EVENT_TYPE, ack_frame, resync_frame, unix_seconds_now,
 };
+pub use frame::{Frame, Ledger, Payload};
 pub use push::{
     DEFAULT_EVENT_TYPE, EVENT_ID_MAX_CHARS, EVENT_TYPE_MAX_CHARS, FieldError, Issue, Loc, Push,
     PushFields, PushMessage, USER_ID_MAX_BYTES, UserId, parse_batch, parse_broadcast, parse_push,
@@ -62,11 +64,11 @@ mod tests {
             .unwrap();
         let expected_prefix = r#"{"event_type":"message","event_id":""#;
         assert!(
-            event.event.frame.as_str().starts_with(expected_prefix),
+            event.event.frame.to_string().starts_with(expected_prefix),
             "{}",
-            event.event.frame.as_str()
+            event.event.frame.to_string()
         );
-        let value: Value = serde_json::from_str(event.event.frame.as_str()).unwrap();
+        let value: Value = serde_json::from_str(&event.event.frame.to_string()).unwrap();
         assert_eq!(value["user_id"], "test123");
         assert_eq!(value["timestamp"], 1704067200);
         assert_eq!(value["data"], json!({"message": "Hello"}));
@@ -80,7 +82,7 @@ mod tests {
             .unwrap()
             .encode(unix_seconds_now())
             .unwrap();
-        let value: Value = serde_json::from_str(event.event.frame.as_str()).unwrap();
+        let value: Value = serde_json::from_str(&event.event.frame.to_string()).unwrap();
         assert_eq!(value["event_type"], "message");
         assert!(value["timestamp"].as_f64().unwrap() > 1.7e9);
     }
@@ -162,7 +164,13 @@ mod tests {
             .expect("valid JSON object")
             .encode(unix_seconds_now())
             .unwrap();
-        assert!(event.event.frame.as_str().ends_with(&format!("{deep}}}}}")));
+        assert!(
+            event
+                .event
+                .frame
+                .to_string()
+                .ends_with(&format!("{deep}}}}}"))
+        );
         let unclosed = format!(
             r#"{{"user_id":"u","data":{{"x":{}}}}}"#,
             "[".repeat(100_000)
@@ -209,7 +217,7 @@ mod tests {
     #[test]
     fn ack_echoes_the_text() {
         assert_eq!(
-            ack_frame("hi \"you\"").as_str(),
+            ack_frame("hi \"you\"").to_string(),
             r#"{"event_type":"ack","data":{"received":"hi \"you\""}}"#
         );
     }

@@ -218,7 +218,7 @@ pub enum Push<'a> {
     /// `user_id`: one user.
     One(PushMessage<'a>),
     /// `user_ids`: the same event for each of these users (duplicates removed, order kept).
-    Many(Vec<PushMessage<'a>>),
+    Many(PushFields<'a>, Vec<UserId>),
 }
 
 /// Parses and validates a body of the single-push endpoint, which takes either `user_id` or
@@ -240,12 +240,7 @@ pub fn parse_push_targets(body: &[u8], max_users: usize) -> Result<Push<'_>, Vec
     };
     let fields = validate_fields(&raw, &[], &mut issues);
     match (users, fields) {
-        (Some(users), Some(fields)) if issues.is_empty() => Ok(Push::Many(
-            users
-                .into_iter()
-                .map(|user_id| fields.clone().addressed_to(user_id))
-                .collect(),
-        )),
+        (Some(users), Some(fields)) if issues.is_empty() => Ok(Push::Many(fields, users)),
         _ => Err(issues),
     }
 }
@@ -418,10 +413,10 @@ fn loc(prefix: &[Loc], field: Option<&'static str>) -> Vec<Loc> {
 /// The fields of a push other than its user: what a multi-user push or a broadcast shares.
 #[derive(Debug, Clone)]
 pub struct PushFields<'a> {
-    data: &'a RawValue,
-    event_type: Cow<'a, str>,
-    event_id: Option<Cow<'a, str>>,
-    timestamp: Option<&'a RawValue>,
+    pub(super) data: &'a RawValue,
+    pub(super) event_type: Cow<'a, str>,
+    pub(super) event_id: Option<Cow<'a, str>>,
+    pub(super) timestamp: Option<&'a RawValue>,
 }
 
 impl<'a> PushFields<'a> {

@@ -29,6 +29,10 @@ use crate::protocol::{Issue, Loc, Transport, UserId};
 use crate::rate_limit::client_ip;
 use crate::state::AppState;
 
+/// Payloads at least this large are written from their shared bytes, referenced in place; smaller
+/// ones are copied into the connection's write (one buffer per batch, freed after the write).
+const SHARE_FROM_BYTES: usize = 4096;
+
 /// Longest resume point a client may send, in bytes: event ids are at most 128 characters, and
 /// position tokens are shorter.
 const RESUME_FROM_MAX_BYTES: usize = 512;

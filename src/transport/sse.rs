@@ -38,6 +38,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
+use super::SHARE_FROM_BYTES;
 use super::session::{self, Link, Session};
 use super::{attach, authorize};
 use crate::broker::AttachError;
@@ -120,6 +121,7 @@ pub async fn stream(
         _slot: admission.slot,
         session: Some(Box::pin(session::run(link, session, admission.expires_at))),
         written,
+        current: Vec::new().into_iter(),
     };
     event_stream_response(Body::from_stream(body))
 }
@@ -130,7 +132,9 @@ struct SessionBody {
     /// The session, until it ends.
     session: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// What the session's link wrote.
-    written: mpsc::Receiver<Bytes>,
+    written: mpsc::Receiver<Chunk>,
+    /// The rest of the chunk being handed on.
+    current: std::vec::IntoIter<Bytes>,
     /// Held until the body is dropped: shutdown waits for it.
     _tracked: TaskTrackerToken,
     /// Held until the body is dropped: its `MAX_CONNECTIONS` slot.
@@ -142,6 +146,9 @@ impl Stream for SessionBody {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
+        if let Some(piece) = this.current.next() {
+            return Poll::Ready(Some(Ok(piece)));
+        }
         if let Some(session) = this.session.as_mut()
             && session.as_mut().poll(cx).is_ready()
         {
@@ -150,7 +157,17 @@ impl Stream for SessionBody {
         // The link writes only while the session is polled, here, in this task: no waker is
         // needed (one would wake this task again for every chunk it hands on).
         match this.written.try_recv() {
-            Ok(chunk) => Poll::Ready(Some(Ok(chunk))),
+            Ok(chunk) => {
+                this.current = chunk.into_iter();
+                match this.current.next() {
+                    Some(piece) => Poll::Ready(Some(Ok(piece))),
+                    // Never sent empty; wake to look again.
+                    None => {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                }
+            }
             Err(TryRecvError::Empty) if this.session.is_some() => Poll::Pending,
             // The session ended and its last chunk is out.
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => Poll::Ready(None),
@@ -161,7 +178,7 @@ impl Stream for SessionBody {
 /// An SSE response body, as a session's [`Link`]: chunks go to the [`SessionBody`] that runs the
 /// session.
 struct SseLink {
-    chunks: mpsc::Sender<Bytes>,
+    chunks: mpsc::Sender<Chunk>,
     /// The first chunk (`retry:`, and the head's `id:` on a fresh connection).
     opening: Bytes,
     /// `SSE_KEEPALIVE`; zero: no keepalive comments.
@@ -173,8 +190,11 @@ struct SseLink {
 impl SseLink {
     /// Hands one chunk to the body; returns its length. Never waits long: the body frees a slot
     /// each time it polls the session (a client that stops reading stops both).
-    async fn send(&mut self, chunk: Bytes) -> Result<usize, DisconnectReason> {
-        let length = chunk.len();
+    async fn send(&mut self, chunk: Chunk) -> Result<usize, DisconnectReason> {
+        let length = chunk.iter().map(Bytes::len).sum();
+        if length == 0 {
+            return Ok(0);
+        }
         self.chunks
             .send(chunk)
             .await
@@ -189,15 +209,15 @@ impl Link for SseLink {
 
     async fn open(&mut self) -> Result<usize, DisconnectReason> {
         let opening = std::mem::take(&mut self.opening);
-        self.send(opening).await
+        self.send(vec![opening]).await
     }
 
     async fn write(&mut self, items: &[Outgoing]) -> Result<usize, DisconnectReason> {
-        let mut buffer = BytesMut::new();
+        let mut pieces = Pieces::default();
         for item in items {
-            write_event(&mut buffer, item);
+            write_event(&mut pieces, item);
         }
-        self.send(buffer.freeze()).await
+        self.send(pieces.finish()).await
     }
 
     fn keepalive_deadline(&self) -> Option<Instant> {
@@ -205,7 +225,8 @@ impl Link for SseLink {
     }
 
     async fn keep_alive(&mut self) -> Result<usize, DisconnectReason> {
-        self.send(Bytes::from_static(b": keepalive\n\n")).await
+        self.send(vec![Bytes::from_static(b": keepalive\n\n")])
+            .await
     }
 
     async fn receive(&mut self) -> Result<Option<Frame>, DisconnectReason> {
@@ -215,19 +236,19 @@ impl Link for SseLink {
     }
 
     async fn close(mut self, pending: Vec<Outgoing>, reason: DisconnectReason) -> usize {
-        let mut buffer = BytesMut::new();
+        let mut pieces = Pieces::default();
         match reason {
             DisconnectReason::ClientClosed | DisconnectReason::NetworkError => return 0,
             DisconnectReason::Shutdown => {
                 for item in &pending {
-                    write_event(&mut buffer, item);
+                    write_event(&mut pieces, item);
                 }
                 // The stream ends; the browser reconnects, elsewhere.
-                write_comment(&mut buffer, "server shutting down; reconnect");
+                write_comment(&mut pieces.buffer, "server shutting down; reconnect");
             }
-            reason => write_close_event(&mut buffer, reason),
+            reason => write_close_event(&mut pieces.buffer, reason),
         }
-        self.send(buffer.freeze()).await.unwrap_or(0)
+        self.send(pieces.finish()).await.unwrap_or(0)
     }
 }
 
@@ -285,10 +306,44 @@ fn write_close_event(buffer: &mut BytesMut, reason: DisconnectReason) {
     buffer.put_slice(b"\"}\n\n");
 }
 
+/// What the link hands the body at once: pieces of the stream, in order.
+type Chunk = Vec<Bytes>;
+
+/// A chunk in the making: small pieces are copied together, large shared payloads are referenced
+/// in place (never copied per connection).
+#[derive(Default)]
+struct Pieces {
+    buffer: BytesMut,
+    done: Chunk,
+}
+
+impl Pieces {
+    /// Appends `shared`: copied when small, referenced when large.
+    fn put_shared(&mut self, shared: &Bytes) {
+        if shared.len() < SHARE_FROM_BYTES {
+            self.buffer.put_slice(shared);
+        } else {
+            if !self.buffer.is_empty() {
+                self.done.push(self.buffer.split().freeze());
+            }
+            self.done.push(shared.clone());
+        }
+    }
+
+    fn finish(mut self) -> Chunk {
+        if !self.buffer.is_empty() {
+            self.done.push(self.buffer.freeze());
+        }
+        self.done
+    }
+}
+
 /// Appends one event. The JSON goes on `data:` lines: it can only hold line breaks as whitespace
 /// between tokens (inside strings they are escaped), which an upstream's raw `data` may contain, so
-/// each line becomes its own `data:` line and the client's parser joins them back with `\n`.
-fn write_event(buffer: &mut BytesMut, item: &Outgoing) {
+/// each line becomes its own `data:` line (the payload's [SSE text](crate::protocol::Payload::sse_text))
+/// and the client's parser joins them back with `\n`. A frame's head holds no line break.
+fn write_event(pieces: &mut Pieces, item: &Outgoing) {
+    let buffer = &mut pieces.buffer;
     if let Some(event) = item.event() {
         buffer.put_slice(b"id: ");
         buffer.put_slice(event.event_id.as_bytes());
@@ -296,14 +351,11 @@ fn write_event(buffer: &mut BytesMut, item: &Outgoing) {
         buffer.put_slice(event.event_type.as_bytes());
         buffer.put_u8(b'\n');
     }
-    for line in item.frame().as_str().split(['\r', '\n']) {
-        if !line.is_empty() {
-            buffer.put_slice(b"data: ");
-            buffer.put_slice(line.as_bytes());
-            buffer.put_u8(b'\n');
-        }
-    }
-    buffer.put_u8(b'\n');
+    let frame = item.frame();
+    buffer.put_slice(b"data: ");
+    buffer.put_slice(frame.head());
+    pieces.put_shared(frame.payload().sse_text());
+    pieces.buffer.put_slice(b"\n\n");
 }
 
 #[cfg(test)]
@@ -311,7 +363,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::protocol::{Event, Frame};
+    use crate::protocol::{Event, Frame, Payload};
 
     fn event(frame: &str) -> Outgoing {
         Outgoing::Live(Arc::new(Event {
@@ -322,20 +374,57 @@ mod tests {
         }))
     }
 
+    fn written(items: &[Outgoing]) -> Vec<u8> {
+        let mut pieces = Pieces::default();
+        for item in items {
+            write_event(&mut pieces, item);
+        }
+        pieces.finish().concat()
+    }
+
     #[test]
     fn events_are_framed_with_id_type_and_data() {
-        let mut buffer = BytesMut::new();
-        write_event(&mut buffer, &event(r#"{"a":1}"#));
-        assert_eq!(&buffer[..], b"id: e1\nevent: message\ndata: {\"a\":1}\n\n");
+        assert_eq!(
+            written(&[event(r#"{"a":1}"#)]),
+            b"id: e1\nevent: message\ndata: {\"a\":1}\n\n"
+        );
     }
 
     #[test]
     fn line_breaks_in_the_json_become_separate_data_lines() {
-        let mut buffer = BytesMut::new();
-        write_event(&mut buffer, &event("{\"a\":\r\n1,\r\"b\":\n2}"));
         assert_eq!(
-            &buffer[..],
+            written(&[event("{\"a\":\r\n1,\r\"b\":\n2}")]),
             b"id: e1\nevent: message\ndata: {\"a\":\ndata: 1,\ndata: \"b\":\ndata: 2}\n\n"
         );
+    }
+
+    #[test]
+    fn large_shared_payloads_are_referenced_not_copied() {
+        let payload = Payload::new(format!("{{\"pad\":\"{}\"}}}}", "x".repeat(8000)));
+        let split = |user: &str| {
+            Outgoing::Live(Arc::new(Event {
+                event_id: Arc::from("e1"),
+                event_type: Arc::from("message"),
+                frame: Frame::split(
+                    format!("{{\"user_id\":\"{user}\",\"data\":"),
+                    payload.clone(),
+                ),
+                accepted_at: std::time::Instant::now(),
+            }))
+        };
+        let mut pieces = Pieces::default();
+        write_event(&mut pieces, &split("a"));
+        write_event(&mut pieces, &split("b"));
+        let chunk = pieces.finish();
+        let shared: Vec<&Bytes> = chunk
+            .iter()
+            .filter(|piece| piece.as_ptr() == payload.as_bytes().as_ptr())
+            .collect();
+        assert_eq!(shared.len(), 2, "both events point at the one payload");
+        let text = String::from_utf8(chunk.concat()).unwrap();
+        assert!(
+            text.starts_with("id: e1\nevent: message\ndata: {\"user_id\":\"a\",\"data\":{\"pad\"")
+        );
+        assert!(text.ends_with("\"}}\n\n"));
     }
 }

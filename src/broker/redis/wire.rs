@@ -59,14 +59,14 @@ pub fn envelope(event: &Publication) -> Vec<u8> {
         published.event_id.len(),
         published.event_type.len()
     );
-    let frame = published.frame.as_str();
+    let frame = &published.frame;
     let mut out = Vec::with_capacity(
         header.len() + published.event_id.len() + published.event_type.len() + frame.len(),
     );
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(published.event_id.as_bytes());
     out.extend_from_slice(published.event_type.as_bytes());
-    out.extend_from_slice(frame.as_bytes());
+    frame.write_to(&mut out);
     out
 }
 
@@ -99,7 +99,7 @@ pub fn open_envelope(envelope: Bytes) -> Result<Event, Malformed> {
     };
     let event_id = Arc::from(text(id_start..type_start)?);
     let event_type = Arc::from(text(type_start..frame_start)?);
-    let frame = Frame::try_from(envelope.slice(frame_start..)).map_err(|_| Malformed("frame"))?;
+    let frame = Frame::from_utf8(envelope.slice(frame_start..)).map_err(|_| Malformed("frame"))?;
     Ok(Event {
         event_id,
         event_type,
@@ -197,7 +197,7 @@ mod tests {
             let published = open_envelope(bytes).unwrap();
             assert_eq!(&*published.event_id, id);
             assert_eq!(&*published.event_type, event_type);
-            assert_eq!(published.frame.as_str(), frame);
+            assert_eq!(published.frame.to_string(), frame);
         }
     }
 

@@ -1,19 +1,25 @@
 //! The WebSocket side of a session: text frames out, client frames in, pings, close codes.
 //!
-//! Items are sent as text frames (`feed` each, one `flush`), each batch within
-//! `WS_WRITE_TIMEOUT`. Every text frame from the client is answered with an ack (queued behind
-//! the events already queued); binary frames, oversized or invalid ones close the socket with the
-//! matching RFC 6455 code. Keepalive pings follow [`Keepalive`]. Closing sends the close code for
-//! the reason and waits briefly for the client's reply.
+//! Items are sent as text frames written straight to the socket ([`frames`]), each batch within
+//! `WS_WRITE_TIMEOUT`; everything else (reading, pings, pongs, close frames) goes through
+//! tungstenite, whose own buffer is flushed before frames are written directly, so the two never
+//! interleave inside a frame. Every text frame from the client is answered with an ack (queued
+//! behind the events already queued); binary frames, oversized or invalid ones close the socket
+//! with the matching RFC 6455 code. Keepalive pings follow [`Keepalive`]. Closing sends the close
+//! code for the reason and waits briefly for the client's reply, unless a write was cut short
+//! mid-frame: then the connection is just dropped.
 
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::time::{Instant, timeout};
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
 
 use super::super::session::Link;
+use super::frames::{self, write_text_frames};
 use super::keepalive::{Due, Keepalive};
+use super::upgrade::Socket;
 use crate::config::Settings;
 use crate::hub::Outgoing;
 use crate::protocol::{DisconnectReason, Frame, Transport, ack_frame};
@@ -23,7 +29,10 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// An upgraded WebSocket, as a session's [`Link`].
 pub(super) struct WsLink {
-    socket: WebSocket,
+    socket: Socket,
+    /// Set while frames are being written: still set afterwards means a write was cut short and
+    /// the wire may hold part of a frame.
+    torn: bool,
     /// `WS_PING_INTERVAL`/`WS_PING_TIMEOUT`; `None` when pings are off.
     keepalive: Option<Keepalive>,
     /// `WS_WRITE_TIMEOUT`.
@@ -41,7 +50,7 @@ struct Limits {
 
 impl WsLink {
     /// A link over `socket` with the keepalive and limits of `settings`.
-    pub(super) fn new(socket: WebSocket, settings: &Settings) -> Self {
+    pub(super) fn new(socket: Socket, settings: &Settings) -> Self {
         let keepalive = (!settings.ws_ping_interval.is_zero()).then(|| {
             Keepalive::new(
                 settings.ws_ping_interval,
@@ -51,6 +60,7 @@ impl WsLink {
         });
         Self {
             socket,
+            torn: false,
             keepalive,
             write_timeout: settings.ws_write_timeout,
             limits: Limits {
@@ -69,8 +79,9 @@ impl Link for WsLink {
     }
 
     async fn write(&mut self, items: &[Outgoing]) -> Result<usize, DisconnectReason> {
-        let frames = items.iter().map(|item| Message::Text(item.frame().clone()));
-        write(&mut self.socket, frames, self.write_timeout).await?;
+        self.torn = true;
+        write_items(&mut self.socket, items, self.write_timeout).await?;
+        self.torn = false;
         Ok(frame_bytes(items))
     }
 
@@ -84,8 +95,8 @@ impl Link for WsLink {
         };
         match keepalive.on_deadline(Instant::now()) {
             Due::Ping => {
-                let ping = std::iter::once(Message::Ping(Default::default()));
-                write(&mut self.socket, ping, self.write_timeout).await?;
+                let ping = self.socket.send(Message::Ping(Default::default()));
+                finish_write(timeout(self.write_timeout, ping).await)?;
                 Ok(0)
             }
             Due::TimedOut => Err(DisconnectReason::PingTimeout),
@@ -93,13 +104,13 @@ impl Link for WsLink {
     }
 
     async fn receive(&mut self) -> Result<Option<Frame>, DisconnectReason> {
-        let message = self.socket.recv().await;
+        let message = self.socket.next().await;
         if let Some(keepalive) = self.keepalive.as_mut() {
             keepalive.on_client_activity();
         }
         match message {
             Some(Ok(Message::Text(text))) => Ok(Some(ack_frame(&text))),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(None),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(None),
             Some(Ok(Message::Binary(_))) => Err(DisconnectReason::UnsupportedData),
             Some(Ok(Message::Close(_))) | None => Err(DisconnectReason::ClientClosed),
             Some(Err(error)) => Err(classify(error)),
@@ -107,51 +118,55 @@ impl Link for WsLink {
     }
 
     async fn close(mut self, pending: Vec<Outgoing>, reason: DisconnectReason) -> usize {
+        if self.torn {
+            // Part of a frame may be on the wire: nothing more can be written. The connection
+            // ends when the socket is dropped.
+            return 0;
+        }
         let bytes = frame_bytes(&pending);
-        finish(&mut self.socket, pending, close_frame(reason, self.limits)).await;
+        finish(&mut self.socket, &pending, close_frame(reason, self.limits)).await;
         bytes
     }
 }
 
 /// Closes a connection the per-user limit refused after the upgrade (close code 1008).
-pub(super) async fn refuse(mut socket: WebSocket, why: String) {
+pub(super) async fn refuse(mut socket: Socket, why: String) {
     let frame = CloseFrame {
-        code: close_code::POLICY,
+        code: close_code::POLICY.into(),
         reason: why.into(),
     };
-    finish(&mut socket, Vec::new(), Some(frame)).await;
+    finish(&mut socket, &[], Some(frame)).await;
 }
 
 /// Bytes on the wire of these items as unmasked text frames: payload and frame header.
 fn frame_bytes(items: &[Outgoing]) -> usize {
     items
         .iter()
-        .map(|item| {
-            let payload = item.frame().as_str().len();
-            let header = match payload {
-                0..=125 => 2,
-                126..=65_535 => 4,
-                _ => 10,
-            };
-            payload + header
-        })
+        .map(|item| frames::wire_len(item.frame()))
         .sum()
 }
 
-/// Writes messages and flushes once, within `limit`; a write that cannot finish in time means the
-/// client is not reading.
-async fn write(
-    socket: &mut WebSocket,
-    messages: impl Iterator<Item = Message>,
+/// Writes `items` as text frames within `limit`, after what tungstenite still holds (a pong); a
+/// write that cannot finish in time means the client is not reading.
+async fn write_items(
+    socket: &mut Socket,
+    items: &[Outgoing],
     limit: Duration,
 ) -> Result<(), DisconnectReason> {
     let write_all = async {
-        for message in messages {
-            socket.feed(message).await?;
-        }
-        socket.flush().await
+        socket.flush().await?;
+        let frames = items.iter().map(Outgoing::frame);
+        write_text_frames(socket.get_mut(), frames).await?;
+        Ok(())
     };
-    match timeout(limit, write_all).await {
+    finish_write(timeout(limit, write_all).await)
+}
+
+/// The outcome of a timed write: a timeout means the client is not reading.
+fn finish_write(
+    outcome: Result<Result<(), tungstenite::Error>, tokio::time::error::Elapsed>,
+) -> Result<(), DisconnectReason> {
+    match outcome {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(classify(error)),
         Err(_elapsed) => Err(DisconnectReason::SlowConsumer),
@@ -160,21 +175,22 @@ async fn write(
 
 /// Writes what is still pending, closes with `frame` (or completes a close the client began) and
 /// waits briefly for the client's close reply, so the TCP connection ends cleanly.
-async fn finish(socket: &mut WebSocket, pending: Vec<Outgoing>, frame: Option<CloseFrame>) {
+async fn finish(socket: &mut Socket, pending: &[Outgoing], frame: Option<CloseFrame>) {
     let close = async {
-        for item in pending {
-            socket.feed(Message::Text(item.frame().clone())).await?;
+        if !pending.is_empty() {
+            socket.flush().await?;
+            write_text_frames(socket.get_mut(), pending.iter().map(Outgoing::frame)).await?;
         }
         match frame {
             Some(frame) => socket.send(Message::Close(Some(frame))).await?,
-            None => socket.close().await?,
+            None => socket.close(None).await?,
         }
-        while let Some(Ok(message)) = socket.recv().await {
+        while let Some(Ok(message)) = socket.next().await {
             if let Message::Close(_) = message {
                 break;
             }
         }
-        Ok::<_, axum::Error>(())
+        Ok::<_, tungstenite::Error>(())
     };
     let _ = timeout(CLOSE_GRACE, close).await;
 }
@@ -240,19 +256,19 @@ fn close_frame(reason: DisconnectReason, limits: Limits) -> Option<CloseFrame> {
         ),
     };
     Some(CloseFrame {
-        code,
+        code: code.into(),
         reason: text.into(),
     })
 }
 
 /// Maps a socket error to the reason the connection ends.
-fn classify(error: axum::Error) -> DisconnectReason {
+fn classify(error: tungstenite::Error) -> DisconnectReason {
     use tungstenite::error::Error;
-    match error.into_inner().downcast::<Error>().map(|boxed| *boxed) {
-        Ok(Error::Capacity(_)) => DisconnectReason::MessageTooBig,
-        Ok(Error::Utf8(_)) => DisconnectReason::InvalidPayload,
-        Ok(Error::ConnectionClosed | Error::AlreadyClosed) => DisconnectReason::ClientClosed,
-        Ok(Error::Io(_)) | Err(_) => DisconnectReason::NetworkError,
-        Ok(_) => DisconnectReason::ProtocolError,
+    match error {
+        Error::Capacity(_) => DisconnectReason::MessageTooBig,
+        Error::Utf8(_) => DisconnectReason::InvalidPayload,
+        Error::ConnectionClosed | Error::AlreadyClosed => DisconnectReason::ClientClosed,
+        Error::Io(_) => DisconnectReason::NetworkError,
+        _ => DisconnectReason::ProtocolError,
     }
 }

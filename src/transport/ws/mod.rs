@@ -10,18 +10,21 @@
 //! with 1008 if the per-user limit refused it, and otherwise runs as a
 //! [session](super::session) over a [`link::WsLink`] until it closes.
 
+mod frames;
 mod keepalive;
 mod link;
+mod upgrade;
 
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
+use tungstenite::protocol::WebSocketConfig;
+
 use self::link::WsLink;
+use self::upgrade::{Refused, Upgrade};
 use super::session::{self, Session};
 use super::{attach, authorize};
 use crate::broker::AttachError;
@@ -42,7 +45,7 @@ pub async fn handshake(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, Refused>,
 ) -> Response {
     match accept(&state, query.as_deref(), &headers, peer, upgrade).await {
         Ok(response) => response,
@@ -58,12 +61,12 @@ async fn accept(
     query: Option<&str>,
     headers: &HeaderMap,
     peer: SocketAddr,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, Refused>,
 ) -> Result<Response, (Refusal, ApiError)> {
-    let upgrade = upgrade.map_err(|rejection| {
+    let upgrade = upgrade.map_err(|refused| {
         let error = ApiError::Handshake {
-            status: rejection.status(),
-            message: rejection.body_text(),
+            status: refused.status,
+            message: refused.message.to_owned(),
         };
         (Refusal::BadRequest, error)
     })?;
@@ -91,23 +94,22 @@ async fn accept(
     let tracked = state.lifecycle.track_session();
     let max_message = state.settings.ws_max_message_bytes;
     let state = SharedState::clone(state);
-    Ok(upgrade
+    let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(max_message)
-        .max_frame_size(max_message)
-        .on_failed_upgrade(|error| tracing::debug!(%error, "websocket upgrade failed"))
-        .on_upgrade(move |socket| async move {
-            match attached {
-                Ok(attached) => {
-                    let link = WsLink::new(socket, &state.settings);
-                    let session = Session::open(Transport::WebSocket, attached, state);
-                    session::run(link, session, expires_at).await;
-                }
-                Err(limit) => {
-                    state.metrics.connection_refused(Refusal::UserLimit);
-                    link::refuse(socket, limit.to_string()).await;
-                }
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    Ok(upgrade.answer(config, move |socket| async move {
+        match attached {
+            Ok(attached) => {
+                let link = WsLink::new(socket, &state.settings);
+                let session = Session::open(Transport::WebSocket, attached, state);
+                session::run(link, session, expires_at).await;
             }
-            drop((slot, tracked));
-        }))
+            Err(limit) => {
+                state.metrics.connection_refused(Refusal::UserLimit);
+                link::refuse(socket, limit.to_string()).await;
+            }
+        }
+        drop((slot, tracked));
+    }))
 }
