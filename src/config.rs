@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::history::HistoryLimits;
-use crate::hub::UserLimitPolicy;
+use crate::hub::{QueueLimits, UserLimitPolicy};
 use crate::logging::{LogFormat, LogLevel};
 
 /// Every server setting, parsed and validated.
@@ -49,6 +49,14 @@ pub struct Settings {
     /// Events queued per connection; a client whose queue is full is closed as a slow consumer.
     #[arg(long, env = "WS_SEND_QUEUE", default_value = "1024", value_parser = parse_count)]
     pub ws_send_queue: usize,
+    /// Bytes queued per connection (frame text); a client whose queue would hold more is closed
+    /// as a slow consumer. An empty queue always takes one event, whatever its size.
+    #[arg(long, env = "WS_SEND_QUEUE_BYTES", default_value = "4194304", value_parser = parse_bytes)]
+    pub ws_send_queue_bytes: usize,
+    /// Bytes queued for all connections of this node (a payload shared by several queues counted
+    /// once); beyond it the connections holding the most are closed as slow consumers first.
+    #[arg(long, env = "SEND_QUEUES_MAX_BYTES", default_value = "268435456", value_parser = parse_bytes)]
+    pub send_queues_max_bytes: usize,
     /// Seconds one write to a client socket may take before the client is closed as slow.
     #[arg(long, env = "WS_WRITE_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub ws_write_timeout: Duration,
@@ -87,9 +95,13 @@ pub struct Settings {
     /// Seconds an event stays in history; 0 disables history.
     #[arg(long, env = "HISTORY_TTL", default_value = "300", value_parser = parse_seconds_or_zero)]
     pub history_ttl: Duration,
-    /// Most users with a history; beyond it the idlest user's history is dropped.
+    /// Most users with a history; beyond it the least recently pushed user's history is dropped.
     #[arg(long, env = "HISTORY_MAX_USERS", default_value = "10000", value_parser = parse_count)]
     pub history_max_users: usize,
+    /// Bytes of stored events (a payload shared by several users counted once); beyond it the
+    /// least recently pushed users lose their oldest events first.
+    #[arg(long, env = "HISTORY_MAX_BYTES", default_value = "268435456", value_parser = parse_bytes)]
+    pub history_max_bytes: usize,
 
     /// WebSocket and SSE connections this node accepts; more get 503 before the upgrade. 0 derives the
     /// limit from the file-descriptor limit.
@@ -392,16 +404,26 @@ impl Settings {
             size: self.history_size,
             ttl: self.history_ttl,
             max_users: self.history_max_users,
+            max_bytes: self.history_max_bytes,
+        }
+    }
+
+    /// The send-queue bounds these settings ask for.
+    pub fn queue_limits(&self) -> QueueLimits {
+        QueueLimits {
+            items: self.ws_send_queue,
+            bytes: self.ws_send_queue_bytes,
+            node_bytes: self.send_queues_max_bytes,
         }
     }
 
     /// Checks rules that involve several settings at once (the endpoint paths are checked against
     /// the route table: [`crate::routes::check_paths`]). Returns the first problem, in one line.
     pub fn check_consistency(&self) -> Result<(), String> {
-        if self.history_limits().enabled() && self.ws_send_queue <= self.history_size {
+        if self.broker == BrokerKind::Redis && self.ws_send_queue <= self.history_size {
             return Err(format!(
-                "invalid WS_SEND_QUEUE={}: must be larger than HISTORY_SIZE={} so that a replay \
-                 of the whole history fits in a connection's queue",
+                "invalid WS_SEND_QUEUE={}: with BROKER=redis it must be larger than \
+                 HISTORY_SIZE={} (a cluster catch-up is queued whole)",
                 self.ws_send_queue, self.history_size
             ));
         }
@@ -472,6 +494,9 @@ fn parse_bool(raw: &str) -> Result<bool, String> {
 /// structures sized by them (semaphores, channels) can hold.
 pub const MAX_COUNT: usize = 100_000_000;
 
+/// Highest byte-size setting: 1 TiB.
+const MAX_BYTES: usize = 1 << 40;
+
 /// Upper bound for `WORKERS`.
 const MAX_WORKERS: usize = 1024;
 
@@ -484,6 +509,11 @@ fn parse_bounded(raw: &str, min: usize, max: usize) -> Result<usize, String> {
 
 fn parse_count(raw: &str) -> Result<usize, String> {
     parse_bounded(raw, 1, MAX_COUNT)
+}
+
+/// A size in bytes, from 1 to 1 TiB.
+fn parse_bytes(raw: &str) -> Result<usize, String> {
+    parse_bounded(raw, 1, MAX_BYTES)
 }
 
 fn parse_count_or_zero(raw: &str) -> Result<usize, String> {

@@ -10,30 +10,42 @@
 //! opening `id:` carry).
 //!
 //! Streams live inside the hub's shards, under the same lock as the user's connections: appending
-//! an event and handing it to the connections is one critical section, and so is replaying to a
-//! new connection and registering it. That is what makes the seam between replay and live events
-//! exact. This module holds the data and the rules; the hub takes the locks.
+//! an event and handing it to the connections is one critical section, and so is reading a page
+//! of a replay and switching a connection to live events. That is what makes the seam between
+//! replay and live events exact. This module holds the data and the rules; the hub takes the
+//! locks and picks, across its shards, whom to evict.
 //!
-//! Memory is bounded three ways: `HISTORY_SIZE` events per stream, `HISTORY_TTL` of age, and
-//! `HISTORY_MAX_USERS` streams (beyond it, creating a stream evicts the idlest stream of the same
-//! shard, an approximation of the idlest overall). Expired events are reclaimed without scanning:
-//! a stream drops its expired events from the front of its ring whenever it is touched, and the
+//! Memory is bounded four ways, each eviction counted by its [cause](EvictionCause):
+//! `HISTORY_SIZE` events per stream (the oldest goes), `HISTORY_TTL` of age, `HISTORY_MAX_USERS`
+//! streams and `HISTORY_MAX_BYTES` of stored events. Beyond the last two, the hub evicts the least
+//! recently pushed user of the node (streams without events first): a whole stream for the user
+//! cap, its oldest events for the byte budget. Bytes are counted as each entry's own part (its
+//! frame's head and a fixed bookkeeping cost) plus each payload once, however many entries share
+//! it (a broadcast's `data` is stored once). Expired events are reclaimed without scanning: a
+//! stream drops its expired events from the front of its ring whenever it is touched, and the
 //! [sweeper](ShardHistory::sweep) moves streams idle for longer than the TTL from the `recent` map
-//! (ordered by last push) to the `dormant` map, dropping their events; it stops at the first stream
-//! still fresh. A dormant stream keeps only its epoch, position and last `event_id`, so a client
-//! that missed nothing still resumes without a resync.
+//! (ordered by last push) to the `dormant` map, dropping their events; it stops at the first
+//! stream still fresh. A dormant stream keeps only its epoch, position and last `event_id`, so a
+//! client that missed nothing still resumes without a resync.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hashlink::LinkedHashMap;
 use hashlink::linked_hash_map::Entry as MapEntry;
+use strum::EnumCount;
 
 use crate::protocol::{
-    Delivery, Event, IdOrigin, Publication, ResyncReason, StreamPosition, UserId, parse_token,
+    Delivery, Event, EvictionCause, IdOrigin, Ledger, Publication, ResyncReason, StreamPosition,
+    UserId, parse_token,
 };
+
+/// What one stored event costs besides its frame's text: the entry, the event, its ids and the
+/// ring slot, rounded up. Counted against `HISTORY_MAX_BYTES` so that many tiny events are bounded
+/// by their real footprint too.
+pub const ENTRY_OVERHEAD_BYTES: usize = 160;
 
 /// How much history to keep.
 #[derive(Debug, Clone, Copy)]
@@ -44,20 +56,22 @@ pub struct HistoryLimits {
     pub ttl: Duration,
     /// Most users with a stream (`HISTORY_MAX_USERS`).
     pub max_users: usize,
+    /// Most bytes of stored events (`HISTORY_MAX_BYTES`).
+    pub max_bytes: usize,
 }
 
 impl HistoryLimits {
     /// Whether history is kept at all.
     pub fn enabled(&self) -> bool {
-        self.size > 0 && !self.ttl.is_zero() && self.max_users > 0
+        self.size > 0 && !self.ttl.is_zero() && self.max_users > 0 && self.max_bytes > 0
     }
 }
 
-/// What a resuming client gets before live events.
+/// Where a resuming client picks up, as its stream found it.
 #[derive(Debug)]
 pub enum Resume {
-    /// Every event after the client's point, oldest first (empty when it missed nothing).
-    Replay(Vec<Arc<Event>>),
+    /// Replay every event after this position (none when it is the head).
+    After(u64),
     /// The client's point is unknown or lost: it must reload its state.
     Resync(ResyncReason),
 }
@@ -85,10 +99,14 @@ pub enum Offered {
 #[derive(Debug)]
 pub struct History {
     limits: HistoryLimits,
-    /// Streams in all shards, kept under `max_users`.
+    /// Streams in all shards.
     streams: AtomicUsize,
     /// Events stored in all streams.
     events: AtomicUsize,
+    /// Bytes of the stored events, each shared payload counted once.
+    bytes: AtomicUsize,
+    /// Events dropped, by cause.
+    evicted: [AtomicU64; EvictionCause::COUNT],
 }
 
 impl History {
@@ -98,6 +116,8 @@ impl History {
             limits,
             streams: AtomicUsize::new(0),
             events: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            evicted: Default::default(),
         }
     }
 
@@ -116,9 +136,24 @@ impl History {
         self.events.load(Ordering::Relaxed)
     }
 
-    /// Whether there are more streams than `HISTORY_MAX_USERS` (some shard could not make room).
-    pub fn over_capacity(&self) -> bool {
+    /// Bytes of the events stored right now (see the module docs for what counts).
+    pub fn byte_count(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Events dropped so far for `cause`.
+    pub fn evicted(&self, cause: EvictionCause) -> u64 {
+        self.evicted[cause as usize].load(Ordering::Relaxed)
+    }
+
+    /// Whether there are more streams than `HISTORY_MAX_USERS`.
+    pub fn over_user_cap(&self) -> bool {
         self.stream_count() > self.limits.max_users
+    }
+
+    /// Whether the stored events take more than `HISTORY_MAX_BYTES`.
+    pub fn over_byte_budget(&self) -> bool {
+        self.byte_count() > self.limits.max_bytes
     }
 
     /// How often the sweeper should run: often enough that expired events do not linger much
@@ -133,14 +168,21 @@ impl History {
         Stream::new(now)
     }
 
-    fn stored(&self, count: usize) {
-        self.events.fetch_add(count, Ordering::Relaxed);
+    /// Counts an entry stored.
+    fn stored(&self, entry: &Entry) {
+        let payload = entry.event.frame.payload().hold(Ledger::History);
+        self.bytes
+            .fetch_add(entry.own_bytes() + payload, Ordering::Relaxed);
+        self.events.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn dropped(&self, count: usize) {
-        if count > 0 {
-            self.events.fetch_sub(count, Ordering::Relaxed);
-        }
+    /// Counts an entry dropped for `cause`.
+    fn dropped(&self, entry: Entry, cause: EvictionCause) {
+        let payload = entry.event.frame.payload().release(Ledger::History);
+        self.bytes
+            .fetch_sub(entry.own_bytes() + payload, Ordering::Relaxed);
+        self.events.fetch_sub(1, Ordering::Relaxed);
+        self.evicted[cause as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -153,6 +195,13 @@ struct Entry {
     stored_at: Instant,
 }
 
+impl Entry {
+    /// What this entry costs apart from its (possibly shared) payload.
+    fn own_bytes(&self) -> usize {
+        ENTRY_OVERHEAD_BYTES + self.event.frame.head().len()
+    }
+}
+
 /// One user's stream.
 #[derive(Debug)]
 struct Stream {
@@ -162,6 +211,7 @@ struct Stream {
     /// The `event_id` and position of the newest event dropped from `entries`, so that a client
     /// whose last event just expired (a quiet user) still resumes without a resync.
     newest_dropped: Option<(Arc<str>, u64)>,
+    /// When it was last pushed to (when created, for a stream never pushed to).
     last_push: Instant,
     /// Positions `position - entries.len() + 1 ..= position`, oldest first.
     entries: VecDeque<Entry>,
@@ -193,35 +243,31 @@ impl Stream {
         }
     }
 
-    /// Drops entries older than `ttl` and beyond `size`; returns how many.
-    fn trim(&mut self, now: Instant, limits: &HistoryLimits) -> usize {
-        let mut dropped = 0;
-        while self.entries.len() > limits.size
-            || self
-                .entries
-                .front()
-                .is_some_and(|entry| now.duration_since(entry.stored_at) >= limits.ttl)
+    /// Drops entries older than the TTL.
+    fn expire(&mut self, now: Instant, history: &History) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|entry| now.duration_since(entry.stored_at) >= history.limits.ttl)
         {
-            self.drop_oldest();
-            dropped += 1;
-        }
-        dropped
-    }
-
-    fn drop_oldest(&mut self) {
-        if let Some(entry) = self.entries.pop_front() {
-            self.newest_dropped = Some((Arc::clone(&entry.event.event_id), entry.position));
+            self.drop_oldest(history, EvictionCause::Age);
         }
     }
 
-    /// Drops every entry, releasing the ring's memory; returns how many.
-    fn clear(&mut self) -> usize {
-        let dropped = self.entries.len();
-        if let Some(newest) = self.entries.back() {
-            self.newest_dropped = Some((Arc::clone(&newest.event.event_id), newest.position));
-        }
+    /// Drops the oldest entry, if any; returns whether there was one.
+    fn drop_oldest(&mut self, history: &History, cause: EvictionCause) -> bool {
+        let Some(entry) = self.entries.pop_front() else {
+            return false;
+        };
+        self.newest_dropped = Some((Arc::clone(&entry.event.event_id), entry.position));
+        history.dropped(entry, cause);
+        true
+    }
+
+    /// Drops every entry for `cause`, releasing the ring's memory.
+    fn clear(&mut self, history: &History, cause: EvictionCause) {
+        while self.drop_oldest(history, cause) {}
         self.entries = VecDeque::new();
-        dropped
     }
 
     /// The index in `entries` of the event with this id, newest first (resumes are usually recent).
@@ -235,22 +281,14 @@ impl Stream {
         self.position + 1 - self.entries.len() as u64
     }
 
-    /// What a client whose last event was `from` (an event id or a position token) has missed.
+    /// Where a client whose last event was `from` (an event id or a position token) picks up.
     fn resume_after(&self, from: &str) -> Resume {
-        let replay_from = |index: usize| {
-            Resume::Replay(
-                self.entries
-                    .range(index..)
-                    .map(|entry| Arc::clone(&entry.event))
-                    .collect(),
-            )
-        };
         if let Some(index) = self.find(from) {
-            return replay_from(index + 1);
+            return Resume::After(self.first_position() + index as u64);
         }
         if let Some((_, position)) = self.newest_dropped.as_ref().filter(|(id, _)| &**id == from) {
             // Every event after it is still in `entries`.
-            return replay_from((position + 1 - self.first_position()) as usize);
+            return Resume::After(*position);
         }
         let Some((epoch, position)) = parse_token(from) else {
             return Resume::Resync(ResyncReason::UnknownEventId);
@@ -261,7 +299,29 @@ impl Stream {
         if position + 1 < self.first_position() {
             return Resume::Resync(ResyncReason::Expired);
         }
-        replay_from((position + 1 - self.first_position()) as usize)
+        Resume::After(position)
+    }
+
+    /// Up to `limit` events after `position` of `epoch`, oldest first, or why they are gone.
+    fn events_after(
+        &self,
+        epoch: &str,
+        position: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<Event>>, ResyncReason> {
+        if epoch != &*self.epoch || position > self.position {
+            return Err(ResyncReason::EpochChanged);
+        }
+        if position + 1 < self.first_position() {
+            return Err(ResyncReason::Expired);
+        }
+        let start = (position + 1 - self.first_position()) as usize;
+        Ok(self
+            .entries
+            .range(start..)
+            .take(limit)
+            .map(|entry| Arc::clone(&entry.event))
+            .collect())
     }
 }
 
@@ -274,6 +334,15 @@ type StreamMap = LinkedHashMap<UserId, Stream, foldhash::fast::RandomState>;
 pub struct ShardHistory {
     recent: StreamMap,
     dormant: StreamMap,
+}
+
+/// Which of a shard's streams an eviction would take, and how idle it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Idlest {
+    /// A stream without events, idle since then.
+    Dormant(Instant),
+    /// A stream with events, last pushed to then.
+    Recent(Instant),
 }
 
 impl ShardHistory {
@@ -289,9 +358,8 @@ impl ShardHistory {
         now: Instant,
         deliver: impl FnOnce() -> Delivery,
     ) -> Offered {
-        let limits = &history.limits;
         let stream = self.touch(history, &event.user_id, now);
-        history.dropped(stream.trim(now, limits));
+        stream.expire(now, history);
         let original = (event.id_origin == IdOrigin::Upstream)
             .then(|| stream.find(event.event_id()))
             .flatten()
@@ -305,26 +373,26 @@ impl ShardHistory {
         let delivery = deliver();
         stream.position += 1;
         stream.last_push = now;
-        if stream.entries.len() == limits.size {
-            stream.drop_oldest();
-        } else {
-            history.stored(1);
+        if stream.entries.len() >= history.limits.size {
+            stream.drop_oldest(history, EvictionCause::Size);
         }
-        stream.entries.push_back(Entry {
+        let entry = Entry {
             event: Arc::clone(&event.event),
             position: stream.position,
             delivery,
             stored_at: now,
-        });
+        };
+        history.stored(&entry);
+        stream.entries.push_back(entry);
         Offered::Stored {
             at: stream.head(),
             delivery,
         }
     }
 
-    /// What a connecting client of `user` gets before live events when it resumes from `from`
-    /// (none: a fresh connection), and the stream's current head. Creates the stream if needed,
-    /// so that the head is a valid point to resume from later.
+    /// Where a connecting client of `user` that resumes from `from` (none: a fresh connection)
+    /// picks up, and the stream's current head. Creates the stream if needed, so that the head is
+    /// a valid point to resume from later.
     pub fn resume(
         &mut self,
         history: &History,
@@ -333,18 +401,34 @@ impl ShardHistory {
         now: Instant,
     ) -> (Resume, StreamPosition) {
         let stream = self.find_or_create(history, user, now);
-        history.dropped(stream.trim(now, &history.limits));
+        stream.expire(now, history);
         let resume = match from {
-            None => Resume::Replay(Vec::new()),
+            None => Resume::After(stream.position),
             Some(from) => stream.resume_after(from),
         };
         (resume, stream.head())
     }
 
+    /// A page of a replay: up to `limit` events of `user`'s stream after `after`, oldest first,
+    /// with the stream's head; or why they can no longer be replayed (evicted or expired while
+    /// the client was catching up), with the head to resume from.
+    pub fn page(
+        &mut self,
+        history: &History,
+        user: &UserId,
+        after: &StreamPosition,
+        limit: usize,
+        now: Instant,
+    ) -> (Result<Vec<Arc<Event>>, ResyncReason>, StreamPosition) {
+        let stream = self.find_or_create(history, user, now);
+        stream.expire(now, history);
+        let page = stream.events_after(&after.epoch, after.position, limit);
+        (page, stream.head())
+    }
+
     /// The user's stream, moved to the back of `recent` (it is being pushed to), created if absent.
     /// Streams only enter `recent` here, so every stream in it was pushed to at `last_push`.
     fn touch(&mut self, history: &History, user: &UserId, now: Instant) -> &mut Stream {
-        self.make_room_for(history, user);
         let Self { recent, dormant } = self;
         match recent.entry(user.clone()) {
             MapEntry::Occupied(mut entry) => {
@@ -363,7 +447,6 @@ impl ShardHistory {
     /// events yet, so it starts in `dormant`: connecting users then never push out the history of
     /// users who have events, only older empty records (whose clients would get a resync).
     fn find_or_create(&mut self, history: &History, user: &UserId, now: Instant) -> &mut Stream {
-        self.make_room_for(history, user);
         let Self { recent, dormant } = self;
         if let Some(stream) = recent.get_mut(user) {
             return stream;
@@ -373,27 +456,56 @@ impl ShardHistory {
             .or_insert_with(|| history.new_stream(now))
     }
 
-    /// When a stream for `user` would be created at `HISTORY_MAX_USERS`, evicts the idlest of this
-    /// shard first. If this shard has nothing to evict, the count goes over the cap and the hub
-    /// evicts elsewhere.
-    fn make_room_for(&mut self, history: &History, user: &UserId) {
-        if history.stream_count() >= history.limits.max_users
-            && !self.recent.contains_key(user)
-            && !self.dormant.contains_key(user)
-        {
-            self.evict_idlest(history);
+    /// The stream an eviction would take here, if any: the first dormant one, else the least
+    /// recently pushed.
+    pub fn idlest(&self) -> Option<Idlest> {
+        if let Some((_, stream)) = self.dormant.front() {
+            return Some(Idlest::Dormant(stream.last_push));
         }
+        self.recent
+            .front()
+            .map(|(_, stream)| Idlest::Recent(stream.last_push))
     }
 
-    /// Removes this shard's idlest stream, if it has one. Returns whether it did.
+    /// When this shard's least recently pushed user with events was pushed to, if it has one.
+    pub fn least_recently_pushed(&self) -> Option<Instant> {
+        self.recent.front().map(|(_, stream)| stream.last_push)
+    }
+
+    /// Removes this shard's idlest stream (see [`Self::idlest`]), if it has one, for the user cap.
+    /// Returns whether it did.
     pub fn evict_idlest(&mut self, history: &History) -> bool {
         let Some((_, mut stream)) = self.dormant.pop_front().or_else(|| self.recent.pop_front())
         else {
             return false;
         };
-        history.dropped(stream.clear());
+        stream.clear(history, EvictionCause::Users);
         history.streams.fetch_sub(1, Ordering::Relaxed);
         true
+    }
+
+    /// Drops the oldest events of this shard's least recently pushed user until the history is
+    /// within its byte budget or the user has none left (its stream then turns dormant, keeping
+    /// its epoch and position, so its clients get a resync only if they missed what went).
+    /// Returns whether it dropped anything.
+    pub fn shed_oldest_bytes(&mut self, history: &History) -> bool {
+        let Some(user) = self.recent.front().map(|(user, _)| user.clone()) else {
+            return false;
+        };
+        let Some(stream) = self.recent.get_mut(&user) else {
+            return false;
+        };
+        let mut dropped = false;
+        while history.over_byte_budget() && stream.drop_oldest(history, EvictionCause::Bytes) {
+            dropped = true;
+        }
+        if stream.entries.is_empty()
+            && let Some((user, mut stream)) = self.recent.pop_front()
+        {
+            stream.entries = VecDeque::new();
+            self.dormant.insert(user, stream);
+        }
+        dropped
     }
 
     /// Moves streams with no push for a whole TTL to `dormant`, dropping their events. Costs one
@@ -404,7 +516,7 @@ impl ShardHistory {
             let Some((user, mut stream)) = self.recent.pop_front() else {
                 break;
             };
-            history.dropped(stream.clear());
+            stream.clear(history, EvictionCause::Age);
             self.dormant.insert(user, stream);
         }
     }
@@ -413,7 +525,7 @@ impl ShardHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Frame, Label};
+    use crate::protocol::{Frame, Label, Payload};
 
     const SECOND: Duration = Duration::from_secs(1);
 
@@ -422,6 +534,7 @@ mod tests {
             size,
             ttl: Duration::from_secs(ttl_seconds),
             max_users,
+            max_bytes: usize::MAX,
         })
     }
 
@@ -454,11 +567,30 @@ mod tests {
         );
     }
 
-    fn ids(resume: &Resume) -> Vec<String> {
-        match resume {
-            Resume::Replay(events) => events.iter().map(|e| e.event_id.to_string()).collect(),
+    /// What a client of `name` resuming from `from` is replayed (every page), with the head.
+    fn replay(
+        shard: &mut ShardHistory,
+        history: &History,
+        name: &str,
+        from: Option<&str>,
+        now: Instant,
+    ) -> (Vec<String>, StreamPosition) {
+        let (resume, head) = shard.resume(history, &user(name), from, now);
+        let ids = match resume {
+            Resume::After(position) => {
+                let after = StreamPosition {
+                    epoch: Arc::clone(&head.epoch),
+                    position,
+                };
+                let (page, _) = shard.page(history, &user(name), &after, usize::MAX, now);
+                page.unwrap()
+                    .iter()
+                    .map(|e| e.event_id.to_string())
+                    .collect()
+            }
             Resume::Resync(reason) => vec![format!("resync:{}", reason.label())],
-        }
+        };
+        (ids, head)
     }
 
     fn user(name: &str) -> UserId {
@@ -472,23 +604,23 @@ mod tests {
         for id in ["a", "b", "c"] {
             store(&mut shard, &history, "u", id, now);
         }
-        let (resume, head) = shard.resume(&history, &user("u"), Some("a"), now);
-        assert_eq!(ids(&resume), ["b", "c"]);
+        let (resume, head) = replay(&mut shard, &history, "u", Some("a"), now);
+        assert_eq!(resume, ["b", "c"]);
         assert_eq!(head.position, 3);
-        let (resume, _) = shard.resume(&history, &user("u"), Some("c"), now);
-        assert!(ids(&resume).is_empty(), "caught up");
+        let (resume, _) = replay(&mut shard, &history, "u", Some("c"), now);
+        assert!(resume.is_empty(), "caught up");
         let token = StreamPosition {
             position: 1,
             ..head.clone()
         }
         .to_string();
         assert_eq!(
-            ids(&shard.resume(&history, &user("u"), Some(&token), now).0),
+            replay(&mut shard, &history, "u", Some(&token), now).0,
             ["b", "c"]
         );
         let zero = format!("{}:0", head.epoch);
         assert_eq!(
-            ids(&shard.resume(&history, &user("u"), Some(&zero), now).0),
+            replay(&mut shard, &history, "u", Some(&zero), now).0,
             ["a", "b", "c"]
         );
         assert_eq!(history.event_count(), 3);
@@ -500,9 +632,8 @@ mod tests {
         let (history, mut shard, now) =
             (history(10, 60, 10), ShardHistory::default(), Instant::now());
         store(&mut shard, &history, "u", "a", now);
-        let resume = |shard: &mut ShardHistory, from: &str| {
-            ids(&shard.resume(&history, &user("u"), Some(from), now).0)
-        };
+        let resume =
+            |shard: &mut ShardHistory, from: &str| replay(shard, &history, "u", Some(from), now).0;
         assert_eq!(resume(&mut shard, "zzz"), ["resync:unknown_event_id"]);
         assert_eq!(
             resume(&mut shard, "01ARZ3NDEKTSV4RRFFQ69G5FAV:1"),
@@ -525,20 +656,20 @@ mod tests {
             store(&mut shard, &history, "u", id, now);
         }
         assert_eq!(history.event_count(), 2);
-        let (resume, head) = shard.resume(&history, &user("u"), Some("c"), now);
-        assert_eq!(ids(&resume), ["d"]);
+        let (resume, head) = replay(&mut shard, &history, "u", Some("c"), now);
+        assert_eq!(resume, ["d"]);
         assert_eq!(
-            ids(&shard.resume(&history, &user("u"), Some("b"), now).0),
+            replay(&mut shard, &history, "u", Some("b"), now).0,
             ["c", "d"],
             "b was the last to go: what followed it is all here"
         );
         assert_eq!(
-            ids(&shard.resume(&history, &user("u"), Some("a"), now).0),
+            replay(&mut shard, &history, "u", Some("a"), now).0,
             ["resync:unknown_event_id"]
         );
         let old = format!("{}:0", head.epoch);
         assert_eq!(
-            ids(&shard.resume(&history, &user("u"), Some(&old), now).0),
+            replay(&mut shard, &history, "u", Some(&old), now).0,
             ["resync:expired"]
         );
     }
@@ -555,8 +686,8 @@ mod tests {
             2,
             "b is 3s old: the stream is not idle yet"
         );
-        let (resume, _) = shard.resume(&history, &user("u"), Some("b"), start + 6 * SECOND);
-        assert!(ids(&resume).is_empty());
+        let (resume, _) = replay(&mut shard, &history, "u", Some("b"), start + 6 * SECOND);
+        assert!(resume.is_empty());
         assert_eq!(
             history.event_count(),
             1,
@@ -565,14 +696,18 @@ mod tests {
         shard.sweep(&history, start + 9 * SECOND);
         assert_eq!(history.event_count(), 0, "swept");
         let later = start + 20 * SECOND;
-        assert!(ids(&shard.resume(&history, &user("u"), Some("b"), later).0).is_empty());
+        assert!(
+            replay(&mut shard, &history, "u", Some("b"), later)
+                .0
+                .is_empty()
+        );
         assert_eq!(
-            ids(&shard.resume(&history, &user("u"), Some("a"), later).0),
+            replay(&mut shard, &history, "u", Some("a"), later).0,
             ["resync:unknown_event_id"]
         );
         store(&mut shard, &history, "u", "c", later);
         assert_eq!(
-            ids(&shard.resume(&history, &user("u"), Some("b"), later).0),
+            replay(&mut shard, &history, "u", Some("b"), later).0,
             ["c"],
             "a quiet user's client resumes from its expired last event"
         );
@@ -601,25 +736,38 @@ mod tests {
         ));
     }
 
+    /// What the hub does after a change: evicts this (only) shard's idlest streams.
+    fn enforce_user_cap(shard: &mut ShardHistory, history: &History) {
+        while history.over_user_cap() && shard.evict_idlest(history) {}
+    }
+
     #[test]
     fn the_user_cap_evicts_the_idlest_stream() {
-        let (history, mut shard, now) =
+        let (history, mut shard, start) =
             (history(10, 60, 2), ShardHistory::default(), Instant::now());
-        store(&mut shard, &history, "old", "1", now);
-        store(&mut shard, &history, "mid", "2", now);
-        store(&mut shard, &history, "old", "3", now);
-        store(&mut shard, &history, "new", "4", now);
+        store(&mut shard, &history, "old", "1", start);
+        store(&mut shard, &history, "mid", "2", start + SECOND);
+        store(&mut shard, &history, "old", "3", start + 2 * SECOND);
+        assert_eq!(
+            shard.least_recently_pushed(),
+            Some(start + SECOND),
+            "old was pushed to again: mid is the least recently pushed"
+        );
+        store(&mut shard, &history, "new", "4", start + 3 * SECOND);
+        enforce_user_cap(&mut shard, &history);
         assert_eq!(history.stream_count(), 2);
         assert_eq!(history.event_count(), 3);
+        assert_eq!(history.evicted(EvictionCause::Users), 1);
         assert_eq!(
-            ids(&shard.resume(&history, &user("old"), Some("1"), now).0),
+            replay(&mut shard, &history, "old", Some("1"), start).0,
             ["3"],
-            "old was pushed to recently, so mid was the idlest"
+            "mid went, old stayed"
         );
         assert!(shard.evict_idlest(&history));
         assert!(shard.evict_idlest(&history));
         assert!(!shard.evict_idlest(&history));
         assert_eq!((history.stream_count(), history.event_count()), (0, 0));
+        assert_eq!(history.byte_count(), 0);
     }
 
     #[test]
@@ -630,19 +778,85 @@ mod tests {
         let (_, watcher_head) = shard.resume(&history, &user("watcher"), None, now);
         assert_eq!(watcher_head.position, 0);
         shard.resume(&history, &user("newcomer"), None, now);
+        enforce_user_cap(&mut shard, &history);
         assert_eq!(history.stream_count(), 2);
         assert_eq!(
-            ids(&shard.resume(&history, &user("pushed"), Some("1"), now).0),
+            replay(&mut shard, &history, "pushed", Some("1"), now).0,
             Vec::<String>::new(),
             "the stream with events survived"
         );
         let stale = format!("{}:0", watcher_head.epoch);
         assert_eq!(
-            ids(&shard
-                .resume(&history, &user("watcher"), Some(&stale), now)
-                .0),
+            replay(&mut shard, &history, "watcher", Some(&stale), now).0,
             ["resync:epoch_changed"],
             "the evicted empty stream comes back with a new epoch"
         );
+    }
+
+    #[test]
+    fn the_byte_budget_drops_the_least_recently_pushed_users_oldest_events() {
+        let history = History::new(HistoryLimits {
+            size: 10,
+            ttl: Duration::from_secs(60),
+            max_users: 10,
+            max_bytes: 3 * (ENTRY_OVERHEAD_BYTES + 20),
+        });
+        let (mut shard, start) = (ShardHistory::default(), Instant::now());
+        store(&mut shard, &history, "a", "a1", start);
+        store(&mut shard, &history, "a", "a2", start);
+        store(&mut shard, &history, "b", "b1", start + SECOND);
+        assert!(!history.over_byte_budget());
+        store(&mut shard, &history, "b", "b2", start + SECOND);
+        assert!(history.over_byte_budget());
+        assert!(shard.shed_oldest_bytes(&history));
+        assert!(!history.over_byte_budget());
+        assert_eq!(history.evicted(EvictionCause::Bytes), 1);
+        let (after_a1, head) = replay(&mut shard, &history, "a", Some("a1"), start);
+        assert_eq!(after_a1, ["a2"], "a client that saw a1 missed nothing");
+        assert_eq!(
+            replay(
+                &mut shard,
+                &history,
+                "a",
+                Some(&format!("{}:0", head.epoch)),
+                start
+            )
+            .0,
+            ["resync:expired"],
+            "a was pushed to least recently: its oldest went"
+        );
+        assert_eq!(
+            replay(&mut shard, &history, "b", Some("b1"), start).0,
+            ["b2"]
+        );
+        assert_eq!(history.event_count(), 3);
+    }
+
+    #[test]
+    fn a_shared_payload_is_counted_once_while_any_entry_holds_it() {
+        let history = history(10, 60, 10);
+        let mut shard = ShardHistory::default();
+        let payload = Payload::new("x".repeat(10_000));
+        let shared = |user: &str| Publication {
+            user_id: UserId::parse(user).unwrap(),
+            id_origin: IdOrigin::Assigned,
+            event: Arc::new(Event {
+                event_id: Arc::from("e"),
+                event_type: Arc::from("message"),
+                frame: Frame::split(format!("{{\"u\":\"{user}\",\"d\":"), Arc::clone(&payload)),
+                accepted_at: Instant::now(),
+            }),
+        };
+        let now = Instant::now();
+        for user in ["a", "b", "c"] {
+            shard.offer(&history, &shared(user), now, Delivery::default);
+        }
+        let per_entry = ENTRY_OVERHEAD_BYTES + "{\"u\":\"a\",\"d\":".len();
+        assert_eq!(history.byte_count(), 10_000 + 3 * per_entry);
+        assert!(shard.evict_idlest(&history));
+        assert!(shard.evict_idlest(&history));
+        assert_eq!(history.byte_count(), 10_000 + per_entry);
+        assert!(shard.evict_idlest(&history));
+        assert_eq!(history.byte_count(), 0);
     }
 }

@@ -228,7 +228,7 @@ async fn build_broker(
         },
         BrokerKind::Redis => HubMode::Cluster,
     };
-    let hub = Arc::new(Hub::new(mode, settings.ws_send_queue, Arc::clone(metrics)));
+    let hub = Arc::new(Hub::new(mode, settings.queue_limits(), Arc::clone(metrics)));
     let broker: Arc<dyn Broker> = match settings.broker {
         BrokerKind::Memory => Arc::new(MemoryBroker::new(Arc::clone(&hub))),
         BrokerKind::Redis => Arc::new(

@@ -13,7 +13,7 @@ use strum::VariantArray;
 use crate::error::ApiError;
 use crate::metrics::Gauges;
 use crate::metrics::prometheus::{Exposition, Format};
-use crate::protocol::Transport;
+use crate::protocol::{EvictionCause, Transport};
 use crate::state::{AppState, SharedState};
 
 /// The gauges read from their owners for one snapshot.
@@ -24,6 +24,12 @@ fn gauges(state: &AppState) -> Gauges {
         users_online: hub.user_count(),
         history_users: hub.history().map_or(0, |history| history.stream_count()),
         history_events: hub.history().map_or(0, |history| history.event_count()),
+        history_bytes: hub.history().map_or(0, |history| history.byte_count()),
+        history_evictions: std::array::from_fn(|index| {
+            let cause = EvictionCause::VARIANTS[index];
+            hub.history().map_or(0, |history| history.evicted(cause))
+        }),
+        queued_bytes: hub.queued_bytes(),
         uptime_seconds: state.started_at.elapsed().as_secs_f64(),
         max_connections: state.max_connections,
     }

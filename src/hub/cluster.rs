@@ -210,7 +210,7 @@ impl Hub {
                 let mut feed = feed.lock();
                 let Feed { cursor, pending } = &mut *feed;
                 if let Some(waiting) = pending {
-                    if waiting.len() >= self.queue_capacity {
+                    if waiting.len() >= self.queue_limits.items {
                         connection.request_close(DisconnectReason::SlowConsumer);
                     } else {
                         waiting.push(event.clone());
@@ -301,6 +301,7 @@ impl Hub {
 mod tests {
     use std::time::Instant;
 
+    use super::super::QueueLimits;
     use super::*;
     use crate::hub::HubMode;
     use crate::metrics::Metrics;
@@ -310,7 +311,12 @@ mod tests {
 
     fn hub() -> Arc<Hub> {
         let metrics = Arc::new(Metrics::default());
-        Arc::new(Hub::new(HubMode::Cluster, CAPACITY, metrics))
+        let limits = QueueLimits {
+            items: CAPACITY,
+            bytes: usize::MAX,
+            node_bytes: usize::MAX,
+        };
+        Arc::new(Hub::new(HubMode::Cluster, limits, metrics))
     }
 
     fn user() -> UserId {

@@ -10,10 +10,21 @@
 //! events (or a resync notice) are queued before it is registered, so nothing falls between
 //! replay and live and nothing comes twice.
 //!
-//! Delivery never waits. Each connection has a bounded queue (its [`Outbox`]) drained by
-//! its own session; when a queue is full the connection is told to close as a slow consumer
-//! and the event counts as not delivered to it. One stalled client therefore costs the others
-//! nothing, and the server's memory per connection is bounded by the queue capacity.
+//! Delivery never waits. Each connection has a queue (its [`Outbox`]) drained by its own session,
+//! bounded in items (`WS_SEND_QUEUE`) and in bytes (`WS_SEND_QUEUE_BYTES`, see [`queue`]); when
+//! an event does not fit, the connection is told to close as a slow consumer and the event counts
+//! as not delivered to it. One stalled client therefore costs the others nothing. The queues of
+//! the whole node are bounded too (`SEND_QUEUES_MAX_BYTES`): beyond it, the connections holding
+//! the most are closed as slow consumers first; pushes are never refused for it.
+//!
+//! A resuming client's replay is not queued whole: a page at a time is read from the history,
+//! under the shard lock, whenever its queue has drained, and the connection switches to live
+//! events when a page reaches the head (in the same critical section, so nothing falls between
+//! and nothing comes twice). Live events meanwhile are stored and reach it through the replay.
+//!
+//! Beyond `HISTORY_MAX_USERS` or `HISTORY_MAX_BYTES`, the hub evicts from the least recently
+//! pushed user of the whole node: it compares the idlest stream of every shard, one lock at a
+//! time.
 //!
 //! A hub runs in one of two [modes](HubMode): standalone (it keeps the history and enforces the
 //! per-user limit itself) or as one node of a cluster (the broker does both, and [`cluster`] keeps
@@ -24,8 +35,10 @@
 //! queues (and those that did not fit); what a push achieved as a whole is counted by its caller.
 
 mod cluster;
+mod queue;
 
 pub use cluster::{CatchUp, Departure, Lagging, Sequenced};
+pub use queue::Queued;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -37,15 +50,30 @@ use parking_lot::Mutex;
 use strum::{EnumCount, VariantArray};
 use tokio::sync::{Notify, mpsc};
 
+use self::queue::{NodeQueues, QueueMeter};
 use crate::history::{History, HistoryLimits, Offered, Resume, ShardHistory};
 use crate::metrics::Metrics;
 use crate::protocol::{
     Delivery, DisconnectReason, Event, Frame, Label, Publication, RESYNC_EVENT_TYPE, Resumed,
-    ResyncReason, StreamPosition, Transport, UserId, resync_frame,
+    ResyncReason, SlowConsumerCause, StreamPosition, Transport, UserId, resync_frame,
 };
 
 /// Number of independently locked partitions of the registry.
 pub const SHARDS: usize = 64;
+
+/// Most events of a replay read from the history at once (one write batch).
+const REPLAY_PAGE: usize = 64;
+
+/// The bounds of connections' send queues.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Most items per connection (`WS_SEND_QUEUE`).
+    pub items: usize,
+    /// Most bytes per connection (`WS_SEND_QUEUE_BYTES`); an empty queue still takes one item.
+    pub bytes: usize,
+    /// Most bytes in all the node's queues (`SEND_QUEUES_MAX_BYTES`).
+    pub node_bytes: usize,
+}
 
 /// What to do with a connection that would exceed the per-user limit (`USER_LIMIT_POLICY`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -169,7 +197,16 @@ struct Connection {
     id: u64,
     transport: Transport,
     /// Frames for the connection's writer. Bounded: a full queue means a slow consumer.
-    queue: mpsc::Sender<Outgoing>,
+    queue: mpsc::Sender<Queued>,
+    /// The bytes its queue holds (and the node's total they add to).
+    meter: Arc<QueueMeter>,
+    /// Most bytes its queue may hold.
+    max_bytes: usize,
+    /// While it replays from history: the last event queued for it (changed under the shard
+    /// lock). `None`: it receives live events.
+    replay: Mutex<Option<StreamPosition>>,
+    /// Where slow-consumer closes are counted.
+    metrics: Arc<Metrics>,
     /// Set once, when the hub asks the connection to close (slow consumer, replaced): the
     /// reason's index + 1; 0 otherwise. The session's own reasons to end (ping timeout, client
     /// close, errors) unregister it instead.
@@ -188,17 +225,46 @@ impl Connection {
         self.close_reason.load(Ordering::Acquire) != 0
     }
 
-    /// Queues `item` for the connection without waiting. A full queue means the client is not
-    /// reading: the connection is asked to close as a slow consumer. Returns whether it took it.
+    /// Queues `item` for the connection without waiting. A full queue (in items or bytes) means
+    /// the client is not reading: the connection is asked to close as a slow consumer. Returns
+    /// whether it took it.
     fn offer(&self, item: Outgoing) -> bool {
-        match self.queue.try_send(item) {
+        match self.try_queue(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.request_close(DisconnectReason::SlowConsumer);
+            Err(Some(cause)) => {
+                self.slow_consumer(cause);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(None) => false,
         }
+    }
+
+    /// Queues `item` if it fits: within `WS_SEND_QUEUE` items and `WS_SEND_QUEUE_BYTES` (an
+    /// empty queue takes any one item). Otherwise says which bound it hit (`None`: the
+    /// connection has ended).
+    fn try_queue(&self, item: Outgoing) -> Result<(), Option<SlowConsumerCause>> {
+        let queued = self.meter.bytes();
+        if queued > 0 && queued + item.frame().len() > self.max_bytes {
+            return Err(Some(SlowConsumerCause::QueueBytes));
+        }
+        match self.queue.try_send(Queued::new(item, &self.meter)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Some(SlowConsumerCause::QueueEvents)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(None),
+        }
+    }
+
+    /// Asks the connection to close as a slow consumer, counting `cause` if it was not closing
+    /// already.
+    fn slow_consumer(&self, cause: SlowConsumerCause) {
+        if self.request_close(DisconnectReason::SlowConsumer) {
+            self.metrics.slow_consumer(cause);
+        }
+    }
+
+    /// Whether it is replaying from history (and so takes no live events yet).
+    fn is_replaying(&self) -> bool {
+        self.replay.lock().is_some()
     }
 
     /// This connection of `user` as the cluster's presence and the admin API see it.
@@ -211,16 +277,17 @@ impl Connection {
         }
     }
 
-    /// Asks the connection to close; the first reason given wins.
-    fn request_close(&self, reason: DisconnectReason) {
+    /// Asks the connection to close; the first reason given wins. Returns whether this was it.
+    fn request_close(&self, reason: DisconnectReason) -> bool {
         let code = reason as u8 + 1;
-        if self
+        let first = self
             .close_reason
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
+            .is_ok();
+        if first {
             self.close_requested.notify_one();
         }
+        first
     }
 
     /// The reason the hub asked this connection to close, if it has.
@@ -264,8 +331,14 @@ pub struct Hub {
     /// Users with at least one registered connection.
     users: AtomicUsize,
     next_connection_id: AtomicU64,
-    /// Capacity of each connection's outbound queue, in items (`WS_SEND_QUEUE`).
-    queue_capacity: usize,
+    /// The bounds of each connection's queue and of all of them.
+    queue_limits: QueueLimits,
+    /// Bytes queued for all connections.
+    queues: Arc<NodeQueues>,
+    /// Held while closing connections to bring the queues back within their node-wide bound.
+    shedding: Mutex<()>,
+    /// Held while evicting history beyond its user cap or byte budget.
+    evicting: Mutex<()>,
     mode: Mode,
     metrics: Arc<Metrics>,
     /// Where departing connections are reported (cluster mode).
@@ -273,8 +346,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Creates an empty hub whose connections queue at most `queue_capacity` items each.
-    pub fn new(mode: HubMode, queue_capacity: usize, metrics: Arc<Metrics>) -> Self {
+    /// Creates an empty hub whose connections' queues are bounded by `queue_limits`.
+    pub fn new(mode: HubMode, queue_limits: QueueLimits, metrics: Arc<Metrics>) -> Self {
         let mode = match mode {
             HubMode::Standalone {
                 user_limit,
@@ -291,7 +364,10 @@ impl Hub {
             connections: Default::default(),
             users: AtomicUsize::new(0),
             next_connection_id: AtomicU64::new(1),
-            queue_capacity,
+            queue_limits,
+            queues: Arc::new(NodeQueues::new(queue_limits.node_bytes)),
+            shedding: Mutex::new(()),
+            evicting: Mutex::new(()),
             mode,
             metrics,
             departures: OnceLock::new(),
@@ -324,6 +400,11 @@ impl Hub {
         self.users.load(Ordering::Acquire)
     }
 
+    /// Bytes queued for all connections right now (each shared payload counted once).
+    pub fn queued_bytes(&self) -> usize {
+        self.queues.bytes()
+    }
+
     /// The users' history when this hub keeps one (standalone with history on).
     pub fn history(&self) -> Option<&History> {
         match &self.mode {
@@ -334,9 +415,11 @@ impl Hub {
 
     /// Registers a new connection for `user` (standalone mode), applying the per-user limit and
     /// its policy. When the client resumes from `resume_from` (an `event_id` or position token),
-    /// the events it missed, or a resync notice, are queued first, in the same critical section
-    /// as the registration: no live event can fall between them or come twice. `want_head` asks
-    /// for the stream's position even without a resume (SSE announces it).
+    /// its replay starts (the first page of the events it missed is queued, the rest follows as
+    /// its session asks, see [`Registration::continue_replay`]), or a resync notice is queued, in
+    /// the same critical section as the registration: no live event can fall between them or
+    /// come twice. `want_head` asks for the stream's position even without a resume (SSE
+    /// announces it).
     pub fn attach(
         self: &Arc<Self>,
         user: UserId,
@@ -363,25 +446,45 @@ impl Hub {
             if let Some(limit) = user_limit {
                 enforce_user_limit(limit, connections)?;
             }
+            let now = Instant::now();
             let (resume, head) = match history {
                 Some(history) if want_head || resume_from.is_some() => {
-                    let now = Instant::now();
                     let (resume, head) = shard_history.resume(history, &user, resume_from, now);
-                    (resume, Some(head))
+                    (Some(resume), Some(head))
                 }
                 None if resume_from.is_some() => {
-                    (Resume::Resync(ResyncReason::HistoryDisabled), None)
+                    (Some(Resume::Resync(ResyncReason::HistoryDisabled)), None)
                 }
-                _ => (Resume::Replay(Vec::new()), None),
+                _ => (None, None),
             };
-            let resumed = resume_from
-                .map(|from| queue_resume(&connection, resume, &user, from, head.as_ref()));
+            let resumed = match (resume_from, resume) {
+                (Some(_), Some(Resume::After(position))) => {
+                    let missed = head.as_ref().map_or(0, |head| head.position - position);
+                    if let (Some(history), Some(head)) = (history, head.as_ref())
+                        && missed > 0
+                    {
+                        let cursor = StreamPosition {
+                            epoch: Arc::clone(&head.epoch),
+                            position,
+                        };
+                        *connection.replay.lock() = Some(cursor);
+                        replay_page(&connection, shard_history, history, &user, now);
+                    }
+                    Some(Resumed::Replayed(
+                        usize::try_from(missed).unwrap_or(usize::MAX),
+                    ))
+                }
+                (Some(from), Some(Resume::Resync(reason))) => {
+                    let notice = resync_notice(&user, reason, from, head.as_ref());
+                    connection.offer(Outgoing::Replay(Arc::new(notice)));
+                    Some(Resumed::Resync(reason))
+                }
+                _ => None,
+            };
             self.add_connection(connections, &connection);
             (head, resumed)
         };
-        if history.is_some() {
-            self.keep_history_under_cap(shard_index);
-        }
+        self.after_change();
         Ok(Attached {
             registration: Registration {
                 hub: Arc::clone(self),
@@ -399,11 +502,15 @@ impl Hub {
         transport: Transport,
         feed: Option<Mutex<cluster::Feed>>,
     ) -> (Arc<Connection>, Outbox) {
-        let (sender, outbox) = mpsc::channel(self.queue_capacity);
+        let (sender, outbox) = mpsc::channel(self.queue_limits.items);
         let connection = Arc::new(Connection {
             id: self.next_connection_id.fetch_add(1, Ordering::Relaxed),
             transport,
             queue: sender,
+            meter: QueueMeter::new(Arc::clone(&self.queues)),
+            max_bytes: self.queue_limits.bytes,
+            replay: Mutex::new(None),
+            metrics: Arc::clone(&self.metrics),
             close_reason: AtomicU8::new(0),
             close_requested: Notify::new(),
             connected_at_ms: unix_millis_now(),
@@ -482,9 +589,7 @@ impl Hub {
                 },
             }
         };
-        if history.is_some() {
-            self.keep_history_under_cap(shard_index);
-        }
+        self.after_change();
         outcome
     }
 
@@ -494,7 +599,13 @@ impl Hub {
         for connection in connections.into_iter().flatten() {
             // A closing connection is no longer part of the user's live set: the push that made
             // it a slow consumer already counted it as failed.
-            if !connection.is_closing() {
+            if connection.is_closing() {
+                continue;
+            }
+            if connection.is_replaying() {
+                // Stored before this returns, it reaches the connection through its replay.
+                delivery.delivered += 1;
+            } else {
                 hand_over(connection, event, &mut delivery);
             }
         }
@@ -502,26 +613,83 @@ impl Hub {
         delivery
     }
 
-    /// After a stream was created in shard `creator`, which had nothing else to give up: evicts
-    /// idlest streams from the other shards until the history is back under its user cap. The
-    /// creator's own new stream must stay. Takes one lock at a time, none held on entry.
-    fn keep_history_under_cap(&self, creator: usize) {
+    /// After anything that stores events or queues items: brings the history back within its
+    /// user cap and byte budget, and the queues within their node-wide bound. Takes one lock at a
+    /// time, none held on entry.
+    fn after_change(&self) {
+        self.enforce_history_limits();
+        if self.queues.excess() > 0 {
+            self.shed_queued_bytes();
+        }
+    }
+
+    /// Evicts from the least recently pushed users of the node until the history is within
+    /// `HISTORY_MAX_USERS` (whole streams, empty ones first) and `HISTORY_MAX_BYTES` (oldest
+    /// events first).
+    fn enforce_history_limits(&self) {
         let Some(history) = self.history() else {
             return;
         };
-        if !history.over_capacity() {
+        if !history.over_user_cap() && !history.over_byte_budget() {
             return;
         }
-        let others = self
-            .shards
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != creator);
-        for (_, shard) in others {
-            if !history.over_capacity() {
+        let _evicting = self.evicting.lock();
+        // Each pass takes from the shard that was idlest when compared; a race with a push there
+        // may leave nothing to take, so the passes are bounded.
+        for _ in 0..SHARDS * 4 {
+            if history.over_user_cap() {
+                if let Some(shard) = self.idlest_shard(|history| history.idlest()) {
+                    self.shards[shard].lock().history.evict_idlest(history);
+                }
+            } else if history.over_byte_budget() {
+                if let Some(shard) = self.idlest_shard(ShardHistory::least_recently_pushed) {
+                    self.shards[shard].lock().history.shed_oldest_bytes(history);
+                }
+            } else {
                 return;
             }
-            shard.lock().history.evict_idlest(history);
+        }
+    }
+
+    /// The shard whose `idleness` is least (oldest), if any has one.
+    fn idlest_shard<T: Ord>(&self, idleness: impl Fn(&ShardHistory) -> Option<T>) -> Option<usize> {
+        self.shards
+            .iter()
+            .enumerate()
+            .filter_map(|(index, shard)| idleness(&shard.lock().history).map(|at| (at, index)))
+            .min()
+            .map(|(_, index)| index)
+    }
+
+    /// Closes connections as slow consumers, those holding the most queued bytes first, until
+    /// what they hold covers how far the node's queues are over `SEND_QUEUES_MAX_BYTES` (less
+    /// what connections already closing hold: they are about to free it). One pass at a time;
+    /// a push that finds one running leaves it to finish.
+    fn shed_queued_bytes(&self) {
+        let Some(_shedding) = self.shedding.try_lock() else {
+            return;
+        };
+        let mut holders = Vec::new();
+        let mut freeing = 0;
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for connection in shard.connections.values().flatten() {
+                let bytes = connection.meter.bytes();
+                if connection.is_closing() {
+                    freeing += bytes;
+                } else if bytes > 0 {
+                    holders.push((bytes, Arc::clone(connection)));
+                }
+            }
+        }
+        let mut excess = self.queues.excess().saturating_sub(freeing);
+        holders.sort_unstable_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        for (bytes, connection) in holders {
+            if excess == 0 {
+                break;
+            }
+            connection.slow_consumer(SlowConsumerCause::NodeBudget);
+            excess = excess.saturating_sub(bytes);
         }
     }
 
@@ -562,6 +730,24 @@ impl Hub {
             users.extend(shard.lock().connections.keys().cloned());
         }
         users
+    }
+
+    /// Queues the next page of `connection`'s replay, under its user's shard lock.
+    fn continue_replay(&self, user: &UserId, connection: &Connection) {
+        let Some(history) = self.history() else {
+            return;
+        };
+        {
+            let mut shard = self.shard(user).lock();
+            replay_page(
+                connection,
+                &mut shard.history,
+                history,
+                user,
+                Instant::now(),
+            );
+        }
+        self.after_change();
     }
 
     /// Reclaims the events of streams idle for longer than the TTL, one shard at a time.
@@ -617,32 +803,41 @@ fn enforce_user_limit(
     }
 }
 
-/// Queues a resuming connection's replay, or its resync notice, into its fresh queue. The queue
-/// is larger than the history (a start-up rule), so everything fits; if it ever did not, the
-/// connection is closing as a slow consumer and the rest is not offered.
-fn queue_resume(
+/// Queues the next page of a replaying connection's missed events, as far as its queue has room
+/// (a replay waits for room; it never makes a slow consumer), under its user's shard lock. When
+/// the page reaches the stream's head the connection switches to live events; when the events it
+/// needs are gone (expired or evicted while it caught up) it gets a resync notice and switches too.
+fn replay_page(
     connection: &Connection,
-    resume: Resume,
+    shard_history: &mut ShardHistory,
+    history: &History,
     user: &UserId,
-    from: &str,
-    head: Option<&StreamPosition>,
-) -> Resumed {
-    let (items, resumed) = match resume {
-        Resume::Replay(events) => {
-            let count = events.len();
-            (events, Resumed::Replayed(count))
-        }
-        Resume::Resync(reason) => {
-            let notice = resync_notice(user, reason, from, head);
-            (vec![Arc::new(notice)], Resumed::Resync(reason))
-        }
+    now: std::time::Instant,
+) {
+    let mut replay = connection.replay.lock();
+    let Some(cursor) = replay.as_mut() else {
+        return;
     };
-    for item in items {
-        if !connection.offer(Outgoing::Replay(item)) {
-            break;
+    let (page, head) = shard_history.page(history, user, cursor, REPLAY_PAGE, now);
+    match page {
+        Ok(events) => {
+            for event in events {
+                if connection.try_queue(Outgoing::Replay(event)).is_err() {
+                    return;
+                }
+                cursor.position += 1;
+            }
+            if cursor.position == head.position {
+                *replay = None;
+            }
+        }
+        Err(reason) => {
+            let from = cursor.to_string();
+            *replay = None;
+            let notice = resync_notice(user, reason, &from, Some(&head));
+            connection.offer(Outgoing::Replay(Arc::new(notice)));
         }
     }
-    resumed
 }
 
 /// The resync notice: an event of type `resync` whose `event_id` is the stream's head token, so a
@@ -671,8 +866,8 @@ pub struct Registration {
 }
 
 /// A connection's queue of what to write to its client, in order: events and replies. Bounded by
-/// `WS_SEND_QUEUE`.
-pub type Outbox = mpsc::Receiver<Outgoing>;
+/// `WS_SEND_QUEUE` items and `WS_SEND_QUEUE_BYTES`.
+pub type Outbox = mpsc::Receiver<Queued>;
 
 impl Registration {
     /// The user this connection belongs to.
@@ -693,10 +888,28 @@ impl Registration {
     /// Queues a reply to this client behind the events already queued. A full queue means the
     /// client is not reading: the connection must close as a slow consumer.
     pub fn queue_reply(&self, frame: Frame) -> Result<(), DisconnectReason> {
+        if self.connection.offer(Outgoing::Reply(frame)) {
+            Ok(())
+        } else {
+            Err(DisconnectReason::SlowConsumer)
+        }
+    }
+
+    /// Whether the connection is still replaying missed events from history.
+    pub fn is_replaying(&self) -> bool {
+        self.connection.is_replaying()
+    }
+
+    /// Queues the next page of the connection's replay (call when its queue has drained).
+    pub fn continue_replay(&self) {
+        self.hub.continue_replay(&self.user, &self.connection);
+    }
+
+    /// Counts that the session ended the connection as a slow consumer because a write to it did
+    /// not finish in time.
+    pub fn write_timed_out(&self) {
         self.connection
-            .queue
-            .try_send(Outgoing::Reply(frame))
-            .map_err(|_| DisconnectReason::SlowConsumer)
+            .slow_consumer(SlowConsumerCause::WriteTimeout);
     }
 
     /// The reason the hub asked this connection to close, if it has.
@@ -732,6 +945,7 @@ mod tests {
         size: 0,
         ttl: Duration::ZERO,
         max_users: 1,
+        max_bytes: 1,
     };
 
     fn hub_with(
@@ -744,7 +958,12 @@ mod tests {
             user_limit: UserLimit { per_user, policy },
             history,
         };
-        Arc::new(Hub::new(mode, queue_capacity, Arc::new(Metrics::default())))
+        let limits = QueueLimits {
+            items: queue_capacity,
+            bytes: usize::MAX,
+            node_bytes: usize::MAX,
+        };
+        Arc::new(Hub::new(mode, limits, Arc::new(Metrics::default())))
     }
 
     fn hub(per_user: usize, policy: UserLimitPolicy, queue_capacity: usize) -> Arc<Hub> {
@@ -756,6 +975,7 @@ mod tests {
             size,
             ttl: Duration::from_secs(60),
             max_users,
+            max_bytes: usize::MAX,
         };
         hub_with(8, UserLimitPolicy::Reject, size + 16, history)
     }
@@ -917,7 +1137,7 @@ mod tests {
             attached.resumed,
             Some(Resumed::Resync(ResyncReason::UnknownEventId))
         );
-        let Outgoing::Replay(notice) = attached.outbox.try_recv().unwrap() else {
+        let Outgoing::Replay(notice) = &*attached.outbox.try_recv().unwrap() else {
             panic!("expected a replayed event");
         };
         let head = attached.head.clone().unwrap();

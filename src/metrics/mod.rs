@@ -19,7 +19,10 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 use strum::{EnumCount, VariantArray};
 
-use crate::protocol::{Delivery, DisconnectReason, Label, Resumed, ResyncReason, Transport};
+use crate::protocol::{
+    Delivery, DisconnectReason, EvictionCause, Label, Resumed, ResyncReason, SlowConsumerCause,
+    Transport,
+};
 
 pub mod histogram;
 pub mod prometheus;
@@ -153,6 +156,7 @@ const LATENCY_BOUNDS_MICROS: &[u64] = &[
 pub struct Metrics {
     connections_opened: AtomicU64,
     connections_closed: [AtomicU64; DisconnectReason::COUNT],
+    slow_consumers: [AtomicU64; SlowConsumerCause::COUNT],
     connections_refused: [AtomicU64; Refusal::COUNT],
     /// Events accepted from upstreams (a batch counts each item; duplicates are not counted).
     events_accepted: AtomicU64,
@@ -185,6 +189,7 @@ impl Default for Metrics {
         Self {
             connections_opened: AtomicU64::default(),
             connections_closed: Default::default(),
+            slow_consumers: Default::default(),
             connections_refused: Default::default(),
             events_accepted: AtomicU64::default(),
             requests_rejected: Default::default(),
@@ -213,6 +218,12 @@ pub struct Gauges {
     pub history_users: usize,
     /// Events held in history.
     pub history_events: usize,
+    /// Bytes of the events held in history (shared payloads once).
+    pub history_bytes: usize,
+    /// Events evicted from history, in [`EvictionCause`] declaration order.
+    pub history_evictions: [u64; EvictionCause::COUNT],
+    /// Bytes queued for all connections (shared payloads once).
+    pub queued_bytes: usize,
     /// Seconds since start.
     pub uptime_seconds: f64,
     /// The connection limit this node enforces (`MAX_CONNECTIONS`, or the derived one).
@@ -226,6 +237,8 @@ pub struct Counts {
     pub connections_opened: u64,
     /// Connections ended, in [`DisconnectReason`] declaration order.
     pub connections_closed: [u64; DisconnectReason::COUNT],
+    /// Slow-consumer closes, in [`SlowConsumerCause`] declaration order.
+    pub slow_consumers: [u64; SlowConsumerCause::COUNT],
     /// Connection attempts turned away, in [`Refusal`] declaration order.
     pub connections_refused: [u64; Refusal::COUNT],
     /// Events accepted (duplicates excluded).
@@ -278,6 +291,11 @@ impl Metrics {
     /// A registered connection ended.
     pub fn connection_closed(&self, reason: DisconnectReason) {
         bump(&self.connections_closed[reason as usize], 1);
+    }
+
+    /// A connection was asked to close as a slow consumer, for `cause`.
+    pub fn slow_consumer(&self, cause: SlowConsumerCause) {
+        bump(&self.slow_consumers[cause as usize], 1);
     }
 
     /// A connection attempt was turned away.
@@ -373,6 +391,7 @@ impl Metrics {
         Counts {
             connections_opened: read(&self.connections_opened),
             connections_closed: read_all(&self.connections_closed),
+            slow_consumers: read_all(&self.slow_consumers),
             connections_refused: read_all(&self.connections_refused),
             events_accepted: read(&self.events_accepted),
             requests_rejected: read_all(&self.requests_rejected),
@@ -422,6 +441,7 @@ impl Counts {
             "uptime_seconds": gauges.uptime_seconds,
             "connections_opened_total": self.connections_opened,
             "connections_closed_total": labelled::<DisconnectReason>(&self.connections_closed),
+            "slow_consumer_closes_total": labelled::<SlowConsumerCause>(&self.slow_consumers),
             "connections_refused_total": labelled::<Refusal>(&self.connections_refused),
             "events_accepted_total": self.events_accepted,
             "push_requests_rejected_total": labelled::<Rejection>(&self.requests_rejected),
@@ -433,6 +453,9 @@ impl Counts {
             "duplicate_pushes_total": self.duplicate_pushes,
             "history_users": gauges.history_users,
             "history_events": gauges.history_events,
+            "history_bytes": gauges.history_bytes,
+            "history_evictions_total": labelled::<EvictionCause>(&gauges.history_evictions),
+            "queued_bytes": gauges.queued_bytes,
             "resumes_replayed_total": self.resumes_replayed,
             "events_replayed_total": self.events_replayed,
             "resyncs_total": labelled::<ResyncReason>(&self.resyncs),
@@ -465,6 +488,9 @@ mod tests {
             users_online: 2,
             history_users: 5,
             history_events: 7,
+            history_bytes: 0,
+            history_evictions: [0; 4],
+            queued_bytes: 0,
             uptime_seconds: 1.5,
             max_connections: 10,
         });

@@ -18,7 +18,9 @@ use strum::VariantArray;
 
 use super::histogram::HistogramSnapshot;
 use super::{BrokerReport, ClusterStats, Counts, DropReason, Gauges, Refusal, Rejection};
-use crate::protocol::{DisconnectReason, Label, ResyncReason, Transport};
+use crate::protocol::{
+    DisconnectReason, EvictionCause, Label, ResyncReason, SlowConsumerCause, Transport,
+};
 
 /// The prefix of every metric name.
 pub const PREFIX: &str = "websocket_sse";
@@ -211,6 +213,22 @@ impl Collector for Exposition {
             by::<DisconnectReason>(&counts.connections_closed),
         )?;
         out.labelled(
+            "slow_consumer_closes",
+            "Connections asked to close as slow consumers, by the bound they hit: queue_events \
+             (WS_SEND_QUEUE), queue_bytes (WS_SEND_QUEUE_BYTES), node_budget \
+             (SEND_QUEUES_MAX_BYTES) or write_timeout (WS_WRITE_TIMEOUT)",
+            Counter,
+            "cause",
+            by::<SlowConsumerCause>(&counts.slow_consumers),
+        )?;
+        out.gauge(
+            "queued",
+            "Bytes queued for the connections of this node (a payload several queues share \
+             counted once)",
+            Some(&Unit::Bytes),
+            gauges.queued_bytes as u64,
+        )?;
+        out.labelled(
             "connections_refused",
             "Connection attempts turned away before registration, by reason",
             Counter,
@@ -292,6 +310,22 @@ impl Collector for Exposition {
             "Events held in history on this node",
             None,
             gauges.history_events as u64,
+        )?;
+        out.gauge(
+            "history",
+            "Bytes of the events held in history on this node (a payload several users share \
+             counted once)",
+            Some(&Unit::Bytes),
+            gauges.history_bytes as u64,
+        )?;
+        out.labelled(
+            "history_evictions",
+            "Events dropped from history before anyone asked for them, by cause: size \
+             (HISTORY_SIZE), age (HISTORY_TTL), users (HISTORY_MAX_USERS), bytes \
+             (HISTORY_MAX_BYTES)",
+            Counter,
+            "cause",
+            by::<EvictionCause>(&gauges.history_evictions),
         )?;
         out.counter(
             "resumes",
@@ -393,6 +427,9 @@ mod tests {
                 users_online: 2,
                 history_users: 1,
                 history_events: 4,
+                history_bytes: 0,
+                history_evictions: [0; 4],
+                queued_bytes: 0,
                 uptime_seconds: 2.0,
                 max_connections: 100,
             },

@@ -61,6 +61,22 @@ pub enum DisconnectReason {
     Disconnected,
 }
 
+/// Which bound made a connection a slow consumer (a metrics label).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::VariantArray, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum SlowConsumerCause {
+    /// Its queue held `WS_SEND_QUEUE` items.
+    QueueEvents,
+    /// Its queue would have held more than `WS_SEND_QUEUE_BYTES`.
+    QueueBytes,
+    /// The node's queues held more than `SEND_QUEUES_MAX_BYTES`, and it held among the most.
+    NodeBudget,
+    /// A write to it did not finish within `WS_WRITE_TIMEOUT`.
+    WriteTimeout,
+}
+
 /// What handing one event to a user's connections achieved.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Delivery {

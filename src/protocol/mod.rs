@@ -16,7 +16,7 @@ pub mod push;
 pub mod responses;
 pub mod stream;
 
-pub use connection::{Delivery, DisconnectReason, Transport};
+pub use connection::{Delivery, DisconnectReason, SlowConsumerCause, Transport};
 pub use event::{
     Event, IdOrigin, Publication, RESYNC_EVENT_TYPE, ack_frame, resync_frame, unix_seconds_now,
 };
@@ -29,7 +29,7 @@ pub use push::{
 pub use responses::{
     BatchItemResult, BatchResponse, BroadcastResponse, MultiPushResponse, PushResponse, PushStatus,
 };
-pub use stream::{Resumed, ResyncReason, StreamPosition, parse_token};
+pub use stream::{EvictionCause, Resumed, ResyncReason, StreamPosition, parse_token};
 
 /// A stable snake_case (or lowercase) name for a value of a closed set — a reason, a transport —
 /// used on the wire and as a metrics label. Derived with `strum::IntoStaticStr`, never written by

@@ -65,3 +65,19 @@ pub enum Resumed {
     /// The client's point was unknown or lost; it was sent a resync notice.
     Resync(ResyncReason),
 }
+
+/// Why stored events were dropped before anyone asked for them.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::VariantArray, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
+pub enum EvictionCause {
+    /// The user's stream was full (`HISTORY_SIZE`): its oldest event made room.
+    Size,
+    /// The event was older than `HISTORY_TTL`.
+    Age,
+    /// The node had `HISTORY_MAX_USERS` streams: the least recently pushed user's went.
+    Users,
+    /// The node held `HISTORY_MAX_BYTES`: the least recently pushed users lost their oldest events.
+    Bytes,
+}

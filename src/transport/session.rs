@@ -5,6 +5,9 @@
 //! and the client. Items from the outbox are written in batches (`recv_many`, then one write);
 //! a small batch first yields to the scheduler once, so that under load more items join it and
 //! share one write. Live events are timed from their acceptance to their write; replays are not.
+//! While the connection replays missed events, the session asks the hub for the next page each
+//! time its outbox has drained. A slow-consumer close request interrupts a write in progress, so
+//! that what the connection holds is freed at once (other requests let the write finish).
 //! When the session ends it unregisters first (nothing more can be queued), counts the close,
 //! and lets the transport say goodbye: on shutdown it still writes what was queued, otherwise
 //! what was queued counts as dropped.
@@ -18,7 +21,7 @@ use std::time::{Instant as StdInstant, SystemTime};
 use tokio::time::{Instant, sleep_until};
 
 use crate::auth::remaining;
-use crate::hub::{Attached, Outbox, Outgoing, Registration};
+use crate::hub::{Attached, Outbox, Outgoing, Queued, Registration};
 use crate::protocol::{DisconnectReason, Frame, Label, Transport};
 use crate::rate_limit::Limit;
 use crate::state::SharedState;
@@ -37,7 +40,7 @@ pub(super) trait Link: Send {
 
     /// Writes `items` (events and replies, in order) within the write timeout; a write that
     /// cannot finish in time means the client is not reading.
-    async fn write(&mut self, items: &[Outgoing]) -> Result<usize, DisconnectReason>;
+    async fn write(&mut self, items: &[Queued]) -> Result<usize, DisconnectReason>;
 
     /// When [`Self::keep_alive`] must next run; `None` when keepalive is off.
     fn keepalive_deadline(&self) -> Option<Instant>;
@@ -52,7 +55,7 @@ pub(super) trait Link: Send {
 
     /// Ends the connection for `reason`, after writing `pending` (the items still queued when the
     /// server shuts down; empty otherwise). Returns the bytes written, as the metrics count them.
-    async fn close(self, pending: Vec<Outgoing>, reason: DisconnectReason) -> usize;
+    async fn close(self, pending: Vec<Queued>, reason: DisconnectReason) -> usize;
 }
 
 /// Runs one opened connection until it ends. `expires_at` is its token's expiry, when it has one.
@@ -79,7 +82,7 @@ pub(super) struct Session {
     registration: Option<Registration>,
     outbox: Outbox,
     /// Items taken from the outbox and not yet written (after a failed write: never written).
-    batch: Vec<Outgoing>,
+    batch: Vec<Queued>,
     state: SharedState,
 }
 
@@ -108,7 +111,7 @@ impl Session {
 
     /// Unregisters the connection (after that nothing more can be queued, so draining misses
     /// nothing), counts its end, and returns what was still queued.
-    fn unregister(&mut self, reason: DisconnectReason) -> Vec<Outgoing> {
+    fn unregister(&mut self, reason: DisconnectReason) -> Vec<Queued> {
         if let Some(registration) = self.registration.take() {
             let (user, connection) = (registration.user(), registration.id());
             let reason_label = reason.label();
@@ -196,6 +199,9 @@ async fn serve<L: Link>(
     tokio::pin!(expiry);
 
     loop {
+        if outbox.is_empty() && registration.is_replaying() {
+            registration.continue_replay();
+        }
         let keepalive_on = link.keepalive_deadline().is_some();
         tokio::select! {
             () = state.lifecycle.closing() => return DisconnectReason::Shutdown,
@@ -207,7 +213,7 @@ async fn serve<L: Link>(
                 }
                 top_up(outbox, batch).await;
                 // A failed batch stays in `batch`: the end of the session counts it as dropped.
-                let bytes = match link.write(batch).await {
+                let bytes = match write(link, batch, registration).await {
                     Ok(bytes) => bytes,
                     Err(reason) => return reason,
                 };
@@ -247,10 +253,35 @@ async fn serve<L: Link>(
     }
 }
 
+/// Writes `batch`, unless the hub asks the connection to close as a slow consumer meanwhile: then
+/// the write is dropped (the link knows it may have been cut mid-frame) and what it held is freed
+/// with the session. A write that times out makes a slow consumer too, counted as such.
+async fn write<L: Link>(
+    link: &mut L,
+    batch: &[Queued],
+    registration: &Registration,
+) -> Result<usize, DisconnectReason> {
+    let slow_consumer = async {
+        if registration.close_requested().await != DisconnectReason::SlowConsumer {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        written = link.write(batch) => {
+            if written == Err(DisconnectReason::SlowConsumer) {
+                registration.write_timed_out();
+            }
+            written
+        }
+        () = slow_consumer => Err(DisconnectReason::SlowConsumer),
+    }
+}
+
 /// After `recv_many` returned fewer than a full batch: lets the other ready tasks (pushes being
 /// handled) run once, then takes what they queued, so that under load several events share one
 /// write. When idle this costs one trip through the scheduler.
-async fn top_up(outbox: &mut Outbox, batch: &mut Vec<Outgoing>) {
+async fn top_up(outbox: &mut Outbox, batch: &mut Vec<Queued>) {
     if batch.len() >= WRITE_BATCH {
         return;
     }
@@ -262,14 +293,14 @@ async fn top_up(outbox: &mut Outbox, batch: &mut Vec<Outgoing>) {
 }
 
 /// When each live event among `items` was accepted (replays and replies are not timed).
-fn live_accepted(items: &[Outgoing]) -> impl Iterator<Item = StdInstant> + '_ {
-    items.iter().filter_map(|item| match item {
+fn live_accepted(items: &[Queued]) -> impl Iterator<Item = StdInstant> + '_ {
+    items.iter().filter_map(|item| match &**item {
         Outgoing::Live(event) => Some(event.accepted_at),
         Outgoing::Replay(_) | Outgoing::Reply(_) => None,
     })
 }
 
 /// How many of these items are events (not replies).
-fn events_in(items: &[Outgoing]) -> usize {
+fn events_in(items: &[Queued]) -> usize {
     items.iter().filter(|item| item.event().is_some()).count()
 }

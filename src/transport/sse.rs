@@ -43,7 +43,7 @@ use super::session::{self, Link, Session};
 use super::{attach, authorize};
 use crate::broker::AttachError;
 use crate::error::ApiError;
-use crate::hub::Outgoing;
+use crate::hub::{Outgoing, Queued};
 use crate::metrics::Refusal;
 use crate::protocol::{DisconnectReason, Frame, Label, Transport};
 use crate::state::SharedState;
@@ -212,7 +212,7 @@ impl Link for SseLink {
         self.send(vec![opening]).await
     }
 
-    async fn write(&mut self, items: &[Outgoing]) -> Result<usize, DisconnectReason> {
+    async fn write(&mut self, items: &[Queued]) -> Result<usize, DisconnectReason> {
         let mut pieces = Pieces::default();
         for item in items {
             write_event(&mut pieces, item);
@@ -235,7 +235,7 @@ impl Link for SseLink {
         std::future::pending().await
     }
 
-    async fn close(mut self, pending: Vec<Outgoing>, reason: DisconnectReason) -> usize {
+    async fn close(mut self, pending: Vec<Queued>, reason: DisconnectReason) -> usize {
         let mut pieces = Pieces::default();
         match reason {
             DisconnectReason::ClientClosed | DisconnectReason::NetworkError => return 0,

@@ -752,35 +752,35 @@ async fn pushes_to_an_offline_user_are_stored_for_a_resume_but_not_for_a_fresh_c
 }
 
 #[tokio::test]
-async fn a_send_queue_no_larger_than_the_history_is_refused_at_start_up() {
+async fn a_send_queue_no_larger_than_the_history_is_refused_at_start_up_only_in_a_cluster() {
     let settings = test_settings;
-    for flags in [
-        ["--history-size", "100", "--ws-send-queue", "50"],
-        ["--history-size", "100", "--ws-send-queue", "100"],
-    ] {
-        let problem = settings(&flags)
-            .check_consistency()
-            .expect_err("an inconsistent queue size");
-        assert!(
-            problem.contains("WS_SEND_QUEUE") && problem.contains("HISTORY_SIZE"),
-            "{flags:?}: {problem}"
-        );
-        let error = Application::build(settings(&flags))
-            .await
-            .err()
-            .expect("the server refuses to build");
-        assert!(error.to_string().contains("WS_SEND_QUEUE"), "{error}");
-    }
-    // The default queue (1024) is too small for a history of 1024; without history it is fine.
+    let cluster = [
+        "--broker",
+        "redis",
+        "--history-size",
+        "100",
+        "--ws-send-queue",
+        "100",
+    ];
+    let problem = settings(&cluster)
+        .check_consistency()
+        .expect_err("an inconsistent queue size");
     assert!(
-        settings(&["--history-size", "1024"])
-            .check_consistency()
-            .is_err()
+        problem.contains("WS_SEND_QUEUE") && problem.contains("HISTORY_SIZE"),
+        "{problem}"
     );
+    // The memory broker feeds replays from history as connections drain: any history size.
     for fine in [
-        &["--history-size", "100", "--ws-send-queue", "101"][..],
-        &["--history-size", "0", "--ws-send-queue", "1"],
-        &["--history-ttl", "0", "--history-size", "5000"],
+        &["--history-size", "2000"][..],
+        &["--history-size", "100", "--ws-send-queue", "50"],
+        &[
+            "--broker",
+            "redis",
+            "--history-size",
+            "100",
+            "--ws-send-queue",
+            "101",
+        ],
     ] {
         let result = settings(fine).check_consistency();
         assert!(result.is_ok(), "{fine:?}: {result:?}");

@@ -55,7 +55,7 @@ const FAMILIES: &[&str] = &[
 ];
 
 /// The only label names the exposition may use: all bounded.
-const LABEL_NAMES: &[&str] = &["transport", "reason", "version", "broker", "le"];
+const LABEL_NAMES: &[&str] = &["transport", "reason", "cause", "version", "broker", "le"];
 
 /// One parsed exposition.
 struct Exposition {

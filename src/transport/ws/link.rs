@@ -21,7 +21,7 @@ use super::frames::{self, write_text_frames};
 use super::keepalive::{Due, Keepalive};
 use super::upgrade::Socket;
 use crate::config::Settings;
-use crate::hub::Outgoing;
+use crate::hub::Queued;
 use crate::protocol::{DisconnectReason, Frame, Transport, ack_frame};
 
 /// How long closing may take: queued frames, the close frame and the client's reply.
@@ -78,7 +78,7 @@ impl Link for WsLink {
         Ok(0)
     }
 
-    async fn write(&mut self, items: &[Outgoing]) -> Result<usize, DisconnectReason> {
+    async fn write(&mut self, items: &[Queued]) -> Result<usize, DisconnectReason> {
         self.torn = true;
         write_items(&mut self.socket, items, self.write_timeout).await?;
         self.torn = false;
@@ -117,7 +117,7 @@ impl Link for WsLink {
         }
     }
 
-    async fn close(mut self, pending: Vec<Outgoing>, reason: DisconnectReason) -> usize {
+    async fn close(mut self, pending: Vec<Queued>, reason: DisconnectReason) -> usize {
         if self.torn {
             // Part of a frame may be on the wire: nothing more can be written. The connection
             // ends when the socket is dropped.
@@ -139,7 +139,7 @@ pub(super) async fn refuse(mut socket: Socket, why: String) {
 }
 
 /// Bytes on the wire of these items as unmasked text frames: payload and frame header.
-fn frame_bytes(items: &[Outgoing]) -> usize {
+fn frame_bytes(items: &[Queued]) -> usize {
     items
         .iter()
         .map(|item| frames::wire_len(item.frame()))
@@ -150,12 +150,12 @@ fn frame_bytes(items: &[Outgoing]) -> usize {
 /// write that cannot finish in time means the client is not reading.
 async fn write_items(
     socket: &mut Socket,
-    items: &[Outgoing],
+    items: &[Queued],
     limit: Duration,
 ) -> Result<(), DisconnectReason> {
     let write_all = async {
         socket.flush().await?;
-        let frames = items.iter().map(Outgoing::frame);
+        let frames = items.iter().map(|item| item.frame());
         write_text_frames(socket.get_mut(), frames).await?;
         Ok(())
     };
@@ -175,11 +175,11 @@ fn finish_write(
 
 /// Writes what is still pending, closes with `frame` (or completes a close the client began) and
 /// waits briefly for the client's close reply, so the TCP connection ends cleanly.
-async fn finish(socket: &mut Socket, pending: &[Outgoing], frame: Option<CloseFrame>) {
+async fn finish(socket: &mut Socket, pending: &[Queued], frame: Option<CloseFrame>) {
     let close = async {
         if !pending.is_empty() {
             socket.flush().await?;
-            write_text_frames(socket.get_mut(), pending.iter().map(Outgoing::frame)).await?;
+            write_text_frames(socket.get_mut(), pending.iter().map(|item| item.frame())).await?;
         }
         match frame {
             Some(frame) => socket.send(Message::Close(Some(frame))).await?,
