@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use divan::{AllocProfiler, Bencher, black_box};
 use websocket_sse_server::history::HistoryLimits;
-use websocket_sse_server::hub::{Attached, Hub, HubMode, UserLimit, UserLimitPolicy};
+use websocket_sse_server::hub::{Attached, Hub, HubMode, QueueLimits, UserLimit, UserLimitPolicy};
 use websocket_sse_server::metrics::Metrics;
 use websocket_sse_server::protocol::{Transport, UserId, parse_batch, parse_push};
 
@@ -74,9 +74,15 @@ fn hub_with(connections: usize, history: usize) -> (Arc<Hub>, Vec<Attached>) {
             size: history,
             ttl: Duration::from_secs(300),
             max_users: 10_000,
+            max_bytes: 256 << 20,
         },
     };
-    let hub = Arc::new(Hub::new(mode, 1024, Arc::new(Metrics::default())));
+    let limits = QueueLimits {
+        items: 1024,
+        bytes: 4 << 20,
+        node_bytes: 256 << 20,
+    };
+    let hub = Arc::new(Hub::new(mode, limits, Arc::new(Metrics::default())));
     let user = UserId::parse("fan").expect("valid user");
     let attached = (0..connections)
         .map(|_| {

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::time::{Instant, timeout};
-use websocket_sse_server::server::Application;
 
 use crate::helpers::{
     TestApp, Ws, assert_silent, drain_until_end, encode, epoch_of, next_json, spawn_app,
