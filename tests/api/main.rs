@@ -11,6 +11,7 @@ mod helpers;
 
 mod admin;
 mod auth;
+mod budgets;
 mod cli;
 mod config_process;
 mod history;
