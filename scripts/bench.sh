@@ -764,6 +764,7 @@ if [ "$PAYLOADS_ONLY" = 1 ]; then bench_payloads; fi
         "$STAMP" "$MODE" "$DURATION" "$IDLE_CONNS"
     printf '"churn_concurrency":%s,"history_users":%s,"history_events_per_user":%s,' \
         "$CHURN_CONC" "$HISTORY_USERS" "$HISTORY_EVENTS"
+    printf '"payloads_only":%s,' "$([ "$PAYLOADS_ONLY" = 1 ] && echo true || echo false)"
     printf '"git_commit":"%s","git_dirty":%s,"nproc":%s,"kernel":"%s",' \
         "$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
         "$([ -n "$(git status --porcelain 2>/dev/null)" ] && echo true || echo false)" \
@@ -859,7 +860,10 @@ def cell(run):
         text += " · FAILED"
     return text
 
-print(f"\nResults: {sys.argv[1]} ({doc['mode']}, {doc['duration_s']} s per scenario)")
+if doc.get("payloads_only"):
+    print(f"\nResults: {sys.argv[1]} (payloads: each case one event, on a fresh server)")
+else:
+    print(f"\nResults: {sys.argv[1]} ({doc['mode']}, {doc['duration_s']} s per scenario)")
 if rows:
     print("\n| scenario | " + " | ".join(targets) + " |")
     print("| --- |" + " --- |" * len(targets))
