@@ -266,7 +266,8 @@ async fn receive(
     received
 }
 
-/// The parts of a reply loadgen reads (broadcast: `users`; `user_ids`: `results`).
+/// The parts of a reply loadgen reads (broadcast: `users`, the users it went to; `user_ids`:
+/// `results`, one per user).
 #[derive(Debug, Deserialize)]
 struct Reply {
     delivered: u64,
@@ -620,13 +621,18 @@ fn set_timings(report: &mut Report, spec: &PayloadSpec, sent: &[Sent], board: &B
         .flat_map(|s| &s.reply.results)
         .map(|result| u64::from(result.stored))
         .sum();
+    let users: u64 = sent.iter().filter_map(|s| s.reply.users).sum();
+    let (users, stored) = match spec.addressing {
+        Addressing::Broadcast => (Some(users), None),
+        Addressing::UserIds => (None, Some(stored)),
+    };
     report.set(
         "replies",
         json!({
             "requests": sent.len(),
             "delivered": sent.iter().map(|s| s.reply.delivered).sum::<u64>(),
-            "users": sent.iter().filter_map(|s| s.reply.users).sum::<u64>(),
-            "stored": if spec.addressing == Addressing::UserIds { Some(stored) } else { None },
+            "users": users,
+            "stored": stored,
         }),
     );
     report.set("request_ms", median_max(&request));
