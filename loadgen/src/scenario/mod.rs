@@ -141,8 +141,9 @@ pub struct CommonArgs {
     /// Print one JSON object on stdout (the table goes to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Server process id, for its CPU time (and RSS in `idle`, `churn` and `history`) from /proc,
-    /// summed over the process and all its descendants (Pushpin is a tree of processes).
+    /// Server process id, for its CPU time (and RSS in `idle`, `churn`, `history`, `broadcast` and
+    /// `user-ids`) from /proc, summed over the process and all its descendants (Pushpin is a tree
+    /// of processes; `broadcast` and `user-ids`, ours only, read the RSS of the process alone).
     #[arg(long)]
     pub server_pid: Option<u32>,
 }
