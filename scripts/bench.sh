@@ -13,6 +13,9 @@
 #                               the cluster comparison (below), which needs Redis
 #   scripts/bench.sh --targets "ours pushpin"   only these targets
 #   scripts/bench.sh cluster    only the cluster comparison (below); with --quick or --smoke too
+#   scripts/bench.sh payloads   only the large-payload cases (below); with --quick too (the same
+#                               cases: they are bounded by their event count, not a duration);
+#                               not part of --smoke
 #
 # Each server is pinned to CPU 0 and loadgen to CPU 1 (taskset), so they do not compete. A
 # fresh server is started for the idle scenario, another for churn and (ours) another for
@@ -35,6 +38,16 @@
 # otherwise a throwaway `redis-server --save '' --appendonly no` on a free port, stopped at the
 # end. Redis's CPU comes from its INFO (all of Redis's work, so a shared Redis's other clients
 # count too). --smoke fails when the cluster delivers nothing, loses, duplicates or misroutes.
+#
+# Large payloads (`payloads`; ours only, not in the default run): each case on a freshly started
+# server, loadgen reading the server's RSS when idle (all users connected), its peak (sampled
+# every 10 ms from the first request until 5 s after the last frame) and 5 s after the last frame,
+# and checking that every online user got every event exactly once:
+#   broadcast-512k-2000       one 512 KiB broadcast (POST /sse/broadcast) to 2,000 users online
+#   user-ids-1m-1000-online   one 1 MiB push with user_ids of 1,000 users online
+#                             (MAX_BODY_BYTES=4194304: the body is over the 1 MiB default)
+#   user-ids-1m-1000-offline  the same with the users offline (history only)
+#   broadcast-1k-10000        one 1 KiB broadcast to 10,000 users online (per-frame p99)
 #
 # Environment (all optional):
 #   BENCH_DURATION=10            seconds per scenario (--quick: 2)
@@ -72,9 +85,11 @@ cd "$ROOT"
 MODE=full
 TARGETS="ours fastapi pushpin sockudo"
 CLUSTER_ONLY=0
+PAYLOADS_ONLY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         cluster) CLUSTER_ONLY=1 ;;
+        payloads) PAYLOADS_ONLY=1 ;;
         --quick) MODE=quick ;;
         --smoke) MODE=smoke ;;
         --targets) shift; TARGETS="${1:?--targets needs a list}" ;;
@@ -83,6 +98,11 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+
+if [ "$PAYLOADS_ONLY" = 1 ] && { [ "$MODE" = smoke ] || [ "$CLUSTER_ONLY" = 1 ]; }; then
+    echo "bench.sh: payloads runs alone, with or without --quick (not with --smoke or cluster)" >&2
+    exit 2
+fi
 
 case "$MODE" in
     full) DURATION="${BENCH_DURATION:-10}"; IDLE_CONNS="${BENCH_IDLE_CONNECTIONS:-10000}" ;;
@@ -412,6 +432,29 @@ bench_history() {
     stop_server
 }
 
+# --- large payloads -------------------------------------------------------------------------------
+# payload_case <name> [VAR=value...] -- <loadgen scenario> [args...]: one case on a freshly started
+# server (ours) with those settings.
+payload_case() {
+    local name="$1" settings=()
+    shift
+    while [ "$1" != -- ]; do settings+=("$1"); shift; done
+    shift
+    if ! start_server ours "${settings[@]}"; then FAILED=1; stop_server; return; fi
+    sleep 1   # as for idle: a settled RSS before loadgen connects
+    run_loadgen ours "$name" "$@"
+    stop_server
+}
+
+bench_payloads() {
+    payload_case broadcast-512k-2000 -- broadcast --users 2000 --payload-bytes 524288
+    payload_case user-ids-1m-1000-online MAX_BODY_BYTES=4194304 -- \
+        user-ids --users 1000 --payload-bytes 1048576
+    payload_case user-ids-1m-1000-offline MAX_BODY_BYTES=4194304 -- \
+        user-ids --users 1000 --payload-bytes 1048576 --offline
+    payload_case broadcast-1k-10000 -- broadcast --users 10000 --payload-bytes 1024
+}
+
 # --- cluster comparison ---------------------------------------------------------------------------
 REDIS_PORT=""        # the Redis the nodes use (127.0.0.1)
 REDIS_DESC=""        # what it is, for the results
@@ -657,6 +700,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 RUN_TARGETS=()
 [ "$CLUSTER_ONLY" = 1 ] && TARGETS=""
+[ "$PAYLOADS_ONLY" = 1 ] && TARGETS=""
 for target in $TARGETS; do
     why="$(missing "$target")"
     if [ -n "$why" ]; then
@@ -665,7 +709,8 @@ for target in $TARGETS; do
     fi
     RUN_TARGETS+=("$target")
 done
-[ "${#RUN_TARGETS[@]}" -gt 0 ] || [ "$CLUSTER_ONLY" = 1 ] || { log "no target to run"; exit 1; }
+[ "${#RUN_TARGETS[@]}" -gt 0 ] || [ "$CLUSTER_ONLY" = 1 ] || [ "$PAYLOADS_ONLY" = 1 ] ||
+    { log "no target to run"; exit 1; }
 
 busy=""
 check_ports=""
@@ -673,6 +718,7 @@ for target in "${RUN_TARGETS[@]}"; do check_ports="$check_ports $(ports_of "$tar
 if [ "$RUN_CLUSTER" = 1 ]; then
     check_ports="$check_ports $PORT_OURS $PORT_CLUSTER $((PORT_CLUSTER + 1))"
 fi
+[ "$PAYLOADS_ONLY" = 0 ] || check_ports="$check_ports $PORT_OURS"
 # shellcheck disable=SC2086
 for port in $(printf '%s\n' $check_ports | sort -un); do
     port_busy "$port" && busy="$busy $port"
@@ -697,6 +743,8 @@ LOADGEN_BIN="$TARGET_DIR/$PROFILE/loadgen"
 
 if [ "$CLUSTER_ONLY" = 1 ]; then
     log "cluster comparison only; ${DURATION}s per run; results in $OUT"
+elif [ "$PAYLOADS_ONLY" = 1 ]; then
+    log "large payloads only (ours); results in $OUT"
 else
     log "targets: ${RUN_TARGETS[*]}; ${DURATION}s per scenario; results in $OUT"
 fi
@@ -708,6 +756,7 @@ for target in "${RUN_TARGETS[@]}"; do
     if [ "$target" = ours ]; then bench_history "$target"; fi
 done
 if [ "$RUN_CLUSTER" = 1 ]; then bench_cluster; fi
+if [ "$PAYLOADS_ONLY" = 1 ]; then bench_payloads; fi
 
 # --- results --------------------------------------------------------------------------------------
 {
@@ -715,6 +764,7 @@ if [ "$RUN_CLUSTER" = 1 ]; then bench_cluster; fi
         "$STAMP" "$MODE" "$DURATION" "$IDLE_CONNS"
     printf '"churn_concurrency":%s,"history_users":%s,"history_events_per_user":%s,' \
         "$CHURN_CONC" "$HISTORY_USERS" "$HISTORY_EVENTS"
+    printf '"payloads_only":%s,' "$([ "$PAYLOADS_ONLY" = 1 ] && echo true || echo false)"
     printf '"git_commit":"%s","git_dirty":%s,"nproc":%s,"kernel":"%s",' \
         "$(git rev-parse HEAD 2>/dev/null || echo unknown)" \
         "$([ -n "$(git status --porcelain 2>/dev/null)" ] && echo true || echo false)" \
@@ -737,10 +787,13 @@ if command -v python3 >/dev/null; then
 import json, sys
 
 doc = json.load(open(sys.argv[1]))
-targets, rows, cells, cluster_runs = [], [], {}, []
+targets, rows, cells, cluster_runs, payload_runs = [], [], {}, [], []
 for run in doc["runs"]:
     if run.get("cluster"):
         cluster_runs.append(run)
+        continue
+    if run["name"].startswith(("broadcast-", "user-ids-")):
+        payload_runs.append(run)
         continue
     if run["target"] not in targets:
         targets.append(run["target"])
@@ -807,7 +860,10 @@ def cell(run):
         text += " · FAILED"
     return text
 
-print(f"\nResults: {sys.argv[1]} ({doc['mode']}, {doc['duration_s']} s per scenario)")
+if doc.get("payloads_only"):
+    print(f"\nResults: {sys.argv[1]} (payloads: each case one event, on a fresh server)")
+else:
+    print(f"\nResults: {sys.argv[1]} ({doc['mode']}, {doc['duration_s']} s per scenario)")
 if rows:
     print("\n| scenario | " + " | ".join(targets) + " |")
     print("| --- |" + " --- |" * len(targets))
@@ -827,6 +883,57 @@ if on and off and on.get("result") and off.get("result"):
     if rate_on and rate_off:
         print(f"\nours push-closed, history on vs off: {num(rate_on)}/s vs {num(rate_off)}/s "
               f"({(rate_on / rate_off - 1) * 100:+.1f}% with history)")
+
+# The large-payload cases: one row each.
+if payload_runs:
+    def med_max(d):
+        d = d or {}
+        if d.get("median") is None:
+            return "-"
+        if d.get("max") is None or d["max"] == d["median"]:
+            return ms(d["median"])
+        return f"{ms(d['median'])} (max {ms(d['max'])})"
+
+    def two(value):
+        return "-" if value is None else f"{value:.2f}"
+
+    def mib(value, sign=False):
+        if value is None:
+            return "-"
+        return f"{value:+.1f}" if sign else f"{value:.1f}"
+
+    print("\nLarge payloads (ours, a fresh server per case)\n")
+    print("| case | request ms | first / last frame ms | frame latency p50 / p99 / max ms "
+          "| frames · loss · dup | server RSS idle → peak → settled MiB "
+          "| peak − idle · settled − idle MiB | server CPU s | loadgen cores |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for run in payload_runs:
+        r = run.get("result")
+        if not r:
+            print(f"| {run['name']} | failed (exit {run['exit_status']}) |" + " |" * 7)
+            continue
+        lat = r.get("latency_ms") or {}
+        rss = r.get("server_rss") or {}
+        cpu = r.get("cpu") or {}
+        online = (r.get("config") or {}).get("online", True)
+        frames = (f"{r.get('delivered_frames')}/{r.get('expected_frames')} · {r.get('loss')} · "
+                  f"{r.get('duplicates')}") if online else "offline"
+        latency = (f"{ms(lat.get('p50'))} / {ms(lat.get('p99'))} / {ms(lat.get('max'))}"
+                   if lat.get("count") else "-")
+        ok = r.get("ok", False) and run["exit_status"] == 0
+        print(f"| {run['name']}{'' if ok else ' · FAILED'} | {med_max(r.get('request_ms'))} "
+              f"| {med_max(r.get('to_first_frame_ms'))} / {med_max(r.get('to_last_frame_ms'))} "
+              f"| {latency} | {frames} "
+              f"| {mib(rss.get('idle_mib'))} → {mib(rss.get('peak_mib'))} → "
+              f"{mib(rss.get('settle_mib'))} "
+              f"| {mib(rss.get('peak_minus_idle_mib'), True)} · "
+              f"{mib(rss.get('settle_minus_idle_mib'), True)} "
+              f"| {two(cpu.get('server_s'))} | {two(cpu.get('loadgen_cores'))} |")
+    print("\nrequest: POST sent → reply; first / last frame: POST sent → the event's first / last "
+          "frame on any connection; frame latency: every frame, POST sent → frame received; "
+          "RSS: VmRSS with every user connected before the first POST, the peak sampled every "
+          "10 ms until 5 s after the last frame, and at that point; server CPU: first POST → last "
+          "frame (last reply when offline); loadgen cores: loadgen's CPU over the same window")
 
 # The cluster comparison: medians over the rounds, per loop (closed, open) and broker.
 if cluster_runs:

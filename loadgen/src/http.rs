@@ -51,6 +51,17 @@ impl HttpConn {
     /// POSTs a JSON body to `path` (with its query, if any); returns the status and the full
     /// response body.
     pub async fn post_json(&mut self, path: &str, body: Bytes) -> Result<(StatusCode, Bytes)> {
+        self.post_json_within(path, body, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Self::post_json`] with its own time limit for the whole exchange (for requests the
+    /// server may legitimately take long over, like one event to thousands of users).
+    pub async fn post_json_within(
+        &mut self,
+        path: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes)> {
         let request = Request::builder()
             .method(Method::POST)
             .uri(path)
@@ -58,7 +69,7 @@ impl HttpConn {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(body).boxed())
             .context("building request")?;
-        self.exchange(request).await
+        self.exchange(request, timeout).await
     }
 
     /// GETs `path`; returns the status and the full response body.
@@ -69,7 +80,7 @@ impl HttpConn {
             .header(header::HOST, &self.authority)
             .body(Empty::new().boxed())
             .context("building request")?;
-        self.exchange(request).await
+        self.exchange(request, REQUEST_TIMEOUT).await
     }
 
     /// True while the connection can still carry requests (the server did not close it or ask
@@ -78,7 +89,12 @@ impl HttpConn {
         !self.closing && !self.sender.is_closed()
     }
 
-    async fn exchange(&mut self, request: Request<Body>) -> Result<(StatusCode, Bytes)> {
+    /// Sends `request` and reads the whole response, all within `timeout`.
+    async fn exchange(
+        &mut self,
+        request: Request<Body>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes)> {
         let exchange = async {
             self.sender.ready().await.context("connection not ready")?;
             let response = self
@@ -99,7 +115,7 @@ impl HttpConn {
                 .to_bytes();
             Ok::<_, anyhow::Error>((status, body, closing))
         };
-        let (status, body, closing) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        let (status, body, closing) = tokio::time::timeout(timeout, exchange)
             .await
             .context("request timed out")??;
         self.closing = closing;

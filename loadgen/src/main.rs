@@ -2,8 +2,9 @@
 //!
 //! Scenarios: `push` (single pushes to many users), `batch` (batch pushes), `fanout` (one user,
 //! many connections; these three receive over WebSockets or, with `--transport sse`, over
-//! Server-Sent Events streams), `idle` (memory per idle connection), `churn` (open/close cycles) and
-//! `history` (memory per stored event and replay integrity, ours only). Every run prints a table
+//! Server-Sent Events streams), `idle` (memory per idle connection), `churn` (open/close cycles),
+//! `history` (memory per stored event and replay integrity, ours only), and `broadcast` and
+//! `user-ids` (large events to many users: time to the last frame, server RSS peak; ours only). Every run prints a table
 //! (or, with `--json`, one JSON object on stdout) and exits 2 when messages were lost, duplicated
 //! or misrouted, 1 on any other error. Only loopback targets are accepted. `--target` picks the
 //! server: this project (default) or one of the peers it is compared with (see [`target`]).
@@ -26,7 +27,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::report::Report;
-use crate::scenario::{CommonArgs, batch, churn, fanout, history, idle, push};
+use crate::scenario::{CommonArgs, batch, broadcast, churn, fanout, history, idle, push, user_ids};
 use crate::target::Target;
 
 /// Load generator for websocket-sse-server (loopback targets only).
@@ -54,6 +55,12 @@ enum Scenario {
     /// Ours only: fill offline users' history, measure server RSS per stored event, then check
     /// that resuming from `<epoch>:0` replays exactly each sampled user's events in order.
     History(history::HistoryArgs),
+    /// Ours only: users online with one WebSocket each, large broadcasts (`POST /sse/broadcast`):
+    /// time to the last frame, latency, server RSS idle/peak/settled, exactly-once delivery.
+    Broadcast(broadcast::BroadcastArgs),
+    /// Ours only: large pushes to many users at once (`POST /sse/push` with `user_ids`), users
+    /// online or `--offline`: the same figures as `broadcast`.
+    UserIds(user_ids::UserIdsArgs),
 }
 
 impl Scenario {
@@ -65,6 +72,8 @@ impl Scenario {
             Self::Fanout(args) => &args.common,
             Self::Churn(args) => &args.common,
             Self::History(args) => &args.common,
+            Self::Broadcast(args) => &args.common,
+            Self::UserIds(args) => &args.common,
         }
     }
 
@@ -83,6 +92,8 @@ impl Scenario {
             Self::Fanout(args) => fanout::run(args, target).await,
             Self::Churn(args) => churn::run(args, target).await,
             Self::History(args) => history::run(args, target).await,
+            Self::Broadcast(args) => broadcast::run(args, target).await,
+            Self::UserIds(args) => user_ids::run(args, target).await,
         }
     }
 }

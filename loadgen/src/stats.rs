@@ -91,6 +91,23 @@ pub fn summary_ms(histogram: &Histogram<u64>) -> Value {
     })
 }
 
+/// `{median, max}` of some values (the median of an even count is the mean of the middle two);
+/// both null when there are none.
+pub fn median_max(values: &[f64]) -> Value {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n == 0 {
+        return json!({"median": null, "max": null});
+    }
+    let median = if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    };
+    json!({"median": round3(median), "max": round3(sorted[n - 1])})
+}
+
 /// Rounds to three decimals (for readable JSON).
 pub fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
@@ -195,6 +212,16 @@ mod tests {
         assert_eq!(acks.delivered(2), u64::from(u16::MAX));
         assert_eq!(acks.delivered(9), 0);
         assert_eq!(acks.expected_total(), 100_003);
+    }
+
+    #[test]
+    fn median_and_max() {
+        assert_eq!(
+            median_max(&[3.0, 1.0, 2.0]),
+            json!({"median": 2.0, "max": 3.0})
+        );
+        assert_eq!(median_max(&[4.0, 1.0]), json!({"median": 2.5, "max": 4.0}));
+        assert_eq!(median_max(&[]), json!({"median": null, "max": null}));
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! read from `/proc`, summed over the server process and its descendants (a server may be a tree
 //! of processes, like Pushpin's runner, condure, zurl, proxy, handler and backend).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, Result};
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
@@ -179,9 +183,75 @@ impl CpuUsage {
     }
 }
 
+/// The largest `VmRSS` of one process, sampled on a thread of its own (so that a busy runtime
+/// does not delay the samples) from [`RssPeak::start`] until [`RssPeak::finish`], the value is
+/// dropped, or the time limit passes.
+#[derive(Debug)]
+pub struct RssPeak {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<PeakRss>>,
+}
+
+/// What an [`RssPeak`] saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PeakRss {
+    /// The largest `VmRSS` read, in bytes.
+    pub bytes: u64,
+    /// How many reads succeeded.
+    pub samples: u64,
+}
+
+impl RssPeak {
+    /// Starts reading `VmRSS` of process `pid` (only that process, not its descendants: it is
+    /// read every `interval`) until stopped or `limit` has passed.
+    pub fn start(pid: u32, interval: Duration, limit: Duration) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("loadgen-rss".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let mut peak = PeakRss::default();
+                while !stopped.load(Ordering::Relaxed) && started.elapsed() < limit {
+                    if let Ok(bytes) = proc_rss_bytes(pid) {
+                        peak.bytes = peak.bytes.max(bytes);
+                        peak.samples += 1;
+                    }
+                    std::thread::sleep(interval);
+                }
+                peak
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the sampling (after at most one more interval) and returns the peak.
+    pub fn finish(mut self) -> PeakRss {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .and_then(|thread| thread.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RssPeak {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Bytes as MiB, rounded to three decimals (for reports).
 pub fn mib(bytes: u64) -> f64 {
     crate::stats::round3(bytes as f64 / 1_048_576.0)
+}
+
+/// `after - before` bytes as MiB (negative when memory was given back), rounded to three
+/// decimals.
+pub fn mib_change(before: u64, after: u64) -> f64 {
+    crate::stats::round3((after as f64 - before as f64) / 1_048_576.0)
 }
 
 /// `a / b`, or 0 when `b` is not positive.
@@ -201,5 +271,19 @@ mod tests {
         assert!(self_cpu_seconds() >= 0.0);
         assert_eq!(process_tree(pid).first(), Some(&pid));
         assert!(tree_rss_bytes(pid).expect("tree rss") >= proc_rss_bytes(pid).unwrap_or(0) / 2);
+    }
+
+    #[test]
+    fn samples_own_peak_rss() {
+        let sampler = RssPeak::start(
+            std::process::id(),
+            Duration::from_millis(1),
+            Duration::from_secs(5),
+        )
+        .expect("thread");
+        std::thread::sleep(Duration::from_millis(20));
+        let peak = sampler.finish();
+        assert!(peak.samples >= 1 && peak.bytes > 0, "{peak:?}");
+        assert_eq!(mib_change(3 * 1_048_576, 1_048_576), -2.0);
     }
 }

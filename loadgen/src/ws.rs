@@ -113,35 +113,45 @@ pub async fn receive(
     cancel: CancellationToken,
 ) -> RecvOutcome {
     let mut checker = FrameChecker::new(user_id, user_index, ctx);
-    // `None`: the run ended; `Some(why)`: the server ended the connection first.
-    let ended = loop {
+    let ended = read_texts(&mut ws, &cancel, |text| checker.text(text)).await;
+    if ended.is_none() {
+        close(ws).await;
+    }
+    checker.finish(ended)
+}
+
+/// Hands every text frame to `on_text` (sending the answer it returns, if any) until `cancel`
+/// fires (`None`) or the server ends the connection first (`Some(why)`: the close frame's reason,
+/// or how the connection ended or failed).
+pub async fn read_texts(
+    ws: &mut WsStream,
+    cancel: &CancellationToken,
+    mut on_text: impl FnMut(&str) -> Option<&'static str>,
+) -> Option<String> {
+    loop {
         let message = tokio::select! {
             biased;
-            () = cancel.cancelled() => break None,
+            () = cancel.cancelled() => return None,
             message = ws.next() => message,
         };
         match message {
             Some(Ok(Message::Text(text))) => {
-                if let Some(answer) = checker.text(&text) {
-                    answer_control(&mut ws, answer).await;
+                if let Some(answer) = on_text(&text) {
+                    answer_control(ws, answer).await;
                 }
             }
             Some(Ok(Message::Close(frame))) => {
-                break Some(match frame {
+                return Some(match frame {
                     Some(frame) if !frame.reason.is_empty() => frame.reason.to_string(),
                     Some(frame) => format!("close code {}", frame.code),
                     None => "close frame".to_owned(),
                 });
             }
-            Some(Err(error)) => break Some(error.to_string()),
-            None => break Some("connection ended".to_owned()),
+            Some(Err(error)) => return Some(error.to_string()),
+            None => return Some("connection ended".to_owned()),
             Some(Ok(_)) => {}
         }
-    };
-    if ended.is_none() {
-        close(ws).await;
     }
-    checker.finish(ended)
 }
 
 /// Sends the answer a protocol message asks for (bounded by a timeout; a failure shows up as the

@@ -1,12 +1,16 @@
-//! The scenarios (`push`, `batch`, `fanout`, `idle`, `churn`, `history`) and helpers they share.
+//! The scenarios (`push`, `batch`, `fanout`, `idle`, `churn`, `history`, `broadcast`,
+//! `user-ids`) and helpers they share.
 
 pub mod batch;
+pub mod broadcast;
 pub mod churn;
 pub mod fanout;
 pub mod history;
 pub mod idle;
 pub mod load;
+pub mod payload;
 pub mod push;
+pub mod user_ids;
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +20,8 @@ use crate::sse;
 use crate::target::{Target, TargetKind};
 
 /// Quiet time before the server's RSS is read again after connections were opened (`idle`),
-/// churned (`churn`) or history was filled (`history`).
+/// churned (`churn`) or history was filled (`history`), and before the idle RSS is read in
+/// `broadcast` and `user-ids`.
 pub const SETTLE: Duration = Duration::from_secs(2);
 
 /// Tries per connection opened by [`open_connections`] (the number in flight at once is the
@@ -136,8 +141,9 @@ pub struct CommonArgs {
     /// Print one JSON object on stdout (the table goes to stderr).
     #[arg(long)]
     pub json: bool,
-    /// Server process id, for its CPU time (and RSS in `idle`, `churn` and `history`) from /proc,
-    /// summed over the process and all its descendants (Pushpin is a tree of processes).
+    /// Server process id, for its CPU time (and RSS in `idle`, `churn`, `history`, `broadcast` and
+    /// `user-ids`) from /proc, summed over the process and all its descendants (Pushpin is a tree
+    /// of processes; `broadcast` and `user-ids`, ours only, read the RSS of the process alone).
     #[arg(long)]
     pub server_pid: Option<u32>,
 }

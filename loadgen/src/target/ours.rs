@@ -9,6 +9,8 @@ use super::{Ack, CountSource, Incoming, Item, Protocol, scan_data, string_after}
 pub const PUSH_PATH: &str = "/sse/push";
 /// Path of the batch-push endpoint.
 pub const BATCH_PATH: &str = "/sse/push/batch";
+/// Path of the broadcast endpoint (every user connected at that moment).
+pub const BROADCAST_PATH: &str = "/sse/broadcast";
 /// Where the seed API reports its open connections.
 pub const HEALTH: CountSource = CountSource {
     path: "/health",
