@@ -39,8 +39,11 @@ pub(super) trait Link: Send {
     async fn open(&mut self) -> Result<usize, DisconnectReason>;
 
     /// Writes `items` (events and replies, in order) within the write timeout; a write that
-    /// cannot finish in time means the client is not reading.
-    async fn write(&mut self, items: &[Queued]) -> Result<usize, DisconnectReason>;
+    /// cannot finish in time means the client is not reading. A link that hands the bytes on
+    /// rather than writing them to the socket itself takes the items with them, so that what
+    /// they hold stays counted in the queue budgets until it is out of the server's hands; it
+    /// takes them only once the write succeeded.
+    async fn write(&mut self, items: &mut Vec<Queued>) -> Result<usize, DisconnectReason>;
 
     /// When [`Self::keep_alive`] must next run; `None` when keepalive is off.
     fn keepalive_deadline(&self) -> Option<Instant>;
@@ -83,6 +86,8 @@ pub(super) struct Session {
     outbox: Outbox,
     /// Items taken from the outbox and not yet written (after a failed write: never written).
     batch: Vec<Queued>,
+    /// When each live event of the batch being written was accepted.
+    accepted: Vec<StdInstant>,
     state: SharedState,
 }
 
@@ -105,6 +110,7 @@ impl Session {
             registration: Some(registration),
             outbox,
             batch: Vec::new(),
+            accepted: Vec::new(),
             state,
         }
     }
@@ -179,6 +185,7 @@ async fn serve<L: Link>(
         registration: Some(registration),
         outbox,
         batch,
+        accepted,
         state,
         ..
     } = session
@@ -213,11 +220,12 @@ async fn serve<L: Link>(
                 }
                 top_up(outbox, batch).await;
                 // A failed batch stays in `batch`: the end of the session counts it as dropped.
+                accepted.extend(live_accepted(batch));
                 let bytes = match write(link, batch, registration).await {
                     Ok(bytes) => bytes,
                     Err(reason) => return reason,
                 };
-                metrics.record_written(L::TRANSPORT, bytes, live_accepted(batch));
+                metrics.record_written(L::TRANSPORT, bytes, accepted.drain(..));
                 batch.clear();
             }
             () = &mut expiry, if expires_at.is_some() => return DisconnectReason::TokenExpired,
@@ -258,7 +266,7 @@ async fn serve<L: Link>(
 /// with the session. A write that times out makes a slow consumer too, counted as such.
 async fn write<L: Link>(
     link: &mut L,
-    batch: &[Queued],
+    batch: &mut Vec<Queued>,
     registration: &Registration,
 ) -> Result<usize, DisconnectReason> {
     let slow_consumer = async {

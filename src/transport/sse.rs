@@ -122,6 +122,7 @@ pub async fn stream(
         session: Some(Box::pin(session::run(link, session, admission.expires_at))),
         written,
         current: Vec::new().into_iter(),
+        current_charges: Vec::new(),
     };
     event_stream_response(Body::from_stream(body))
 }
@@ -135,6 +136,8 @@ struct SessionBody {
     written: mpsc::Receiver<Chunk>,
     /// The rest of the chunk being handed on.
     current: std::vec::IntoIter<Bytes>,
+    /// The items the chunk being handed on was made of, released after its last piece.
+    current_charges: Vec<Queued>,
     /// Held until the body is dropped: shutdown waits for it.
     _tracked: TaskTrackerToken,
     /// Held until the body is dropped: its `MAX_CONNECTIONS` slot.
@@ -147,6 +150,9 @@ impl Stream for SessionBody {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         if let Some(piece) = this.current.next() {
+            if this.current.len() == 0 {
+                this.current_charges.clear();
+            }
             return Poll::Ready(Some(Ok(piece)));
         }
         if let Some(session) = this.session.as_mut()
@@ -158,9 +164,15 @@ impl Stream for SessionBody {
         // needed (one would wake this task again for every chunk it hands on).
         match this.written.try_recv() {
             Ok(chunk) => {
-                this.current = chunk.into_iter();
+                this.current = chunk.pieces.into_iter();
+                this.current_charges = chunk.charges;
                 match this.current.next() {
-                    Some(piece) => Poll::Ready(Some(Ok(piece))),
+                    Some(piece) => {
+                        if this.current.len() == 0 {
+                            this.current_charges.clear();
+                        }
+                        Poll::Ready(Some(Ok(piece)))
+                    }
                     // Never sent empty; wake to look again.
                     None => {
                         cx.waker().wake_by_ref();
@@ -188,19 +200,29 @@ struct SseLink {
 }
 
 impl SseLink {
-    /// Hands one chunk to the body; returns its length. Never waits long: the body frees a slot
-    /// each time it polls the session (a client that stops reading stops both).
-    async fn send(&mut self, chunk: Chunk) -> Result<usize, DisconnectReason> {
-        let length = chunk.iter().map(Bytes::len).sum();
+    /// Hands one chunk to the body; returns its length, or, when the body is gone, the items the
+    /// chunk carried. Never waits long: the body frees a slot each time it polls the session (a
+    /// client that stops reading stops both).
+    async fn send(&mut self, chunk: Chunk) -> Result<usize, (DisconnectReason, Vec<Queued>)> {
+        let length = chunk.pieces.iter().map(Bytes::len).sum();
         if length == 0 {
             return Ok(0);
         }
         self.chunks
             .send(chunk)
             .await
-            .map_err(|_closed| DisconnectReason::ClientClosed)?;
+            .map_err(|closed| (DisconnectReason::ClientClosed, closed.0.charges))?;
         self.last_write = Instant::now();
         Ok(length)
+    }
+
+    /// Hands on bytes that carry no queued items.
+    async fn send_pieces(&mut self, pieces: Vec<Bytes>) -> Result<usize, DisconnectReason> {
+        let chunk = Chunk {
+            pieces,
+            charges: Vec::new(),
+        };
+        self.send(chunk).await.map_err(|(reason, _)| reason)
     }
 }
 
@@ -209,15 +231,20 @@ impl Link for SseLink {
 
     async fn open(&mut self) -> Result<usize, DisconnectReason> {
         let opening = std::mem::take(&mut self.opening);
-        self.send(vec![opening]).await
+        self.send_pieces(vec![opening]).await
     }
 
-    async fn write(&mut self, items: &[Queued]) -> Result<usize, DisconnectReason> {
+    async fn write(&mut self, items: &mut Vec<Queued>) -> Result<usize, DisconnectReason> {
         let mut pieces = Pieces::default();
-        for item in items {
+        for item in items.iter() {
             write_event(&mut pieces, item);
         }
-        self.send(pieces.finish()).await
+        let mut chunk = pieces.finish();
+        chunk.charges = std::mem::take(items);
+        self.send(chunk).await.map_err(|(reason, charges)| {
+            *items = charges;
+            reason
+        })
     }
 
     fn keepalive_deadline(&self) -> Option<Instant> {
@@ -225,8 +252,8 @@ impl Link for SseLink {
     }
 
     async fn keep_alive(&mut self) -> Result<usize, DisconnectReason> {
-        self.send(vec![Bytes::from_static(b": keepalive\n\n")])
-            .await
+        let keepalive = Bytes::from_static(b": keepalive\n\n");
+        self.send_pieces(vec![keepalive]).await
     }
 
     async fn receive(&mut self) -> Result<Option<Frame>, DisconnectReason> {
@@ -248,7 +275,9 @@ impl Link for SseLink {
             }
             reason => write_close_event(&mut pieces.buffer, reason),
         }
-        self.send(pieces.finish()).await.unwrap_or(0)
+        let mut chunk = pieces.finish();
+        chunk.charges = pending;
+        self.send(chunk).await.unwrap_or(0)
     }
 }
 
@@ -306,15 +335,20 @@ fn write_close_event(buffer: &mut BytesMut, reason: DisconnectReason) {
     buffer.put_slice(b"\"}\n\n");
 }
 
-/// What the link hands the body at once: pieces of the stream, in order.
-type Chunk = Vec<Bytes>;
+/// What the link hands the body at once: pieces of the stream, in order, and the queued items
+/// they were made of, whose bytes stay counted against the queue budgets until the body has
+/// handed the last piece to hyper.
+struct Chunk {
+    pieces: Vec<Bytes>,
+    charges: Vec<Queued>,
+}
 
 /// A chunk in the making: small pieces are copied together, large shared payloads are referenced
 /// in place (never copied per connection).
 #[derive(Default)]
 struct Pieces {
     buffer: BytesMut,
-    done: Chunk,
+    done: Vec<Bytes>,
 }
 
 impl Pieces {
@@ -334,7 +368,10 @@ impl Pieces {
         if !self.buffer.is_empty() {
             self.done.push(self.buffer.freeze());
         }
-        self.done
+        Chunk {
+            pieces: self.done,
+            charges: Vec::new(),
+        }
     }
 }
 
@@ -379,7 +416,7 @@ mod tests {
         for item in items {
             write_event(&mut pieces, item);
         }
-        pieces.finish().concat()
+        pieces.finish().pieces.concat()
     }
 
     #[test]
@@ -415,7 +452,7 @@ mod tests {
         let mut pieces = Pieces::default();
         write_event(&mut pieces, &split("a"));
         write_event(&mut pieces, &split("b"));
-        let chunk = pieces.finish();
+        let chunk = pieces.finish().pieces;
         let shared: Vec<&Bytes> = chunk
             .iter()
             .filter(|piece| piece.as_ptr() == payload.as_bytes().as_ptr())

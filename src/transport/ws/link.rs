@@ -78,7 +78,7 @@ impl Link for WsLink {
         Ok(0)
     }
 
-    async fn write(&mut self, items: &[Queued]) -> Result<usize, DisconnectReason> {
+    async fn write(&mut self, items: &mut Vec<Queued>) -> Result<usize, DisconnectReason> {
         self.torn = true;
         write_items(&mut self.socket, items, self.write_timeout).await?;
         self.torn = false;
