@@ -268,3 +268,90 @@ async fn a_replay_larger_than_the_queue_is_fed_from_history_then_live_events_fol
     let metrics = app.metrics().await;
     assert_eq!(metrics["events_replayed_total"], MISSED, "{metrics}");
 }
+
+/// Resident memory of process `pid`, from `/proc`.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+/// The server binary on loopback with `env`, in an empty working directory.
+async fn server_process(env: &[(&str, &str)]) -> (crate::helpers::ServerProcess, TestApp) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut command = crate::helpers::server_command(dir.path());
+    command
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .envs(env.iter().copied());
+    let server = crate::helpers::start_process(command).await;
+    let app = TestApp::at(server.addr);
+    (server, app)
+}
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test]
+async fn the_process_stays_within_its_history_budget_under_a_flood_of_large_offline_pushes() {
+    const BUDGET: u64 = 8 * MIB;
+    let (server, app) = server_process(&[("HISTORY_MAX_BYTES", &BUDGET.to_string())]).await;
+    let pid = server.child.id().expect("running");
+    let idle = rss_bytes(pid);
+    // 100 MiB of events for 400 offline users: without the budget all of it would be kept.
+    for n in 0..400 {
+        let response = app
+            .push(json!({"user_id": format!("away-{n}"), "data": padded("x", 256 * 1024)}))
+            .await;
+        assert_eq!(response["stored"], true, "{response}");
+    }
+    let grown = rss_bytes(pid).saturating_sub(idle);
+    let metrics = app.metrics().await;
+    assert!(
+        metrics["history_bytes"].as_u64().unwrap() <= BUDGET,
+        "{metrics}"
+    );
+    assert!(
+        grown < BUDGET + 40 * MIB,
+        "RSS grew by {} MiB storing 100 MiB with an {} MiB budget",
+        grown / MIB,
+        BUDGET / MIB
+    );
+}
+
+#[tokio::test]
+async fn a_large_broadcast_to_many_users_costs_the_process_about_one_payload() {
+    const USERS: usize = 300;
+    let (server, app) = server_process(&[]).await;
+    let pid = server.child.id().expect("running");
+    let mut clients = Vec::new();
+    for n in 0..USERS {
+        let (ws, _) = tokio_tungstenite::connect_async(app.ws_url(&format!("user_id=b-{n}")))
+            .await
+            .expect("connect");
+        clients.push(ws);
+    }
+    app.wait_for_connections(USERS as u64).await;
+    let idle = rss_bytes(pid);
+    // 512 KiB to 300 users: 150 MiB if each user's frame held its own copy.
+    let reply = app
+        .broadcast(json!({"data": padded("all", 512 * 1024)}))
+        .await;
+    assert_eq!(reply["users"], USERS, "{reply}");
+    let mut peak = rss_bytes(pid);
+    for client in &mut clients {
+        let frame = next_json(client).await;
+        assert_eq!(frame["data"]["tag"], "all");
+        peak = peak.max(rss_bytes(pid));
+    }
+    let grown = peak.saturating_sub(idle);
+    assert!(
+        grown < 40 * MIB,
+        "RSS grew by {} MiB for one 512 KiB broadcast to {USERS} users",
+        grown / MIB
+    );
+}
