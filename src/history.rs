@@ -487,7 +487,7 @@ impl ShardHistory {
     /// Drops the oldest events of this shard's least recently pushed user until the history is
     /// within its byte budget or the user has none left (its stream then turns dormant, keeping
     /// its epoch and position, so its clients get a resync only if they missed what went).
-    /// Returns whether it dropped anything.
+    /// Returns whether it dropped anything or moved a stream.
     pub fn shed_oldest_bytes(&mut self, history: &History) -> bool {
         let Some(user) = self.recent.front().map(|(user, _)| user.clone()) else {
             return false;
@@ -504,6 +504,7 @@ impl ShardHistory {
         {
             stream.entries = VecDeque::new();
             self.dormant.insert(user, stream);
+            return true;
         }
         dropped
     }

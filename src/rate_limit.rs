@@ -15,7 +15,8 @@ use axum::http::HeaderMap;
 use governor::clock::Clock as _;
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 
 use crate::clock::Clock;
 use crate::config::TrustedProxies;
@@ -68,17 +69,18 @@ impl<K: Hash + Eq + Clone> KeyedLimit<K> {
     }
 }
 
-/// A rate limit for one thing (a connection's inbound frames).
+/// A rate limit for one thing (a connection's inbound frames), on the server's [`Clock`] (a
+/// limiter's own default clock is calibrated when made, which costs every new connection).
 #[derive(Debug)]
 pub struct Limit {
-    limiter: DefaultDirectRateLimiter,
+    limiter: RateLimiter<NotKeyed, InMemoryState, Clock, NoOpMiddleware<Duration>>,
 }
 
 impl Limit {
-    /// A limit of `per_second`, or `None` when it is 0.
-    pub fn new(per_second: u32) -> Option<Self> {
+    /// A limit of `per_second` on `clock`, or `None` when it is 0.
+    pub fn new(per_second: u32, clock: &Clock) -> Option<Self> {
         quota(per_second).map(|quota| Self {
-            limiter: DefaultDirectRateLimiter::direct(quota),
+            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
         })
     }
 

@@ -94,6 +94,7 @@ impl Application {
             connection_slots: Arc::new(Semaphore::new(max_connections)),
             max_connections,
             started_at: Instant::now(),
+            clock: clock.clone(),
         });
         Ok(Self {
             listener,

@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 
 use crate::auth::{KeyId, PublisherKeys, TokenVerifier};
 use crate::broker::Broker;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub connect_limit: Option<KeyedLimit<IpAddr>>,
     /// Push requests per publisher (`PUSH_RATE`).
     pub push_limit: Option<KeyedLimit<Publisher>>,
+    /// The clock every rate limit runs on.
+    pub clock: Clock,
 }
 
 /// Who a push request comes from, for its rate limit.

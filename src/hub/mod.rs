@@ -634,20 +634,22 @@ impl Hub {
             return;
         }
         let _evicting = self.evicting.lock();
-        // Each pass takes from the shard that was idlest when compared; a race with a push there
-        // may leave nothing to take, so the passes are bounded.
-        for _ in 0..SHARDS * 4 {
-            if history.over_user_cap() {
-                if let Some(shard) = self.idlest_shard(|history| history.idlest()) {
-                    self.shards[shard].lock().history.evict_idlest(history);
-                }
+        // Each pass takes from the shard that was idlest when compared. A race with a push there
+        // may leave it nothing to take; every other pass drops something, so this ends.
+        let mut fruitless = 0;
+        while fruitless < SHARDS {
+            let evicted = if history.over_user_cap() {
+                self.idlest_shard(ShardHistory::idlest)
+                    .is_some_and(|shard| self.shards[shard].lock().history.evict_idlest(history))
             } else if history.over_byte_budget() {
-                if let Some(shard) = self.idlest_shard(ShardHistory::least_recently_pushed) {
-                    self.shards[shard].lock().history.shed_oldest_bytes(history);
-                }
+                self.idlest_shard(ShardHistory::least_recently_pushed)
+                    .is_some_and(|shard| {
+                        self.shards[shard].lock().history.shed_oldest_bytes(history)
+                    })
             } else {
                 return;
-            }
+            };
+            fruitless = if evicted { 0 } else { fruitless + 1 };
         }
     }
 

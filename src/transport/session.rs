@@ -194,7 +194,7 @@ async fn serve<L: Link>(
         return DisconnectReason::NetworkError;
     };
     let metrics = &state.metrics;
-    let inbound = Limit::new(state.settings.client_message_rate);
+    let inbound = Limit::new(state.settings.client_message_rate, &state.clock);
     match link.open().await {
         Ok(bytes) => metrics.bytes_sent(L::TRANSPORT, bytes),
         Err(reason) => return reason,
