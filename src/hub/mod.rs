@@ -61,6 +61,10 @@ use crate::protocol::{
 /// Number of independently locked partitions of the registry.
 pub const SHARDS: usize = 64;
 
+/// Least time between two passes over the connections to bring the queues within their
+/// node-wide bound.
+const SHED_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Most events of a replay read from the history at once (one write batch).
 const REPLAY_PAGE: usize = 64;
 
@@ -335,8 +339,9 @@ pub struct Hub {
     queue_limits: QueueLimits,
     /// Bytes queued for all connections.
     queues: Arc<NodeQueues>,
-    /// Held while closing connections to bring the queues back within their node-wide bound.
-    shedding: Mutex<()>,
+    /// Held while closing connections to bring the queues back within their node-wide bound;
+    /// holds when the last such pass ran.
+    shedding: Mutex<Option<Instant>>,
     /// Held while evicting history beyond its user cap or byte budget.
     evicting: Mutex<()>,
     mode: Mode,
@@ -366,7 +371,7 @@ impl Hub {
             next_connection_id: AtomicU64::new(1),
             queue_limits,
             queues: Arc::new(NodeQueues::new(queue_limits.node_bytes)),
-            shedding: Mutex::new(()),
+            shedding: Mutex::new(None),
             evicting: Mutex::new(()),
             mode,
             metrics,
@@ -665,12 +670,18 @@ impl Hub {
 
     /// Closes connections as slow consumers, those holding the most queued bytes first, until
     /// what they hold covers how far the node's queues are over `SEND_QUEUES_MAX_BYTES` (less
-    /// what connections already closing hold: they are about to free it). One pass at a time;
-    /// a push that finds one running leaves it to finish.
+    /// what connections already closing hold: they are about to free it). One pass at a time,
+    /// and at most one per [`SHED_INTERVAL`] (a pass reads every connection): a push that finds
+    /// one running, or one just run, leaves it at that.
     fn shed_queued_bytes(&self) {
-        let Some(_shedding) = self.shedding.try_lock() else {
+        let Some(mut last_pass) = self.shedding.try_lock() else {
             return;
         };
+        let now = Instant::now();
+        if last_pass.is_some_and(|at| now.duration_since(at) < SHED_INTERVAL) {
+            return;
+        }
+        *last_pass = Some(now);
         let mut holders = Vec::new();
         let mut freeing = 0;
         for shard in self.shards.iter() {
