@@ -232,7 +232,12 @@ async fn serve<L: Link>(
             () = &mut keepalive, if keepalive_on => {
                 match link.keep_alive().await {
                     Ok(bytes) => metrics.bytes_sent(L::TRANSPORT, bytes),
-                    Err(reason) => return reason,
+                    Err(reason) => {
+                        if reason == DisconnectReason::SlowConsumer {
+                            registration.write_timed_out();
+                        }
+                        return reason;
+                    }
                 }
             }
             received = link.receive() => {
