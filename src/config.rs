@@ -90,6 +90,10 @@ pub struct Settings {
     /// Most users with a history; beyond it the idlest user's history is dropped.
     #[arg(long, env = "HISTORY_MAX_USERS", default_value = "10000", value_parser = parse_count)]
     pub history_max_users: usize,
+    /// The bytes of all stored events (a payload shared by several users counts once); beyond
+    /// it the oldest are dropped first.
+    #[arg(long, env = "HISTORY_MAX_BYTES", default_value = "268435456", value_parser = parse_byte_count)]
+    pub history_max_bytes: usize,
 
     /// WebSocket and SSE connections this node accepts; more get 503 before the upgrade. 0 derives the
     /// limit from the file-descriptor limit.
@@ -484,6 +488,13 @@ fn parse_bounded(raw: &str, min: usize, max: usize) -> Result<usize, String> {
 
 fn parse_count(raw: &str) -> Result<usize, String> {
     parse_bounded(raw, 1, MAX_COUNT)
+}
+
+/// Upper bound for byte-size settings: 1 TiB.
+const MAX_BYTE_COUNT: usize = 1 << 40;
+
+fn parse_byte_count(raw: &str) -> Result<usize, String> {
+    parse_bounded(raw, 1, MAX_BYTE_COUNT)
 }
 
 fn parse_count_or_zero(raw: &str) -> Result<usize, String> {

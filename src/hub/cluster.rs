@@ -268,6 +268,11 @@ impl Hub {
         lagging
     }
 
+    /// Whether `user` has a connection on this node (joining ones included).
+    pub fn holds(&self, user: &UserId) -> bool {
+        self.shard(user).lock().connections.contains_key(user)
+    }
+
     /// Every connection on this node, as the cluster's presence records it.
     pub fn present(&self) -> Vec<Present> {
         let mut present = Vec::with_capacity(self.connection_count());

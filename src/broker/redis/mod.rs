@@ -8,6 +8,14 @@
 //! 100 events), so one round trip; concurrent requests share one multiplexed connection, which
 //! pipelines them.
 //!
+//! One event for several users (a `user_ids` push, a broadcast: publications whose frames share
+//! one payload) is planned as a group: its payload goes to Redis once, as a payload record that
+//! the users' history entries name (each entry keeps only the user's head), and reaches each node
+//! once, in a message on the groups channel that lists the users' heads and positions. A group of
+//! more than 100 users takes several scripts; only the first carries the record, and only the
+//! first message published carries it on. Single events larger than [`INLINE_MAX`] are stored by
+//! reference too, so that `HISTORY_MAX_BYTES` bounds every large payload Redis keeps.
+//!
 //! A connection joins in three steps: this node subscribes to the user's channel (if it was not
 //! already), registers the connection as joining (its live events wait), and runs
 //! [`scripts::JOIN`], which applies the cluster-wide per-user limit, records the connection's
@@ -21,6 +29,7 @@ mod link;
 mod scripts;
 mod wire;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -51,6 +60,14 @@ const META_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Most events one publish script handles: a large batch becomes several scripts in one pipeline
 /// (still one round trip), so that Redis serves other clients between them.
 const EVENTS_PER_SCRIPT: usize = 100;
+
+/// Largest envelope of a single event kept inline in its user's history; a larger one is kept in
+/// a payload record of its own, counted against `HISTORY_MAX_BYTES`.
+const INLINE_MAX: usize = 1024;
+
+/// How long a payload record lives when history is off: long enough for the rest of its group's
+/// scripts to be published (they name it), and for nodes that missed it to fetch it.
+const PASSING_RECORD_TTL: Duration = Duration::from_secs(60);
 
 /// Most scripts in one round trip: a batch (at most `MAX_BATCH_SIZE`) is usually one round trip;
 /// a broadcast to many users takes several, one after the other.
@@ -111,6 +128,8 @@ struct Shared {
     counters: Counters,
     join_rules: JoinRules,
     history: HistoryLimits,
+    /// `HISTORY_MAX_BYTES`: the bytes of payload records Redis keeps.
+    max_bytes: usize,
     lease: Duration,
     timeout: Duration,
     /// The command connection while Redis is reachable, with the link generation it belongs to.
@@ -165,6 +184,7 @@ impl RedisBroker {
                 replace_oldest: settings.user_limit_policy == UserLimitPolicy::ReplaceOldest,
             },
             history,
+            max_bytes: settings.history_max_bytes,
             lease: settings.presence_lease,
             timeout: settings.redis_timeout,
             commands: RwLock::new(None),
@@ -243,8 +263,16 @@ impl Shared {
         META_TTL.max(self.history.ttl * 2).as_millis()
     }
 
-    /// The [`scripts::PUBLISH`] call for `events`.
-    fn publish_command(&self, events: &[Publication]) -> redis::Cmd {
+    fn record_ttl_ms(&self) -> u128 {
+        if self.history_size() > 0 {
+            self.history_ttl_ms()
+        } else {
+            PASSING_RECORD_TTL.as_millis()
+        }
+    }
+
+    /// The [`scripts::PUBLISH`] call for `parts`.
+    fn publish_command(&self, parts: &[Part<'_>]) -> redis::Cmd {
         let mut command = redis::cmd("EVALSHA");
         command
             .arg(scripts::PUBLISH.get_hash())
@@ -253,19 +281,101 @@ impl Shared {
             .arg(self.history_size())
             .arg(self.history_ttl_ms())
             .arg(self.meta_ttl_ms())
-            .arg(ulid::Ulid::new().to_string());
-        for event in events {
-            command
-                .arg(event.user_id.as_str())
-                .arg(event.event_id().as_ref())
-                .arg(if event.id_origin == IdOrigin::Upstream {
-                    "1"
-                } else {
-                    "0"
-                })
-                .arg(wire::envelope(event));
+            .arg(ulid::Ulid::new().to_string())
+            .arg(self.max_bytes)
+            .arg(self.record_ttl_ms());
+        let upstream = |event: &Publication| {
+            if event.id_origin == IdOrigin::Upstream {
+                "1"
+            } else {
+                "0"
+            }
+        };
+        for part in parts {
+            match part {
+                Part::Single { event, record } => {
+                    command
+                        .arg(if record.is_some() { "L" } else { "E" })
+                        .arg(event.user_id.as_str())
+                        .arg(event.event_id().as_ref())
+                        .arg(upstream(event))
+                        .arg(wire::envelope(&event.event));
+                    if let Some(record) = record {
+                        command.arg(record);
+                    }
+                }
+                Part::Shared {
+                    record,
+                    content,
+                    more,
+                    events,
+                } => {
+                    let first = &events[0];
+                    command
+                        .arg("G")
+                        .arg(record)
+                        .arg(first.event_id().as_ref())
+                        .arg(upstream(first))
+                        .arg(content.as_deref().unwrap_or_default())
+                        .arg(if *more { "1" } else { "0" })
+                        .arg(events.len());
+                    for event in *events {
+                        command
+                            .arg(event.user_id.as_str())
+                            .arg(event.event.frame.head().as_ref());
+                    }
+                }
+            }
         }
         command
+    }
+
+    /// Splits `events` into publish scripts of at most [`EVENTS_PER_SCRIPT`] events, in order.
+    fn plan<'a>(&self, events: &'a [Publication]) -> Vec<Vec<Part<'a>>> {
+        let by_reference = self.history_size() > 0;
+        let mut scripts = Vec::new();
+        let mut script = Vec::new();
+        let mut room = EVENTS_PER_SCRIPT;
+        let mut rest = events;
+        while !rest.is_empty() {
+            if room == 0 {
+                scripts.push(std::mem::take(&mut script));
+                room = EVENTS_PER_SCRIPT;
+            }
+            let shared = sharing_payload(rest);
+            if shared < 2 {
+                let event = &rest[0];
+                let record = (by_reference && event.event.frame.len() > INLINE_MAX)
+                    .then(|| ulid::Ulid::new().to_string());
+                script.push(Part::Single { event, record });
+                room -= 1;
+                rest = &rest[1..];
+                continue;
+            }
+            let (mut group, after) = rest.split_at(shared);
+            let record = ulid::Ulid::new().to_string();
+            let mut content = Some(wire::shared_record(&group[0].event));
+            while !group.is_empty() {
+                if room == 0 {
+                    scripts.push(std::mem::take(&mut script));
+                    room = EVENTS_PER_SCRIPT;
+                }
+                let (now, later) = group.split_at(room.min(group.len()));
+                script.push(Part::Shared {
+                    record: record.clone(),
+                    content: content.take(),
+                    more: !later.is_empty(),
+                    events: now,
+                });
+                room -= now.len();
+                group = later;
+            }
+            rest = after;
+        }
+        if !script.is_empty() {
+            scripts.push(script);
+        }
+        scripts
     }
 
     /// Runs [`scripts::JOIN`]: for a joining connection (`joining`: its id and presence value)
@@ -377,6 +487,41 @@ impl Shared {
     }
 }
 
+/// One item of a publish script (see [`scripts::PUBLISH`]).
+enum Part<'a> {
+    /// One user's event; with a record id when it is stored by reference (larger than
+    /// [`INLINE_MAX`]).
+    Single {
+        event: &'a Publication,
+        record: Option<String>,
+    },
+    /// Consecutive events of one group (several users, one payload): the record's id, the record
+    /// itself in the group's first part only, whether more parts of the group follow.
+    Shared {
+        record: String,
+        content: Option<Vec<u8>>,
+        more: bool,
+        events: &'a [Publication],
+    },
+}
+
+/// How many publications at the start of `events` form one group: frames with a head sharing the
+/// first one's payload, with the same event id, type and id origin.
+fn sharing_payload(events: &[Publication]) -> usize {
+    let Some(first) = events.first() else {
+        return 0;
+    };
+    let same = |event: &Publication| {
+        let (a, b) = (&first.event, &event.event);
+        !b.frame.head().is_empty()
+            && Arc::ptr_eq(a.frame.payload(), b.frame.payload())
+            && a.event_id == b.event_id
+            && a.event_type == b.event_type
+            && first.id_origin == event.id_origin
+    };
+    events.iter().take_while(|event| same(event)).count()
+}
+
 /// The Redis client for `REDIS_URL`, trusting `REDIS_CA_FILE` when given (else, for `rediss://`,
 /// the public roots).
 fn redis_client(settings: &Settings) -> Result<redis::Client, String> {
@@ -426,20 +571,41 @@ fn read_join_reply(reply: Vec<redis::Value>, from: Option<&str>) -> Result<Joine
                 .map_err(|_| format!("reason {reason:?}"))?,
         )
     };
-    let mut events = Vec::new();
-    while let Some(position) = fields.next() {
-        let position = number(position)?;
-        let envelope = redis::from_redis_value::<Vec<u8>>(
-            fields.next().ok_or_else(|| "missing envelope".to_owned())?,
-        )
-        .map_err(|error| error.to_string())?;
-        let published = wire::open_envelope(envelope.into()).map_err(|error| error.to_string())?;
+    let count = usize::try_from(number(next()?)?).map_err(|error| error.to_string())?;
+    let bytes = |value: redis::Value| {
+        redis::from_redis_value::<Vec<u8>>(value)
+            .map(bytes::Bytes::from)
+            .map_err(|error| error.to_string())
+    };
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let position = number(next()?)?;
+        let stored = bytes(next()?)?;
+        let record = text(next()?)?;
+        entries.push((position, stored, record));
+    }
+    let mut records = HashMap::new();
+    while let Some(id) = fields.next() {
+        let record = fields.next().ok_or_else(|| "missing record".to_owned())?;
+        let content = wire::open_record(bytes(record)?).map_err(|error| error.to_string())?;
+        records.insert(text(id)?, content);
+    }
+    let mut events = Vec::with_capacity(count);
+    for (position, stored, record) in entries {
+        let event = if record.is_empty() {
+            wire::open_envelope(stored)
+        } else {
+            let content = records
+                .get(&record)
+                .ok_or_else(|| format!("record {record} missing"))?;
+            content.event(stored)
+        };
         events.push(Sequenced {
             at: StreamPosition {
                 epoch: Arc::clone(&epoch),
                 position,
             },
-            event: Arc::new(published),
+            event: event.map_err(|error| error.to_string())?,
         });
     }
     Ok(Joined::Accepted(CatchUp {
@@ -479,10 +645,10 @@ impl Broker for RedisBroker {
         let mut replies = Vec::with_capacity(events.len());
         // Round trips of bounded size, one after the other (a broadcast to many users must not be
         // one pipeline that outlasts REDIS_TIMEOUT).
-        for round in events.chunks(EVENTS_PER_SCRIPT * SCRIPTS_PER_ROUND_TRIP) {
+        for round in shared.plan(events).chunks(SCRIPTS_PER_ROUND_TRIP) {
             let mut pipeline = redis::pipe();
-            for chunk in round.chunks(EVENTS_PER_SCRIPT) {
-                pipeline.add_command(shared.publish_command(chunk));
+            for script in round {
+                pipeline.add_command(shared.publish_command(script));
             }
             let mut result = pipeline.query_async(&mut commands).await;
             if matches!(&result, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
