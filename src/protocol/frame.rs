@@ -146,14 +146,6 @@ impl Frame {
         }
     }
 
-    /// A frame of received bytes (from the cluster's broker), checked to be UTF-8.
-    pub fn from_utf8(json: Bytes) -> Result<Self, std::str::Utf8Error> {
-        Ok(Self {
-            head: Bytes::new(),
-            payload: Payload::from_utf8(json)?,
-        })
-    }
-
     /// The per-recipient part (empty for a frame built for one recipient).
     pub fn head(&self) -> &Bytes {
         &self.head
