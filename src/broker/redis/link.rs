@@ -18,8 +18,8 @@
 //! otherwise never deliver again). A heartbeat that finds this node reaped (its lease ran out
 //! while it was paused) registers its connections again.
 
+use std::collections::HashMap;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -373,14 +373,13 @@ async fn refuse_changes_for(
 
 /// Delivers the messages of this node's subscriptions until the subscription connection ends.
 async fn receive(shared: Arc<Shared>, mut messages: PubSubStream) {
-    let mut recent = Recent::default();
     while let Some(message) = messages.next().await {
         bump(&shared.counters.messages_received);
         let channel = message.get_channel_name();
         let payload = Bytes::copy_from_slice(message.get_payload_bytes());
         if channel == shared.names.groups_channel() {
             match wire::read_group(payload) {
-                Ok(group) => deliver_group(&shared, &mut recent, group).await,
+                Ok(group) => deliver_group(&shared, group).await,
                 Err(error) => {
                     bump(&shared.counters.malformed_messages);
                     tracing::warn!(%error, channel, "ignored");
@@ -417,37 +416,12 @@ async fn receive(shared: Arc<Shared>, mut messages: PubSubStream) {
     }
 }
 
-/// How many payloads received on the groups channel a node keeps for the later messages of their
-/// groups (which name them only).
-const RECENT_RECORDS: usize = 16;
-
-/// The payloads most recently received on the groups channel, by record id, newest last.
-#[derive(Default)]
-struct Recent(VecDeque<(String, Content)>);
-
-impl Recent {
-    fn get(&self, record: &str) -> Option<Content> {
-        self.0
-            .iter()
-            .rev()
-            .find(|(id, _)| id == record)
-            .map(|(_, content)| content.clone())
-    }
-
-    fn keep(&mut self, record: String, content: Content) {
-        if self.0.len() == RECENT_RECORDS {
-            self.0.pop_front();
-        }
-        self.0.push_back((record, content));
-    }
-}
-
 /// Delivers a group message to the local connections of its members: every member's event shares
 /// one payload. The payload comes with the message, or was received with an earlier message of
-/// the group, or (rarely: after a reconnection in the middle of a group, or when many groups
-/// interleave) is fetched from Redis. If Redis no longer has it (dropped for `HISTORY_MAX_BYTES`),
+/// the group (or a catch-up) and is among the node's recent records, or (rarely: after a
+/// reconnection in the middle of a group, or when many groups interleave) is fetched from Redis. If Redis no longer has it (dropped for `HISTORY_MAX_BYTES`),
 /// those members' connections here are closed: they reconnect, resume, and are told to resync.
-async fn deliver_group(shared: &Arc<Shared>, recent: &mut Recent, group: Group) {
+async fn deliver_group(shared: &Arc<Shared>, group: Group) {
     let Group {
         record,
         members,
@@ -458,21 +432,17 @@ async fn deliver_group(shared: &Arc<Shared>, recent: &mut Recent, group: Group) 
         .filter(|member| shared.hub.holds(&member.user))
         .collect();
     let content = match content {
-        Some(content) => {
-            recent.keep(record.clone(), content.clone());
-            Some(content)
-        }
+        Some(content) => Some(shared.records.lock().share(&record, content)),
         None if members.is_empty() => return,
-        None => match recent.get(&record) {
-            Some(content) => Some(content),
-            None => {
-                let fetched = fetch_record(shared, &record).await;
-                if let Some(content) = &fetched {
-                    recent.keep(record.clone(), content.clone());
-                }
-                fetched
+        None => {
+            let recent = shared.records.lock().get(&record);
+            match recent {
+                Some(content) => Some(content),
+                None => fetch_record(shared, &record)
+                    .await
+                    .map(|content| shared.records.lock().share(&record, content)),
             }
-        },
+        }
     };
     for member in members {
         let event = content.as_ref().map(|content| content.event(member.head));

@@ -29,7 +29,7 @@ mod link;
 mod scripts;
 mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -39,7 +39,7 @@ use parking_lot::{Mutex, RwLock};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
-use self::wire::Names;
+use self::wire::{Content, Names};
 use super::{AttachError, Broker, BrokerError, UserConnection};
 use crate::config::Settings;
 use crate::history::HistoryLimits;
@@ -79,6 +79,10 @@ const CATCH_UPS_IN_FLIGHT: usize = 64;
 
 /// Rounds of catching up one connection before giving up on it (each round normally completes it).
 const CATCH_UP_ROUNDS: usize = 3;
+
+/// How many payload records a node keeps at hand: for the later messages of a group (which name
+/// the record only) and for catch-ups, which then need not fetch them again.
+const RECENT_RECORDS: usize = 16;
 
 /// The cluster broker. Cheap to share; its background tasks are the lifecycle's, and end when it
 /// stops them (after the node left the cluster).
@@ -143,6 +147,8 @@ struct Shared {
     /// Bounds the catch-ups in flight ([`CATCH_UPS_IN_FLIGHT`]).
     catch_up_slots: Semaphore,
     cluster: Mutex<Option<ClusterStats>>,
+    /// The payload records this node received last.
+    records: Mutex<Recent>,
     /// Set once this node has left the cluster (shutdown): no more heartbeats.
     left: AtomicBool,
 }
@@ -194,6 +200,7 @@ impl RedisBroker {
             changes,
             catch_up_slots: Semaphore::new(CATCH_UPS_IN_FLIGHT),
             cluster: Mutex::new(None),
+            records: Mutex::new(Recent::default()),
             left: AtomicBool::new(false),
         });
         hub.report_departures(departures);
@@ -396,8 +403,10 @@ impl Shared {
             Some((connection, presence)) => (connection, presence, self.join_rules.per_user),
             None => (0, String::new(), 0),
         };
-        let reply: Vec<redis::Value> = scripts::JOIN
-            .prepare_invoke()
+        // Records at hand are not sent again; held until the reply is read.
+        let held = self.records.lock().snapshot();
+        let mut invocation = scripts::JOIN.prepare_invoke();
+        invocation
             .arg(self.names.prefix())
             .arg(self.history_size())
             .arg(self.history_ttl_ms())
@@ -415,11 +424,15 @@ impl Shared {
                 "1"
             } else {
                 "0"
-            })
+            });
+        for (id, _) in &held {
+            invocation.arg(id);
+        }
+        let reply: Vec<redis::Value> = invocation
             .invoke_async(&mut commands)
             .await
             .map_err(|error| self.command_failed(generation, &error))?;
-        read_join_reply(reply, from).map_err(|error| {
+        read_join_reply(reply, from, held, &self.records).map_err(|error| {
             bump(&self.counters.errors);
             tracing::error!(%error, "unexpected JOIN reply");
             BrokerError::Unavailable(error.to_string())
@@ -487,6 +500,39 @@ impl Shared {
     }
 }
 
+/// The payload records a node received last, by id, newest last (at most [`RECENT_RECORDS`]):
+/// events that name one share its payload, and it need not cross the link again.
+#[derive(Default)]
+struct Recent(VecDeque<(String, Content)>);
+
+impl Recent {
+    /// The record `id`, if it is at hand.
+    fn get(&self, id: &str) -> Option<Content> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(held, _)| held == id)
+            .map(|(_, content)| content.clone())
+    }
+
+    /// The record `id` as this node shares it: the one at hand, else `content`, now kept.
+    fn share(&mut self, id: &str, content: Content) -> Content {
+        if let Some(held) = self.get(id) {
+            return held;
+        }
+        if self.0.len() == RECENT_RECORDS {
+            self.0.pop_front();
+        }
+        self.0.push_back((id.to_owned(), content.clone()));
+        content
+    }
+
+    /// Everything at hand.
+    fn snapshot(&self) -> Vec<(String, Content)> {
+        self.0.iter().cloned().collect()
+    }
+}
+
 /// One item of a publish script (see [`scripts::PUBLISH`]).
 enum Part<'a> {
     /// One user's event; with a record id when it is stored by reference (larger than
@@ -541,8 +587,14 @@ fn redis_client(settings: &Settings) -> Result<redis::Client, String> {
     client.map_err(|error| format!("invalid REDIS_URL or REDIS_CA_FILE: {error}"))
 }
 
-/// Reads [`scripts::JOIN`]'s reply (see there for its shape).
-fn read_join_reply(reply: Vec<redis::Value>, from: Option<&str>) -> Result<Joined, String> {
+/// Reads [`scripts::JOIN`]'s reply (see there for its shape); the records it names but does not
+/// carry are among `held`. Records it carries join the node's `recent` ones.
+fn read_join_reply(
+    reply: Vec<redis::Value>,
+    from: Option<&str>,
+    held: Vec<(String, Content)>,
+    recent: &Mutex<Recent>,
+) -> Result<Joined, String> {
     let mut fields = reply.into_iter();
     let mut next = || fields.next().ok_or_else(|| "short reply".to_owned());
     let text = |value: redis::Value| {
@@ -584,11 +636,13 @@ fn read_join_reply(reply: Vec<redis::Value>, from: Option<&str>) -> Result<Joine
         let record = text(next()?)?;
         entries.push((position, stored, record));
     }
-    let mut records = HashMap::new();
+    let mut records: HashMap<String, Content> = held.into_iter().collect();
     while let Some(id) = fields.next() {
         let record = fields.next().ok_or_else(|| "missing record".to_owned())?;
         let content = wire::open_record(bytes(record)?).map_err(|error| error.to_string())?;
-        records.insert(text(id)?, content);
+        let id = text(id)?;
+        let content = recent.lock().share(&id, content);
+        records.insert(id, content);
     }
     let mut events = Vec::with_capacity(count);
     for (position, stored, record) in entries {

@@ -191,24 +191,25 @@ while i <= #ARGV do
     local record, id, upstream, payload, more = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
     local first, count = i + 7, tonumber(ARGV[i + 6])
     i = first + 2 * count
-    local news, members = {}, {}
+    local fresh, members = false, {}
     for j = first, i - 1, 2 do
       local user, head = ARGV[j], ARGV[j + 1]
       local epoch, position, original = sequence(user, id, upstream)
       if original then
         out[#out + 1] = original
       else
-        local new = {user = user, head = head, position = position, outcome = {0, epoch, position, 0}}
-        out[#out + 1] = new.outcome
-        news[#news + 1] = new
+        fresh = true
+        -- A node subscribed to the user's channel is subscribed to the groups channel too.
+        local delivered = 0
         if redis.call('PUBSUB', 'NUMSUB', prefix .. 'c:' .. user)[2] > 0 then
-          new.subscribed = true
+          delivered = connections(user)
           members[#members + 1] = epoch .. ' ' .. position .. ' ' .. #user .. ' ' .. #head .. '\n' .. user .. head
         end
+        remember(user, position, id, head, record, delivered)
+        out[#out + 1] = {0, epoch, position, delivered}
       end
     end
-    if payload ~= '' and (#news > 0 or more == '1') then store(record, payload) end
-    local receivers = 0
+    if payload ~= '' and (fresh or more == '1') then store(record, payload) end
     if #members > 0 then
       local key = prefix .. 'd:' .. record
       local held = redis.call('HMGET', key, 'v', 's')
@@ -217,11 +218,7 @@ while i <= #ARGV do
         message = message .. held[1]
         redis.call('HSET', key, 's', '1')
       end
-      receivers = redis.call('PUBLISH', prefix .. 'g', message)
-    end
-    for _, new in ipairs(news) do
-      if receivers > 0 and new.subscribed then new.outcome[4] = connections(new.user) end
-      remember(new.user, new.position, id, new.head, record, new.outcome[4])
+      redis.call('PUBLISH', prefix .. 'g', message)
     end
   end
 end
@@ -233,10 +230,11 @@ return out
 /// history TTL ms, meta TTL ms, epoch candidate, user, resume point ('' for none), the point's
 /// epoch and position when it has the shape of a position token ('' otherwise), node,
 /// connection, presence value, per-user limit (0: no presence change, a catch-up), replace
-/// ('1': over the limit, the oldest connection is kicked).
+/// ('1': over the limit, the oldest connection is kicked), then the ids of payload records the
+/// node has at hand (named but not sent).
 /// Returns `{'limit', count}` or `{'ok', epoch, head, kicked, resync reason, event count, then per
-/// event: position, envelope or head, record id ('' for an envelope), then per record they name:
-/// id, record}` with the events after the point, each record once. When the point's stream was lost
+/// event: position, envelope or head, record id ('' for an envelope), then per record they name
+/// that the node does not have at hand: id, record}` with the events after the point, each record once. When the point's stream was lost
 /// but the current one is whole from its start, the reason is `epoch_changed`, `head` is 0 (the
 /// resync point) and every event of the current stream follows. When a record the events need is
 /// gone (dropped for HISTORY_MAX_BYTES), the reason is `expired` (or `epoch_changed`) and no event
@@ -273,8 +271,11 @@ if limit > 0 then
 end
 local meta, epoch = stream_meta(user, candidate, meta_ttl)
 local head = tonumber(redis.call('HGET', meta, 'p'))
+local at_hand = {}
+for k = 15, #ARGV do at_hand[ARGV[k]] = true end
 -- History entries as the reply lists them: the count, then position, envelope or head, record
--- id per event, then each record they name once; nil when one of those records is gone.
+-- id per event, then each record they name once (unless at hand); nil when one of those records
+-- is gone from Redis (at hand or not: the history's bounds are the same on every node).
 local function replay(entries)
   local events, records, seen = {#entries}, {}, {}
   for _, entry in ipairs(entries) do
@@ -284,10 +285,15 @@ local function replay(entries)
     events[#events + 1] = record
     if record ~= '' and not seen[record] then
       seen[record] = true
-      local held = redis.call('HGET', prefix .. 'd:' .. record, 'v')
-      if not held then return nil end
-      records[#records + 1] = record
-      records[#records + 1] = held
+      local key = prefix .. 'd:' .. record
+      if at_hand[record] then
+        if redis.call('EXISTS', key) == 0 then return nil end
+      else
+        local held = redis.call('HGET', key, 'v')
+        if not held then return nil end
+        records[#records + 1] = record
+        records[#records + 1] = held
+      end
     end
   end
   for _, part in ipairs(records) do events[#events + 1] = part end
