@@ -451,3 +451,58 @@ async fn the_first_group_message_published_carries_the_payload_whichever_script_
     }
     assert_eq!(stored_records(&cluster).await.0, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_missed_a_groups_payload_reads_it_from_redis_or_closes_the_connection() {
+    let Some(cluster) = shared_cluster("shared_fetch", 1, &[]).await else {
+        return;
+    };
+    let a = &cluster.nodes[0];
+    let mut ws = a.connect("hand").await;
+    wait_for_counts(&[a], empty(1).with_connections(1, 1, 0, 1)).await;
+    let first = a.push(json!({"user_id": "hand", "data": {"seq": 1}})).await;
+    assert_eq!(id_of(&next_json(&mut ws).await), id_of(&first));
+    let epoch = epoch_of(&first);
+
+    // Later messages of a group name the payload record only (as the publish script writes them);
+    // this one's record was never received here, so the node reads it from Redis.
+    let mut redis = redis_connection(&cluster).await;
+    let head = r#"{"event_type":"message","event_id":"g1","user_id":"hand","timestamp":3,"data":"#;
+    let () = ::redis::cmd("HSET")
+        .arg(format!("{}d:rec1", cluster.prefix))
+        .arg("v")
+        .arg("2 7\ng1message{\"from\":\"redis\"}}")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let group = |position: u64, record: &str| {
+        format!(
+            "G {record} 1\n{epoch} {position} 4 {}\nhand{head}",
+            head.len()
+        )
+    };
+    let publish = |message: String| {
+        let mut redis = redis.clone();
+        let channel = format!("{}g", cluster.prefix);
+        async move {
+            let _: u64 = ::redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(message)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+        }
+    };
+    publish(group(2, "rec1")).await;
+    assert_eq!(
+        next_text(&mut ws).await,
+        format!(r#"{head}{{"from":"redis"}}}}"#)
+    );
+    // A record Redis no longer has (dropped for HISTORY_MAX_BYTES): the connection is closed, so
+    // that its client resumes and is told to resync.
+    publish(group(3, "gone")).await;
+    let (code, reason) = crate::helpers::close_of(&mut ws)
+        .await
+        .expect("a close frame");
+    assert_eq!(code, 1008, "{reason}");
+}

@@ -31,7 +31,7 @@ use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
 
 use super::wire::{self, ChannelMessage, Content, Group, Member};
-use super::{Change, Shared, bump, presence_value, scripts};
+use super::{Change, Shared, bump, link_broken, presence_value, scripts};
 use crate::broker::BrokerError;
 use crate::hub::{Departure, Present, Sequenced};
 use crate::metrics::ClusterStats;
@@ -419,8 +419,10 @@ async fn receive(shared: Arc<Shared>, mut messages: PubSubStream) {
 /// Delivers a group message to the local connections of its members: every member's event shares
 /// one payload. The payload comes with the message, or was received with an earlier message of
 /// the group (or a catch-up) and is among the node's recent records, or (rarely: after a
-/// reconnection in the middle of a group, or when many groups interleave) is fetched from Redis. If Redis no longer has it (dropped for `HISTORY_MAX_BYTES`),
-/// those members' connections here are closed: they reconnect, resume, and are told to resync.
+/// reconnection in the middle of a group, or when many groups interleave) is read from Redis. If
+/// the link breaks meanwhile, the reconnection catches every connection up anyway. If Redis no
+/// longer has it (dropped for `HISTORY_MAX_BYTES`), those members' connections here are closed:
+/// they reconnect, resume, and are told to resync.
 async fn deliver_group(shared: &Arc<Shared>, group: Group) {
     let Group {
         record,
@@ -438,9 +440,13 @@ async fn deliver_group(shared: &Arc<Shared>, group: Group) {
             let recent = shared.records.lock().get(&record);
             match recent {
                 Some(content) => Some(content),
-                None => fetch_record(shared, &record)
-                    .await
-                    .map(|content| shared.records.lock().share(&record, content)),
+                None => match fetch_record(shared, &record).await {
+                    Ok(fetched) => {
+                        fetched.map(|content| shared.records.lock().share(&record, content))
+                    }
+                    // The reconnection catches every connection up, this event included.
+                    Err(LinkBroken) => return,
+                },
             }
         }
     };
@@ -463,17 +469,30 @@ async fn deliver_group(shared: &Arc<Shared>, group: Group) {
     }
 }
 
-/// Reads the payload record `record` from Redis.
-async fn fetch_record(shared: &Shared, record: &str) -> Option<Content> {
-    let (generation, mut commands) = shared.commands().ok()?;
-    let held: Option<Vec<u8>> = redis::cmd("HGET")
+/// The link to Redis broke.
+struct LinkBroken;
+
+/// Reads the payload record `record` from Redis: `None` if Redis no longer has it (or it cannot
+/// be read).
+async fn fetch_record(shared: &Shared, record: &str) -> Result<Option<Content>, LinkBroken> {
+    let (generation, mut commands) = shared.commands().map_err(|_| LinkBroken)?;
+    let held: Option<Vec<u8>> = match redis::cmd("HGET")
         .arg(shared.names.record(record))
         .arg("v")
         .query_async(&mut commands)
         .await
-        .map_err(|error| shared.command_failed(generation, &error))
-        .ok()?;
-    wire::open_record(Bytes::from(held?)).ok()
+    {
+        Ok(held) => held,
+        Err(error) => {
+            shared.command_failed(generation, &error);
+            return if link_broken(&error) {
+                Err(LinkBroken)
+            } else {
+                Ok(None)
+            };
+        }
+    };
+    Ok(held.and_then(|held| wire::open_record(Bytes::from(held)).ok()))
 }
 
 /// Forwards the connections that left this node: unsubscribes their channels (in order with the

@@ -231,11 +231,7 @@ impl Shared {
     /// Counts a failed command; if it failed because the link is broken, has it rebuilt.
     fn command_failed(&self, generation: u64, error: &redis::RedisError) -> BrokerError {
         bump(&self.counters.errors);
-        let broken = error.is_io_error()
-            || error.is_timeout()
-            || error.is_connection_dropped()
-            || error.is_unrecoverable_error();
-        if broken {
+        if link_broken(error) {
             self.failed_generation.store(generation, Ordering::Release);
             self.failed.notify_one();
         } else {
@@ -566,6 +562,14 @@ fn sharing_payload(events: &[Publication]) -> usize {
             && first.id_origin == event.id_origin
     };
     events.iter().take_while(|event| same(event)).count()
+}
+
+/// Whether `error` means the link to Redis is broken (rather than one command failing).
+fn link_broken(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_unrecoverable_error()
 }
 
 /// The Redis client for `REDIS_URL`, trusting `REDIS_CA_FILE` when given (else, for `rediss://`,
