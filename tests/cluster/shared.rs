@@ -475,11 +475,10 @@ async fn a_node_that_missed_a_groups_payload_reads_it_from_redis_or_closes_the_c
         .query_async(&mut redis)
         .await
         .unwrap();
+    let (before, after) = head.split_once(r#""hand""#).unwrap();
     let group = |position: u64, record: &str| {
-        format!(
-            "G {record} 1\n{epoch} {position} 4 {}\nhand{head}",
-            head.len()
-        )
+        let (b, a) = (before.len(), after.len());
+        format!("G {record} 1 {b} {a}\n{before}{after}{epoch} {position} 4 6\nhand\"hand\"")
     };
     let publish = |message: String| {
         let mut redis = redis.clone();

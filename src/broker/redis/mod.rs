@@ -50,7 +50,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::{BrokerReport, ClusterStats, LinkCounts};
 use crate::protocol::{
     Delivery, DisconnectReason, IdOrigin, Label, Publication, Resumed, ResyncReason,
-    StreamPosition, Transport, UserId, parse_token,
+    StreamPosition, Transport, UserId, parse_token, user_in_head,
 };
 
 /// How long a user's stream position outlives its last event or connection: a client that comes
@@ -311,6 +311,7 @@ impl Shared {
                     record,
                     content,
                     more,
+                    template,
                     events,
                 } => {
                     let first = &events[0];
@@ -321,11 +322,13 @@ impl Shared {
                         .arg(upstream(first))
                         .arg(content.as_deref().unwrap_or_default())
                         .arg(if *more { "1" } else { "0" })
+                        .arg(template.before)
+                        .arg(template.after)
                         .arg(events.len());
                     for event in *events {
                         command
                             .arg(event.user_id.as_str())
-                            .arg(event.event.frame.head().as_ref());
+                            .arg(template.user_of(event).unwrap_or_default());
                     }
                 }
             }
@@ -345,8 +348,8 @@ impl Shared {
                 scripts.push(std::mem::take(&mut script));
                 room = EVENTS_PER_SCRIPT;
             }
-            let shared = sharing_payload(rest);
-            if shared < 2 {
+            let (shared, template) = sharing_payload(rest);
+            let Some(template) = template.filter(|_| shared >= 2) else {
                 let event = &rest[0];
                 let record = (by_reference && event.event.frame.len() > INLINE_MAX)
                     .then(|| ulid::Ulid::new().to_string());
@@ -354,7 +357,7 @@ impl Shared {
                 room -= 1;
                 rest = &rest[1..];
                 continue;
-            }
+            };
             let (mut group, after) = rest.split_at(shared);
             let record = ulid::Ulid::new().to_string();
             let mut content = Some(wire::shared_record(&group[0].event));
@@ -368,6 +371,7 @@ impl Shared {
                     record: record.clone(),
                     content: content.take(),
                     more: !later.is_empty(),
+                    template,
                     events: now,
                 });
                 room -= now.len();
@@ -538,30 +542,63 @@ enum Part<'a> {
         record: Option<String>,
     },
     /// Consecutive events of one group (several users, one payload): the record's id, the record
-    /// itself in the group's first part only, whether more parts of the group follow.
+    /// itself in the group's first part only, whether more parts of the group follow, the heads'
+    /// common parts around the user.
     Shared {
         record: String,
         content: Option<Vec<u8>>,
         more: bool,
+        template: Template<'a>,
         events: &'a [Publication],
     },
 }
 
-/// How many publications at the start of `events` form one group: frames with a head sharing the
-/// first one's payload, with the same event id, type and id origin.
-fn sharing_payload(events: &[Publication]) -> usize {
-    let Some(first) = events.first() else {
-        return 0;
+/// What the heads of one group's events have in common: all of a head but the user's id (a JSON
+/// string, see [`user_in_head`]), which stands between `before` and `after`.
+#[derive(Clone, Copy)]
+struct Template<'a> {
+    before: &'a [u8],
+    after: &'a [u8],
+}
+
+impl<'a> Template<'a> {
+    /// The template of `event`'s head, if it is a push's head naming its user.
+    fn of(event: &'a Publication) -> Option<Self> {
+        let head = event.event.frame.head();
+        let user = user_in_head(head, &event.user_id)?;
+        Some(Self {
+            before: &head[..user.start],
+            after: &head[user.end..],
+        })
+    }
+
+    /// The user's id in `event`'s head, if the head follows this template.
+    fn user_of(&self, event: &'a Publication) -> Option<&'a [u8]> {
+        let head = event.event.frame.head();
+        head.strip_prefix(self.before)?.strip_suffix(self.after)
+    }
+}
+
+/// How many publications at the start of `events` form one group (frames sharing the first one's
+/// payload, with the same event id, type and id origin, whose heads differ only by the user), and
+/// their heads' template.
+fn sharing_payload(events: &[Publication]) -> (usize, Option<Template<'_>>) {
+    let Some((first, template)) = events
+        .first()
+        .and_then(|first| Some((first, Template::of(first)?)))
+    else {
+        return (events.len().min(1), None);
     };
     let same = |event: &Publication| {
         let (a, b) = (&first.event, &event.event);
-        !b.frame.head().is_empty()
-            && Arc::ptr_eq(a.frame.payload(), b.frame.payload())
+        Arc::ptr_eq(a.frame.payload(), b.frame.payload())
             && a.event_id == b.event_id
             && a.event_type == b.event_type
             && first.id_origin == event.id_origin
+            && template.user_of(event).is_some()
     };
-    events.iter().take_while(|event| same(event)).count()
+    let count = events.iter().take_while(|event| same(event)).count();
+    (count, Some(template))
 }
 
 /// Whether `error` means the link to Redis is broken (rather than one command failing).

@@ -66,11 +66,12 @@ end
 /// - `L`, the same, then a record id: as `E`, but kept in history by reference to a payload record
 ///   holding the envelope (large events, so that HISTORY_MAX_BYTES bounds them);
 /// - `G`, record id, event_id, upstream, record ('' when an earlier item of the group carried
-///   it), more ('1' when later items of the same group follow), count, then per user: user, head.
-///   A chunk of one event for several users sharing a payload: the record is stored once, each
-///   user's history entry holds their head and the record's id, and one message on the groups
-///   channel carries the heads of the users whose channel has a subscriber, with the record if no
-///   earlier message of the group carried it.
+///   it), more ('1' when later items of the same group follow), the heads' part before the user's
+///   id and after it, count, then per user: user, the user's id as the head has it (a JSON
+///   string). A chunk of one event for several users sharing a payload: the record is stored
+///   once, each user's history entry holds their head and the record's id, and one message on
+///   the groups channel carries the heads' common parts once and the users whose channel has a
+///   subscriber, with the record if no earlier message of the group carried it.
 ///
 /// Returns per user, in order, `{duplicate 0|1, epoch, position, delivered}`.
 const PUBLISH_BODY: &str = r#"
@@ -189,11 +190,13 @@ while i <= #ARGV do
     end
   else
     local record, id, upstream, payload, more = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-    local first, count = i + 7, tonumber(ARGV[i + 6])
+    local before, after = ARGV[i + 6], ARGV[i + 7]
+    local first, count = i + 9, tonumber(ARGV[i + 8])
     i = first + 2 * count
     local fresh, members = false, {}
     for j = first, i - 1, 2 do
-      local user, head = ARGV[j], ARGV[j + 1]
+      local user, named = ARGV[j], ARGV[j + 1]
+      local head = before .. named .. after
       local epoch, position, original = sequence(user, id, upstream)
       if original then
         out[#out + 1] = original
@@ -203,7 +206,7 @@ while i <= #ARGV do
         local delivered = 0
         if redis.call('PUBSUB', 'NUMSUB', prefix .. 'c:' .. user)[2] > 0 then
           delivered = connections(user)
-          members[#members + 1] = epoch .. ' ' .. position .. ' ' .. #user .. ' ' .. #head .. '\n' .. user .. head
+          members[#members + 1] = epoch .. ' ' .. position .. ' ' .. #user .. ' ' .. #named .. '\n' .. user .. named
         end
         remember(user, position, id, head, record, delivered)
         out[#out + 1] = {0, epoch, position, delivered}
@@ -213,7 +216,8 @@ while i <= #ARGV do
     if #members > 0 then
       local key = prefix .. 'd:' .. record
       local held = redis.call('HMGET', key, 'v', 's')
-      local message = 'G ' .. record .. ' ' .. #members .. '\n' .. table.concat(members)
+      local message = 'G ' .. record .. ' ' .. #members .. ' ' .. #before .. ' ' .. #after .. '\n'
+        .. before .. after .. table.concat(members)
       if held[1] and not held[2] then
         message = message .. held[1]
         redis.call('HSET', key, 's', '1')

@@ -17,13 +17,15 @@
 //! payload record has the same shape with a shared payload in place of the frame: an event stored
 //! by reference is that record plus the user's head (the frame up to `"data":`), kept in the
 //! user's history entry. A group message on `Pg` is
-//! `G <record id> <count>\n`, then per user `<epoch> <position> <user length> <head length>\n<user><head>`,
-//! then the record, unless an earlier message of the same group carried it.
+//! `G <record id> <count> <before length> <after length>\n<before><after>`, then per user
+//! `<epoch> <position> <user length> <named length>\n<user><named>`, then the record, unless an
+//! earlier message of the same group carried it: a user's head is `<before><named><after>`, where
+//! `named` is the user's id as the head has it (a JSON string).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::hub::Sequenced;
 use crate::protocol::{Event, Frame, Payload, StreamPosition, UserId};
@@ -182,22 +184,33 @@ pub fn read_group(message: Bytes) -> Result<Group, Malformed> {
     let mut reader = Reader::new(message);
     let line = reader.line()?;
     let mut words = line.split(' ');
-    let (Some("G"), Some(record), Some(count), None) =
-        (words.next(), words.next(), words.next(), words.next())
-    else {
+    let (Some("G"), Some(record), Some(count), Some(before), Some(after), None) = (
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+        words.next(),
+    ) else {
         return Err(Malformed("group header"));
     };
     let record = record.to_owned();
-    let count: usize = count.parse().map_err(|_| Malformed("group size"))?;
+    let number = |word: &str| word.parse::<usize>().map_err(|_| Malformed("group header"));
+    let (count, before, after) = (number(count)?, number(before)?, number(after)?);
+    let (before, after) = (reader.take(before)?, reader.take(after)?);
     let mut members = Vec::with_capacity(count.min(reader.remaining() / 8));
     for _ in 0..count {
-        let (epoch, position, user_len, head_len) = member_line(reader.line()?)?;
+        let (epoch, position, user_len, named_len) = member_line(reader.line()?)?;
         let user = UserId::parse(reader.text(user_len)?).map_err(|_| Malformed("user"))?;
-        let head = reader.take(head_len)?;
+        let named = reader.take(named_len)?;
+        let mut head = BytesMut::with_capacity(before.len() + named.len() + after.len());
+        head.extend_from_slice(&before);
+        head.extend_from_slice(&named);
+        head.extend_from_slice(&after);
         members.push(Member {
             user,
             at: StreamPosition { epoch, position },
-            head,
+            head: head.freeze(),
         });
     }
     let rest = reader.rest();
@@ -213,7 +226,7 @@ pub fn read_group(message: Bytes) -> Result<Group, Malformed> {
     })
 }
 
-/// A group member's line: epoch, position, user length, head length.
+/// A group member's line: epoch, position, user length, named length.
 fn member_line(line: &str) -> Result<(Arc<str>, u64, usize, usize), Malformed> {
     let mut words = line.split(' ');
     let epoch = words.next().filter(|epoch| !epoch.is_empty());
@@ -423,17 +436,18 @@ mod tests {
             "news",
             Frame::split(head("ann"), Arc::clone(&payload)),
         );
-        // As the publish script writes it: the members, then the record.
-        let mut message = b"G r1 2\n".to_vec();
+        // As the publish script writes it: the heads' common parts, the members, then the record.
+        let (before, after) = ("{\"event_id\":\"e7\",\"user_id\":", ",\"data\":");
+        let mut message = format!("G r1 2 {} {}\n{before}{after}", before.len(), after.len());
         for (user, position) in [("ann", 3), ("bob b", 12)] {
-            let head = head(user);
-            let line = format!(
-                "EPOCH {position} {} {}\n{user}{head}",
+            let named = format!("\"{user}\"");
+            message += &format!(
+                "EPOCH {position} {} {}\n{user}{named}",
                 user.len(),
-                head.len()
+                named.len()
             );
-            message.extend(line.as_bytes());
         }
+        let mut message = message.into_bytes();
         let record = shared_record(&shared);
         message.extend(&record);
         let group = read_group(Bytes::from(message.clone())).unwrap();
@@ -463,12 +477,13 @@ mod tests {
         message.truncate(message.len() - record.len());
         assert!(read_group(Bytes::from(message)).unwrap().content.is_none());
         for bad in [
-            &b"G r1\n"[..],
-            b"G r1 1\n",
-            b"G r1 1\nE 1 4 0\nann",
-            b"G r1 1\nE 1 3 1\nann",
-            b"G r1 1\nE 1 9 1\nx\n",
-            b"G r1 0\n1 0\n",
+            &b"G r1 1\n"[..],
+            b"G r1 1 0 0\n",
+            b"G r1 1 0 0\nE 1 4 0\nann",
+            b"G r1 1 0 0\nE 1 3 1\nann",
+            b"G r1 1 0 0\nE 1 9 1\nx\n",
+            b"G r1 0 0 0\n1 0\n",
+            b"G r1 0 5 0\nab",
         ] {
             assert!(read_group(Bytes::copy_from_slice(bad)).is_err(), "{bad:?}");
         }
