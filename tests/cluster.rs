@@ -31,5 +31,7 @@ mod outage;
 mod presence;
 #[path = "cluster/resume.rs"]
 mod resume;
+#[path = "cluster/shared.rs"]
+mod shared;
 #[path = "cluster/tls.rs"]
 mod tls;

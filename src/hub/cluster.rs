@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 
 use super::{Hub, Outbox, Outgoing, Present, Registration, hand_over, resync_notice};
 use crate::protocol::{
-    Delivery, DisconnectReason, Event, ResyncReason, StreamPosition, Transport, UserId,
+    Delivery, DisconnectReason, Event, ResyncReason, SlowConsumerCause, StreamPosition, Transport,
+    UserId,
 };
 
 /// An event of a user's cluster-wide stream, with its place in it.
@@ -149,6 +150,18 @@ impl Hub {
         connection: u64,
         catch_up: CatchUp,
     ) -> Option<StreamPosition> {
+        let cursor = self.apply_catch_up(user, connection, catch_up);
+        self.after_change();
+        cursor
+    }
+
+    /// [`Hub::complete_catch_up`] under the user's shard lock.
+    fn apply_catch_up(
+        &self,
+        user: &UserId,
+        connection: u64,
+        catch_up: CatchUp,
+    ) -> Option<StreamPosition> {
         let shard = self.shard(user).lock();
         let connection = shard
             .connections
@@ -211,7 +224,7 @@ impl Hub {
                 let Feed { cursor, pending } = &mut *feed;
                 if let Some(waiting) = pending {
                     if waiting.len() >= self.queue_limits.items {
-                        connection.request_close(DisconnectReason::SlowConsumer);
+                        connection.slow_consumer(SlowConsumerCause::QueueEvents);
                     } else {
                         waiting.push(event.clone());
                     }
@@ -237,6 +250,7 @@ impl Hub {
             }
         }
         self.metrics.events_handed_over(delivery);
+        self.after_change();
         lagging
     }
 
@@ -266,6 +280,11 @@ impl Hub {
             }
         }
         lagging
+    }
+
+    /// Whether `user` has a connection on this node (joining ones included).
+    pub fn holds(&self, user: &UserId) -> bool {
+        self.shard(user).lock().connections.contains_key(user)
     }
 
     /// Every connection on this node, as the cluster's presence records it.

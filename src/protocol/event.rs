@@ -4,6 +4,7 @@
 //! server writes on its own (acks, resync notices).
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::{Arc, LazyLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -173,6 +174,21 @@ impl PushFields<'_> {
     }
 }
 
+/// Where the user's id stands, as a JSON string, in `head`, the head of a frame made for `user`
+/// by [`PushFields::encode_for`]: the heads of one push's users differ only there. `None` when
+/// `head` is not such a head.
+pub fn user_in_head(head: &[u8], user: &UserId) -> Option<Range<usize>> {
+    const FIELD: &[u8] = b",\"user_id\":";
+    const NEXT: &[u8] = b",\"timestamp\":";
+    let encoded = serde_json::to_string(user.as_str()).ok()?;
+    // Inside the JSON strings before it a quote is escaped: the first match is the field.
+    let field = head.windows(FIELD.len()).position(|part| part == FIELD)?;
+    let start = field + FIELD.len();
+    let end = start + encoded.len();
+    let fits = head.get(start..end)? == encoded.as_bytes() && head.get(end..)?.starts_with(NEXT);
+    fits.then_some(start..end)
+}
+
 fn timestamp(given: Option<&RawValue>, accepted_at: f64) -> Timestamp<'_> {
     match given {
         Some(raw) => Timestamp::Given(raw),
@@ -280,4 +296,31 @@ pub fn resync_frame(
         },
     });
     Frame::from(resync.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{Push, parse_push_targets};
+
+    #[test]
+    fn heads_of_one_push_differ_only_where_the_user_stands() {
+        let body = br#"{"user_ids":["a","b \"q\"",",\"user_id\":"],"event_type":",\"user_id\":\"x\"","event_id":"e","data":{}}"#;
+        let Ok(Push::Many(fields, users)) = parse_push_targets(body, 10) else {
+            panic!("a push to several users");
+        };
+        let (_, publications) = fields.encode_for(users, 1.5).unwrap();
+        let first = publications[0].event.frame.head();
+        let at = user_in_head(first, &publications[0].user_id).unwrap();
+        for publication in &publications {
+            let head = publication.event.frame.head();
+            let span = user_in_head(head, &publication.user_id).unwrap();
+            assert_eq!(head[..span.start], first[..at.start]);
+            assert_eq!(head[span.end..], first[at.end..]);
+            let user: String = serde_json::from_slice(&head[span]).unwrap();
+            assert_eq!(user, publication.user_id.as_str());
+        }
+        assert_eq!(user_in_head(first, &publications[1].user_id), None);
+        assert_eq!(user_in_head(b"{}", &publications[0].user_id), None);
+    }
 }

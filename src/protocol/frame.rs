@@ -52,6 +52,16 @@ impl Payload {
         })
     }
 
+    /// A payload of received bytes (from the cluster's broker), checked to be UTF-8.
+    pub fn from_utf8(json: Bytes) -> Result<Arc<Self>, std::str::Utf8Error> {
+        std::str::from_utf8(&json)?;
+        Ok(Arc::new(Self {
+            json,
+            sse: OnceLock::new(),
+            holders: Default::default(),
+        }))
+    }
+
     /// The JSON text.
     pub fn as_bytes(&self) -> &Bytes {
         &self.json
@@ -129,24 +139,11 @@ impl Frame {
 
     /// A frame whose text is `head` followed by the shared `payload`. Both must be UTF-8 and
     /// `head` must not hold a line break (it is JSON up to a value, where the encoder puts none).
-    pub fn split(head: String, payload: Arc<Payload>) -> Self {
+    pub fn split(head: impl Into<Bytes>, payload: Arc<Payload>) -> Self {
         Self {
-            head: Bytes::from(head),
+            head: head.into(),
             payload,
         }
-    }
-
-    /// A frame of received bytes (from the cluster's broker), checked to be UTF-8.
-    pub fn from_utf8(json: Bytes) -> Result<Self, std::str::Utf8Error> {
-        std::str::from_utf8(&json)?;
-        Ok(Self {
-            head: Bytes::new(),
-            payload: Arc::new(Payload {
-                json,
-                sse: OnceLock::new(),
-                holders: Default::default(),
-            }),
-        })
     }
 
     /// The per-recipient part (empty for a frame built for one recipient).

@@ -19,6 +19,7 @@ pub mod stream;
 pub use connection::{Delivery, DisconnectReason, SlowConsumerCause, Transport};
 pub use event::{
     Event, IdOrigin, Publication, RESYNC_EVENT_TYPE, ack_frame, resync_frame, unix_seconds_now,
+    user_in_head,
 };
 pub use frame::{Frame, Ledger, Payload};
 pub use push::{

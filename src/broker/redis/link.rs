@@ -4,7 +4,9 @@
 //!
 //! One supervisor task owns the subscription connection and the set of subscribed users; every
 //! subscription change goes through it, in order, so a user's channel is subscribed exactly while
-//! this node has connections of theirs. While Redis is unreachable the node is unready, joins and
+//! this node has connections of theirs. The groups channel (events of several users sharing one
+//! payload) is subscribed whenever the link is up; the receiving task delivers its messages to the
+//! members connected here. While Redis is unreachable the node is unready, joins and
 //! pushes are refused (503), and existing connections stay open. On reconnection the supervisor
 //! resubscribes every local user, re-registers this node's connections (forgetting whatever
 //! presence it had, since departures may have been lost), renews its lease, and only then declares
@@ -28,10 +30,10 @@ use redis::AsyncConnectionConfig;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use tokio::sync::mpsc;
 
-use super::wire::{self, ChannelMessage};
-use super::{Change, Shared, bump, presence_value, scripts};
+use super::wire::{self, ChannelMessage, Content, Group, Member};
+use super::{Change, Shared, bump, link_broken, presence_value, scripts};
 use crate::broker::BrokerError;
-use crate::hub::{Departure, Present};
+use crate::hub::{Departure, Present, Sequenced};
 use crate::metrics::ClusterStats;
 use crate::protocol::{DisconnectReason, Transport, UserId};
 
@@ -100,10 +102,11 @@ async fn connect(shared: &Shared, subscribed: &Subscribed) -> Result<Link, redis
         .await
         .map_err(|_| timed_out("connecting for subscriptions"))??;
     let (mut subscriptions, messages) = pubsub.split();
-    let channels: Vec<String> = subscribed
+    let mut channels: Vec<String> = subscribed
         .keys()
         .map(|user| shared.names.channel(user))
         .collect();
+    channels.push(shared.names.groups_channel().to_owned());
     for chunk in channels.chunks(CHUNK) {
         with_timeout(shared, subscriptions.subscribe(chunk)).await?;
     }
@@ -372,10 +375,21 @@ async fn refuse_changes_for(
 async fn receive(shared: Arc<Shared>, mut messages: PubSubStream) {
     while let Some(message) = messages.next().await {
         bump(&shared.counters.messages_received);
-        let Some(user) = shared.names.user_of_channel(message.get_channel_name()) else {
+        let channel = message.get_channel_name();
+        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+        if channel == shared.names.groups_channel() {
+            match wire::read_group(payload) {
+                Ok(group) => deliver_group(&shared, group).await,
+                Err(error) => {
+                    bump(&shared.counters.malformed_messages);
+                    tracing::warn!(%error, channel, "ignored");
+                }
+            }
+            continue;
+        }
+        let Some(user) = shared.names.user_of_channel(channel) else {
             continue;
         };
-        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
         match wire::read_message(payload) {
             Ok(ChannelMessage::Event(event)) => {
                 for lagging in shared.hub.deliver_sequenced(&user, &event) {
@@ -396,10 +410,89 @@ async fn receive(shared: Arc<Shared>, mut messages: PubSubStream) {
             }
             Err(error) => {
                 bump(&shared.counters.malformed_messages);
-                tracing::warn!(%error, channel = message.get_channel_name(), "ignored");
+                tracing::warn!(%error, channel, "ignored");
             }
         }
     }
+}
+
+/// Delivers a group message to the local connections of its members: every member's event shares
+/// one payload. The payload comes with the message, or was received with an earlier message of
+/// the group (or a catch-up) and is among the node's recent records, or (rarely: after a
+/// reconnection in the middle of a group, or when many groups interleave) is read from Redis. If
+/// the link breaks meanwhile, the reconnection catches every connection up anyway. If Redis no
+/// longer has it (dropped for `HISTORY_MAX_BYTES`), those members' connections here are closed:
+/// they reconnect, resume, and are told to resync.
+async fn deliver_group(shared: &Arc<Shared>, group: Group) {
+    let Group {
+        record,
+        members,
+        content,
+    } = group;
+    let members: Vec<Member> = members
+        .into_iter()
+        .filter(|member| shared.hub.holds(&member.user))
+        .collect();
+    let content = match content {
+        Some(content) => Some(shared.records.lock().share(&record, content)),
+        None if members.is_empty() => return,
+        None => {
+            let recent = shared.records.lock().get(&record);
+            match recent {
+                Some(content) => Some(content),
+                None => match fetch_record(shared, &record).await {
+                    Ok(fetched) => {
+                        fetched.map(|content| shared.records.lock().share(&record, content))
+                    }
+                    // The reconnection catches every connection up, this event included.
+                    Err(LinkBroken) => return,
+                },
+            }
+        }
+    };
+    for member in members {
+        let event = content.as_ref().map(|content| content.event(member.head));
+        let Some(Ok(event)) = event else {
+            tracing::warn!(user = %member.user, record, "payload of a group event is gone; closing the user's connections here");
+            shared
+                .hub
+                .disconnect_user(&member.user, DisconnectReason::SlowConsumer);
+            continue;
+        };
+        let event = Sequenced {
+            at: member.at,
+            event,
+        };
+        for lagging in shared.hub.deliver_sequenced(&member.user, &event) {
+            shared.spawn_catch_up(lagging);
+        }
+    }
+}
+
+/// The link to Redis broke.
+struct LinkBroken;
+
+/// Reads the payload record `record` from Redis: `None` if Redis no longer has it (or it cannot
+/// be read).
+async fn fetch_record(shared: &Shared, record: &str) -> Result<Option<Content>, LinkBroken> {
+    let (generation, mut commands) = shared.commands().map_err(|_| LinkBroken)?;
+    let held: Option<Vec<u8>> = match redis::cmd("HGET")
+        .arg(shared.names.record(record))
+        .arg("v")
+        .query_async(&mut commands)
+        .await
+    {
+        Ok(held) => held,
+        Err(error) => {
+            shared.command_failed(generation, &error);
+            return if link_broken(&error) {
+                Err(LinkBroken)
+            } else {
+                Ok(None)
+            };
+        }
+    };
+    Ok(held.and_then(|held| wire::open_record(Bytes::from(held)).ok()))
 }
 
 /// Forwards the connections that left this node: unsubscribes their channels (in order with the

@@ -8,6 +8,14 @@
 //! 100 events), so one round trip; concurrent requests share one multiplexed connection, which
 //! pipelines them.
 //!
+//! One event for several users (a `user_ids` push, a broadcast: publications whose frames share
+//! one payload) is planned as a group: its payload goes to Redis once, as a payload record that
+//! the users' history entries name (each entry keeps only the user's head), and reaches each node
+//! once, in a message on the groups channel that lists the users' heads and positions. A group of
+//! more than 100 users takes several scripts; only the first carries the record, and only the
+//! first message published carries it on. Single events larger than [`INLINE_MAX`] are stored by
+//! reference too, so that `HISTORY_MAX_BYTES` bounds every large payload Redis keeps.
+//!
 //! A connection joins in three steps: this node subscribes to the user's channel (if it was not
 //! already), registers the connection as joining (its live events wait), and runs
 //! [`scripts::JOIN`], which applies the cluster-wide per-user limit, records the connection's
@@ -21,6 +29,7 @@ mod link;
 mod scripts;
 mod wire;
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -30,7 +39,7 @@ use parking_lot::{Mutex, RwLock};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
-use self::wire::Names;
+use self::wire::{Content, Names};
 use super::{AttachError, Broker, BrokerError, UserConnection};
 use crate::config::Settings;
 use crate::history::HistoryLimits;
@@ -41,7 +50,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::{BrokerReport, ClusterStats, LinkCounts};
 use crate::protocol::{
     Delivery, DisconnectReason, IdOrigin, Label, Publication, Resumed, ResyncReason,
-    StreamPosition, Transport, UserId, parse_token,
+    StreamPosition, Transport, UserId, parse_token, user_in_head,
 };
 
 /// How long a user's stream position outlives its last event or connection: a client that comes
@@ -51,6 +60,14 @@ const META_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 /// Most events one publish script handles: a large batch becomes several scripts in one pipeline
 /// (still one round trip), so that Redis serves other clients between them.
 const EVENTS_PER_SCRIPT: usize = 100;
+
+/// Largest envelope of a single event kept inline in its user's history; a larger one is kept in
+/// a payload record of its own, counted against `HISTORY_MAX_BYTES`.
+const INLINE_MAX: usize = 1024;
+
+/// How long a payload record lives when history is off: long enough for the rest of its group's
+/// scripts to be published (they name it), and for nodes that missed it to fetch it.
+const PASSING_RECORD_TTL: Duration = Duration::from_secs(60);
 
 /// Most scripts in one round trip: a batch (at most `MAX_BATCH_SIZE`) is usually one round trip;
 /// a broadcast to many users takes several, one after the other.
@@ -62,6 +79,10 @@ const CATCH_UPS_IN_FLIGHT: usize = 64;
 
 /// Rounds of catching up one connection before giving up on it (each round normally completes it).
 const CATCH_UP_ROUNDS: usize = 3;
+
+/// How many payload records a node keeps at hand: for the later messages of a group (which name
+/// the record only) and for catch-ups, which then need not fetch them again.
+const RECENT_RECORDS: usize = 16;
 
 /// The cluster broker. Cheap to share; its background tasks are the lifecycle's, and end when it
 /// stops them (after the node left the cluster).
@@ -111,6 +132,8 @@ struct Shared {
     counters: Counters,
     join_rules: JoinRules,
     history: HistoryLimits,
+    /// `HISTORY_MAX_BYTES`: the bytes of payload records Redis keeps.
+    max_bytes: usize,
     lease: Duration,
     timeout: Duration,
     /// The command connection while Redis is reachable, with the link generation it belongs to.
@@ -124,6 +147,8 @@ struct Shared {
     /// Bounds the catch-ups in flight ([`CATCH_UPS_IN_FLIGHT`]).
     catch_up_slots: Semaphore,
     cluster: Mutex<Option<ClusterStats>>,
+    /// The payload records this node received last.
+    records: Mutex<Recent>,
     /// Set once this node has left the cluster (shutdown): no more heartbeats.
     left: AtomicBool,
 }
@@ -165,6 +190,7 @@ impl RedisBroker {
                 replace_oldest: settings.user_limit_policy == UserLimitPolicy::ReplaceOldest,
             },
             history,
+            max_bytes: settings.history_max_bytes,
             lease: settings.presence_lease,
             timeout: settings.redis_timeout,
             commands: RwLock::new(None),
@@ -174,6 +200,7 @@ impl RedisBroker {
             changes,
             catch_up_slots: Semaphore::new(CATCH_UPS_IN_FLIGHT),
             cluster: Mutex::new(None),
+            records: Mutex::new(Recent::default()),
             left: AtomicBool::new(false),
         });
         hub.report_departures(departures);
@@ -204,11 +231,7 @@ impl Shared {
     /// Counts a failed command; if it failed because the link is broken, has it rebuilt.
     fn command_failed(&self, generation: u64, error: &redis::RedisError) -> BrokerError {
         bump(&self.counters.errors);
-        let broken = error.is_io_error()
-            || error.is_timeout()
-            || error.is_connection_dropped()
-            || error.is_unrecoverable_error();
-        if broken {
+        if link_broken(error) {
             self.failed_generation.store(generation, Ordering::Release);
             self.failed.notify_one();
         } else {
@@ -243,8 +266,16 @@ impl Shared {
         META_TTL.max(self.history.ttl * 2).as_millis()
     }
 
-    /// The [`scripts::PUBLISH`] call for `events`.
-    fn publish_command(&self, events: &[Publication]) -> redis::Cmd {
+    fn record_ttl_ms(&self) -> u128 {
+        if self.history_size() > 0 {
+            self.history_ttl_ms()
+        } else {
+            PASSING_RECORD_TTL.as_millis()
+        }
+    }
+
+    /// The [`scripts::PUBLISH`] call for `parts`.
+    fn publish_command(&self, parts: &[Part<'_>]) -> redis::Cmd {
         let mut command = redis::cmd("EVALSHA");
         command
             .arg(scripts::PUBLISH.get_hash())
@@ -253,19 +284,105 @@ impl Shared {
             .arg(self.history_size())
             .arg(self.history_ttl_ms())
             .arg(self.meta_ttl_ms())
-            .arg(ulid::Ulid::new().to_string());
-        for event in events {
-            command
-                .arg(event.user_id.as_str())
-                .arg(event.event_id().as_ref())
-                .arg(if event.id_origin == IdOrigin::Upstream {
-                    "1"
-                } else {
-                    "0"
-                })
-                .arg(wire::envelope(event));
+            .arg(ulid::Ulid::new().to_string())
+            .arg(self.max_bytes)
+            .arg(self.record_ttl_ms());
+        let upstream = |event: &Publication| {
+            if event.id_origin == IdOrigin::Upstream {
+                "1"
+            } else {
+                "0"
+            }
+        };
+        for part in parts {
+            match part {
+                Part::Single { event, record } => {
+                    command
+                        .arg(if record.is_some() { "L" } else { "E" })
+                        .arg(event.user_id.as_str())
+                        .arg(event.event_id().as_ref())
+                        .arg(upstream(event))
+                        .arg(wire::envelope(&event.event));
+                    if let Some(record) = record {
+                        command.arg(record);
+                    }
+                }
+                Part::Shared {
+                    record,
+                    content,
+                    more,
+                    template,
+                    events,
+                } => {
+                    let first = &events[0];
+                    command
+                        .arg("G")
+                        .arg(record)
+                        .arg(first.event_id().as_ref())
+                        .arg(upstream(first))
+                        .arg(content.as_deref().unwrap_or_default())
+                        .arg(if *more { "1" } else { "0" })
+                        .arg(template.before)
+                        .arg(template.after)
+                        .arg(events.len());
+                    for event in *events {
+                        command
+                            .arg(event.user_id.as_str())
+                            .arg(template.user_of(event).unwrap_or_default());
+                    }
+                }
+            }
         }
         command
+    }
+
+    /// Splits `events` into publish scripts of at most [`EVENTS_PER_SCRIPT`] events, in order.
+    fn plan<'a>(&self, events: &'a [Publication]) -> Vec<Vec<Part<'a>>> {
+        let by_reference = self.history_size() > 0;
+        let mut scripts = Vec::new();
+        let mut script = Vec::new();
+        let mut room = EVENTS_PER_SCRIPT;
+        let mut rest = events;
+        while !rest.is_empty() {
+            if room == 0 {
+                scripts.push(std::mem::take(&mut script));
+                room = EVENTS_PER_SCRIPT;
+            }
+            let (shared, template) = sharing_payload(rest);
+            let Some(template) = template.filter(|_| shared >= 2) else {
+                let event = &rest[0];
+                let record = (by_reference && event.event.frame.len() > INLINE_MAX)
+                    .then(|| ulid::Ulid::new().to_string());
+                script.push(Part::Single { event, record });
+                room -= 1;
+                rest = &rest[1..];
+                continue;
+            };
+            let (mut group, after) = rest.split_at(shared);
+            let record = ulid::Ulid::new().to_string();
+            let mut content = Some(wire::shared_record(&group[0].event));
+            while !group.is_empty() {
+                if room == 0 {
+                    scripts.push(std::mem::take(&mut script));
+                    room = EVENTS_PER_SCRIPT;
+                }
+                let (now, later) = group.split_at(room.min(group.len()));
+                script.push(Part::Shared {
+                    record: record.clone(),
+                    content: content.take(),
+                    more: !later.is_empty(),
+                    template,
+                    events: now,
+                });
+                room -= now.len();
+                group = later;
+            }
+            rest = after;
+        }
+        if !script.is_empty() {
+            scripts.push(script);
+        }
+        scripts
     }
 
     /// Runs [`scripts::JOIN`]: for a joining connection (`joining`: its id and presence value)
@@ -286,8 +403,10 @@ impl Shared {
             Some((connection, presence)) => (connection, presence, self.join_rules.per_user),
             None => (0, String::new(), 0),
         };
-        let reply: Vec<redis::Value> = scripts::JOIN
-            .prepare_invoke()
+        // Records at hand are not sent again; held until the reply is read.
+        let held = self.records.lock().snapshot();
+        let mut invocation = scripts::JOIN.prepare_invoke();
+        invocation
             .arg(self.names.prefix())
             .arg(self.history_size())
             .arg(self.history_ttl_ms())
@@ -305,11 +424,15 @@ impl Shared {
                 "1"
             } else {
                 "0"
-            })
+            });
+        for (id, _) in &held {
+            invocation.arg(id);
+        }
+        let reply: Vec<redis::Value> = invocation
             .invoke_async(&mut commands)
             .await
             .map_err(|error| self.command_failed(generation, &error))?;
-        read_join_reply(reply, from).map_err(|error| {
+        read_join_reply(reply, from, held, &self.records).map_err(|error| {
             bump(&self.counters.errors);
             tracing::error!(%error, "unexpected JOIN reply");
             BrokerError::Unavailable(error.to_string())
@@ -377,6 +500,115 @@ impl Shared {
     }
 }
 
+/// The payload records a node received last, by id, newest last (at most [`RECENT_RECORDS`]):
+/// events that name one share its payload, and it need not cross the link again.
+#[derive(Default)]
+struct Recent(VecDeque<(String, Content)>);
+
+impl Recent {
+    /// The record `id`, if it is at hand.
+    fn get(&self, id: &str) -> Option<Content> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(held, _)| held == id)
+            .map(|(_, content)| content.clone())
+    }
+
+    /// The record `id` as this node shares it: the one at hand, else `content`, now kept.
+    fn share(&mut self, id: &str, content: Content) -> Content {
+        if let Some(held) = self.get(id) {
+            return held;
+        }
+        if self.0.len() == RECENT_RECORDS {
+            self.0.pop_front();
+        }
+        self.0.push_back((id.to_owned(), content.clone()));
+        content
+    }
+
+    /// Everything at hand.
+    fn snapshot(&self) -> Vec<(String, Content)> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+/// One item of a publish script (see [`scripts::PUBLISH`]).
+enum Part<'a> {
+    /// One user's event; with a record id when it is stored by reference (larger than
+    /// [`INLINE_MAX`]).
+    Single {
+        event: &'a Publication,
+        record: Option<String>,
+    },
+    /// Consecutive events of one group (several users, one payload): the record's id, the record
+    /// itself in the group's first part only, whether more parts of the group follow, the heads'
+    /// common parts around the user.
+    Shared {
+        record: String,
+        content: Option<Vec<u8>>,
+        more: bool,
+        template: Template<'a>,
+        events: &'a [Publication],
+    },
+}
+
+/// What the heads of one group's events have in common: all of a head but the user's id (a JSON
+/// string, see [`user_in_head`]), which stands between `before` and `after`.
+#[derive(Clone, Copy)]
+struct Template<'a> {
+    before: &'a [u8],
+    after: &'a [u8],
+}
+
+impl<'a> Template<'a> {
+    /// The template of `event`'s head, if it is a push's head naming its user.
+    fn of(event: &'a Publication) -> Option<Self> {
+        let head = event.event.frame.head();
+        let user = user_in_head(head, &event.user_id)?;
+        Some(Self {
+            before: &head[..user.start],
+            after: &head[user.end..],
+        })
+    }
+
+    /// The user's id in `event`'s head, if the head follows this template.
+    fn user_of(&self, event: &'a Publication) -> Option<&'a [u8]> {
+        let head = event.event.frame.head();
+        head.strip_prefix(self.before)?.strip_suffix(self.after)
+    }
+}
+
+/// How many publications at the start of `events` form one group (frames sharing the first one's
+/// payload, with the same event id, type and id origin, whose heads differ only by the user), and
+/// their heads' template.
+fn sharing_payload(events: &[Publication]) -> (usize, Option<Template<'_>>) {
+    let Some((first, template)) = events
+        .first()
+        .and_then(|first| Some((first, Template::of(first)?)))
+    else {
+        return (events.len().min(1), None);
+    };
+    let same = |event: &Publication| {
+        let (a, b) = (&first.event, &event.event);
+        Arc::ptr_eq(a.frame.payload(), b.frame.payload())
+            && a.event_id == b.event_id
+            && a.event_type == b.event_type
+            && first.id_origin == event.id_origin
+            && template.user_of(event).is_some()
+    };
+    let count = events.iter().take_while(|event| same(event)).count();
+    (count, Some(template))
+}
+
+/// Whether `error` means the link to Redis is broken (rather than one command failing).
+fn link_broken(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_unrecoverable_error()
+}
+
 /// The Redis client for `REDIS_URL`, trusting `REDIS_CA_FILE` when given (else, for `rediss://`,
 /// the public roots).
 fn redis_client(settings: &Settings) -> Result<redis::Client, String> {
@@ -396,8 +628,14 @@ fn redis_client(settings: &Settings) -> Result<redis::Client, String> {
     client.map_err(|error| format!("invalid REDIS_URL or REDIS_CA_FILE: {error}"))
 }
 
-/// Reads [`scripts::JOIN`]'s reply (see there for its shape).
-fn read_join_reply(reply: Vec<redis::Value>, from: Option<&str>) -> Result<Joined, String> {
+/// Reads [`scripts::JOIN`]'s reply (see there for its shape); the records it names but does not
+/// carry are among `held`. Records it carries join the node's `recent` ones.
+fn read_join_reply(
+    reply: Vec<redis::Value>,
+    from: Option<&str>,
+    held: Vec<(String, Content)>,
+    recent: &Mutex<Recent>,
+) -> Result<Joined, String> {
     let mut fields = reply.into_iter();
     let mut next = || fields.next().ok_or_else(|| "short reply".to_owned());
     let text = |value: redis::Value| {
@@ -426,20 +664,43 @@ fn read_join_reply(reply: Vec<redis::Value>, from: Option<&str>) -> Result<Joine
                 .map_err(|_| format!("reason {reason:?}"))?,
         )
     };
-    let mut events = Vec::new();
-    while let Some(position) = fields.next() {
-        let position = number(position)?;
-        let envelope = redis::from_redis_value::<Vec<u8>>(
-            fields.next().ok_or_else(|| "missing envelope".to_owned())?,
-        )
-        .map_err(|error| error.to_string())?;
-        let published = wire::open_envelope(envelope.into()).map_err(|error| error.to_string())?;
+    let count = usize::try_from(number(next()?)?).map_err(|error| error.to_string())?;
+    let bytes = |value: redis::Value| {
+        redis::from_redis_value::<Vec<u8>>(value)
+            .map(bytes::Bytes::from)
+            .map_err(|error| error.to_string())
+    };
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let position = number(next()?)?;
+        let stored = bytes(next()?)?;
+        let record = text(next()?)?;
+        entries.push((position, stored, record));
+    }
+    let mut records: HashMap<String, Content> = held.into_iter().collect();
+    while let Some(id) = fields.next() {
+        let record = fields.next().ok_or_else(|| "missing record".to_owned())?;
+        let content = wire::open_record(bytes(record)?).map_err(|error| error.to_string())?;
+        let id = text(id)?;
+        let content = recent.lock().share(&id, content);
+        records.insert(id, content);
+    }
+    let mut events = Vec::with_capacity(count);
+    for (position, stored, record) in entries {
+        let event = if record.is_empty() {
+            wire::open_envelope(stored)
+        } else {
+            let content = records
+                .get(&record)
+                .ok_or_else(|| format!("record {record} missing"))?;
+            content.event(stored)
+        };
         events.push(Sequenced {
             at: StreamPosition {
                 epoch: Arc::clone(&epoch),
                 position,
             },
-            event: Arc::new(published),
+            event: event.map_err(|error| error.to_string())?,
         });
     }
     Ok(Joined::Accepted(CatchUp {
@@ -479,10 +740,10 @@ impl Broker for RedisBroker {
         let mut replies = Vec::with_capacity(events.len());
         // Round trips of bounded size, one after the other (a broadcast to many users must not be
         // one pipeline that outlasts REDIS_TIMEOUT).
-        for round in events.chunks(EVENTS_PER_SCRIPT * SCRIPTS_PER_ROUND_TRIP) {
+        for round in shared.plan(events).chunks(SCRIPTS_PER_ROUND_TRIP) {
             let mut pipeline = redis::pipe();
-            for chunk in round.chunks(EVENTS_PER_SCRIPT) {
-                pipeline.add_command(shared.publish_command(chunk));
+            for script in round {
+                pipeline.add_command(shared.publish_command(script));
             }
             let mut result = pipeline.query_async(&mut commands).await;
             if matches!(&result, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))

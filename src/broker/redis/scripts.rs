@@ -1,7 +1,7 @@
 //! The cluster's atomic steps, as Lua scripts run inside Redis, and their typed results.
 //!
-//! Each script is one atomic step for the whole cluster: assigning positions and publishing
-//! ([`PUBLISH`]), joining or catching up a connection ([`JOIN`]), leaving ([`LEAVE`]), a node's
+//! Each script is one atomic step for the whole cluster: assigning positions, storing and
+//! publishing ([`PUBLISH`], which also keeps stored payload records within HISTORY_MAX_BYTES), joining or catching up a connection ([`JOIN`]), leaving ([`LEAVE`]), a node's
 //! heartbeat with the reaping of dead nodes ([`HEARTBEAT`]), a node (re)registering its
 //! connections ([`RESET`]), and listing or disconnecting a user's connections ([`CONNECTIONS`]). Names follow [`super::wire`]; the scripts build them from the prefix,
 //! which ties the cluster to a single Redis (not Redis Cluster, whose scripts must declare keys).
@@ -60,10 +60,23 @@ end
 "#;
 
 /// Publishes events. ARGV: prefix, history size, history TTL ms, meta TTL ms, epoch candidate,
-/// then per event: user, event_id, upstream ('1' when the id came from the upstream), envelope.
-/// Returns per event `{duplicate 0|1, epoch, position, delivered}`.
+/// HISTORY_MAX_BYTES, payload record TTL ms, then items, each one of:
+/// - `E`, user, event_id, upstream ('1' when the id came from the upstream), envelope: one user's
+///   event, kept inline in their history and published on their channel;
+/// - `L`, the same, then a record id: as `E`, but kept in history by reference to a payload record
+///   holding the envelope (large events, so that HISTORY_MAX_BYTES bounds them);
+/// - `G`, record id, event_id, upstream, record ('' when an earlier item of the group carried
+///   it), more ('1' when later items of the same group follow), the heads' part before the user's
+///   id and after it, count, then per user: user, the user's id as the head has it (a JSON
+///   string). A chunk of one event for several users sharing a payload: the record is stored
+///   once, each user's history entry holds their head and the record's id, and one message on
+///   the groups channel carries the heads' common parts once and the users whose channel has a
+///   subscriber, with the record if no earlier message of the group carried it.
+///
+/// Returns per user, in order, `{duplicate 0|1, epoch, position, delivered}`.
 const PUBLISH_BODY: &str = r#"
 local size, ttl, meta_ttl, candidate = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local max_bytes, record_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
 local live_nodes = {}
 local function connections(user)
@@ -77,50 +90,143 @@ local function connections(user)
   end
   return count
 end
-local out = {}
-for i = 6, #ARGV, 4 do
-  local user, id, upstream, envelope = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local stream, ids = prefix .. 's:' .. user, prefix .. 'i:' .. user
+-- The user's epoch and the new event's position; for a repeated upstream id still in history,
+-- the epoch, nil and the original's outcome instead.
+local function sequence(user, id, upstream)
   local meta, epoch = stream_meta(user, candidate, meta_ttl)
-  local original = nil
   if size > 0 and upstream == '1' then
-    local at = redis.call('HGET', ids, id)
+    local at = redis.call('HGET', prefix .. 'i:' .. user, id)
     if at then
-      local entry = redis.call('XRANGE', stream, at .. '-0', at .. '-0')[1]
+      local entry = redis.call('XRANGE', prefix .. 's:' .. user, at .. '-0', at .. '-0')[1]
       if entry and now - tonumber(entry[2][6]) < ttl then
-        original = {1, epoch, tonumber(at), tonumber(entry[2][4])}
+        return epoch, nil, {1, epoch, tonumber(at), tonumber(entry[2][4])}
       end
     end
   end
-  if original then
-    out[#out + 1] = original
-  else
-    local position = redis.call('HINCRBY', meta, 'p', 1)
-    local receivers = redis.call('PUBLISH', prefix .. 'c:' .. user,
-      'E ' .. epoch .. ' ' .. position .. ' ' .. envelope)
-    local delivered = 0
-    if receivers > 0 then delivered = connections(user) end
-    if size > 0 then
-      local length = redis.call('XLEN', stream)
-      if length >= size then
-        for _, old in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', length - size + 1)) do
-          redis.call('XDEL', stream, old[1])
-          local old_position = string.match(old[1], '^(%d+)')
-          -- The id may name a newer event by now (re-pushed after the duplicate window).
-          if redis.call('HGET', ids, old[2][8]) == old_position then
-            redis.call('HDEL', ids, old[2][8])
-            redis.call('HSET', meta, 'di', old[2][8], 'dp', old_position)
-          end
-        end
+  return epoch, redis.call('HINCRBY', meta, 'p', 1)
+end
+-- Appends an event to the user's history (bounded by `size`): `v` is its envelope, or its head
+-- when `record` names the record holding the rest.
+local function remember(user, position, id, v, record, delivered)
+  if size == 0 then return end
+  local stream, ids, meta = prefix .. 's:' .. user, prefix .. 'i:' .. user, prefix .. 'm:' .. user
+  local length = redis.call('XLEN', stream)
+  if length >= size then
+    for _, old in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', length - size + 1)) do
+      redis.call('XDEL', stream, old[1])
+      local old_position = string.match(old[1], '^(%d+)')
+      -- The id may name a newer event by now (re-pushed after the duplicate window).
+      if redis.call('HGET', ids, old[2][8]) == old_position then
+        redis.call('HDEL', ids, old[2][8])
+        redis.call('HSET', meta, 'di', old[2][8], 'dp', old_position)
       end
-      redis.call('XADD', stream, position .. '-0', 'v', envelope, 'd', delivered, 't', now, 'i', id)
-      redis.call('HSET', ids, id, position)
-      redis.call('PEXPIRE', stream, ttl)
-      redis.call('PEXPIRE', ids, ttl)
     end
-    out[#out + 1] = {0, epoch, position, delivered}
+  end
+  local entry = {'XADD', stream, position .. '-0', 'v', v, 'd', delivered, 't', now, 'i', id}
+  if record then
+    entry[#entry + 1] = 'r'
+    entry[#entry + 1] = record
+  end
+  redis.call(unpack(entry))
+  redis.call('HSET', ids, id, position)
+  redis.call('PEXPIRE', stream, ttl)
+  redis.call('PEXPIRE', ids, ttl)
+end
+local records, stored_bytes = prefix .. 'dq', prefix .. 'db'
+local stored = false
+-- Stores a payload record, counted against HISTORY_MAX_BYTES.
+local function store(id, record)
+  local key = prefix .. 'd:' .. id
+  redis.call('HSET', key, 'v', record)
+  redis.call('PEXPIRE', key, record_ttl)
+  redis.call('RPUSH', records, now .. ' ' .. #record .. ' ' .. id)
+  redis.call('INCRBY', stored_bytes, #record)
+  redis.call('PEXPIRE', records, record_ttl)
+  redis.call('PEXPIRE', stored_bytes, record_ttl)
+  stored = true
+end
+-- Forgets the records whose time ran out, then drops the oldest while the stored bytes exceed
+-- HISTORY_MAX_BYTES (the newest record always stays).
+local function settle()
+  local total = tonumber(redis.call('GET', stored_bytes) or '0')
+  local left = redis.call('LLEN', records)
+  while left > 0 do
+    local at, bytes, id = string.match(redis.call('LINDEX', records, 0), '^(%d+) (%d+) (.+)$')
+    if now - tonumber(at) < record_ttl and (total <= max_bytes or left == 1) then break end
+    redis.call('LPOP', records)
+    redis.call('DEL', prefix .. 'd:' .. id)
+    total = redis.call('DECRBY', stored_bytes, bytes)
+    left = left - 1
   end
 end
+local out = {}
+local i = 8
+while i <= #ARGV do
+  local kind = ARGV[i]
+  if kind == 'E' or kind == 'L' then
+    local user, id, upstream, envelope = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+    local record = nil
+    if kind == 'L' then
+      record = ARGV[i + 5]
+      i = i + 6
+    else
+      i = i + 5
+    end
+    local epoch, position, original = sequence(user, id, upstream)
+    if original then
+      out[#out + 1] = original
+    else
+      local receivers = redis.call('PUBLISH', prefix .. 'c:' .. user,
+        'E ' .. epoch .. ' ' .. position .. ' ' .. envelope)
+      local delivered = 0
+      if receivers > 0 then delivered = connections(user) end
+      if record then
+        store(record, envelope)
+        remember(user, position, id, '', record, delivered)
+      else
+        remember(user, position, id, envelope, nil, delivered)
+      end
+      out[#out + 1] = {0, epoch, position, delivered}
+    end
+  else
+    local record, id, upstream, payload, more = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+    local before, after = ARGV[i + 6], ARGV[i + 7]
+    local first, count = i + 9, tonumber(ARGV[i + 8])
+    i = first + 2 * count
+    local fresh, members = false, {}
+    for j = first, i - 1, 2 do
+      local user, named = ARGV[j], ARGV[j + 1]
+      local head = before .. named .. after
+      local epoch, position, original = sequence(user, id, upstream)
+      if original then
+        out[#out + 1] = original
+      else
+        fresh = true
+        -- A node subscribed to the user's channel is subscribed to the groups channel too.
+        local delivered = 0
+        if redis.call('PUBSUB', 'NUMSUB', prefix .. 'c:' .. user)[2] > 0 then
+          delivered = connections(user)
+          members[#members + 1] = epoch .. ' ' .. position .. ' ' .. #user .. ' ' .. #named .. '\n' .. user .. named
+        end
+        remember(user, position, id, head, record, delivered)
+        out[#out + 1] = {0, epoch, position, delivered}
+      end
+    end
+    if payload ~= '' and (fresh or more == '1') then store(record, payload) end
+    if #members > 0 then
+      local key = prefix .. 'd:' .. record
+      local held = redis.call('HMGET', key, 'v', 's')
+      local message = 'G ' .. record .. ' ' .. #members .. ' ' .. #before .. ' ' .. #after .. '\n'
+        .. before .. after .. table.concat(members)
+      if held[1] and not held[2] then
+        message = message .. held[1]
+        redis.call('HSET', key, 's', '1')
+      end
+      redis.call('PUBLISH', prefix .. 'g', message)
+    end
+  end
+end
+if stored then settle() end
 return out
 "#;
 
@@ -128,11 +234,15 @@ return out
 /// history TTL ms, meta TTL ms, epoch candidate, user, resume point ('' for none), the point's
 /// epoch and position when it has the shape of a position token ('' otherwise), node,
 /// connection, presence value, per-user limit (0: no presence change, a catch-up), replace
-/// ('1': over the limit, the oldest connection is kicked).
-/// Returns `{'limit', count}` or `{'ok', epoch, head, kicked, resync reason, position, envelope,
-/// position, envelope, ...}` with the events after the point. When the point's stream was lost
+/// ('1': over the limit, the oldest connection is kicked), then the ids of payload records the
+/// node has at hand (named but not sent).
+/// Returns `{'limit', count}` or `{'ok', epoch, head, kicked, resync reason, event count, then per
+/// event: position, envelope or head, record id ('' for an envelope), then per record they name
+/// that the node does not have at hand: id, record}` with the events after the point, each record once. When the point's stream was lost
 /// but the current one is whole from its start, the reason is `epoch_changed`, `head` is 0 (the
-/// resync point) and every event of the current stream follows.
+/// resync point) and every event of the current stream follows. When a record the events need is
+/// gone (dropped for HISTORY_MAX_BYTES), the reason is `expired` (or `epoch_changed`) and no event
+/// follows.
 const JOIN_BODY: &str = r#"
 local size, ttl, meta_ttl, candidate = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local user, from, token_epoch, token_position = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
@@ -165,18 +275,37 @@ if limit > 0 then
 end
 local meta, epoch = stream_meta(user, candidate, meta_ttl)
 local head = tonumber(redis.call('HGET', meta, 'p'))
--- History entries as the reply lists them: position, envelope, position, envelope, ...
+local at_hand = {}
+for k = 15, #ARGV do at_hand[ARGV[k]] = true end
+-- History entries as the reply lists them: the count, then position, envelope or head, record
+-- id per event, then each record they name once (unless at hand); nil when one of those records
+-- is gone from Redis (at hand or not: the history's bounds are the same on every node).
 local function replay(entries)
-  local events = {}
+  local events, records, seen = {#entries}, {}, {}
   for _, entry in ipairs(entries) do
+    local record = entry[2][10] or ''
     events[#events + 1] = tonumber(string.match(entry[1], '^(%d+)'))
     events[#events + 1] = entry[2][2]
+    events[#events + 1] = record
+    if record ~= '' and not seen[record] then
+      seen[record] = true
+      local key = prefix .. 'd:' .. record
+      if at_hand[record] then
+        if redis.call('EXISTS', key) == 0 then return nil end
+      else
+        local held = redis.call('HGET', key, 'v')
+        if not held then return nil end
+        records[#records + 1] = record
+        records[#records + 1] = held
+      end
+    end
   end
+  for _, part in ipairs(records) do events[#events + 1] = part end
   return events
 end
 local function answer(reason, events)
   local out = {'ok', epoch, head, kicked, reason}
-  for _, event in ipairs(events or {}) do out[#out + 1] = event end
+  for _, event in ipairs(events or {0}) do out[#out + 1] = event end
   return out
 end
 if from == '' then return answer('') end
@@ -198,8 +327,9 @@ if not after then
     if head == 0 or not first or first[1] ~= '1-0' or now_ms() - tonumber(first[2][6]) >= ttl then
       return answer('epoch_changed')
     end
-    head = 0
-    return answer('epoch_changed', replay(entries))
+    local events = replay(entries)
+    if events then head = 0 end
+    return answer('epoch_changed', events)
   end
   after = position
 end
@@ -209,7 +339,9 @@ local first = entries[1]
 if not first or first[1] ~= (after + 1) .. '-0' or now_ms() - tonumber(first[2][6]) >= ttl then
   return answer('expired')
 end
-return answer('', replay(entries))
+local events = replay(entries)
+if not events then return answer('expired') end
+return answer('', events)
 "#;
 
 /// Forgets connections that left. ARGV: prefix, node, then per connection: user, connection.
