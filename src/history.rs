@@ -44,8 +44,8 @@ use crate::protocol::{
 
 /// What one stored event costs besides its frame's text: the ring slot, the event, its id and its
 /// payload's record, with the allocator's rounding (measured: a 256-byte push costs about 770
-/// bytes of RSS in history, about 400 of them its text). Counted against `HISTORY_MAX_BYTES` so that many
-/// tiny events are bounded by their real footprint too.
+/// bytes of RSS in history, about 400 of them its text). Counted against `HISTORY_MAX_BYTES` so
+/// that many tiny events are bounded by their real footprint too.
 pub const ENTRY_OVERHEAD_BYTES: usize = 256;
 
 /// How much history to keep.
