@@ -959,3 +959,27 @@ async fn a_stalled_http_client_does_not_cost_websocket_clients_their_close_frame
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_client_that_closes_gets_the_servers_close_frame_back() {
+    let app = spawn_app(&[]).await;
+    let mut ws = app.connect("leaving").await;
+    app.wait_for_connections(1).await;
+    ws.close(Some(tungstenite::protocol::CloseFrame {
+        code: tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .expect("send close");
+    let reply = timeout(PROMPTLY, ws.next())
+        .await
+        .expect("the server answers the close");
+    assert!(
+        matches!(reply, Some(Ok(Message::Close(_)))),
+        "a close frame, not a reset: {reply:?}"
+    );
+    app.wait_for_metrics("counted as closed by the client", |m| {
+        m["connections_closed_total"]["client_closed"] == 1
+    })
+    .await;
+}

@@ -183,7 +183,9 @@ async fn finish(socket: &mut Socket, pending: &[Queued], frame: Option<CloseFram
         }
         match frame {
             Some(frame) => socket.send(Message::Close(Some(frame))).await?,
-            None => socket.close(None).await?,
+            // The client began the close: send tungstenite's queued reply (a close frame of ours
+            // would be refused as a send after closing).
+            None => SinkExt::close(socket).await?,
         }
         while let Some(Ok(message)) = socket.next().await {
             if let Message::Close(_) = message {
