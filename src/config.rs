@@ -187,6 +187,12 @@ pub struct Settings {
     /// to open WebSocket and SSE connections (a browser's other origins get 403).
     #[arg(long, env = "CORS_ORIGINS", default_value = "*", value_parser = CorsOrigins::parse)]
     pub cors_origins: CorsOrigins,
+    /// Comma-separated hosts (`host` or `host:port`) this server answers for besides loopback:
+    /// a browser page served from one of them (the console) is the server's own origin, whatever
+    /// CORS_ORIGINS says. Guards against DNS rebinding.
+    #[arg(long, env = "ALLOWED_HOSTS", default_value = "", value_parser = AllowedHosts::parse,
+          hide_default_value = true)]
+    pub allowed_hosts: AllowedHosts,
 
     /// Comma-separated API keys that publishers must present (`Authorization: Bearer <key>` or
     /// `X-API-Key`) to push and to call administrative endpoints; several allow rotation. Empty:
@@ -194,6 +200,10 @@ pub struct Settings {
     #[arg(long, env = "PUSH_API_KEYS", default_value = "", value_parser = ApiKeys::parse,
           hide_default_value = true, hide_env_values = true)]
     pub push_api_keys: ApiKeys,
+    /// Comma-separated API keys for the administrative endpoints and broadcasts. Unset: the
+    /// publisher keys (PUSH_API_KEYS) may use them too.
+    #[arg(long, env = "ADMIN_API_KEYS", value_parser = ApiKeys::parse, hide_env_values = true)]
+    pub admin_api_keys: Option<ApiKeys>,
     /// Whether `/metrics` is served without an API key (when keys are set).
     #[arg(long, env = "METRICS_PUBLIC", default_value = "true", value_parser = parse_bool,
           action = clap::ArgAction::Set)]
@@ -322,6 +332,53 @@ impl TrustedProxies {
     }
 }
 
+/// The hosts a browser may reach this server under besides loopback (`ALLOWED_HOSTS`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedHosts(Vec<String>);
+
+impl AllowedHosts {
+    /// Parses a comma-separated list of `host` or `host:port`.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                let valid = !item.contains('/') && item.chars().all(|c| c.is_ascii_graphic());
+                if valid {
+                    Ok(item.to_ascii_lowercase())
+                } else {
+                    Err(format!(
+                        "{item:?} is not a host or host:port such as push.example.com"
+                    ))
+                }
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    /// Whether `authority` (a `Host` header: `host[:port]`) is listed, as it is or, for an entry
+    /// without a port, on any port.
+    pub fn contains(&self, authority: &str) -> bool {
+        let authority = authority.to_ascii_lowercase();
+        let host = host_of(&authority);
+        self.0
+            .iter()
+            .any(|entry| *entry == authority || *entry == host)
+    }
+}
+
+/// The host part of an authority `host[:port]` (an IPv6 literal keeps its brackets).
+pub fn host_of(authority: &str) -> &str {
+    if authority.starts_with('[') {
+        return authority
+            .find(']')
+            .map_or(authority, |end| &authority[..=end]);
+    }
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _port)| host)
+}
+
 /// Which broker routes pushes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BrokerKind {
@@ -420,6 +477,17 @@ impl Settings {
     /// Checks rules that involve several settings at once (the endpoint paths are checked against
     /// the route table: [`crate::routes::check_paths`]). Returns the first problem, in one line.
     pub fn check_consistency(&self) -> Result<(), String> {
+        if self
+            .admin_api_keys
+            .as_ref()
+            .is_some_and(|keys| keys.0.is_empty())
+        {
+            return Err(
+                "invalid ADMIN_API_KEYS: it is set but holds no key (unset it to let the \
+                 publisher keys administer)"
+                    .into(),
+            );
+        }
         if self.broker == BrokerKind::Redis && self.ws_send_queue <= self.history_size {
             return Err(format!(
                 "invalid WS_SEND_QUEUE={}: with BROKER=redis it must be larger than \

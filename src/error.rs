@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::auth::KeyError;
 use crate::broker::BrokerError;
 use crate::metrics::Rejection;
+use crate::origin::ForeignOrigin;
 use crate::protocol::Issue;
 
 /// Everything that can go wrong in a handler, each with its status code.
@@ -30,9 +31,12 @@ pub enum ApiError {
     /// The body could not be read (400).
     #[error("cannot read the request body: {0}")]
     BadBody(String),
-    /// The body was declared as something other than JSON (415).
+    /// The body was not declared as JSON (415).
     #[error("Content-Type must be application/json, not {0}")]
     UnsupportedMediaType(String),
+    /// The body was compressed or otherwise encoded (415).
+    #[error("Content-Encoding {0} is not supported: send the body as it is (identity)")]
+    UnsupportedEncoding(String),
     /// The broker could not route the events (503).
     #[error(transparent)]
     Unavailable(#[from] BrokerError),
@@ -90,7 +94,9 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BadBody(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType(_) | Self::UnsupportedEncoding(_) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -108,12 +114,14 @@ impl ApiError {
         match self {
             Self::Validation(_) | Self::BadBody(_) | Self::BodyTimeout => Some(Rejection::Invalid),
             Self::PayloadTooLarge { .. } => Some(Rejection::TooLarge),
-            Self::UnsupportedMediaType(_) => Some(Rejection::UnsupportedMediaType),
+            Self::UnsupportedMediaType(_) | Self::UnsupportedEncoding(_) => {
+                Some(Rejection::UnsupportedMediaType)
+            }
+            Self::Forbidden(_) => Some(Rejection::Forbidden),
             Self::Unavailable(_) => Some(Rejection::Unavailable),
             Self::Unauthorized { .. } => Some(Rejection::Unauthorized),
             Self::TooManyRequests { .. } => Some(Rejection::RateLimited),
-            Self::Forbidden(_)
-            | Self::InvalidQuery(_)
+            Self::InvalidQuery(_)
             | Self::Handshake { .. }
             | Self::Overloaded(_)
             | Self::NotFound
@@ -156,6 +164,12 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+impl From<ForeignOrigin> for ApiError {
+    fn from(refused: ForeignOrigin) -> Self {
+        Self::Forbidden(refused.to_string())
     }
 }
 

@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod openapi;
+pub mod origin;
 pub mod protocol;
 pub mod rate_limit;
 pub mod routes;

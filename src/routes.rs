@@ -20,6 +20,9 @@ pub enum Access {
     Public,
     /// Publishers: one of `PUSH_API_KEYS` when keys are set, and `PUSH_RATE`.
     Publisher,
+    /// Administrators: one of `ADMIN_API_KEYS` (or, when those are not set, of `PUSH_API_KEYS`),
+    /// and `PUSH_RATE`.
+    Admin,
     /// Monitoring: public unless `METRICS_PUBLIC=false`, then an API key.
     Metrics,
 }
@@ -99,7 +102,7 @@ pub fn check_paths(settings: &Settings) -> Result<(), String> {
 }
 
 fn every_route(settings: &Settings) -> Vec<Route> {
-    use Access::{Metrics, Public, Publisher};
+    use Access::{Admin, Metrics, Public, Publisher};
     use Method as M;
     vec![
         Route::new(
@@ -165,21 +168,21 @@ fn every_route(settings: &Settings) -> Vec<Route> {
             M::POST,
             "/sse/broadcast",
             "broadcast",
-            Publisher,
+            Admin,
             push::broadcast,
         ),
         Route::new(
             M::GET,
             "/admin/users/{user_id}",
             "user report",
-            Publisher,
+            Admin,
             admin::user,
         ),
         Route::new(
             M::DELETE,
             "/admin/users/{user_id}/connections",
             "user disconnect",
-            Publisher,
+            Admin,
             admin::disconnect,
         ),
     ]

@@ -27,7 +27,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::api::health::{method_not_allowed, not_found, panic_response};
-use crate::api::{require_key, require_publisher};
+use crate::api::{require_admin, require_key, require_publisher};
 use crate::auth::{PublisherKeys, TokenVerifier};
 use crate::broker::{Broker, MemoryBroker, RedisBroker};
 use crate::clock::Clock;
@@ -83,6 +83,10 @@ impl Application {
         let max_connections = effective_max_connections(settings.max_connections);
         let state = Arc::new(AppState {
             publishers: PublisherKeys::new(&settings.push_api_keys),
+            admins: settings
+                .admin_api_keys
+                .as_ref()
+                .and_then(PublisherKeys::new),
             tokens,
             connect_limit: KeyedLimit::new(settings.connect_rate_per_ip, &clock),
             push_limit: KeyedLimit::new(settings.push_rate, &clock),
@@ -254,6 +258,11 @@ fn warn_about_open_access(state: &AppState) {
             "PUSH_API_KEYS is not set: anyone who can reach this port can push to any user"
         );
     }
+    if state.admins.is_none() {
+        tracing::warn!(
+            "ADMIN_API_KEYS is not set: whoever may push may also broadcast and disconnect users"
+        );
+    }
 }
 
 /// Background upkeep until the lifecycle stops it: reclaims expired history and forgets
@@ -366,11 +375,13 @@ async fn serve_http(
 /// access needs, then the body limit, panic containment and CORS.
 pub fn router(state: SharedState) -> Router {
     let settings = &state.settings;
-    let (mut public, mut publishing, mut metrics) = (Router::new(), Router::new(), Router::new());
+    let (mut public, mut publishing, mut administering, mut metrics) =
+        (Router::new(), Router::new(), Router::new(), Router::new());
     for route in routes::table(settings) {
         let group = match route.access {
             Access::Public => &mut public,
             Access::Publisher => &mut publishing,
+            Access::Admin => &mut administering,
             Access::Metrics => &mut metrics,
         };
         *group = std::mem::take(group).route(&route.path, route.handler);
@@ -378,6 +389,10 @@ pub fn router(state: SharedState) -> Router {
     let publishing = publishing.route_layer(middleware::from_fn_with_state(
         Arc::clone(&state),
         require_publisher,
+    ));
+    let administering = administering.route_layer(middleware::from_fn_with_state(
+        Arc::clone(&state),
+        require_admin,
     ));
     if !settings.metrics_public {
         metrics = metrics.route_layer(middleware::from_fn_with_state(
@@ -387,6 +402,7 @@ pub fn router(state: SharedState) -> Router {
     }
     public
         .merge(publishing)
+        .merge(administering)
         .merge(metrics)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -40,6 +40,8 @@ pub struct AppState {
     pub started_at: Instant,
     /// Publisher API keys; `None`: pushes are open.
     pub publishers: Option<PublisherKeys>,
+    /// Administrator API keys (`ADMIN_API_KEYS`); `None`: the publisher keys administer too.
+    pub admins: Option<PublisherKeys>,
     /// Subscriber token verification; `None`: open mode (the user is `?user_id=`).
     pub tokens: Option<TokenVerifier>,
     /// Connection attempts per client IP (`CONNECT_RATE_PER_IP`).
@@ -53,8 +55,10 @@ pub struct AppState {
 /// Who a push request comes from, for its rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Publisher {
-    /// The holder of this API key.
+    /// The holder of this publisher key (`PUSH_API_KEYS`).
     Key(KeyId),
+    /// The holder of this administrator key (`ADMIN_API_KEYS`).
+    Admin(KeyId),
     /// A client at this address (no API keys configured).
     Address(IpAddr),
 }

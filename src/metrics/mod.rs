@@ -69,6 +69,9 @@ pub enum Rejection {
     Unavailable,
     /// No API key, or a wrong one (401).
     Unauthorized,
+    /// From a browser origin not in `CORS_ORIGINS`, or a publisher key on an administrative
+    /// route when `ADMIN_API_KEYS` is set (403).
+    Forbidden,
     /// Over `PUSH_RATE` (429).
     RateLimited,
 }

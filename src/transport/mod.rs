@@ -16,15 +16,15 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::auth::{TokenError, bearer};
 use crate::broker::AttachError;
-use crate::config::CorsOrigins;
 use crate::error::ApiError;
 use crate::hub::Attached;
 use crate::metrics::Refusal;
+use crate::origin::check_origin;
 use crate::protocol::{Issue, Loc, Transport, UserId};
 use crate::rate_limit::client_ip;
 use crate::state::AppState;
@@ -131,8 +131,9 @@ pub fn authorize(
 ) -> Result<Admission, (Refusal, ApiError)> {
     let request = ConnectRequest::from_parts(query, headers)
         .map_err(|issue| (Refusal::BadRequest, ApiError::InvalidQuery(vec![issue])))?;
-    check_origin(&state.settings.cors_origins, headers)
-        .map_err(|error| (Refusal::Forbidden, error))?;
+    let settings = &state.settings;
+    check_origin(&settings.cors_origins, &settings.allowed_hosts, headers)
+        .map_err(|refused| (Refusal::Forbidden, refused.into()))?;
     if let Some(limit) = &state.connect_limit {
         let ip = client_ip(peer, headers, &state.settings.trusted_proxies);
         limit.check(&ip).map_err(|retry| {
@@ -197,35 +198,6 @@ fn identify(
 
 /// Longest token accepted, in bytes: real ones are well under 2 KiB.
 const TOKEN_MAX_BYTES: usize = 8 * 1024;
-
-/// Refuses a browser (a request with an `Origin`) from an origin not in `CORS_ORIGINS`: a page
-/// elsewhere must not open a connection with the user's credentials (cross-site WebSocket
-/// hijacking). Clients without `Origin` (not browsers) are not concerned, and neither are this
-/// server's own pages (the web console): an origin naming the host the request was sent to.
-fn check_origin(allowed: &CorsOrigins, headers: &HeaderMap) -> Result<(), ApiError> {
-    let (CorsOrigins::List(list), Some(origin)) = (allowed, headers.get(header::ORIGIN)) else {
-        return Ok(());
-    };
-    let origin = origin.to_str().unwrap_or_default();
-    if list.iter().any(|allowed| allowed == origin) || same_origin(origin, headers) {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden(format!(
-            "origin {origin:?} is not allowed (CORS_ORIGINS)"
-        )))
-    }
-}
-
-/// Whether `origin` (`scheme://host[:port]`) names the host this request was sent to (`Host`).
-fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
-    let authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    let host = headers
-        .get(header::HOST)
-        .and_then(|host| host.to_str().ok());
-    matches!((authority, host), (Some(authority), Some(host)) if authority.eq_ignore_ascii_case(host))
-}
 
 const USER_ID_LOC: [&str; 2] = ["query", "user_id"];
 const LAST_EVENT_ID_QUERY_LOC: [&str; 2] = ["query", "last_event_id"];

@@ -152,6 +152,16 @@ async fn push_path_that_shadows_health_exits_2() {
 }
 
 #[tokio::test]
+async fn admin_keys_set_to_nothing_exit_2() {
+    for value in ["", " ", ","] {
+        let dir = workdir();
+        let mut command = server_command(dir.path());
+        command.env("ADMIN_API_KEYS", value);
+        assert_config_error(command, &["ADMIN_API_KEYS", "no key"]).await;
+    }
+}
+
+#[tokio::test]
 async fn bad_value_in_dotenv_exits_2_naming_it() {
     let dir = workdir();
     std::fs::write(dir.path().join(".env"), "MAX_BATCH_SIZE=0\n").expect("write .env");

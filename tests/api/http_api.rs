@@ -191,7 +191,7 @@ async fn invalid_pushes_get_fastapi_422s_and_the_server_keeps_serving() {
     let metrics = app.metrics().await;
     assert_eq!(
         metrics["push_requests_rejected_total"],
-        json!({ "invalid": rejected, "too_large": 0, "unsupported_media_type": 0, "unavailable": 0, "unauthorized": 0, "rate_limited": 0 })
+        json!({ "invalid": rejected, "too_large": 0, "unsupported_media_type": 0, "unavailable": 0, "unauthorized": 0, "forbidden": 0, "rate_limited": 0 })
     );
     assert_eq!(
         metrics["events_accepted_total"], 1,
@@ -451,7 +451,7 @@ async fn batches_are_validated_whole_before_anything_is_delivered() {
 }
 
 #[tokio::test]
-async fn content_type_must_be_json_or_absent() {
+async fn content_type_must_be_json() {
     let app = spawn_app(&[]).await;
     let body = br#"{"user_id":"u","data":{}}"#.to_vec();
 
@@ -479,8 +479,23 @@ async fn content_type_must_be_json_or_absent() {
         .await;
     assert_eq!(reply.status, 415, "{}", reply.text);
 
+    // No declared type: what a cross-site no-cors fetch or sendBeacon sends.
+    let reply = app
+        .request(
+            Method::POST,
+            "/sse/broadcast",
+            &[],
+            Some(br#"{"data":{}}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(reply.status, 415, "{}", reply.text);
+    assert_eq!(
+        reply.json(),
+        json!({ "detail": "Content-Type must be application/json, not (none)" })
+    );
+
     for headers in [
-        &[][..],
+        &[("content-type", "application/json")][..],
         &[("content-type", "application/json; charset=utf-8")][..],
         &[("content-type", "Application/JSON")][..],
         &[("content-type", "application/vnd.api+json")][..],
@@ -495,7 +510,7 @@ async fn content_type_must_be_json_or_absent() {
     let metrics = app.metrics().await;
     assert_eq!(
         metrics["push_requests_rejected_total"]["unsupported_media_type"],
-        2
+        3
     );
     assert_eq!(metrics["events_accepted_total"], 4);
 }
@@ -792,7 +807,10 @@ async fn trickling_bodies_get_408_and_silent_connections_are_closed() {
         .await
         .expect("connect");
     trickling
-        .write_all(b"POST /sse/push HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
+        .write_all(
+            b"POST /sse/push HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{",
+        )
         .await
         .expect("write head");
     let mut response = vec![0; 512];

@@ -30,7 +30,7 @@ const LAYERS: &[&[&str]] = &[
     // Settings, parsed into the types of the layers below.
     &["config"],
     // Routing across nodes; credentials; rate limits; the health probe.
-    &["broker", "auth", "rate_limit", "healthcheck"],
+    &["broker", "auth", "rate_limit", "healthcheck", "origin"],
     // What handlers share; the HTTP error type; the client subcommands.
     &["state", "error", "client"],
     // The HTTP API, the client transports, the console, the API documentation.

@@ -944,7 +944,10 @@ async fn a_stalled_http_client_does_not_cost_websocket_clients_their_close_frame
     // A push whose body never finishes (the request timeout is the default 30 s).
     let mut stalled = TcpStream::connect(app.addr).await.expect("connect");
     stalled
-        .write_all(b"POST /sse/push HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{")
+        .write_all(
+            b"POST /sse/push HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{",
+        )
         .await
         .expect("write head");
 
