@@ -12,6 +12,7 @@ use strum::VariantArray;
 
 use crate::error::ApiError;
 use crate::metrics::Gauges;
+use crate::metrics::process::ProcessStats;
 use crate::metrics::prometheus::{Exposition, Format};
 use crate::protocol::{EvictionCause, Transport};
 use crate::state::{AppState, SharedState};
@@ -77,6 +78,7 @@ fn text(state: &AppState, format: Format) -> Response {
         gauges: gauges(state),
         broker: state.broker.report(),
         cluster: state.broker.cluster(),
+        process: ProcessStats::read(),
     };
     match exposition.encode(format) {
         Ok(body) => (

@@ -25,6 +25,7 @@ use crate::protocol::{
 };
 
 pub mod histogram;
+pub mod process;
 pub mod prometheus;
 
 use histogram::{AtomicHistogram, HistogramSnapshot};

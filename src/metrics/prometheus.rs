@@ -9,6 +9,8 @@
 //! (and `UNIT`, `# EOF` in OpenMetrics), escaping, cumulative histogram buckets.
 //!
 //! Labels are bounded: transports, reasons, the broker kind and the version. None holds a user id.
+//! Beside the service's own families, a scrape has the standard `process_*` families every
+//! Prometheus client library exports ([`super::process`]), unprefixed as dashboards expect them.
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
@@ -17,6 +19,7 @@ use prometheus_client::registry::{Registry, Unit};
 use strum::VariantArray;
 
 use super::histogram::HistogramSnapshot;
+use super::process::ProcessStats;
 use super::{BrokerReport, ClusterStats, Counts, DropReason, Gauges, Refusal, Rejection};
 use crate::protocol::{
     DisconnectReason, EvictionCause, Label, ResyncReason, SlowConsumerCause, Transport,
@@ -55,13 +58,18 @@ pub struct Exposition {
     pub broker: BrokerReport,
     /// The cluster's counts (`None` with the memory broker).
     pub cluster: Option<ClusterStats>,
+    /// The process's resources (`None` where they cannot be read).
+    pub process: Option<ProcessStats>,
 }
 
 impl Exposition {
     /// The text exposition in `format`.
     pub fn encode(self, format: Format) -> Result<String, std::fmt::Error> {
-        let mut registry = Registry::with_prefix(PREFIX);
-        registry.register_collector(Box::new(self));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ProcessCollector(self.process)));
+        registry
+            .sub_registry_with_prefix(PREFIX)
+            .register_collector(Box::new(self));
         let mut text = String::new();
         match format {
             Format::Prometheus => {
@@ -155,6 +163,61 @@ fn by<T: Label + VariantArray>(values: &[u64]) -> impl Iterator<Item = (&'static
         .iter()
         .map(|variant| variant.label())
         .zip(values.iter().copied())
+}
+
+/// The `process_*` families, from one reading.
+#[derive(Debug)]
+struct ProcessCollector(Option<ProcessStats>);
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(process) = self.0 else {
+            return Ok(());
+        };
+        let mut out = Family {
+            encoder: &mut encoder,
+        };
+        out.gauge(
+            "process_resident_memory",
+            "Resident memory size in bytes",
+            Some(&Unit::Bytes),
+            process.resident_memory_bytes,
+        )?;
+        out.gauge(
+            "process_virtual_memory",
+            "Virtual memory size in bytes",
+            Some(&Unit::Bytes),
+            process.virtual_memory_bytes,
+        )?;
+        out.encoder
+            .encode_descriptor(
+                "process_cpu",
+                "Total user and system CPU time spent in seconds",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?
+            .encode_counter::<NoLabelSet, _, u64>(&process.cpu_seconds, None)?;
+        out.gauge(
+            "process_open_fds",
+            "Number of open file descriptors",
+            None,
+            process.open_fds,
+        )?;
+        if let Some(max_fds) = process.max_fds {
+            out.gauge(
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                None,
+                max_fds,
+            )?;
+        }
+        out.gauge(
+            "process_start_time",
+            "Start time of the process since unix epoch in seconds",
+            Some(&Unit::Seconds),
+            process.start_time_seconds,
+        )
+    }
 }
 
 impl Collector for Exposition {
@@ -440,7 +503,33 @@ mod tests {
                 link: None,
             },
             cluster,
+            process: Some(ProcessStats {
+                resident_memory_bytes: 30 << 20,
+                virtual_memory_bytes: 1 << 30,
+                cpu_seconds: 1.5,
+                open_fds: 12,
+                max_fds: Some(1024),
+                start_time_seconds: 1_800_000_000.0,
+            }),
         }
+    }
+
+    #[test]
+    fn the_process_families_are_unprefixed() {
+        let text = exposition(None).encode(Format::Prometheus).unwrap();
+        assert!(
+            text.contains("# TYPE process_resident_memory_bytes gauge\n"),
+            "{text}"
+        );
+        assert!(text.contains("process_resident_memory_bytes 31457280\n"));
+        assert!(text.contains("process_cpu_seconds_total 1.5\n"), "{text}");
+        assert!(text.contains("process_open_fds 12\n"));
+        assert!(text.contains("process_max_fds 1024\n"));
+        assert!(
+            text.contains("process_start_time_seconds 1800000000"),
+            "{text}"
+        );
+        assert!(!text.contains("websocket_sse_process"));
     }
 
     #[test]

@@ -239,8 +239,8 @@ fn check_line(line: &str) {
         "bad metric name: {line}"
     );
     assert!(
-        name.starts_with("websocket_sse_"),
-        "metric without the prefix: {line}"
+        name.starts_with("websocket_sse_") || name.starts_with("process_"),
+        "metric neither the service's nor a standard process one: {line}"
     );
     assert!(
         value == "+Inf" || value == "-Inf" || value == "NaN" || value.parse::<f64>().is_ok(),
@@ -686,4 +686,15 @@ async fn the_grafana_dashboard_queries_only_exposed_metrics() {
             "the dashboard does not show {family}"
         );
     }
+}
+
+#[tokio::test]
+async fn the_standard_process_families_are_exposed() {
+    let app = spawn_app(&[]).await;
+    let exposition = scrape(&app).await;
+    assert!(exposition.value("process_resident_memory_bytes", &[]) > 1e6);
+    assert!(exposition.value("process_open_fds", &[]) >= 3.0);
+    assert!(exposition.value("process_max_fds", &[]) >= exposition.value("process_open_fds", &[]));
+    assert!(exposition.value("process_cpu_seconds_total", &[]) > 0.0);
+    assert!(exposition.value("process_start_time_seconds", &[]) > 1.7e9);
 }
