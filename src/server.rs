@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -35,6 +35,7 @@ use crate::config::{BrokerKind, CorsOrigins, Settings};
 use crate::hub::{Hub, HubMode, UserLimit};
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::metrics::requests::RequestDurations;
 use crate::rate_limit::KeyedLimit;
 use crate::routes::{self, Access};
 use crate::state::{AppState, SharedState};
@@ -81,6 +82,8 @@ impl Application {
         // Last: a cluster broker starts background tasks, which nothing may fail after.
         let (hub, broker) = build_broker(&settings, &metrics, &lifecycle).await?;
         let max_connections = effective_max_connections(settings.max_connections);
+        let request_durations =
+            RequestDurations::new(routes::table(&settings).into_iter().map(|route| route.path));
         let state = Arc::new(AppState {
             publishers: PublisherKeys::new(&settings.push_api_keys),
             admins: settings
@@ -99,6 +102,7 @@ impl Application {
             max_connections,
             started_at: Instant::now(),
             clock: clock.clone(),
+            request_durations,
         });
         Ok(Self {
             listener,
@@ -404,6 +408,10 @@ pub fn router(state: SharedState) -> Router {
         .merge(publishing)
         .merge(administering)
         .merge(metrics)
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            time_request,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -414,6 +422,19 @@ pub fn router(state: SharedState) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(cors(&settings.cors_origins))
         .with_state(state)
+}
+
+/// Times a request from its arrival at its route (the checks of its access included) to its
+/// response head, for `http_request_duration_seconds`.
+async fn time_request(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let response = next.run(request).await;
+    if let Some(route) = route {
+        let status = response.status().as_u16();
+        (state.request_durations).observe(route.as_str(), status, started.elapsed());
+    }
+    response
 }
 
 /// Counts a request as in flight until its handler has answered (not while a streamed body is

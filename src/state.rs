@@ -14,6 +14,7 @@ use crate::config::Settings;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
+use crate::metrics::requests::RequestDurations;
 use crate::rate_limit::KeyedLimit;
 
 /// The state behind every handler, shared by reference count.
@@ -50,6 +51,8 @@ pub struct AppState {
     pub push_limit: Option<KeyedLimit<Publisher>>,
     /// The clock every rate limit runs on.
     pub clock: Clock,
+    /// How long each route takes to answer.
+    pub request_durations: RequestDurations,
 }
 
 /// Who a push request comes from, for its rate limit.

@@ -79,6 +79,7 @@ fn text(state: &AppState, format: Format) -> Response {
         broker: state.broker.report(),
         cluster: state.broker.cluster(),
         process: ProcessStats::read(),
+        requests: state.request_durations.snapshot(),
     };
     match exposition.encode(format) {
         Ok(body) => (

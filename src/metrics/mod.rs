@@ -27,6 +27,7 @@ use crate::protocol::{
 pub mod histogram;
 pub mod process;
 pub mod prometheus;
+pub mod requests;
 
 use histogram::{AtomicHistogram, HistogramSnapshot};
 

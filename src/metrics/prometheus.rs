@@ -20,6 +20,7 @@ use strum::VariantArray;
 
 use super::histogram::HistogramSnapshot;
 use super::process::ProcessStats;
+use super::requests::RouteSnapshot;
 use super::{BrokerReport, ClusterStats, Counts, DropReason, Gauges, Refusal, Rejection};
 use crate::protocol::{
     DisconnectReason, EvictionCause, Label, ResyncReason, SlowConsumerCause, Transport,
@@ -60,6 +61,8 @@ pub struct Exposition {
     pub cluster: Option<ClusterStats>,
     /// The process's resources (`None` where they cannot be read).
     pub process: Option<ProcessStats>,
+    /// The HTTP API's response times that have observations, by route and status class.
+    pub requests: Vec<RouteSnapshot>,
 }
 
 impl Exposition {
@@ -345,6 +348,30 @@ impl Collector for Exposition {
             "reason",
             by::<DropReason>(&counts.events_dropped),
         )?;
+        if !self.requests.is_empty() {
+            let mut family = out.encoder.encode_descriptor(
+                "http_request_duration",
+                "From a request's arrival at its route to its response head (a WebSocket's 101, \
+                 an SSE stream's 200), by route and status class",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for snapshot in &self.requests {
+                let labels = [
+                    ("route", snapshot.route.as_str()),
+                    ("status", snapshot.class),
+                ];
+                let histogram = &snapshot.histogram;
+                family
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(
+                        histogram.sum,
+                        histogram.count,
+                        &histogram.buckets,
+                        None,
+                    )?;
+            }
+        }
         out.histogram(
             "delivery_latency",
             "From an event's acceptance on this node (or its arrival from the cluster) to the \
@@ -503,6 +530,7 @@ mod tests {
                 link: None,
             },
             cluster,
+            requests: Vec::new(),
             process: Some(ProcessStats {
                 resident_memory_bytes: 30 << 20,
                 virtual_memory_bytes: 1 << 30,

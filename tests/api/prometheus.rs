@@ -55,7 +55,16 @@ const FAMILIES: &[&str] = &[
 ];
 
 /// The only label names the exposition may use: all bounded.
-const LABEL_NAMES: &[&str] = &["transport", "reason", "cause", "version", "broker", "le"];
+const LABEL_NAMES: &[&str] = &[
+    "transport",
+    "reason",
+    "cause",
+    "version",
+    "broker",
+    "le",
+    "route",
+    "status",
+];
 
 /// One parsed exposition.
 struct Exposition {
@@ -697,4 +706,32 @@ async fn the_standard_process_families_are_exposed() {
     assert!(exposition.value("process_max_fds", &[]) >= exposition.value("process_open_fds", &[]));
     assert!(exposition.value("process_cpu_seconds_total", &[]) > 0.0);
     assert!(exposition.value("process_start_time_seconds", &[]) > 1.7e9);
+}
+
+#[tokio::test]
+async fn the_api_is_timed_by_route_and_status_class() {
+    let app = spawn_app(&[]).await;
+    for _ in 0..3 {
+        app.push(json!({"user_id": "timed", "data": {}})).await;
+    }
+    let (status, _) = app
+        .post_json("/sse/push", &json!({"user_id": "timed"}))
+        .await;
+    assert_eq!(status, 422);
+    let (status, _) = app.get_json("/admin/users/timed").await;
+    assert_eq!(status, 200);
+    let text = scrape(&app).await.text;
+    for (series, count) in [
+        (r#"route="/sse/push",status="2xx""#, 3),
+        (r#"route="/sse/push",status="4xx""#, 1),
+        (r#"route="/admin/users/{user_id}",status="2xx""#, 1),
+    ] {
+        let line =
+            format!("websocket_sse_http_request_duration_seconds_count{{{series}}} {count}\n");
+        assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    }
+    assert!(
+        text.contains("# TYPE websocket_sse_http_request_duration_seconds histogram"),
+        "{text}"
+    );
 }
