@@ -74,7 +74,7 @@ impl Application {
         let invalid = |problem| io::Error::new(io::ErrorKind::InvalidInput, problem);
         routes::check_paths(&settings).map_err(invalid)?;
         settings.check_consistency().map_err(invalid)?;
-        let tokens = TokenVerifier::from_settings(&settings).map_err(invalid)?;
+        let tokens = TokenVerifier::from_settings(&settings);
         let listener = bind(&settings.host, settings.port).await?;
         let metrics = Arc::new(Metrics::default());
         let lifecycle = Lifecycle::default();
@@ -82,10 +82,18 @@ impl Application {
         let (hub, broker) = build_broker(&settings, &metrics, &lifecycle).await?;
         let max_connections = effective_max_connections(settings.max_connections);
         let state = Arc::new(AppState {
-            publishers: PublisherKeys::new(&settings.push_api_keys),
+            publishers: settings.push_api_keys.as_ref().map(PublisherKeys::new),
             tokens,
-            connect_limit: KeyedLimit::new(settings.connect_rate_per_ip, &clock),
-            push_limit: KeyedLimit::new(settings.push_rate, &clock),
+            connect_limit: KeyedLimit::new(
+                settings.connect_rate_per_ip,
+                &clock,
+                settings.rate_limit_ipv6_prefix,
+            ),
+            push_limit: KeyedLimit::new(
+                settings.push_rate,
+                &clock,
+                settings.rate_limit_ipv6_prefix,
+            ),
             settings,
             hub,
             broker,

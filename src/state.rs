@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::rate_limit::KeyedLimit;
+use crate::rate_limit::{KeyedLimit, LimitKey};
 
 /// The state behind every handler, shared by reference count.
 pub type SharedState = Arc<AppState>;
@@ -57,4 +57,14 @@ pub enum Publisher {
     Key(KeyId),
     /// A client at this address (no API keys configured).
     Address(IpAddr),
+}
+
+impl LimitKey for Publisher {
+    /// A key is its own publisher; an address is counted by its client network.
+    fn client(&self, ipv6_prefix: u8) -> Self {
+        match self {
+            Self::Key(key) => Self::Key(*key),
+            Self::Address(address) => Self::Address(address.client(ipv6_prefix)),
+        }
+    }
 }
