@@ -41,13 +41,10 @@ pub struct PublisherKeys {
 pub struct KeyId(pub usize);
 
 impl PublisherKeys {
-    /// The keys to accept, or `None` when none are configured (pushes are open).
-    pub fn new(keys: &ApiKeys) -> Option<Self> {
-        if keys.0.is_empty() {
-            return None;
-        }
+    /// The keys to accept.
+    pub fn new(keys: &ApiKeys) -> Self {
         let digests = keys.0.iter().map(|key| digest(key.expose())).collect();
-        Some(Self { digests })
+        Self { digests }
     }
 
     /// Checks the key presented in `headers`. Every configured key is compared, whatever matches.
@@ -125,33 +122,18 @@ struct Claims {
 }
 
 impl TokenVerifier {
-    /// The verifier the settings ask for, or `None` in open mode. Fails with a one-line reason
-    /// when the public key file cannot be read or is not an RSA or EC public key.
-    pub fn from_settings(settings: &Settings) -> Result<Option<Self>, String> {
+    /// The verifier the settings ask for, or `None` in open mode. The public key was read and
+    /// checked with the settings ([`crate::config::JwtPublicKey`]); its type is the algorithm.
+    pub fn from_settings(settings: &Settings) -> Option<Self> {
         let (key, algorithm) = if let Some(secret) = &settings.jwt_secret {
             (
                 DecodingKey::from_secret(secret.expose().as_bytes()),
                 Algorithm::HS256,
             )
-        } else if let Some(path) = &settings.jwt_public_key_file {
-            let pem = std::fs::read(path).map_err(|error| {
-                format!(
-                    "cannot read JWT_PUBLIC_KEY_FILE={}: {error}",
-                    path.display()
-                )
-            })?;
-            if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
-                (key, Algorithm::RS256)
-            } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
-                (key, Algorithm::ES256)
-            } else {
-                return Err(format!(
-                    "invalid JWT_PUBLIC_KEY_FILE={}: not a PEM RSA or EC (P-256) public key",
-                    path.display()
-                ));
-            }
+        } else if let Some(public) = &settings.jwt_public_key_file {
+            (public.key.clone(), public.algorithm)
         } else {
-            return Ok(None);
+            return None;
         };
         let mut validation = Validation::new(algorithm);
         validation.leeway = LEEWAY_SECONDS;
@@ -170,7 +152,7 @@ impl TokenVerifier {
             required.push("iss");
         }
         validation.set_required_spec_claims(&required);
-        Ok(Some(Self { key, validation }))
+        Some(Self { key, validation })
     }
 
     /// Verifies a token and returns its subscriber.
@@ -287,7 +269,7 @@ mod tests {
     #[test]
     fn api_keys_are_checked_from_either_header_and_all_rotated_keys_work() {
         let keys = ApiKeys::parse("first-key-0123456789, second-key-0123456789").unwrap();
-        let keys = PublisherKeys::new(&keys).unwrap();
+        let keys = PublisherKeys::new(&keys);
         let bearer = headers("authorization", "Bearer second-key-0123456789");
         assert_eq!(keys.verify(&bearer), Ok(KeyId(1)));
         let header = headers("x-api-key", "first-key-0123456789");
@@ -297,17 +279,17 @@ mod tests {
         let basic = headers("authorization", "Basic first-key-0123456789");
         assert_eq!(keys.verify(&basic), Err(KeyError::Missing));
         assert_eq!(keys.verify(&HeaderMap::new()), Err(KeyError::Missing));
-        assert!(PublisherKeys::new(&ApiKeys::default()).is_none());
     }
 
     #[test]
     fn keys_are_held_as_digests_and_never_printed() {
         let key = "secret-key-0123456789";
-        let settings = settings(&["--push-api-keys", key, "--jwt-secret", "jwt-secret-value"]);
-        let keys = PublisherKeys::new(&settings.push_api_keys).unwrap();
+        let jwt_secret = "jwt-secret-value-0123456789abcdef";
+        let settings = settings(&["--push-api-keys", key, "--jwt-secret", jwt_secret]);
+        let keys = PublisherKeys::new(settings.push_api_keys.as_ref().unwrap());
         for printed in [format!("{settings:?}"), format!("{keys:?}")] {
             assert!(!printed.contains(key), "{printed}");
-            assert!(!printed.contains("jwt-secret-value"), "{printed}");
+            assert!(!printed.contains(jwt_secret), "{printed}");
         }
         assert_eq!(
             keys.digests,
@@ -318,14 +300,13 @@ mod tests {
 
     #[test]
     fn tokens_are_verified_and_every_bad_case_is_named() {
-        let secret = "test-secret-test-secret";
+        let secret = "test-secret-test-secret-0123456789";
         let verifier = TokenVerifier::from_settings(&settings(&[
             "--jwt-secret",
             secret,
             "--jwt-audience",
             "push",
         ]))
-        .unwrap()
         .unwrap();
         let exp = now() + 60;
         let good = hs256(json!({"sub": "alice", "exp": exp, "aud": "push"}), secret);

@@ -123,11 +123,14 @@ pub fn describe_error(err: &clap::Error) -> String {
         .unwrap_or_default()
         .trim_start_matches("--");
     let command = Cli::command();
-    let env = command
+    let arg = command
         .get_arguments()
-        .find(|arg| arg.get_long() == Some(long))
+        .find(|arg| arg.get_long() == Some(long));
+    let env = arg
         .and_then(|arg| arg.get_env())
         .map(|env| env.to_string_lossy().into_owned());
+    // A secret's value (an API key, a JWT secret, a Redis URL with a password) is never printed.
+    let hidden = arg.is_some_and(|arg| arg.is_hide_env_values_set());
     let expected = match err.get(ContextKind::ValidValue) {
         Some(ContextValue::Strings(values)) => format!("expected one of {}", values.join(", ")),
         _ => std::error::Error::source(err).map_or_else(
@@ -136,6 +139,7 @@ pub fn describe_error(err: &clap::Error) -> String {
         ),
     };
     match env {
+        Some(env) if hidden => format!("invalid {env} (--{long}): {expected}"),
         Some(env) => format!("invalid {env}={value:?} (--{long}): {expected}"),
         // A subcommand's flag (`push`, `listen`): no variable to name.
         None => format!("invalid value {value:?} for --{long}: {expected}"),

@@ -195,26 +195,27 @@ pub struct Settings {
     pub allowed_hosts: AllowedHosts,
 
     /// Comma-separated API keys that publishers must present (`Authorization: Bearer <key>` or
-    /// `X-API-Key`) to push and to call administrative endpoints; several allow rotation. Empty:
-    /// anyone who can reach the port may push.
-    #[arg(long, env = "PUSH_API_KEYS", default_value = "", value_parser = ApiKeys::parse,
-          hide_default_value = true, hide_env_values = true)]
-    pub push_api_keys: ApiKeys,
+    /// `X-API-Key`) to push and to call administrative endpoints; several allow rotation. Unset:
+    /// anyone who can reach the port may push; set, it must hold at least one key.
+    #[arg(long, env = "PUSH_API_KEYS", value_parser = ApiKeys::parse, hide_env_values = true)]
+    pub push_api_keys: Option<ApiKeys>,
     /// Comma-separated API keys for the administrative endpoints and broadcasts. Unset: the
-    /// publisher keys (PUSH_API_KEYS) may use them too.
+    /// publisher keys (PUSH_API_KEYS) may use them too; set, it must hold at least one key.
     #[arg(long, env = "ADMIN_API_KEYS", value_parser = ApiKeys::parse, hide_env_values = true)]
     pub admin_api_keys: Option<ApiKeys>,
     /// Whether `/metrics` is served without an API key (when keys are set).
     #[arg(long, env = "METRICS_PUBLIC", default_value = "true", value_parser = parse_bool,
           action = clap::ArgAction::Set)]
     pub metrics_public: bool,
-    /// HS256 secret that signs subscriber tokens. With it (or JWT_PUBLIC_KEY_FILE) WebSocket and
-    /// SSE clients need a token, and the token's `sub` is their user.
-    #[arg(long, env = "JWT_SECRET", value_parser = Secret::parse, hide_env_values = true)]
+    /// HS256 secret (at least 32 bytes) that signs subscriber tokens. With it (or
+    /// JWT_PUBLIC_KEY_FILE) WebSocket and SSE clients need a token, and the token's `sub` is their
+    /// user.
+    #[arg(long, env = "JWT_SECRET", value_parser = Secret::parse_hs256, hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
-    /// PEM file with the RSA (RS256) or EC P-256 (ES256) public key that verifies subscriber tokens.
-    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
-    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// PEM file with the public key that verifies subscriber tokens: RSA of at least 2048 bits
+    /// (RS256) or EC P-256 (ES256). Read and checked at start-up.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE", value_parser = JwtPublicKey::load)]
+    pub jwt_public_key_file: Option<JwtPublicKey>,
     /// The `aud` subscriber tokens must carry, if set.
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
@@ -231,6 +232,11 @@ pub struct Settings {
     /// that in a burst); more get 429. 0 disables the limit.
     #[arg(long, env = "PUSH_RATE", default_value = "0", value_parser = parse_rate)]
     pub push_rate: u32,
+    /// Leading bits of an IPv6 address that make one client for the per-IP limits
+    /// (CONNECT_RATE_PER_IP, PUSH_RATE without keys): one subscriber usually gets a whole /64.
+    /// 128 counts every address on its own.
+    #[arg(long, env = "RATE_LIMIT_IPV6_PREFIX", default_value = "64", value_parser = parse_ipv6_prefix)]
+    pub rate_limit_ipv6_prefix: u8,
     /// Frames per second one WebSocket client may send (twice that in a burst); a client over it
     /// is closed with 1008. 0 disables the limit.
     #[arg(long, env = "CLIENT_MESSAGE_RATE", default_value = "10", value_parser = parse_rate)]
@@ -247,10 +253,15 @@ pub struct Settings {
 pub struct Secret(String);
 
 impl Secret {
-    /// Accepts any non-empty value.
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        if raw.is_empty() {
-            return Err("expected a non-empty value".into());
+    /// Accepts an HS256 secret of at least [`MIN_HS256_SECRET_BYTES`] bytes.
+    pub fn parse_hs256(raw: &str) -> Result<Self, String> {
+        if raw.len() < MIN_HS256_SECRET_BYTES {
+            return Err(format!(
+                "expected at least {MIN_HS256_SECRET_BYTES} bytes, got {} (RFC 7518 section 3.2: \
+                 an HS256 key is at least as long as its 256-bit hash); generate one with \
+                 `openssl rand -base64 48`",
+                raw.len()
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -280,12 +291,17 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// The publisher API keys (`PUSH_API_KEYS`); empty means pushes are open.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Shortest HS256 secret accepted (RFC 7518 §3.2: a key of the hash's size, 256 bits, or longer).
+const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// The publisher API keys (`PUSH_API_KEYS`): at least one.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeys(pub Vec<Secret>);
 
 impl ApiKeys {
-    /// Parses a comma-separated list; blanks around keys are ignored.
+    /// Parses a comma-separated list; blanks around keys are ignored. A list without a key is
+    /// refused: a variable that is set asks for keys (it fails closed); open pushes are asked for
+    /// by leaving it unset.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let keys: Vec<Secret> = raw
             .split(',')
@@ -293,6 +309,13 @@ impl ApiKeys {
             .filter(|key| !key.is_empty())
             .map(|key| Secret(key.to_owned()))
             .collect();
+        if keys.is_empty() {
+            return Err(
+                "it is set but holds no key: give comma-separated keys of at least 16 \
+                 characters, or unset it"
+                    .into(),
+            );
+        }
         if keys.iter().any(|key| key.0.len() < MIN_API_KEY_BYTES) {
             return Err(format!(
                 "every key must have at least {MIN_API_KEY_BYTES} characters (use long random keys)"
@@ -304,6 +327,117 @@ impl ApiKeys {
 
 /// Shortest API key accepted: shorter ones are guessable.
 const MIN_API_KEY_BYTES: usize = 16;
+
+/// The public key that verifies subscriber tokens (`JWT_PUBLIC_KEY_FILE`), read and checked at
+/// start-up; its type picks the one algorithm tokens may use.
+///
+/// The file's first PEM block must be a public key that really parses — checked with the `rsa`
+/// and `p256` crates, the ones `jsonwebtoken` verifies with — so that a private key, a
+/// certificate, a key on another curve, a short RSA key or garbage stops the server at start-up
+/// instead of refusing every token later.
+#[derive(Clone)]
+pub struct JwtPublicKey {
+    /// The key, as `jsonwebtoken` verifies with it.
+    pub key: jsonwebtoken::DecodingKey,
+    /// RS256 for an RSA key, ES256 for an EC P-256 key.
+    pub algorithm: jsonwebtoken::Algorithm,
+}
+
+/// Smallest RSA modulus accepted, in bits (RFC 7518 §3.3).
+const MIN_RSA_BITS: usize = 2048;
+
+impl JwtPublicKey {
+    /// Reads the PEM file at `path` and checks its key (see [`JwtPublicKey::from_pem`]).
+    pub fn load(path: &str) -> Result<Self, String> {
+        let pem =
+            std::fs::read_to_string(path).map_err(|error| format!("cannot read it: {error}"))?;
+        Self::from_pem(&pem)
+    }
+
+    /// The key of the first PEM block of `pem`: `PUBLIC KEY` (SubjectPublicKeyInfo) holding an
+    /// RSA key of at least 2048 bits or an EC P-256 key, or `RSA PUBLIC KEY` (PKCS#1). Anything
+    /// else is refused with the reason.
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        use p256::pkcs8::DecodePublicKey as _;
+        use rsa::pkcs1::DecodeRsaPublicKey as _;
+
+        let (label, block) = first_pem_block(pem)
+            .ok_or("no PEM block in it; expected -----BEGIN PUBLIC KEY-----")?;
+        match label {
+            "PUBLIC KEY" => {
+                if let Ok(key) = rsa::RsaPublicKey::from_public_key_pem(block) {
+                    Self::rsa(&key)
+                } else if let Ok(key) = p256::PublicKey::from_public_key_pem(block) {
+                    Ok(Self::p256(&key))
+                } else {
+                    Err(
+                        "not a valid RSA or EC P-256 public key (the keys of RS256 and ES256)"
+                            .into(),
+                    )
+                }
+            }
+            "RSA PUBLIC KEY" => rsa::RsaPublicKey::from_pkcs1_pem(block)
+                .map_err(|_| "not a valid PKCS#1 RSA public key".to_owned())
+                .and_then(|key| Self::rsa(&key)),
+            "CERTIFICATE" => Err("it holds a certificate; give the server its public key: \
+                                  openssl x509 -in cert.pem -pubkey -noout"
+                .into()),
+            label if label.ends_with("PRIVATE KEY") => Err(format!(
+                "it holds a private key ({label}); give the server only the public key: \
+                 openssl pkey -in private.pem -pubout"
+            )),
+            label => Err(format!(
+                "it holds a {label}, not a PUBLIC KEY (RSA for RS256 or EC P-256 for ES256)"
+            )),
+        }
+    }
+
+    fn rsa(key: &rsa::RsaPublicKey) -> Result<Self, String> {
+        use rsa::traits::PublicKeyParts as _;
+
+        let bits = key.n().bits();
+        if bits < MIN_RSA_BITS {
+            return Err(format!(
+                "an RSA key of {bits} bits; RS256 needs at least {MIN_RSA_BITS} bits (RFC 7518 \
+                 section 3.3)"
+            ));
+        }
+        Ok(Self {
+            key: jsonwebtoken::DecodingKey::from_rsa_raw_components(
+                &key.n().to_bytes_be(),
+                &key.e().to_bytes_be(),
+            ),
+            algorithm: jsonwebtoken::Algorithm::RS256,
+        })
+    }
+
+    fn p256(key: &p256::PublicKey) -> Self {
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+
+        Self {
+            key: jsonwebtoken::DecodingKey::from_ec_der(key.to_encoded_point(false).as_bytes()),
+            algorithm: jsonwebtoken::Algorithm::ES256,
+        }
+    }
+}
+
+impl std::fmt::Debug for JwtPublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtPublicKey")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The label and the text (from its BEGIN line to its END line) of the first PEM block in `text`.
+fn first_pem_block(text: &str) -> Option<(&str, &str)> {
+    let start = text.find("-----BEGIN ")?;
+    let after = &text[start + "-----BEGIN ".len()..];
+    let label = &after[..after.find("-----")?];
+    let end_line = format!("-----END {label}-----");
+    let end = start + text[start..].find(&end_line)? + end_line.len();
+    Some((label, &text[start..end]))
+}
 
 /// Proxies whose `X-Forwarded-For` header is believed (`TRUSTED_PROXIES`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -477,17 +611,6 @@ impl Settings {
     /// Checks rules that involve several settings at once (the endpoint paths are checked against
     /// the route table: [`crate::routes::check_paths`]). Returns the first problem, in one line.
     pub fn check_consistency(&self) -> Result<(), String> {
-        if self
-            .admin_api_keys
-            .as_ref()
-            .is_some_and(|keys| keys.0.is_empty())
-        {
-            return Err(
-                "invalid ADMIN_API_KEYS: it is set but holds no key (unset it to let the \
-                 publisher keys administer)"
-                    .into(),
-            );
-        }
         if self.broker == BrokerKind::Redis && self.ws_send_queue <= self.history_size {
             return Err(format!(
                 "invalid WS_SEND_QUEUE={}: with BROKER=redis it must be larger than \
@@ -502,7 +625,7 @@ impl Settings {
                     .into(),
             );
         }
-        if !self.metrics_public && self.push_api_keys.0.is_empty() {
+        if !self.metrics_public && self.push_api_keys.is_none() {
             return Err(
                 "invalid METRICS_PUBLIC=false: it needs PUSH_API_KEYS, the keys /metrics would \
                  then require"
@@ -594,6 +717,11 @@ fn parse_rate(raw: &str) -> Result<u32, String> {
 
 /// Highest rate setting, per second.
 const MAX_RATE: usize = 1_000_000;
+
+/// A prefix length of an IPv6 address, from 1 to 128 bits.
+fn parse_ipv6_prefix(raw: &str) -> Result<u8, String> {
+    parse_bounded(raw, 1, 128).map(|bits| bits as u8)
+}
 
 fn parse_workers(raw: &str) -> Result<usize, String> {
     parse_bounded(raw, 0, MAX_WORKERS)
@@ -738,6 +866,74 @@ mod tests {
         assert!(parse(&["--ws-send-queue", "4000000000000000000"]).is_err());
         assert!(parse(&["--workers", "100000"]).is_err());
         assert_eq!(parse_host("[::]").unwrap(), "::");
+    }
+
+    #[test]
+    fn public_keys_pick_their_algorithm_and_everything_else_is_refused() {
+        let fixture = |name: &str| {
+            let path = format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"));
+            JwtPublicKey::load(&path)
+        };
+        use jsonwebtoken::Algorithm::{ES256, RS256};
+        for (name, algorithm) in [
+            ("rs256_public.pem", RS256),
+            ("rs256_public_pkcs1.pem", RS256),
+            ("es256_public.pem", ES256),
+        ] {
+            assert_eq!(fixture(name).unwrap().algorithm, algorithm, "{name}");
+        }
+        for (name, reason) in [
+            ("rs256_private.pem", "private key"),
+            ("es256_private.pem", "private key"),
+            ("es384_public.pem", "P-256"),
+            ("rs1024_public.pem", "1024 bits"),
+        ] {
+            let refused = fixture(name).unwrap_err();
+            assert!(refused.contains(reason), "{name}: {refused}");
+        }
+        let public = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/jwt/es256_public.pem",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let with_text = format!("A comment before the key\n{public}trailing text\n");
+        assert_eq!(JwtPublicKey::from_pem(&with_text).unwrap().algorithm, ES256);
+        let certificate = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        assert!(
+            JwtPublicKey::from_pem(certificate)
+                .unwrap_err()
+                .contains("certificate")
+        );
+        assert!(JwtPublicKey::from_pem("-----BEGIN PUBLIC KEY-----\nMIIB\n").is_err());
+        assert!(
+            JwtPublicKey::from_pem("")
+                .unwrap_err()
+                .contains("no PEM block")
+        );
+    }
+
+    #[test]
+    fn key_lists_and_secrets_fail_closed() {
+        for empty in ["", " ", ",", " , ,"] {
+            assert!(
+                ApiKeys::parse(empty).unwrap_err().contains("no key"),
+                "{empty:?}"
+            );
+        }
+        assert!(parse(&["--push-api-keys", ""]).is_err());
+        assert!(parse(&[]).unwrap().push_api_keys.is_none(), "unset: open");
+        assert!(Secret::parse_hs256(&"s".repeat(31)).is_err());
+        assert!(Secret::parse_hs256(&"s".repeat(32)).is_ok());
+        assert!(Secret::parse_hs256("").is_err());
+    }
+
+    #[test]
+    fn the_ipv6_prefix_is_a_prefix_length() {
+        assert_eq!(parse(&[]).unwrap().rate_limit_ipv6_prefix, 64);
+        assert_eq!(parse_ipv6_prefix("128"), Ok(128));
+        for bad in ["0", "129", "/64", "x"] {
+            assert!(parse_ipv6_prefix(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

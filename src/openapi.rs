@@ -103,7 +103,7 @@ impl Profile {
             console_path: settings
                 .console_enabled
                 .then(|| settings.console_path.clone()),
-            publisher_keys: !settings.push_api_keys.0.is_empty(),
+            publisher_keys: settings.push_api_keys.is_some(),
             subscriber_tokens: settings.jwt_secret.is_some()
                 || settings.jwt_public_key_file.is_some(),
             metrics_public: settings.metrics_public,

@@ -75,7 +75,7 @@ impl Application {
         let invalid = |problem| io::Error::new(io::ErrorKind::InvalidInput, problem);
         routes::check_paths(&settings).map_err(invalid)?;
         settings.check_consistency().map_err(invalid)?;
-        let tokens = TokenVerifier::from_settings(&settings).map_err(invalid)?;
+        let tokens = TokenVerifier::from_settings(&settings);
         let listener = bind(&settings.host, settings.port).await?;
         let metrics = Arc::new(Metrics::default());
         let lifecycle = Lifecycle::default();
@@ -85,14 +85,19 @@ impl Application {
         let request_durations =
             RequestDurations::new(routes::table(&settings).into_iter().map(|route| route.path));
         let state = Arc::new(AppState {
-            publishers: PublisherKeys::new(&settings.push_api_keys),
-            admins: settings
-                .admin_api_keys
-                .as_ref()
-                .and_then(PublisherKeys::new),
+            publishers: settings.push_api_keys.as_ref().map(PublisherKeys::new),
+            admins: settings.admin_api_keys.as_ref().map(PublisherKeys::new),
             tokens,
-            connect_limit: KeyedLimit::new(settings.connect_rate_per_ip, &clock),
-            push_limit: KeyedLimit::new(settings.push_rate, &clock),
+            connect_limit: KeyedLimit::new(
+                settings.connect_rate_per_ip,
+                &clock,
+                settings.rate_limit_ipv6_prefix,
+            ),
+            push_limit: KeyedLimit::new(
+                settings.push_rate,
+                &clock,
+                settings.rate_limit_ipv6_prefix,
+            ),
             settings,
             hub,
             broker,

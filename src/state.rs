@@ -15,7 +15,7 @@ use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::metrics::requests::RequestDurations;
-use crate::rate_limit::KeyedLimit;
+use crate::rate_limit::{KeyedLimit, LimitKey};
 
 /// The state behind every handler, shared by reference count.
 pub type SharedState = Arc<AppState>;
@@ -64,4 +64,14 @@ pub enum Publisher {
     Admin(KeyId),
     /// A client at this address (no API keys configured).
     Address(IpAddr),
+}
+
+impl LimitKey for Publisher {
+    /// A key is its own publisher; an address is counted by its client network.
+    fn client(&self, ipv6_prefix: u8) -> Self {
+        match self {
+            Self::Key(_) | Self::Admin(_) => *self,
+            Self::Address(address) => Self::Address(address.client(ipv6_prefix)),
+        }
+    }
 }

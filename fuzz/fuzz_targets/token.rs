@@ -41,9 +41,7 @@ static VERIFIER: LazyLock<TokenVerifier> = LazyLock::new(|| {
         ISSUER,
     ])
     .expect("settings parse");
-    let verifier = TokenVerifier::from_settings(&settings)
-        .expect("verifier builds")
-        .expect("a secret turns tokens on");
+    let verifier = TokenVerifier::from_settings(&settings).expect("a secret turns tokens on");
     // The accepting path must be reachable, or the checks below on accepted tokens check nothing.
     let good = sign(
         br#"{"alg":"HS256","typ":"JWT"}"#,

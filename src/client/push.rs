@@ -21,11 +21,8 @@ pub async fn run(args: &PushArgs, settings: &Settings) -> Result<(), Failure> {
     check_path(path)?;
     let body = request_body(args, &read_data(&args.data)?)?;
     let api_key = args.api_key.clone().or_else(|| {
-        settings
-            .push_api_keys
-            .0
-            .first()
-            .map(|key| key.expose().to_owned())
+        let keys = settings.push_api_keys.as_ref()?;
+        keys.0.first().map(|key| key.expose().to_owned())
     });
 
     let url = target.url("http", path, "");

@@ -766,6 +766,83 @@ async fn forwarded_for_gives_separate_budgets_only_behind_a_trusted_proxy() {
     }
 }
 
+/// Exhausts one client's connect budget (a burst of 2 at one a second) while its address is
+/// written differently on every attempt, in turn.
+async fn exhaust_as(app: &TestApp, spellings: &[&'static str]) {
+    let mut spellings = spellings.iter().copied().cycle();
+    exhaust(2, 1, || {
+        let spelling = spellings.next().expect("a spelling");
+        async move { ws_attempt(app, &[("x-forwarded-for", spelling)]).await }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_ipv6_client_is_its_network_and_every_spelling_of_an_address_is_one_client() {
+    let flags = [
+        "--connect-rate-per-ip",
+        "1",
+        "--trusted-proxies",
+        "127.0.0.1",
+    ];
+    let app = spawn_app(&flags).await;
+    // Three addresses of one /64 (one with a port): one budget.
+    exhaust_as(
+        &app,
+        &[
+            "2001:db8:1:2::1",
+            "[2001:db8:1:2::2]:443",
+            "2001:db8:1:2:ffff::3",
+        ],
+    )
+    .await;
+    // The next /64 is another client.
+    let next_network = [("x-forwarded-for", "2001:db8:1:3::1")];
+    assert_eq!(ws_attempt(&app, &next_network).await, None);
+    // An IPv4 address, IPv4-mapped, with a port, and bracketed-mapped with a port: one client.
+    exhaust_as(
+        &app,
+        &[
+            "203.0.113.9",
+            "::ffff:203.0.113.9",
+            "203.0.113.9:5678",
+            "[::ffff:203.0.113.9]:80",
+        ],
+    )
+    .await;
+
+    // RATE_LIMIT_IPV6_PREFIX=128 counts every address on its own.
+    let app = spawn_app(&[&flags[..], &["--rate-limit-ipv6-prefix", "128"]].concat()).await;
+    exhaust_as(&app, &["2001:db8:1:2::1"]).await;
+    let neighbour = [("x-forwarded-for", "2001:db8:1:2::2")];
+    assert_eq!(ws_attempt(&app, &neighbour).await, None);
+}
+
+#[tokio::test]
+async fn pushes_without_keys_are_limited_per_client_network() {
+    let app = spawn_app(&["--push-rate", "1", "--trusted-proxies", "127.0.0.1"]).await;
+    let body = json!({"user_id": "g", "data": {}});
+    let mut spellings = ["2001:db8:5::1", "[2001:db8:5::2]:8443", "2001:db8:5::3"]
+        .into_iter()
+        .cycle();
+    let attempt = |spelling: &'static str| {
+        let (app, body) = (&app, &body);
+        async move {
+            let reply = app
+                .post_with("/sse/push", body, &[("x-forwarded-for", spelling)])
+                .await;
+            if reply.status == 200 {
+                return None;
+            }
+            assert_eq!(reply.status, 429, "{spelling}");
+            Some(())
+        }
+    };
+    exhaust(2, 1, || attempt(spellings.next().expect("a spelling"))).await;
+    assert_eq!(attempt("2001:db8:6::1").await, None, "another /64");
+    assert_eq!(attempt("198.51.100.4").await, None, "an IPv4 client");
+}
+
 #[tokio::test]
 async fn pushes_are_limited_per_key_and_recover() {
     let app = spawn_app(&[

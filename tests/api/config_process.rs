@@ -169,6 +169,76 @@ async fn bad_value_in_dotenv_exits_2_naming_it() {
     assert_config_error(command, &[r#"MAX_BATCH_SIZE="0""#, "from 1 to 100000000"]).await;
 }
 
+/// A JWT key fixture (`tests/fixtures/jwt/`).
+fn jwt_fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn push_api_keys_set_without_a_key_exits_2() {
+    let dir = workdir();
+    for value in ["", " ", ",", " , "] {
+        let mut command = loopback_server(dir.path());
+        command.env("PUSH_API_KEYS", value);
+        assert_config_error(command, &["PUSH_API_KEYS", "no key", "unset it"]).await;
+    }
+    // The same from `.env`: an uncommented `PUSH_API_KEYS=` line is a setting too.
+    std::fs::write(dir.path().join(".env"), "PUSH_API_KEYS=\n").expect("write .env");
+    assert_config_error(loopback_server(dir.path()), &["PUSH_API_KEYS", "no key"]).await;
+}
+
+#[tokio::test]
+async fn a_jwt_secret_shorter_than_32_bytes_exits_2_without_printing_it() {
+    let dir = workdir();
+    for secret in ["x", "a-secret-of-thirty-one-bytes-31"] {
+        let mut command = loopback_server(dir.path());
+        command.env("JWT_SECRET", secret);
+        let line = assert_config_error(
+            command,
+            &["JWT_SECRET", "(--jwt-secret)", "at least 32 bytes"],
+        )
+        .await;
+        assert!(
+            !line.contains(&format!("\"{secret}\"")),
+            "the secret is printed: {line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_public_key_file_without_a_usable_public_key_exits_2_naming_the_reason() {
+    let dir = workdir();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a key at all\n").expect("write garbage");
+    let truncated = dir.path().join("truncated.pem");
+    let public = std::fs::read_to_string(jwt_fixture("rs256_public.pem")).expect("fixture");
+    std::fs::write(&truncated, public.replace("A", "B")).expect("write truncated");
+    let cases = [
+        (jwt_fixture("rs256_private.pem"), "a private key"),
+        (jwt_fixture("es256_private.pem"), "a private key"),
+        (garbage.display().to_string(), "no PEM"),
+        (truncated.display().to_string(), "not a valid"),
+        (jwt_fixture("es384_public.pem"), "P-256"),
+        (jwt_fixture("rs1024_public.pem"), "2048 bits"),
+        (jwt_fixture("missing.pem"), "cannot read"),
+    ];
+    for (file, reason) in cases {
+        let mut command = loopback_server(dir.path());
+        command.env("JWT_PUBLIC_KEY_FILE", &file);
+        assert_config_error(command, &["JWT_PUBLIC_KEY_FILE", &file, reason]).await;
+    }
+}
+
+#[tokio::test]
+async fn the_example_env_file_copied_to_dotenv_starts_the_server() {
+    let dir = workdir();
+    let example = format!("{}/.env.example", env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(example, dir.path().join(".env")).expect("copy .env.example");
+    // The environment beats .env: loopback and a free port instead of 0.0.0.0:8080.
+    let server = start_process(loopback_server(dir.path())).await;
+    assert!(server.addr.ip().is_loopback(), "{}", server.addr);
+}
+
 // --- precedence: flag > environment > .env > default --------------------------------------------
 
 #[tokio::test]
