@@ -983,3 +983,21 @@ async fn a_client_that_closes_gets_the_servers_close_frame_back() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_client_that_vanishes_without_a_close_frame_is_a_network_error() {
+    let app = spawn_app(&[]).await;
+    // A real client dropped without closing (a killed process), and a raw one whose TCP
+    // connection just ends (a network cut).
+    let ws = app.connect("vanishes").await;
+    let raw = raw_handshake(&app, "vanishes").await;
+    app.wait_for_connections(2).await;
+    drop(ws);
+    drop(raw);
+    let metrics = app
+        .wait_for_metrics("both ends counted", |m| m["active_connections"] == 0)
+        .await;
+    let closed = &metrics["connections_closed_total"];
+    assert_eq!(closed["network_error"], 2, "{metrics}");
+    assert_eq!(closed["protocol_error"], 0, "{metrics}");
+}
