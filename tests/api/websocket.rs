@@ -1001,3 +1001,29 @@ async fn a_client_that_vanishes_without_a_close_frame_is_a_network_error() {
     assert_eq!(closed["network_error"], 2, "{metrics}");
     assert_eq!(closed["protocol_error"], 0, "{metrics}");
 }
+
+#[tokio::test]
+async fn parameters_that_are_not_percent_encoded_utf8_are_refused_by_name() {
+    let app = spawn_app(&[]).await;
+    // Decoded lossily, `%FF` and `%FE` would both be U+FFFD: two ids, one user.
+    for (query, name) in [
+        ("user_id=%FF%FF", "user_id"),
+        ("user_id=%FE%FE", "user_id"),
+        ("user_id=a%ZZ", "user_id"),
+        ("user_id=u&token=%FF", "token"),
+        ("user_id=u&last_event_id=%FE", "last_event_id"),
+    ] {
+        let (status, body) = refused_handshake(&app, query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["detail"][0]["loc"], json!(["query", name]), "{query}");
+        let response = app.sse_stream(query, &[]).await;
+        assert_eq!(response.status(), 400, "SSE {query}");
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(
+            body["detail"][0]["loc"],
+            json!(["query", name]),
+            "SSE {query}"
+        );
+    }
+    assert_eq!(app.health().await["connections"], 0);
+}
