@@ -30,7 +30,8 @@ pub fn path_segment(raw: &str) -> Result<Cow<'_, str>, Undecodable> {
 
 /// Decodes `%XX` escapes (and `+` as a space when `plus_is_space`); the result must be UTF-8.
 fn decode(raw: &str, plus_is_space: bool) -> Result<Cow<'_, str>, Undecodable> {
-    if !raw.contains('%') && !(plus_is_space && raw.contains('+')) {
+    let escaped = raw.contains('%') || (plus_is_space && raw.contains('+'));
+    if !escaped {
         return Ok(Cow::Borrowed(raw));
     }
     let mut bytes = Vec::with_capacity(raw.len());
