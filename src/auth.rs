@@ -26,7 +26,10 @@ use subtle::ConstantTimeEq;
 use crate::config::{ApiKeys, Settings};
 use crate::protocol::UserId;
 
-/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+/// Clock skew tolerated on `nbf`, in seconds: a token fresh from an issuer whose clock runs
+/// ahead of this server's is accepted. `exp` gets none: a token is valid until its `exp` exactly,
+/// at the handshake as during the connection (whose expiry timer fires at `exp`), so a token the
+/// handshake accepts is never closed at once for having expired.
 const LEEWAY_SECONDS: u64 = 5;
 
 /// The publisher API keys, as digests.
@@ -169,6 +172,10 @@ impl TokenVerifier {
         let expires_at = UNIX_EPOCH
             .checked_add(Duration::from_secs(data.claims.exp))
             .ok_or(TokenError::MissingClaim)?;
+        // jsonwebtoken's leeway covers `exp` too; here `exp` is exact (see `LEEWAY_SECONDS`).
+        if remaining(expires_at).is_zero() {
+            return Err(TokenError::Expired);
+        }
         Ok(Subscriber { user, expires_at })
     }
 }
@@ -330,6 +337,12 @@ mod tests {
                 TokenError::Expired,
             ),
             (
+                // Within the clock-skew leeway, but past `exp`: the session would close it at
+                // once, so the handshake refuses it.
+                hs256(json!({"sub": "a", "exp": now() - 2, "aud": "push"}), secret),
+                TokenError::Expired,
+            ),
+            (
                 hs256(
                     json!({"sub": "a", "exp": exp, "nbf": now() + 60, "aud": "push"}),
                     secret,
@@ -353,6 +366,12 @@ mod tests {
         for (token, expected) in cases {
             assert_eq!(verifier.verify(&token), Err(expected), "{token}");
         }
+        // `nbf` keeps the leeway: an issuer's clock a little ahead of ours is fine.
+        let early = hs256(
+            json!({"sub": "a", "exp": exp, "nbf": now() + 2, "aud": "push"}),
+            secret,
+        );
+        assert!(verifier.verify(&early).is_ok());
         // `alg: none`: the good token's claims under an unsigned `{"alg":"none","typ":"JWT"}`.
         let claims = good.split('.').nth(1).unwrap();
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{claims}.");

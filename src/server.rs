@@ -8,15 +8,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Json;
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::extract::{DefaultBodyLimit, MatchedPath};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, StatusCode, Version, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket, lookup_host};
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
@@ -426,6 +428,7 @@ pub fn router(state: SharedState) -> Router {
         .layer(DefaultBodyLimit::max(settings.max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(cors(&settings.cors_origins))
+        .layer(middleware::from_fn(require_host))
         .with_state(state)
 }
 
@@ -440,6 +443,19 @@ async fn time_request(State(state): State<SharedState>, request: Request, next: 
         (state.request_durations).observe(route.as_str(), status, started.elapsed());
     }
     response
+}
+
+/// Answers 400 to an HTTP/1.1 request without a `Host` header, and to any request with more than
+/// one (RFC 9112 §3.2), on every route: the outermost layer, so no handler, CORS answer or
+/// WebSocket upgrade sees such a request. HTTP/1.0 requests may omit it.
+async fn require_host(request: Request, next: Next) -> Response {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    let problem = match hosts {
+        0 if request.version() == Version::HTTP_11 => "an HTTP/1.1 request must have a Host header",
+        0 | 1 => return next.run(request).await,
+        _ => "a request must not have more than one Host header",
+    };
+    (StatusCode::BAD_REQUEST, Json(json!({ "detail": problem }))).into_response()
 }
 
 /// Counts a request as in flight until its handler has answered (not while a streamed body is

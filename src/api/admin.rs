@@ -3,12 +3,13 @@
 //! Redis broker.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
+use axum::http::Uri;
 use serde::Serialize;
 
 use crate::broker::UserConnection;
 use crate::error::ApiError;
-use crate::protocol::{Loc, Transport, UserId};
+use crate::protocol::{Issue, Loc, Transport, UserId, percent};
 use crate::state::SharedState;
 
 /// `GET /admin/users/{user_id}`: the user's connections.
@@ -47,9 +48,9 @@ pub struct Disconnected {
 /// `GET /admin/users/{user_id}`.
 pub async fn user(
     State(state): State<SharedState>,
-    Path(user): Path<String>,
+    uri: Uri,
 ) -> Result<Json<UserReport>, ApiError> {
-    let user = path_user(&user)?;
+    let user = path_user(&uri)?;
     let connections = state.broker.connections_of(&user).await?;
     let mut transports = TransportCounts::default();
     for connection in &connections {
@@ -70,9 +71,9 @@ pub async fn user(
 /// `DELETE /admin/users/{user_id}/connections`.
 pub async fn disconnect(
     State(state): State<SharedState>,
-    Path(user): Path<String>,
+    uri: Uri,
 ) -> Result<Json<Disconnected>, ApiError> {
-    let user = path_user(&user)?;
+    let user = path_user(&uri)?;
     let disconnected = state.broker.disconnect(&user).await?;
     tracing::info!(%user, disconnected, "user disconnected by an administrator");
     Ok(Json(Disconnected {
@@ -81,9 +82,18 @@ pub async fn disconnect(
     }))
 }
 
-/// The `user_id` path segment, validated like everywhere else (422 naming `path.user_id`).
-fn path_user(raw: &str) -> Result<UserId, ApiError> {
-    UserId::parse(raw).map_err(|error| {
-        ApiError::Validation(vec![error.at(vec![Loc::Key("path"), Loc::Key("user_id")])])
-    })
+/// The `user_id` segment of `/admin/users/{user_id}[/connections]`, read from the raw path and
+/// decoded strictly (axum's `Path` keeps an invalid escape such as `%ZZ` as it is), then validated
+/// like everywhere else: 422 naming `path.user_id`.
+fn path_user(uri: &Uri) -> Result<UserId, ApiError> {
+    let loc = || vec![Loc::Key("path"), Loc::Key("user_id")];
+    let raw = uri.path().split('/').nth(3).unwrap_or_default();
+    let decoded = percent::path_segment(raw).map_err(|error| {
+        ApiError::Validation(vec![Issue {
+            loc: loc(),
+            msg: error.to_string().into(),
+            kind: "value_error",
+        }])
+    })?;
+    UserId::parse(&decoded).map_err(|error| ApiError::Validation(vec![error.at(loc())]))
 }

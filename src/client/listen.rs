@@ -248,8 +248,8 @@ impl Listener {
                 message = ws.next() => message,
             };
             match message {
-                None => return Ending::Lost("the connection ended without a close frame".into()),
-                Some(Err(error)) => return Ending::Lost(error.to_string()),
+                None => return Ending::Lost(CONNECTION_LOST.into()),
+                Some(Err(error)) => return Ending::Lost(ws_error(&error)),
                 Some(Ok(tungstenite::Message::Text(text))) => {
                     if let Ok(FrameHead { event_id: Some(id) }) = serde_json::from_str(&text) {
                         self.last_event_id = Some(id.into_owned());
@@ -388,6 +388,21 @@ fn refusal(status: StatusCode, detail: &str) -> Ending {
     }
 }
 
+/// How a WebSocket that ended without a close frame is reported.
+const CONNECTION_LOST: &str =
+    "connection lost without a close frame (network error, or the server went away)";
+
+/// How a WebSocket read error is reported: a connection that ended without a close frame
+/// (tungstenite calls it a protocol error) is a network loss, worded so.
+fn ws_error(error: &tungstenite::Error) -> String {
+    use tungstenite::error::{Error, ProtocolError};
+    match error {
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => CONNECTION_LOST.into(),
+        Error::Io(error) => format!("connection lost ({error})"),
+        other => other.to_string(),
+    }
+}
+
 /// What a close frame from the server means for the listener.
 fn closed(frame: Option<&CloseFrame>, last_event_id: Option<&str>) -> Ending {
     let Some(frame) = frame else {
@@ -500,6 +515,20 @@ mod tests {
         backoff.reset();
         let first = backoff.next_delay(0.999);
         assert!(first >= Duration::from_secs(1) && first < Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn an_end_without_a_close_frame_is_worded_as_a_network_loss() {
+        use tungstenite::error::{Error, ProtocolError};
+        let reset = ws_error(&Error::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake,
+        ));
+        assert!(reset.contains("connection lost"), "{reset}");
+        assert!(!reset.contains("protocol"), "{reset}");
+        let broken = ws_error(&Error::Io(std::io::ErrorKind::BrokenPipe.into()));
+        assert!(broken.starts_with("connection lost"), "{broken}");
+        let protocol = ws_error(&Error::Protocol(ProtocolError::UnmaskedFrameFromClient));
+        assert!(protocol.contains("protocol"), "{protocol}");
     }
 
     #[test]

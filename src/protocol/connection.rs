@@ -51,7 +51,8 @@ pub enum DisconnectReason {
     UnsupportedData,
     /// A newer connection of the same user took this one's place (`replace-oldest` policy).
     Replaced,
-    /// The network failed under the connection (reset, broken pipe).
+    /// The network failed under the connection (reset, broken pipe), or the client vanished
+    /// without a close frame (killed, network cut).
     NetworkError,
     /// The client's token expired (its `exp`): it may reconnect with a new one and resume.
     TokenExpired,

@@ -1,7 +1,7 @@
 //! The wire contract and the vocabulary every layer shares: what upstreams may push ([`push`]),
 //! what clients receive ([`event`]), where they are in their user's stream and how they resume
-//! ([`stream`]), how they are connected and why connections end ([`connection`]), and the push
-//! API's answers ([`responses`]).
+//! ([`stream`]), how they are connected and why connections end ([`connection`]), the push
+//! API's answers ([`responses`]), and how ids in URLs are decoded ([`percent`]).
 //!
 //! This is the bottom layer: it imports nothing from the rest of the crate. Pure values and
 //! functions over bytes; it knows nothing about HTTP handlers, sockets, the hub or the broker.
@@ -12,6 +12,7 @@
 pub mod connection;
 pub mod event;
 pub mod frame;
+pub mod percent;
 pub mod push;
 pub mod responses;
 pub mod stream;

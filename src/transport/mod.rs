@@ -25,7 +25,7 @@ use crate::error::ApiError;
 use crate::hub::Attached;
 use crate::metrics::Refusal;
 use crate::origin::check_origin;
-use crate::protocol::{Issue, Loc, Transport, UserId};
+use crate::protocol::{Issue, Loc, Transport, UserId, percent};
 use crate::rate_limit::client_ip;
 use crate::state::AppState;
 
@@ -55,21 +55,22 @@ impl ConnectRequest {
     /// start. Only the form of each is checked here; whether the user may connect is
     /// [`authorize`]'s business.
     pub fn from_parts(query: Option<&str>, headers: &HeaderMap) -> Result<Self, Issue> {
-        let query = query.unwrap_or_default().as_bytes();
-        let find = |name: &str| {
-            form_urlencoded::parse(query)
-                .find(|(key, _)| key == name)
-                .map(|(_, value)| value)
+        let query = query.unwrap_or_default();
+        // Strictly decoded: a value that is not percent-encoded UTF-8 is refused, naming it.
+        let find = |loc: [&'static str; 2]| {
+            percent::query_value(query, loc[1])
+                .map_err(|error| issue(loc, error.to_string().into(), "value_error"))
         };
-        let user = find("user_id")
+        let user = find(USER_ID_LOC)?
             .map(|raw| {
                 UserId::parse(&raw).map_err(|error| issue(USER_ID_LOC, error.msg, error.kind))
             })
             .transpose()?;
-        let token = bearer(headers)
-            .map(str::to_owned)
-            .or_else(|| find("token").map(|token| token.into_owned()))
-            .filter(|token| !token.is_empty());
+        let token = match bearer(headers) {
+            Some(token) => Some(token.to_owned()),
+            None => find(TOKEN_LOC)?.map(Cow::into_owned),
+        }
+        .filter(|token| !token.is_empty());
         let (from, loc) = match headers.get("last-event-id") {
             Some(value) => {
                 let text = value.to_str().map_err(|_| {
@@ -78,7 +79,7 @@ impl ConnectRequest {
                 })?;
                 (text.to_owned(), LAST_EVENT_ID_HEADER_LOC)
             }
-            None => match find("last_event_id") {
+            None => match find(LAST_EVENT_ID_QUERY_LOC)? {
                 Some(value) => (value.into_owned(), LAST_EVENT_ID_QUERY_LOC),
                 None => {
                     return Ok(Self {
@@ -200,6 +201,7 @@ fn identify(
 const TOKEN_MAX_BYTES: usize = 8 * 1024;
 
 const USER_ID_LOC: [&str; 2] = ["query", "user_id"];
+const TOKEN_LOC: [&str; 2] = ["query", "token"];
 const LAST_EVENT_ID_QUERY_LOC: [&str; 2] = ["query", "last_event_id"];
 const LAST_EVENT_ID_HEADER_LOC: [&str; 2] = ["header", "Last-Event-ID"];
 
@@ -296,6 +298,22 @@ mod tests {
             parse("user_id=a%0Ab", None).unwrap_err().kind,
             "value_error"
         );
+    }
+
+    #[test]
+    fn parameters_that_are_not_percent_encoded_utf8_are_refused_by_name() {
+        for (query, name) in [
+            ("user_id=%FF%FE", "user_id"),
+            ("user_id=a%ZZ", "user_id"),
+            ("user_id=u&token=%FF", "token"),
+            ("user_id=u&last_event_id=%FE", "last_event_id"),
+        ] {
+            let issue = parse(query, None).unwrap_err();
+            assert_eq!(issue.loc, [Loc::Key("query"), Loc::Key(name)], "{query}");
+            assert_eq!(issue.kind, "value_error", "{query}");
+        }
+        // Ignored parameters are not checked.
+        assert!(parse("user_id=u&other=%FF", None).is_ok());
     }
 
     #[test]

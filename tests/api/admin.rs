@@ -242,3 +242,39 @@ async fn a_broadcast_reaches_every_connected_user() {
     let quiet = tokio::time::timeout(Duration::from_millis(200), ann.next()).await;
     assert!(quiet.is_err(), "{quiet:?}");
 }
+
+#[tokio::test]
+async fn an_admin_user_id_that_is_not_percent_encoded_utf8_is_refused() {
+    let app = spawn_app(&["--push-api-keys", KEY]).await;
+    let ask = |method: reqwest::Method, path: &str| {
+        let request = app
+            .http
+            .request(method, app.url(path))
+            .header("X-API-Key", KEY);
+        async move {
+            let response = request.send().await.expect("request");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON body"))
+        }
+    };
+    for (method, path) in [
+        (reqwest::Method::GET, "/admin/users/a%FF"),
+        (reqwest::Method::DELETE, "/admin/users/a%FE/connections"),
+        (reqwest::Method::GET, "/admin/users/a%ZZ"),
+    ] {
+        let (status, body) = ask(method, path).await;
+        assert_eq!(status, 422, "{path}: {body}");
+        assert_eq!(
+            body["detail"][0]["loc"],
+            json!(["path", "user_id"]),
+            "{path}"
+        );
+    }
+    // Escapes that decode are fine.
+    let (status, report) = ask(reqwest::Method::GET, "/admin/users/a%2Bb%20c").await;
+    assert_eq!(
+        (status, &report["user_id"]),
+        (200, &json!("a+b c")),
+        "{report}"
+    );
+}

@@ -482,6 +482,22 @@ fn assert_ended_at_expiry(connected: Instant, expires: SystemTime) {
 }
 
 #[tokio::test]
+async fn a_token_past_exp_is_refused_even_within_the_clock_skew_leeway() {
+    let app = spawn_app(&["--jwt-secret", SECRET]).await;
+    // Two seconds past `exp`: inside the 5 s leeway on `nbf`, which `exp` does not get. Accepted,
+    // the session's expiry timer would close it at once (an EventSource would cycle).
+    let token = hs256(&json!({"sub": "skewed", "exp": in_seconds(-2)}));
+    let refusal = app.refused(&format!("token={token}"), &[]).await;
+    assert_unauthorized(refusal.status, &refusal.headers, true, "WebSocket");
+    assert!(refusal.body.contains("expired"), "{}", refusal.body);
+    let response = app.sse_stream(&format!("token={token}"), &[]).await;
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    assert_unauthorized(status, &headers, true, "SSE");
+    let metrics = app.metrics().await;
+    assert_eq!(metrics["connections_opened_total"], 0, "{metrics}");
+}
+
+#[tokio::test]
 async fn an_expiring_token_closes_the_websocket_with_4001_and_resuming_loses_nothing() {
     let app = spawn_app(&["--jwt-secret", SECRET]).await;
     let (token, expires) = short_lived_token("dave");

@@ -819,14 +819,16 @@ async fn handshake_with_a_bad_user_id_or_no_upgrade_is_refused_with_json() {
     assert_eq!(body["detail"][0]["loc"], json!(["query", "user_id"]));
     assert_eq!(body["detail"][0]["type"], "value_error");
 
+    // A plain GET, as a browser's address bar or curl sends it: 426, naming the upgrade.
     let response = app
         .http
         .get(app.url("/ws?user_id=a"))
         .send()
         .await
         .expect("request");
-    let status = response.status();
-    assert!(status.is_client_error(), "{status}");
+    assert_eq!(response.status(), 426);
+    assert_eq!(response.headers()["upgrade"], "websocket");
+    assert_eq!(response.headers()["sec-websocket-version"], "13");
     let body: Value = response.json().await.expect("JSON body");
     assert!(
         body["detail"].as_str().is_some_and(|d| !d.is_empty()),
@@ -985,4 +987,136 @@ async fn a_client_that_closes_gets_the_servers_close_frame_back() {
         m["connections_closed_total"]["client_closed"] == 1
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_client_that_vanishes_without_a_close_frame_is_a_network_error() {
+    let app = spawn_app(&[]).await;
+    // A real client dropped without closing (a killed process), and a raw one whose TCP
+    // connection just ends (a network cut).
+    let ws = app.connect("vanishes").await;
+    let raw = raw_handshake(&app, "vanishes").await;
+    app.wait_for_connections(2).await;
+    drop(ws);
+    drop(raw);
+    let metrics = app
+        .wait_for_metrics("both ends counted", |m| m["active_connections"] == 0)
+        .await;
+    let closed = &metrics["connections_closed_total"];
+    assert_eq!(closed["network_error"], 2, "{metrics}");
+    assert_eq!(closed["protocol_error"], 0, "{metrics}");
+}
+
+#[tokio::test]
+async fn parameters_that_are_not_percent_encoded_utf8_are_refused_by_name() {
+    let app = spawn_app(&[]).await;
+    // Decoded lossily, `%FF` and `%FE` would both be U+FFFD: two ids, one user.
+    for (query, name) in [
+        ("user_id=%FF%FF", "user_id"),
+        ("user_id=%FE%FE", "user_id"),
+        ("user_id=a%ZZ", "user_id"),
+        ("user_id=u&token=%FF", "token"),
+        ("user_id=u&last_event_id=%FE", "last_event_id"),
+    ] {
+        let (status, body) = refused_handshake(&app, query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["detail"][0]["loc"], json!(["query", name]), "{query}");
+        let response = app.sse_stream(query, &[]).await;
+        assert_eq!(response.status(), 400, "SSE {query}");
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(
+            body["detail"][0]["loc"],
+            json!(["query", name]),
+            "SSE {query}"
+        );
+    }
+    assert_eq!(app.health().await["connections"], 0);
+}
+
+/// Sends `request` as it is over a new TCP connection; returns the response head, lowercased.
+async fn raw_request(app: &TestApp, request: &str) -> String {
+    let mut stream = TcpStream::connect(app.addr).await.expect("tcp connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    timeout(PROMPTLY, async {
+        while !head.ends_with(b"\r\n\r\n") {
+            assert!(head.len() < 4096, "response head too long");
+            head.push(stream.read_u8().await.expect("read response head"));
+        }
+    })
+    .await
+    .expect("a response head within the deadline");
+    String::from_utf8(head)
+        .expect("ASCII head")
+        .to_ascii_lowercase()
+}
+
+/// A WebSocket handshake for `/ws?user_id=v` with `extra` header lines (each ending in CRLF).
+fn handshake_request(app: &TestApp, version: &str, extra: &str) -> String {
+    format!(
+        "GET /ws?user_id=v HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{version}{extra}\r\n",
+        app.addr
+    )
+}
+
+#[tokio::test]
+async fn an_unsupported_websocket_version_gets_426_naming_13() {
+    let app = spawn_app(&[]).await;
+    for version in [
+        "Sec-WebSocket-Version: 8\r\n",
+        "Sec-WebSocket-Version: 14\r\n",
+        "",
+    ] {
+        let head = raw_request(&app, &handshake_request(&app, version, "")).await;
+        assert!(head.starts_with("http/1.1 426"), "{version:?}: {head}");
+        assert!(head.contains("\r\nsec-websocket-version: 13\r\n"), "{head}");
+        assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
+    }
+    // A WebSocket request without `Connection: upgrade` is malformed, not another protocol: 400.
+    let request = format!(
+        "GET /ws?user_id=v HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        app.addr
+    );
+    let head = raw_request(&app, &request).await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    let metrics = app.metrics().await;
+    assert_eq!(metrics["connections_opened_total"], 0, "{metrics}");
+}
+
+#[tokio::test]
+async fn an_http11_request_without_host_gets_400_on_every_route() {
+    let app = spawn_app(&[]).await;
+    let handshake = handshake_request(&app, "Sec-WebSocket-Version: 13\r\n", "");
+    let without_host = handshake.replace(&format!("Host: {}\r\n", app.addr), "");
+    let body = r#"{"user_id":"v","data":{}}"#;
+    let push = format!(
+        "POST /sse/push HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for request in [
+        "GET /health HTTP/1.1\r\n\r\n".to_owned(),
+        "GET /no-such-route HTTP/1.1\r\n\r\n".to_owned(),
+        "GET /sse/stream?user_id=v HTTP/1.1\r\n\r\n".to_owned(),
+        without_host,
+        push,
+        format!(
+            "GET /health HTTP/1.1\r\nHost: {0}\r\nHost: {0}\r\n\r\n",
+            app.addr
+        ),
+    ] {
+        let head = raw_request(&app, &request).await;
+        assert!(head.starts_with("http/1.1 400"), "{request:?}: {head}");
+    }
+    // HTTP/1.0 may omit Host; HTTP/1.1 with it is served.
+    let head = raw_request(&app, "GET /health HTTP/1.0\r\n\r\n").await;
+    assert!(
+        head.starts_with("http/1.1 200") || head.starts_with("http/1.0 200"),
+        "{head}"
+    );
+    let head = raw_request(&app, &handshake).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let metrics = app.metrics().await;
+    assert_eq!(metrics["events_accepted_total"], 0, "{metrics}");
 }

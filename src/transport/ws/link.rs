@@ -263,14 +263,41 @@ fn close_frame(reason: DisconnectReason, limits: Limits) -> Option<CloseFrame> {
     })
 }
 
-/// Maps a socket error to the reason the connection ends.
+/// Maps a socket error to the reason the connection ends. A connection that ends without a close
+/// frame (tungstenite's `ResetWithoutClosingHandshake`: the client was killed, or the network cut)
+/// is a network loss, not a protocol error.
 fn classify(error: tungstenite::Error) -> DisconnectReason {
-    use tungstenite::error::Error;
+    use tungstenite::error::{Error, ProtocolError};
     match error {
         Error::Capacity(_) => DisconnectReason::MessageTooBig,
         Error::Utf8(_) => DisconnectReason::InvalidPayload,
         Error::ConnectionClosed | Error::AlreadyClosed => DisconnectReason::ClientClosed,
-        Error::Io(_) => DisconnectReason::NetworkError,
+        Error::Io(_) | Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            DisconnectReason::NetworkError
+        }
         _ => DisconnectReason::ProtocolError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tungstenite::error::{Error, ProtocolError};
+
+    use super::*;
+
+    #[test]
+    fn an_end_without_a_close_frame_is_a_network_loss() {
+        assert_eq!(
+            classify(Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)),
+            DisconnectReason::NetworkError
+        );
+        assert_eq!(
+            classify(Error::Protocol(ProtocolError::UnmaskedFrameFromClient)),
+            DisconnectReason::ProtocolError
+        );
+        assert_eq!(
+            classify(Error::ConnectionClosed),
+            DisconnectReason::ClientClosed
+        );
     }
 }

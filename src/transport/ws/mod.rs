@@ -1,14 +1,14 @@
 //! The WebSocket transport: `GET {WS_PATH}?user_id=<id>[&last_event_id=<id>]`.
 //!
-//! The handshake is checked before anything is upgraded (see [`super::authorize`]): a missing or
-//! invalid `user_id` gets 400, a missing or refused token 401, a foreign origin or user 403, a
-//! client over the connect rate 429, a server that is shutting down or full 503, each with a JSON
-//! `detail`. The connection is
-//! registered with the hub *before* the 101 answer, so no push sent after the client sees its
-//! handshake complete can miss it; a resuming client's missed events (or resync notice) are
-//! queued in the same step, ahead of anything live. After the upgrade the connection is closed
-//! with 1008 if the per-user limit refused it, and otherwise runs as a
-//! [session](super::session) over a [`link::WsLink`] until it closes.
+//! The handshake is checked before anything is upgraded: a request that is not a WebSocket
+//! handshake, or not for version 13, gets 426 (see [`upgrade`]); then (see [`super::authorize`])
+//! a missing or invalid `user_id` gets 400, a missing or refused token 401, a foreign origin or
+//! user 403, a client over the connect rate 429, a server that is shutting down or full 503, each
+//! with a JSON `detail`. The connection is registered with the hub *before* the 101 answer, so no
+//! push sent after the client sees its handshake complete can miss it; a resuming client's missed
+//! events (or resync notice) are queued in the same step, ahead of anything live. After the
+//! upgrade the connection is closed with 1008 if the per-user limit refused it, and otherwise runs
+//! as a [session](super::session) over a [`link::WsLink`] until it closes.
 
 mod frames;
 mod keepalive;
@@ -51,7 +51,9 @@ pub async fn handshake(
         Ok(response) => response,
         Err((refusal, error)) => {
             state.metrics.connection_refused(refusal);
-            error.into_response()
+            let mut response = error.into_response();
+            upgrade::advertise_upgrade(&mut response);
+            response
         }
     }
 }

@@ -2,9 +2,12 @@
 //! that the session owns the upgraded socket itself: events are written to it directly (see
 //! [`super::frames`]), without a copy in a per-connection buffer.
 //!
-//! The checks, statuses and messages are axum's: 405 for a method other than GET, 400 for a
-//! missing or wrong `Connection`, `Upgrade`, `Sec-WebSocket-Version` or `Sec-WebSocket-Key`,
-//! 426 when the connection cannot be upgraded.
+//! The checks: 405 for a method other than GET; 426 for a request that does not ask for a
+//! WebSocket (no `Upgrade: websocket`: a plain GET) or asks for a version other than 13 (none
+//! included: drafts before RFC 6455 sent none), answered with `Upgrade: websocket` and
+//! `Sec-WebSocket-Version: 13` (RFC 9110 §15.5.22, RFC 6455 §4.4); 400 for a WebSocket request
+//! that is malformed (no `Connection: upgrade`, no `Sec-WebSocket-Key`); 426 too when the
+//! connection cannot be upgraded (not HTTP/1.1).
 
 use std::future::Future;
 
@@ -39,8 +42,25 @@ pub struct Refused {
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        (self.status, self.message).into_response()
+        let mut response = (self.status, self.message).into_response();
+        advertise_upgrade(&mut response);
+        response
     }
+}
+
+/// Adds to a 426 answer what the client must send instead: `Upgrade: websocket` (with the
+/// `Connection: upgrade` that must accompany it) and the version this server speaks.
+pub fn advertise_upgrade(response: &mut Response) {
+    if response.status() != StatusCode::UPGRADE_REQUIRED {
+        return;
+    }
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
@@ -55,22 +75,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
             ));
         }
         let headers = &parts.headers;
+        if !header_has_token(headers, header::UPGRADE, "websocket") {
+            return Err(refused(
+                StatusCode::UPGRADE_REQUIRED,
+                "this endpoint is a WebSocket: send a handshake with `Upgrade: websocket`",
+            ));
+        }
         if !header_has_token(headers, header::CONNECTION, "upgrade") {
             return Err(refused(
                 StatusCode::BAD_REQUEST,
                 "Connection header did not include 'upgrade'",
             ));
         }
-        if !header_is(headers, header::UPGRADE, "websocket") {
-            return Err(refused(
-                StatusCode::BAD_REQUEST,
-                "`Upgrade` header did not include 'websocket'",
-            ));
-        }
         if !header_is(headers, header::SEC_WEBSOCKET_VERSION, "13") {
             return Err(refused(
-                StatusCode::BAD_REQUEST,
-                "`Sec-WebSocket-Version` header did not include '13'",
+                StatusCode::UPGRADE_REQUIRED,
+                "`Sec-WebSocket-Version` must be 13",
             ));
         }
         let key = headers
