@@ -7,8 +7,9 @@
 //! without control characters, equal to the query's first decoded `user_id`; a resume point that
 //! is absent or non-empty, at most 512 bytes, without control characters, taken from the header
 //! when there is one; a token that is absent or non-empty, the bearer credentials when there are
-//! some, else the query's `token`. A refusal is located at `query.user_id`, `query.last_event_id`
-//! or `header.Last-Event-ID`.
+//! some, else the query's `token`; each decoded strictly (a malformed escape or bytes that are not
+//! UTF-8 are refused, never replaced). A refusal is located at `query.user_id`, `query.token`,
+//! `query.last_event_id` or `header.Last-Event-ID`.
 
 #![no_main]
 
@@ -28,39 +29,42 @@ fn no_control(text: &str) -> bool {
     !text.chars().any(char::is_control)
 }
 
-/// The first value of `name` in a form-encoded query, decoded as a browser encodes it. Written out
-/// here rather than calling `form_urlencoded`, so that the server's use of it is checked.
-fn first(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|pair| {
+/// The first value of `name` in a form-encoded query, strictly decoded: `Err` when it does not
+/// decode. Pairs whose name does not decode are not `name`. Written out here rather than calling
+/// the server's decoder, so that it is checked.
+fn first(query: &str, name: &str) -> Result<Option<String>, ()> {
+    for pair in query.split('&') {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        (decode(key) == name).then(|| decode(value).into_owned())
-    })
+        if decode(key).as_deref() == Some(name) {
+            return decode(value).map(|value| Some(value.into_owned())).ok_or(());
+        }
+    }
+    Ok(None)
 }
 
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte, invalid UTF-8
-/// replaced, malformed escapes kept as they are.
-fn decode(text: &str) -> Cow<'_, str> {
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; `None` for a `%`
+/// without two hex digits after it or bytes that are not UTF-8.
+fn decode(text: &str) -> Option<Cow<'_, str>> {
     let bytes = text.as_bytes();
     if !bytes.iter().any(|b| matches!(b, b'+' | b'%')) {
-        return Cow::Borrowed(text);
+        return Some(Cow::Borrowed(text));
     }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(high), Some(low)) => {
-                    out.push(high * 16 + low);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
+            b'%' => {
+                let high = hex(*bytes.get(i + 1)?)?;
+                let low = hex(*bytes.get(i + 2)?)?;
+                out.push(high * 16 + low);
+                i += 2;
+            }
             b => out.push(b),
         }
         i += 1;
     }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+    String::from_utf8(out).ok().map(Cow::Owned)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -94,10 +98,11 @@ fuzz_target!(|input: &[u8]| {
                 );
                 assert!(no_control(user), "{user:?}");
             }
-            assert_eq!(user, first(&query, "user_id").as_deref());
+            let decoded = |name| first(&query, name).expect("accepted, so it decodes");
+            assert_eq!(user, decoded("user_id").as_deref());
             let token = bearer(&headers)
                 .map(str::to_owned)
-                .or_else(|| first(&query, "token"))
+                .or_else(|| decoded("token"))
                 .filter(|token| !token.is_empty());
             assert_eq!(request.token, token);
             if let Some(from) = &request.resume_from {
@@ -107,7 +112,7 @@ fuzz_target!(|input: &[u8]| {
             }
             let expected = match &header {
                 Some(value) => Some(value.to_str().expect("accepted header is text").to_owned()),
-                None => first(&query, "last_event_id"),
+                None => decoded("last_event_id"),
             };
             assert_eq!(
                 request.resume_from,
@@ -126,7 +131,10 @@ fuzz_target!(|input: &[u8]| {
             assert!(
                 matches!(
                     keys.as_slice(),
-                    ["query", "user_id"] | ["query", "last_event_id"] | ["header", "Last-Event-ID"]
+                    ["query", "user_id"]
+                        | ["query", "token"]
+                        | ["query", "last_event_id"]
+                        | ["header", "Last-Event-ID"]
                 ),
                 "{issue:?}"
             );
