@@ -1,5 +1,6 @@
 //! Liveness and readiness (`GET /health`, `GET /ready`), the JSON answers for unknown paths and
-//! methods (and the redirect from the console's path with a trailing slash), and the JSON 500 for a handler that panicked.
+//! methods (and the redirect from the console's path with a trailing slash), and the JSON 500 for
+//! a handler that panicked.
 
 use axum::Json;
 use axum::extract::State;
