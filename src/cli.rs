@@ -15,8 +15,9 @@ use crate::routes;
 #[command(
     name = "websocket-sse-server",
     version,
-    about = "Real-time push gateway: upstream services POST JSON messages for a user_id; every \
-             WebSocket and SSE client connected as that user receives them at once, in order.",
+    about = "Real-time push gateway over WebSocket and Server-Sent Events (SSE): upstream \
+             services POST JSON messages for a user_id; every WebSocket and SSE client connected \
+             as that user receives them at once, in order.",
     after_help = "Every option can also be set by the environment variable shown, or in a .env file \
                   in the working directory. Flags beat the environment, which beats .env."
 )]
@@ -41,7 +42,9 @@ pub enum Command {
     #[command(
         after_help = "Exit status: 0 when the server answers 2xx, 1 otherwise (refused, \
                             unreachable, timed out), 2 for bad arguments such as --data that is \
-                            not a JSON object (nothing is sent then).\n\n\
+                            not a JSON object (nothing is sent then), 3 when a --user-ids push \
+                            was accepted but only partial: some users had no connection (the \
+                            printed answer's results say which).\n\n\
                             Example:\n  websocket-sse-server push --user 42 \
                             --data '{\"text\":\"hello\"}' --event-type chat"
     )]

@@ -1,5 +1,5 @@
 //! The web console: one page, embedded in the binary, to connect as a user, push, and watch live
-//! stats.
+//! stats; and the URLs the start-up log names.
 //!
 //! The page is three static files under `assets/console/` — `index.html` with placeholders, the
 //! stylesheet and the script — put together once, at first use: the stylesheet and the script are
@@ -12,6 +12,7 @@
 //! and nothing else: no other script, style, frame or form target; network access only to this
 //! origin (HTTP, and WebSocket: CSP level 3 `'self'` covers `ws:`/`wss:` on the same host).
 
+use std::net::SocketAddr;
 use std::sync::LazyLock;
 
 use axum::extract::State;
@@ -22,6 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use crate::config::Settings;
 use crate::state::SharedState;
 
 /// The page, with the placeholders below.
@@ -93,6 +95,25 @@ fn escape_for_script(json: &str) -> String {
     json.replace('<', "\\u003c")
         .replace('>', "\\u003e")
         .replace('&', "\\u0026")
+}
+
+/// The URL to open for `path` on a server listening at `address`; an unspecified address
+/// (`0.0.0.0`, `::`) reads as `localhost`.
+pub fn url_of(address: SocketAddr, path: &str) -> String {
+    if address.ip().is_unspecified() {
+        format!("http://localhost:{}{path}", address.port())
+    } else {
+        format!("http://{address}{path}")
+    }
+}
+
+/// Where the start-up log says the console is: its URL, or `off` with `CONSOLE_ENABLED=false`.
+pub fn start_up_url(settings: &Settings, address: SocketAddr) -> String {
+    if settings.console_enabled {
+        url_of(address, &settings.console_path)
+    } else {
+        "off".to_owned()
+    }
 }
 
 /// `GET {CONSOLE_PATH}`: the console page, never cached (it carries this server's configuration),

@@ -143,9 +143,12 @@ impl Application {
         let lifecycle = state.lifecycle.clone();
         let drain = state.settings.shutdown_drain;
         let shutdown_timeout = state.settings.shutdown_timeout;
+        let address = listener.local_addr()?;
         tracing::info!(
-            address = %listener.local_addr()?,
+            %address,
             max_connections = state.max_connections,
+            console = %crate::console::start_up_url(&state.settings, address),
+            docs = %crate::console::url_of(address, "/docs"),
             "websocket-sse-server listening"
         );
         warn_about_open_access(&state);

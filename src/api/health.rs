@@ -1,9 +1,10 @@
 //! Liveness and readiness (`GET /health`, `GET /ready`), the JSON answers for unknown paths and
-//! methods, and the JSON 500 for a handler that panicked.
+//! methods (and the redirect from the console's path with a trailing slash), and the JSON 500 for
+//! a handler that panicked.
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -40,9 +41,25 @@ pub async fn ready(State(state): State<SharedState>) -> Response {
     }
 }
 
-/// Any unknown path.
-pub async fn not_found() -> ApiError {
-    ApiError::NotFound
+/// Any unknown path: 404, except the console's path with a trailing slash (`/console/` for
+/// `CONSOLE_PATH=/console`), which a `GET` or `HEAD` is redirected from (308, query kept).
+pub async fn not_found(State(state): State<SharedState>, method: Method, uri: Uri) -> Response {
+    let settings = &state.settings;
+    let console = settings.console_path.as_str();
+    let is_console_with_slash =
+        settings.console_enabled && console != "/" && uri.path().strip_suffix('/') == Some(console);
+    if !is_console_with_slash || !(method == Method::GET || method == Method::HEAD) {
+        return ApiError::NotFound.into_response();
+    }
+    let location = match uri.query() {
+        Some(query) => format!("{console}?{query}"),
+        None => console.to_owned(),
+    };
+    (
+        StatusCode::PERMANENT_REDIRECT,
+        [(header::LOCATION, location)],
+    )
+        .into_response()
 }
 
 /// A known path with the wrong method.

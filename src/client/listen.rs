@@ -436,7 +436,10 @@ fn sse_closed(data: &str, last_event_id: Option<&str>) -> Ending {
 
 /// The token expired: exit 3 with what to run next.
 fn token_expired(last_event_id: Option<&str>) -> Ending {
-    let resume = last_event_id.map_or_else(String::new, |id| format!(" --last-event-id {id}"));
+    let resume = last_event_id.map_or_else(
+        || " --last-event-id <the last event id you have> (none arrived on this run)".to_owned(),
+        |id| format!(" --last-event-id {id}"),
+    );
     Ending::Fatal(Failure {
         status: EXIT_TOKEN_EXPIRED,
         message: format!(

@@ -30,6 +30,9 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status of `listen` when the subscriber token expired (close code 4001).
 pub const EXIT_TOKEN_EXPIRED: u8 = 3;
+/// Exit status of `push --user-ids` when the server accepted the push but answered `partial`:
+/// some of the users had no connection (the answer, printed, says which).
+pub const EXIT_PARTIAL: u8 = 3;
 
 /// How long establishing a TCP connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,7 +40,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a client command stopped: the line to print on stderr and the exit status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    /// The process exit status ([`EXIT_FAILURE`], [`EXIT_USAGE`] or [`EXIT_TOKEN_EXPIRED`]).
+    /// The process exit status ([`EXIT_FAILURE`], [`EXIT_USAGE`], [`EXIT_TOKEN_EXPIRED`] or
+    /// [`EXIT_PARTIAL`]).
     pub status: u8,
     /// What went wrong, one line.
     pub message: String,

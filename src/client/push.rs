@@ -9,12 +9,12 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::{Failure, Target, check_path, describe_body};
+use super::{EXIT_PARTIAL, Failure, Target, check_path, describe_body};
 use crate::client::args::PushArgs;
 use crate::config::Settings;
 
 /// Validates the arguments, sends the push and prints the server's answer. `Ok` when the server
-/// answered 2xx.
+/// answered 2xx, except a `partial` answer to `--user-ids` ([`EXIT_PARTIAL`]).
 pub async fn run(args: &PushArgs, settings: &Settings) -> Result<(), Failure> {
     let target = Target::from_args(args.url.as_deref(), settings)?;
     let path = args.path.as_deref().unwrap_or(&settings.sse_path);
@@ -76,6 +76,14 @@ pub async fn run(args: &PushArgs, settings: &Settings) -> Result<(), Failure> {
         return Err(Failure::failed(format!("cannot write the answer: {error}")));
     }
     if status.is_success() {
+        if !args.user_ids.is_empty() && answered_partial(&body) {
+            return Err(Failure {
+                status: EXIT_PARTIAL,
+                message: format!(
+                    "POST {url}: partial: some of the users had no connection (see \"results\")"
+                ),
+            });
+        }
         Ok(())
     } else {
         Err(Failure::failed(format!(
@@ -83,6 +91,16 @@ pub async fn run(args: &PushArgs, settings: &Settings) -> Result<(), Failure> {
             describe_body(&body)
         )))
     }
+}
+
+/// Whether a 2xx answer's `status` is `partial`.
+fn answered_partial(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow)]
+        status: Option<&'a str>,
+    }
+    serde_json::from_slice::<Answer<'_>>(body).is_ok_and(|answer| answer.status == Some("partial"))
 }
 
 /// The `--data` text: the argument itself, a file's contents (`@FILE`) or stdin (`-`).

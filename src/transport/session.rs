@@ -101,10 +101,8 @@ impl Session {
         } = attached;
         state.metrics.connection_opened();
         let (user, connection) = (registration.user(), registration.id());
-        match transport {
-            Transport::WebSocket => tracing::debug!(%user, connection, "connected"),
-            Transport::Sse => tracing::debug!(%user, connection, "sse connected"),
-        }
+        let transport_label: &'static str = transport.into();
+        tracing::debug!(%user, connection, transport = %transport_label, "connected");
         Self {
             transport,
             registration: Some(registration),
@@ -120,15 +118,14 @@ impl Session {
     fn unregister(&mut self, reason: DisconnectReason) -> Vec<Queued> {
         if let Some(registration) = self.registration.take() {
             let (user, connection) = (registration.user(), registration.id());
-            let reason_label = reason.label();
-            match self.transport {
-                Transport::WebSocket => {
-                    tracing::debug!(%user, connection, reason = reason_label, "disconnected");
-                }
-                Transport::Sse => {
-                    tracing::debug!(%user, connection, reason = reason_label, "sse disconnected");
-                }
-            }
+            let transport_label: &'static str = self.transport.into();
+            tracing::debug!(
+                %user,
+                connection,
+                transport = %transport_label,
+                reason = reason.label(),
+                "disconnected"
+            );
         }
         self.state.metrics.connection_closed(reason);
         let mut pending = std::mem::take(&mut self.batch);

@@ -310,6 +310,33 @@ async fn push_to_several_users_prints_one_result_each() {
     assert_eq!(from_a["data"]["all"], true);
 }
 
+/// A `--user-ids` push that reached only some users is accepted (the answer is printed) but exits
+/// 3, so a script can tell.
+#[tokio::test]
+async fn push_to_several_users_exits_3_when_only_partial() {
+    let app = spawn_app(&[]).await;
+    let mut online = app.connect("cli-on").await;
+    let url = http_url(&app);
+    let out = run(
+        &[
+            "push",
+            "--url",
+            &url,
+            "--user-ids",
+            "cli-on,cli-off",
+            "--data",
+            r#"{"some":true}"#,
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(out.code, 3, "{out:?}");
+    let answer: Value = serde_json::from_str(&out.stdout).expect("JSON answer");
+    assert_eq!(answer["status"], "partial", "{answer}");
+    assert!(out.stderr.contains("partial"), "{out:?}");
+    assert_eq!(next_json(&mut online).await["data"]["some"], true);
+}
+
 #[tokio::test]
 async fn push_to_an_unreachable_server_exits_1() {
     let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -561,6 +588,24 @@ fn token(user: &str, seconds: f64) -> String {
         &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .unwrap()
+}
+
+/// Even when no event arrived (a WebSocket learns no resume point before its first event), the
+/// token-expired hint names `--last-event-id`.
+#[tokio::test]
+async fn listens_token_expired_hint_names_last_event_id_before_any_event() {
+    let app = spawn_app(&["--jwt-secret", SECRET]).await;
+    let url = ws_url(&app);
+    let token = token("cli-exp-quiet", 0.6);
+    let mut listen = Running::start(&["listen", "--url", &url, "--token", &token], &[]);
+    listen.status("connected to").await;
+    let (code, _, stderr) = listen.finish().await;
+    assert_eq!(code, 3, "{stderr:?}");
+    let last = stderr.last().expect("a message");
+    assert!(
+        last.contains("token expired") && last.contains("--last-event-id"),
+        "{last}"
+    );
 }
 
 #[tokio::test]

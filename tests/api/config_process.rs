@@ -338,6 +338,11 @@ async fn help_lists_every_variable_and_its_default() {
             "default of {variable}"
         );
     }
+    let summary = help.split("Usage:").next().unwrap_or_default();
+    assert!(
+        summary.contains("WebSocket") && summary.contains("Server-Sent Events (SSE)"),
+        "the summary names both transports: {summary:?}"
+    );
     assert!(help.contains(".env"), "help mentions the .env file");
     assert!(help.contains("healthcheck"), "help lists the subcommand");
 }
@@ -358,6 +363,11 @@ async fn default_log_lines_follow_the_seed_template_without_debug_lines() {
         listening.contains("websocket-sse-server listening")
             && listening.contains(&format!("address={}", server.addr)),
         "{listening:?}"
+    );
+    assert!(
+        listening.contains(&format!("console=http://{}/ ", server.addr))
+            && listening.contains(&format!("docs=http://{}/docs", server.addr)),
+        "the start-up line says where the console and the API documentation are: {listening:?}"
     );
 
     // A connection would log at DEBUG level, which INFO does not show.
@@ -421,6 +431,7 @@ async fn json_log_format_writes_one_json_object_per_line() {
     }
 }
 
+/// Both transports log a connection's start and end in the same words, with a `transport` field.
 #[tokio::test]
 async fn debug_true_logs_connections() {
     let dir = workdir();
@@ -435,6 +446,7 @@ async fn debug_true_logs_connections() {
         })
         .await;
     assert!(has_template_prefix(&line, "DEBUG"), "{line:?}");
+    assert!(line.contains("transport=websocket"), "{line:?}");
 
     drop(ws);
     let line = server
@@ -443,6 +455,31 @@ async fn debug_true_logs_connections() {
         })
         .await;
     assert!(has_template_prefix(&line, "DEBUG"), "{line:?}");
+    assert!(line.contains("transport=websocket"), "{line:?}");
+
+    let stream = TestApp::at(server.addr)
+        .sse_stream("user_id=dbg-sse", &[])
+        .await;
+    let line = server
+        .wait_for_log("about the SSE connection", |line| {
+            line.contains("user=dbg-sse") && !line.contains("disconnected")
+        })
+        .await;
+    assert!(
+        line.contains(" connected") && !line.contains("sse connected"),
+        "{line:?}"
+    );
+    assert!(line.contains("transport=sse"), "{line:?}");
+    drop(stream);
+    let line = server
+        .wait_for_log("about the SSE disconnection", |line| {
+            line.contains("disconnected") && line.contains("user=dbg-sse")
+        })
+        .await;
+    assert!(
+        !line.contains("sse disconnected") && line.contains("transport=sse"),
+        "{line:?}"
+    );
 }
 
 // --- signals ----------------------------------------------------------------------------------

@@ -312,6 +312,35 @@ async fn an_unknown_or_foreign_resume_point_gets_a_resync_notice_first_then_live
     assert_eq!(metrics["resumes_replayed_total"], 0, "{metrics}");
 }
 
+/// After a restart (a new server: the memory broker's history is gone) an event id from before it
+/// is one this server never issued (`unknown_event_id`: an id alone does not say which incarnation
+/// of the stream it came from), while a position token names its epoch (`epoch_changed`), as
+/// docs/protocol.md says.
+#[tokio::test]
+async fn after_a_restart_an_old_event_id_is_unknown_and_an_old_position_token_is_a_changed_epoch() {
+    let before = spawn_app(&[]).await;
+    let old = before
+        .push(json!({"user_id": "reborn", "data": {"seq": 0}}))
+        .await;
+    let old_id = old["event_id"].as_str().unwrap().to_owned();
+    let old_token = format!("{}:{}", epoch_of(&old), old["position"]);
+    drop(before);
+
+    let after = spawn_app(&[]).await;
+    let new = after
+        .push(json!({"user_id": "reborn", "data": {"seq": 1}}))
+        .await;
+    let epoch = epoch_of(&new);
+    assert_ne!(epoch, epoch_of(&old), "a restarted stream has a new epoch");
+
+    let mut ws = after.resume("reborn", &old_id).await;
+    let notice = next_json(&mut ws).await;
+    assert_resync(&notice, "reborn", "unknown_event_id", &old_id, &epoch, 1);
+    let mut ws = after.resume("reborn", &old_token).await;
+    let notice = next_json(&mut ws).await;
+    assert_resync(&notice, "reborn", "epoch_changed", &old_token, &epoch, 1);
+}
+
 #[tokio::test]
 async fn resume_points_pushed_out_by_history_size_resync() {
     let app = spawn_app(&["--history-size", "3"]).await;

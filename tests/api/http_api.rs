@@ -842,3 +842,59 @@ async fn trickling_bodies_get_408_and_silent_connections_are_closed() {
         "{metrics}"
     );
 }
+
+// --- the console page ------------------------------------------------------------------------
+
+/// The console's user id fields allow what the server allows, and the page's header wraps on a
+/// phone-sized screen (390 px) instead of overlapping.
+#[tokio::test]
+async fn the_console_allows_the_servers_user_id_length_and_wraps_its_header_on_phones() {
+    let app = spawn_app(&[]).await;
+    let page = app.get("/", &[]).await;
+    assert_eq!(page.status, 200);
+    let limit = format!(
+        "maxlength=\"{}\"",
+        websocket_sse_server::protocol::USER_ID_MAX_BYTES
+    );
+    for field in ["id=\"connect-user\"", "id=\"push-user\""] {
+        let input = page
+            .text
+            .split('<')
+            .find(|tag| tag.starts_with("input") && tag.contains(field))
+            .unwrap_or_else(|| panic!("the {field} input"));
+        assert!(input.contains(&limit), "{input}");
+    }
+    let phones = page
+        .text
+        .split("@media (max-width: 480px)")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a rule for screens up to 480 px"));
+    let rule = phones.split("\n}").next().unwrap_or_default();
+    assert!(
+        rule.contains(".topbar { flex-wrap: wrap;") && rule.contains(".brand { flex-wrap: wrap;"),
+        "{rule}"
+    );
+}
+
+/// `CONSOLE_PATH=/console`: `/console/` redirects there (308, query kept); other paths with a
+/// slash, and other methods, stay 404.
+#[tokio::test]
+async fn the_console_path_with_a_trailing_slash_redirects_to_it() {
+    let app = spawn_app(&["--console-path", "/console"]).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let response = client
+        .get(app.url("/console/?user=42"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 308);
+    assert_eq!(response.headers()["location"], "/console?user=42");
+    assert_eq!(app.get("/console", &[]).await.status, 200);
+    assert_eq!(app.get("/health/", &[]).await.status, 404);
+    assert_eq!(app.get("/console//", &[]).await.status, 404);
+    let post = client.post(app.url("/console/")).send().await.unwrap();
+    assert_eq!(post.status().as_u16(), 404);
+}
