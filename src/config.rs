@@ -107,6 +107,10 @@ pub struct Settings {
     /// limit from the file-descriptor limit.
     #[arg(long, env = "MAX_CONNECTIONS", default_value = "0", value_parser = parse_count_or_zero)]
     pub max_connections: usize,
+    /// Connections one IP address may hold that have not yet sent a complete request head; more
+    /// are closed at once.
+    #[arg(long, env = "MAX_PENDING_CONNECTIONS_PER_IP", default_value = "256", value_parser = parse_count)]
+    pub max_pending_connections_per_ip: usize,
     /// Connections one user may hold at once (tabs, devices).
     #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value = "32", value_parser = parse_count)]
     pub max_connections_per_user: usize,

@@ -11,6 +11,7 @@
 //! socket. [`server`] wires it together and shuts it down
 //! through [`lifecycle`]; [`dotenv`], [`config`] and [`logging`] come first, in `main`.
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod broker;

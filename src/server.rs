@@ -15,9 +15,9 @@ use axum::extract::{DefaultBodyLimit, MatchedPath};
 use axum::http::{HeaderValue, StatusCode, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket, lookup_host};
 use tokio::sync::Semaphore;
@@ -28,6 +28,7 @@ use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
+use crate::admission::{Admission, Connection};
 use crate::api::health::{method_not_allowed, not_found, panic_response};
 use crate::api::{require_admin, require_key, require_publisher};
 use crate::auth::{PublisherKeys, TokenVerifier};
@@ -51,8 +52,19 @@ const SESSION_CLOSE_BUDGET: Duration = Duration::from_secs(3);
 /// connection-level limit is the backstop for what has no timer of its own (HTTP responses, SSE).
 const WRITE_BACKSTOP_MARGIN: Duration = Duration::from_secs(1);
 
-/// Pause after a failed `accept` (for example, out of file descriptors).
+/// Pause after a failed `accept` that closing idle connections cannot help.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Idle HTTP connections closed at once when `accept` runs out of descriptors: a few more than
+/// the one needed, so that the next accepts (and the process itself) have some headroom.
+const RECLAIM_BATCH: usize = 16;
+
+/// Pause after asking idle connections to close, for their tasks to release the descriptors.
+const RECLAIM_PAUSE: Duration = Duration::from_millis(5);
+
+/// `EMFILE` and `ENFILE`: the process or the system is out of file descriptors (the same
+/// numbers on every Unix).
+const OUT_OF_DESCRIPTORS: [i32; 2] = [24, 23];
 
 /// Pending-connection queue length asked of the kernel (capped by `net.core.somaxconn`): bursts
 /// of reconnecting clients should queue, not be refused.
@@ -164,6 +176,7 @@ impl Application {
         let limits = ConnectionLimits {
             head_timeout: state.settings.http_request_timeout,
             write_timeout: state.settings.ws_write_timeout + WRITE_BACKSTOP_MARGIN,
+            pending_per_ip: state.settings.max_pending_connections_per_ip,
         };
         let mut server = tokio::spawn(serve_http(
             listener,
@@ -314,6 +327,8 @@ struct ConnectionLimits {
     /// For one write to the client to make progress (responses, SSE streams; a backstop for
     /// WebSockets, which time their writes themselves).
     write_timeout: Duration,
+    /// Connections one IP address may hold before sending a complete request head.
+    pending_per_ip: usize,
 }
 
 /// Accepts TCP connections and serves HTTP/1.1 (with WebSocket upgrades) on each, until `stop`
@@ -322,7 +337,11 @@ struct ConnectionLimits {
 ///
 /// Each connection must send a complete request head within `head_timeout`, also while idle
 /// between keep-alive requests, and each write to it must progress within `write_timeout`, so
-/// silent, trickling or non-reading clients cannot pile up.
+/// silent, trickling or non-reading clients cannot pile up. One IP address may hold at most
+/// `pending_per_ip` connections that have not sent a complete request head yet (more are closed
+/// at once), and when `accept` runs out of descriptors the connections idle the longest are
+/// closed (see [`crate::admission`]), so that idle sockets cannot lock out new pushes and
+/// WebSockets.
 async fn serve_http(
     listener: TcpListener,
     router: Router,
@@ -335,6 +354,7 @@ async fn serve_http(
         .header_read_timeout(limits.head_timeout);
     let stopping = CancellationToken::new();
     let connections = TaskTracker::new();
+    let admission = Admission::new(limits.pending_per_ip);
     tokio::pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
@@ -342,23 +362,35 @@ async fn serve_http(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // Out of descriptors or memory: back off instead of spinning.
-                    tracing::warn!(%error, "cannot accept a connection");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    let out_of_descriptors = error
+                        .raw_os_error()
+                        .is_some_and(|code| OUT_OF_DESCRIPTORS.contains(&code));
+                    let reclaimed = if out_of_descriptors {
+                        admission.reclaim_oldest(RECLAIM_BATCH)
+                    } else {
+                        0
+                    };
+                    if reclaimed > 0 {
+                        tracing::debug!(%error, reclaimed, "closing idle HTTP connections to accept");
+                        tokio::time::sleep(RECLAIM_PAUSE).await;
+                    } else {
+                        // Nothing idle to close, or out of memory: back off instead of spinning.
+                        tracing::warn!(%error, "cannot accept a connection");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    }
                     continue;
                 }
             },
         };
+        let Some(registered) = admission.admit(peer.ip()) else {
+            tracing::debug!(%peer, "too many pending connections from this address; closed");
+            continue;
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        // Every request carries its peer address, for rate limits and logs.
-        let service = TowerToHyperService::new(router.clone().map_request(
-            move |mut request: hyper::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request
-            },
-        ));
+        let registered = Arc::new(registered);
+        let service = connection_service(router.clone(), peer, Arc::clone(&registered));
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(limits.write_timeout));
         let connection = builder
@@ -373,6 +405,8 @@ async fn serve_http(
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
+                // Idle (no request in flight, not upgraded): dropping it closes the socket.
+                () = registered.reclaimed() => Ok(()),
             };
             if let Err(error) = result {
                 tracing::debug!(%error, "HTTP connection ended with an error");
@@ -383,6 +417,39 @@ async fn serve_http(
     stopping.cancel();
     connections.close();
     connections.wait().await;
+}
+
+/// The service of one HTTP connection: `router`, with the peer address on every request (for rate
+/// limits and logs), and each request registered as in flight on `connection` until its response
+/// body is finished (an SSE stream, until it ends), or for good once it upgrades.
+fn connection_service(
+    router: Router,
+    peer: SocketAddr,
+    connection: Arc<Connection>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response, std::convert::Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        let in_flight = connection.request_started();
+        let response = router.clone().oneshot(request);
+        async move {
+            let response = response.await?;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                in_flight.upgraded();
+                return Ok(response);
+            }
+            Ok(response.map(|body| {
+                axum::body::Body::new(body.map_frame(move |frame| {
+                    let _in_flight = &in_flight;
+                    frame
+                }))
+            }))
+        }
+    })
 }
 
 /// The HTTP router: every endpoint of the [route table](routes::table) behind the checks its

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     // The shared vocabulary: the wire contract, positions, reasons, transports.
     &["protocol"],
-    // Leaves: counters, history rules, log output, shutdown state, the .env reader, the clock.
+    // Leaves: counters, history rules, log output, shutdown state, the .env reader, the clock,
+    // the registry of HTTP connections.
     &[
         "metrics",
         "history",
@@ -24,6 +25,7 @@ const LAYERS: &[&[&str]] = &[
         "lifecycle",
         "dotenv",
         "clock",
+        "admission",
     ],
     // This node's connections and delivery.
     &["hub"],

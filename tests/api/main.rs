@@ -14,6 +14,7 @@ mod auth;
 mod budgets;
 mod cli;
 mod config_process;
+mod descriptors;
 mod hardening;
 mod history;
 mod http_api;
