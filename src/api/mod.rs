@@ -40,14 +40,8 @@ pub async fn require_publisher(
     request: Request,
     next: Next,
 ) -> Response {
-    let key = check_origin(&state, request.headers()).and_then(|()| {
-        state
-            .publishers
-            .as_ref()
-            .map(|keys| keys.verify(request.headers()).map(Publisher::Key))
-            .transpose()
-            .map_err(ApiError::from)
-    });
+    let headers = request.headers();
+    let key = check_origin(&state, headers).and_then(|()| publisher(&state, headers));
     match key {
         Ok(publisher) => rate_limited(&state, peer, publisher, request, next).await,
         Err(error) => respond::<()>(&state, Err(error)),
@@ -80,17 +74,21 @@ pub async fn require_admin(
             }
             Err(error) => Err(error.into()),
         },
-        None => state
-            .publishers
-            .as_ref()
-            .map(|keys| keys.verify(headers).map(Publisher::Key))
-            .transpose()
-            .map_err(ApiError::from),
+        None => publisher(&state, headers),
     });
     match key {
         Ok(publisher) => rate_limited(&state, peer, publisher, request, next).await,
         Err(error) => respond::<()>(&state, Err(error)),
     }
+}
+
+/// The holder of the `PUSH_API_KEYS` key the request presents (`None` when no keys are set), or
+/// why it is refused.
+fn publisher(state: &SharedState, headers: &HeaderMap) -> Result<Option<Publisher>, ApiError> {
+    let Some(keys) = &state.publishers else {
+        return Ok(None);
+    };
+    Ok(Some(Publisher::Key(keys.verify(headers)?)))
 }
 
 /// Refuses a browser whose origin is not allowed (`CORS_ORIGINS`, see [`crate::origin`]).

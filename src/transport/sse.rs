@@ -144,15 +144,24 @@ struct SessionBody {
     _slot: OwnedSemaphorePermit,
 }
 
+impl SessionBody {
+    /// The next piece of the chunk being handed on; after its last, the chunk's items are
+    /// released (their bytes leave the queue budgets).
+    fn next_piece(&mut self) -> Option<Bytes> {
+        let piece = self.current.next();
+        if self.current.len() == 0 {
+            self.current_charges.clear();
+        }
+        piece
+    }
+}
+
 impl Stream for SessionBody {
     type Item = Result<Bytes, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if let Some(piece) = this.current.next() {
-            if this.current.len() == 0 {
-                this.current_charges.clear();
-            }
+        if let Some(piece) = this.next_piece() {
             return Poll::Ready(Some(Ok(piece)));
         }
         if let Some(session) = this.session.as_mut()
@@ -166,13 +175,8 @@ impl Stream for SessionBody {
             Ok(chunk) => {
                 this.current = chunk.pieces.into_iter();
                 this.current_charges = chunk.charges;
-                match this.current.next() {
-                    Some(piece) => {
-                        if this.current.len() == 0 {
-                            this.current_charges.clear();
-                        }
-                        Poll::Ready(Some(Ok(piece)))
-                    }
+                match this.next_piece() {
+                    Some(piece) => Poll::Ready(Some(Ok(piece))),
                     // Never sent empty; wake to look again.
                     None => {
                         cx.waker().wake_by_ref();

@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
-use crate::helpers::{PROMPTLY, TestApp, epoch_of, next_json, spawn_app};
+use crate::helpers::{
+    PROMPTLY, TestApp, epoch_of, handshake_request, next_json, read_response_head, spawn_app,
+};
 
 /// `data` of about `bytes` bytes, tagged with `tag`.
 fn padded(tag: &str, bytes: usize) -> Value {
@@ -24,21 +26,10 @@ async fn stalled_client(app: &TestApp, user: &str) -> TcpStream {
     let socket = TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
     let mut stream = socket.connect(app.addr).await.expect("tcp connect");
-    let request = format!(
-        "GET /ws?user_id={user} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: \
-         Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        app.addr
-    );
+    let request = handshake_request(app.addr, user, "Sec-WebSocket-Version: 13\r\n");
     stream.write_all(request.as_bytes()).await.expect("write");
-    let mut head = Vec::new();
-    timeout(PROMPTLY, async {
-        while !head.ends_with(b"\r\n\r\n") {
-            head.push(stream.read_u8().await.expect("read response head"));
-        }
-    })
-    .await
-    .expect("101 within the deadline");
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{head:?}");
+    let head = read_response_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     stream
 }
 

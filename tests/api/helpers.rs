@@ -19,7 +19,7 @@ use futures_util::stream::{self, Stream};
 use futures_util::{SinkExt, StreamExt};
 use reqwest::Method;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -917,4 +917,29 @@ pub async fn assert_stopped_promptly(
         "shutdown took {:?}",
         started.elapsed()
     );
+}
+
+/// A WebSocket handshake request for `/ws?user_id={user}` to `addr`, as a client writes it:
+/// `Host`, `Upgrade`, `Connection` and the RFC 6455 sample key, then `headers` (lines ending in
+/// CRLF; a `Sec-WebSocket-Version` among them), then the blank line.
+pub fn handshake_request(addr: SocketAddr, user: &str, headers: &str) -> String {
+    format!(
+        "GET /ws?user_id={user} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{headers}\r\n"
+    )
+}
+
+/// Reads an HTTP response head from `stream` byte by byte, so that nothing after it is consumed,
+/// within [`PROMPTLY`].
+pub async fn read_response_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    timeout(PROMPTLY, async {
+        while !head.ends_with(b"\r\n\r\n") {
+            assert!(head.len() < 4096, "response head too long");
+            head.push(stream.read_u8().await.expect("read response head"));
+        }
+    })
+    .await
+    .expect("a response head within the deadline");
+    String::from_utf8(head).expect("ASCII head")
 }

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{
     PROMPTLY, SMALL_QUEUES, TestApp, Ws, assert_silent, assert_stopped_promptly, close_of,
-    drain_until_end, next_json, send_text, spawn_app,
+    drain_until_end, handshake_request, next_json, read_response_head, send_text, spawn_app,
 };
 
 /// How long a socket must stay quiet to count as having received nothing.
@@ -240,23 +240,9 @@ async fn client_text_is_acked_to_that_client_only() {
 /// Performs a WebSocket handshake by hand over a raw TCP stream that will never answer pings.
 async fn raw_handshake(app: &TestApp, user: &str) -> TcpStream {
     let mut stream = TcpStream::connect(app.addr).await.expect("tcp connect");
-    let request = format!(
-        "GET /ws?user_id={user} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: \
-         Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        app.addr
-    );
+    let request = handshake_request(app.addr, user, VERSION_13);
     stream.write_all(request.as_bytes()).await.expect("write");
-    // Read byte by byte so that nothing after the response head is consumed.
-    let mut head = Vec::new();
-    timeout(PROMPTLY, async {
-        while !head.ends_with(b"\r\n\r\n") {
-            assert!(head.len() < 4096, "response head too long");
-            head.push(stream.read_u8().await.expect("read response head"));
-        }
-    })
-    .await
-    .expect("101 response within the deadline");
-    let head = String::from_utf8(head).expect("ASCII head");
+    let head = read_response_head(&mut stream).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -265,6 +251,9 @@ async fn raw_handshake(app: &TestApp, user: &str) -> TcpStream {
     );
     stream
 }
+
+/// The header line of the one WebSocket version this server speaks.
+const VERSION_13: &str = "Sec-WebSocket-Version: 13\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_client_is_closed_after_ping_timeout_while_an_answering_client_stays() {
@@ -1037,27 +1026,7 @@ async fn parameters_that_are_not_percent_encoded_utf8_are_refused_by_name() {
 async fn raw_request(app: &TestApp, request: &str) -> String {
     let mut stream = TcpStream::connect(app.addr).await.expect("tcp connect");
     stream.write_all(request.as_bytes()).await.expect("write");
-    let mut head = Vec::new();
-    timeout(PROMPTLY, async {
-        while !head.ends_with(b"\r\n\r\n") {
-            assert!(head.len() < 4096, "response head too long");
-            head.push(stream.read_u8().await.expect("read response head"));
-        }
-    })
-    .await
-    .expect("a response head within the deadline");
-    String::from_utf8(head)
-        .expect("ASCII head")
-        .to_ascii_lowercase()
-}
-
-/// A WebSocket handshake for `/ws?user_id=v` with `extra` header lines (each ending in CRLF).
-fn handshake_request(app: &TestApp, version: &str, extra: &str) -> String {
-    format!(
-        "GET /ws?user_id=v HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{version}{extra}\r\n",
-        app.addr
-    )
+    read_response_head(&mut stream).await.to_ascii_lowercase()
 }
 
 #[tokio::test]
@@ -1068,7 +1037,7 @@ async fn an_unsupported_websocket_version_gets_426_naming_13() {
         "Sec-WebSocket-Version: 14\r\n",
         "",
     ] {
-        let head = raw_request(&app, &handshake_request(&app, version, "")).await;
+        let head = raw_request(&app, &handshake_request(app.addr, "v", version)).await;
         assert!(head.starts_with("http/1.1 426"), "{version:?}: {head}");
         assert!(head.contains("\r\nsec-websocket-version: 13\r\n"), "{head}");
         assert!(head.contains("\r\nupgrade: websocket\r\n"), "{head}");
@@ -1088,7 +1057,7 @@ async fn an_unsupported_websocket_version_gets_426_naming_13() {
 #[tokio::test]
 async fn an_http11_request_without_host_gets_400_on_every_route() {
     let app = spawn_app(&[]).await;
-    let handshake = handshake_request(&app, "Sec-WebSocket-Version: 13\r\n", "");
+    let handshake = handshake_request(app.addr, "v", VERSION_13);
     let without_host = handshake.replace(&format!("Host: {}\r\n", app.addr), "");
     let body = r#"{"user_id":"v","data":{}}"#;
     let push = format!(
