@@ -47,6 +47,8 @@ pub enum Refusal {
     BadRequest,
     /// Missing or invalid token (401).
     Unauthorized,
+    /// A token past its `exp` (401; WebSocket close 4001 for a browser).
+    TokenExpired,
     /// An origin not in `CORS_ORIGINS`, or a `user_id` other than the token's (403).
     Forbidden,
     /// Over `CONNECT_RATE_PER_IP` (429).

@@ -174,11 +174,16 @@ fn identify(
         return Ok((user, None));
     };
     let unauthorized = |error: TokenError| {
+        let refusal = if error == TokenError::Expired {
+            Refusal::TokenExpired
+        } else {
+            Refusal::Unauthorized
+        };
         let error = ApiError::Unauthorized {
             message: error.to_string(),
             invalid_token: error != TokenError::Missing,
         };
-        (Refusal::Unauthorized, error)
+        (refusal, error)
     };
     let token = token.ok_or_else(|| unauthorized(TokenError::Missing))?;
     if token.len() > TOKEN_MAX_BYTES {

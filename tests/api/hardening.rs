@@ -1,8 +1,10 @@
 //! What a hostile-input review found (issue 14), each with the request that got through before:
 //! cross-site pushes, DNS rebinding, the administrative scope of publisher keys, compressed and
-//! over-declared bodies. Real server, real HTTP and WebSocket clients.
+//! over-declared bodies, handshake refusals a browser could not see. Real server, real HTTP and WebSocket clients.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 
 use reqwest::Method;
 use serde_json::json;
@@ -123,13 +125,9 @@ async fn the_own_origin_exemption_holds_only_for_loopback_and_allowed_hosts() {
     // DNS rebinding: evil.example resolves to this server; the page's origin and Host agree.
     let rebound_host = format!("evil.example:{port}");
     let rebound_origin = format!("http://{rebound_host}");
-    let refusal = app
-        .refused(
-            "user_id=u",
-            &[("origin", &rebound_origin), ("host", &rebound_host)],
-        )
-        .await;
-    assert_eq!(refusal.status, 403, "{refusal:?}");
+    let headers = [("origin", rebound_origin.as_str()), ("host", &rebound_host)];
+    let (code, reason) = app.refused_by_close("user_id=u", &headers).await;
+    assert_eq!(code, 4403, "{reason}");
     let reply = app
         .request(
             Method::POST,
@@ -150,13 +148,8 @@ async fn the_own_origin_exemption_holds_only_for_loopback_and_allowed_hosts() {
     listed
         .upgraded("user_id=u", &[("origin", &origin), ("host", &host)])
         .await;
-    let other = listed
-        .refused(
-            "user_id=u",
-            &[("origin", &rebound_origin), ("host", &rebound_host)],
-        )
-        .await;
-    assert_eq!(other.status, 403);
+    let (code, reason) = listed.refused_by_close("user_id=u", &headers).await;
+    assert_eq!(code, 4403, "{reason}");
 
     // With CORS_ORIGINS=* every origin may connect, as before.
     let open = spawn_app(&[]).await;
@@ -254,4 +247,113 @@ async fn without_admin_keys_the_publisher_keys_administer() {
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
+}
+
+/// HS256 secret of the browser-refusal test's server.
+const SECRET: &str = "hardening-tests-hs256-secret-0123456789";
+
+/// An HS256 token for `user` signed with [`SECRET`], expiring `exp_in` seconds from now.
+fn token(user: &str, exp_in: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    let claims = json!({"sub": user, "exp": now + exp_in});
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    encode(&Header::new(Algorithm::HS256), &claims, &key).expect("token encodes")
+}
+
+#[tokio::test]
+async fn a_browser_sees_why_its_handshake_was_refused() {
+    let app = spawn_app(&["--jwt-secret", SECRET, "--cors-origins", APP]).await;
+    let browser = [("origin", APP)];
+    let expired = format!("token={}", token("alice", -5));
+    let alices = token("alice", 300);
+    let cases = [
+        ("user_id=%FF".to_owned(), &browser, 4400, "user_id: "),
+        (String::new(), &browser, 4401, "a token is required"),
+        (
+            "token=not-a-jwt".to_owned(),
+            &browser,
+            4401,
+            "the token is malformed",
+        ),
+        (expired.clone(), &browser, 4001, "token expired"),
+        (
+            format!("user_id=bob&token={alices}"),
+            &browser,
+            4403,
+            "user_id does not match",
+        ),
+        (
+            format!("token={alices}"),
+            &[("origin", EVIL)],
+            4403,
+            "origin \"https://evil.example\"",
+        ),
+    ];
+    for (query, headers, code, reason) in cases {
+        let (got, why) = app.refused_by_close(&query, headers).await;
+        assert_eq!(got, code, "{query:?}: {why}");
+        assert!(why.starts_with(reason), "{query:?}: {why:?}");
+    }
+    // Servers and command-line tools (no Origin) keep the HTTP status and JSON detail.
+    let refusal = app.refused(&expired, &[]).await;
+    assert_eq!(refusal.status, 401, "{refusal:?}");
+    assert!(refusal.body.contains("expired"), "{refusal:?}");
+    // An allowed browser with a good token is let in, as before.
+    let mut ws = app.upgraded(&format!("token={alices}"), &browser).await;
+    app.push_id("alice", "hello").await;
+    assert_eq!(next_json(&mut ws).await["event_id"], "hello");
+
+    // Counted as refusals; none was ever registered as a connection.
+    let metrics = app.metrics().await;
+    let refused = &metrics["connections_refused_total"];
+    assert_eq!(refused["bad_request"], 1, "{metrics}");
+    assert_eq!(refused["unauthorized"], 2, "{metrics}");
+    assert_eq!(refused["token_expired"], 2, "{metrics}");
+    assert_eq!(refused["forbidden"], 2, "{metrics}");
+    assert_eq!(metrics["connections_opened_total"], 1, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_browser_over_a_limit_is_told_to_come_back_later() {
+    let browser = [("origin", APP)];
+    // One attempt per second, bursts of 2: a third attempt at once is over the limit.
+    let limited = spawn_app(&["--connect-rate-per-ip", "1"]).await;
+    let mut codes = Vec::new();
+    for _ in 0..6 {
+        match limited.handshake("user_id=u", &browser).await {
+            Ok(mut ws) => match close_of_within(&mut ws, Duration::from_millis(200)).await {
+                Some((code, reason)) => {
+                    assert!(reason.ends_with(" s"), "{reason}");
+                    codes.push(code);
+                    break;
+                }
+                None => codes.push(101),
+            },
+            Err(refused) => panic!("a browser got an HTTP refusal: {refused:?}"),
+        }
+    }
+    assert_eq!(codes.last(), Some(&4429), "{codes:?}");
+
+    let full = spawn_app(&["--max-connections", "1"]).await;
+    let _only = full.upgraded("user_id=a", &[]).await;
+    let (code, reason) = full.refused_by_close("user_id=b", &browser).await;
+    assert_eq!(code, 4503, "{reason}");
+    assert!(reason.contains("MAX_CONNECTIONS"), "{reason}");
+    assert_eq!(full.refused("user_id=b", &[]).await.status, 503);
+}
+
+/// The close code and reason if the server closes `ws` within `wait`; `None` if it stays open.
+async fn close_of_within(ws: &mut crate::helpers::Ws, wait: Duration) -> Option<(u16, String)> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    match timeout(wait, ws.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => {
+            Some((frame.code.into(), frame.reason.to_string()))
+        }
+        Ok(other) => panic!("expected a close or silence, got {other:?}"),
+        Err(_elapsed) => None,
+    }
 }

@@ -448,6 +448,20 @@ impl TestApp {
         }
     }
 
+    /// A browser's handshake to `/ws?{query}` (the headers include `Origin`) that must be refused
+    /// the way a browser can see it: upgraded, then closed at once with a code and reason, and
+    /// nothing before the close.
+    pub async fn refused_by_close(&self, query: &str, headers: &[(&str, &str)]) -> (u16, String) {
+        let mut ws = self.upgraded(query, headers).await;
+        let first = timeout(PROMPTLY, ws.next())
+            .await
+            .expect("the refusal arrives promptly");
+        match first {
+            Some(Ok(Message::Close(Some(frame)))) => (frame.code.into(), frame.reason.to_string()),
+            other => panic!("/ws?{query}: expected a close frame at once, got {other:?}"),
+        }
+    }
+
     /// Connects a WebSocket client as `user` (sent as given).
     pub async fn connect(&self, user: &str) -> Ws {
         self.upgraded(&format!("user_id={user}"), &[]).await

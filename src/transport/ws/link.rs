@@ -129,12 +129,8 @@ impl Link for WsLink {
     }
 }
 
-/// Closes a connection the per-user limit refused after the upgrade (close code 1008).
-pub(super) async fn refuse(mut socket: Socket, why: String) {
-    let frame = CloseFrame {
-        code: close_code::POLICY.into(),
-        reason: why.into(),
-    };
+/// Closes a connection refused after the upgrade (see [`super::refusal`]) with `frame`.
+pub(super) async fn refuse(mut socket: Socket, frame: CloseFrame) {
     finish(&mut socket, &[], Some(frame)).await;
 }
 

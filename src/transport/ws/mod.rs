@@ -4,7 +4,9 @@
 //! handshake, or not for version 13, gets 426 (see [`upgrade`]); then (see [`super::authorize`])
 //! a missing or invalid `user_id` gets 400, a missing or refused token 401, a foreign origin or
 //! user 403, a client over the connect rate 429, a server that is shutting down or full 503, each
-//! with a JSON `detail`. The connection is registered with the hub *before* the 101 answer, so no
+//! with a JSON `detail` — or, for a browser (a request with `Origin`), a 101 answer and at once a
+//! close code that says the same (see [`refusal`]), since a browser's WebSocket API cannot see
+//! statuses. The connection is registered with the hub *before* the 101 answer, so no
 //! push sent after the client sees its handshake complete can miss it; a resuming client's missed
 //! events (or resync notice) are queued in the same step, ahead of anything live. After the
 //! upgrade the connection is closed with 1008 if the per-user limit refused it, and otherwise runs
@@ -13,22 +15,26 @@
 mod frames;
 mod keepalive;
 mod link;
+mod refusal;
 mod upgrade;
 
 use std::net::SocketAddr;
+use std::time::SystemTime;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use tokio::sync::OwnedSemaphorePermit;
 
 use tungstenite::protocol::WebSocketConfig;
 
 use self::link::WsLink;
 use self::upgrade::{Refused, Upgrade};
 use super::session::{self, Session};
-use super::{attach, authorize};
+use super::{Admission, attach, authorize};
 use crate::broker::AttachError;
 use crate::error::ApiError;
+use crate::hub::{Attached, UserLimitReached};
 use crate::metrics::Refusal;
 use crate::protocol::Transport;
 use crate::state::SharedState;
@@ -47,44 +53,61 @@ pub async fn handshake(
     headers: HeaderMap,
     upgrade: Result<Upgrade, Refused>,
 ) -> Response {
-    match accept(&state, query.as_deref(), &headers, peer, upgrade).await {
-        Ok(response) => response,
-        Err((refusal, error)) => {
-            state.metrics.connection_refused(refusal);
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(refused) => {
+            state.metrics.connection_refused(Refusal::BadRequest);
+            let error = ApiError::Handshake {
+                status: refused.status,
+                message: refused.message.to_owned(),
+            };
             let mut response = error.into_response();
             upgrade::advertise_upgrade(&mut response);
-            response
+            return response;
+        }
+    };
+    match accept(&state, query.as_deref(), &headers, peer).await {
+        Ok(accepted) => run(state, upgrade, accepted),
+        Err((refusal, error)) => {
+            state.metrics.connection_refused(refusal);
+            if refusal::visible_to_browser(&headers) {
+                let frame = refusal::close_frame(refusal, &error);
+                upgrade.answer(config(&state), move |socket| link::refuse(socket, frame))
+            } else {
+                let mut response = error.into_response();
+                upgrade::advertise_upgrade(&mut response);
+                response
+            }
         }
     }
 }
 
+/// A client let in and attached (or refused by the per-user limit, which is known only now).
+struct Accepted {
+    attached: Result<Attached, UserLimitReached>,
+    /// When its token expires, if it has one.
+    expires_at: Option<SystemTime>,
+    /// Its `MAX_CONNECTIONS` slot.
+    slot: OwnedSemaphorePermit,
+}
+
+/// Authorizes the client and, before the 101 answer, attaches its connection: once the client
+/// sees its handshake complete, every push for its user reaches it (queued until the session
+/// starts writing), after what it missed.
 async fn accept(
     state: &SharedState,
     query: Option<&str>,
     headers: &HeaderMap,
     peer: SocketAddr,
-    upgrade: Result<Upgrade, Refused>,
-) -> Result<Response, (Refusal, ApiError)> {
-    let upgrade = upgrade.map_err(|refused| {
-        let error = ApiError::Handshake {
-            status: refused.status,
-            message: refused.message.to_owned(),
-        };
-        (Refusal::BadRequest, error)
-    })?;
-    let admission = authorize(state, query, headers, peer)?;
-    // Register before answering 101: once the client sees its handshake complete, every push for
-    // its user reaches it (queued until the session starts writing), after what it missed.
-    let resume_from = admission.resume_from.as_deref();
-    let attached = match attach(
-        state,
-        admission.user,
-        Transport::WebSocket,
+) -> Result<Accepted, (Refusal, ApiError)> {
+    let Admission {
+        user,
         resume_from,
-        false,
-    )
-    .await
-    {
+        expires_at,
+        slot,
+    } = authorize(state, query, headers, peer)?;
+    let resume_from = resume_from.as_deref();
+    let attached = match attach(state, user, Transport::WebSocket, resume_from, false).await {
         Ok(attached) => Ok(attached),
         // Refused after the upgrade, with a close code the client can act on.
         Err(AttachError::UserLimit(limit)) => Err(limit),
@@ -92,15 +115,23 @@ async fn accept(
             return Err((Refusal::BrokerUnavailable, ApiError::Unavailable(error)));
         }
     };
-    let (slot, expires_at) = (admission.slot, admission.expires_at);
+    Ok(Accepted {
+        attached,
+        expires_at,
+        slot,
+    })
+}
+
+/// Answers 101 and runs the session (or the per-user limit's refusal) on the upgraded socket.
+fn run(state: SharedState, upgrade: Upgrade, accepted: Accepted) -> Response {
+    let Accepted {
+        attached,
+        expires_at,
+        slot,
+    } = accepted;
     let tracked = state.lifecycle.track_session();
-    let max_message = state.settings.ws_max_message_bytes;
-    let state = SharedState::clone(state);
-    let config = WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message));
-    Ok(upgrade.answer(config, move |socket| async move {
+    let config = config(&state);
+    upgrade.answer(config, move |socket| async move {
         match attached {
             Ok(attached) => {
                 let link = WsLink::new(socket, &state.settings);
@@ -109,9 +140,20 @@ async fn accept(
             }
             Err(limit) => {
                 state.metrics.connection_refused(Refusal::UserLimit);
-                link::refuse(socket, limit.to_string()).await;
+                let frame = refusal::close(Refusal::UserLimit, limit.to_string());
+                link::refuse(socket, frame).await;
             }
         }
         drop((slot, tracked));
-    }))
+    })
+}
+
+/// How tungstenite reads an upgraded connection: a small buffer, frames up to
+/// `WS_MAX_MESSAGE_BYTES`.
+fn config(state: &SharedState) -> WebSocketConfig {
+    let max_message = state.settings.ws_max_message_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
 }
