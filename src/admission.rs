@@ -7,9 +7,9 @@
 //! - one IP address may hold at most `MAX_PENDING_CONNECTIONS_PER_IP` pending connections; a new
 //!   one beyond that is refused (closed at once), so one client cannot take every descriptor with
 //!   sockets that never send anything;
-//! - when the process runs out of descriptors, the server asks for the connections idle the
-//!   longest to be closed ([`Admission::reclaim_oldest`]), so that a new push or WebSocket can
-//!   still be accepted. A request in flight (an SSE stream included) and an upgraded connection
+//! - when descriptors become scarce (a connection is accepted near the descriptor limit) or run
+//!   out (`accept` fails), the server asks for the connections idle the longest to be closed
+//!   ([`Admission::reclaim_oldest`]), so that a new push or WebSocket can still be accepted. A request in flight (an SSE stream included) and an upgraded connection
 //!   (a WebSocket) are never chosen.
 
 use std::collections::{BTreeMap, HashMap};

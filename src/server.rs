@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +59,14 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// Idle HTTP connections closed at once when `accept` runs out of descriptors: a few more than
 /// the one needed, so that the next accepts (and the process itself) have some headroom.
 const RECLAIM_BATCH: usize = 16;
+
+/// Idle HTTP connections closed for each connection accepted while descriptors are scarce (see
+/// [`descriptors_scarce_from`]): more than one, so that idle connections shrink while new ones
+/// keep coming.
+const RECLAIM_AHEAD: usize = 2;
+
+/// Descriptors kept free for the process and new clients: a 16th of the limit, at least this many.
+const DESCRIPTOR_RESERVE_MIN: u64 = 32;
 
 /// Pause after asking idle connections to close, for their tasks to release the descriptors.
 const RECLAIM_PAUSE: Duration = Duration::from_millis(5);
@@ -177,6 +186,7 @@ impl Application {
             head_timeout: state.settings.http_request_timeout,
             write_timeout: state.settings.ws_write_timeout + WRITE_BACKSTOP_MARGIN,
             pending_per_ip: state.settings.max_pending_connections_per_ip,
+            scarce_from: descriptors_scarce_from(),
         };
         let mut server = tokio::spawn(serve_http(
             listener,
@@ -329,6 +339,8 @@ struct ConnectionLimits {
     write_timeout: Duration,
     /// Connections one IP address may hold before sending a complete request head.
     pending_per_ip: usize,
+    /// A descriptor number from which descriptors are scarce (see [`descriptors_scarce_from`]).
+    scarce_from: u64,
 }
 
 /// Accepts TCP connections and serves HTTP/1.1 (with WebSocket upgrades) on each, until `stop`
@@ -339,7 +351,8 @@ struct ConnectionLimits {
 /// between keep-alive requests, and each write to it must progress within `write_timeout`, so
 /// silent, trickling or non-reading clients cannot pile up. One IP address may hold at most
 /// `pending_per_ip` connections that have not sent a complete request head yet (more are closed
-/// at once), and when `accept` runs out of descriptors the connections idle the longest are
+/// at once), and when descriptors are scarce (a connection arrives with a descriptor within the
+/// reserve below the limit) or `accept` runs out of them, the connections idle the longest are
 /// closed (see [`crate::admission`]), so that idle sockets cannot lock out new pushes and
 /// WebSockets.
 async fn serve_http(
@@ -386,6 +399,14 @@ async fn serve_http(
             tracing::debug!(%peer, "too many pending connections from this address; closed");
             continue;
         };
+        // The kernel gives the lowest free number: every descriptor below this one is in use.
+        if u64::try_from(stream.as_raw_fd()).is_ok_and(|fd| fd >= limits.scarce_from) {
+            let reclaimed = admission.reclaim_oldest(RECLAIM_AHEAD);
+            tracing::debug!(
+                reclaimed,
+                "descriptors are scarce: closing idle HTTP connections"
+            );
+        }
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
@@ -576,6 +597,15 @@ async fn bind(host: &str, port: u16) -> io::Result<TcpListener> {
             format!("{host} resolves to no address"),
         )
     }))
+}
+
+/// The descriptor number from which the process is near its descriptor limit (the soft
+/// `RLIMIT_NOFILE`, already raised to the hard one): the limit less a reserve of a 16th of it, at
+/// least [`DESCRIPTOR_RESERVE_MIN`]. A connection accepted with a descriptor at or above it means
+/// the idle HTTP connections should make room before `accept` fails.
+fn descriptors_scarce_from() -> u64 {
+    let (limit, _hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+    limit.saturating_sub((limit / 16).max(DESCRIPTOR_RESERVE_MIN))
 }
 
 /// `MAX_CONNECTIONS`, or when it is 0, 90% of the file-descriptor limit (raised to the hard limit

@@ -5,9 +5,11 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Stdio;
 
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::Command;
+
 use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::helpers::{PROMPTLY, ServerProcess, TestApp, next_json, start_process};
@@ -128,4 +130,29 @@ async fn one_address_holds_a_bounded_number_of_pending_connections() {
         closed_by(newest, Instant::now() + PROMPTLY).await,
         "the flooder's newest connection was refused"
     );
+}
+
+#[tokio::test]
+async fn near_the_limit_the_longest_idle_connections_make_way_before_accept_fails() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let server = limited_server(dir.path(), &[("MAX_PENDING_CONNECTIONS_PER_IP", "100000")]).await;
+    let mut oldest = served_connection(server.addr).await;
+    // Past the scarce mark (the limit less a reserve of 32: descriptor 32), yet well below the
+    // limit with the server's own descriptors: `accept` never fails here.
+    let mut idle = Vec::with_capacity(DESCRIPTORS);
+    for _ in 0..DESCRIPTORS * 5 / 8 {
+        idle.push(idle_connection(Ipv4Addr::LOCALHOST, server.addr).await);
+    }
+    assert!(
+        closed_by(&mut oldest, Instant::now() + PROMPTLY).await,
+        "the idle keep-alive connection, the oldest, was closed before descriptors ran out"
+    );
+    let newest = idle.last_mut().expect("idle connections");
+    assert!(
+        !closed_by(newest, Instant::now() + Duration::from_millis(200)).await,
+        "the newest idle connection is kept"
+    );
+    timeout(2 * PROMPTLY, push_and_websocket_still_work(server.addr))
+        .await
+        .expect("a new WebSocket and a new push");
 }
