@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 
 use super::{Hub, Outbox, Outgoing, Present, Registration, hand_over, resync_notice};
 use crate::protocol::{
-    Delivery, DisconnectReason, Event, ResyncReason, SlowConsumerCause, StreamPosition, Transport,
-    UserId,
+    Delivery, DisconnectReason, Event, Resumed, ResyncReason, SlowConsumerCause, StreamPosition,
+    Transport, UserId,
 };
 
 /// An event of a user's cluster-wide stream, with its place in it.
@@ -178,6 +178,10 @@ impl Hub {
             let notice = resync_notice(user, reason, from, Some(&catch_up.head));
             connection.offer(Outgoing::Replay(Arc::new(notice)));
             feed.cursor = Some(catch_up.head.clone());
+            // A joining connection's resync is counted with its resume; this one came live.
+            if catch_up.after.is_some() {
+                self.metrics.resumed(Resumed::Resync(reason));
+            }
         }
         for event in &catch_up.events {
             if let Fit::Next = fit(feed.cursor.as_ref(), &event.at) {
@@ -504,6 +508,8 @@ mod tests {
             "resync, then B1; A5 is dropped: {frames:?}"
         );
         assert_eq!(frames[1], "B1");
+        let resyncs = || hub.metrics.counts().resyncs[ResyncReason::EpochChanged as usize];
+        assert_eq!(resyncs(), 1, "a live resync is counted");
         // A second catch-up fetched from the old cursor arrives late: ignored.
         hub.begin_catch_up_all();
         let late = CatchUp {
@@ -527,6 +533,7 @@ mod tests {
         );
         hub.deliver_sequenced(&user(), &event("B", 2));
         assert_eq!(drain(&mut outbox), ["B2"], "no second resync, no B1 again");
+        assert_eq!(resyncs(), 1, "nor counted");
     }
 
     #[tokio::test]
