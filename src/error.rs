@@ -37,7 +37,8 @@ pub enum ApiError {
     /// The body was compressed or otherwise encoded (415).
     #[error("Content-Encoding {0} is not supported: send the body as it is (identity)")]
     UnsupportedEncoding(String),
-    /// The broker could not route the events (503).
+    /// The broker could not route the events: 503 when nothing was done, 504 when the outcome is
+    /// unknown.
     #[error(transparent)]
     Unavailable(#[from] BrokerError),
     /// A query parameter is missing or invalid (400, FastAPI's `detail` list).
@@ -97,6 +98,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) | Self::UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
+            Self::Unavailable(BrokerError::OutcomeUnknown(_)) => StatusCode::GATEWAY_TIMEOUT,
             Self::Unavailable(_) | Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,

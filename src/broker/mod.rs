@@ -23,10 +23,19 @@ use crate::protocol::{Publication, Transport, UserId};
 /// Why a broker could not take events.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The backend cannot be reached. For a publish: the events may or may not have been
-    /// published (retry with the same `event_id`s, which are recognised). Mapped to 503.
+    /// The backend cannot be reached, or refused the request: nothing was done (a publish may be
+    /// retried as it is). Mapped to 503.
     #[error("message broker unavailable: {0}")]
     Unavailable(String),
+    /// The request was sent (or may have been) but no answer came: the link broke or timed out
+    /// meanwhile, or only part of a large publish was answered. A publish may or may not have
+    /// happened: retried with the same `event_id`s, it is recognised and not delivered twice.
+    /// Mapped to 504.
+    #[error(
+        "outcome unknown: the message broker did not answer ({0}); the events may have been \
+         published: retry with the same event_id (recognised, not delivered twice)"
+    )]
+    OutcomeUnknown(String),
 }
 
 /// Why a connection could not be attached.

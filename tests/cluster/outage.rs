@@ -136,6 +136,16 @@ async fn wait_for_attempts(
     }
 }
 
+/// Asserts the answer to a push that reached Redis, or may have, when no answer came.
+fn assert_outcome_unknown(body: &Value, what: &str) {
+    assert!(
+        body["detail"].as_str().is_some_and(|detail| {
+            detail.starts_with("outcome unknown") && detail.contains("retry with the same event_id")
+        }),
+        "{what}: {body}"
+    );
+}
+
 /// Asserts the refusal of a push while Redis is away.
 fn assert_unavailable(status: u16, retry_after: Option<&str>, body: &Value, what: &str) {
     assert_eq!(status, 503, "{what}: {body}");
@@ -295,6 +305,8 @@ async fn redis_stopped_and_restarted_during_pushes_leaves_no_silent_gap() {
                 assert_unavailable(503, attempt.retry_after.as_deref(), &attempt.body, &what);
                 refused += 1;
             }
+            // In flight when Redis died: it may or may not have been stored before.
+            504 => assert_outcome_unknown(&attempt.body, &what),
             other => panic!("{what} answered {other}: {:?}", attempt.body),
         }
         if attempt.started >= ready {
@@ -418,5 +430,100 @@ async fn redis_stopped_and_restarted_during_pushes_leaves_no_silent_gap() {
          {} pushes accepted before, {refused} refused, {} accepted after; {outcomes:?}",
         before.len(),
         after.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_redis_is_noticed_at_once_and_a_push_it_swallowed_can_be_retried_safely() {
+    const USER: &str = "stalled";
+    let Some(redis) = RedisServer::start("redis_stall").await else {
+        return;
+    };
+    let mut cluster = cluster(&redis.url(), "redis_stall", 1, &["--redis-timeout", "2"]).await;
+    cluster.keep_keys();
+    let node = &cluster.nodes[0];
+    wait_for_ready_status(node, 200, PROMPTLY).await;
+    let mut client = Client::ws(node, USER).await;
+    wait_for_counts(&[node], empty(1).with_connections(1, 1, 0, 1)).await;
+
+    // Redis stops answering; a push is sent at once, before anyone can know.
+    redis.pause();
+    let paused = Instant::now();
+    let first = {
+        let (http, url) = (node.http.clone(), node.url("/sse/push"));
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .json(&json!({"user_id": USER, "event_id": "swallowed", "data": {"n": 1}}))
+                .send()
+                .await
+                .expect("an HTTP answer");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("a JSON body"))
+        })
+    };
+    // The node says so within about a second, with no traffic of its own needed to notice.
+    let body = wait_for_ready_status(node, 503, Duration::from_secs(3)).await;
+    let noticed = paused.elapsed();
+    assert!(
+        noticed < Duration::from_millis(1500),
+        "noticed after {noticed:?}: {body}"
+    );
+    assert!(
+        body["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("does not answer")),
+        "{body}"
+    );
+    // New work is refused at once (nothing sent: a plain 503), not left hanging.
+    let asked = Instant::now();
+    let reply = node
+        .post_with(
+            "/sse/push",
+            &json!({"user_id": USER, "data": {"n": 2}}),
+            &[],
+        )
+        .await;
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_unavailable(
+        reply.status,
+        reply.header("retry-after"),
+        &reply.json(),
+        "a push while stalled",
+    );
+    let refusal = node.refused("user_id=newcomer", &[]).await;
+    assert_eq!(refusal.status, 503, "{refusal:?}");
+
+    // The push sent before: no answer within REDIS_TIMEOUT, so its outcome is unknown.
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .expect("answered within REDIS_TIMEOUT and a margin")
+        .expect("the pushing task");
+    assert_eq!(status, 504, "{body}");
+    assert_outcome_unknown(&body, "the push in flight when Redis stalled");
+
+    // Redis goes on; the node is back promptly.
+    tokio::time::sleep_until(paused + Duration::from_secs(3)).await;
+    redis.resume();
+    let resumed = Instant::now();
+    wait_for_ready_status(node, 200, PROMPTLY).await;
+    let back = resumed.elapsed();
+    assert!(back < Duration::from_secs(1), "ready again after {back:?}");
+
+    // Retried with the same event_id, the push is recognised if Redis had taken it; either way
+    // the client gets it exactly once.
+    let retry = node
+        .push(json!({"user_id": USER, "event_id": "swallowed", "data": {"n": 1}}))
+        .await;
+    assert_eq!(retry["status"], "success", "{retry}");
+    let event = client.next().await;
+    assert_eq!(event["event_id"], "swallowed", "{event}");
+    client.assert_quiet(QUIET).await;
+    println!(
+        "stall noticed after {noticed:?}; ready again {back:?} after Redis resumed; retry {retry}"
     );
 }

@@ -433,6 +433,27 @@ impl RedisServer {
         }
     }
 
+    /// Stops the server (SIGSTOP) without closing anything: connections stay open, nothing is
+    /// answered, as when Redis stalls.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT): it answers what waited meanwhile.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.running.as_ref().map_or(0, |running| running.pid);
+        assert!(pid != 0, "redis-server is not running");
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+
     /// Starts the server again, empty, on the same port (killing it first if it runs); waits
     /// until it answers `PING`. Retries for a few seconds if the port is not free yet.
     pub async fn restart(&mut self) {

@@ -15,7 +15,10 @@
 //!
 //! A live link is checked at every heartbeat (`PRESENCE_LEASE`/3): the command connection by the
 //! heartbeat script, the subscription connection by a PING (a socket cut silently by a NAT would
-//! otherwise never deliver again). A heartbeat that finds this node reaped (its lease ran out
+//! otherwise never deliver again). Between heartbeats a probe task asks Redis for a PING every
+//! [`PROBE_INTERVAL`] on a connection of its own: a Redis that stalls with its connections open
+//! makes the node unready, refusing new work, within about a second, and ready again as soon as it
+//! answers. A heartbeat that finds this node reaped (its lease ran out
 //! while it was paused) registers its connections again.
 
 use std::collections::HashMap;
@@ -38,17 +41,28 @@ use crate::metrics::ClusterStats;
 use crate::protocol::{DisconnectReason, Transport, UserId};
 
 /// First wait before reconnecting; doubled after each failure up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-/// Longest wait between reconnection attempts.
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// Longest wait between reconnection attempts: short, so that service resumes within about this
+/// long once Redis is back. An attempt is cheap (a refused TCP connection, or one that waits for
+/// a stalled Redis and completes as soon as it answers).
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+/// How often a live link's probe asks Redis for a `PING`.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// How long the probe waits for the answer before calling Redis stalled (it keeps waiting, up to
+/// `REDIS_TIMEOUT`, after which the link is given up).
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Why the node refuses work while Redis is stalled.
+pub(super) const STALLED: &str = "redis unavailable: it does not answer (stalled)";
 /// Most subscription changes, connections or departures sent to Redis in one command.
 const CHUNK: usize = 1000;
 
-/// A live link: the command connection and the subscription connection.
+/// A live link: the command connection, the subscription connection, and the probe's own
+/// connection (so that no command of this node's can delay its `PING`).
 struct Link {
     commands: MultiplexedConnection,
     subscriptions: PubSubSink,
     messages: PubSubStream,
+    probe: MultiplexedConnection,
 }
 
 /// The users whose channels this node subscribes to, with their joining/joined connection counts.
@@ -110,12 +124,17 @@ async fn connect(shared: &Shared, subscribed: &Subscribed) -> Result<Link, redis
     for chunk in channels.chunks(CHUNK) {
         with_timeout(shared, subscriptions.subscribe(chunk)).await?;
     }
+    let probe = shared
+        .client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
     register(shared, &mut commands).await?;
     heartbeat(shared, &mut commands).await?;
     Ok(Link {
         commands,
         subscriptions,
         messages,
+        probe,
     })
 }
 
@@ -213,6 +232,7 @@ async fn serve(
         mut commands,
         mut subscriptions,
         messages,
+        probe,
     } = link;
     *shared.commands.write() = Some((generation, commands.clone()));
     shared.down.send_replace(None);
@@ -235,9 +255,18 @@ async fn serve(
     let mut beat = tokio::time::interval(shared.lease / 3);
     beat.tick().await;
     let mut batch = Vec::new();
+    // A task of its own: the loop below waits in its arms (a heartbeat, a subscription).
+    let (probe_failed, mut unresponsive) = tokio::sync::oneshot::channel();
+    let prober = shared.lifecycle.spawn_background({
+        let shared = Arc::clone(shared);
+        async move {
+            let _ = probe_failed.send(watch_responsiveness(&shared, probe).await);
+        }
+    });
     let reason = loop {
         tokio::select! {
             _ = &mut receiver => break "subscription connection lost".to_owned(),
+            reason = &mut unresponsive => break reason.unwrap_or_else(|_| "probe stopped".to_owned()),
             () = shared.failed.notified() => {
                 if shared.failed_generation.load(Ordering::Acquire) == generation {
                     break "a command failed".to_owned();
@@ -264,7 +293,44 @@ async fn serve(
         }
     };
     receiver.abort();
+    prober.abort();
     reason
+}
+
+/// Asks Redis for a `PING` every [`PROBE_INTERVAL`] on the probe's connection, whatever the
+/// node's own traffic. An answer later than [`PROBE_TIMEOUT`] marks Redis stalled (the node turns
+/// unready and refuses new work at once) until it comes; no answer within `REDIS_TIMEOUT` (the
+/// connection's response timeout), or a broken connection, ends the link: returns why.
+async fn watch_responsiveness(shared: &Shared, mut probe: MultiplexedConnection) -> String {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let command = redis::cmd("PING");
+    loop {
+        tick.tick().await;
+        let ping = command.query_async::<()>(&mut probe);
+        tokio::pin!(ping);
+        let answer = match tokio::time::timeout(PROBE_TIMEOUT, &mut ping).await {
+            Ok(answer) => answer,
+            Err(_late) => {
+                let since = Instant::now();
+                shared.stalled.store(true, Ordering::Release);
+                tracing::error!(node = %shared.node, "redis does not answer: not ready, refusing new pushes and connections");
+                let answer = ping.await;
+                shared.stalled.store(false, Ordering::Release);
+                if answer.is_ok() {
+                    tracing::warn!(
+                        node = %shared.node,
+                        stalled_seconds = (since.elapsed() + PROBE_TIMEOUT).as_secs_f64(),
+                        "redis answers again"
+                    );
+                }
+                answer
+            }
+        };
+        if let Err(error) = answer {
+            return format!("redis does not answer: {error}");
+        }
+    }
 }
 
 /// Applies a batch of subscription changes: one SUBSCRIBE and one UNSUBSCRIBE for the users whose
@@ -561,6 +627,7 @@ fn set_down(shared: &Shared, reason: String) {
     }
     shared.down.send_replace(Some(reason));
     *shared.commands.write() = None;
+    shared.stalled.store(false, Ordering::Release);
 }
 
 /// The wait before reconnection attempt `failures + 1`: exponential, capped, with full jitter

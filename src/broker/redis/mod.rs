@@ -140,6 +140,10 @@ struct Shared {
     commands: RwLock<Option<(u64, MultiplexedConnection)>>,
     /// `None` while connected; otherwise why not (for `/ready` and refusals).
     down: watch::Sender<Option<String>>,
+    /// Set while a live link's probe waits for Redis past [`link::PROBE_TIMEOUT`]: Redis is
+    /// stalled (paused, swapping, a long script). The node is unready and refuses new pushes and
+    /// connections at once, until Redis answers again or the link is given up.
+    stalled: AtomicBool,
     /// The generation of the link a command failed on (the link supervisor reconnects).
     failed_generation: AtomicU64,
     failed: Notify,
@@ -195,6 +199,7 @@ impl RedisBroker {
             timeout: settings.redis_timeout,
             commands: RwLock::new(None),
             down: watch::Sender::new(Some("redis: not connected yet".to_owned())),
+            stalled: AtomicBool::new(false),
             failed_generation: AtomicU64::new(0),
             failed: Notify::new(),
             changes,
@@ -228,16 +233,27 @@ impl Shared {
         })
     }
 
-    /// Counts a failed command; if it failed because the link is broken, has it rebuilt.
+    /// Whether new work (a push, a connection) may be sent to Redis now: not while it is stalled
+    /// (what is in flight waits for it; new work would only pile up behind).
+    fn accepting(&self) -> Result<(), BrokerError> {
+        if self.stalled.load(Ordering::Acquire) {
+            return Err(BrokerError::Unavailable(link::STALLED.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Counts a failed command; if it failed because the link is broken, has it rebuilt. A
+    /// command Redis refused did nothing; one cut off by a broken link may have run.
     fn command_failed(&self, generation: u64, error: &redis::RedisError) -> BrokerError {
         bump(&self.counters.errors);
         if link_broken(error) {
             self.failed_generation.store(generation, Ordering::Release);
             self.failed.notify_one();
+            BrokerError::OutcomeUnknown(format!("redis: {error}"))
         } else {
             tracing::error!(%error, "redis script failed");
+            BrokerError::Unavailable(format!("redis: {error}"))
         }
-        BrokerError::Unavailable(format!("redis: {error}"))
     }
 
     /// Subscribes this node to `user`'s channel (counted: one per joining connection).
@@ -735,6 +751,7 @@ fn presence_value(transport: Transport, connected_at_ms: u64) -> String {
 impl Broker for RedisBroker {
     async fn publish(&self, events: &[Publication]) -> Result<Vec<Outcome>, BrokerError> {
         let shared = &self.shared;
+        shared.accepting()?;
         let (generation, mut commands) = shared.commands()?;
         let size = shared.history_size();
         let mut replies = Vec::with_capacity(events.len());
@@ -754,8 +771,15 @@ impl Broker for RedisBroker {
                 }
                 result = pipeline.query_async(&mut commands).await;
             }
-            let round: Vec<Vec<(u8, String, u64, usize)>> =
-                result.map_err(|error| shared.command_failed(generation, &error))?;
+            let round: Vec<Vec<(u8, String, u64, usize)>> = result.map_err(|error| {
+                match shared.command_failed(generation, &error) {
+                    // Earlier rounds were published: whatever this one did, the whole is partial.
+                    BrokerError::Unavailable(why) if !replies.is_empty() => {
+                        BrokerError::OutcomeUnknown(why)
+                    }
+                    failed => failed,
+                }
+            })?;
             replies.extend(round.into_iter().flatten());
         }
         let outcomes = replies
@@ -786,6 +810,7 @@ impl Broker for RedisBroker {
         _want_head: bool,
     ) -> Result<Attached, AttachError> {
         let shared = &self.shared;
+        shared.accepting()?;
         shared.commands()?;
         shared.subscribe(&user).await?;
         // From here on, dropping the registration unsubscribes and forgets the presence.
@@ -850,7 +875,9 @@ impl Broker for RedisBroker {
     }
 
     fn unavailable(&self) -> Option<String> {
-        self.shared.down.borrow().clone()
+        let down = self.shared.down.borrow().clone();
+        let stalled = || self.shared.stalled.load(Ordering::Acquire);
+        down.or_else(|| stalled().then(|| link::STALLED.to_owned()))
     }
 
     fn cluster(&self) -> Option<ClusterStats> {
