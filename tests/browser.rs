@@ -9,7 +9,8 @@
 //! side's stream in turn), and must be replayed exactly what it missed, in order, once.
 //!
 //! The web console's tests are in `browser/console.rs`: the page driven in the same browser, and
-//! how it is served (those need no browser).
+//! how it is served (those need no browser). The documented reconnecting clients
+//! (`docs/examples/*.js`) are run in `browser/reconnect.rs`.
 //!
 //! Needs `node`, `/usr/bin/chromium` (or `CHROMIUM_PATH`) and `npm ci --prefix tests/browser`.
 //! Without them the browser tests say what is missing and pass, except under CI (`CI` set to
@@ -38,6 +39,8 @@ mod ci;
 mod console;
 #[path = "api/helpers.rs"]
 mod helpers;
+#[path = "browser/reconnect.rs"]
+mod reconnect;
 
 /// The user whose stream the browser reads.
 const USER: &str = "browser-e2e";
@@ -297,22 +300,47 @@ async fn start_server_with(flags: &[&str]) -> String {
 /// Serves `tests/browser/eventsource.html` from another loopback port (another origin); returns
 /// the page's URL.
 async fn serve_page() -> String {
-    use axum::http::StatusCode;
     use axum::response::Html;
     use axum::routing::get;
 
-    let page = axum::Router::new()
-        .route(
-            "/",
-            get(|| async { Html(include_str!("browser/eventsource.html")) }),
-        )
-        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }));
+    let page = axum::Router::new().route(
+        "/",
+        get(|| async { Html(include_str!("browser/eventsource.html")) }),
+    );
+    serve_pages(page).await
+}
+
+/// Serves `routes` (and an empty `/favicon.ico`) from another loopback port than the server's,
+/// so another origin; returns the base URL, `http://127.0.0.1:<port>/`.
+async fn serve_pages(routes: axum::Router) -> String {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    let pages = routes.route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("page server binds");
     let addr = listener.local_addr().expect("page server address");
-    tokio::spawn(async move { axum::serve(listener, page).await });
+    tokio::spawn(async move { axum::serve(listener, pages).await });
     format!("http://{addr}/")
+}
+
+/// An HS256 subscriber token for `user` signed with `secret`, whose `exp` is `lifetime_secs` from
+/// now in whole seconds (so it lives up to a second less; negative: already expired).
+fn subscriber_token(secret: &str, user: &str, lifetime_secs: i64) -> String {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let now = i64::try_from(now).expect("seconds fit i64");
+    encode(
+        &Header::default(),
+        &json!({"sub": user, "iat": now, "exp": now + lifetime_secs}),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("token encodes")
 }
 
 /// POSTs one event for [`USER`]; returns the push response, plus `_type` and `_data` (what was

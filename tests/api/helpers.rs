@@ -8,7 +8,7 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Stdio;
 use std::time::Duration;
@@ -53,6 +53,20 @@ pub const SMALL_QUEUES: [&str; 6] = [
 
 /// How long a process may take to exit after it was told to (or after failing at start-up).
 pub const EXIT_DEADLINE: Duration = Duration::from_secs(10);
+
+// --- repository files ---------------------------------------------------------------------------
+
+/// The path of `relative` (such as `docs/clients.md`) in this repository.
+pub fn repository_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The text of the repository's file `relative`.
+pub fn repository_text(relative: &str) -> String {
+    let path = repository_file(relative);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
+}
 
 // --- settings -----------------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ mod budgets;
 mod cli;
 mod config_process;
 mod descriptors;
+mod doc_examples;
 mod hardening;
 mod history;
 mod http_api;

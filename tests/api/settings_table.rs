@@ -3,10 +3,11 @@
 //! not a setting. No server is started.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 
 use clap::{Args, Command};
 use websocket_sse_server::config::Settings;
+
+use crate::helpers::repository_text;
 
 /// The header row of the settings table in `docs/configuration.md`.
 const TABLE_HEADER: &str = "| variable | default | meaning |";
@@ -32,16 +33,6 @@ struct DocRow {
     line: usize,
     /// The default cell, normalized; `None` for `(none)` and `(random)`.
     default: Option<String>,
-}
-
-fn repository_file(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
-}
-
-fn read(relative: &str) -> String {
-    let path = repository_file(relative);
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|error| panic!("read {}: {error}", path.display()))
 }
 
 /// Every server setting, by environment variable, as clap sees it.
@@ -178,7 +169,7 @@ fn show(default: Option<&str>) -> String {
 #[test]
 fn configuration_table_matches_the_settings() {
     let code = code_settings();
-    let rows = documented_rows(&read("docs/configuration.md"));
+    let rows = documented_rows(&repository_text("docs/configuration.md"));
     let mut problems = Vec::new();
 
     let mut documented: BTreeMap<&str, Vec<&DocRow>> = BTreeMap::new();
@@ -230,7 +221,7 @@ fn configuration_table_matches_the_settings() {
 #[test]
 fn env_example_names_every_setting_and_nothing_else() {
     let code = code_settings();
-    let text = read(".env.example");
+    let text = repository_text(".env.example");
     let mut mentioned = BTreeSet::new();
     let mut problems = Vec::new();
     for (i, raw) in text.lines().enumerate() {

@@ -3,10 +3,6 @@
 //! headless Chromium by `console.mjs`: connect as a user over WebSocket and over SSE, push from the
 //! page's form, see the frame in the page's list and the connection in its stats, resume.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use jsonwebtoken::{EncodingKey, Header, encode};
-
 use super::*;
 
 /// The console's user in the browser test.
@@ -263,16 +259,7 @@ async fn console_path_is_configurable_and_console_enabled_false_removes_it() {
 
 /// A subscriber token for `user`, valid for ten minutes.
 fn token(user: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs();
-    encode(
-        &Header::default(),
-        &json!({"sub": user, "iat": now, "exp": now + 600}),
-        &EncodingKey::from_secret(JWT_SECRET.as_bytes()),
-    )
-    .expect("token encodes")
+    subscriber_token(JWT_SECRET, user, 600)
 }
 
 async fn get(url: &str) -> reqwest::Response {

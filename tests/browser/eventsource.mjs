@@ -9,45 +9,21 @@
 // end) makes it check what the page received and print the last line, `{"kind":"result",...}`.
 // Exit status: 0 if every check passed, 1 if one failed, 2 on error or timeout.
 //
-// Environment: CHROMIUM_PATH (default /usr/bin/chromium), BROWSER_TEST_TIMEOUT_MS (default 25000).
+// Environment: CHROMIUM_PATH (default /usr/bin/chromium), BROWSER_TEST_TIMEOUT_MS (default 25000);
+// the launch, the timeout and the result line are driver.mjs's.
 
-import { createInterface } from 'node:readline';
-import { chromium } from 'playwright-core';
+import { emit, end, exitAfter, launch, sleep, waitForFinish } from './driver.mjs';
 
 const [pageUrl, serverUrl, userId, typesArg = ''] = process.argv.slice(2);
 if (!pageUrl || !serverUrl || !userId) {
   process.stderr.write('usage: node eventsource.mjs <page_url> <server_url> <user_id> [types]\n');
   process.exit(2);
 }
-const executablePath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const timeoutMs = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 25000);
-const started = Date.now();
 const serverOrigin = new URL(serverUrl).origin;
 // The outbound JSON's fields, in the wire contract's order.
 const FIELDS = ['event_type', 'event_id', 'user_id', 'timestamp', 'data'];
 
-const emit = (line) => process.stdout.write(`${JSON.stringify(line)}\n`);
-
-let browser;
-let finished = false;
-
-async function end(result, status) {
-  if (finished) return;
-  finished = true;
-  emit({ kind: 'result', elapsed_ms: Date.now() - started, ...result });
-  // Closing the browser can hang if it is wedged; never wait for it past a few seconds.
-  await Promise.race([browser?.close().catch(() => {}), sleep(3000)]);
-  process.exit(status);
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
-
-const overall = setTimeout(() => {
-  end({ ok: false, problems: [`timed out after ${timeoutMs} ms`] }, 2);
-}, timeoutMs);
-overall.unref();
+exitAfter(25000);
 
 /** Everything that is wrong with what the page saw, as readable sentences. */
 function check(log, failures) {
@@ -96,7 +72,7 @@ function check(log, failures) {
 }
 
 async function main() {
-  browser = await chromium.launch({ executablePath, headless: true });
+  const browser = await launch();
   const context = await browser.newContext();
   const page = await context.newPage();
   const failures = [];
@@ -155,17 +131,6 @@ async function main() {
     },
     problems.length === 0 ? 0 : 1,
   );
-}
-
-/** Resolves on a `finish` line on stdin, or when stdin ends. */
-function waitForFinish() {
-  return new Promise((resolve) => {
-    const lines = createInterface({ input: process.stdin });
-    lines.on('line', (line) => {
-      if (line.trim() === 'finish') resolve();
-    });
-    lines.on('close', resolve);
-  });
 }
 
 main().catch((error) => end({ ok: false, problems: [`error: ${error?.stack ?? error}`] }, 2));

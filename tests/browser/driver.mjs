@@ -1,0 +1,58 @@
+// What the Node scripts run by tests/browser.rs share: launching Debian's Chromium, one JSON line
+// per thing on stdout, the overall timeout, the last `{"kind":"result",...}` line and the exit,
+// and the `finish` line the test writes to stdin when it has done its part.
+//
+// Environment: CHROMIUM_PATH (default /usr/bin/chromium), BROWSER_TEST_TIMEOUT_MS (default: the
+// script's own).
+
+import { createInterface } from 'node:readline';
+import { chromium } from 'playwright-core';
+
+const started = Date.now();
+let browser;
+let finished = false;
+
+/** Prints `line` as one JSON line for the Rust side. */
+export const emit = (line) => process.stdout.write(`${JSON.stringify(line)}\n`);
+
+/** Resolves after `ms`, without keeping the process alive. */
+export function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+/** Launches headless Chromium; the browser is closed by `end`. */
+export async function launch() {
+  const executablePath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+  browser = await chromium.launch({ executablePath, headless: true });
+  return browser;
+}
+
+/** Prints the result line (with the elapsed time), closes the browser and exits with `status`. */
+export async function end(result, status) {
+  if (finished) return;
+  finished = true;
+  emit({ kind: 'result', elapsed_ms: Date.now() - started, ...result });
+  // Closing the browser can hang if it is wedged; never wait for it past a few seconds.
+  await Promise.race([browser?.close().catch(() => {}), sleep(3000)]);
+  process.exit(status);
+}
+
+/** Ends with status 2 after BROWSER_TEST_TIMEOUT_MS (else `defaultMs`). */
+export function exitAfter(defaultMs) {
+  const timeoutMs = Number(process.env.BROWSER_TEST_TIMEOUT_MS || defaultMs);
+  const overall = setTimeout(() => {
+    end({ ok: false, problems: [`timed out after ${timeoutMs} ms`] }, 2);
+  }, timeoutMs);
+  overall.unref();
+}
+
+/** Resolves on a `finish` line on stdin, or when stdin ends. */
+export function waitForFinish() {
+  return new Promise((resolve) => {
+    const lines = createInterface({ input: process.stdin });
+    lines.on('line', (line) => {
+      if (line.trim() === 'finish') resolve();
+    });
+    lines.on('close', resolve);
+  });
+}
