@@ -115,7 +115,8 @@ async fn websocket_example_waits_as_long_as_a_4429_says_then_connects() {
     let Some(chromium) = browser_tools() else {
         return;
     };
-    let page = ExamplePage::serve("websocket-reconnect", &[]).await;
+    // Tokens that outlive the test: only the rate limit may end a connection here.
+    let page = ExamplePage::serve("websocket-reconnect", &[60; 8]).await;
     let app = helpers::spawn_app(&[
         "--jwt-secret",
         SECRET,
