@@ -221,10 +221,64 @@
 
   // ---------------------------------------------------------------------------------------------
   // Connection
+  //
+  // Connect starts a session, which lasts until Disconnect or until the server says to stop. Each
+  // connection of it ends in a cause, the same set for both transports (`websocketEnding`,
+  // `sseRefusal`, `sseEnding` read them off close codes, HTTP statuses and `close` events), and
+  // `connectionEnded` alone decides from `CAUSES` what follows: reconnect after a backoff,
+  // resuming from the last event id; stop; or stop and ask for a fresh token.
 
-  /** The open (or opening) connection: { transport, closing, close(), send?() }, or null. */
+  /** Upper bound of the first reconnect delay; it doubles with each attempt, to BACKOFF_MAX_MS. */
+  const BACKOFF_FIRST_MS = 500;
+  /** Largest upper bound of a reconnect delay. */
+  const BACKOFF_MAX_MS = 30000;
+  /** A connection open this long, or one that delivered an event, starts the backoff over. */
+  const STABLE_MS = 10000;
+  /** Milliseconds between two updates of the "reconnecting in N s" countdown. */
+  const COUNTDOWN_MS = 100;
+
+  /**
+   * What follows each cause of a connection's end: `then` is `retry` (reconnect after a backoff,
+   * resuming), `stop`, or `expired` (stop, and ask for a fresh token); `says(detail)` is the
+   * status text. The causes and what the server means by them: docs/protocol.md, "How
+   * connections end".
+   */
+  const CAUSES = {
+    network: { then: 'retry', says: () => 'connection lost' },
+    unreachable: { then: 'retry', says: () => 'could not connect' },
+    shutdown: { then: 'retry', says: () => 'server shutting down' },
+    dropped: { then: 'retry', says: (detail) => detail }, // slow consumer, ping timeout
+    user_limit: { then: 'retry', says: (detail) => detail },
+    rate_limited: { then: 'retry', says: (detail) => detail },
+    unavailable: { then: 'retry', says: (detail) => `server unavailable: ${detail}` },
+    come_back_later: { then: 'retry', says: (detail) => detail },
+    token_expired: { then: 'expired', says: () => 'token expired' },
+    bad_request: { then: 'stop', says: (detail) => `bad request: ${detail}` },
+    unauthorized: { then: 'stop', says: (detail) => `not authorized: ${detail}` },
+    forbidden: { then: 'stop', says: forbidden },
+    replaced: {
+      then: 'stop',
+      says: () =>
+        'replaced by a newer connection of this user; not reconnecting (that would replace it in turn)',
+    },
+    disconnected: { then: 'stop', says: () => 'disconnected by an administrator; not reconnecting' },
+    other: { then: 'stop', says: (detail) => `closed: ${detail}` },
+  };
+
+  /** The open (or opening) connection: { transport, closing, openedAt, gotEvent, close(), send? }. */
   let connection = null;
+  /** The session Connect started: { transport, attempts, timer, ticker }, or null. */
+  let session = null;
   let lastEventId = null;
+
+  /** The status for a 403 (WebSocket 4403): which check refused, in the server's words too. */
+  function forbidden(detail) {
+    if (/origin/i.test(detail)) {
+      return `forbidden: this page's origin is not allowed by CORS_ORIGINS (${detail})`;
+    }
+    if (/user_id/.test(detail)) return `forbidden: the user id is not the token's (${detail})`;
+    return `forbidden: ${detail}`;
+  }
 
   function setLastEventId(id) {
     lastEventId = id || null;
@@ -241,7 +295,7 @@
     const status = $('connection-status');
     status.dataset.state = state;
     status.textContent = text;
-    const busy = state === 'open' || state === 'connecting';
+    const busy = state === 'open' || state === 'connecting' || state === 'waiting';
     $('connect-button').disabled = busy;
     $('disconnect-button').disabled = !busy;
     for (const input of document.querySelectorAll(
@@ -252,22 +306,26 @@
     $('send-form').hidden = !(state === 'open' && connection?.transport === 'websocket');
   }
 
-  /** `path?user_id=…&token=…&last_event_id=…`, and the same with the token masked, for display. */
-  function connectTarget(path) {
+  /**
+   * `path?user_id=…&token=…&last_event_id=…` (the last only if `resume`), and the same with the
+   * token masked, for display.
+   */
+  function connectTarget(path, resume) {
     const params = new URLSearchParams();
     const user = $('connect-user').value.trim();
     const token = $('connect-token').value.trim();
     if (user) params.set('user_id', user);
     if (token) params.set('token', token);
-    if ($('connect-resume').checked && lastEventId) params.set('last_event_id', lastEventId);
+    if (resume && lastEventId) params.set('last_event_id', lastEventId);
     const query = params.toString();
     if (token) params.set('token', '…');
     const shown = params.toString().replace('token=%E2%80%A6', 'token=…');
     return { url: query ? `${path}?${query}` : path, shown: shown ? `${path}?${shown}` : path };
   }
 
+  /** Connect: starts a session, resuming only if the box is ticked. */
   function connect() {
-    if (connection) return;
+    if (connection || session) return;
     const user = $('connect-user').value.trim();
     if (!user && !$('connect-token').value.trim()) {
       setConnectionStatus('error', 'enter a user id (or a token)');
@@ -276,84 +334,211 @@
     }
     store.set('user', user);
     store.set('transport', selectedTransport());
-    if (selectedTransport() === 'sse') connectSse();
-    else connectWebSocket();
+    session = { transport: selectedTransport(), attempts: 0, timer: null, ticker: null };
+    openConnection($('connect-resume').checked);
   }
 
+  /** Opens the session's next connection. */
+  function openConnection(resume) {
+    if (session.transport === 'sse') connectSse(resume);
+    else connectWebSocket(resume);
+  }
+
+  /** Disconnect: closes the connection, or cancels the reconnect that is waiting. */
   function disconnect() {
-    connection?.close();
+    if (connection) {
+      connection.close();
+    } else if (session) {
+      system(session.transport, 'reconnect cancelled');
+      endSession('idle', 'not connected');
+    }
   }
 
-  function connectWebSocket() {
-    const target = connectTarget(config.ws_path);
-    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const socket = new WebSocket(`${scheme}//${location.host}${target.url}`);
+  /** A new connection of the session; `close` ends it from the console. */
+  function beginConnection(transport, close, send) {
     const current = {
-      transport: 'websocket',
+      transport,
       closing: false,
-      opened: false,
+      openedAt: null,
+      gotEvent: false,
       close() {
         this.closing = true;
-        socket.close(1000, 'closed from the console');
+        close();
       },
-      send(text) {
-        socket.send(text);
-      },
+      send,
     };
     connection = current;
-    setConnectionStatus('connecting', 'connecting…');
+    const attempt = session.attempts > 0 ? `reconnecting (attempt ${session.attempts + 1})…` : 'connecting…';
+    setConnectionStatus('connecting', attempt);
+    return current;
+  }
+
+  function connectionOpened(current, text) {
+    current.openedAt = performance.now();
+    setConnectionStatus('open', text);
+    system(current.transport, 'connected');
+  }
+
+  /** The one place that decides, for both transports, what follows the end of a connection. */
+  function connectionEnded(current, ending) {
+    if (connection !== current) return;
+    connection = null;
+    if (current.closing || !session) {
+      endSession('idle', 'not connected');
+      return;
+    }
+    const lasted = current.openedAt !== null && performance.now() - current.openedAt >= STABLE_MS;
+    if (current.gotEvent || lasted) session.attempts = 0;
+    const cause = CAUSES[ending.cause] ?? CAUSES.other;
+    const why = cause.says(ending.detail ?? '');
+    if (cause.then === 'retry') {
+      scheduleReconnect(why, ending.floorMs ?? 0);
+    } else if (cause.then === 'expired') {
+      tokenExpired(current.transport);
+    } else {
+      system(current.transport, `stopped: ${why}`, true);
+      endSession('error', why);
+    }
+  }
+
+  /**
+   * Reconnects, resuming, after a random delay up to a cap that doubles with each attempt (full
+   * jitter), and at least `floorMs` (a wait the server asked for); counts down in the status.
+   */
+  function scheduleReconnect(why, floorMs) {
+    const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** session.attempts);
+    const delay = Math.max(floorMs, Math.random() * cap);
+    const due = performance.now() + delay;
+    session.attempts += 1;
+    system(session.transport, `reconnecting in ${seconds(delay)} s (${why})`, true);
+    const countdown = () =>
+      setConnectionStatus('waiting', `reconnecting in ${seconds(due - performance.now())} s (${why})`);
+    countdown();
+    session.ticker = setInterval(countdown, COUNTDOWN_MS);
+    session.timer = setTimeout(() => {
+      cancelReconnect();
+      openConnection(true);
+    }, delay);
+  }
+
+  function cancelReconnect() {
+    clearTimeout(session.timer);
+    clearInterval(session.ticker);
+    session.timer = null;
+    session.ticker = null;
+  }
+
+  function seconds(ms) {
+    return (Math.max(0, ms) / 1000).toFixed(1);
+  }
+
+  function endSession(state, text) {
+    if (session) cancelReconnect();
+    session = null;
+    setConnectionStatus(state, text);
+  }
+
+  /**
+   * The token ran out. The console cannot mint one: it stops, ticks "resume" and puts the cursor
+   * in the token field, so that a fresh token and Connect pick up where the session left off.
+   */
+  function tokenExpired(transport) {
+    system(transport, 'stopped: token expired', true);
+    if (transport === 'sse') {
+      system(
+        'sse',
+        'an EventSource page would get a fresh token and open a new EventSource with ' +
+          '?last_event_id= (a new EventSource forgets Last-Event-ID)',
+      );
+    }
+    const resume = lastEventId ? ` — it resumes from ${lastEventId}` : '';
+    endSession('error', `token expired: paste a fresh token and press Connect${resume}`);
+    $('connect-resume').checked = true;
+    const token = $('connect-token');
+    token.focus();
+    token.select();
+  }
+
+  function connectWebSocket(resume) {
+    const target = connectTarget(config.ws_path, resume);
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    const socket = new WebSocket(`${scheme}//${location.host}${target.url}`);
+    const current = beginConnection(
+      'websocket',
+      () => socket.close(1000, 'closed from the console'),
+      (text) => socket.send(text),
+    );
     system('websocket', `opening ${target.shown}`);
-    socket.addEventListener('open', () => {
-      current.opened = true;
-      setConnectionStatus('open', 'connected over WebSocket');
-      system('websocket', 'connected');
-    });
-    socket.addEventListener('message', (message) => {
-      if (typeof message.data !== 'string') {
-        addFrame({ transport: 'websocket', type: '(binary)', body: '(a binary frame)' });
-        return;
-      }
-      const parsed = parseJson(message.data);
-      const frame = parsed.ok && parsed.value && typeof parsed.value === 'object' ? parsed.value : null;
-      if (frame && frame.event_type !== 'ack' && frame.event_id) setLastEventId(frame.event_id);
-      addFrame({
-        transport: 'websocket',
-        type: frame?.event_type,
-        id: frame?.event_id,
-        body: parsed.ok ? parsed.value : message.data,
-      });
-    });
+    socket.addEventListener('open', () => connectionOpened(current, 'connected over WebSocket'));
+    socket.addEventListener('message', (message) => onWebSocketMessage(current, message));
     socket.addEventListener('close', (event) => {
-      const clean = current.closing || event.code === 1000;
-      let text = `closed: code ${event.code}${event.reason ? ` · ${event.reason}` : ''}`;
-      if (!current.opened && event.code === 1006) {
-        text = 'the handshake failed (no token or a wrong one, an origin not in CORS_ORIGINS, a limit, or the server is unreachable)';
-      }
-      system('websocket', text, !clean);
-      if (connection === current) {
-        connection = null;
-        setConnectionStatus(clean ? 'idle' : 'error', clean ? 'not connected' : `closed (${event.code})`);
-      }
+      const reason = event.reason ? ` · ${event.reason}` : '';
+      system('websocket', `closed: code ${event.code}${reason}`, !current.closing);
+      connectionEnded(current, websocketEnding(event, current.openedAt !== null));
     });
+  }
+
+  function onWebSocketMessage(current, message) {
+    if (typeof message.data !== 'string') {
+      addFrame({ transport: 'websocket', type: '(binary)', body: '(a binary frame)' });
+      return;
+    }
+    const parsed = parseJson(message.data);
+    const frame = parsed.ok && parsed.value && typeof parsed.value === 'object' ? parsed.value : null;
+    if (frame && frame.event_type !== 'ack' && frame.event_id) {
+      setLastEventId(frame.event_id);
+      current.gotEvent = true;
+    }
+    addFrame({
+      transport: 'websocket',
+      type: frame?.event_type,
+      id: frame?.event_id,
+      body: parsed.ok ? parsed.value : message.data,
+    });
+  }
+
+  /** The cause of a WebSocket's close, from its code and reason. */
+  function websocketEnding({ code, reason }, opened) {
+    if (code === 1006) return { cause: opened ? 'network' : 'unreachable' };
+    if (code === 1008) return { cause: policyCause(reason), detail: reason };
+    const byCode = {
+      1001: 'shutdown',
+      1011: 'unavailable',
+      1012: 'unavailable',
+      1013: 'unavailable',
+      4001: 'token_expired',
+      4003: 'disconnected',
+      4400: 'bad_request',
+      4401: 'unauthorized',
+      4403: 'forbidden',
+      4429: 'rate_limited',
+      4503: 'unavailable',
+    };
+    const floorMs = code === 4429 ? retryAfterMs(reason) : 0;
+    return { cause: byCode[code] ?? 'other', detail: reason || `close code ${code}`, floorMs };
+  }
+
+  /** The cause of a 1008 (policy) close, which only its reason tells apart. */
+  function policyCause(reason) {
+    if (reason.startsWith('replaced')) return 'replaced';
+    if (/^(slow consumer|ping timeout)/.test(reason)) return 'dropped';
+    if (/MAX_CONNECTIONS_PER_USER/.test(reason)) return 'user_limit';
+    return 'other';
+  }
+
+  /** The wait in a 4429's reason (`…; retry after N s`), in milliseconds. */
+  function retryAfterMs(reason) {
+    const match = /retry after (\d+(?:\.\d+)?) s/.exec(reason);
+    return match ? Number(match[1]) * 1000 : 0;
   }
 
   /** Reads an event stream (fetch, not EventSource: every event type, comment and id is seen). */
-  async function connectSse() {
-    const target = connectTarget(config.sse_stream_path);
+  async function connectSse(resume) {
+    const target = connectTarget(config.sse_stream_path, resume);
     const abort = new AbortController();
-    const current = {
-      transport: 'sse',
-      closing: false,
-      close() {
-        this.closing = true;
-        abort.abort();
-      },
-    };
-    connection = current;
-    setConnectionStatus('connecting', 'connecting…');
+    const current = beginConnection('sse', () => abort.abort());
     system('sse', `opening ${target.shown}`);
-    let ended = null;
-    let failed = false;
+    let ending;
     try {
       const response = await fetch(target.url, {
         headers: { Accept: 'text/event-stream' },
@@ -361,50 +546,95 @@
         signal: abort.signal,
       });
       const type = response.headers.get('content-type') ?? '';
-      if (!response.ok || !type.startsWith('text/event-stream')) {
-        const text = await response.text();
-        const parsed = parseJson(text);
-        failed = true;
-        system('sse', `refused: HTTP ${response.status}`, true);
-        addFrame({ transport: 'sse', type: `HTTP ${response.status}`, body: parsed.ok ? parsed.value : text });
-        return;
-      }
-      setConnectionStatus('open', 'connected over SSE');
-      system('sse', 'connected');
-      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-      const parser = eventStreamParser((block) => {
-        const reason = onSseBlock(block);
-        if (reason) ended = reason;
-      });
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        parser.push(value);
-      }
-      failed = !current.closing;
-      system('sse', `stream ended${ended ? ` · ${ended}` : ''}`, failed);
-    } catch (error) {
-      if (current.closing) {
-        system('sse', 'closed from the console');
+      if (response.ok && type.startsWith('text/event-stream')) {
+        connectionOpened(current, 'connected over SSE');
+        ending = await readEventStream(current, response);
       } else {
-        failed = true;
-        system('sse', `stream failed: ${error?.message ?? error}`, true);
+        ending = await sseRefusal(response);
       }
-    } finally {
-      if (connection === current) {
-        connection = null;
-        setConnectionStatus(failed ? 'error' : 'idle', failed ? `ended${ended ? ` (${ended})` : ''}` : 'not connected');
-      }
+    } catch (error) {
+      if (current.closing) system('sse', 'closed from the console');
+      else system('sse', `stream failed: ${error?.message ?? error}`, true);
+      ending = { cause: 'network', detail: error?.message ?? String(error) };
     }
+    connectionEnded(current, ending);
   }
 
-  /** Handles one block of the event stream; returns the reason of a `close` event, if it is one. */
-  function onSseBlock(block) {
+  /** The cause of a stream request refused with an HTTP error, shown with the server's answer. */
+  async function sseRefusal(response) {
+    const text = await response.text();
+    const parsed = parseJson(text);
+    const body = parsed.ok ? parsed.value : text;
+    system('sse', `refused: HTTP ${response.status}`, true);
+    addFrame({ transport: 'sse', type: `HTTP ${response.status}`, body });
+    const detail = describeDetail(body) || `HTTP ${response.status}`;
+    const byStatus = {
+      400: 'bad_request',
+      401: /expired/.test(detail) ? 'token_expired' : 'unauthorized',
+      403: 'forbidden',
+      502: 'unavailable',
+      503: 'unavailable',
+      504: 'unavailable',
+    };
+    return { cause: byStatus[response.status] ?? 'other', detail };
+  }
+
+  /** An error answer's `detail` as one line (a string, or a list of { loc, msg } issues). */
+  function describeDetail(body) {
+    const detail = body && typeof body === 'object' ? body.detail : body;
+    if (typeof detail === 'string') return detail;
+    if (!Array.isArray(detail)) return '';
+    return detail
+      .map((issue) => [issue?.loc?.at?.(-1), issue?.msg].filter((part) => part !== undefined).join(': '))
+      .join('; ');
+  }
+
+  /** Reads an open event stream to its end; returns the cause of the end. */
+  async function readEventStream(current, response) {
+    const stream = { closeReason: null, farewell: null, retryMs: 0 };
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    const parser = eventStreamParser((block) => onSseBlock(current, stream, block));
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      parser.push(value);
+    }
+    const reason = stream.closeReason ? ` · ${stream.closeReason}` : '';
+    system('sse', `stream ended${reason}`, !current.closing);
+    return sseEnding(stream);
+  }
+
+  /**
+   * The cause of an event stream's end: its `close` event's reason; without one, come back later
+   * (a refusal to retry, a shutdown, a dropped stream), after the `retry:` hint if the stream's
+   * last words were a comment saying why.
+   */
+  function sseEnding({ closeReason, farewell, retryMs }) {
+    if (closeReason) {
+      const byReason = {
+        token_expired: 'token_expired',
+        replaced: 'replaced',
+        disconnected: 'disconnected',
+        slow_consumer: 'dropped',
+      };
+      return { cause: byReason[closeReason] ?? 'other', detail: closeReason.replaceAll('_', ' ') };
+    }
+    if (farewell) return { cause: 'come_back_later', detail: farewell, floorMs: retryMs };
+    return { cause: 'come_back_later', detail: 'the stream ended' };
+  }
+
+  /**
+   * Handles one block of the event stream, noting in `stream` its `retry:` hint, a comment that
+   * may be its last words, and a `close` event's reason.
+   */
+  function onSseBlock(current, stream, block) {
+    if (block.retry !== undefined && /^\d+$/.test(block.retry)) stream.retryMs = Number(block.retry);
     for (const comment of block.comments) {
       if (comment === 'keepalive') {
         $('connection-status').title = `last keepalive ${clock()}`;
       } else {
         system('sse', `comment: ${comment}`);
+        stream.farewell = comment;
       }
     }
     if (block.id !== undefined) setLastEventId(block.id);
@@ -413,8 +643,9 @@
         const retry = block.retry ? ` · retry ${block.retry} ms` : '';
         system('sse', `stream position ${block.id}${retry}`);
       }
-      return null;
+      return;
     }
+    stream.farewell = null;
     const type = block.event || 'message';
     const text = block.data.join('\n');
     const parsed = parseJson(text);
@@ -424,7 +655,8 @@
       id: block.id ?? (parsed.ok ? parsed.value?.event_id : undefined),
       body: parsed.ok ? parsed.value : text,
     });
-    return type === 'close' ? (parsed.ok ? parsed.value?.reason : null) ?? 'close' : null;
+    if (type === 'close') stream.closeReason = (parsed.ok ? parsed.value?.reason : null) ?? 'close';
+    else current.gotEvent = true;
   }
 
   /** An incremental `text/event-stream` parser (WHATWG rules); `onBlock` gets each block. */

@@ -1,7 +1,10 @@
 //! The web console (`GET {CONSOLE_PATH}`): how the page is served (content type, caching, security
 //! policy, the configuration filled in, `CONSOLE_ENABLED=false`), and the page itself driven in
 //! headless Chromium by `console.mjs`: connect as a user over WebSocket and over SSE, push from the
-//! page's form, see the frame in the page's list and the connection in its stats, resume.
+//! page's form, see the frame in the page's list and the connection in its stats, resume; and, by
+//! `console-reconnect.mjs`, how the page acts on the ways a connection ends: stop when refused
+//! for good, reconnect by itself (resuming) when closed for a reason worth retrying, and ask for a
+//! fresh token when the token expired.
 
 use super::*;
 
@@ -16,6 +19,12 @@ const JWT_SECRET: &str = "console-test-jwt-secret-0123456789abcdef";
 const CONSOLE_RUN: Duration = Duration::from_secs(70);
 /// The console script's own overall timeout, in milliseconds.
 const CONSOLE_SCRIPT_TIMEOUT_MS: &str = "65000";
+/// Longest wait for the reconnect script (two transports, three cases each: two pauses of 2 s to
+/// see that nothing more happens, two tokens that expire after about 4 s, each step waited for at
+/// most 10 s).
+const RECONNECT_RUN: Duration = Duration::from_secs(95);
+/// The reconnect script's own overall timeout, in milliseconds.
+const RECONNECT_SCRIPT_TIMEOUT_MS: &str = "90000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_browser_connects_over_both_transports_pushes_and_shows_frames_and_stats() {
@@ -53,24 +62,14 @@ async fn console_in_a_browser_connects_over_both_transports_pushes_and_shows_fra
         "screenshot": screenshot,
     })
     .to_string();
-    let mut browser = Browser::spawn(
+    let result = run_console_script(
         &chromium,
         "console.mjs",
-        &[&options],
+        &options,
+        CONSOLE_RUN,
         CONSOLE_SCRIPT_TIMEOUT_MS,
-    );
-    let result = browser
-        .wait_for_within(CONSOLE_RUN, "the console script's result", |line| {
-            line["kind"] == "result"
-        })
-        .await;
-    let status = tokio::time::timeout(STEP, browser.child.wait())
-        .await
-        .unwrap_or_else(|_| browser.fail("the script did not exit"))
-        .expect("wait for the script");
-    if result["ok"] != true || !status.success() {
-        browser.fail(&format!("the console checks failed ({status}): {result}"));
-    }
+    )
+    .await;
     let seen = &result["observed"];
 
     // The page and its configuration.
@@ -182,6 +181,95 @@ async fn console_in_a_browser_connects_over_both_transports_pushes_and_shows_fra
         pushes.len(),
         screenshot.display()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_browser_reconnects_resuming_stops_when_refused_and_asks_for_a_fresh_token() {
+    let Some(chromium) = browser_tools() else {
+        return;
+    };
+    // Queues of one event: a burst pushed at once makes the console's connection a slow consumer.
+    let server = start_server_with(&["--jwt-secret", JWT_SECRET, "--ws-send-queue", "1"]).await;
+    let options = json!({
+        "url": format!("{server}/"),
+        "user": CONSOLE_USER,
+        "jwt_secret": JWT_SECRET,
+        "push_path": "/sse/push",
+        "batch_path": "/sse/push/batch",
+    })
+    .to_string();
+    let result = run_console_script(
+        &chromium,
+        "console-reconnect.mjs",
+        &options,
+        RECONNECT_RUN,
+        RECONNECT_SCRIPT_TIMEOUT_MS,
+    )
+    .await;
+
+    for transport in ["websocket", "sse"] {
+        let seen = &result["observed"][transport];
+        // Refused for good: one attempt, and the server's reason in the status.
+        assert_eq!(seen["forbidden"]["attempts"], 1, "{transport}: {seen}");
+        // Closed as a slow consumer: a second connection, resuming, and every event once.
+        let slow = &seen["slow_consumer"];
+        assert_eq!(slow["received"], slow["pushed"], "{transport}: {slow}");
+        assert!(
+            slow["urls"][1]
+                .as_str()
+                .is_some_and(|url| url.contains("last_event_id=")),
+            "{transport}: {slow}"
+        );
+        // The token expired: stopped, then resumed by hand with a fresh one.
+        let expiry = &seen["token_expiry"];
+        assert_eq!(expiry["focused"], "connect-token", "{transport}: {expiry}");
+        assert_eq!(expiry["resume_ticked"], true, "{transport}: {expiry}");
+        assert_eq!(expiry["received"].as_array().map(Vec::len), Some(2));
+    }
+
+    // The server saw the same: two refusals (one per transport), two slow consumers, two expiries.
+    let metrics: Value = reqwest::get(format!("{server}/metrics"))
+        .await
+        .expect("metrics")
+        .json()
+        .await
+        .expect("metrics JSON");
+    assert_eq!(
+        metrics["connections_refused_total"]["forbidden"], 2,
+        "{metrics}"
+    );
+    let closed = &metrics["connections_closed_total"];
+    assert_eq!(closed["slow_consumer"], 2, "{metrics}");
+    assert_eq!(closed["token_expired"], 2, "{metrics}");
+    println!(
+        "console reconnect browser test: {} in {} ms",
+        result["browser"], result["elapsed_ms"]
+    );
+}
+
+/// Runs `node <script> <options>` against the server and waits at most `run` for its result line;
+/// fails the test, with the script's output, unless it reported every check passed and exited 0.
+async fn run_console_script(
+    chromium: &Path,
+    script: &str,
+    options: &str,
+    run: Duration,
+    timeout_ms: &str,
+) -> Value {
+    let mut browser = Browser::spawn(chromium, script, &[options], timeout_ms);
+    let result = browser
+        .wait_for_within(run, "the console script's result", |line| {
+            line["kind"] == "result"
+        })
+        .await;
+    let status = tokio::time::timeout(STEP, browser.child.wait())
+        .await
+        .unwrap_or_else(|_| browser.fail("the script did not exit"))
+        .expect("wait for the script");
+    if result["ok"] != true || !status.success() {
+        browser.fail(&format!("the console checks failed ({status}): {result}"));
+    }
+    result
 }
 
 #[tokio::test]
