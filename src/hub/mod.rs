@@ -913,6 +913,12 @@ impl Registration {
         self.connection.is_replaying()
     }
 
+    /// Completes when some of what the connection had queued has been released (written, or
+    /// taken by the response body): a replay that found no room may find some now.
+    pub async fn room_released(&self) {
+        self.connection.meter.released().await;
+    }
+
     /// Queues the next page of the connection's replay (call when its queue has drained).
     pub fn continue_replay(&self) {
         self.hub.continue_replay(&self.user, &self.connection);

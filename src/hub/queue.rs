@@ -12,6 +12,8 @@ use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use tokio::sync::Notify;
+
 use super::Outgoing;
 use crate::protocol::Ledger;
 
@@ -46,6 +48,10 @@ impl NodeQueues {
 pub(super) struct QueueMeter {
     bytes: AtomicUsize,
     node: Arc<NodeQueues>,
+    /// Notified whenever a charge is released: a replay waiting for room may go on. (An SSE
+    /// stream's items are released when the response body has taken them, after the session's
+    /// write: nothing else would tell the session.)
+    released: Notify,
 }
 
 impl QueueMeter {
@@ -53,12 +59,19 @@ impl QueueMeter {
         Arc::new(Self {
             bytes: AtomicUsize::new(0),
             node,
+            released: Notify::new(),
         })
     }
 
     /// Bytes this connection holds in its queue (and in the batch it is writing).
     pub(super) fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Completes once a charge has been released since the last time it completed (at once if
+    /// one was released meanwhile).
+    pub(super) async fn released(&self) {
+        self.released.notified().await;
     }
 }
 
@@ -97,6 +110,7 @@ impl Drop for Queued {
         self.meter.bytes.fetch_sub(frame.len(), Ordering::Relaxed);
         let node = frame.head().len() + frame.payload().release(Ledger::Queues);
         self.meter.node.bytes.fetch_sub(node, Ordering::Relaxed);
+        self.meter.released.notify_one();
     }
 }
 

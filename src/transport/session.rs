@@ -1,12 +1,13 @@
 //! The session core: one client connection, from registration to close, whatever the transport.
 //!
-//! A session waits on six things at once: shutdown, a close request from the hub (slow consumer,
-//! replaced, disconnected), the connection's outbox, the keepalive deadline, the token's expiry
-//! and the client. Items from the outbox are written in batches (`recv_many`, then one write);
+//! A session waits on seven things at once: shutdown, a close request from the hub (slow consumer,
+//! replaced, disconnected), the connection's outbox, room released in it while a replay waits,
+//! the keepalive deadline, the token's expiry and the client. Items from the outbox are written in batches (`recv_many`, then one write);
 //! a small batch first yields to the scheduler once, so that under load more items join it and
 //! share one write. Live events are timed from their acceptance to their write; replays are not.
 //! While the connection replays missed events, the session asks the hub for the next page each
-//! time its outbox has drained. A slow-consumer close request interrupts a write in progress, so
+//! time its outbox has drained, and again whenever room is released in it (an SSE stream's items
+//! are released only when the response body takes them, after the write). A slow-consumer close request interrupts a write in progress, so
 //! that what the connection holds is freed at once (other requests let the write finish).
 //! When the session ends it unregisters first (nothing more can be queued), counts the close,
 //! and lets the transport say goodbye: on shutdown it still writes what was queued, otherwise
@@ -207,8 +208,12 @@ async fn serve<L: Link>(
             registration.continue_replay();
         }
         let keepalive_on = link.keepalive_deadline().is_some();
+        let replaying = registration.is_replaying();
         tokio::select! {
             () = state.lifecycle.closing() => return DisconnectReason::Shutdown,
+            // The replay's next page waits for room: an SSE stream releases its items only once
+            // the response body has taken them, after the write.
+            () = registration.room_released(), if replaying => {}
             reason = registration.close_requested() => return reason,
             received = outbox.recv_many(batch, WRITE_BATCH) => {
                 if received == 0 {

@@ -12,7 +12,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 use crate::helpers::{
-    PROMPTLY, TestApp, epoch_of, handshake_request, next_json, read_response_head, spawn_app,
+    PROMPTLY, SseReader, TestApp, epoch_of, handshake_request, next_json, read_response_head,
+    spawn_app,
 };
 
 /// `data` of about `bytes` bytes, tagged with `tag`.
@@ -345,4 +346,41 @@ async fn a_large_broadcast_to_many_users_costs_the_process_about_one_payload() {
         "RSS grew by {} MiB for one 512 KiB broadcast to {USERS} users",
         grown / MIB
     );
+}
+
+#[tokio::test]
+async fn an_sse_replay_larger_than_the_queue_bytes_keeps_flowing_without_keepalives() {
+    const MISSED: usize = 300;
+    // A page of replayed events is over the byte bound, and no keepalive comes to wake anything:
+    // the stream must carry on as each chunk is taken from it.
+    let app = spawn_app(&[
+        "--history-size",
+        "1000",
+        "--ws-send-queue-bytes",
+        "2048",
+        "--sse-keepalive",
+        "0",
+    ])
+    .await;
+    let first = app
+        .push(json!({"user_id": "sse-returning", "data": {"seq": 0}}))
+        .await;
+    let epoch = epoch_of(&first);
+    let batch: Vec<Value> = (1..MISSED)
+        .map(|seq| json!({"user_id": "sse-returning", "data": {"seq": seq}}))
+        .collect();
+    app.push_batch(Value::Array(batch)).await;
+    let from = format!("{epoch}:0");
+    let mut stream = SseReader::open(
+        &app,
+        "user_id=sse-returning",
+        &[("last-event-id", from.as_str())],
+    )
+    .await;
+    let mut seqs = Vec::new();
+    while seqs.len() < MISSED {
+        let (_, event) = stream.next_event().await;
+        seqs.push(event["data"]["seq"].as_u64().expect("an event"));
+    }
+    assert_eq!(seqs, (0..MISSED as u64).collect::<Vec<_>>());
 }
