@@ -70,18 +70,31 @@ end
 ///   id and after it, count, then per user: user, the user's id as the head has it (a JSON
 ///   string). A chunk of one event for several users sharing a payload: the record is stored
 ///   once, each user's history entry holds their head and the record's id, and one message on
-///   the groups channel carries the heads' common parts once and the users whose channel has a
-///   subscriber, with the record if no earlier message of the group carried it.
+///   the groups channel carries the heads' common parts once and the users with a connection,
+///   with the record if no earlier message of the group carried it.
 ///
 /// Returns per user, in order, `{duplicate 0|1, epoch, position, delivered}`.
+///
+/// Kept cheap per event (the position, the stream's meta once per user and script, the
+/// publication, the user's connections, the history entry and its id): key lifetimes are renewed
+/// at most every quarter of their TTL (and set that much longer), and the history is trimmed to
+/// `size` in steps of 16 events (the join and the duplicate check honour `size` exactly).
 const PUBLISH_BODY: &str = r#"
 local size, ttl, meta_ttl, candidate = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local max_bytes, record_ttl = tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
+-- A user's keys have their lifetimes renewed at most once per `slack` ms (and then for that much
+-- longer): most events cost no PEXPIRE. Ages are checked against each entry's time, so the
+-- longer life is never visible.
+local slack = math.floor(math.min(ttl, meta_ttl) / 4)
+-- Trimming to `size` is done in steps of `trim_step` events: until then up to that many older
+-- entries stay, invisible (readers and the duplicate check honour `size` exactly).
+local trim_step = 16
 local live_nodes = {}
-local function connections(user)
+-- The user's connections on live nodes (each node's liveness looked up once per script).
+local function connections(presence)
   local count = 0
-  for _, field in ipairs(redis.call('HKEYS', prefix .. 'p:' .. user)) do
+  for _, field in ipairs(redis.call('HKEYS', presence)) do
     local node = node_of(field)
     if node then
       if live_nodes[node] == nil then live_nodes[node] = alive(node) end
@@ -90,47 +103,81 @@ local function connections(user)
   end
   return count
 end
--- The user's epoch and the new event's position; for a repeated upstream id still in history,
--- the epoch, nil and the original's outcome instead.
-local function sequence(user, id, upstream)
-  local meta, epoch = stream_meta(user, candidate, meta_ttl)
-  if size > 0 and upstream == '1' then
-    local at = redis.call('HGET', prefix .. 'i:' .. user, id)
-    if at then
-      local entry = redis.call('XRANGE', prefix .. 's:' .. user, at .. '-0', at .. '-0')[1]
-      if entry and now - tonumber(entry[2][6]) < ttl then
-        return epoch, nil, {1, epoch, tonumber(at), tonumber(entry[2][4])}
-      end
-    end
+-- Per user, once per script: key names, epoch, and whether the lifetimes were renewed.
+local streams = {}
+local function stream_of(user)
+  local st = streams[user]
+  if st then return st end
+  st = {meta = prefix .. 'm:' .. user, s = prefix .. 's:' .. user, ids = prefix .. 'i:' .. user,
+        channel = prefix .. 'c:' .. user, presence = prefix .. 'p:' .. user}
+  local got = redis.call('HMGET', st.meta, 'e', 'x')
+  st.epoch = got[1]
+  if not st.epoch then
+    -- A new stream, or a lost one: positions restart under a new epoch, leftovers go.
+    st.epoch = candidate
+    redis.call('HSET', st.meta, 'e', st.epoch, 'p', 0)
+    redis.call('DEL', st.s, st.ids)
   end
-  return epoch, redis.call('HINCRBY', meta, 'p', 1)
+  st.renew = now - tonumber(got[2] or '0') >= slack
+  if st.renew then
+    redis.call('HSET', st.meta, 'x', now)
+    redis.call('PEXPIRE', st.meta, meta_ttl + slack)
+  end
+  streams[user] = st
+  return st
 end
--- Appends an event to the user's history (bounded by `size`): `v` is its envelope, or its head
--- when `record` names the record holding the rest.
-local function remember(user, position, id, v, record, delivered)
-  if size == 0 then return end
-  local stream, ids, meta = prefix .. 's:' .. user, prefix .. 'i:' .. user, prefix .. 'm:' .. user
-  local length = redis.call('XLEN', stream)
-  if length >= size then
-    for _, old in ipairs(redis.call('XRANGE', stream, '-', '+', 'COUNT', length - size + 1)) do
-      redis.call('XDEL', stream, old[1])
-      local old_position = string.match(old[1], '^(%d+)')
-      -- The id may name a newer event by now (re-pushed after the duplicate window).
-      if redis.call('HGET', ids, old[2][8]) == old_position then
-        redis.call('HDEL', ids, old[2][8])
-        redis.call('HSET', meta, 'di', old[2][8], 'dp', old_position)
+-- The new event's position; for a repeated upstream id still in history, nil and the original's
+-- outcome instead.
+local function sequence(st, id, upstream)
+  if size > 0 and upstream == '1' then
+    local at = tonumber(redis.call('HGET', st.ids, id))
+    if at then
+      local head = tonumber(redis.call('HGET', st.meta, 'p'))
+      local entry = at > head - size and redis.call('XRANGE', st.s, at .. '-0', at .. '-0')[1]
+      if entry and now - tonumber(entry[2][6]) < ttl then
+        return nil, {1, st.epoch, at, tonumber(entry[2][4])}
       end
     end
   end
-  local entry = {'XADD', stream, position .. '-0', 'v', v, 'd', delivered, 't', now, 'i', id}
-  if record then
-    entry[#entry + 1] = 'r'
-    entry[#entry + 1] = record
+  return redis.call('HINCRBY', st.meta, 'p', 1)
+end
+-- Drops the entries that fell out of the last `size` (every `trim_step` events), with their ids.
+local function trim(st, position)
+  local last = position - size
+  if last <= 0 or last % trim_step ~= 0 then return end
+  local old = redis.call('XRANGE', st.s, '-', last .. '-0', 'COUNT', 1000)
+  if #old == 0 then return end
+  local names, positions = {}, {}
+  for k, entry in ipairs(old) do
+    names[k] = entry[2][8]
+    positions[k] = string.match(entry[1], '^(%d+)')
   end
-  redis.call(unpack(entry))
-  redis.call('HSET', ids, id, position)
-  redis.call('PEXPIRE', stream, ttl)
-  redis.call('PEXPIRE', ids, ttl)
+  local held = redis.call('HMGET', st.ids, unpack(names))
+  local gone = {}
+  for k, name in ipairs(names) do
+    -- The id may name a newer event by now (re-pushed after the duplicate window).
+    if held[k] == positions[k] then gone[#gone + 1] = name end
+  end
+  if #gone > 0 then redis.call('HDEL', st.ids, unpack(gone)) end
+  redis.call('HSET', st.meta, 'di', names[#names], 'dp', positions[#positions])
+  redis.call('XTRIM', st.s, 'MINID', (last + 1) .. '-0')
+end
+-- Appends an event to the user's history: `v` is its envelope, or its head when `record` names
+-- the record holding the rest.
+local function remember(st, position, id, v, record, delivered)
+  if size == 0 then return end
+  if record then
+    redis.call('XADD', st.s, position .. '-0', 'v', v, 'd', delivered, 't', now, 'i', id, 'r', record)
+  else
+    redis.call('XADD', st.s, position .. '-0', 'v', v, 'd', delivered, 't', now, 'i', id)
+  end
+  redis.call('HSET', st.ids, id, position)
+  if st.renew then
+    redis.call('PEXPIRE', st.s, ttl + slack)
+    redis.call('PEXPIRE', st.ids, ttl + slack)
+    st.renew = false
+  end
+  trim(st, position)
 end
 local records, stored_bytes = prefix .. 'dq', prefix .. 'db'
 local stored = false
@@ -172,21 +219,22 @@ while i <= #ARGV do
     else
       i = i + 5
     end
-    local epoch, position, original = sequence(user, id, upstream)
+    local st = stream_of(user)
+    local position, original = sequence(st, id, upstream)
     if original then
       out[#out + 1] = original
     else
-      local receivers = redis.call('PUBLISH', prefix .. 'c:' .. user,
-        'E ' .. epoch .. ' ' .. position .. ' ' .. envelope)
+      local receivers = redis.call('PUBLISH', st.channel,
+        'E ' .. st.epoch .. ' ' .. position .. ' ' .. envelope)
       local delivered = 0
-      if receivers > 0 then delivered = connections(user) end
+      if receivers > 0 then delivered = connections(st.presence) end
       if record then
         store(record, envelope)
-        remember(user, position, id, '', record, delivered)
+        remember(st, position, id, '', record, delivered)
       else
-        remember(user, position, id, envelope, nil, delivered)
+        remember(st, position, id, envelope, nil, delivered)
       end
-      out[#out + 1] = {0, epoch, position, delivered}
+      out[#out + 1] = {0, st.epoch, position, delivered}
     end
   else
     local record, id, upstream, payload, more = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
@@ -197,19 +245,19 @@ while i <= #ARGV do
     for j = first, i - 1, 2 do
       local user, named = ARGV[j], ARGV[j + 1]
       local head = before .. named .. after
-      local epoch, position, original = sequence(user, id, upstream)
+      local st = stream_of(user)
+      local position, original = sequence(st, id, upstream)
       if original then
         out[#out + 1] = original
       else
         fresh = true
-        -- A node subscribed to the user's channel is subscribed to the groups channel too.
-        local delivered = 0
-        if redis.call('PUBSUB', 'NUMSUB', prefix .. 'c:' .. user)[2] > 0 then
-          delivered = connections(user)
-          members[#members + 1] = epoch .. ' ' .. position .. ' ' .. #user .. ' ' .. #named .. '\n' .. user .. named
+        -- A node with a connection of the user is subscribed to the groups channel.
+        local delivered = connections(st.presence)
+        if delivered > 0 then
+          members[#members + 1] = st.epoch .. ' ' .. position .. ' ' .. #user .. ' ' .. #named .. '\n' .. user .. named
         end
-        remember(user, position, id, head, record, delivered)
-        out[#out + 1] = {0, epoch, position, delivered}
+        remember(st, position, id, head, record, delivered)
+        out[#out + 1] = {0, st.epoch, position, delivered}
       end
     end
     if payload ~= '' and (fresh or more == '1') then store(record, payload) end
@@ -313,6 +361,9 @@ if token_epoch == epoch and tonumber(token_position) == head then return answer(
 if size == 0 then return answer('history_disabled') end
 local stream, ids = prefix .. 's:' .. user, prefix .. 'i:' .. user
 local after = tonumber(redis.call('HGET', ids, from))
+-- An id out of the last `size` whose entry lingers until the next trimming step is forgotten as
+-- if it had been trimmed (the newest one out, the point just before the window, still resumes).
+if after and after < head - size then after = nil end
 if not after and redis.call('HGET', meta, 'di') == from then
   after = tonumber(redis.call('HGET', meta, 'dp'))
 end
@@ -324,7 +375,7 @@ if not after then
     -- first event, the resync point is its start and everything in it follows the notice.
     local entries = redis.call('XRANGE', stream, '1-0', '+')
     local first = entries[1]
-    if head == 0 or not first or first[1] ~= '1-0' or now_ms() - tonumber(first[2][6]) >= ttl then
+    if head == 0 or head > size or not first or first[1] ~= '1-0' or now_ms() - tonumber(first[2][6]) >= ttl then
       return answer('epoch_changed')
     end
     local events = replay(entries)
@@ -334,6 +385,8 @@ if not after then
   after = position
 end
 if after >= head then return answer('') end
+-- Entries older than the last `size` may linger until the next trimming step: never replayed.
+if after < head - size then return answer('expired') end
 local entries = redis.call('XRANGE', stream, '(' .. after .. '-0', '+')
 local first = entries[1]
 if not first or first[1] ~= (after + 1) .. '-0' or now_ms() - tonumber(first[2][6]) >= ttl then
