@@ -156,7 +156,7 @@ mod tests {
     use clap::FromArgMatches;
 
     use super::*;
-    use crate::config::BrokerKind;
+    use crate::config::{BrokerKind, Secret};
 
     /// The command line from `args` alone: the environment is not read.
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -205,15 +205,24 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.settings.broker, BrokerKind::Redis);
-        assert_eq!(
-            cli.settings.redis_url.expose(),
-            "redis://:hunter2@redis:6379/1"
-        );
+        let urls: Vec<&str> = cli.settings.redis_url.iter().map(Secret::expose).collect();
+        assert_eq!(urls, ["redis://:hunter2@redis:6379/1"]);
+        let sharded = parse(&["--redis-url", "redis://r1:6379, redis://:pw@r2:6379"]).unwrap();
+        let urls: Vec<&str> = sharded
+            .settings
+            .redis_url
+            .iter()
+            .map(Secret::expose)
+            .collect();
+        assert_eq!(urls, ["redis://r1:6379", "redis://:pw@r2:6379"]);
+        assert!(!format!("{:?}", sharded.settings).contains("pw@"));
         assert!(!format!("{:?}", cli.settings).contains("hunter2"));
         assert_eq!(cli.settings.presence_lease, Duration::from_secs(15));
         for (flag, bad) in [
             ("--redis-url", "http://redis:6379"),
             ("--redis-url", "redis://"),
+            ("--redis-url", "redis://a:6379,redis://a:6379"),
+            ("--redis-url", "redis://a:6379,"),
             ("--node-id", "a/b"),
             ("--node-id", ""),
             ("--redis-key-prefix", "a{b}"),

@@ -142,10 +142,11 @@ pub struct Settings {
         ignore_case = true
     )]
     pub broker: BrokerKind,
-    /// The Redis of a cluster (`redis://[:password@]host:port[/db]`, `rediss://` for TLS).
+    /// The Redis of a cluster (`redis://[:password@]host:port[/db]`, `rediss://` for TLS), or
+    /// several independent ones separated by commas: each user lives on one of them (shards).
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379",
-          value_parser = Secret::parse_redis_url, hide_default_value = true, hide_env_values = true)]
-    pub redis_url: Secret,
+          value_parser = RedisUrls::parse, hide_default_value = true, hide_env_values = true)]
+    pub redis_url: RedisUrls,
     /// PEM file with the certificate authority that signed the Redis server's TLS certificate
     /// (`rediss://` only), when it is not one of the public roots.
     #[arg(long, env = "REDIS_CA_FILE")]
@@ -292,6 +293,57 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+/// The Redis servers of a cluster, in the order given (it decides which shard holds a user, so
+/// every node must list them alike). Secret: URLs may carry passwords.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrls(Vec<Secret>);
+
+impl RedisUrls {
+    /// Accepts one `redis://`/`rediss://` URL, or several separated by commas, each once.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut urls: Vec<Secret> = Vec::new();
+        for (n, part) in raw.split(',').map(str::trim).enumerate() {
+            let url = Secret::parse_redis_url(part).map_err(|error| {
+                if raw.contains(',') {
+                    format!("URL {} of the list: {error}", n + 1)
+                } else {
+                    error
+                }
+            })?;
+            if let Some(first) = urls.iter().position(|earlier| *earlier == url) {
+                return Err(format!(
+                    "URL {} of the list repeats URL {}: each shard must be a different Redis",
+                    n + 1,
+                    first + 1
+                ));
+            }
+            urls.push(url);
+        }
+        Ok(Self(urls))
+    }
+
+    /// The URLs, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Secret> {
+        self.0.iter()
+    }
+
+    /// How many there are (at least one).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false: a list holds at least one URL.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for RedisUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrls({} × ***)", self.0.len())
     }
 }
 
@@ -642,9 +694,10 @@ impl Settings {
                         JWT_PUBLIC_KEY_FILE, which turn subscriber tokens on"
                 .into());
         }
-        if self.redis_ca_file.is_some() && !self.redis_url.expose().starts_with("rediss://") {
+        let plain = |url: &Secret| !url.expose().starts_with("rediss://");
+        if self.redis_ca_file.is_some() && self.redis_url.iter().any(plain) {
             return Err(
-                "invalid REDIS_CA_FILE: it needs a TLS REDIS_URL (rediss://host:port)".into(),
+                "invalid REDIS_CA_FILE: it needs TLS REDIS_URLs (rediss://host:port)".into(),
             );
         }
         if !self.shutdown_drain.is_zero() && self.shutdown_drain >= self.shutdown_timeout {

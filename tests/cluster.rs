@@ -31,6 +31,8 @@ mod outage;
 mod presence;
 #[path = "cluster/resume.rs"]
 mod resume;
+#[path = "cluster/shards.rs"]
+mod shards;
 #[path = "cluster/shared.rs"]
 mod shared;
 #[path = "cluster/tls.rs"]

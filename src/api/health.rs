@@ -25,19 +25,32 @@ pub async fn health(State(state): State<SharedState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "broker": state.broker.kind(),
         "cluster": state.broker.cluster(),
+        "redis_shards": Some(state.broker.shards()).filter(|shards| !shards.is_empty()),
     }))
 }
 
 /// `GET /ready`: 200 while serving; 503 once shutdown has begun, or while the cluster's broker
-/// is unreachable (with the reason), so that load balancers send traffic elsewhere.
+/// is unreachable (with the reason), so that load balancers send traffic elsewhere. With several
+/// Redis shards of which only some are down, 200 `degraded`, naming them: every node is in the
+/// same position, and the other shards' users are still served.
 pub async fn ready(State(state): State<SharedState>) -> Response {
     let unready = |body: Value| (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     if state.lifecycle.is_draining() {
-        unready(json!({ "status": "shutting_down" }))
-    } else if let Some(reason) = state.broker.unavailable() {
-        unready(json!({ "status": "unavailable", "reason": reason }))
-    } else {
+        return unready(json!({ "status": "shutting_down" }));
+    }
+    if let Some(reason) = state.broker.unavailable() {
+        return unready(json!({ "status": "unavailable", "reason": reason }));
+    }
+    let down: Vec<_> = state
+        .broker
+        .shards()
+        .into_iter()
+        .filter(|shard| shard.unavailable.is_some())
+        .collect();
+    if down.is_empty() {
         Json(json!({ "status": "ready" })).into_response()
+    } else {
+        Json(json!({ "status": "degraded", "shards_down": down })).into_response()
     }
 }
 

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::hub::{Attached, Outcome, UserLimitReached};
-use crate::metrics::{BrokerReport, ClusterStats};
+use crate::metrics::{BrokerReport, ClusterStats, ShardReport};
 use crate::protocol::{Publication, Transport, UserId};
 
 /// Why a broker could not take events.
@@ -100,6 +100,11 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Why the broker cannot route events right now, if it cannot (`/ready` answers 503).
     fn unavailable(&self) -> Option<String>;
+
+    /// The Redis shards, when there are several (each holds some users): which are up.
+    fn shards(&self) -> Vec<ShardReport> {
+        Vec::new()
+    }
 
     /// The cluster's counts, in cluster mode once known.
     fn cluster(&self) -> Option<ClusterStats>;

@@ -258,14 +258,16 @@ impl Hub {
         lagging
     }
 
-    /// Puts every connection that is not already catching up into catching up (after the
-    /// broker lost events, e.g. while its subscription was down), and returns every connection
-    /// with a cursor to fetch from. Connections still joining are left to their join.
-    pub fn begin_catch_up_all(&self) -> Vec<Lagging> {
+    /// Puts every connection of the `concerned` users that is not already catching up into
+    /// catching up (after the broker lost events, e.g. while its subscription was down), and
+    /// returns every such connection with a cursor to fetch from. Connections still joining are
+    /// left to their join.
+    pub fn begin_catch_up_where(&self, concerned: impl Fn(&UserId) -> bool) -> Vec<Lagging> {
         let mut lagging = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            for (user, connections) in &shard.connections {
+            for (user, connections) in shard.connections.iter().filter(|(user, _)| concerned(user))
+            {
                 for connection in connections {
                     let Some(feed) = connection.feed.as_ref() else {
                         continue;
@@ -291,12 +293,13 @@ impl Hub {
         self.shard(user).lock().connections.contains_key(user)
     }
 
-    /// Every connection on this node, as the cluster's presence records it.
-    pub fn present(&self) -> Vec<Present> {
+    /// Every connection of the `concerned` users on this node, as the cluster's presence records it.
+    pub fn present_where(&self, concerned: impl Fn(&UserId) -> bool) -> Vec<Present> {
         let mut present = Vec::with_capacity(self.connection_count());
         for shard in self.shards.iter() {
             let shard = shard.lock();
-            for (user, connections) in &shard.connections {
+            for (user, connections) in shard.connections.iter().filter(|(user, _)| concerned(user))
+            {
                 present.extend(
                     connections
                         .iter()
@@ -455,7 +458,7 @@ mod tests {
         let hub = hub();
         let (registration, mut outbox) = hub.attach_joining(user(), Transport::WebSocket);
         hub.complete_catch_up(&user(), registration.id(), catch_up(at("A", 7), vec![]));
-        let lagging = hub.begin_catch_up_all();
+        let lagging = hub.begin_catch_up_where(|_| true);
         assert_eq!(lagging.len(), 1, "after an outage everyone catches up");
         hub.deliver_sequenced(&user(), &event("B", 1));
         hub.deliver_sequenced(&user(), &event("B", 2));
@@ -486,7 +489,7 @@ mod tests {
         let hub = hub();
         let (registration, mut outbox) = hub.attach_joining(user(), Transport::WebSocket);
         hub.complete_catch_up(&user(), registration.id(), catch_up(at("A", 2), vec![]));
-        hub.begin_catch_up_all();
+        hub.begin_catch_up_where(|_| true);
         // Still waiting: an old-stream event (overtaken later) and a new-stream one.
         hub.deliver_sequenced(&user(), &event("A", 5));
         hub.deliver_sequenced(&user(), &event("B", 1));
@@ -511,7 +514,7 @@ mod tests {
         let resyncs = || hub.metrics.counts().resyncs[ResyncReason::EpochChanged as usize];
         assert_eq!(resyncs(), 1, "a live resync is counted");
         // A second catch-up fetched from the old cursor arrives late: ignored.
-        hub.begin_catch_up_all();
+        hub.begin_catch_up_where(|_| true);
         let late = CatchUp {
             head: at("B", 0),
             events: vec![event("B", 1)],
@@ -554,7 +557,7 @@ mod tests {
         let hub = hub();
         let (first, _a) = hub.attach_joining(user(), Transport::WebSocket);
         let (_second, _b) = hub.attach_joining(user(), Transport::Sse);
-        let present = hub.present();
+        let present = hub.present_where(|_| true);
         assert_eq!(present.len(), 2);
         assert!(present.iter().any(|p| p.transport == Transport::Sse));
         assert!(present.iter().all(|p| p.connected_at_ms > 0));

@@ -115,6 +115,18 @@ pub struct BrokerReport {
     pub link: Option<LinkCounts>,
 }
 
+/// One Redis shard of a cluster with several (`REDIS_URL` lists them), for `/health` and `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardReport {
+    /// Its place in `REDIS_URL`, from 1.
+    pub shard: usize,
+    /// `host:port` of its Redis.
+    pub redis: String,
+    /// Why it cannot take work now (its users are refused), if it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
 /// Counters of a cluster broker's link to its backend (Redis).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct LinkCounts {

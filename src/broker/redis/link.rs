@@ -144,7 +144,7 @@ async fn register(
     shared: &Shared,
     commands: &mut MultiplexedConnection,
 ) -> Result<(), redis::RedisError> {
-    let present = shared.hub.present();
+    let present = shared.hub.present_where(|user| shared.owns(user));
     let mut chunks = present.chunks(CHUNK);
     // The first call forgets, even with nothing to register.
     let first = chunks.next().unwrap_or_default();
@@ -249,7 +249,7 @@ async fn serve(
     let mut receiver = shared
         .lifecycle
         .spawn_background(receive(Arc::clone(shared), messages));
-    for lagging in shared.hub.begin_catch_up_all() {
+    for lagging in shared.hub.begin_catch_up_where(|user| shared.owns(user)) {
         shared.spawn_catch_up(lagging);
     }
     let mut beat = tokio::time::interval(shared.lease / 3);
@@ -619,6 +619,7 @@ pub(super) async fn leave_cluster(shared: &Shared) {
 /// Marks the link down (if it was up), logging the transition once. The state turns down before
 /// the command connection goes, so that "up" always comes with a connection.
 fn set_down(shared: &Shared, reason: String) {
+    let reason = shared.on_this_shard(reason);
     let was_up = shared.down.borrow().is_none();
     if was_up {
         tracing::error!(node = %shared.node, %reason, "redis link down: not ready, pushes answer 503");

@@ -27,6 +27,7 @@
 
 mod link;
 mod scripts;
+mod shards;
 mod wire;
 
 use std::collections::{HashMap, VecDeque};
@@ -35,19 +36,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::join_all;
 use parking_lot::{Mutex, RwLock};
 use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use self::wire::{Content, Names};
 use super::{AttachError, Broker, BrokerError, UserConnection};
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::history::HistoryLimits;
 use crate::hub::{
-    Attached, CatchUp, Hub, Lagging, Outcome, Sequenced, UserLimitPolicy, UserLimitReached,
+    Attached, CatchUp, Departure, Hub, Lagging, Outcome, Sequenced, UserLimitPolicy,
+    UserLimitReached,
 };
 use crate::lifecycle::Lifecycle;
-use crate::metrics::{BrokerReport, ClusterStats, LinkCounts};
+use crate::metrics::{BrokerReport, ClusterStats, LinkCounts, ShardReport};
 use crate::protocol::{
     Delivery, DisconnectReason, IdOrigin, Label, Publication, Resumed, ResyncReason,
     StreamPosition, Transport, UserId, parse_token, user_in_head,
@@ -87,7 +90,19 @@ const RECENT_RECORDS: usize = 16;
 /// The cluster broker. Cheap to share; its background tasks are the lifecycle's, and end when it
 /// stops them (after the node left the cluster).
 pub struct RedisBroker {
-    shared: Arc<Shared>,
+    /// This node's name in the cluster.
+    node: String,
+    /// One per Redis of `REDIS_URL`, in order: a user's everything lives on one (see [`shards`]).
+    shards: Vec<Arc<Shared>>,
+}
+
+/// Which shard a [`Shared`] is, among how many, and where.
+#[derive(Debug)]
+struct Place {
+    index: usize,
+    count: usize,
+    /// `host:port` of its Redis (no credentials), for reports and errors.
+    address: String,
 }
 
 /// A change of this node's interest in a user's channel, applied in order by the link.
@@ -124,6 +139,7 @@ struct JoinRules {
 /// What the broker and its link tasks share.
 struct Shared {
     client: redis::Client,
+    place: Place,
     names: Names,
     node: String,
     hub: Arc<Hub>,
@@ -166,65 +182,266 @@ enum Joined {
 }
 
 impl RedisBroker {
-    /// Starts the broker's background tasks for this node and waits (up to `REDIS_TIMEOUT`) for
-    /// the first connection to Redis. A Redis that cannot be reached yet is not an error: the node
-    /// starts unready and keeps trying. A malformed `REDIS_URL` is.
+    /// Starts the broker's background tasks for this node, one link per Redis of `REDIS_URL`, and
+    /// waits (up to `REDIS_TIMEOUT`) for the first connection to each. A Redis that cannot be
+    /// reached yet is not an error: its users are refused (the node is unready if none can be
+    /// reached) and the node keeps trying. A malformed `REDIS_URL` is.
     pub async fn start(
         settings: &Settings,
         hub: Arc<Hub>,
         lifecycle: &Lifecycle,
     ) -> Result<Self, String> {
-        let client = redis_client(settings)?;
         let node = settings
             .node_id
             .clone()
             .unwrap_or_else(|| ulid::Ulid::new().to_string());
-        let (changes, changes_rx) = mpsc::unbounded_channel();
-        let (departures, departures_rx) = mpsc::unbounded_channel();
-        let history = settings.history_limits();
-        let shared = Arc::new(Shared {
-            client,
-            names: Names::new(&settings.redis_key_prefix),
-            node,
-            hub: Arc::clone(&hub),
-            lifecycle: lifecycle.clone(),
-            counters: Counters::default(),
-            join_rules: JoinRules {
-                per_user: settings.max_connections_per_user,
-                replace_oldest: settings.user_limit_policy == UserLimitPolicy::ReplaceOldest,
-            },
-            history,
-            max_bytes: settings.history_max_bytes,
-            lease: settings.presence_lease,
-            timeout: settings.redis_timeout,
-            commands: RwLock::new(None),
-            down: watch::Sender::new(Some("redis: not connected yet".to_owned())),
-            stalled: AtomicBool::new(false),
-            failed_generation: AtomicU64::new(0),
-            failed: Notify::new(),
-            changes,
-            catch_up_slots: Semaphore::new(CATCH_UPS_IN_FLIGHT),
-            cluster: Mutex::new(None),
-            records: Mutex::new(Recent::default()),
-            left: AtomicBool::new(false),
-        });
-        hub.report_departures(departures);
-        lifecycle.spawn_background(link::supervise(Arc::clone(&shared), changes_rx));
-        lifecycle.spawn_background(link::forget_departures(Arc::clone(&shared), departures_rx));
-        let mut down = shared.down.subscribe();
-        let connected =
-            tokio::time::timeout(settings.redis_timeout, down.wait_for(Option::is_none));
-        if connected.await.is_err() {
-            tracing::warn!(
-                node = %shared.node,
-                "redis not reachable yet; this node is not ready until it is (retrying)"
-            );
+        let count = settings.redis_url.len();
+        let mut shards = Vec::with_capacity(count);
+        let mut departure_queues = Vec::with_capacity(count);
+        for (index, url) in settings.redis_url.iter().enumerate() {
+            let client = redis_client(url, settings)?;
+            let address = client.get_connection_info().addr().to_string();
+            let (changes, changes_rx) = mpsc::unbounded_channel();
+            let (departures, departures_rx) = mpsc::unbounded_channel();
+            let shared = Arc::new(Shared {
+                client,
+                place: Place {
+                    index,
+                    count,
+                    address,
+                },
+                names: Names::new(&settings.redis_key_prefix),
+                node: node.clone(),
+                hub: Arc::clone(&hub),
+                lifecycle: lifecycle.clone(),
+                counters: Counters::default(),
+                join_rules: JoinRules {
+                    per_user: settings.max_connections_per_user,
+                    replace_oldest: settings.user_limit_policy == UserLimitPolicy::ReplaceOldest,
+                },
+                history: settings.history_limits(),
+                max_bytes: settings.history_max_bytes,
+                lease: settings.presence_lease,
+                timeout: settings.redis_timeout,
+                commands: RwLock::new(None),
+                down: watch::Sender::new(Some("redis: not connected yet".to_owned())),
+                stalled: AtomicBool::new(false),
+                failed_generation: AtomicU64::new(0),
+                failed: Notify::new(),
+                changes,
+                catch_up_slots: Semaphore::new(CATCH_UPS_IN_FLIGHT),
+                cluster: Mutex::new(None),
+                records: Mutex::new(Recent::default()),
+                left: AtomicBool::new(false),
+            });
+            lifecycle.spawn_background(link::supervise(Arc::clone(&shared), changes_rx));
+            lifecycle.spawn_background(link::forget_departures(Arc::clone(&shared), departures_rx));
+            departure_queues.push(departures);
+            shards.push(shared);
         }
-        Ok(Self { shared })
+        let (departures, departures_rx) = mpsc::unbounded_channel();
+        hub.report_departures(departures);
+        lifecycle.spawn_background(route_departures(departures_rx, departure_queues));
+        let connected = join_all(shards.iter().map(|shard| {
+            let mut down = shard.down.subscribe();
+            async move {
+                let up = down.wait_for(Option::is_none);
+                if tokio::time::timeout(settings.redis_timeout, up)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        node = %shard.node,
+                        redis = %shard.place.address,
+                        "redis not reachable yet; its users are refused until it is (retrying)"
+                    );
+                }
+            }
+        }));
+        connected.await;
+        Ok(Self { node, shards })
+    }
+
+    /// The shard that holds `user`.
+    fn shard(&self, user: &UserId) -> &Arc<Shared> {
+        &self.shards[shards::shard_of(user.as_str(), self.shards.len())]
+    }
+
+    /// Publishes events of users of several shards: each shard's part, in order, on that shard,
+    /// all parts at once. Nothing is published unless every shard concerned is up; if one fails
+    /// on the way while another succeeded, the outcome is unknown (retrying with the same
+    /// `event_id`s publishes nothing twice).
+    async fn publish_across_shards(
+        &self,
+        events: &[Publication],
+    ) -> Result<Vec<Outcome>, BrokerError> {
+        let count = self.shards.len();
+        let mut parts: Vec<ShardPart> = std::iter::repeat_with(ShardPart::default)
+            .take(count)
+            .collect();
+        for (at, event) in events.iter().enumerate() {
+            let part = &mut parts[shards::shard_of(event.user_id.as_str(), count)];
+            part.positions.push(at);
+            part.events.push(event.clone());
+        }
+        let concerned: Vec<(&Arc<Shared>, ShardPart)> = self
+            .shards
+            .iter()
+            .zip(parts)
+            .filter(|(_, part)| !part.events.is_empty())
+            .collect();
+        for (shard, _) in &concerned {
+            shard.accepting()?;
+            shard.commands()?;
+        }
+        let publishing = concerned
+            .iter()
+            .map(|(shard, part)| shard.publish(&part.events));
+        let results = join_all(publishing).await;
+        let mut outcomes: Vec<Option<Outcome>> =
+            std::iter::repeat_with(|| None).take(events.len()).collect();
+        let (mut published, mut failure) = (false, None);
+        for ((_, part), result) in concerned.iter().zip(results) {
+            match result {
+                Ok(answers) => {
+                    published = true;
+                    for (&at, outcome) in part.positions.iter().zip(answers) {
+                        outcomes[at] = Some(outcome);
+                    }
+                }
+                Err(error) => failure = Some(error),
+            }
+        }
+        match failure {
+            Some(BrokerError::Unavailable(why)) if published => {
+                Err(BrokerError::OutcomeUnknown(why))
+            }
+            Some(error) => Err(error),
+            None => Ok(outcomes.into_iter().flatten().collect()),
+        }
+    }
+}
+
+/// The events of a request that go to one shard, and where each stands in the request.
+#[derive(Default)]
+struct ShardPart {
+    positions: Vec<usize>,
+    events: Vec<Publication>,
+}
+
+/// Hands each departure the hub reports to the shard of its user (which forgets its presence).
+async fn route_departures(
+    mut departures: mpsc::UnboundedReceiver<Departure>,
+    queues: Vec<mpsc::UnboundedSender<Departure>>,
+) {
+    while let Some(departure) = departures.recv().await {
+        let shard = shards::shard_of(departure.user.as_str(), queues.len());
+        let _ = queues[shard].send(departure);
     }
 }
 
 impl Shared {
+    /// Publishes `events`, all of users of this shard, in order (see [`scripts::PUBLISH`]).
+    async fn publish(&self, events: &[Publication]) -> Result<Vec<Outcome>, BrokerError> {
+        let shared = self;
+        shared.accepting()?;
+        let (generation, mut commands) = shared.commands()?;
+        let size = shared.history_size();
+        let mut replies = Vec::with_capacity(events.len());
+        // Round trips of bounded size, one after the other (a broadcast to many users must not be
+        // one pipeline that outlasts REDIS_TIMEOUT).
+        for round in shared.plan(events).chunks(SCRIPTS_PER_ROUND_TRIP) {
+            let mut pipeline = redis::pipe();
+            for script in round {
+                pipeline.add_command(shared.publish_command(script));
+            }
+            let mut result = pipeline.query_async(&mut commands).await;
+            if matches!(&result, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
+            {
+                // Redis forgot the script (SCRIPT FLUSH): nothing ran; load it and run again.
+                if let Err(error) = scripts::PUBLISH.load_async(&mut commands).await {
+                    return Err(shared.command_failed(generation, &error));
+                }
+                result = pipeline.query_async(&mut commands).await;
+            }
+            let round: Vec<Vec<(u8, String, u64, usize)>> = result.map_err(|error| {
+                match shared.command_failed(generation, &error) {
+                    // Earlier rounds were published: whatever this one did, the whole is partial.
+                    BrokerError::Unavailable(why) if !replies.is_empty() => {
+                        BrokerError::OutcomeUnknown(why)
+                    }
+                    failed => failed,
+                }
+            })?;
+            replies.extend(round.into_iter().flatten());
+        }
+        let outcomes = replies
+            .into_iter()
+            .map(|(duplicate, epoch, position, delivered)| {
+                let duplicate = duplicate == 1;
+                Outcome {
+                    delivery: Delivery {
+                        delivered,
+                        failed: 0,
+                    },
+                    stored: (size > 0).then(|| StreamPosition {
+                        epoch: Arc::from(epoch),
+                        position,
+                    }),
+                    duplicate,
+                }
+            })
+            .collect();
+        Ok(outcomes)
+    }
+
+    /// Attaches a connection of `user`, a user of this shard (see [`Broker::attach`]).
+    async fn attach(
+        self: &Arc<Self>,
+        user: UserId,
+        transport: Transport,
+        resume_from: Option<&str>,
+        _want_head: bool,
+    ) -> Result<Attached, AttachError> {
+        let shared = self;
+        shared.accepting()?;
+        shared.commands()?;
+        shared.subscribe(&user).await?;
+        // From here on, dropping the registration unsubscribes and forgets the presence.
+        let (registration, outbox) = shared.hub.attach_joining(user.clone(), transport);
+        let presence = presence_value(transport, registration.connected_at_ms());
+        let joining = Some((registration.id(), presence));
+        let catch_up = match shared.join(&user, resume_from, joining).await? {
+            Joined::AtLimit => {
+                return Err(AttachError::UserLimit(UserLimitReached {
+                    limit: shared.join_rules.per_user,
+                }));
+            }
+            Joined::Accepted(catch_up) => catch_up,
+        };
+        let resumed = resume_from.map(|_| match catch_up.resync {
+            Some(reason) => Resumed::Resync(reason),
+            None => Resumed::Replayed(catch_up.events.len()),
+        });
+        let head = (shared.history_size() > 0).then(|| catch_up.head.clone());
+        if let Some(cursor) = shared
+            .hub
+            .complete_catch_up(&user, registration.id(), catch_up)
+        {
+            shared.spawn_catch_up(Lagging {
+                user,
+                connection: registration.id(),
+                cursor,
+            });
+        }
+        Ok(Attached {
+            registration,
+            outbox,
+            head,
+            resumed,
+        })
+    }
+
     /// The command connection, or why there is none.
     fn commands(&self) -> Result<(u64, MultiplexedConnection), BrokerError> {
         self.commands.read().clone().ok_or_else(|| {
@@ -233,11 +450,50 @@ impl Shared {
         })
     }
 
+    /// Whether `user` lives on this shard.
+    fn owns(&self, user: &UserId) -> bool {
+        shards::shard_of(user.as_str(), self.place.count) == self.place.index
+    }
+
+    /// `reason`, naming this shard when there are several.
+    fn on_this_shard(&self, reason: impl std::fmt::Display) -> String {
+        if self.place.count == 1 {
+            return reason.to_string();
+        }
+        let Place {
+            index,
+            count,
+            address,
+        } = &self.place;
+        format!("redis shard {} of {count} ({address}): {reason}", index + 1)
+    }
+
+    /// Why this shard cannot take work now (down, or stalled), if it cannot.
+    fn unavailable(&self) -> Option<String> {
+        let down = self.down.borrow().clone();
+        let stalled = || self.stalled.load(Ordering::Acquire);
+        down.or_else(|| stalled().then(|| self.on_this_shard(link::STALLED)))
+    }
+
+    /// The users with a connection somewhere whose shard this is.
+    async fn online_users(&self) -> Result<Vec<UserId>, BrokerError> {
+        let (generation, mut commands) = self.commands()?;
+        let users: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{}online", self.names.prefix()))
+            .query_async(&mut commands)
+            .await
+            .map_err(|error| self.command_failed(generation, &error))?;
+        Ok(users
+            .iter()
+            .filter_map(|user| UserId::parse(user).ok())
+            .collect())
+    }
+
     /// Whether new work (a push, a connection) may be sent to Redis now: not while it is stalled
     /// (what is in flight waits for it; new work would only pile up behind).
     fn accepting(&self) -> Result<(), BrokerError> {
         if self.stalled.load(Ordering::Acquire) {
-            return Err(BrokerError::Unavailable(link::STALLED.to_owned()));
+            return Err(BrokerError::Unavailable(self.on_this_shard(link::STALLED)));
         }
         Ok(())
     }
@@ -249,10 +505,10 @@ impl Shared {
         if link_broken(error) {
             self.failed_generation.store(generation, Ordering::Release);
             self.failed.notify_one();
-            BrokerError::OutcomeUnknown(format!("redis: {error}"))
+            BrokerError::OutcomeUnknown(self.on_this_shard(format!("redis: {error}")))
         } else {
-            tracing::error!(%error, "redis script failed");
-            BrokerError::Unavailable(format!("redis: {error}"))
+            tracing::error!(%error, redis = %self.place.address, "redis script failed");
+            BrokerError::Unavailable(self.on_this_shard(format!("redis: {error}")))
         }
     }
 
@@ -625,10 +881,10 @@ fn link_broken(error: &redis::RedisError) -> bool {
         || error.is_unrecoverable_error()
 }
 
-/// The Redis client for `REDIS_URL`, trusting `REDIS_CA_FILE` when given (else, for `rediss://`,
-/// the public roots).
-fn redis_client(settings: &Settings) -> Result<redis::Client, String> {
-    let url = settings.redis_url.expose();
+/// The Redis client for one URL of `REDIS_URL`, trusting `REDIS_CA_FILE` when given (else, for
+/// `rediss://`, the public roots).
+fn redis_client(url: &Secret, settings: &Settings) -> Result<redis::Client, String> {
+    let url = url.expose();
     let client = match &settings.redis_ca_file {
         None => redis::Client::open(url),
         Some(path) => {
@@ -750,56 +1006,10 @@ fn presence_value(transport: Transport, connected_at_ms: u64) -> String {
 #[async_trait]
 impl Broker for RedisBroker {
     async fn publish(&self, events: &[Publication]) -> Result<Vec<Outcome>, BrokerError> {
-        let shared = &self.shared;
-        shared.accepting()?;
-        let (generation, mut commands) = shared.commands()?;
-        let size = shared.history_size();
-        let mut replies = Vec::with_capacity(events.len());
-        // Round trips of bounded size, one after the other (a broadcast to many users must not be
-        // one pipeline that outlasts REDIS_TIMEOUT).
-        for round in shared.plan(events).chunks(SCRIPTS_PER_ROUND_TRIP) {
-            let mut pipeline = redis::pipe();
-            for script in round {
-                pipeline.add_command(shared.publish_command(script));
-            }
-            let mut result = pipeline.query_async(&mut commands).await;
-            if matches!(&result, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
-            {
-                // Redis forgot the script (SCRIPT FLUSH): nothing ran; load it and run again.
-                if let Err(error) = scripts::PUBLISH.load_async(&mut commands).await {
-                    return Err(shared.command_failed(generation, &error));
-                }
-                result = pipeline.query_async(&mut commands).await;
-            }
-            let round: Vec<Vec<(u8, String, u64, usize)>> = result.map_err(|error| {
-                match shared.command_failed(generation, &error) {
-                    // Earlier rounds were published: whatever this one did, the whole is partial.
-                    BrokerError::Unavailable(why) if !replies.is_empty() => {
-                        BrokerError::OutcomeUnknown(why)
-                    }
-                    failed => failed,
-                }
-            })?;
-            replies.extend(round.into_iter().flatten());
-        }
-        let outcomes = replies
-            .into_iter()
-            .map(|(duplicate, epoch, position, delivered)| {
-                let duplicate = duplicate == 1;
-                Outcome {
-                    delivery: Delivery {
-                        delivered,
-                        failed: 0,
-                    },
-                    stored: (size > 0).then(|| StreamPosition {
-                        epoch: Arc::from(epoch),
-                        position,
-                    }),
-                    duplicate,
-                }
-            })
-            .collect();
-        Ok(outcomes)
+        let [shard] = self.shards.as_slice() else {
+            return self.publish_across_shards(events).await;
+        };
+        shard.publish(events).await
     }
 
     async fn attach(
@@ -807,67 +1017,28 @@ impl Broker for RedisBroker {
         user: UserId,
         transport: Transport,
         resume_from: Option<&str>,
-        _want_head: bool,
+        want_head: bool,
     ) -> Result<Attached, AttachError> {
-        let shared = &self.shared;
-        shared.accepting()?;
-        shared.commands()?;
-        shared.subscribe(&user).await?;
-        // From here on, dropping the registration unsubscribes and forgets the presence.
-        let (registration, outbox) = shared.hub.attach_joining(user.clone(), transport);
-        let presence = presence_value(transport, registration.connected_at_ms());
-        let joining = Some((registration.id(), presence));
-        let catch_up = match shared.join(&user, resume_from, joining).await? {
-            Joined::AtLimit => {
-                return Err(AttachError::UserLimit(UserLimitReached {
-                    limit: shared.join_rules.per_user,
-                }));
-            }
-            Joined::Accepted(catch_up) => catch_up,
-        };
-        let resumed = resume_from.map(|_| match catch_up.resync {
-            Some(reason) => Resumed::Resync(reason),
-            None => Resumed::Replayed(catch_up.events.len()),
-        });
-        let head = (shared.history_size() > 0).then(|| catch_up.head.clone());
-        if let Some(cursor) = shared
-            .hub
-            .complete_catch_up(&user, registration.id(), catch_up)
-        {
-            shared.spawn_catch_up(Lagging {
-                user,
-                connection: registration.id(),
-                cursor,
-            });
-        }
-        Ok(Attached {
-            registration,
-            outbox,
-            head,
-            resumed,
-        })
+        self.shard(&user)
+            .attach(user, transport, resume_from, want_head)
+            .await
     }
 
     async fn connections_of(&self, user: &UserId) -> Result<Vec<UserConnection>, BrokerError> {
-        self.shared.connections(user, false).await
+        self.shard(user).connections(user, false).await
     }
 
     async fn disconnect(&self, user: &UserId) -> Result<usize, BrokerError> {
-        Ok(self.shared.connections(user, true).await?.len())
+        Ok(self.shard(user).connections(user, true).await?.len())
     }
 
     async fn online_users(&self) -> Result<Vec<UserId>, BrokerError> {
-        let shared = &self.shared;
-        let (generation, mut commands) = shared.commands()?;
-        let users: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(format!("{}online", shared.names.prefix()))
-            .query_async(&mut commands)
-            .await
-            .map_err(|error| shared.command_failed(generation, &error))?;
-        Ok(users
-            .iter()
-            .filter_map(|user| UserId::parse(user).ok())
-            .collect())
+        let lists = join_all(self.shards.iter().map(|shard| shard.online_users())).await;
+        let mut users = Vec::new();
+        for list in lists {
+            users.extend(list?);
+        }
+        Ok(users)
     }
 
     fn kind(&self) -> &'static str {
@@ -875,34 +1046,77 @@ impl Broker for RedisBroker {
     }
 
     fn unavailable(&self) -> Option<String> {
-        let down = self.shared.down.borrow().clone();
-        let stalled = || self.shared.stalled.load(Ordering::Acquire);
-        down.or_else(|| stalled().then(|| link::STALLED.to_owned()))
+        // All shards down: nothing can be served. One of several down concerns its users only
+        // (see `shards`): every node is in the same position, so turning unready would only
+        // take the others' users down too.
+        let reasons: Option<Vec<String>> = self.shards.iter().map(|s| s.unavailable()).collect();
+        reasons.map(|reasons| reasons.join("; "))
+    }
+
+    fn shards(&self) -> Vec<ShardReport> {
+        if self.shards.len() == 1 {
+            return Vec::new();
+        }
+        self.shards
+            .iter()
+            .map(|shard| ShardReport {
+                shard: shard.place.index + 1,
+                redis: shard.place.address.clone(),
+                unavailable: shard.unavailable(),
+            })
+            .collect()
     }
 
     fn cluster(&self) -> Option<ClusterStats> {
-        self.shared.cluster.lock().clone()
+        // Every node reports its counts to every shard; users are split among the shards.
+        let mut stats: Option<ClusterStats> = None;
+        for shard in &self.shards {
+            let Some(seen) = shard.cluster.lock().clone() else {
+                continue;
+            };
+            stats = Some(match stats {
+                None => seen,
+                Some(total) => ClusterStats {
+                    nodes: total.nodes.max(seen.nodes),
+                    connections: total.connections.max(seen.connections),
+                    websocket_connections: total
+                        .websocket_connections
+                        .max(seen.websocket_connections),
+                    sse_connections: total.sse_connections.max(seen.sse_connections),
+                    users: total.users + seen.users,
+                    ..total
+                },
+            });
+        }
+        stats
     }
 
     fn report(&self) -> BrokerReport {
-        let counters = &self.shared.counters;
-        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let read = |counter: fn(&Counters) -> &AtomicU64| -> u64 {
+            self.shards
+                .iter()
+                .map(|shard| counter(&shard.counters).load(Ordering::Relaxed))
+                .sum()
+        };
         BrokerReport {
             kind: self.kind(),
-            node_id: Some(self.shared.node.clone()),
-            connected: self.unavailable().is_none(),
+            node_id: Some(self.node.clone()),
+            connected: self
+                .shards
+                .iter()
+                .all(|shard| shard.unavailable().is_none()),
             link: Some(LinkCounts {
-                outages: read(&counters.outages),
-                reconnects: read(&counters.reconnects),
-                errors: read(&counters.errors),
-                messages_received: read(&counters.messages_received),
-                malformed_messages: read(&counters.malformed_messages),
-                catch_ups: read(&counters.catch_ups),
+                outages: read(|c| &c.outages),
+                reconnects: read(|c| &c.reconnects),
+                errors: read(|c| &c.errors),
+                messages_received: read(|c| &c.messages_received),
+                malformed_messages: read(|c| &c.malformed_messages),
+                catch_ups: read(|c| &c.catch_ups),
             }),
         }
     }
 
     async fn shutdown(&self) {
-        link::leave_cluster(&self.shared).await;
+        join_all(self.shards.iter().map(|shard| link::leave_cluster(shard))).await;
     }
 }
