@@ -21,7 +21,7 @@ use crate::metrics::{BrokerReport, ClusterStats, ShardReport};
 use crate::protocol::{Publication, Transport, UserId};
 
 /// Why a broker could not take events.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
     /// The backend cannot be reached, or refused the request: nothing was done (a publish may be
     /// retried as it is). Mapped to 503.

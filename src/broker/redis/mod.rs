@@ -5,8 +5,12 @@
 //! A push runs one script ([`scripts::PUBLISH`]) that, atomically for the whole cluster, checks
 //! the event id against the user's history, assigns the next position, publishes the event on
 //! the user's channel and appends it to the history. A batch is one pipeline of scripts (one per
-//! 100 events), so one round trip; concurrent requests share one multiplexed connection, which
-//! pipelines them.
+//! 100 events), so one round trip. Concurrent requests are merged by the shard's publisher task:
+//! those that arrive while its pipelines are in flight go together in the next, so that
+//! concurrent single pushes share script calls.
+//!
+//! With several Redis servers (`REDIS_URL` lists them) each user lives on one shard
+//! ([`shards`]); the broker is a router over one [`Shared`] per shard, each with its own link.
 //!
 //! One event for several users (a `user_ids` push, a broadcast: publications whose frames share
 //! one payload) is planned as a group: its payload goes to Redis once, as a payload record that
@@ -71,6 +75,14 @@ const INLINE_MAX: usize = 1024;
 /// How long a payload record lives when history is off: long enough for the rest of its group's
 /// scripts to be published (they name it), and for nodes that missed it to fetch it.
 const PASSING_RECORD_TTL: Duration = Duration::from_secs(60);
+
+/// Most publish requests merged into one pipeline by a shard's publisher (see
+/// [`publish_merged`]).
+const MERGED_REQUESTS: usize = 64;
+
+/// Most merged pipelines a shard's publisher has in flight at once: enough that Redis always has
+/// the next at hand while a reply travels back.
+const PIPELINES_IN_FLIGHT: usize = 4;
 
 /// Most scripts in one round trip: a batch (at most `MAX_BATCH_SIZE`) is usually one round trip;
 /// a broadcast to many users takes several, one after the other.
@@ -164,6 +176,8 @@ struct Shared {
     failed_generation: AtomicU64,
     failed: Notify,
     changes: mpsc::UnboundedSender<Change>,
+    /// To the shard's publisher task (see [`publish_merged`]).
+    publishes: mpsc::UnboundedSender<PublishRequest>,
     /// Bounds the catch-ups in flight ([`CATCH_UPS_IN_FLIGHT`]).
     catch_up_slots: Semaphore,
     cluster: Mutex<Option<ClusterStats>>,
@@ -203,6 +217,7 @@ impl RedisBroker {
             let address = client.get_connection_info().addr().to_string();
             let (changes, changes_rx) = mpsc::unbounded_channel();
             let (departures, departures_rx) = mpsc::unbounded_channel();
+            let (publishes, publishes_rx) = mpsc::unbounded_channel();
             let shared = Arc::new(Shared {
                 client,
                 place: Place {
@@ -229,12 +244,14 @@ impl RedisBroker {
                 failed_generation: AtomicU64::new(0),
                 failed: Notify::new(),
                 changes,
+                publishes,
                 catch_up_slots: Semaphore::new(CATCH_UPS_IN_FLIGHT),
                 cluster: Mutex::new(None),
                 records: Mutex::new(Recent::default()),
                 left: AtomicBool::new(false),
             });
             lifecycle.spawn_background(link::supervise(Arc::clone(&shared), changes_rx));
+            lifecycle.spawn_background(publish_merged(Arc::clone(&shared), publishes_rx));
             lifecycle.spawn_background(link::forget_departures(Arc::clone(&shared), departures_rx));
             departure_queues.push(departures);
             shards.push(shared);
@@ -329,6 +346,58 @@ struct ShardPart {
     events: Vec<Publication>,
 }
 
+/// A publish waiting for its shard's publisher task.
+struct PublishRequest {
+    events: Vec<Publication>,
+    answer: oneshot::Sender<Result<Vec<Outcome>, BrokerError>>,
+}
+
+/// A shard's publisher: sends the publish requests as merged pipelines, at most
+/// [`PIPELINES_IN_FLIGHT`] at a time. While they are all in flight, the requests that arrive
+/// wait, and go together in the next (at most [`MERGED_REQUESTS`]): concurrent single pushes
+/// then cost Redis one script call, not one each, and a request waits at most for a round trip.
+/// Each request's events stay together and in order (requests in flight at once have no order
+/// between them anyway); its answer is its part of the outcomes, or its pipeline's error.
+async fn publish_merged(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<PublishRequest>) {
+    let slots = Arc::new(Semaphore::new(PIPELINES_IN_FLIGHT));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let mut waiting = Vec::new();
+        if requests.recv_many(&mut waiting, MERGED_REQUESTS).await == 0 {
+            return;
+        }
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            publish_together(&shared, waiting).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Publishes `requests` in one pipeline and answers each.
+async fn publish_together(shared: &Shared, requests: Vec<PublishRequest>) {
+    let merged: Vec<Publication> = requests
+        .iter()
+        .flat_map(|request| request.events.iter().cloned())
+        .collect();
+    match shared.publish_now(&merged).await {
+        Ok(outcomes) => {
+            let mut outcomes = outcomes.into_iter();
+            for request in requests {
+                let part = outcomes.by_ref().take(request.events.len()).collect();
+                let _ = request.answer.send(Ok(part));
+            }
+        }
+        Err(error) => {
+            for request in requests {
+                let _ = request.answer.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
 /// Hands each departure the hub reports to the shard of its user (which forgets its presence).
 async fn route_departures(
     mut departures: mpsc::UnboundedReceiver<Departure>,
@@ -341,8 +410,26 @@ async fn route_departures(
 }
 
 impl Shared {
-    /// Publishes `events`, all of users of this shard, in order (see [`scripts::PUBLISH`]).
+    /// Publishes `events`, all of users of this shard, in order: through the shard's publisher
+    /// task, which merges the requests that wait meanwhile into one pipeline (see
+    /// [`publish_merged`]).
     async fn publish(&self, events: &[Publication]) -> Result<Vec<Outcome>, BrokerError> {
+        self.accepting()?;
+        self.commands()?;
+        let (answer, answered) = oneshot::channel();
+        let stopped = || BrokerError::Unavailable(self.on_this_shard("the publisher stopped"));
+        self.publishes
+            .send(PublishRequest {
+                events: events.to_vec(),
+                answer,
+            })
+            .map_err(|_| stopped())?;
+        answered.await.map_err(|_| stopped())?
+    }
+
+    /// Publishes `events` now, in order (see [`scripts::PUBLISH`]): one pipeline of scripts of
+    /// at most [`EVENTS_PER_SCRIPT`] events per round trip.
+    async fn publish_now(&self, events: &[Publication]) -> Result<Vec<Outcome>, BrokerError> {
         let shared = self;
         shared.accepting()?;
         let (generation, mut commands) = shared.commands()?;
