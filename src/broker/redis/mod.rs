@@ -358,7 +358,10 @@ struct PublishRequest {
 /// then cost Redis one script call, not one each, and a request waits at most for a round trip.
 /// Each request's events stay together and in order (requests in flight at once have no order
 /// between them anyway); its answer is its part of the outcomes, or its pipeline's error.
-async fn publish_merged(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<PublishRequest>) {
+async fn publish_merged(
+    shared: Arc<Shared>,
+    mut requests: mpsc::UnboundedReceiver<PublishRequest>,
+) {
     let slots = Arc::new(Semaphore::new(PIPELINES_IN_FLIGHT));
     loop {
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
