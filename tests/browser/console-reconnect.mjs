@@ -18,10 +18,10 @@
 // `{"kind":"result","ok":...,"problems":[...],"observed":{...}}`.
 // Exit status: 0 if every check passed, 1 if one failed, 2 on error or timeout.
 //
-// Environment: CHROMIUM_PATH (default /usr/bin/chromium), BROWSER_TEST_TIMEOUT_MS (default 90000).
+// Environment: CHROMIUM_PATH (default /usr/bin/chromium), BROWSER_TEST_TIMEOUT_MS (default 90000); the launch, the timeout and the result line are driver.mjs's.
 
 import { createHmac } from 'node:crypto';
-import { chromium } from 'playwright-core';
+import { elapsed, emit, end, exitAfter, launch, sleep } from './driver.mjs';
 
 const options = JSON.parse(process.argv[2] ?? '{}');
 if (!options.url || !options.user || !options.jwt_secret || !options.push_path || !options.batch_path) {
@@ -30,8 +30,6 @@ if (!options.url || !options.user || !options.jwt_secret || !options.push_path |
   );
   process.exit(2);
 }
-const executablePath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const timeoutMs = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 90000);
 /** Longest wait for one thing to show up in the page. */
 const STEP_MS = 10000;
 /** How long the console must stay quiet after it stopped, to show it makes no further attempt. */
@@ -41,34 +39,15 @@ const SHORT_TOKEN_SECONDS = 4;
 /** The burst that makes the console a slow consumer: this many events of PAD_BYTES each. */
 const BURST = 20;
 const PAD_BYTES = 40 * 1024;
-const started = Date.now();
-
-const emit = (line) => process.stdout.write(`${JSON.stringify(line)}\n`);
-const step = (name, detail = {}) => emit({ kind: 'step', name, ms: Date.now() - started, ...detail });
+const step = (name, detail = {}) => emit({ kind: 'step', name, ms: elapsed(), ...detail });
 
 let browser;
-let finished = false;
 const problems = [];
 const observed = {};
 /** Every connection attempt the page made: { transport, url }. */
 const attempts = [];
 
-async function end(result, status) {
-  if (finished) return;
-  finished = true;
-  emit({ kind: 'result', elapsed_ms: Date.now() - started, ...result });
-  await Promise.race([browser?.close().catch(() => {}), sleep(3000)]);
-  process.exit(status);
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
-
-const overall = setTimeout(() => {
-  end({ ok: false, problems: [...problems, `timed out after ${timeoutMs} ms`], observed }, 2);
-}, timeoutMs);
-overall.unref();
+exitAfter(90000, () => ({ problems, observed }));
 
 function expect(condition, message) {
   if (!condition) problems.push(message);
@@ -85,7 +64,7 @@ function mint(sub, seconds) {
 }
 
 async function main() {
-  browser = await chromium.launch({ executablePath, headless: true });
+  browser = await launch();
   const page = await browser.newPage();
   page.setDefaultTimeout(STEP_MS);
   const errors = [];

@@ -10,45 +10,24 @@
 // `{"kind":"result","ok":...,"problems":[...],...}`.
 // Exit status: 0 if every check passed, 1 if one failed, 2 on error or timeout.
 //
-// Environment: CHROMIUM_PATH (default /usr/bin/chromium), BROWSER_TEST_TIMEOUT_MS (default 60000).
+// Environment: CHROMIUM_PATH (default /usr/bin/chromium), BROWSER_TEST_TIMEOUT_MS (default 60000); the launch, the timeout and the result line are driver.mjs's.
 
-import { chromium } from 'playwright-core';
+import { elapsed, emit, end, exitAfter, launch, sleep } from './driver.mjs';
 
 const options = JSON.parse(process.argv[2] ?? '{}');
 if (!options.url || !options.user) {
   process.stderr.write("usage: node console.mjs '{\"url\":…,\"user\":…}'\n");
   process.exit(2);
 }
-const executablePath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-const timeoutMs = Number(process.env.BROWSER_TEST_TIMEOUT_MS || 60000);
 /** Longest wait for one thing to show up in the page. */
 const STEP_MS = 10000;
-const started = Date.now();
-
-const emit = (line) => process.stdout.write(`${JSON.stringify(line)}\n`);
-const step = (name, detail = {}) => emit({ kind: 'step', name, ms: Date.now() - started, ...detail });
+const step = (name, detail = {}) => emit({ kind: 'step', name, ms: elapsed(), ...detail });
 
 let browser;
-let finished = false;
 const problems = [];
 const observed = { websocket_urls: [], stream_urls: [], pushes: [], frames: {} };
 
-async function end(result, status) {
-  if (finished) return;
-  finished = true;
-  emit({ kind: 'result', elapsed_ms: Date.now() - started, ...result });
-  await Promise.race([browser?.close().catch(() => {}), sleep(3000)]);
-  process.exit(status);
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => setTimeout(resolve, ms).unref());
-}
-
-const overall = setTimeout(() => {
-  end({ ok: false, problems: [...problems, `timed out after ${timeoutMs} ms`], observed }, 2);
-}, timeoutMs);
-overall.unref();
+exitAfter(60000, () => ({ problems, observed }));
 
 function expect(condition, message) {
   if (!condition) problems.push(message);
@@ -56,7 +35,7 @@ function expect(condition, message) {
 }
 
 async function main() {
-  browser = await chromium.launch({ executablePath, headless: true });
+  browser = await launch();
   const context = await browser.newContext({
     viewport: { width: 1440, height: 960 },
     deviceScaleFactor: 1,

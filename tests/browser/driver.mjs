@@ -37,11 +37,18 @@ export async function end(result, status) {
   process.exit(status);
 }
 
-/** Ends with status 2 after BROWSER_TEST_TIMEOUT_MS (else `defaultMs`). */
-export function exitAfter(defaultMs) {
+/** Milliseconds since the script started. */
+export const elapsed = () => Date.now() - started;
+
+/**
+ * Ends with status 2 after BROWSER_TEST_TIMEOUT_MS (else `defaultMs`), reporting the problems
+ * found so far and what was `observed` (both as `sofar()` returns them, if given).
+ */
+export function exitAfter(defaultMs, sofar = () => ({ problems: [] })) {
   const timeoutMs = Number(process.env.BROWSER_TEST_TIMEOUT_MS || defaultMs);
   const overall = setTimeout(() => {
-    end({ ok: false, problems: [`timed out after ${timeoutMs} ms`] }, 2);
+    const { problems = [], ...rest } = sofar();
+    end({ ok: false, problems: [...problems, `timed out after ${timeoutMs} ms`], ...rest }, 2);
   }, timeoutMs);
   overall.unref();
 }

@@ -35,11 +35,7 @@ async fn websocket_example_renews_each_expired_token_and_resumes_without_gap_or_
         return;
     };
     let page = ExamplePage::serve("websocket-reconnect", &[]).await;
-    let app = helpers::spawn_app(&["--jwt-secret", SECRET, "--cors-origins", &page.origin]).await;
-    let server = app.url("");
-    let mut browser = page.open(&chromium, &server);
-    let pushed = push_across_expiries(&mut browser, &app).await;
-    let log = finish(browser).await;
+    let (app, pushed, log) = run_across_expiries(&chromium, &page).await;
 
     assert_received_once_in_order(&log, &pushed);
     let closes = entries(&log, "close");
@@ -188,11 +184,7 @@ async fn eventsource_example_reopens_on_token_expiry_and_after_the_browser_gives
         &[TOKEN_LIFETIME_SECS, TOKEN_LIFETIME_SECS, -10],
     )
     .await;
-    let app = helpers::spawn_app(&["--jwt-secret", SECRET, "--cors-origins", &page.origin]).await;
-    let server = app.url("");
-    let mut browser = page.open(&chromium, &server);
-    let pushed = push_across_expiries(&mut browser, &app).await;
-    let log = finish(browser).await;
+    let (app, pushed, log) = run_across_expiries(&chromium, &page).await;
 
     assert_received_once_in_order(&log, &pushed);
     let expiries = entries(&log, "close");
@@ -294,6 +286,20 @@ impl ExamplePage {
             RECONNECT_SCRIPT_TIMEOUT_MS,
         )
     }
+}
+
+/// Runs `page`'s example against a server that accepts its origin and tokens while events are
+/// pushed across several token expiries: the server, the events pushed, and the page's log.
+async fn run_across_expiries(
+    chromium: &Path,
+    page: &ExamplePage,
+) -> (helpers::TestApp, Vec<Value>, Vec<Value>) {
+    let app = helpers::spawn_app(&["--jwt-secret", SECRET, "--cors-origins", &page.origin]).await;
+    let server = app.url("");
+    let mut browser = page.open(chromium, &server);
+    let pushed = push_across_expiries(&mut browser, &app).await;
+    let log = finish(browser).await;
+    (app, pushed, log)
 }
 
 /// Waits for the example's first connection and pushes one event to it, then pushes an event
