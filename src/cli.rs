@@ -222,6 +222,7 @@ mod tests {
             ("--redis-url", "http://redis:6379"),
             ("--redis-url", "redis://"),
             ("--redis-url", "redis://a:6379,redis://a:6379"),
+            ("--redis-url", "redis://a:6379,redis://:pw@A:6379/0"),
             ("--redis-url", "redis://a:6379,"),
             ("--node-id", "a/b"),
             ("--node-id", ""),

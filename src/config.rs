@@ -313,9 +313,12 @@ impl RedisUrls {
                     error
                 }
             })?;
-            if let Some(first) = urls.iter().position(|earlier| *earlier == url) {
+            let server = Self::server_of(&url);
+            let same = |earlier: &Secret| server.is_some() && Self::server_of(earlier) == server;
+            if let Some(first) = urls.iter().position(same) {
                 return Err(format!(
-                    "URL {} of the list repeats URL {}: each shard must be a different Redis",
+                    "URL {} of the list names the same Redis server and database as URL {}: each \
+                     shard must be a different Redis",
                     n + 1,
                     first + 1
                 ));
@@ -323,6 +326,17 @@ impl RedisUrls {
             urls.push(url);
         }
         Ok(Self(urls))
+    }
+
+    /// The server (`host:port`, any case of the host) and database a URL names, to tell two
+    /// spellings of one apart from two servers.
+    fn server_of(url: &Secret) -> Option<(String, i64)> {
+        use redis::IntoConnectionInfo as _;
+        let info = url.expose().into_connection_info().ok()?;
+        Some((
+            info.addr().to_string().to_ascii_lowercase(),
+            info.redis_settings().db(),
+        ))
     }
 
     /// The URLs, in order.

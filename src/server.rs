@@ -395,11 +395,8 @@ async fn serve_http(
                 }
             },
         };
-        let Some(registered) = admission.admit(peer.ip()) else {
-            tracing::debug!(%peer, "too many pending connections from this address; closed");
-            continue;
-        };
         // The kernel gives the lowest free number: every descriptor below this one is in use.
+        // (Before the new connection is registered, so that it is never among those closed.)
         if u64::try_from(stream.as_raw_fd()).is_ok_and(|fd| fd >= limits.scarce_from) {
             let reclaimed = admission.reclaim_oldest(RECLAIM_AHEAD);
             tracing::debug!(
@@ -407,6 +404,10 @@ async fn serve_http(
                 "descriptors are scarce: closing idle HTTP connections"
             );
         }
+        let Some(registered) = admission.admit(peer.ip()) else {
+            tracing::debug!(%peer, "too many pending connections from this address; closed");
+            continue;
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }

@@ -156,3 +156,19 @@ async fn near_the_limit_the_longest_idle_connections_make_way_before_accept_fail
         .await
         .expect("a new WebSocket and a new push");
 }
+
+#[tokio::test]
+async fn near_the_limit_a_new_request_is_served_when_nothing_else_is_idle() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let server = limited_server(dir.path(), &[]).await;
+    let app = TestApp::at(server.addr);
+    // WebSockets past the scarce mark: they hold descriptors, none of them is idle.
+    let mut sockets = Vec::new();
+    for n in 0..DESCRIPTORS * 5 / 8 {
+        sockets.push(app.connect(&format!("held-{n}")).await);
+    }
+    // The new connection is the only idle one: it must not be the one closed to make room.
+    timeout(2 * PROMPTLY, push_and_websocket_still_work(server.addr))
+        .await
+        .expect("a new WebSocket and a new push");
+}

@@ -235,6 +235,8 @@ async fn serve(
         probe,
     } = link;
     *shared.commands.write() = Some((generation, commands.clone()));
+    // An aborted probe of the last link may have marked a stall after it was torn down.
+    shared.stalled.store(false, Ordering::Release);
     shared.down.send_replace(None);
     if generation == 1 {
         tracing::info!(node = %shared.node, "connected to redis");

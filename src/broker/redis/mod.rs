@@ -326,10 +326,16 @@ impl RedisBroker {
                         outcomes[at] = Some(outcome);
                     }
                 }
-                Err(error) => failure = Some(error),
+                // An unknown outcome wins over a refusal: something may have been published.
+                Err(error) => {
+                    if !matches!(failure, Some(BrokerError::OutcomeUnknown(_))) {
+                        failure = Some(error);
+                    }
+                }
             }
         }
         match failure {
+            // Another shard published its part: whatever this one did, the whole is partial.
             Some(BrokerError::Unavailable(why)) if published => {
                 Err(BrokerError::OutcomeUnknown(why))
             }
@@ -427,7 +433,10 @@ impl Shared {
                 answer,
             })
             .map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
+        // Taken by the publisher but not answered (its task ended): it may have been sent.
+        answered
+            .await
+            .map_err(|_| BrokerError::OutcomeUnknown(self.on_this_shard("the publisher stopped")))?
     }
 
     /// Publishes `events` now, in order (see [`scripts::PUBLISH`]): one pipeline of scripts of
@@ -454,10 +463,15 @@ impl Shared {
                 }
                 result = pipeline.query_async(&mut commands).await;
             }
+            let scripts_in_round = round.len();
             let round: Vec<Vec<(u8, String, u64, usize)>> = result.map_err(|error| {
-                match shared.command_failed(generation, &error) {
-                    // Earlier rounds were published: whatever this one did, the whole is partial.
-                    BrokerError::Unavailable(why) if !replies.is_empty() => {
+                let failed = shared.command_failed(generation, &error);
+                // Sent over a link that broke (it may have run), after earlier rounds that were
+                // published, or as one of several scripts of which the others may have run: the
+                // outcome is unknown. Only a lone script Redis refused surely did nothing.
+                let partial = !replies.is_empty() || scripts_in_round > 1;
+                match failed {
+                    BrokerError::Unavailable(why) if link_broken(&error) || partial => {
                         BrokerError::OutcomeUnknown(why)
                     }
                     failed => failed,
@@ -588,18 +602,16 @@ impl Shared {
         Ok(())
     }
 
-    /// Counts a failed command; if it failed because the link is broken, has it rebuilt. A
-    /// command Redis refused did nothing; one cut off by a broken link may have run.
+    /// Counts a failed command; if it failed because the link is broken, has it rebuilt.
     fn command_failed(&self, generation: u64, error: &redis::RedisError) -> BrokerError {
         bump(&self.counters.errors);
         if link_broken(error) {
             self.failed_generation.store(generation, Ordering::Release);
             self.failed.notify_one();
-            BrokerError::OutcomeUnknown(self.on_this_shard(format!("redis: {error}")))
         } else {
             tracing::error!(%error, redis = %self.place.address, "redis script failed");
-            BrokerError::Unavailable(self.on_this_shard(format!("redis: {error}")))
         }
+        BrokerError::Unavailable(self.on_this_shard(format!("redis: {error}")))
     }
 
     /// Subscribes this node to `user`'s channel (counted: one per joining connection).

@@ -119,12 +119,20 @@ local function stream_of(user)
     redis.call('DEL', st.s, st.ids)
   end
   st.renew = now - tonumber(got[2] or '0') >= slack
-  if st.renew then
-    redis.call('HSET', st.meta, 'x', now)
-    redis.call('PEXPIRE', st.meta, meta_ttl + slack)
-  end
   streams[user] = st
   return st
+end
+-- Renews the lifetimes of the user's keys, at most once per `slack` (when an event was stored:
+-- a script holding only duplicates for the user renews nothing, and records nothing of it).
+local function renew(st)
+  if not st.renew then return end
+  redis.call('HSET', st.meta, 'x', now)
+  redis.call('PEXPIRE', st.meta, meta_ttl + slack)
+  if size > 0 then
+    redis.call('PEXPIRE', st.s, ttl + slack)
+    redis.call('PEXPIRE', st.ids, ttl + slack)
+  end
+  st.renew = false
 end
 -- The new event's position; for a repeated upstream id still in history, nil and the original's
 -- outcome instead.
@@ -165,19 +173,16 @@ end
 -- Appends an event to the user's history: `v` is its envelope, or its head when `record` names
 -- the record holding the rest.
 local function remember(st, position, id, v, record, delivered)
-  if size == 0 then return end
-  if record then
-    redis.call('XADD', st.s, position .. '-0', 'v', v, 'd', delivered, 't', now, 'i', id, 'r', record)
-  else
-    redis.call('XADD', st.s, position .. '-0', 'v', v, 'd', delivered, 't', now, 'i', id)
+  if size > 0 then
+    if record then
+      redis.call('XADD', st.s, position .. '-0', 'v', v, 'd', delivered, 't', now, 'i', id, 'r', record)
+    else
+      redis.call('XADD', st.s, position .. '-0', 'v', v, 'd', delivered, 't', now, 'i', id)
+    end
+    redis.call('HSET', st.ids, id, position)
   end
-  redis.call('HSET', st.ids, id, position)
-  if st.renew then
-    redis.call('PEXPIRE', st.s, ttl + slack)
-    redis.call('PEXPIRE', st.ids, ttl + slack)
-    st.renew = false
-  end
-  trim(st, position)
+  renew(st)
+  if size > 0 then trim(st, position) end
 end
 local records, stored_bytes = prefix .. 'dq', prefix .. 'db'
 local stored = false
