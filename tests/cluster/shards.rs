@@ -1,5 +1,6 @@
 //! Several independent Redis servers, one user base (`REDIS_URL` lists them): each user lives on
-//! one shard; pushes, multi-user pushes and broadcasts reach users on every shard; a shard that
+//! one shard; pushes, multi-user pushes and broadcasts reach users on every shard, each shard
+//! storing a shared payload once; a shard that
 //! is down refuses exactly its users (503 naming it) while the others are served, `/ready` and
 //! `/health` say which shard, and the shard's users come back by themselves when it does.
 
@@ -26,6 +27,22 @@ async fn holds(url: &str, prefix: &str, user: &str) -> bool {
         .query_async::<bool>(&mut connection)
         .await
         .expect("EXISTS")
+}
+
+/// How many payload records (one per payload shared by several users) the Redis at `url` holds
+/// under `prefix`.
+async fn payload_records(url: &str, prefix: &str) -> usize {
+    let client = ::redis::Client::open(url).expect("a Redis URL");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the test reaches its Redis");
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg(format!("{prefix}d:*"))
+        .query_async(&mut connection)
+        .await
+        .expect("KEYS");
+    keys.len()
 }
 
 /// A node of the two-shard cluster.
@@ -125,6 +142,10 @@ async fn users_live_on_one_shard_each_and_a_shard_down_refuses_only_its_users() 
     for client in &mut clients {
         assert_eq!(client.next().await["data"]["n"], "all");
         assert_eq!(client.next().await["data"]["n"], "broadcast");
+    }
+    // Each shard stored each of those two payloads once, whatever its number of users.
+    for url in [first.url(), second.url()] {
+        assert_eq!(payload_records(&url, &prefix).await, 2, "{url}");
     }
 
     // The second shard dies: its users are refused, naming it; the others are served.
