@@ -1,8 +1,8 @@
 //! Several independent Redis servers, one user base (`REDIS_URL` lists them): each user lives on
 //! one shard; pushes, multi-user pushes and broadcasts reach users on every shard, each shard
-//! storing a shared payload once; a shard that
-//! is down refuses exactly its users (503 naming it) while the others are served, `/ready` and
-//! `/health` say which shard, and the shard's users come back by themselves when it does.
+//! storing a shared payload once; a shard that is down refuses exactly its users (503 naming it)
+//! while the others are served, `/ready` and `/health` say which shard, and the shard's users
+//! come back by themselves when it does.
 
 use std::time::Duration;
 
