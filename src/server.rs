@@ -127,6 +127,7 @@ impl Application {
             metrics,
             lifecycle,
             connection_slots: Arc::new(Semaphore::new(max_connections)),
+            refusal_slots: Arc::new(Semaphore::new(crate::transport::ws::REFUSALS_IN_FLIGHT)),
             max_connections,
             started_at: Instant::now(),
             clock: clock.clone(),

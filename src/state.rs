@@ -35,6 +35,10 @@ pub struct AppState {
     /// One permit per WebSocket or SSE connection this node will hold (`MAX_CONNECTIONS`); a handshake
     /// that finds none left is refused with 503 before the upgrade.
     pub connection_slots: Arc<Semaphore>,
+    /// One permit per refused browser handshake being closed with a close code (see
+    /// [`crate::transport::ws`]); beyond them, refusals are plain HTTP answers, so that a flood of
+    /// refused handshakes cannot hold sockets without bound.
+    pub refusal_slots: Arc<Semaphore>,
     /// The effective connection limit (`MAX_CONNECTIONS`, or derived from the descriptor limit).
     pub max_connections: usize,
     /// When the server started, for `uptime_seconds`.

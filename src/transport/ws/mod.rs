@@ -19,6 +19,7 @@ mod refusal;
 mod upgrade;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
@@ -45,6 +46,10 @@ use crate::state::SharedState;
 /// it, and it is read in several calls.
 const READ_BUFFER_BYTES: usize = 512;
 
+/// Most refused browser handshakes closed with a close code at once (each for at most the close
+/// handshake's grace); beyond them a refusal is the plain HTTP answer (the browser sees 1006).
+pub const REFUSALS_IN_FLIGHT: usize = 1024;
+
 /// Answers the WebSocket handshake: refuses bad or unwelcome requests, upgrades the rest.
 pub async fn handshake(
     State(state): State<SharedState>,
@@ -70,9 +75,15 @@ pub async fn handshake(
         Ok(accepted) => run(state, upgrade, accepted),
         Err((refusal, error)) => {
             state.metrics.connection_refused(refusal);
-            if refusal::visible_to_browser(&headers) {
+            let closing = refusal::visible_to_browser(&headers)
+                .then(|| Arc::clone(&state.refusal_slots).try_acquire_owned().ok())
+                .flatten();
+            if let Some(slot) = closing {
                 let frame = refusal::close_frame(refusal, &error);
-                upgrade.answer(config(&state), move |socket| link::refuse(socket, frame))
+                upgrade.answer(config(&state), move |socket| async move {
+                    link::refuse(socket, frame).await;
+                    drop(slot);
+                })
             } else {
                 let mut response = error.into_response();
                 upgrade::advertise_upgrade(&mut response);

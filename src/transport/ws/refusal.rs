@@ -7,7 +7,9 @@
 //! upgrade: the server answers 101 and closes at once with a private-use close code that mirrors
 //! the HTTP status, and a short reason. The connection is never registered, receives nothing
 //! else, and is counted as a refusal like the HTTP answer it replaces. A handshake without
-//! `Origin` gets the HTTP status and JSON `detail` as before.
+//! `Origin` gets the HTTP status and JSON `detail` as before, and so does a browser's while
+//! [`super::REFUSALS_IN_FLIGHT`] refusals are already being closed (a flood of refused handshakes
+//! must not hold sockets without bound).
 //!
 //! | code | HTTP | what the client should do |
 //! | --- | --- | --- |
