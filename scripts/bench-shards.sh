@@ -31,6 +31,7 @@ NODE_BIN=target/release/websocket-sse-server
 LOADGEN=target/release/loadgen
 
 REDIS_PIDS=()
+REDIS_PORT=""
 NODE_PID=""
 cleanup() {
     [ -z "$NODE_PID" ] || kill "$NODE_PID" 2>/dev/null || true
@@ -43,18 +44,17 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start_redis: a throwaway redis-server; prints its port.
+# start_redis: a throwaway redis-server on a free port, left in REDIS_PORT (not printed: in a
+# command substitution its pid would be lost to the cleanup).
 start_redis() {
-    local port
-    port="$(free_port)"
-    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-        --logfile "$OUT/redis-$port.log" >/dev/null 2>&1 &
+    REDIS_PORT="$(free_port)"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --logfile "$OUT/redis-$REDIS_PORT.log" >/dev/null 2>&1 &
     REDIS_PIDS+=($!)
     for _ in $(seq 100); do
-        redis-cli -p "$port" ping >/dev/null 2>&1 && break
+        redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
         sleep 0.05
     done
-    echo "$port"
 }
 
 redis_cpu() {
@@ -75,7 +75,8 @@ run() {
         redis-2) shards=2 ;;
     esac
     for _ in $(seq "$shards"); do
-        port="$(start_redis)"
+        start_redis
+        port="$REDIS_PORT"
         ports+=("$port")
         urls="${urls:+$urls,}redis://127.0.0.1:$port"
     done
