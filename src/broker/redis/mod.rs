@@ -308,21 +308,23 @@ impl RedisBroker {
             .filter(|(_, part)| !part.events.is_empty())
             .collect();
         for (shard, _) in &concerned {
-            shard.accepting()?;
-            shard.commands()?;
+            shard.ready()?;
         }
-        let publishing = concerned
-            .iter()
-            .map(|(shard, part)| shard.publish(&part.events));
+        let mut publishing = Vec::with_capacity(concerned.len());
+        let mut positions = Vec::with_capacity(concerned.len());
+        for (shard, part) in concerned {
+            publishing.push(shard.publish(part.events));
+            positions.push(part.positions);
+        }
         let results = join_all(publishing).await;
         let mut outcomes: Vec<Option<Outcome>> =
             std::iter::repeat_with(|| None).take(events.len()).collect();
         let (mut published, mut failure) = (false, None);
-        for ((_, part), result) in concerned.iter().zip(results) {
+        for (positions, result) in positions.iter().zip(results) {
             match result {
                 Ok(answers) => {
                     published = true;
-                    for (&at, outcome) in part.positions.iter().zip(answers) {
+                    for (&at, outcome) in positions.iter().zip(answers) {
                         outcomes[at] = Some(outcome);
                     }
                 }
@@ -387,21 +389,22 @@ async fn publish_merged(
 
 /// Publishes `requests` in one pipeline and answers each.
 async fn publish_together(shared: &Shared, requests: Vec<PublishRequest>) {
-    let merged: Vec<Publication> = requests
-        .iter()
-        .flat_map(|request| request.events.iter().cloned())
-        .collect();
+    let mut answers = Vec::with_capacity(requests.len());
+    let mut merged = Vec::new();
+    for PublishRequest { events, answer } in requests {
+        answers.push((events.len(), answer));
+        merged.extend(events);
+    }
     match shared.publish_now(&merged).await {
         Ok(outcomes) => {
             let mut outcomes = outcomes.into_iter();
-            for request in requests {
-                let part = outcomes.by_ref().take(request.events.len()).collect();
-                let _ = request.answer.send(Ok(part));
+            for (len, answer) in answers {
+                let _ = answer.send(Ok(outcomes.by_ref().take(len).collect()));
             }
         }
         Err(error) => {
-            for request in requests {
-                let _ = request.answer.send(Err(error.clone()));
+            for (_, answer) in answers {
+                let _ = answer.send(Err(error.clone()));
             }
         }
     }
@@ -422,16 +425,12 @@ impl Shared {
     /// Publishes `events`, all of users of this shard, in order: through the shard's publisher
     /// task, which merges the requests that wait meanwhile into one pipeline (see
     /// [`publish_merged`]).
-    async fn publish(&self, events: &[Publication]) -> Result<Vec<Outcome>, BrokerError> {
-        self.accepting()?;
-        self.commands()?;
+    async fn publish(&self, events: Vec<Publication>) -> Result<Vec<Outcome>, BrokerError> {
+        self.ready()?;
         let (answer, answered) = oneshot::channel();
         let stopped = || BrokerError::Unavailable(self.on_this_shard("the publisher stopped"));
         self.publishes
-            .send(PublishRequest {
-                events: events.to_vec(),
-                answer,
-            })
+            .send(PublishRequest { events, answer })
             .map_err(|_| stopped())?;
         // Taken by the publisher but not answered (its task ended): it may have been sent.
         answered
@@ -508,8 +507,7 @@ impl Shared {
         _want_head: bool,
     ) -> Result<Attached, AttachError> {
         let shared = self;
-        shared.accepting()?;
-        shared.commands()?;
+        shared.ready()?;
         shared.subscribe(&user).await?;
         // From here on, dropping the registration unsubscribes and forgets the presence.
         let (registration, outbox) = shared.hub.attach_joining(user.clone(), transport);
@@ -600,6 +598,12 @@ impl Shared {
             return Err(BrokerError::Unavailable(self.on_this_shard(link::STALLED)));
         }
         Ok(())
+    }
+
+    /// Whether this shard can take new work now: linked, and not stalled.
+    fn ready(&self) -> Result<(), BrokerError> {
+        self.accepting()?;
+        self.commands().map(drop)
     }
 
     /// Counts a failed command; if it failed because the link is broken, has it rebuilt.
@@ -1111,7 +1115,7 @@ impl Broker for RedisBroker {
         let [shard] = self.shards.as_slice() else {
             return self.publish_across_shards(events).await;
         };
-        shard.publish(events).await
+        shard.publish(events.to_vec()).await
     }
 
     async fn attach(
