@@ -147,6 +147,18 @@ pub struct Settings {
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379",
           value_parser = RedisUrls::parse, hide_default_value = true, hide_env_values = true)]
     pub redis_url: RedisUrls,
+    /// Whether `REDIS_URL` names nodes of one Redis Cluster (any of them: the rest is discovered)
+    /// rather than independent Redis servers. Users are then spread over
+    /// `REDIS_CLUSTER_PARTITIONS` hash slots, and delivery uses sharded pub/sub (Redis 7 or later).
+    #[arg(long, env = "REDIS_CLUSTER", default_value = "false", value_parser = parse_bool,
+          action = clap::ArgAction::Set)]
+    pub redis_cluster: bool,
+    /// How many partitions (hash slots) a Redis Cluster's users are spread over: the unit the
+    /// cluster's masters share, so best a multiple of their number (12 suits 1, 2, 3, 4 or 6
+    /// masters). Every node must use the same; changing it moves users (their clients resync).
+    #[arg(long, env = "REDIS_CLUSTER_PARTITIONS", default_value = "12",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub redis_cluster_partitions: u16,
     /// PEM file with the certificate authority that signed the Redis server's TLS certificate
     /// (`rediss://` only), when it is not one of the public roots.
     #[arg(long, env = "REDIS_CA_FILE")]
@@ -713,6 +725,10 @@ impl Settings {
             return Err(
                 "invalid REDIS_CA_FILE: it needs TLS REDIS_URLs (rediss://host:port)".into(),
             );
+        }
+        let not_db_0 = |url: &Secret| RedisUrls::server_of(url).is_some_and(|(_, db)| db != 0);
+        if self.redis_cluster && self.redis_url.iter().any(not_db_0) {
+            return Err("invalid REDIS_URL: a Redis Cluster has only database 0".into());
         }
         if !self.shutdown_drain.is_zero() && self.shutdown_drain >= self.shutdown_timeout {
             return Err(format!(

@@ -28,9 +28,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use redis::AsyncConnectionConfig;
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::wire::{self, ChannelMessage, Content, Group, Member};
@@ -56,13 +55,65 @@ pub(super) const STALLED: &str = "redis unavailable: it does not answer (stalled
 /// Most subscription changes, connections or departures sent to Redis in one command.
 const CHUNK: usize = 1000;
 
-/// A live link: the command connection, the subscription connection, and the probe's own
-/// connection (so that no command of this node's can delay its `PING`).
+/// Why a Redis cannot serve as configured (it would not heal by retrying).
+pub(super) const MISCONFIGURED: &str = "redis misconfigured";
+
+/// A live link: the command connection, the subscription connection with the messages it
+/// receives, and the probe's own connection (so that no command of this node's can delay its
+/// `PING`).
 struct Link {
     commands: MultiplexedConnection,
-    subscriptions: PubSubSink,
-    messages: PubSubStream,
+    subscriptions: Subscriber,
+    messages: mpsc::UnboundedReceiver<PushInfo>,
     probe: MultiplexedConnection,
+}
+
+/// This node's subscription connection. It speaks RESP3, so messages arrive as pushes and other
+/// commands (a `PING`) may be sent while subscribed. Each (un)subscription is a command of its
+/// own channel, answered by exactly one confirmation: the client library pairs confirmations with
+/// requests one to one. With a Redis Cluster it uses sharded pub/sub (`SSUBSCRIBE`).
+struct Subscriber {
+    connection: MultiplexedConnection,
+    sharded: bool,
+}
+
+impl Subscriber {
+    async fn subscribe(&mut self, channels: &[String]) -> Result<(), redis::RedisError> {
+        let command = if self.sharded {
+            "SSUBSCRIBE"
+        } else {
+            "SUBSCRIBE"
+        };
+        self.send(command, channels).await
+    }
+
+    async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), redis::RedisError> {
+        let command = if self.sharded {
+            "SUNSUBSCRIBE"
+        } else {
+            "UNSUBSCRIBE"
+        };
+        self.send(command, channels).await
+    }
+
+    async fn send(&mut self, command: &str, channels: &[String]) -> Result<(), redis::RedisError> {
+        if channels.is_empty() {
+            return Ok(());
+        }
+        let mut pipeline = redis::pipe();
+        for channel in channels {
+            pipeline.cmd(command).arg(channel);
+        }
+        let answers: Vec<Value> = pipeline.query_async(&mut self.connection).await?;
+        answers.into_iter().try_for_each(|answer| match answer {
+            Value::ServerError(error) => Err(error.into()),
+            _ => Ok(()),
+        })
+    }
+
+    async fn ping(&mut self) -> Result<(), redis::RedisError> {
+        redis::cmd("PING").query_async(&mut self.connection).await
+    }
 }
 
 /// The users whose channels this node subscribes to, with their joining/joined connection counts.
@@ -102,20 +153,25 @@ pub(super) async fn supervise(shared: Arc<Shared>, mut changes: mpsc::UnboundedR
     }
 }
 
-/// Connects both connections and restores this node's state in Redis: subscriptions, presence,
-/// lease. Nothing is declared up until all of it is done.
+/// Connects the link's connections (to the shard's Redis, or to the master that serves the
+/// partition's slot now) and restores this node's state in Redis: subscriptions, presence, lease.
+/// Nothing is declared up until all of it is done.
 async fn connect(shared: &Shared, subscribed: &Subscribed) -> Result<Link, redis::RedisError> {
+    let (client, subscriber) = shared.target.clients(shared.timeout).await?;
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(shared.timeout))
         .set_response_timeout(Some(shared.timeout));
-    let mut commands = shared
-        .client
+    let mut commands = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
-    let pubsub = tokio::time::timeout(shared.timeout, shared.client.get_async_pubsub())
-        .await
-        .map_err(|_| timed_out("connecting for subscriptions"))??;
-    let (mut subscriptions, messages) = pubsub.split();
+    check_mode(shared, &mut commands).await?;
+    let (pushes, messages) = mpsc::unbounded_channel();
+    let mut subscriptions = Subscriber {
+        connection: subscriber
+            .get_multiplexed_async_connection_with_config(&config.clone().set_push_sender(pushes))
+            .await?,
+        sharded: shared.target.is_partition(),
+    };
     let mut channels: Vec<String> = subscribed
         .keys()
         .map(|user| shared.names.channel(user))
@@ -124,8 +180,7 @@ async fn connect(shared: &Shared, subscribed: &Subscribed) -> Result<Link, redis
     for chunk in channels.chunks(CHUNK) {
         with_timeout(shared, subscriptions.subscribe(chunk)).await?;
     }
-    let probe = shared
-        .client
+    let probe = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
     register(shared, &mut commands).await?;
@@ -136,6 +191,29 @@ async fn connect(shared: &Shared, subscribed: &Subscribed) -> Result<Link, redis
         messages,
         probe,
     })
+}
+
+/// Refuses a Redis that is not what the settings say: a Redis Cluster node named as an independent
+/// server would answer only for its own slots.
+async fn check_mode(
+    shared: &Shared,
+    commands: &mut MultiplexedConnection,
+) -> Result<(), redis::RedisError> {
+    if shared.target.is_partition() {
+        return Ok(());
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("cluster")
+        .query_async(commands)
+        .await?;
+    if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::InvalidClientConfig,
+            MISCONFIGURED,
+            "it is a Redis Cluster node: set REDIS_CLUSTER=true".to_owned(),
+        )));
+    }
+    Ok(())
 }
 
 /// Registers every connection of this node afresh, forgetting whatever presence it had (after
@@ -167,7 +245,8 @@ async fn reset(
     let flag = |on: bool| if on { "1" } else { "0" };
     let mut invocation = scripts::RESET.prepare_invoke();
     invocation
-        .arg(shared.names.prefix())
+        .key(shared.names.prefix())
+        .arg(shared.names.publish_command())
         .arg(&shared.node)
         .arg(flag(forget))
         .arg(flag(drop_lease))
@@ -193,7 +272,8 @@ async fn heartbeat(
     let hub = &shared.hub;
     let (nodes, websocket, sse, users, registered): (u64, u64, u64, u64, u8) = scripts::HEARTBEAT
         .prepare_invoke()
-        .arg(shared.names.prefix())
+        .key(shared.names.prefix())
+        .arg(shared.names.publish_command())
         .arg(&shared.node)
         .arg(shared.lease.as_millis())
         .arg(hub.transport_count(Transport::WebSocket))
@@ -280,7 +360,7 @@ async fn serve(
                 }
                 // A subscription connection silently cut (a NAT's idle timeout) would never
                 // deliver again: it must answer too.
-                if let Err(error) = with_timeout(shared, subscriptions.ping::<redis::Value>()).await {
+                if let Err(error) = with_timeout(shared, subscriptions.ping()).await {
                     break format!("subscription connection does not answer: {error}");
                 }
             }
@@ -339,7 +419,7 @@ async fn watch_responsiveness(shared: &Shared, mut probe: MultiplexedConnection)
 /// interest started or ended, then answers the joiners.
 async fn apply(
     shared: &Shared,
-    sink: &mut PubSubSink,
+    sink: &mut Subscriber,
     subscribed: &mut Subscribed,
     batch: &mut Vec<Change>,
 ) -> Result<(), redis::RedisError> {
@@ -439,13 +519,31 @@ async fn refuse_changes_for(
     }
 }
 
-/// Delivers the messages of this node's subscriptions until the subscription connection ends.
-async fn receive(shared: Arc<Shared>, mut messages: PubSubStream) {
-    while let Some(message) = messages.next().await {
+/// Delivers the messages of this node's subscriptions until the subscription connection ends, or
+/// Redis ends the subscription to the groups channel (a Redis Cluster does when the partition's
+/// slot moves to another master: a failover, a migration): then the link reconnects, to the new
+/// owner.
+async fn receive(shared: Arc<Shared>, mut messages: mpsc::UnboundedReceiver<PushInfo>) {
+    while let Some(PushInfo { kind, data }) = messages.recv().await {
+        let mut data = data.into_iter();
+        let (Some(Value::BulkString(channel)), payload) = (data.next(), data.next()) else {
+            if kind == PushKind::Disconnection {
+                return;
+            }
+            continue;
+        };
+        let channel = String::from_utf8_lossy(&channel);
+        let groups = channel == shared.names.groups_channel();
+        let payload = match (kind, payload) {
+            (PushKind::Message | PushKind::SMessage, Some(Value::BulkString(payload))) => {
+                Bytes::from(payload)
+            }
+            (PushKind::Unsubscribe | PushKind::SUnsubscribe, _) if groups => return,
+            _ => continue,
+        };
         bump(&shared.counters.messages_received);
-        let channel = message.get_channel_name();
-        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-        if channel == shared.names.groups_channel() {
+        let channel = channel.as_ref();
+        if groups {
             match wire::read_group(payload) {
                 Ok(group) => deliver_group(&shared, group).await,
                 Err(error) => {
@@ -585,7 +683,10 @@ pub(super) async fn forget_departures(
                 continue;
             };
             let mut invocation = scripts::LEAVE.prepare_invoke();
-            invocation.arg(shared.names.prefix()).arg(&shared.node);
+            invocation
+                .key(shared.names.prefix())
+                .arg(shared.names.publish_command())
+                .arg(&shared.node);
             for departure in &batch {
                 invocation
                     .arg(departure.user.as_str())

@@ -32,6 +32,7 @@
 mod link;
 mod scripts;
 mod shards;
+mod slots;
 mod wire;
 
 use std::collections::{HashMap, VecDeque};
@@ -148,9 +149,48 @@ struct JoinRules {
     replace_oldest: bool,
 }
 
+/// Where a shard's Redis is.
+enum Target {
+    /// One of the independent Redis servers of `REDIS_URL`: a client for commands and one that
+    /// speaks RESP3, for subscriptions.
+    Server {
+        commands: redis::Client,
+        subscriptions: redis::Client,
+    },
+    /// A partition of a Redis Cluster: whichever master serves its hash slot now.
+    Partition { seeds: Arc<slots::Seeds>, slot: u16 },
+}
+
+impl Target {
+    /// Clients for commands and for subscriptions (RESP3) to the Redis that serves the shard now.
+    async fn clients(
+        &self,
+        timeout: Duration,
+    ) -> Result<(redis::Client, redis::Client), redis::RedisError> {
+        match self {
+            Self::Server {
+                commands,
+                subscriptions,
+            } => Ok((commands.clone(), subscriptions.clone())),
+            Self::Partition { seeds, slot } => {
+                let (host, port) = seeds.owner_of(*slot, timeout).await?;
+                Ok((
+                    seeds.client(&host, port, redis::ProtocolVersion::RESP2)?,
+                    seeds.client(&host, port, redis::ProtocolVersion::RESP3)?,
+                ))
+            }
+        }
+    }
+
+    /// Whether this is a partition of a Redis Cluster.
+    fn is_partition(&self) -> bool {
+        matches!(self, Self::Partition { .. })
+    }
+}
+
 /// What the broker and its link tasks share.
 struct Shared {
-    client: redis::Client,
+    target: Target,
     place: Place,
     names: Names,
     node: String,
@@ -209,23 +249,22 @@ impl RedisBroker {
             .node_id
             .clone()
             .unwrap_or_else(|| ulid::Ulid::new().to_string());
-        let count = settings.redis_url.len();
+        let targets = targets(settings)?;
+        let count = targets.len();
         let mut shards = Vec::with_capacity(count);
         let mut departure_queues = Vec::with_capacity(count);
-        for (index, url) in settings.redis_url.iter().enumerate() {
-            let client = redis_client(url, settings)?;
-            let address = client.get_connection_info().addr().to_string();
+        for (index, (target, address, names)) in targets.into_iter().enumerate() {
             let (changes, changes_rx) = mpsc::unbounded_channel();
             let (departures, departures_rx) = mpsc::unbounded_channel();
             let (publishes, publishes_rx) = mpsc::unbounded_channel();
             let shared = Arc::new(Shared {
-                client,
+                target,
                 place: Place {
                     index,
                     count,
                     address,
                 },
-                names: Names::new(&settings.redis_key_prefix),
+                names,
                 node: node.clone(),
                 hub: Arc::clone(&hub),
                 lifecycle: lifecycle.clone(),
@@ -276,6 +315,15 @@ impl RedisBroker {
             }
         }));
         connected.await;
+        let misconfigured = shards.iter().find_map(|shard| {
+            let reason = shard.down.borrow().clone()?;
+            reason
+                .contains(link::MISCONFIGURED)
+                .then(|| shard.on_this_shard(reason))
+        });
+        if let Some(reason) = misconfigured {
+            return Err(reason);
+        }
         Ok(Self { node, shards })
     }
 
@@ -609,7 +657,7 @@ impl Shared {
     /// Counts a failed command; if it failed because the link is broken, has it rebuilt.
     fn command_failed(&self, generation: u64, error: &redis::RedisError) -> BrokerError {
         bump(&self.counters.errors);
-        if link_broken(error) {
+        if link_broken(error) || moved_away(error) {
             self.failed_generation.store(generation, Ordering::Release);
             self.failed.notify_one();
         } else {
@@ -657,8 +705,9 @@ impl Shared {
         let mut command = redis::cmd("EVALSHA");
         command
             .arg(scripts::PUBLISH.get_hash())
-            .arg(0)
+            .arg(1)
             .arg(self.names.prefix())
+            .arg(self.names.publish_command())
             .arg(self.history_size())
             .arg(self.history_ttl_ms())
             .arg(self.meta_ttl_ms())
@@ -785,7 +834,8 @@ impl Shared {
         let held = self.records.lock().snapshot();
         let mut invocation = scripts::JOIN.prepare_invoke();
         invocation
-            .arg(self.names.prefix())
+            .key(self.names.prefix())
+            .arg(self.names.publish_command())
             .arg(self.history_size())
             .arg(self.history_ttl_ms())
             .arg(self.meta_ttl_ms())
@@ -827,7 +877,8 @@ impl Shared {
         let (generation, mut commands) = self.commands()?;
         let pairs: Vec<(String, String)> = scripts::CONNECTIONS
             .prepare_invoke()
-            .arg(self.names.prefix())
+            .key(self.names.prefix())
+            .arg(self.names.publish_command())
             .arg(user.as_str())
             .arg(if disconnect { "1" } else { "0" })
             .invoke_async(&mut commands)
@@ -987,10 +1038,79 @@ fn link_broken(error: &redis::RedisError) -> bool {
         || error.is_unrecoverable_error()
 }
 
-/// The Redis client for one URL of `REDIS_URL`, trusting `REDIS_CA_FILE` when given (else, for
-/// `rediss://`, the public roots).
-fn redis_client(url: &Secret, settings: &Settings) -> Result<redis::Client, String> {
-    let url = url.expose();
+/// Whether `error` says this Redis no longer serves the shard (a Redis Cluster moved its slot, or
+/// made it a replica): nothing ran, and the link must reconnect to the new owner.
+fn moved_away(error: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    error.is_cluster_error()
+        || matches!(
+            error.kind(),
+            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
+        )
+}
+
+/// Each shard's target, address (for reports) and names: one per server of `REDIS_URL`, or one
+/// per partition of a Redis Cluster.
+fn targets(settings: &Settings) -> Result<Vec<(Target, String, Names)>, String> {
+    let prefix = &settings.redis_key_prefix;
+    if !settings.redis_cluster {
+        return settings
+            .redis_url
+            .iter()
+            .map(|url| {
+                let commands = redis_client(url, settings, redis::ProtocolVersion::RESP2)?;
+                let subscriptions = redis_client(url, settings, redis::ProtocolVersion::RESP3)?;
+                let address = commands.get_connection_info().addr().to_string();
+                let target = Target::Server {
+                    commands,
+                    subscriptions,
+                };
+                Ok((target, address, Names::new(prefix, false)))
+            })
+            .collect();
+    }
+    let root_cert = match &settings.redis_ca_file {
+        None => None,
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|error| format!("invalid REDIS_CA_FILE={}: {error}", path.display()))?,
+        ),
+    };
+    let urls: Vec<String> = settings
+        .redis_url
+        .iter()
+        .map(|url| url.expose().to_owned())
+        .collect();
+    let seeds = Arc::new(slots::Seeds::new(&urls, root_cert)?);
+    let partitions = usize::from(settings.redis_cluster_partitions);
+    Ok(slots::partition_tags(partitions)
+        .into_iter()
+        .map(|(tag, slot)| {
+            let target = Target::Partition {
+                seeds: Arc::clone(&seeds),
+                slot,
+            };
+            let names = Names::new(&format!("{prefix}{tag}:"), true);
+            (target, format!("cluster slot {slot}"), names)
+        })
+        .collect())
+}
+
+/// The Redis client for one URL of `REDIS_URL`, speaking `protocol`, trusting `REDIS_CA_FILE`
+/// when given (else, for `rediss://`, the public roots).
+fn redis_client(
+    url: &Secret,
+    settings: &Settings,
+    protocol: redis::ProtocolVersion,
+) -> Result<redis::Client, String> {
+    use redis::IntoConnectionInfo as _;
+    let info = url
+        .expose()
+        .into_connection_info()
+        .map_err(|error| format!("invalid REDIS_URL: {error}"))?;
+    let url = info
+        .clone()
+        .set_redis_settings(info.redis_settings().clone().set_protocol(protocol));
     let client = match &settings.redis_ca_file {
         None => redis::Client::open(url),
         Some(path) => {

@@ -3,8 +3,13 @@
 //! Each script is one atomic step for the whole cluster: assigning positions, storing and
 //! publishing ([`PUBLISH`], which also keeps stored payload records within HISTORY_MAX_BYTES), joining or catching up a connection ([`JOIN`]), leaving ([`LEAVE`]), a node's
 //! heartbeat with the reaping of dead nodes ([`HEARTBEAT`]), a node (re)registering its
-//! connections ([`RESET`]), and listing or disconnecting a user's connections ([`CONNECTIONS`]). Names follow [`super::wire`]; the scripts build them from the prefix,
-//! which ties the cluster to a single Redis (not Redis Cluster, whose scripts must declare keys).
+//! connections ([`RESET`]), and listing or disconnecting a user's connections ([`CONNECTIONS`]).
+//!
+//! Every script is called with one key, the shard's prefix (`KEYS[1]`), and the command that
+//! publishes on its channels (`ARGV[1]`: `PUBLISH`, or `SPUBLISH` in a Redis Cluster). Names follow
+//! [`super::wire`]; the scripts build them from the prefix. In a Redis Cluster the prefix carries
+//! the partition's hash tag, so every name a script touches is in the slot of its declared key,
+//! and Redis routes (or redirects, `MOVED`) the call before anything runs.
 //! Time comes from Redis (`TIME`), so nodes need no synchronised clocks.
 
 use std::sync::LazyLock;
@@ -13,7 +18,7 @@ use redis::Script;
 
 /// Shared helpers: Redis time and the reaping of one node's presence.
 const PRELUDE: &str = r#"
-local prefix = ARGV[1]
+local prefix, publish = KEYS[1], ARGV[1]
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -229,7 +234,7 @@ while i <= #ARGV do
     if original then
       out[#out + 1] = original
     else
-      local receivers = redis.call('PUBLISH', st.channel,
+      local receivers = redis.call(publish, st.channel,
         'E ' .. st.epoch .. ' ' .. position .. ' ' .. envelope)
       local delivered = 0
       if receivers > 0 then delivered = connections(st.presence) end
@@ -275,7 +280,7 @@ while i <= #ARGV do
         message = message .. held[1]
         redis.call('HSET', key, 's', '1')
       end
-      redis.call('PUBLISH', prefix .. 'g', message)
+      redis.call(publish, prefix .. 'g', message)
     end
   end
 end
@@ -318,7 +323,7 @@ if limit > 0 then
     table.sort(live, function(a, b) return a[2] < b[2] end)
     for i = 1, #live - limit + 1 do
       redis.call('HDEL', presence, live[i][1])
-      redis.call('PUBLISH', prefix .. 'c:' .. user, 'K ' .. live[i][1])
+      redis.call(publish, prefix .. 'c:' .. user, 'K ' .. live[i][1])
     end
     kicked = live[1][1]
   end
@@ -460,7 +465,7 @@ for i = 1, #fields, 2 do
   end
 end
 if ARGV[3] == '1' and #live > 0 then
-  redis.call('PUBLISH', prefix .. 'c:' .. user, 'X')
+  redis.call(publish, prefix .. 'c:' .. user, 'X')
 end
 return live
 "#;

@@ -36,16 +36,24 @@ pub struct Names {
     prefix: String,
     channel_prefix: String,
     groups: String,
+    sharded: bool,
 }
 
 impl Names {
-    /// Names under `prefix`.
-    pub fn new(prefix: &str) -> Self {
+    /// Names under `prefix`; `sharded` for a partition of a Redis Cluster, whose channels are
+    /// shard channels (`SPUBLISH`).
+    pub fn new(prefix: &str, sharded: bool) -> Self {
         Self {
             prefix: prefix.to_owned(),
             channel_prefix: format!("{prefix}c:"),
             groups: format!("{prefix}g"),
+            sharded,
         }
+    }
+
+    /// The command that publishes on these channels.
+    pub fn publish_command(&self) -> &'static str {
+        if self.sharded { "SPUBLISH" } else { "PUBLISH" }
     }
 
     /// The prefix itself (the scripts build the other names from it).
@@ -491,7 +499,7 @@ mod tests {
 
     #[test]
     fn channels_name_their_user() {
-        let names = Names::new("app:");
+        let names = Names::new("app:", false);
         let user = UserId::parse("user 42").unwrap();
         assert_eq!(names.channel(&user), "app:c:user 42");
         assert_eq!(names.user_of_channel("app:c:user 42"), Some(user));
