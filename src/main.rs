@@ -132,6 +132,10 @@ async fn serve(settings: Settings) -> ExitCode {
     let (host, port) = (settings.host.clone(), settings.port);
     let app = match Application::build(settings).await {
         Ok(app) => app,
+        Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => {
+            tracing::error!(%error, "cannot start: invalid configuration");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         Err(error) => {
             tracing::error!(%error, "cannot listen on {host}:{port}");
             return ExitCode::FAILURE;

@@ -29,6 +29,8 @@ mod delivery;
 mod outage;
 #[path = "cluster/presence.rs"]
 mod presence;
+#[path = "cluster/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "cluster/resume.rs"]
 mod resume;
 #[path = "cluster/shards.rs"]

@@ -375,7 +375,9 @@ impl RedisServer {
         });
         let deadline = Instant::now() + STARTUP;
         while Instant::now() < deadline {
-            if raw_ping(self.addr()).await {
+            // Another test's server may hold the port (ours then fails to bind and exits): only
+            // an answer from our own process counts.
+            if raw_ping(self.addr()).await && self.answers_as(pid).await {
                 return Ok(());
             }
             if self.exited() {
@@ -389,6 +391,21 @@ impl RedisServer {
             "redis-server on port {} did not answer PING: {log}",
             self.port
         ))
+    }
+
+    /// Whether the server answering on the port is the process `pid`.
+    async fn answers_as(&self, pid: u32) -> bool {
+        let info = async {
+            let client = ::redis::Client::open(self.url()).ok()?;
+            let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+            ::redis::cmd("INFO")
+                .arg("server")
+                .query_async::<String>(&mut connection)
+                .await
+                .ok()
+        };
+        let info = tokio::time::timeout(Duration::from_secs(1), info).await;
+        matches!(info, Ok(Some(info)) if info.lines().any(|line| line.trim() == format!("process_id:{pid}")))
     }
 
     fn exited(&mut self) -> bool {

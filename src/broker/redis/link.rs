@@ -33,7 +33,7 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::wire::{self, ChannelMessage, Content, Group, Member};
-use super::{Change, Shared, bump, link_broken, presence_value, scripts};
+use super::{Change, MISCONFIGURED, Shared, bump, link_broken, presence_value, scripts};
 use crate::broker::BrokerError;
 use crate::hub::{Departure, Present, Sequenced};
 use crate::metrics::ClusterStats;
@@ -54,9 +54,6 @@ pub(super) const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 pub(super) const STALLED: &str = "redis unavailable: it does not answer (stalled)";
 /// Most subscription changes, connections or departures sent to Redis in one command.
 const CHUNK: usize = 1000;
-
-/// Why a Redis cannot serve as configured (it would not heal by retrying).
-pub(super) const MISCONFIGURED: &str = "redis misconfigured";
 
 /// A live link: the command connection, the subscription connection with the messages it
 /// receives, and the probe's own connection (so that no command of this node's can delay its

@@ -100,6 +100,9 @@ const CATCH_UP_ROUNDS: usize = 3;
 /// the record only) and for catch-ups, which then need not fetch them again.
 const RECENT_RECORDS: usize = 16;
 
+/// Why a Redis cannot serve as configured (retrying would not help): a start-up error.
+const MISCONFIGURED: &str = "redis misconfigured";
+
 /// The cluster broker. Cheap to share; its background tasks are the lifecycle's, and end when it
 /// stops them (after the node left the cluster).
 pub struct RedisBroker {
@@ -154,8 +157,8 @@ enum Target {
     /// One of the independent Redis servers of `REDIS_URL`: a client for commands and one that
     /// speaks RESP3, for subscriptions.
     Server {
-        commands: redis::Client,
-        subscriptions: redis::Client,
+        commands: Box<redis::Client>,
+        subscriptions: Box<redis::Client>,
     },
     /// A partition of a Redis Cluster: whichever master serves its hash slot now.
     Partition { seeds: Arc<slots::Seeds>, slot: u16 },
@@ -171,7 +174,10 @@ impl Target {
             Self::Server {
                 commands,
                 subscriptions,
-            } => Ok((commands.clone(), subscriptions.clone())),
+            } => Ok((
+                redis::Client::clone(commands),
+                redis::Client::clone(subscriptions),
+            )),
             Self::Partition { seeds, slot } => {
                 let (host, port) = seeds.owner_of(*slot, timeout).await?;
                 Ok((
@@ -301,7 +307,12 @@ impl RedisBroker {
         let connected = join_all(shards.iter().map(|shard| {
             let mut down = shard.down.subscribe();
             async move {
-                let up = down.wait_for(Option::is_none);
+                // Up, or known to be wrong (no need to wait for that to change).
+                let up = down.wait_for(|reason| {
+                    reason
+                        .as_ref()
+                        .is_none_or(|reason| reason.contains(MISCONFIGURED))
+                });
                 if tokio::time::timeout(settings.redis_timeout, up)
                     .await
                     .is_err()
@@ -318,7 +329,7 @@ impl RedisBroker {
         let misconfigured = shards.iter().find_map(|shard| {
             let reason = shard.down.borrow().clone()?;
             reason
-                .contains(link::MISCONFIGURED)
+                .contains(MISCONFIGURED)
                 .then(|| shard.on_this_shard(reason))
         });
         if let Some(reason) = misconfigured {
@@ -1062,8 +1073,8 @@ fn targets(settings: &Settings) -> Result<Vec<(Target, String, Names)>, String> 
                 let subscriptions = redis_client(url, settings, redis::ProtocolVersion::RESP3)?;
                 let address = commands.get_connection_info().addr().to_string();
                 let target = Target::Server {
-                    commands,
-                    subscriptions,
+                    commands: Box::new(commands),
+                    subscriptions: Box::new(subscriptions),
                 };
                 Ok((target, address, Names::new(prefix, false)))
             })

@@ -16,6 +16,8 @@
 //! owner and catches its connections up from the history, as after any outage.
 
 use parking_lot::Mutex;
+
+use super::MISCONFIGURED;
 use redis::{
     ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisError, Value,
 };
@@ -176,7 +178,17 @@ impl Seeds {
         let ranges: Vec<Value> = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query_async(&mut connection)
-            .await?;
+            .await
+            .map_err(|error| {
+                if !error.to_string().contains("cluster support disabled") {
+                    return error;
+                }
+                RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    MISCONFIGURED,
+                    format!("{host}:{port} is not a Redis Cluster node: unset REDIS_CLUSTER"),
+                ))
+            })?;
         let mut owner = None;
         let mut seen = Vec::new();
         for range in &ranges {
