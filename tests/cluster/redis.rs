@@ -42,7 +42,7 @@ struct Shared {
 }
 
 /// What a test does when it cannot get Redis: fail under CI, else say so loudly and skip.
-fn unavailable(test: &str, why: &str) {
+pub fn unavailable(test: &str, why: &str) {
     assert!(
         !crate::ci::is_ci(),
         "CI requires Redis for the cluster tests, but none is available: {why}. Set \
