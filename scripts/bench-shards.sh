@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# What a Redis shard costs and adds: one node with the memory broker, with one Redis, and with two
-# Redis shards (REDIS_URL listing both), under single pushes and batches, in alternating rounds.
+# What a Redis shard costs and adds: one node with the memory broker, with one Redis, with two
+# Redis shards (REDIS_URL listing both), and with a Redis Cluster of three masters (no replicas;
+# REDIS_CLUSTER=true, 12 partitions), under single pushes and batches, in alternating rounds.
 # Per run: deliveries per second, and for each shard the Redis CPU per event (INFO cpu around the
 # run), the publish script's own time per event (INFO commandstats) and its share of the keys.
 #
 #   scripts/bench-shards.sh            # 3 rounds of 5 s per (scenario, broker)
 #   BENCH_ROUNDS=5 BENCH_DURATION=10 scripts/bench-shards.sh
+#   BENCH_BROKERS="redis-1 cluster-3" scripts/bench-shards.sh   # a subset
 #
 # Loopback only. Throwaway redis-servers on free ports (no persistence), stopped at the end. The
 # node is pinned to CPU 0 and loadgen to CPU 1 when the machine has two or more; Redis is not
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/.."
 ROUNDS="${BENCH_ROUNDS:-3}"
 DURATION="${BENCH_DURATION:-5}"
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
-OUT="bench-results/shards-$STAMP"
+OUT="$PWD/bench-results/shards-$STAMP"
 mkdir -p "$OUT"
 RUNS="$OUT/runs.jsonl"
 PIN_NODE=() PIN_LOADGEN=()
@@ -44,12 +46,14 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start_redis: a throwaway redis-server on a free port, left in REDIS_PORT (not printed: in a
-# command substitution its pid would be lost to the cleanup).
+# start_redis [ARG...]: a throwaway redis-server on a free port, with its own directory and the
+# extra arguments, left in REDIS_PORT (not printed: in a command substitution its pid would be
+# lost to the cleanup).
 start_redis() {
     REDIS_PORT="$(free_port)"
+    mkdir -p "$OUT/redis-$REDIS_PORT"
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
-        --logfile "$OUT/redis-$REDIS_PORT.log" >/dev/null 2>&1 &
+        --dir "$OUT/redis-$REDIS_PORT" --logfile "$OUT/redis-$REDIS_PORT.log" "$@" >/dev/null 2>&1 &
     REDIS_PIDS+=($!)
     for _ in $(seq 100); do
         redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break
@@ -70,19 +74,32 @@ redis_script_usec() {
 # run <scenario> <broker> <round>: one run on a fresh node (and fresh Redis servers).
 run() {
     local scenario="$1" broker="$2" round="$3" shards=0 ports=() urls="" port env=() node_port
+    local cluster=()
     case "$broker" in
         redis-1) shards=1 ;;
         redis-2) shards=2 ;;
+        cluster-3) shards=3 cluster=(--cluster-enabled yes) ;;
     esac
     for _ in $(seq "$shards"); do
-        start_redis
+        start_redis "${cluster[@]}"
         port="$REDIS_PORT"
         ports+=("$port")
         urls="${urls:+$urls,}redis://127.0.0.1:$port"
     done
     node_port="$(free_port)"
     env=(LOG_LEVEL=warning SHUTDOWN_DRAIN=0 HOST=127.0.0.1 "PORT=$node_port")
-    [ "$shards" = 0 ] || env+=(BROKER=redis "REDIS_URL=$urls")
+    if [ "${#cluster[@]}" -gt 0 ]; then
+        local masters=()
+        for port in "${ports[@]}"; do masters+=("127.0.0.1:$port"); done
+        redis-cli --cluster create "${masters[@]}" --cluster-yes >"$OUT/cluster-create.log" 2>&1
+        for _ in $(seq 100); do
+            redis-cli -p "${ports[0]}" cluster info | grep -q cluster_state:ok && break
+            sleep 0.1
+        done
+        env+=(BROKER=redis REDIS_CLUSTER=true "REDIS_URL=redis://127.0.0.1:${ports[0]}")
+    elif [ "$shards" != 0 ]; then
+        env+=(BROKER=redis "REDIS_URL=$urls")
+    fi
     env "${env[@]}" "${PIN_NODE[@]}" "$NODE_BIN" >"$OUT/node-$scenario-$broker-$round.log" 2>&1 &
     NODE_PID=$!
     for _ in $(seq 100); do
@@ -129,12 +146,12 @@ EOF
     echo "bench-shards: $(tail -n 1 "$RUNS")" >&2
 }
 
-BROKERS=(memory redis-1 redis-2)
+BROKERS=(${BENCH_BROKERS:-memory redis-1 redis-2 cluster-3})
 for round in $(seq "$ROUNDS"); do
     for scenario in push batch; do
         # Rotate the order each round, so no broker always runs first.
-        for i in 0 1 2; do
-            run "$scenario" "${BROKERS[$(((i + round) % 3))]}" "$round"
+        for i in "${!BROKERS[@]}"; do
+            run "$scenario" "${BROKERS[$(((i + round) % ${#BROKERS[@]}))]}" "$round"
         done
     done
 done
@@ -147,7 +164,7 @@ def med(values):
 print("| scenario | broker | delivered/s (median) | Redis CPU µs/event (total) | script µs/event (total) | per shard: CPU share · key share | loss · dup |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
 for scenario in ("push", "batch"):
-    for broker in ("memory", "redis-1", "redis-2"):
+    for broker in ("memory", "redis-1", "redis-2", "cluster-3"):
         rs = [r for r in runs if r["scenario"] == scenario and r["broker"] == broker]
         if not rs:
             continue

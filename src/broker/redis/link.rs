@@ -33,7 +33,9 @@ use redis::{AsyncConnectionConfig, PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 
 use super::wire::{self, ChannelMessage, Content, Group, Member};
-use super::{Change, MISCONFIGURED, Shared, bump, link_broken, presence_value, scripts};
+use super::{
+    Change, MISCONFIGURED, Shared, bump, link_broken, moved_away, presence_value, scripts,
+};
 use crate::broker::BrokerError;
 use crate::hub::{Departure, Present, Sequenced};
 use crate::metrics::ClusterStats;
@@ -76,24 +78,33 @@ struct Subscriber {
 
 impl Subscriber {
     async fn subscribe(&mut self, channels: &[String]) -> Result<(), redis::RedisError> {
-        let command = if self.sharded {
-            "SSUBSCRIBE"
+        if self.sharded {
+            self.send("SSUBSCRIBE", PushKind::SSubscribe, channels)
+                .await
         } else {
-            "SUBSCRIBE"
-        };
-        self.send(command, channels).await
+            self.send("SUBSCRIBE", PushKind::Subscribe, channels).await
+        }
     }
 
     async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), redis::RedisError> {
-        let command = if self.sharded {
-            "SUNSUBSCRIBE"
+        if self.sharded {
+            self.send("SUNSUBSCRIBE", PushKind::SUnsubscribe, channels)
+                .await
         } else {
-            "UNSUBSCRIBE"
-        };
-        self.send(command, channels).await
+            self.send("UNSUBSCRIBE", PushKind::Unsubscribe, channels)
+                .await
+        }
     }
 
-    async fn send(&mut self, command: &str, channels: &[String]) -> Result<(), redis::RedisError> {
+    /// Sends `command` for each channel and checks that each was answered by its own
+    /// confirmation. Anything else (Redis ended a subscription by itself, as a Redis Cluster does
+    /// when it moves a slot, and that push was taken for an answer) fails: the link is rebuilt.
+    async fn send(
+        &mut self,
+        command: &str,
+        confirmation: PushKind,
+        channels: &[String],
+    ) -> Result<(), redis::RedisError> {
         if channels.is_empty() {
             return Ok(());
         }
@@ -102,10 +113,24 @@ impl Subscriber {
             pipeline.cmd(command).arg(channel);
         }
         let answers: Vec<Value> = pipeline.query_async(&mut self.connection).await?;
-        answers.into_iter().try_for_each(|answer| match answer {
-            Value::ServerError(error) => Err(error.into()),
-            _ => Ok(()),
-        })
+        for (channel, answer) in channels.iter().zip(answers) {
+            let confirms = |kind: &PushKind, data: &[Value]| {
+                *kind == confirmation
+                    && matches!(data.first(), Some(Value::BulkString(named)) if named == channel.as_bytes())
+            };
+            match answer {
+                Value::ServerError(error) => return Err(error.into()),
+                Value::Push { kind, data } if confirms(&kind, &data) => {}
+                other => {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "unexpected answer to a subscription",
+                        format!("{command} {channel}: {other:?}"),
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn ping(&mut self) -> Result<(), redis::RedisError> {
@@ -199,11 +224,16 @@ async fn check_mode(
     if shared.target.is_partition() {
         return Ok(());
     }
-    let info: String = redis::cmd("INFO")
+    // `INFO` may be denied to this user (`-@dangerous`): then nothing is known, nothing refused
+    // (and a broken connection fails the next command).
+    let info: Option<String> = redis::cmd("INFO")
         .arg("cluster")
         .query_async(commands)
-        .await?;
-    if info.lines().any(|line| line.trim() == "cluster_enabled:1") {
+        .await
+        .ok();
+    let cluster =
+        info.is_some_and(|info| info.lines().any(|line| line.trim() == "cluster_enabled:1"));
+    if cluster {
         return Err(redis::RedisError::from((
             redis::ErrorKind::InvalidClientConfig,
             MISCONFIGURED,
@@ -648,7 +678,7 @@ async fn fetch_record(shared: &Shared, record: &str) -> Result<Option<Content>, 
         Ok(held) => held,
         Err(error) => {
             shared.command_failed(generation, &error);
-            return if link_broken(&error) {
+            return if link_broken(&error) || moved_away(&error) {
                 Err(LinkBroken)
             } else {
                 Ok(None)

@@ -526,8 +526,10 @@ impl Shared {
                 let failed = shared.command_failed(generation, &error);
                 // Sent over a link that broke (it may have run), after earlier rounds that were
                 // published, or as one of several scripts of which the others may have run: the
-                // outcome is unknown. Only a lone script Redis refused surely did nothing.
-                let partial = !replies.is_empty() || scripts_in_round > 1;
+                // outcome is unknown. Only a lone script Redis refused, or a round every script of
+                // which was redirected (its slot moved: nothing ran), surely did nothing.
+                let partial = !replies.is_empty()
+                    || (scripts_in_round > 1 && !all_redirected(&error, scripts_in_round));
                 match failed {
                     BrokerError::Unavailable(why) if link_broken(&error) || partial => {
                         BrokerError::OutcomeUnknown(why)
@@ -609,6 +611,15 @@ impl Shared {
             let reason = self.down.borrow().clone().unwrap_or_default();
             BrokerError::Unavailable(reason)
         })
+    }
+
+    /// Whether the link is down, or a command on it just failed in a way that makes the
+    /// supervisor rebuild it (which catches every connection up).
+    fn link_failing(&self) -> bool {
+        match &*self.commands.read() {
+            None => true,
+            Some((generation, _)) => self.failed_generation.load(Ordering::Acquire) == *generation,
+        }
     }
 
     /// Whether `user` lives on this shard.
@@ -922,7 +933,7 @@ impl Shared {
                 let mut catch_up = match shared.join(&user, Some(&from), None).await {
                     Ok(Joined::Accepted(catch_up)) => catch_up,
                     // The link broke: reconnecting catches every connection up.
-                    Err(_) if shared.commands().is_err() => return,
+                    Err(_) if shared.link_failing() => return,
                     Ok(Joined::AtLimit) | Err(_) => break,
                 };
                 catch_up.after = Some(cursor.clone());
@@ -1058,6 +1069,21 @@ fn moved_away(error: &redis::RedisError) -> bool {
             error.kind(),
             ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
         )
+}
+
+/// Whether each of the `scripts` scripts of a pipeline was refused because this Redis does not
+/// serve the shard's slot (`MOVED`, …): none of them ran.
+fn all_redirected(error: &redis::RedisError, scripts: usize) -> bool {
+    use redis::ServerErrorKind::{Ask, ClusterDown, MasterDown, Moved, ReadOnly, TryAgain};
+    error.clone().into_server_errors().is_some_and(|errors| {
+        errors.len() == scripts
+            && errors.iter().all(|(_, error)| {
+                matches!(
+                    error.kind(),
+                    Some(Moved | Ask | TryAgain | ClusterDown | ReadOnly | MasterDown)
+                )
+            })
+    })
 }
 
 /// Each shard's target, address (for reports) and names: one per server of `REDIS_URL`, or one

@@ -22,6 +22,9 @@ use redis::{
     ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisError, Value,
 };
 
+/// A node's `host` and `port`.
+type Address = (String, u16);
+
 /// How many hash slots a Redis Cluster has.
 const SLOTS: u32 = 16384;
 
@@ -44,7 +47,7 @@ fn hash_tag(name: &str) -> Option<&str> {
 /// The hash tag (braces included) and slot of each of `partitions` partitions: the first tag of
 /// the form `{pK.N}` (N = 0, 1, …) whose slot is partition K's (see the module's documentation).
 /// The same for every node and every version, since it decides where each user lives.
-pub fn partition_tags(partitions: usize) -> Vec<(String, u16)> {
+pub fn partition_tags(partitions: usize) -> Vec<Address> {
     let count = u32::try_from(partitions.max(1)).unwrap_or(SLOTS).min(SLOTS);
     (0..count)
         .map(|k| {
@@ -58,15 +61,17 @@ pub fn partition_tags(partitions: usize) -> Vec<(String, u16)> {
         .collect()
 }
 
-/// The cluster's nodes this server knows: the seeds of `REDIS_URL`, then every node that a
-/// `CLUSTER SLOTS` answer named (so that losing the seeds' masters does not lose the cluster).
+/// The cluster's nodes this server knows: the seeds of `REDIS_URL`, and the nodes that the last
+/// `CLUSTER SLOTS` answer named (so that losing the seeds does not lose the cluster).
 pub struct Seeds {
     /// The first seed's settings (credentials, TLS), applied to every node.
     template: ConnectionInfo,
     /// `REDIS_CA_FILE`'s certificate, if any.
     root_cert: Option<Vec<u8>>,
-    /// `host:port` of each node to ask, seeds first.
-    nodes: Mutex<Vec<(String, u16)>>,
+    /// `host:port` of each seed.
+    seeds: Vec<Address>,
+    /// The node that answered last, then the nodes its answer named.
+    known: Mutex<Vec<Address>>,
 }
 
 impl Seeds {
@@ -80,10 +85,17 @@ impl Seeds {
                 .map_err(|error| format!("invalid REDIS_URL: {error}"))?;
             infos.push(info);
         }
-        let nodes = infos
+        let seeds: Vec<Address> = infos
             .iter()
             .filter_map(|info| host_port(info.addr()))
             .collect();
+        if seeds.len() != infos.len() {
+            return Err(
+                "invalid REDIS_URL: a Redis Cluster is reached over TCP (redis:// or \
+                        rediss://), not a Unix socket"
+                    .to_owned(),
+            );
+        }
         let template = infos
             .into_iter()
             .next()
@@ -91,7 +103,8 @@ impl Seeds {
         Ok(Self {
             template,
             root_cert,
-            nodes: Mutex::new(nodes),
+            seeds,
+            known: Mutex::new(Vec::new()),
         })
     }
 
@@ -138,25 +151,43 @@ impl Seeds {
         }
     }
 
-    /// `host:port` of the master that serves `slot` now, asking each known node in turn (within
-    /// `timeout` each); learns the nodes the answer names.
+    /// `host:port` of the master that serves `slot` now, asking in turn (within `timeout` each)
+    /// the node that answered last, the nodes it named, then the seeds; remembers who answered
+    /// and what it named. A node that says it is not in a cluster makes this a misconfiguration.
     pub async fn owner_of(
         &self,
         slot: u16,
         timeout: std::time::Duration,
-    ) -> Result<(String, u16), RedisError> {
-        let nodes = self.nodes.lock().clone();
-        let mut last_error = None;
-        for (host, port) in nodes {
-            match self.ask(&host, port, slot, timeout).await {
-                Ok((owner, seen)) => {
-                    self.learn(seen);
-                    return Ok(owner);
-                }
-                Err(error) => last_error = Some(error),
+    ) -> Result<Address, RedisError> {
+        let mut nodes = self.known.lock().clone();
+        for seed in &self.seeds {
+            if !nodes.contains(seed) {
+                nodes.push(seed.clone());
             }
         }
-        Err(last_error.unwrap_or_else(|| no_owner(slot)))
+        let mut errors = Vec::new();
+        for (host, port) in nodes {
+            match self.ask(&host, port, slot, timeout).await {
+                Ok((owner, named)) => {
+                    let mut known = vec![(host, port)];
+                    for node in named {
+                        if !known.contains(&node) {
+                            known.push(node);
+                        }
+                    }
+                    *self.known.lock() = known;
+                    return Ok(owner);
+                }
+                Err(error) => errors.push(error),
+            }
+        }
+        let misconfigured = errors
+            .iter()
+            .position(|error| error.to_string().contains(MISCONFIGURED));
+        Err(match misconfigured {
+            Some(at) => errors.swap_remove(at),
+            None => errors.pop().unwrap_or_else(|| no_owner(slot)),
+        })
     }
 
     /// Asks the node at `host:port` for the cluster's slots: the master of `slot`, and every
@@ -167,7 +198,7 @@ impl Seeds {
         port: u16,
         slot: u16,
         timeout: std::time::Duration,
-    ) -> Result<((String, u16), Vec<(String, u16)>), RedisError> {
+    ) -> Result<(Address, Vec<Address>), RedisError> {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout));
@@ -189,46 +220,44 @@ impl Seeds {
                     format!("{host}:{port} is not a Redis Cluster node: unset REDIS_CLUSTER"),
                 ))
             })?;
-        let mut owner = None;
-        let mut seen = Vec::new();
-        for range in &ranges {
-            let Value::Array(fields) = range else {
-                continue;
-            };
-            let (Some(start), Some(end)) = (fields.first(), fields.get(1)) else {
-                continue;
-            };
-            let nodes: Vec<(String, u16)> = fields
-                .iter()
-                .skip(2)
-                .filter_map(|node| node_address(node, host))
-                .collect();
-            let covers = int(start).zip(int(end)).is_some_and(|(start, end)| {
-                (start..=end).contains(&i64::from(slot)) && !nodes.is_empty()
-            });
-            if covers {
-                owner = nodes.first().cloned();
-            }
-            seen.extend(nodes);
-        }
+        let (owner, named) = read_slots(&ranges, slot, host);
         owner
-            .map(|owner| (owner, seen))
+            .map(|owner| (owner, named))
             .ok_or_else(|| no_owner(slot))
-    }
-
-    /// Adds the nodes in `seen` that are not known yet.
-    fn learn(&self, seen: Vec<(String, u16)>) {
-        let mut nodes = self.nodes.lock();
-        for node in seen {
-            if !nodes.contains(&node) {
-                nodes.push(node);
-            }
-        }
     }
 }
 
+/// From a `CLUSTER SLOTS` answer (`[[start, end, master, replica…], …]`) given by `asked`: the
+/// master serving `slot`, if named, and every node named.
+fn read_slots(ranges: &[Value], slot: u16, asked: &str) -> (Option<Address>, Vec<Address>) {
+    let mut owner = None;
+    let mut named = Vec::new();
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            continue;
+        };
+        let (Some(start), Some(end)) = (fields.first(), fields.get(1)) else {
+            continue;
+        };
+        let covers = int(start)
+            .zip(int(end))
+            .is_some_and(|(start, end)| (start..=end).contains(&i64::from(slot)));
+        // The range's master comes first, its replicas after.
+        if covers {
+            owner = fields.get(2).and_then(|master| node_address(master, asked));
+        }
+        named.extend(
+            fields
+                .iter()
+                .skip(2)
+                .filter_map(|node| node_address(node, asked)),
+        );
+    }
+    (owner, named)
+}
+
 /// `host:port` of a TCP address.
-fn host_port(addr: &ConnectionAddr) -> Option<(String, u16)> {
+fn host_port(addr: &ConnectionAddr) -> Option<Address> {
     match addr {
         ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
             Some((host.clone(), *port))
@@ -237,15 +266,16 @@ fn host_port(addr: &ConnectionAddr) -> Option<(String, u16)> {
     }
 }
 
-/// A node of a `CLUSTER SLOTS` range: `[host, port, id, …]`; an empty host means the host that
-/// was asked.
-fn node_address(node: &Value, asked: &str) -> Option<(String, u16)> {
+/// A node of a `CLUSTER SLOTS` range: `[host, port, id, …]`; an empty, `?` or null host (a
+/// cluster that announces no endpoint) means the host that was asked.
+fn node_address(node: &Value, asked: &str) -> Option<Address> {
     let Value::Array(fields) = node else {
         return None;
     };
     let host = match fields.first()? {
         Value::BulkString(bytes) => String::from_utf8_lossy(bytes).into_owned(),
         Value::SimpleString(text) => text.clone(),
+        Value::Nil => String::new(),
         _ => return None,
     };
     let host = if host.is_empty() || host == "?" {
@@ -285,6 +315,49 @@ mod tests {
         assert_eq!(slot_of("foo{}{bar}"), 8363);
         assert_eq!(slot_of("foo{{bar}}zap"), 4015);
         assert_eq!(slot_of("wss:{p0.0}:x"), 5226);
+    }
+
+    fn node(host: Value, port: i64) -> Value {
+        Value::Array(vec![
+            host,
+            Value::Int(port),
+            Value::BulkString(b"id".to_vec()),
+        ])
+    }
+
+    fn text(host: &str) -> Value {
+        Value::BulkString(host.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn the_owner_is_the_master_of_the_range_and_a_missing_host_is_the_one_asked() {
+        let ranges = vec![
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(5460),
+                node(text("10.0.0.1"), 7000),
+                node(text("10.0.0.4"), 7003),
+            ]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(16383),
+                node(Value::Nil, 7001),
+                node(text(""), 7004),
+            ]),
+        ];
+        let (owner, named) = read_slots(&ranges, 682, "seed");
+        assert_eq!(owner, Some(("10.0.0.1".to_owned(), 7000)));
+        assert_eq!(named.len(), 4);
+        let (owner, _) = read_slots(&ranges, 9000, "seed");
+        assert_eq!(owner, Some(("seed".to_owned(), 7001)));
+        // A range whose master cannot be read names no owner (never one of its replicas).
+        let broken = vec![Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            Value::Int(3),
+            node(text("10.0.0.4"), 7003),
+        ])];
+        assert_eq!(read_slots(&broken, 1, "seed").0, None);
     }
 
     #[test]
