@@ -9,7 +9,7 @@ so the figure is the script's own cost, free of the noise of a whole cluster run
 machine (the node, the load generator and Redis sharing cores). Events go to users with no
 connection (no subscriber), so the presence lookup of a delivered event is not included.
 
-Usage: scripts/redis_publish_cost.py [--rounds N] [--batches N] [--users N] [REV ...]
+Usage: scripts/redis_publish_cost.py [--rounds N] [--batches N] [--users N] [--per-script N] [REV ...]
   REV   git revisions to compare (default: the working tree); alternated round by round.
 Prints, per source, the median over rounds of microseconds of Redis time per event.
 """
@@ -29,7 +29,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = "src/broker/redis/scripts.rs"
-EVENTS_PER_SCRIPT = 100
 PAYLOAD_BYTES = 256
 
 
@@ -50,6 +49,11 @@ def script_source(rev):
         return match.group(1)
 
     return raw("PRELUDE") + raw("PUBLISH_BODY")
+
+
+def declares_prefix(source):
+    """Whether the script takes its prefix as KEYS[1] (and the publish command as ARGV[1])."""
+    return "KEYS[1]" in source
 
 
 def encode(*args):
@@ -117,11 +121,11 @@ def start_redis():
     sys.exit(f"redis-server did not start (log: {log.name})")
 
 
-def events(batch, users):
-    """ARGV items of one script: EVENTS_PER_SCRIPT events to users round-robin."""
+def events(batch, users, per_script):
+    """ARGV items of one script: `per_script` events to users round-robin."""
     items = []
-    for n in range(EVENTS_PER_SCRIPT):
-        user = f"user-{(batch * EVENTS_PER_SCRIPT + n) % users}"
+    for n in range(per_script):
+        user = f"user-{(batch * per_script + n) % users}"
         envelope = json.dumps({
             "event_type": "message",
             "event_id": f"01KB{random.randrange(10**22):022d}",
@@ -133,17 +137,18 @@ def events(batch, users):
     return items
 
 
-def measure(client, sha, batches, users):
+def measure(client, sha, keyed, batches, users, per_script):
     """Microseconds of Redis time per event over `batches` scripts, on an empty Redis."""
     client.call("FLUSHALL")
     client.call("CONFIG", "RESETSTAT")
     # HISTORY_SIZE 100, HISTORY_TTL 300 s, META_TTL 24 h, HISTORY_MAX_BYTES 256 MiB.
-    head = ["bench:", 100, 300_000, 86_400_000, "01KBEPOCH0000000000000000", 268_435_456, 300_000]
+    settings = [100, 300_000, 86_400_000, "01KBEPOCH0000000000000000", 268_435_456, 300_000]
+    head = [1, "bench:", "PUBLISH", *settings] if keyed else [0, "bench:", *settings]
     for batch in range(batches):
-        client.call("EVALSHA", sha, 0, *head, *events(batch, users))
+        client.call("EVALSHA", sha, *head, *events(batch, users, per_script))
     stats = client.call("INFO", "commandstats")
     match = re.search(r"cmdstat_evalsha:calls=\d+,usec=\d+,usec_per_call=([\d.]+)", stats)
-    return float(match.group(1)) / EVENTS_PER_SCRIPT
+    return float(match.group(1)) / per_script
 
 
 def main():
@@ -151,16 +156,20 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--per-script", type=int, default=100,
+                        help="events per script (a node puts up to 100; merged single pushes fewer)")
     parser.add_argument("revs", nargs="*")
     args = parser.parse_args()
     sources = args.revs or [None]
     process, client = start_redis()
     try:
-        shas = {rev: client.call("SCRIPT", "LOAD", script_source(rev)) for rev in sources}
+        texts = {rev: script_source(rev) for rev in sources}
+        shas = {rev: client.call("SCRIPT", "LOAD", texts[rev]) for rev in sources}
         results = {rev: [] for rev in sources}
         for _ in range(args.rounds):
             for rev in sources:
-                results[rev].append(measure(client, shas[rev], args.batches, args.users))
+                results[rev].append(measure(client, shas[rev], declares_prefix(texts[rev]),
+                                            args.batches, args.users, args.per_script))
         for rev in sources:
             values = results[rev]
             print(f"{rev or 'working tree'}: {statistics.median(values):.2f} µs of Redis time per "

@@ -81,9 +81,11 @@ const PASSING_RECORD_TTL: Duration = Duration::from_secs(60);
 /// [`publish_merged`]).
 const MERGED_REQUESTS: usize = 64;
 
-/// Most merged pipelines a shard's publisher has in flight at once: enough that Redis always has
-/// the next at hand while a reply travels back.
-const PIPELINES_IN_FLIGHT: usize = 4;
+/// Most merged pipelines a shard's publisher has in flight at once (not counting those that take
+/// several round trips). One: the requests that arrive meanwhile wait for its answer and go
+/// together in the next, so that under load each script call carries many events (a script
+/// call costs Redis about 20 µs before its first event; measured in BENCHMARKS.md).
+const PIPELINES_IN_FLIGHT: usize = 1;
 
 /// Most scripts in one round trip: a batch (at most `MAX_BATCH_SIZE`) is usually one round trip;
 /// a broadcast to many users takes several, one after the other.
@@ -423,6 +425,8 @@ struct PublishRequest {
 /// [`PIPELINES_IN_FLIGHT`] at a time. While they are all in flight, the requests that arrive
 /// wait, and go together in the next (at most [`MERGED_REQUESTS`]): concurrent single pushes
 /// then cost Redis one script call, not one each, and a request waits at most for a round trip.
+/// A publication too large for one round trip (a broadcast to many users) does not hold a slot,
+/// so that the pushes behind it are not held up for all of its round trips.
 /// Each request's events stay together and in order (requests in flight at once have no order
 /// between them anyway); its answer is its part of the outcomes, or its pipeline's error.
 async fn publish_merged(
@@ -438,6 +442,8 @@ async fn publish_merged(
         if requests.recv_many(&mut waiting, MERGED_REQUESTS).await == 0 {
             return;
         }
+        let events: usize = waiting.iter().map(|request| request.events.len()).sum();
+        let slot = (events <= EVENTS_PER_SCRIPT * SCRIPTS_PER_ROUND_TRIP).then_some(slot);
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             publish_together(&shared, waiting).await;
