@@ -42,8 +42,19 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A free loopback port below 32768: a Redis Cluster node also listens on its port + 10000.
 free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    python3 -c '
+import random, socket
+while True:
+    port = random.randrange(20000, 32768)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    print(port)
+    break'
 }
 
 # start_redis [ARG...]: a throwaway redis-server on a free port, with its own directory and the
