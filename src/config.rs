@@ -178,6 +178,13 @@ pub struct Settings {
     /// Seconds to connect to Redis or to wait for one of its answers before counting it unreachable.
     #[arg(long, env = "REDIS_TIMEOUT", default_value = "2", value_parser = parse_seconds)]
     pub redis_timeout: Duration,
+    /// Replicas of the Redis (or of the Redis Cluster master) that must have each publish before
+    /// it is answered (`WAIT`, up to half of `REDIS_TIMEOUT`): 0 answers as soon as the master has
+    /// it; 1 or more makes an answered push survive a failover to a replica. A publish not
+    /// confirmed in time is answered 504 (retry with the same `event_id`).
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value = "0",
+          value_parser = clap::value_parser!(u8).range(0..=16))]
+    pub redis_wait_replicas: u8,
 
     /// Seconds `/ready` answers 503 (pushes are still served; new WebSocket and SSE connections are
     /// refused) before the listener closes, so load balancers stop sending traffic first.

@@ -527,3 +527,63 @@ async fn a_stalled_redis_is_noticed_at_once_and_a_push_it_swallowed_can_be_retri
         "stall noticed after {noticed:?}; ready again {back:?} after Redis resumed; retry {retry}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_wait_replicas_a_push_is_answered_once_a_replica_has_it() {
+    const USER: &str = "replicated";
+    let Some(primary) = RedisServer::start("redis_wait").await else {
+        return;
+    };
+    let flags = ["--redis-timeout", "0.4", "--redis-wait-replicas", "1"];
+    let mut cluster = cluster(&primary.url(), "redis_wait", 1, &flags).await;
+    cluster.keep_keys();
+    let node = &cluster.nodes[0];
+    wait_for_ready_status(node, 200, PROMPTLY).await;
+    let mut client = Client::ws(node, USER).await;
+
+    // No replica: the push is published (the client gets it) but not confirmed: 504, and a
+    // retry with the same event_id is recognised, not delivered again.
+    let push = json!({"user_id": USER, "event_id": "unconfirmed", "data": {"n": 1}});
+    for attempt in ["first", "retry"] {
+        let reply = node.post_with("/sse/push", &push, &[]).await;
+        assert_eq!(reply.status, 504, "{attempt}: {}", reply.json());
+        assert_outcome_unknown(&reply.json(), attempt);
+        assert!(
+            reply.json()["detail"]
+                .as_str()
+                .is_some_and(|detail| detail.contains("REDIS_WAIT_REPLICAS")),
+            "{}",
+            reply.json()
+        );
+    }
+    assert_eq!(client.next().await["data"]["n"], 1);
+    client.assert_quiet(QUIET).await;
+
+    // With a replica in sync, pushes are answered as usual.
+    let replicaof = ["--replicaof", "127.0.0.1", &primary.port.to_string()].map(str::to_owned);
+    let Some(replica) = RedisServer::start_with("redis_wait", replicaof.to_vec()).await else {
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = node
+            .post_with(
+                "/sse/push",
+                &json!({"user_id": USER, "data": {"n": 2}}),
+                &[],
+            )
+            .await;
+        if reply.status == 200 {
+            assert_eq!(reply.json()["delivered"], 1, "{}", reply.json());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never confirmed: {}",
+            reply.json()
+        );
+        assert_eq!(client.next().await["data"]["n"], 2);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(replica);
+}

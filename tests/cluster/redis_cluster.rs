@@ -46,11 +46,13 @@ fn cmd(words: &[&str]) -> ::redis::Cmd {
     command
 }
 
-/// One line of `CLUSTER NODES`: a node's port, id, whether it is a master, and whose replica.
+/// One line of `CLUSTER NODES`: a node's port, id, whether it is a master (and failed), and
+/// whose replica.
 struct NodeLine {
     port: u16,
     id: String,
     master: bool,
+    failed: bool,
     master_id: String,
 }
 
@@ -134,10 +136,12 @@ impl RedisCluster {
             .filter_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 let port = fields.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+                let flags: Vec<&str> = fields.get(2)?.split(',').collect();
                 Some(NodeLine {
                     port,
                     id: fields[0].to_owned(),
-                    master: fields.get(2)?.contains("master"),
+                    master: flags.contains(&"master"),
+                    failed: flags.contains(&"fail"),
                     master_id: fields.get(3)?.to_string(),
                 })
             })
@@ -172,17 +176,29 @@ impl RedisCluster {
         }
     }
 
-    /// SIGKILLs the node at `port` (it loses everything it had not replicated) and waits until
-    /// the others agree on a cluster without it: its replica took over its slots.
+    /// SIGKILLs the master at `port` (it loses everything it had not replicated), waits until
+    /// its replica took over its slots, then starts it again, empty: it rejoins as that replica's
+    /// replica (so that the new master has one again).
     async fn kill(&mut self, port: u16) {
         let at = self
             .servers
             .iter()
             .position(|server| server.port == port)
             .expect("a node of the cluster");
-        drop(self.servers.remove(at));
-        self.wait_until("a replica took over the killed master's slots", |_| true)
-            .await;
+        let mut killed = self.servers.remove(at);
+        killed.kill();
+        self.wait_until("a replica took over the killed master's slots", |nodes| {
+            nodes.iter().any(|node| node.port == port && node.failed)
+        })
+        .await;
+        killed.restart().await;
+        self.servers.push(killed);
+        self.wait_until("the killed master came back as a replica", |nodes| {
+            nodes
+                .iter()
+                .any(|node| node.port == port && !node.master && !node.failed)
+        })
+        .await;
     }
 
     /// Makes the replica of the master at `master` take over (`CLUSTER FAILOVER`, the graceful
@@ -211,9 +227,10 @@ impl RedisCluster {
     }
 }
 
-/// A node of the server on the Redis Cluster, seeded by `seed`.
-async fn node(seed: &str, prefix: &str, name: &str) -> TestApp {
-    crate::helpers::spawn_app(&[
+/// A node of the server on the Redis Cluster, seeded by `seed`, with `extra` flags.
+async fn node_with(seed: &str, prefix: &str, name: &str, extra: &[&str]) -> TestApp {
+    let node_id = node_id(name);
+    let mut flags = vec![
         "--broker",
         "redis",
         "--redis-url",
@@ -223,11 +240,17 @@ async fn node(seed: &str, prefix: &str, name: &str) -> TestApp {
         "--redis-key-prefix",
         prefix,
         "--node-id",
-        &node_id(name),
+        &node_id,
         "--redis-timeout",
         "2",
-    ])
-    .await
+    ];
+    flags.extend_from_slice(extra);
+    crate::helpers::spawn_app(&flags).await
+}
+
+/// A node of the server on the Redis Cluster, seeded by `seed`.
+async fn node(seed: &str, prefix: &str, name: &str) -> TestApp {
+    node_with(seed, prefix, name, &[]).await
 }
 
 /// The shard channels each master has subscribers on.
@@ -380,15 +403,21 @@ async fn a_killed_master_is_replaced_and_its_users_lose_nothing() {
 
 /// Subscribers on node a, pushes through node b (retried on 503/504 with the same event id);
 /// meanwhile a master is taken away. Every subscriber gets every event once, in order, with no
-/// resync; both nodes moved the master's partitions to its replica.
+/// resync; both nodes moved the master's partitions to its replica. A killed master may not have
+/// replicated its last writes: there, pushes are only answered once a replica has them
+/// (`REDIS_WAIT_REPLICAS=1`), so none that was answered can be lost.
 async fn take_a_master_away_during_pushes(test: &str, takeover: Takeover) {
     const EVENTS: usize = 120;
     let Some(mut cluster) = RedisCluster::start(test).await else {
         return;
     };
     let prefix = unique_prefix(test);
-    let a = node(&cluster.url(1), &prefix, "a").await;
-    let b = node(&cluster.url(2), &prefix, "b").await;
+    let wait: &[&str] = match takeover {
+        Takeover::Failover => &[],
+        Takeover::Kill => &["--redis-wait-replicas", "1"],
+    };
+    let a = node_with(&cluster.url(1), &prefix, "a", wait).await;
+    let b = node_with(&cluster.url(2), &prefix, "b", wait).await;
     for node in [&a, &b] {
         wait_for_ready_status(node, 200, PROMPTLY).await;
     }

@@ -212,6 +212,8 @@ struct Shared {
     max_bytes: usize,
     lease: Duration,
     timeout: Duration,
+    /// `REDIS_WAIT_REPLICAS`: replicas that must confirm each publish pipeline.
+    wait_replicas: u8,
     /// The command connection while Redis is reachable, with the link generation it belongs to.
     commands: RwLock<Option<(u64, MultiplexedConnection)>>,
     /// `None` while connected; otherwise why not (for `/ready` and refusals).
@@ -285,6 +287,7 @@ impl RedisBroker {
                 max_bytes: settings.history_max_bytes,
                 lease: settings.presence_lease,
                 timeout: settings.redis_timeout,
+                wait_replicas: settings.redis_wait_replicas,
                 commands: RwLock::new(None),
                 down: watch::Sender::new(Some("redis: not connected yet".to_owned())),
                 stalled: AtomicBool::new(false),
@@ -518,7 +521,16 @@ impl Shared {
             for script in round {
                 pipeline.add_command(shared.publish_command(script));
             }
-            let mut result = pipeline.query_async(&mut commands).await;
+            if shared.wait_replicas > 0 {
+                // Answered once that many replicas have the round (or the wait is over).
+                pipeline
+                    .cmd("WAIT")
+                    .arg(shared.wait_replicas)
+                    .arg((shared.timeout / 2).as_millis().max(1));
+            }
+            let mut result = pipeline
+                .query_async::<Vec<redis::Value>>(&mut commands)
+                .await;
             if matches!(&result, Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript))
             {
                 // Redis forgot the script (SCRIPT FLUSH): nothing ran; load it and run again.
@@ -528,7 +540,7 @@ impl Shared {
                 result = pipeline.query_async(&mut commands).await;
             }
             let scripts_in_round = round.len();
-            let round: Vec<Vec<(u8, String, u64, usize)>> = result.map_err(|error| {
+            let answers = result.map_err(|error| {
                 let failed = shared.command_failed(generation, &error);
                 // Sent over a link that broke (it may have run), after earlier rounds that were
                 // published, or as one of several scripts of which the others may have run: the
@@ -543,7 +555,29 @@ impl Shared {
                     failed => failed,
                 }
             })?;
-            replies.extend(round.into_iter().flatten());
+            let mut answers = answers.into_iter();
+            for answer in answers.by_ref().take(scripts_in_round) {
+                let part: Vec<(u8, String, u64, usize)> =
+                    redis::from_redis_value(answer).map_err(|error| {
+                        BrokerError::OutcomeUnknown(
+                            shared.on_this_shard(format!("redis: unexpected answer: {error}")),
+                        )
+                    })?;
+                replies.extend(part);
+            }
+            if shared.wait_replicas > 0 {
+                let confirmed: i64 = answers
+                    .next()
+                    .and_then(|answer| redis::from_redis_value(answer).ok())
+                    .unwrap_or(0);
+                if confirmed < i64::from(shared.wait_replicas) {
+                    return Err(BrokerError::OutcomeUnknown(shared.on_this_shard(format!(
+                        "redis: published, but {confirmed} of the {} replicas asked for \
+                         (REDIS_WAIT_REPLICAS) confirmed it in time; a failover may lose it",
+                        shared.wait_replicas
+                    ))));
+                }
+            }
         }
         let outcomes = replies
             .into_iter()
@@ -1082,8 +1116,10 @@ fn moved_away(error: &redis::RedisError) -> bool {
 fn all_redirected(error: &redis::RedisError, scripts: usize) -> bool {
     use redis::ServerErrorKind::{Ask, ClusterDown, MasterDown, Moved, ReadOnly, TryAgain};
     error.clone().into_server_errors().is_some_and(|errors| {
-        errors.len() == scripts
-            && errors.iter().all(|(_, error)| {
+        // A `WAIT` after the scripts (REDIS_WAIT_REPLICAS) may fail too: only the scripts count.
+        let refused: Vec<_> = errors.iter().filter(|(at, _)| *at < scripts).collect();
+        refused.len() == scripts
+            && refused.iter().all(|(_, error)| {
                 matches!(
                     error.kind(),
                     Some(Moved | Ask | TryAgain | ClusterDown | ReadOnly | MasterDown)
