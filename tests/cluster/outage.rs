@@ -577,6 +577,7 @@ async fn with_redis_wait_replicas_a_push_is_answered_once_a_replica_has_it() {
             assert_eq!(reply.json()["delivered"], 1, "{}", reply.json());
             break;
         }
+        assert_eq!(reply.status, 504, "{}", reply.json());
         assert!(
             Instant::now() < deadline,
             "never confirmed: {}",

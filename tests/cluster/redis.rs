@@ -275,7 +275,9 @@ wait "$server"
 kill "$watchdog" 2>/dev/null
 "#;
 
-/// A throwaway `redis-server` on a loopback port: no persistence, killed on drop.
+/// A throwaway `redis-server` on a loopback port: no persistence, killed on drop. It works in a
+/// directory of its own (a replica's full sync writes a snapshot there), unless `extra` names
+/// one.
 pub struct RedisServer {
     /// The port it listens on (kept across restarts).
     pub port: u16,
@@ -283,6 +285,8 @@ pub struct RedisServer {
     log: PathBuf,
     /// Arguments beyond the defaults (e.g. a TLS port).
     extra: Vec<String>,
+    /// Its working directory, removed with it.
+    dir: tempfile::TempDir,
     running: Option<Running>,
 }
 
@@ -322,6 +326,7 @@ impl RedisServer {
                 binary: binary.clone(),
                 log: std::env::temp_dir().join(format!("cluster-test-redis-{port}.log")),
                 extra: extra.clone(),
+                dir: tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?,
                 running: None,
             };
             match server.spawn().await {
@@ -352,6 +357,8 @@ impl RedisServer {
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
             .args(["--daemonize", "no"])
             .args(&self.extra)
             // Nothing from the developer's environment, only what the watchdog needs.

@@ -429,7 +429,8 @@ struct PublishRequest {
 /// wait, and go together in the next (at most [`MERGED_REQUESTS`]): concurrent single pushes
 /// then cost Redis one script call, not one each, and a request waits at most for a round trip.
 /// A publication too large for one round trip (a broadcast to many users) does not hold a slot,
-/// so that the pushes behind it are not held up for all of its round trips.
+/// so that the pushes behind it are not held up for all of its round trips (except with
+/// `REDIS_WAIT_REPLICAS`, whose `WAIT`s must not pile up on the command connection).
 /// Each request's events stay together and in order (requests in flight at once have no order
 /// between them anyway); its answer is its part of the outcomes, or its pipeline's error.
 async fn publish_merged(
@@ -445,8 +446,11 @@ async fn publish_merged(
         if requests.recv_many(&mut waiting, MERGED_REQUESTS).await == 0 {
             return;
         }
+        // With REDIS_WAIT_REPLICAS every publication keeps its slot: a `WAIT` blocks the command
+        // connection, and one at a time keeps the others' answers within REDIS_TIMEOUT.
         let events: usize = waiting.iter().map(|request| request.events.len()).sum();
-        let slot = (events <= EVENTS_PER_SCRIPT * SCRIPTS_PER_ROUND_TRIP).then_some(slot);
+        let long = events > EVENTS_PER_SCRIPT * SCRIPTS_PER_ROUND_TRIP;
+        let slot = (!long || shared.wait_replicas > 0).then_some(slot);
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             publish_together(&shared, waiting).await;
@@ -547,7 +551,8 @@ impl Shared {
                 // outcome is unknown. Only a lone script Redis refused, or a round every script of
                 // which was redirected (its slot moved: nothing ran), surely did nothing.
                 let partial = !replies.is_empty()
-                    || (scripts_in_round > 1 && !all_redirected(&error, scripts_in_round));
+                    || (scripts_in_round > 1 && !all_redirected(&error, scripts_in_round))
+                    || only_after_scripts(&error, scripts_in_round);
                 match failed {
                     BrokerError::Unavailable(why) if link_broken(&error) || partial => {
                         BrokerError::OutcomeUnknown(why)
@@ -1126,6 +1131,15 @@ fn all_redirected(error: &redis::RedisError, scripts: usize) -> bool {
                 )
             })
     })
+}
+
+/// Whether the only commands of a pipeline that failed came after its `scripts` scripts (a
+/// `WAIT`): the scripts all ran.
+fn only_after_scripts(error: &redis::RedisError, scripts: usize) -> bool {
+    error
+        .clone()
+        .into_server_errors()
+        .is_some_and(|errors| !errors.is_empty() && errors.iter().all(|(at, _)| *at >= scripts))
 }
 
 /// Each shard's target, address (for reports) and names: one per server of `REDIS_URL`, or one
