@@ -7,7 +7,8 @@
 #
 #   scripts/bench-shards.sh            # 3 rounds of 5 s per (scenario, broker)
 #   BENCH_ROUNDS=5 BENCH_DURATION=10 scripts/bench-shards.sh
-#   BENCH_BROKERS="redis-1 cluster-3" scripts/bench-shards.sh   # a subset
+#   BENCH_BROKERS="redis-1 cluster-3" scripts/bench-shards.sh   # a subset; also redis-1-wait:
+#                                  one Redis with a replica and REDIS_WAIT_REPLICAS=1
 #
 # Loopback only. Throwaway redis-servers on free ports (no persistence), stopped at the end. The
 # node is pinned to CPU 0 and loadgen to CPU 1 when the machine has two or more; Redis is not
@@ -85,9 +86,10 @@ redis_script_usec() {
 # run <scenario> <broker> <round>: one run on a fresh node (and fresh Redis servers).
 run() {
     local scenario="$1" broker="$2" round="$3" shards=0 ports=() urls="" port env=() node_port
-    local cluster=()
+    local cluster=() wait_replicas=0
     case "$broker" in
         redis-1) shards=1 ;;
+        redis-1-wait) shards=1 wait_replicas=1 ;;
         redis-2) shards=2 ;;
         cluster-3) shards=3 cluster=(--cluster-enabled yes) ;;
     esac
@@ -110,6 +112,15 @@ run() {
         env+=(BROKER=redis REDIS_CLUSTER=true "REDIS_URL=redis://127.0.0.1:${ports[0]}")
     elif [ "$shards" != 0 ]; then
         env+=(BROKER=redis "REDIS_URL=$urls")
+    fi
+    if [ "$wait_replicas" != 0 ]; then
+        # A replica of the shard, and pushes answered once it has them (REDIS_WAIT_REPLICAS).
+        start_redis --replicaof 127.0.0.1 "${ports[0]}"
+        for _ in $(seq 100); do
+            redis-cli -p "$REDIS_PORT" info replication | grep -q master_link_status:up && break
+            sleep 0.1
+        done
+        env+=("REDIS_WAIT_REPLICAS=$wait_replicas")
     fi
     env "${env[@]}" "${PIN_NODE[@]}" "$NODE_BIN" >"$OUT/node-$scenario-$broker-$round.log" 2>&1 &
     NODE_PID=$!
@@ -175,7 +186,7 @@ def med(values):
 print("| scenario | broker | delivered/s (median) | Redis CPU µs/event (total) | script µs/event (total) | per shard: CPU share · key share | loss · dup |")
 print("| --- | --- | --- | --- | --- | --- | --- |")
 for scenario in ("push", "batch"):
-    for broker in ("memory", "redis-1", "redis-2", "cluster-3"):
+    for broker in ("memory", "redis-1", "redis-1-wait", "redis-2", "cluster-3"):
         rs = [r for r in runs if r["scenario"] == scenario and r["broker"] == broker]
         if not rs:
             continue
