@@ -3,7 +3,8 @@
 
 Starts a throwaway `redis-server` on a free loopback port, loads the PUBLISH script as
 `src/broker/redis/scripts.rs` has it (at the working tree, or at each git revision given), and
-runs batches of events through it the way a node does (`EVALSHA`, one script per 100 events):
+runs batches of events through it the way a node does (`EVALSHA`, 100 events per script call
+unless `--per-script` says otherwise):
 then reads `usec_per_call` of `evalsha` from `INFO commandstats`. Nothing else runs in that Redis,
 so the figure is the script's own cost, free of the noise of a whole cluster run on a small
 machine (the node, the load generator and Redis sharing cores). Events go to users with no

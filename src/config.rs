@@ -133,7 +133,7 @@ pub struct Settings {
     pub console_path: String,
 
     /// Where pushes are routed: `memory` (this node only, the default) or `redis` (a cluster of
-    /// nodes sharing one Redis: every node delivers to its own clients, history lives in Redis).
+    /// nodes sharing Redis: every node delivers to its own clients, history lives in Redis).
     #[arg(
         long,
         env = "BROKER",
@@ -143,7 +143,8 @@ pub struct Settings {
     )]
     pub broker: BrokerKind,
     /// The Redis of a cluster (`redis://[:password@]host:port[/db]`, `rediss://` for TLS), or
-    /// several independent ones separated by commas: each user lives on one of them (shards).
+    /// several independent ones separated by commas: each user lives on one of them (shards); or,
+    /// with `REDIS_CLUSTER=true`, one or more nodes of a Redis Cluster.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379",
           value_parser = RedisUrls::parse, hide_default_value = true, hide_env_values = true)]
     pub redis_url: RedisUrls,

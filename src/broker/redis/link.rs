@@ -6,8 +6,8 @@
 //! subscription change goes through it, in order, so a user's channel is subscribed exactly while
 //! this node has connections of theirs. The groups channel (events of several users sharing one
 //! payload) is subscribed whenever the link is up; the receiving task delivers its messages to the
-//! members connected here. While Redis is unreachable the node is unready, joins and
-//! pushes are refused (503), and existing connections stay open. On reconnection the supervisor
+//! members connected here. While the shard's Redis is unreachable its users' joins and pushes are
+//! refused (503), existing connections stay open, and the node is unready if no shard is up. On reconnection the supervisor
 //! resubscribes every local user, re-registers this node's connections (forgetting whatever
 //! presence it had, since departures may have been lost), renews its lease, and only then declares
 //! the link up and catches every connection up from the history: events published during the
@@ -442,8 +442,9 @@ async fn watch_responsiveness(shared: &Shared, mut probe: MultiplexedConnection)
     }
 }
 
-/// Applies a batch of subscription changes: one SUBSCRIBE and one UNSUBSCRIBE for the users whose
-/// interest started or ended, then answers the joiners.
+/// Applies a batch of subscription changes: (S)SUBSCRIBEs and (S)UNSUBSCRIBEs (one command per
+/// channel, in one pipeline each) for the users whose interest started or ended, then answers the
+/// joiners.
 async fn apply(
     shared: &Shared,
     sink: &mut Subscriber,

@@ -1,16 +1,19 @@
-//! The cluster broker: several nodes share one Redis. Redis assigns each user's positions and
-//! keeps their history, recognises retried pushes, and counts the cluster's connections; each
-//! node subscribes to the channels of the users connected to it and delivers to them.
+//! The cluster broker: several nodes share Redis (one server, several independent ones, or a Redis
+//! Cluster). Redis assigns each user's positions and keeps their history, recognises retried
+//! pushes, and counts the cluster's connections; each node subscribes to the channels of the
+//! users connected to it and delivers to them.
 //!
 //! A push runs one script ([`scripts::PUBLISH`]) that, atomically for the whole cluster, checks
 //! the event id against the user's history, assigns the next position, publishes the event on
 //! the user's channel and appends it to the history. A batch is one pipeline of scripts (one per
 //! 100 events), so one round trip. Concurrent requests are merged by the shard's publisher task:
-//! those that arrive while its pipelines are in flight go together in the next, so that
+//! those that arrive while its pipeline is in flight go together in the next, so that
 //! concurrent single pushes share script calls.
 //!
 //! With several Redis servers (`REDIS_URL` lists them) each user lives on one shard
-//! ([`shards`]); the broker is a router over one [`Shared`] per shard, each with its own link.
+//! ([`shards`]); with a Redis Cluster (`REDIS_CLUSTER=true`), on one partition, a hash slot
+//! ([`slots`]). The broker is a router over one [`Shared`] per shard or partition, each with its
+//! own link.
 //!
 //! One event for several users (a `user_ids` push, a broadcast: publications whose frames share
 //! one payload) is planned as a group: its payload goes to Redis once, as a payload record that
@@ -110,7 +113,8 @@ const MISCONFIGURED: &str = "redis misconfigured";
 pub struct RedisBroker {
     /// This node's name in the cluster.
     node: String,
-    /// One per Redis of `REDIS_URL`, in order: a user's everything lives on one (see [`shards`]).
+    /// One per Redis of `REDIS_URL` (or per Redis Cluster partition), in order: a user's
+    /// everything lives on one (see [`shards`]).
     shards: Vec<Arc<Shared>>,
 }
 
@@ -246,10 +250,11 @@ enum Joined {
 }
 
 impl RedisBroker {
-    /// Starts the broker's background tasks for this node, one link per Redis of `REDIS_URL`, and
-    /// waits (up to `REDIS_TIMEOUT`) for the first connection to each. A Redis that cannot be
-    /// reached yet is not an error: its users are refused (the node is unready if none can be
-    /// reached) and the node keeps trying. A malformed `REDIS_URL` is.
+    /// Starts the broker's background tasks for this node, one link per Redis of `REDIS_URL` (or
+    /// per Redis Cluster partition), and waits (up to `REDIS_TIMEOUT`) for the first connection
+    /// to each. A Redis that cannot be reached yet is not an error: its users are refused (the
+    /// node is unready if none can be reached) and the node keeps trying. A malformed `REDIS_URL`
+    /// is, and so is a Redis that answers but is not what the settings say (a cluster node or not).
     pub async fn start(
         settings: &Settings,
         hub: Arc<Hub>,

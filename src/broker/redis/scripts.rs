@@ -64,7 +64,7 @@ local function stream_meta(user, candidate, meta_ttl)
 end
 "#;
 
-/// Publishes events. ARGV: prefix, history size, history TTL ms, meta TTL ms, epoch candidate,
+/// Publishes events. ARGV (after the publish command): history size, history TTL ms, meta TTL ms, epoch candidate,
 /// HISTORY_MAX_BYTES, payload record TTL ms, then items, each one of:
 /// - `E`, user, event_id, upstream ('1' when the id came from the upstream), envelope: one user's
 ///   event, kept inline in their history and published on their channel;
@@ -288,7 +288,8 @@ if stored then settle() end
 return out
 "#;
 
-/// Joins a connection to its user's stream, or catches one up. ARGV: prefix, history size,
+/// Joins a connection to its user's stream, or catches one up. ARGV (after the publish command):
+/// history size,
 /// history TTL ms, meta TTL ms, epoch candidate, user, resume point ('' for none), the point's
 /// epoch and position when it has the shape of a position token ('' otherwise), node,
 /// connection, presence value, per-user limit (0: no presence change, a catch-up), replace
@@ -407,7 +408,7 @@ if not events then return answer('expired') end
 return answer('', events)
 "#;
 
-/// Forgets connections that left. ARGV: prefix, node, then per connection: user, connection.
+/// Forgets connections that left. ARGV (after the publish command): node, then per connection: user, connection.
 const LEAVE_BODY: &str = r#"
 local node = ARGV[2]
 for i = 3, #ARGV, 2 do
@@ -426,7 +427,7 @@ return 0
 "#;
 
 /// Renews this node's lease with its counts, reaps nodes whose lease ran out, and returns the
-/// cluster's counts. ARGV: prefix, node, lease ms, websocket connections, SSE connections, users.
+/// cluster's counts. ARGV (after the publish command): node, lease ms, websocket connections, SSE connections, users.
 /// Returns `{live nodes, websocket connections, SSE connections, users online, registered}`;
 /// `registered` is 0 when this node had been reaped meanwhile (its lease ran out while it was
 /// alive, e.g. paused): it must register its connections again.
@@ -451,7 +452,8 @@ return {nodes, ws, sse, redis.call('SCARD', prefix .. 'online'), registered}
 "#;
 
 /// A user's connections on live nodes, and optionally disconnects them all (their nodes close them
-/// when they read `X` on the user's channel). ARGV: prefix, user, disconnect ('1'/'0').
+/// when they read `X` on the user's channel). ARGV (after the publish command): user, disconnect
+/// ('1'/'0').
 /// Returns `{field, value, field, value, ...}` as in the presence hash.
 const CONNECTIONS_BODY: &str = r#"
 local user = ARGV[2]
@@ -472,7 +474,7 @@ return live
 
 /// (Re)registers this node's connections: optionally forgets all it had first (after a restart
 /// or an outage, when leaves may have been lost), and optionally drops its lease (shutdown).
-/// ARGV: prefix, node, forget ('1'/'0'), drop lease ('1'/'0'), lease ms, then per connection:
+/// ARGV (after the publish command): node, forget ('1'/'0'), drop lease ('1'/'0'), lease ms, then per connection:
 /// user, connection, presence value.
 const RESET_BODY: &str = r#"
 local node = ARGV[2]

@@ -89,13 +89,6 @@ impl Seeds {
             .iter()
             .filter_map(|info| host_port(info.addr()))
             .collect();
-        if seeds.len() != infos.len() {
-            return Err(
-                "invalid REDIS_URL: a Redis Cluster is reached over TCP (redis:// or \
-                        rediss://), not a Unix socket"
-                    .to_owned(),
-            );
-        }
         let template = infos
             .into_iter()
             .next()
