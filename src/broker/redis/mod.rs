@@ -51,7 +51,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use self::wire::{Content, Names};
 use super::{AttachError, Broker, BrokerError, UserConnection};
-use crate::config::{Secret, Settings};
+use crate::config::Settings;
 use crate::history::HistoryLimits;
 use crate::hub::{
     Attached, CatchUp, Departure, Hub, Lagging, Outcome, Sequenced, UserLimitPolicy,
@@ -1110,31 +1110,32 @@ fn link_broken(error: &redis::RedisError) -> bool {
         || error.is_unrecoverable_error()
 }
 
-/// Whether `error` says this Redis no longer serves the shard (a Redis Cluster moved its slot, or
-/// made it a replica): nothing ran, and the link must reconnect to the new owner.
+/// Whether a Redis error of this kind says it does not serve the shard's slot (a Redis Cluster
+/// moved it, is moving it, or made this Redis a replica): nothing ran.
+fn redirects(kind: redis::ServerErrorKind) -> bool {
+    use redis::ServerErrorKind::{Ask, ClusterDown, MasterDown, Moved, ReadOnly, TryAgain};
+    matches!(
+        kind,
+        Moved | Ask | TryAgain | ClusterDown | ReadOnly | MasterDown
+    )
+}
+
+/// Whether `error` says this Redis no longer serves the shard ([`redirects`]): the link must
+/// reconnect to the new owner.
 fn moved_away(error: &redis::RedisError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind};
-    error.is_cluster_error()
-        || matches!(
-            error.kind(),
-            ErrorKind::Server(ServerErrorKind::ReadOnly | ServerErrorKind::MasterDown)
-        )
+    matches!(error.kind(), redis::ErrorKind::Server(kind) if redirects(kind))
 }
 
 /// Whether each of the `scripts` scripts of a pipeline was refused because this Redis does not
-/// serve the shard's slot (`MOVED`, …): none of them ran.
+/// serve the shard's slot ([`redirects`]): none of them ran.
 fn all_redirected(error: &redis::RedisError, scripts: usize) -> bool {
-    use redis::ServerErrorKind::{Ask, ClusterDown, MasterDown, Moved, ReadOnly, TryAgain};
     error.clone().into_server_errors().is_some_and(|errors| {
         // A `WAIT` after the scripts (REDIS_WAIT_REPLICAS) may fail too: only the scripts count.
         let refused: Vec<_> = errors.iter().filter(|(at, _)| *at < scripts).collect();
         refused.len() == scripts
-            && refused.iter().all(|(_, error)| {
-                matches!(
-                    error.kind(),
-                    Some(Moved | Ask | TryAgain | ClusterDown | ReadOnly | MasterDown)
-                )
-            })
+            && refused
+                .iter()
+                .all(|(_, error)| error.kind().is_some_and(redirects))
     })
 }
 
@@ -1151,22 +1152,6 @@ fn only_after_scripts(error: &redis::RedisError, scripts: usize) -> bool {
 /// per partition of a Redis Cluster.
 fn targets(settings: &Settings) -> Result<Vec<(Target, String, Names)>, String> {
     let prefix = &settings.redis_key_prefix;
-    if !settings.redis_cluster {
-        return settings
-            .redis_url
-            .iter()
-            .map(|url| {
-                let commands = redis_client(url, settings, redis::ProtocolVersion::RESP2)?;
-                let subscriptions = redis_client(url, settings, redis::ProtocolVersion::RESP3)?;
-                let address = commands.get_connection_info().addr().to_string();
-                let target = Target::Server {
-                    commands: Box::new(commands),
-                    subscriptions: Box::new(subscriptions),
-                };
-                Ok((target, address, Names::new(prefix, false)))
-            })
-            .collect();
-    }
     let root_cert = match &settings.redis_ca_file {
         None => None,
         Some(path) => Some(
@@ -1174,6 +1159,30 @@ fn targets(settings: &Settings) -> Result<Vec<(Target, String, Names)>, String> 
                 .map_err(|error| format!("invalid REDIS_CA_FILE={}: {error}", path.display()))?,
         ),
     };
+    if !settings.redis_cluster {
+        return settings
+            .redis_url
+            .iter()
+            .map(|url| {
+                use redis::IntoConnectionInfo as _;
+                let info = url
+                    .expose()
+                    .into_connection_info()
+                    .map_err(|error| format!("invalid REDIS_URL: {error}"))?;
+                let address = info.addr().to_string();
+                let client = |protocol| {
+                    client_for(info.clone(), protocol, root_cert.as_deref())
+                        .map(Box::new)
+                        .map_err(|error| format!("invalid REDIS_URL or REDIS_CA_FILE: {error}"))
+                };
+                let target = Target::Server {
+                    commands: client(redis::ProtocolVersion::RESP2)?,
+                    subscriptions: client(redis::ProtocolVersion::RESP3)?,
+                };
+                Ok((target, address, Names::new(prefix, false)))
+            })
+            .collect();
+    }
     let urls: Vec<String> = settings
         .redis_url
         .iter()
@@ -1194,34 +1203,25 @@ fn targets(settings: &Settings) -> Result<Vec<(Target, String, Names)>, String> 
         .collect())
 }
 
-/// The Redis client for one URL of `REDIS_URL`, speaking `protocol`, trusting `REDIS_CA_FILE`
-/// when given (else, for `rediss://`, the public roots).
-fn redis_client(
-    url: &Secret,
-    settings: &Settings,
+/// A Redis client for `info`, speaking `protocol`, trusting `root_cert` (`REDIS_CA_FILE`) when
+/// given (else, for TLS, the public roots).
+fn client_for(
+    info: redis::ConnectionInfo,
     protocol: redis::ProtocolVersion,
-) -> Result<redis::Client, String> {
-    use redis::IntoConnectionInfo as _;
-    let info = url
-        .expose()
-        .into_connection_info()
-        .map_err(|error| format!("invalid REDIS_URL: {error}"))?;
-    let url = info
-        .clone()
-        .set_redis_settings(info.redis_settings().clone().set_protocol(protocol));
-    let client = match &settings.redis_ca_file {
-        None => redis::Client::open(url),
-        Some(path) => {
-            let root_cert = std::fs::read(path)
-                .map_err(|error| format!("invalid REDIS_CA_FILE={}: {error}", path.display()))?;
-            let certificates = redis::TlsCertificates {
+    root_cert: Option<&[u8]>,
+) -> Result<redis::Client, redis::RedisError> {
+    let settings = info.redis_settings().clone().set_protocol(protocol);
+    let info = info.set_redis_settings(settings);
+    match root_cert {
+        None => redis::Client::open(info),
+        Some(root_cert) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
                 client_tls: None,
-                root_cert: Some(root_cert),
-            };
-            redis::Client::build_with_tls(url, certificates)
-        }
-    };
-    client.map_err(|error| format!("invalid REDIS_URL or REDIS_CA_FILE: {error}"))
+                root_cert: Some(root_cert.to_vec()),
+            },
+        ),
+    }
 }
 
 /// Reads [`scripts::JOIN`]'s reply (see there for its shape); the records it names but does not

@@ -17,7 +17,7 @@
 
 use parking_lot::Mutex;
 
-use super::MISCONFIGURED;
+use super::{MISCONFIGURED, client_for};
 use redis::{
     ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, RedisError, Value,
 };
@@ -122,26 +122,11 @@ impl Seeds {
             },
             _ => ConnectionAddr::Tcp(host.to_owned(), port),
         };
-        let settings = self
-            .template
-            .redis_settings()
-            .clone()
-            .set_protocol(protocol);
-        let info = self
-            .template
-            .clone()
-            .set_addr(addr)
-            .set_redis_settings(settings);
-        match &self.root_cert {
-            None => redis::Client::open(info),
-            Some(root_cert) => redis::Client::build_with_tls(
-                info,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(root_cert.clone()),
-                },
-            ),
-        }
+        client_for(
+            self.template.clone().set_addr(addr),
+            protocol,
+            self.root_cert.as_deref(),
+        )
     }
 
     /// `host:port` of the master that serves `slot` now, asking in turn (within `timeout` each)
