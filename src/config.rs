@@ -13,9 +13,12 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::acks::AckLimits;
 use crate::history::HistoryLimits;
 use crate::hub::{QueueLimits, UserLimitPolicy};
 use crate::logging::{LogFormat, LogLevel};
+use crate::protocol::push::WAIT_MS_MAX;
+use crate::webhook::{WebhookSecret, WebhookSettings, WebhookTypes};
 
 /// Every server setting, parsed and validated.
 #[derive(Debug, Clone, Args)]
@@ -81,6 +84,9 @@ pub struct Settings {
     /// Server-Sent Events endpoint path (`GET`, `text/event-stream`).
     #[arg(long, env = "SSE_STREAM_PATH", default_value = "/sse/stream", value_parser = parse_path)]
     pub sse_stream_path: String,
+    /// Path where SSE clients acknowledge events (`POST`, with the credentials of their stream).
+    #[arg(long, env = "SSE_ACK_PATH", default_value = "/sse/ack", value_parser = parse_path)]
+    pub sse_ack_path: String,
     /// Seconds between keepalive comments on an idle SSE stream; 0 disables them.
     #[arg(long, env = "SSE_KEEPALIVE", default_value = "15", value_parser = parse_seconds_or_zero)]
     pub sse_keepalive: Duration,
@@ -186,6 +192,68 @@ pub struct Settings {
     #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value = "0",
           value_parser = clap::value_parser!(u8).range(0..=16))]
     pub redis_wait_replicas: u8,
+
+    /// Where webhooks are POSTed (http:// or https://): user.connected, user.disconnected,
+    /// message.undelivered, client.message. Unset: no webhooks.
+    #[arg(long, env = "WEBHOOK_URL", value_parser = parse_webhook_url)]
+    pub webhook_url: Option<hyper::Uri>,
+    /// The Standard Webhooks signing secret, `whsec_<base64 key>` (16 to 64 bytes of key);
+    /// required with WEBHOOK_URL.
+    #[arg(long, env = "WEBHOOK_SECRET", value_parser = WebhookSecret::parse, hide_env_values = true)]
+    pub webhook_secret: Option<WebhookSecret>,
+    /// Comma-separated webhook types to send.
+    #[arg(long, env = "WEBHOOK_EVENTS",
+          default_value = "user.connected,user.disconnected,message.undelivered,client.message",
+          value_parser = WebhookTypes::parse)]
+    pub webhook_events: WebhookTypes,
+    /// Seconds one webhook attempt may take (connect, send, answer) before it counts as failed.
+    #[arg(long, env = "WEBHOOK_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
+    pub webhook_timeout: Duration,
+    /// Attempts per webhook, the first included; then it is given up (counted, logged).
+    #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value = "8",
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub webhook_max_attempts: u32,
+    /// Seconds before the first retry of a failed webhook; each next wait doubles (at most 60 s),
+    /// drawn at random between half and all of it.
+    #[arg(long, env = "WEBHOOK_RETRY_INITIAL", default_value = "1", value_parser = parse_seconds)]
+    pub webhook_retry_initial: Duration,
+    /// Most webhooks queued on this node; beyond it the oldest are dropped (counted, warned).
+    #[arg(long, env = "WEBHOOK_QUEUE_SIZE", default_value = "10000", value_parser = parse_count)]
+    pub webhook_queue_size: usize,
+    /// Most bytes of webhook bodies queued on this node; beyond it the oldest are dropped.
+    #[arg(long, env = "WEBHOOK_QUEUE_BYTES", default_value = "67108864", value_parser = parse_bytes)]
+    pub webhook_queue_bytes: usize,
+    /// Webhook deliveries in flight at once from this node (each user's webhooks go one at a
+    /// time, in order).
+    #[arg(long, env = "WEBHOOK_CONCURRENCY", default_value = "8",
+          value_parser = |raw: &str| parse_bounded(raw, 1, 256))]
+    pub webhook_concurrency: usize,
+    /// Seconds a user's last connection may be gone before user.disconnected is sent: a user who
+    /// reconnects (to any node) within it produces neither user.disconnected nor user.connected.
+    #[arg(long, env = "WEBHOOK_PRESENCE_GRACE", default_value = "5",
+          value_parser = parse_seconds_or_zero)]
+    pub webhook_presence_grace: Duration,
+    /// Seconds an event pushed with `"ack": true` waits for a client's acknowledgement before
+    /// message.undelivered is sent.
+    #[arg(long, env = "ACK_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub ack_timeout: Duration,
+    /// Longest `wait_ms` a push may ask for, in milliseconds.
+    #[arg(long, env = "ACK_WAIT_MAX_MS", default_value = "30000",
+          value_parser = |raw: &str| parse_bounded(raw, 0, WAIT_MS_MAX as usize))]
+    pub ack_wait_max_ms: usize,
+    /// Most events waiting for acknowledgement per user on this node; beyond it the user's oldest
+    /// is reported undelivered at once.
+    #[arg(long, env = "ACK_PENDING_PER_USER", default_value = "1000", value_parser = parse_count)]
+    pub ack_pending_per_user: usize,
+    /// Most events waiting for acknowledgement on this node; beyond it the oldest is reported
+    /// undelivered at once.
+    #[arg(long, env = "ACK_PENDING_MAX", default_value = "100000", value_parser = parse_count)]
+    pub ack_pending_max: usize,
+    /// Most bytes of events waiting for acknowledgement on this node (each entry's frame counted);
+    /// beyond it the oldest are reported undelivered at once.
+    #[arg(long, env = "ACK_PENDING_MAX_BYTES", default_value = "67108864",
+          value_parser = parse_bytes)]
+    pub ack_pending_max_bytes: usize,
 
     /// Seconds `/ready` answers 503 (pushes are still served; new WebSocket and SSE connections are
     /// refused) before the listener closes, so load balancers stop sending traffic first.
@@ -689,6 +757,33 @@ impl Settings {
         }
     }
 
+    /// The webhook settings, when WEBHOOK_URL is set (with its secret: see
+    /// [`Self::check_consistency`]).
+    pub fn webhook_settings(&self) -> Option<WebhookSettings> {
+        Some(WebhookSettings {
+            url: self.webhook_url.clone()?,
+            secret: self.webhook_secret.clone()?,
+            types: self.webhook_events,
+            timeout: self.webhook_timeout,
+            max_attempts: self.webhook_max_attempts,
+            retry_initial: self.webhook_retry_initial,
+            queue_items: self.webhook_queue_size,
+            queue_bytes: self.webhook_queue_bytes,
+            concurrency: self.webhook_concurrency,
+        })
+    }
+
+    /// The acknowledgement bounds these settings ask for.
+    pub fn ack_limits(&self) -> AckLimits {
+        AckLimits {
+            timeout: self.ack_timeout,
+            wait_max: Duration::from_millis(self.ack_wait_max_ms as u64),
+            per_user: self.ack_pending_per_user,
+            max: self.ack_pending_max,
+            max_bytes: self.ack_pending_max_bytes,
+        }
+    }
+
     /// The send-queue bounds these settings ask for.
     pub fn queue_limits(&self) -> QueueLimits {
         QueueLimits {
@@ -737,6 +832,21 @@ impl Settings {
         let not_db_0 = |url: &Secret| RedisUrls::server_of(url).is_some_and(|(_, db)| db != 0);
         if self.redis_cluster && self.redis_url.iter().any(not_db_0) {
             return Err("invalid REDIS_URL: a Redis Cluster has only database 0".into());
+        }
+        match (&self.webhook_url, &self.webhook_secret) {
+            (Some(_), None) => {
+                return Err(
+                    "invalid WEBHOOK_URL: it needs WEBHOOK_SECRET (whsec_<base64 key>), \
+                            which signs every webhook"
+                        .into(),
+                );
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "invalid WEBHOOK_SECRET: it needs WEBHOOK_URL, where webhooks go".into(),
+                );
+            }
+            _ => {}
         }
         if !self.shutdown_drain.is_zero() && self.shutdown_drain >= self.shutdown_timeout {
             return Err(format!(
@@ -845,6 +955,19 @@ pub fn parse_seconds(raw: &str) -> Result<Duration, String> {
 /// Upper bound for any duration setting: a day is longer than any sensible timeout.
 const MAX_SECONDS: f64 = 86_400.0;
 const SECONDS_EXPECTED: &str = "expected a number of seconds from 0 to 86400, such as 30 or 0.5";
+
+/// An `http://` or `https://` URL with a host.
+fn parse_webhook_url(raw: &str) -> Result<hyper::Uri, String> {
+    let url: hyper::Uri = raw
+        .trim()
+        .parse()
+        .map_err(|e| format!("expected an http:// or https:// URL ({e})"))?;
+    let http = matches!(url.scheme_str(), Some("http" | "https"));
+    if !http || url.host().is_none_or(str::is_empty) {
+        return Err("expected an http:// or https:// URL with a host".into());
+    }
+    Ok(url)
+}
 
 fn parse_console_path(raw: &str) -> Result<String, String> {
     if raw.trim() == "/" {

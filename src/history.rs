@@ -554,6 +554,7 @@ mod tests {
                 frame: Frame::from(format!("{{\"event_id\":\"{id}\"}}")),
                 accepted_at: Instant::now(),
             }),
+            ack: false,
         }
     }
 
@@ -842,6 +843,7 @@ mod tests {
         let shared = |user: &str| Publication {
             user_id: UserId::parse(user).unwrap(),
             id_origin: IdOrigin::Assigned,
+            ack: false,
             event: Arc::new(Event {
                 event_id: Arc::from("e"),
                 event_type: Arc::from("message"),

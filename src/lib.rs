@@ -9,8 +9,11 @@
 //! [`history`] and hands the shared bytes to the bounded queue of each of the user's connections;
 //! each connection's session in [`transport::ws`] or [`transport::sse`] writes its queue to the
 //! socket. [`server`] wires it together and shuts it down
-//! through [`lifecycle`]; [`dotenv`], [`config`] and [`logging`] come first, in `main`.
+//! through [`lifecycle`]; [`dotenv`], [`config`] and [`logging`] come first, in `main`. What the
+//! gateway tells the backend (presence, undelivered events, client messages) goes out as signed
+//! [`webhook`]s; [`acks`] tracks the events that wait for a client's acknowledgement.
 
+pub mod acks;
 pub mod admission;
 pub mod api;
 pub mod auth;
@@ -36,6 +39,7 @@ pub mod routes;
 pub mod server;
 pub mod state;
 pub mod transport;
+pub mod webhook;
 
 /// The service name reported by `/metrics`.
 pub const SERVICE_NAME: &str = "websocket-sse-server";

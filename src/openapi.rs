@@ -3,7 +3,7 @@
 //!
 //! The document lives in `src/openapi/openapi.json`, written for the default configuration. At
 //! the first request it is [rendered](render) for the running server's settings: the configurable
-//! paths (`WS_PATH`, `SSE_STREAM_PATH`, `SSE_PATH`, `SSE_BATCH_PATH`, `CONSOLE_PATH`) replace the
+//! paths (`WS_PATH`, `SSE_STREAM_PATH`, `SSE_ACK_PATH`, `SSE_PATH`, `SSE_BATCH_PATH`, `CONSOLE_PATH`) replace the
 //! defaults, the console disappears when it is off, each security requirement that the settings
 //! do not enforce gets an empty alternative (`{}`: no credential needed), and the batch limits
 //! carry `MAX_BATCH_SIZE`. The rendered bytes are cached: settings do not change while running.
@@ -39,6 +39,7 @@ pub const SWAGGER_UI_VERSION: &str = "5.35.0";
 mod default_path {
     pub const WS: &str = "/ws";
     pub const SSE_STREAM: &str = "/sse/stream";
+    pub const SSE_ACK: &str = "/sse/ack";
     pub const PUSH: &str = "/sse/push";
     pub const BATCH: &str = "/sse/push/batch";
     pub const CONSOLE: &str = "/";
@@ -84,6 +85,7 @@ pub async fn spec(State(state): State<SharedState>) -> Response {
 struct Profile {
     ws_path: String,
     sse_stream_path: String,
+    sse_ack_path: String,
     sse_path: String,
     sse_batch_path: String,
     console_path: Option<String>,
@@ -98,6 +100,7 @@ impl Profile {
         Self {
             ws_path: settings.ws_path.clone(),
             sse_stream_path: settings.sse_stream_path.clone(),
+            sse_ack_path: settings.sse_ack_path.clone(),
             sse_path: settings.sse_path.clone(),
             sse_batch_path: settings.sse_batch_path.clone(),
             console_path: settings
@@ -116,6 +119,7 @@ impl Profile {
         Some(match path {
             default_path::WS => self.ws_path.clone(),
             default_path::SSE_STREAM => self.sse_stream_path.clone(),
+            default_path::SSE_ACK => self.sse_ack_path.clone(),
             default_path::PUSH => self.sse_path.clone(),
             default_path::BATCH => self.sse_batch_path.clone(),
             default_path::CONSOLE => self.console_path.clone()?,

@@ -10,7 +10,7 @@ use axum::routing::{MethodFilter, MethodRouter, on};
 use crate::api::{admin, health, metrics, push};
 use crate::config::Settings;
 use crate::state::SharedState;
-use crate::transport::{sse, ws};
+use crate::transport::{ack, sse, ws};
 use crate::{console, openapi};
 
 /// Who may call a route.
@@ -131,6 +131,14 @@ fn every_route(settings: &Settings) -> Vec<Route> {
             sse::stream,
         )
         .configured_by("SSE_STREAM_PATH"),
+        Route::new(
+            M::POST,
+            &settings.sse_ack_path,
+            "SSE acknowledgement",
+            Public,
+            ack::acknowledge,
+        )
+        .configured_by("SSE_ACK_PATH"),
         Route::new(
             M::GET,
             &settings.console_path,

@@ -29,6 +29,7 @@ use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
+use crate::acks::Acks;
 use crate::admission::{Admission, Connection};
 use crate::api::health::{method_not_allowed, not_found, panic_response};
 use crate::api::{require_admin, require_key, require_publisher};
@@ -43,6 +44,7 @@ use crate::metrics::requests::RequestDurations;
 use crate::rate_limit::KeyedLimit;
 use crate::routes::{self, Access};
 use crate::state::{AppState, SharedState};
+use crate::webhook::Webhooks;
 
 /// Part of `SHUTDOWN_TIMEOUT` kept for sessions to write what is queued and close with 1001
 /// (at most half of it).
@@ -102,8 +104,15 @@ impl Application {
         let listener = bind(&settings.host, settings.port).await?;
         let metrics = Arc::new(Metrics::default());
         let lifecycle = Lifecycle::default();
+        let webhooks = match settings.webhook_settings() {
+            Some(webhook_settings) => Webhooks::start(webhook_settings, &lifecycle)
+                .map_err(|problem| io::Error::new(io::ErrorKind::InvalidInput, problem))?,
+            None => Webhooks::disabled(),
+        };
+        let acks = Arc::new(Acks::new(settings.ack_limits(), webhooks.clone()));
+        lifecycle.spawn_background(Arc::clone(&acks).expire());
         // Last: a cluster broker starts background tasks, which nothing may fail after.
-        let (hub, broker) = build_broker(&settings, &metrics, &lifecycle).await?;
+        let (hub, broker) = build_broker(&settings, &metrics, &lifecycle, &acks, &webhooks).await?;
         let max_connections = effective_max_connections(settings.max_connections);
         let request_durations =
             RequestDurations::new(routes::table(&settings).into_iter().map(|route| route.path));
@@ -126,6 +135,8 @@ impl Application {
             broker,
             metrics,
             lifecycle,
+            webhooks,
+            acks,
             connection_slots: Arc::new(Semaphore::new(max_connections)),
             refusal_slots: Arc::new(Semaphore::new(crate::transport::ws::REFUSALS_IN_FLIGHT)),
             max_connections,
@@ -260,6 +271,8 @@ async fn build_broker(
     settings: &Settings,
     metrics: &Arc<Metrics>,
     lifecycle: &Lifecycle,
+    acks: &Arc<Acks>,
+    webhooks: &Webhooks,
 ) -> io::Result<(Arc<Hub>, Arc<dyn Broker>)> {
     let mode = match settings.broker {
         BrokerKind::Memory => HubMode::Standalone {
@@ -273,9 +286,15 @@ async fn build_broker(
     };
     let hub = Arc::new(Hub::new(mode, settings.queue_limits(), Arc::clone(metrics)));
     let broker: Arc<dyn Broker> = match settings.broker {
-        BrokerKind::Memory => Arc::new(MemoryBroker::new(Arc::clone(&hub))),
+        BrokerKind::Memory => Arc::new(MemoryBroker::new(
+            Arc::clone(&hub),
+            Arc::clone(acks),
+            webhooks,
+            settings.webhook_presence_grace,
+            lifecycle,
+        )),
         BrokerKind::Redis => Arc::new(
-            RedisBroker::start(settings, Arc::clone(&hub), lifecycle)
+            RedisBroker::start(settings, Arc::clone(&hub), lifecycle, acks, webhooks)
                 .await
                 .map_err(|problem| io::Error::new(io::ErrorKind::InvalidInput, problem))?,
         ),

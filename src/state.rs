@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
+use crate::acks::Acks;
 use crate::auth::{KeyId, PublisherKeys, TokenVerifier};
 use crate::broker::Broker;
 use crate::clock::Clock;
@@ -16,6 +17,7 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::metrics::requests::RequestDurations;
 use crate::rate_limit::{KeyedLimit, LimitKey};
+use crate::webhook::Webhooks;
 
 /// The state behind every handler, shared by reference count.
 pub type SharedState = Arc<AppState>;
@@ -32,6 +34,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Readiness and shutdown.
     pub lifecycle: Lifecycle,
+    /// Where webhooks to the backend go (a no-op when `WEBHOOK_URL` is unset).
+    pub webhooks: Webhooks,
+    /// The events pushed from this node that wait for a client's acknowledgement.
+    pub acks: Arc<Acks>,
     /// One permit per WebSocket or SSE connection this node will hold (`MAX_CONNECTIONS`); a handshake
     /// that finds none left is refused with 503 before the upgrade.
     pub connection_slots: Arc<Semaphore>,

@@ -68,6 +68,8 @@ fn json_snapshot(state: &AppState) -> Json<Value> {
     if let Value::Object(fields) = &mut snapshot {
         fields.insert("broker".to_owned(), json!(state.broker.report()));
         fields.insert("cluster".to_owned(), json!(state.broker.cluster()));
+        fields.insert("webhooks".to_owned(), json!(state.webhooks.report()));
+        fields.insert("acks".to_owned(), json!(state.acks.report()));
     }
     Json(snapshot)
 }
@@ -78,6 +80,8 @@ fn text(state: &AppState, format: Format) -> Response {
         gauges: gauges(state),
         broker: state.broker.report(),
         cluster: state.broker.cluster(),
+        webhooks: state.webhooks.report(),
+        acks: state.acks.report(),
         process: ProcessStats::read(),
         requests: state.request_durations.snapshot(),
     };

@@ -1,22 +1,31 @@
 //! The publishing endpoints: one event to one user or several (`POST {SSE_PATH}`), a batch
 //! (`POST {SSE_BATCH_PATH}`) and a broadcast to every connected user (`POST /sse/broadcast`).
 //! Bodies are parsed into [`crate::protocol`] values, encoded once, and handed to the broker;
-//! what the publications achieved is counted here, in one place, whatever the broker.
+//! what the publications achieved is counted here, in one place, whatever the broker. Here too
+//! events asking for acknowledgement are tracked (before they are published, see
+//! [`crate::acks`]), a push with `wait_ms` waits for its acknowledgements, and an event that
+//! reached no connection is reported to the `message.undelivered` webhook.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::Response;
+use futures_util::future::join_all;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, timeout_at};
 
 use super::{JsonBody, respond};
+use crate::acks::{Published, Ticket};
 use crate::error::ApiError;
 use crate::hub::Outcome;
 use crate::protocol::{
-    BatchItemResult, BatchResponse, BroadcastResponse, Delivery, MultiPushResponse, Publication,
-    Push, PushFields, PushResponse, PushStatus, UserId, parse_batch, parse_broadcast,
-    parse_push_targets, unix_seconds_now,
+    AckRequest, BatchItemResult, BatchResponse, BroadcastResponse, Delivery, Issue, Loc,
+    MultiPushResponse, Publication, Push, PushFields, PushResponse, PushStatus, UserId,
+    parse_batch, parse_broadcast, parse_push_targets, unix_seconds_now,
 };
 use crate::state::SharedState;
+use crate::webhook::UndeliveredReason;
 
 /// `POST {SSE_PATH}`: one event to every connection of one user (`user_id`), or of several
 /// (`user_ids`).
@@ -28,16 +37,29 @@ pub async fn push(State(state): State<SharedState>, body: Result<JsonBody, ApiEr
     match parse_push_targets(&bytes, state.settings.max_batch_size) {
         Ok(Push::One(message)) => {
             let result = async {
+                let wait = wait_for(&state, message.ack)?;
                 let event = message.encode(unix_seconds_now())?;
-                let outcomes = publish(&state, std::slice::from_ref(&event)).await?;
+                let (outcomes, waiters) =
+                    publish(&state, std::slice::from_ref(&event), wait.is_some()).await?;
                 let outcome = outcomes.into_iter().next().unwrap_or_default();
-                Ok::<_, ApiError>(push_response(event, outcome))
+                let acked = acked(wait, waiters).await;
+                let mut response = push_response(event, outcome);
+                response.acked = acked.map(|acked| acked.iter().all(|acked| *acked));
+                Ok::<_, ApiError>(response)
             };
             respond(&state, result.await)
         }
         Ok(Push::Many(fields, users)) => {
             let result = async {
-                let (event_id, results) = publish_shared(&state, &fields, users).await?;
+                let wait = wait_for(&state, fields.ack())?;
+                let (event_id, mut results, waiters) =
+                    publish_shared(&state, &fields, users, wait.is_some()).await?;
+                let acked = acked(wait, waiters).await;
+                if let Some(acked) = &acked {
+                    for (result, acked) in results.iter_mut().zip(acked) {
+                        result.acked = Some(*acked);
+                    }
+                }
                 let delivered = results.iter().map(|result| result.delivered).sum();
                 let succeeded = results.iter().filter(|result| result.success).count();
                 let status = if succeeded == results.len() {
@@ -55,6 +77,7 @@ pub async fn push(State(state): State<SharedState>, body: Result<JsonBody, ApiEr
                     message,
                     event_id,
                     delivered,
+                    acked: acked.map(|acked| acked.iter().all(|acked| *acked)),
                     results,
                 })
             };
@@ -74,7 +97,7 @@ pub async fn broadcast(
         let JsonBody(bytes) = body?;
         let fields = parse_broadcast(&bytes).map_err(ApiError::Validation)?;
         let users = state.broker.online_users().await?;
-        let (event_id, results) = publish_shared(&state, &fields, users).await?;
+        let (event_id, results, _) = publish_shared(&state, &fields, users, false).await?;
         let delivered: usize = results.iter().map(|result| result.delivered).sum();
         let (status, message) = if delivered > 0 {
             (
@@ -99,19 +122,58 @@ pub async fn broadcast(
 }
 
 /// Publishes one event to several users: each user's frame names its user, all share one
-/// `event_id` and one copy of the `data` (see [`PushFields::encode_for`]).
+/// `event_id` and one copy of the `data` (see [`PushFields::encode_for`]). With `wait`, also
+/// returns what completes at each user's acknowledgement.
 async fn publish_shared(
     state: &SharedState,
     fields: &PushFields<'_>,
     users: Vec<UserId>,
-) -> Result<(Arc<str>, Vec<BatchItemResult>), ApiError> {
+    wait: bool,
+) -> Result<(Arc<str>, Vec<BatchItemResult>, Waiters), ApiError> {
     let (event_id, events) = fields.encode_for(users, unix_seconds_now())?;
-    let outcomes = if events.is_empty() {
-        Vec::new()
+    let (outcomes, waiters) = if events.is_empty() {
+        (Vec::new(), Vec::new())
     } else {
-        publish(state, &events).await?
+        publish(state, &events, wait).await?
     };
-    Ok((event_id, batch_results(events, outcomes)))
+    Ok((event_id, batch_results(events, outcomes), waiters))
+}
+
+/// What completes when each event waited for is acknowledged (`None`: not waited for).
+type Waiters = Vec<Option<oneshot::Receiver<()>>>;
+
+/// How long a push may wait for its acknowledgement: `None` without `wait_ms`; a 422 naming
+/// `ACK_WAIT_MAX_MS` beyond it.
+fn wait_for(state: &SharedState, ack: AckRequest) -> Result<Option<Duration>, ApiError> {
+    let Some(ms) = ack.wait_ms else {
+        return Ok(None);
+    };
+    let max = state.acks.limits().wait_max;
+    let wait = Duration::from_millis(ms);
+    if wait > max {
+        return Err(ApiError::Validation(vec![Issue {
+            loc: vec![Loc::Key("body"), Loc::Key("wait_ms")],
+            msg: format!(
+                "Input should be less than or equal to {} (ACK_WAIT_MAX_MS)",
+                max.as_millis()
+            )
+            .into(),
+            kind: "less_than_equal",
+        }]));
+    }
+    Ok(Some(wait))
+}
+
+/// Waits up to `wait` for every waiter; says which were acknowledged (`None` without `wait`).
+async fn acked(wait: Option<Duration>, waiters: Waiters) -> Option<Vec<bool>> {
+    let deadline = Instant::now() + wait?;
+    let answers = waiters.into_iter().map(|waiter| async move {
+        match waiter {
+            Some(waiter) => matches!(timeout_at(deadline, waiter).await, Ok(Ok(()))),
+            None => false,
+        }
+    });
+    Some(join_all(answers).await)
 }
 
 /// One batch-shaped result per event.
@@ -126,6 +188,7 @@ fn batch_results(events: Vec<Publication>, outcomes: Vec<Outcome>) -> Vec<BatchI
             delivered: outcome.delivery.delivered,
             stored: outcome.stored.is_some(),
             duplicate: outcome.duplicate,
+            acked: None,
         })
         .collect()
 }
@@ -133,11 +196,38 @@ fn batch_results(events: Vec<Publication>, outcomes: Vec<Outcome>) -> Vec<BatchI
 /// Hands `publications` to the broker and counts what they achieved: new events, duplicates
 /// of events already accepted, and new events that found their user offline. The one place
 /// where these are counted, whatever the broker (the hub counts its handoffs to queues).
+///
+/// Events asking for acknowledgement are tracked before they are published (with `wait`, each
+/// gets a waiter) and settled after; a new event that asks for none and reached no connection
+/// is reported undelivered at once.
 async fn publish(
     state: &SharedState,
     publications: &[Publication],
-) -> Result<Vec<Outcome>, ApiError> {
-    let outcomes = state.broker.publish(publications).await?;
+    wait: bool,
+) -> Result<(Vec<Outcome>, Waiters), ApiError> {
+    let mut tickets: Vec<Option<Ticket>> = Vec::with_capacity(publications.len());
+    let mut waiters: Waiters = Vec::with_capacity(if wait { publications.len() } else { 0 });
+    for publication in publications {
+        let tracked = publication
+            .ack
+            .then(|| state.acks.expect(publication, wait))
+            .flatten();
+        let (ticket, waiter) =
+            tracked.map_or((None, None), |(ticket, waiter)| (Some(ticket), waiter));
+        tickets.push(ticket);
+        if wait {
+            waiters.push(waiter);
+        }
+    }
+    let outcomes = match state.broker.publish(publications).await {
+        Ok(outcomes) => outcomes,
+        Err(error) => {
+            for ticket in tickets.into_iter().flatten() {
+                state.acks.settle(ticket, Published::Failed);
+            }
+            return Err(error.into());
+        }
+    };
     let duplicates = outcomes.iter().filter(|outcome| outcome.duplicate).count();
     let offline = outcomes
         .iter()
@@ -145,7 +235,26 @@ async fn publish(
         .count();
     let new = outcomes.len() - duplicates;
     state.metrics.pushes_published(new, duplicates, offline);
-    Ok(outcomes)
+    for ((publication, outcome), ticket) in publications.iter().zip(&outcomes).zip(tickets) {
+        if let Some(ticket) = ticket {
+            let published = if outcome.duplicate {
+                Published::Duplicate
+            } else {
+                Published::Delivered(outcome.delivery)
+            };
+            state.acks.settle(ticket, published);
+        } else if !publication.ack && !outcome.duplicate && outcome.delivery.delivered == 0 {
+            let reason = if outcome.delivery.is_offline() {
+                UndeliveredReason::Offline
+            } else {
+                UndeliveredReason::SlowConsumer
+            };
+            state
+                .webhooks
+                .undelivered(&publication.user_id, &publication.event, reason);
+        }
+    }
+    Ok((outcomes, waiters))
 }
 
 fn push_response(event: Publication, outcome: Outcome) -> PushResponse {
@@ -184,6 +293,7 @@ fn push_response(event: Publication, outcome: Outcome) -> PushResponse {
         stored,
         duplicate: outcome.duplicate,
         position: outcome.stored,
+        acked: None,
     }
 }
 
@@ -201,7 +311,7 @@ pub async fn push_batch(
             .iter()
             .map(|message| message.encode(accepted_at))
             .collect::<Result<Vec<Publication>, _>>()?;
-        let outcomes = publish(&state, &events).await?;
+        let (outcomes, _) = publish(&state, &events, false).await?;
         state.metrics.observe_batch(events.len());
         let results = batch_results(events, outcomes);
         Ok::<_, ApiError>(BatchResponse { results })

@@ -13,6 +13,8 @@ mod redis;
 pub use self::redis::RedisBroker;
 pub use memory::MemoryBroker;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -94,6 +96,14 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Every user with at least one connection, wherever it is.
     async fn online_users(&self) -> Result<Vec<UserId>, BrokerError>;
+
+    /// A connection of `user` on this node acknowledged the events `ids`: resolves them on
+    /// whichever node tracks them (see [`crate::acks`]). Never waits.
+    fn acknowledge(&self, user: &UserId, ids: Vec<Arc<str>>);
+
+    /// The cluster-unique id of this node's connection `connection`, as [`UserConnection`] and
+    /// webhooks show it.
+    fn connection_id(&self, connection: u64) -> String;
 
     /// `memory` or `redis`.
     fn kind(&self) -> &'static str;

@@ -68,6 +68,8 @@ pub struct Departure {
     pub user: UserId,
     /// Its node-unique id.
     pub connection: u64,
+    /// Why it ended.
+    pub reason: DisconnectReason,
 }
 
 /// One connection's place in its user's cluster-wide stream.
@@ -131,7 +133,7 @@ impl Hub {
         {
             let mut shard = self.shard(&user).lock();
             let connections = shard.connections.entry(user.clone()).or_default();
-            self.add_connection(connections, &connection);
+            self.add_connection(&user, connections, &connection);
         }
         let registration = Registration {
             hub: Arc::clone(self),

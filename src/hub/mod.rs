@@ -294,6 +294,13 @@ impl Connection {
         first
     }
 
+    /// Why the connection ended: the reason it was asked to close, or the one its session gave
+    /// when it ended ([`Registration::end`]); a client that went away otherwise.
+    fn end_reason(&self) -> DisconnectReason {
+        self.close_reason()
+            .unwrap_or(DisconnectReason::ClientClosed)
+    }
+
     /// The reason the hub asked this connection to close, if it has.
     fn close_reason(&self) -> Option<DisconnectReason> {
         let code = self.close_reason.load(Ordering::Acquire);
@@ -348,6 +355,32 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Where departing connections are reported (cluster mode).
     departures: OnceLock<mpsc::UnboundedSender<Departure>>,
+    /// Where users arriving on and leaving this node are reported, when someone listens.
+    presence: OnceLock<mpsc::UnboundedSender<PresenceChange>>,
+}
+
+/// A user's presence on this node changed: their first connection here, or their last one ended.
+/// Reported under the user's shard lock, so a user's changes arrive in the order they happened.
+#[derive(Debug, Clone)]
+pub enum PresenceChange {
+    /// The user's first connection here.
+    Arrived {
+        /// The user.
+        user: UserId,
+        /// The connection's node-unique id.
+        connection: u64,
+        /// How it is connected.
+        transport: Transport,
+    },
+    /// The user's last connection here ended.
+    Left {
+        /// The user.
+        user: UserId,
+        /// The connection's node-unique id.
+        connection: u64,
+        /// Why it ended.
+        reason: DisconnectReason,
+    },
 }
 
 impl Hub {
@@ -376,7 +409,14 @@ impl Hub {
             mode,
             metrics,
             departures: OnceLock::new(),
+            presence: OnceLock::new(),
         }
+    }
+
+    /// Has users arriving on and leaving this node reported to `presence`.
+    pub fn report_presence(&self, presence: mpsc::UnboundedSender<PresenceChange>) {
+        // Set once, at start-up; a second call is a no-op.
+        let _ = self.presence.set(presence);
     }
 
     fn shard_index(&self, user: &UserId) -> usize {
@@ -486,7 +526,7 @@ impl Hub {
                 }
                 _ => None,
             };
-            self.add_connection(connections, &connection);
+            self.add_connection(&user, connections, &connection);
             (head, resumed)
         };
         self.after_change();
@@ -524,10 +564,23 @@ impl Hub {
         (connection, outbox)
     }
 
-    /// Adds `connection` to its user's `connections` (under the shard lock) and counts it.
-    fn add_connection(&self, connections: &mut Vec<Arc<Connection>>, connection: &Arc<Connection>) {
+    /// Adds `connection` to its `user`'s `connections` (under the shard lock) and counts it.
+    fn add_connection(
+        &self,
+        user: &UserId,
+        connections: &mut Vec<Arc<Connection>>,
+        connection: &Arc<Connection>,
+    ) {
         if connections.is_empty() {
             self.users.fetch_add(1, Ordering::AcqRel);
+            if let Some(presence) = self.presence.get() {
+                // The receiver only goes away with the broker, at exit.
+                let _ = presence.send(PresenceChange::Arrived {
+                    user: user.clone(),
+                    connection: connection.id,
+                    transport: connection.transport,
+                });
+            }
         }
         connections.push(Arc::clone(connection));
         self.connections[connection.transport as usize].fetch_add(1, Ordering::AcqRel);
@@ -546,6 +599,13 @@ impl Hub {
         if connections.is_empty() {
             shard.connections.remove(user);
             self.users.fetch_sub(1, Ordering::AcqRel);
+            if let Some(presence) = self.presence.get() {
+                let _ = presence.send(PresenceChange::Left {
+                    user: user.clone(),
+                    connection: connection.id,
+                    reason: connection.end_reason(),
+                });
+            }
         }
         drop(shard);
         if let Some(departures) = self.departures.get() {
@@ -553,6 +613,7 @@ impl Hub {
             let _ = departures.send(Departure {
                 user: user.clone(),
                 connection: connection.id,
+                reason: connection.end_reason(),
             });
         }
     }
@@ -947,6 +1008,14 @@ impl Registration {
     }
 }
 
+impl Registration {
+    /// Unregisters the connection, which ended for `reason` (unless the hub had asked it to
+    /// close for another).
+    pub fn end(self, reason: DisconnectReason) {
+        self.connection.request_close(reason);
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         self.hub.unregister(&self.user, &self.connection);
@@ -1007,6 +1076,7 @@ mod tests {
         Publication {
             user_id: user(user_name),
             id_origin: IdOrigin::Upstream,
+            ack: false,
             event: Arc::new(Event {
                 event_id: Arc::from(id),
                 event_type: Arc::from("message"),

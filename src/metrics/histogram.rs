@@ -41,6 +41,17 @@ pub struct HistogramSnapshot {
     pub sum: f64,
 }
 
+impl HistogramSnapshot {
+    /// A histogram with no observation and only the `+Inf` bucket (for what is switched off).
+    pub fn empty() -> Self {
+        Self {
+            buckets: vec![(f64::INFINITY, 0)],
+            count: 0,
+            sum: 0.0,
+        }
+    }
+}
+
 impl AtomicHistogram {
     /// A histogram with these bucket bounds (ascending, at most [`MAX_BOUNDS`]; extra ones are
     /// ignored) in a raw unit, `divisor` of which make one exported unit.

@@ -115,6 +115,64 @@ pub struct BrokerReport {
     pub link: Option<LinkCounts>,
 }
 
+/// What the webhook sender reports, for `/metrics` (JSON: the `webhooks` object), the
+/// Prometheus `webhook_*` families and the console.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WebhookReport {
+    /// Whether webhooks are on (`WEBHOOK_URL`).
+    pub enabled: bool,
+    /// Webhooks delivered (answered 2xx).
+    pub sent: u64,
+    /// Attempts that failed (timeout, connection error, non-2xx); each may be retried.
+    pub failed_attempts: u64,
+    /// Webhooks given up after `WEBHOOK_MAX_ATTEMPTS`.
+    pub given_up: u64,
+    /// Webhooks dropped, oldest first, because the queue was full.
+    pub dropped: u64,
+    /// Webhooks queued or being delivered now.
+    pub queued: u64,
+    /// Their bytes.
+    pub queued_bytes: u64,
+    /// Why the last failed attempt failed, if one has.
+    pub last_error: Option<String>,
+    /// Seconds from queueing to a 2xx answer (Prometheus only).
+    #[serde(skip)]
+    pub latency: HistogramSnapshot,
+}
+
+impl Default for WebhookReport {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            sent: 0,
+            failed_attempts: 0,
+            given_up: 0,
+            dropped: 0,
+            queued: 0,
+            queued_bytes: 0,
+            last_error: None,
+            latency: HistogramSnapshot::empty(),
+        }
+    }
+}
+
+/// What the acknowledgement tracker reports, for `/metrics` (JSON: the `acks` object), the
+/// Prometheus `ack_*` families and the console.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AckReport {
+    /// Events waiting for an acknowledgement on this node.
+    pub pending: u64,
+    /// Bytes they hold (their frames, counted per entry).
+    pub pending_bytes: u64,
+    /// Events acknowledged in time.
+    pub acked: u64,
+    /// Events no connection acknowledged within `ACK_TIMEOUT` (`message.undelivered` sent).
+    pub expired: u64,
+    /// Events given up early, oldest first, at the bounds (`ACK_PENDING_PER_USER`,
+    /// `ACK_PENDING_MAX`, `ACK_PENDING_MAX_BYTES`): reported `message.undelivered` at once.
+    pub evicted: u64,
+}
+
 /// One Redis shard of a cluster with several (`REDIS_URL` lists them), for `/health` and `/ready`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ShardReport {
@@ -187,6 +245,8 @@ pub struct Metrics {
     events_dropped: [AtomicU64; DropReason::COUNT],
     /// Text frames received from clients (each answered with an ack).
     client_messages: AtomicU64,
+    /// Event ids acknowledged by clients on this node.
+    client_acks: AtomicU64,
     /// Pushes that repeated an `event_id` still in the user's history (not delivered again).
     duplicate_pushes: AtomicU64,
     /// Connections that resumed and were replayed what they missed (possibly nothing).
@@ -215,6 +275,7 @@ impl Default for Metrics {
             events_delivered: AtomicU64::default(),
             events_dropped: Default::default(),
             client_messages: AtomicU64::default(),
+            client_acks: AtomicU64::default(),
             duplicate_pushes: AtomicU64::default(),
             resumes_replayed: AtomicU64::default(),
             events_replayed: AtomicU64::default(),
@@ -270,6 +331,8 @@ pub struct Counts {
     pub events_dropped: [u64; DropReason::COUNT],
     /// Text frames received from clients.
     pub client_messages: u64,
+    /// Event ids acknowledged by clients on this node.
+    pub client_acks: u64,
     /// Pushes that repeated a stored `event_id`.
     pub duplicate_pushes: u64,
     /// Connections that resumed with a replay.
@@ -394,6 +457,11 @@ impl Metrics {
         bump(&self.client_messages, 1);
     }
 
+    /// A client acknowledged `count` events.
+    pub fn client_acks(&self, count: usize) {
+        bump(&self.client_acks, count as u64);
+    }
+
     /// A connection asked to resume; this is how it went.
     pub fn resumed(&self, resumed: Resumed) {
         match resumed {
@@ -417,6 +485,7 @@ impl Metrics {
             events_delivered: read(&self.events_delivered),
             events_dropped: read_all(&self.events_dropped),
             client_messages: read(&self.client_messages),
+            client_acks: read(&self.client_acks),
             duplicate_pushes: read(&self.duplicate_pushes),
             resumes_replayed: read(&self.resumes_replayed),
             events_replayed: read(&self.events_replayed),
@@ -469,6 +538,7 @@ impl Counts {
             "events_offline_total": dropped(DropReason::Offline),
             "events_dropped_total": labelled::<DropReason>(&self.events_dropped),
             "client_messages_total": self.client_messages,
+            "client_acks_total": self.client_acks,
             "duplicate_pushes_total": self.duplicate_pushes,
             "history_users": gauges.history_users,
             "history_events": gauges.history_events,

@@ -21,7 +21,10 @@ use strum::VariantArray;
 use super::histogram::HistogramSnapshot;
 use super::process::ProcessStats;
 use super::requests::RouteSnapshot;
-use super::{BrokerReport, ClusterStats, Counts, DropReason, Gauges, Refusal, Rejection};
+use super::{
+    AckReport, BrokerReport, ClusterStats, Counts, DropReason, Gauges, Refusal, Rejection,
+    WebhookReport,
+};
 use crate::protocol::{
     DisconnectReason, EvictionCause, Label, ResyncReason, SlowConsumerCause, Transport,
 };
@@ -59,6 +62,10 @@ pub struct Exposition {
     pub broker: BrokerReport,
     /// The cluster's counts (`None` with the memory broker).
     pub cluster: Option<ClusterStats>,
+    /// The webhook sender's counters and queue.
+    pub webhooks: WebhookReport,
+    /// The acknowledgement tracker's counters and state.
+    pub acks: AckReport,
     /// The process's resources (`None` where they cannot be read).
     pub process: Option<ProcessStats>,
     /// The HTTP API's response times that have observations, by route and status class.
@@ -303,8 +310,14 @@ impl Collector for Exposition {
         )?;
         out.counter(
             "client_messages",
-            "Text frames received from WebSocket clients (each answered with an ack)",
+            "Text frames received from WebSocket clients (each answered with an ack), \
+             acknowledgements excepted",
             counts.client_messages,
+        )?;
+        out.counter(
+            "client_acks",
+            "Event ids acknowledged by clients on this node (WebSocket frames and SSE posts)",
+            counts.client_acks,
         )?;
 
         // Pushes.
@@ -471,6 +484,75 @@ impl Collector for Exposition {
             link.malformed_messages,
         )?;
 
+        // Webhooks and acknowledgements.
+        let webhooks = &self.webhooks;
+        out.counter(
+            "webhooks_sent",
+            "Webhooks delivered (answered 2xx)",
+            webhooks.sent,
+        )?;
+        out.counter(
+            "webhook_failed_attempts",
+            "Webhook attempts that failed (timeout, connection error, non-2xx); each may be retried",
+            webhooks.failed_attempts,
+        )?;
+        out.counter(
+            "webhooks_given_up",
+            "Webhooks given up after WEBHOOK_MAX_ATTEMPTS",
+            webhooks.given_up,
+        )?;
+        out.counter(
+            "webhooks_dropped",
+            "Webhooks dropped, oldest first, because the queue was full",
+            webhooks.dropped,
+        )?;
+        out.gauge(
+            "webhook_queue",
+            "Webhooks queued or being delivered",
+            None,
+            webhooks.queued,
+        )?;
+        out.gauge(
+            "webhook_queue_bytes",
+            "Bytes of the webhooks queued or being delivered",
+            None,
+            webhooks.queued_bytes,
+        )?;
+        out.histogram(
+            "webhook_delivery_seconds",
+            "Time from queueing a webhook to its 2xx answer, retries included",
+            Some(&Unit::Seconds),
+            &webhooks.latency,
+        )?;
+        let acks = &self.acks;
+        out.gauge(
+            "acks_pending",
+            "Events pushed from this node waiting for a client's acknowledgement",
+            None,
+            acks.pending,
+        )?;
+        out.gauge(
+            "acks_pending_bytes",
+            "Bytes held by the events waiting for acknowledgement",
+            None,
+            acks.pending_bytes,
+        )?;
+        out.counter(
+            "acks_resolved",
+            "Events acknowledged within ACK_TIMEOUT",
+            acks.acked,
+        )?;
+        out.counter(
+            "acks_expired",
+            "Events not acknowledged within ACK_TIMEOUT (reported message.undelivered)",
+            acks.expired,
+        )?;
+        out.counter(
+            "acks_evicted",
+            "Events given up early at the pending-acknowledgement bounds (reported undelivered)",
+            acks.evicted,
+        )?;
+
         // Cluster (as of this node's last heartbeat).
         if let Some(cluster) = &self.cluster {
             out.gauge(
@@ -530,6 +612,8 @@ mod tests {
                 link: None,
             },
             cluster,
+            webhooks: WebhookReport::default(),
+            acks: AckReport::default(),
             requests: Vec::new(),
             process: Some(ProcessStats {
                 resident_memory_bytes: 30 << 20,

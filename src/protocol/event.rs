@@ -24,6 +24,9 @@ pub struct Publication {
     pub id_origin: IdOrigin,
     /// The event as clients receive it, shared by the history and every outbox it is queued in.
     pub event: Arc<Event>,
+    /// Whether the upstream asked for the client's acknowledgement (`"ack": true`, also in the
+    /// frame).
+    pub ack: bool,
 }
 
 impl Publication {
@@ -68,11 +71,13 @@ struct Envelope<'a> {
     event_type: &'a str,
     event_id: &'a str,
     timestamp: Timestamp<'a>,
+    ack: bool,
 }
 
 impl Envelope<'_> {
     /// Appends `{"event_type":…,"event_id":…,"user_id":…,"timestamp":…,"data":` (the wire
-    /// contract's field order), which the `data` JSON and a closing brace complete.
+    /// contract's field order; `"ack":true` before `data` when acknowledgement was asked for),
+    /// which the `data` JSON and a closing brace complete.
     fn write_head(&self, user_id: &str, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
         out.extend_from_slice(b"{\"event_type\":");
         serde_json::to_writer(&mut *out, self.event_type)?;
@@ -84,6 +89,9 @@ impl Envelope<'_> {
         match self.timestamp {
             Timestamp::Given(raw) => out.extend_from_slice(raw.get().as_bytes()),
             Timestamp::Accepted(seconds) => serde_json::to_writer(&mut *out, &seconds)?,
+        }
+        if self.ack {
+            out.extend_from_slice(b",\"ack\":true");
         }
         out.extend_from_slice(b",\"data\":");
         Ok(())
@@ -111,6 +119,7 @@ impl PushMessage<'_> {
             event_type: &self.event_type,
             event_id: &event_id,
             timestamp: timestamp(self.timestamp, accepted_at),
+            ack: self.ack.wanted,
         };
         let json = exact_text(|out| {
             envelope.write_head(self.user_id.as_str(), out)?;
@@ -127,7 +136,8 @@ impl PushMessage<'_> {
             event_id,
             shared_event_type(&self.event_type),
             Frame::whole(json),
-        ))
+        )
+        .asking_ack(self.ack.wanted))
     }
 }
 
@@ -150,6 +160,7 @@ impl PushFields<'_> {
             event_type: &self.event_type,
             event_id: &event_id,
             timestamp: timestamp(self.timestamp, accepted_at),
+            ack: self.ack.wanted,
         };
         let payload = Payload::new(exact_text(|out| {
             write_tail(self.data, out);
@@ -167,7 +178,8 @@ impl PushFields<'_> {
                     Arc::clone(&event_id),
                     Arc::clone(&event_type),
                     frame,
-                ))
+                )
+                .asking_ack(self.ack.wanted))
             })
             .collect::<Result<_, serde_json::Error>>()?;
         Ok((event_id, publications))
@@ -212,6 +224,14 @@ fn publication(
             frame,
             accepted_at: Instant::now(),
         }),
+        ack: false,
+    }
+}
+
+impl Publication {
+    fn asking_ack(mut self, ack: bool) -> Self {
+        self.ack = ack;
+        self
     }
 }
 

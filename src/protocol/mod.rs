@@ -9,6 +9,7 @@
 //! (reference-counted bytes) every receiving connection shares; a push to several users shares
 //! one [`Payload`] among all their frames ([`frame`]).
 
+pub mod client_frame;
 pub mod connection;
 pub mod event;
 pub mod frame;
@@ -17,6 +18,9 @@ pub mod push;
 pub mod responses;
 pub mod stream;
 
+pub use client_frame::{
+    ACK_IDS_MAX, AckBody, ClientFrame, ack_error_frame, acked_ids, classify_client_frame,
+};
 pub use connection::{Delivery, DisconnectReason, SlowConsumerCause, Transport};
 pub use event::{
     Event, IdOrigin, Publication, RESYNC_EVENT_TYPE, ack_frame, resync_frame, unix_seconds_now,
@@ -24,9 +28,9 @@ pub use event::{
 };
 pub use frame::{Frame, Ledger, Payload};
 pub use push::{
-    DEFAULT_EVENT_TYPE, EVENT_ID_MAX_CHARS, EVENT_TYPE_MAX_CHARS, FieldError, Issue, Loc, Push,
-    PushFields, PushMessage, USER_ID_MAX_BYTES, UserId, parse_batch, parse_broadcast, parse_push,
-    parse_push_targets,
+    AckRequest, DEFAULT_EVENT_TYPE, EVENT_ID_MAX_CHARS, EVENT_TYPE_MAX_CHARS, FieldError, Issue,
+    Loc, Push, PushFields, PushMessage, USER_ID_MAX_BYTES, UserId, parse_batch, parse_broadcast,
+    parse_push, parse_push_targets,
 };
 pub use responses::{
     BatchItemResult, BatchResponse, BroadcastResponse, MultiPushResponse, PushResponse, PushStatus,

@@ -124,7 +124,22 @@ pub struct PushMessage<'a> {
     pub event_id: Option<Cow<'a, str>>,
     /// The upstream's unix timestamp as it wrote it, if it gave one.
     pub timestamp: Option<&'a RawValue>,
+    /// What the upstream asked about the client's acknowledgement (`ack`, `wait_ms`).
+    pub ack: AckRequest,
 }
+
+/// Whether a push asks its recipients to acknowledge it, and how long its response may wait.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AckRequest {
+    /// `"ack": true`: clients receive `"ack": true` and are expected to acknowledge.
+    pub wanted: bool,
+    /// `"wait_ms"`: the response waits up to this long for the first acknowledgement.
+    pub wait_ms: Option<u64>,
+}
+
+/// Largest `wait_ms` the parser takes; the server's own bound (`ACK_WAIT_MAX_MS`) is usually
+/// lower and is checked by the API.
+pub const WAIT_MS_MAX: u64 = 3_600_000;
 
 /// The push body as it arrives: every field kept raw so that each can be checked on its own and
 /// every problem reported, not just the first. Only a JSON object deserializes into it (serde's
@@ -137,6 +152,8 @@ struct RawPush<'a> {
     event_type: Option<&'a RawValue>,
     event_id: Option<&'a RawValue>,
     timestamp: Option<&'a RawValue>,
+    ack: Option<&'a RawValue>,
+    wait_ms: Option<&'a RawValue>,
 }
 
 /// The keys of a push object; anything else is ignored.
@@ -149,6 +166,8 @@ enum PushField {
     EventType,
     EventId,
     Timestamp,
+    Ack,
+    WaitMs,
     #[serde(other)]
     Unknown,
 }
@@ -177,6 +196,8 @@ impl<'de> Deserialize<'de> for RawPush<'de> {
                         PushField::EventType => (&mut push.event_type, "event_type"),
                         PushField::EventId => (&mut push.event_id, "event_id"),
                         PushField::Timestamp => (&mut push.timestamp, "timestamp"),
+                        PushField::Ack => (&mut push.ack, "ack"),
+                        PushField::WaitMs => (&mut push.wait_ms, "wait_ms"),
                         PushField::Unknown => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             continue;
@@ -261,6 +282,17 @@ pub fn parse_broadcast(body: &[u8]) -> Result<PushFields<'_>, Vec<Issue>> {
             );
         }
     }
+    for (field, present) in [("ack", raw.ack), ("wait_ms", raw.wait_ms)] {
+        if present.is_some() {
+            issues.push(
+                FieldError::new(
+                    "extra_forbidden",
+                    "A broadcast cannot ask for acknowledgements: push to user_ids instead",
+                )
+                .at(loc(&[], Some(field))),
+            );
+        }
+    }
     let fields = validate_fields(&raw, &[], &mut issues);
     match fields {
         Some(fields) if issues.is_empty() => Ok(fields),
@@ -319,7 +351,7 @@ pub fn parse_batch(body: &[u8], max_items: usize) -> Result<Vec<PushMessage<'_>>
         let messages: Vec<PushMessage<'_>> = items
             .into_iter()
             .enumerate()
-            .filter_map(|(index, raw)| validate(raw, &[Loc::Index(index)], &mut issues))
+            .filter_map(|(index, raw)| validate_item(raw, &[Loc::Index(index)], &mut issues))
             .collect();
         return if issues.is_empty() {
             Ok(messages)
@@ -345,7 +377,7 @@ pub fn parse_batch(body: &[u8], max_items: usize) -> Result<Vec<PushMessage<'_>>
         let prefix = [Loc::Index(index)];
         match serde_json::from_str::<RawPush<'_>>(item.get()) {
             Ok(raw) => {
-                validate(raw, &prefix, &mut issues);
+                validate_item(raw, &prefix, &mut issues);
             }
             Err(error) => {
                 let text: String = item.get().chars().take(32).collect();
@@ -417,6 +449,14 @@ pub struct PushFields<'a> {
     pub(super) event_type: Cow<'a, str>,
     pub(super) event_id: Option<Cow<'a, str>>,
     pub(super) timestamp: Option<&'a RawValue>,
+    pub(super) ack: AckRequest,
+}
+
+impl PushFields<'_> {
+    /// What the push asks about acknowledgements.
+    pub fn ack(&self) -> AckRequest {
+        self.ack
+    }
 }
 
 impl<'a> PushFields<'a> {
@@ -428,8 +468,28 @@ impl<'a> PushFields<'a> {
             event_type: self.event_type,
             event_id: self.event_id,
             timestamp: self.timestamp,
+            ack: self.ack,
         }
     }
+}
+
+/// Checks one batch item: a push that may ask for acknowledgement but not wait for it (a batch
+/// answers at once).
+fn validate_item<'a>(
+    raw: RawPush<'a>,
+    prefix: &[Loc],
+    issues: &mut Vec<Issue>,
+) -> Option<PushMessage<'a>> {
+    if raw.wait_ms.is_some() {
+        issues.push(
+            FieldError::new(
+                "extra_forbidden",
+                "A batch item cannot wait for its acknowledgement: push it alone to use wait_ms",
+            )
+            .at(loc(prefix, Some("wait_ms"))),
+        );
+    }
+    validate(raw, prefix, issues)
 }
 
 /// Checks every field of one push, appending problems to `issues`; `Some` only when all passed.
@@ -501,6 +561,22 @@ fn validate_fields<'a>(
         check("timestamp", timestamp(raw));
     }
 
+    let mut ack = AckRequest::default();
+    if let Some(raw) = raw.ack {
+        check(
+            "ack",
+            serde_json::from_str::<bool>(raw.get())
+                .map(|wanted| ack.wanted = wanted)
+                .map_err(|_| FieldError::new("bool_type", "Input should be a valid boolean")),
+        );
+    }
+    if let Some(raw) = raw.wait_ms {
+        check(
+            "wait_ms",
+            wait_ms(raw, ack.wanted).map(|ms| ack.wait_ms = Some(ms)),
+        );
+    }
+
     if issues.len() > before {
         return None;
     }
@@ -509,7 +585,27 @@ fn validate_fields<'a>(
         event_type,
         event_id,
         timestamp: raw.timestamp,
+        ack,
     })
+}
+
+/// `wait_ms`: a whole number of milliseconds up to [`WAIT_MS_MAX`], only with `"ack": true`.
+fn wait_ms(raw: &RawValue, ack: bool) -> Result<u64, FieldError> {
+    let ms = serde_json::from_str::<u64>(raw.get())
+        .map_err(|_| FieldError::new("int_type", "Input should be a valid non-negative integer"))?;
+    if ms > WAIT_MS_MAX {
+        return Err(FieldError::new(
+            "less_than_equal",
+            format!("Input should be less than or equal to {WAIT_MS_MAX}"),
+        ));
+    }
+    if !ack {
+        return Err(FieldError::new(
+            "value_error",
+            "wait_ms waits for an acknowledgement: it needs \"ack\": true",
+        ));
+    }
+    Ok(ms)
 }
 
 fn required(raw: Option<&RawValue>) -> Result<&RawValue, FieldError> {

@@ -35,6 +35,9 @@ pub struct PushResponse {
     /// Where it is stored: the stream's epoch and the event's position (absent when not stored).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub position: Option<StreamPosition>,
+    /// With `wait_ms`: whether a connection acknowledged the event in that time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked: Option<bool>,
 }
 
 /// Response body of a batch push.
@@ -59,6 +62,9 @@ pub struct BatchItemResult {
     pub stored: bool,
     /// Whether it repeated an `event_id` already in the user's history.
     pub duplicate: bool,
+    /// With `wait_ms`: whether a connection of the user acknowledged the event in that time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked: Option<bool>,
 }
 
 /// Response body of a push to several users (`user_ids`).
@@ -72,6 +78,9 @@ pub struct MultiPushResponse {
     pub event_id: Arc<str>,
     /// Connections that received it, all users together.
     pub delivered: usize,
+    /// With `wait_ms`: whether every user acknowledged the event in that time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acked: Option<bool>,
     /// One result per user, in the order given (duplicates removed).
     pub results: Vec<BatchItemResult>,
 }

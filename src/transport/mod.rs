@@ -8,6 +8,7 @@
 //! attaching ([`attach`]); and the [`session`] core that runs every connection, each transport
 //! providing only its [`Link`](session::Link).
 
+pub mod ack;
 mod session;
 pub mod sse;
 pub mod ws;
@@ -158,6 +159,24 @@ pub fn authorize(
         expires_at,
         slot,
     })
+}
+
+/// Who a request from a client is, by the same rules as a connection (`user_id` in open mode;
+/// the token, from `Authorization: Bearer` or `?token=`, when tokens are on) and from an allowed
+/// origin; without the connection's rate limit or slot. For requests a connected client makes
+/// besides its stream (an SSE client's acknowledgements).
+pub fn identify_client(
+    state: &AppState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<UserId, ApiError> {
+    let request = ConnectRequest::from_parts(query, headers)
+        .map_err(|issue| ApiError::InvalidQuery(vec![issue]))?;
+    let settings = &state.settings;
+    check_origin(&settings.cors_origins, &settings.allowed_hosts, headers)?;
+    let (user, _) =
+        identify(state, request.user, request.token.as_deref()).map_err(|(_, error)| error)?;
+    Ok(user)
 }
 
 /// The client's user: from its token when tokens are on, else from `user_id`.

@@ -23,9 +23,12 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::auth::remaining;
 use crate::hub::{Attached, Outbox, Outgoing, Queued, Registration};
-use crate::protocol::{DisconnectReason, Frame, Label, Transport};
+use crate::protocol::{
+    ClientFrame, DisconnectReason, Label, Transport, ack_error_frame, ack_frame,
+};
 use crate::rate_limit::Limit;
 use crate::state::SharedState;
+use crate::webhook::WebhookType;
 
 /// Most items a session writes at once.
 pub(super) const WRITE_BATCH: usize = 64;
@@ -53,9 +56,9 @@ pub(super) trait Link: Send {
     /// client that did not answer in time.
     async fn keep_alive(&mut self) -> Result<usize, DisconnectReason>;
 
-    /// Waits for what the client does next: a frame to answer (the reply), a sign of life
-    /// (`None`), or a reason to end (it left, or broke a rule).
-    async fn receive(&mut self) -> Result<Option<Frame>, DisconnectReason>;
+    /// Waits for what the client does next: a frame (an acknowledgement, or a message to
+    /// answer), a sign of life (`None`), or a reason to end (it left, or broke a rule).
+    async fn receive(&mut self) -> Result<Option<ClientFrame>, DisconnectReason>;
 
     /// Ends the connection for `reason`, after writing `pending` (the items still queued when the
     /// server shuts down; empty otherwise). Returns the bytes written, as the metrics count them.
@@ -127,6 +130,7 @@ impl Session {
                 reason = reason.label(),
                 "disconnected"
             );
+            registration.end(reason);
         }
         self.state.metrics.connection_closed(reason);
         let mut pending = std::mem::take(&mut self.batch);
@@ -249,9 +253,8 @@ async fn serve<L: Link>(
                     return DisconnectReason::MessageRate;
                 }
                 match received {
-                    Ok(Some(reply)) => {
-                        metrics.client_message();
-                        if let Err(reason) = registration.queue_reply(reply) {
+                    Ok(Some(frame)) => {
+                        if let Err(reason) = answer(frame, registration, state) {
                             return reason;
                         }
                     }
@@ -266,6 +269,35 @@ async fn serve<L: Link>(
             keepalive.as_mut().reset(deadline);
         }
     }
+}
+
+/// Acts on a client's frame: an acknowledgement goes to the broker (no reply); any other frame
+/// is answered with the seed's echo ack and goes to the `client.message` webhook; a malformed
+/// acknowledgement is answered with an error naming the field. A queue too full for the reply
+/// ends the connection.
+fn answer(
+    frame: ClientFrame,
+    registration: &Registration,
+    state: &SharedState,
+) -> Result<(), DisconnectReason> {
+    let user = registration.user();
+    let reply = match frame {
+        ClientFrame::Ack(ids) => {
+            state.metrics.client_acks(ids.len());
+            state.broker.acknowledge(user, ids);
+            return Ok(());
+        }
+        ClientFrame::BadAck(problem) => ack_error_frame(&problem),
+        ClientFrame::Message(text) => {
+            state.metrics.client_message();
+            if state.webhooks.wants(WebhookType::ClientMessage) {
+                let connection_id = state.broker.connection_id(registration.id());
+                state.webhooks.client_message(user, &connection_id, &text);
+            }
+            ack_frame(&text)
+        }
+    };
+    registration.queue_reply(reply)
 }
 
 /// Writes `batch`, unless the hub asks the connection to close as a slow consumer meanwhile: then

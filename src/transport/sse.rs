@@ -45,7 +45,7 @@ use crate::broker::AttachError;
 use crate::error::ApiError;
 use crate::hub::{Outgoing, Queued};
 use crate::metrics::Refusal;
-use crate::protocol::{DisconnectReason, Frame, Label, Transport};
+use crate::protocol::{ClientFrame, DisconnectReason, Label, Transport};
 use crate::state::SharedState;
 
 /// Chunks written by the link and not yet handed to hyper. The body hands one on after each poll
@@ -260,7 +260,7 @@ impl Link for SseLink {
         self.send_pieces(vec![keepalive]).await
     }
 
-    async fn receive(&mut self) -> Result<Option<Frame>, DisconnectReason> {
+    async fn receive(&mut self) -> Result<Option<ClientFrame>, DisconnectReason> {
         // An event stream has no way back. A client that goes away drops the body, and the
         // session with it.
         std::future::pending().await

@@ -27,8 +27,10 @@ const LAYERS: &[&[&str]] = &[
         "clock",
         "admission",
     ],
-    // This node's connections and delivery.
-    &["hub"],
+    // This node's connections and delivery; the webhooks sent to the backend.
+    &["hub", "webhook"],
+    // Events waiting for a client's acknowledgement (reported through webhooks).
+    &["acks"],
     // Settings, parsed into the types of the layers below.
     &["config"],
     // Routing across nodes; credentials; rate limits; the health probe.

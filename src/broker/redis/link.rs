@@ -39,7 +39,7 @@ use super::{
 use crate::broker::BrokerError;
 use crate::hub::{Departure, Present, Sequenced};
 use crate::metrics::ClusterStats;
-use crate::protocol::{DisconnectReason, Transport, UserId};
+use crate::protocol::{DisconnectReason, Label, Transport, UserId};
 
 /// First wait before reconnecting; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
@@ -571,6 +571,18 @@ async fn receive(shared: Arc<Shared>, mut messages: mpsc::UnboundedReceiver<Push
         };
         bump(&shared.counters.messages_received);
         let channel = channel.as_ref();
+        if groups && wire::is_ack_notice(&payload) {
+            match wire::read_ack_notice(&payload) {
+                Ok((user, ids)) => {
+                    shared.acks.acknowledge(&user, &ids);
+                }
+                Err(error) => {
+                    bump(&shared.counters.malformed_messages);
+                    tracing::warn!(%error, channel, "ignored");
+                }
+            }
+            continue;
+        }
         if groups {
             match wire::read_group(payload) {
                 Ok(group) => deliver_group(&shared, group).await,
@@ -714,14 +726,19 @@ pub(super) async fn forget_departures(
             invocation
                 .key(shared.names.prefix())
                 .arg(shared.names.publish_command())
-                .arg(&shared.node);
+                .arg(&shared.node)
+                .arg(shared.grace.as_millis() as u64);
             for departure in &batch {
                 invocation
                     .arg(departure.user.as_str())
-                    .arg(departure.connection);
+                    .arg(departure.connection)
+                    .arg(departure.reason.label());
             }
-            match invocation.invoke_async::<()>(&mut commands).await {
-                Ok(()) => break,
+            match invocation.invoke_async::<Vec<String>>(&mut commands).await {
+                Ok(last) => {
+                    report_departures(&shared, last);
+                    break;
+                }
                 Err(error) => {
                     shared.command_failed(generation, &error);
                     // Whatever the failure (link, out of memory, busy), try again shortly; a
@@ -731,6 +748,70 @@ pub(super) async fn forget_departures(
             }
         }
         batch.clear();
+    }
+}
+
+/// Reports the departures [`scripts::LEAVE`] found to be their users' last (`user, token,
+/// reason, state` each): at once without a grace, otherwise after it, through
+/// [`scripts::GONE`] (which reports only those nobody came back for).
+fn report_departures(shared: &Arc<Shared>, last: Vec<String>) {
+    let mut waiting = Vec::new();
+    for departure in last.chunks_exact(4) {
+        let [user, token, reason, state] = departure else {
+            continue;
+        };
+        let Ok(user) = UserId::parse(user) else {
+            continue;
+        };
+        if state == "gone" {
+            shared.webhooks.user_disconnected(&user, token, reason);
+        } else {
+            waiting.push((user, token.clone(), reason.clone()));
+        }
+    }
+    if waiting.is_empty() {
+        return;
+    }
+    let shared = Arc::clone(shared);
+    let lifecycle = shared.lifecycle.clone();
+    lifecycle.spawn_background(async move {
+        tokio::time::sleep(shared.grace).await;
+        confirm_departures(&shared, waiting).await;
+    });
+}
+
+/// Runs [`scripts::GONE`] for departures whose grace passed, retrying while Redis cannot be
+/// reached, and reports those it confirms.
+async fn confirm_departures(shared: &Shared, waiting: Vec<(UserId, String, String)>) {
+    let mut up = shared.down.subscribe();
+    loop {
+        if up.wait_for(Option::is_none).await.is_err() {
+            return;
+        }
+        let Ok((generation, mut commands)) = shared.commands() else {
+            continue;
+        };
+        let mut invocation = scripts::GONE.prepare_invoke();
+        invocation
+            .key(shared.names.prefix())
+            .arg(shared.names.publish_command());
+        for (user, token, _) in &waiting {
+            invocation.arg(user.as_str()).arg(token);
+        }
+        match invocation.invoke_async::<Vec<String>>(&mut commands).await {
+            Ok(gone) => {
+                for (user, token, reason) in &waiting {
+                    if gone.iter().any(|name| name == user.as_str()) {
+                        shared.webhooks.user_disconnected(user, token, reason);
+                    }
+                }
+                return;
+            }
+            Err(error) => {
+                shared.command_failed(generation, &error);
+                tokio::time::sleep(FIRST_BACKOFF.max(shared.lease / 10)).await;
+            }
+        }
     }
 }
 

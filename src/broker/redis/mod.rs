@@ -51,6 +51,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use self::wire::{Content, Names};
 use super::{AttachError, Broker, BrokerError, UserConnection};
+use crate::acks::Acks;
 use crate::config::Settings;
 use crate::history::HistoryLimits;
 use crate::hub::{
@@ -63,6 +64,7 @@ use crate::protocol::{
     Delivery, DisconnectReason, IdOrigin, Label, Publication, Resumed, ResyncReason,
     StreamPosition, Transport, UserId, parse_token, user_in_head,
 };
+use crate::webhook::Webhooks;
 
 /// How long a user's stream position outlives its last event or connection: a client that comes
 /// back within it resumes without a resync even when its history expired (if it missed nothing).
@@ -239,14 +241,52 @@ struct Shared {
     records: Mutex<Recent>,
     /// Set once this node has left the cluster (shutdown): no more heartbeats.
     left: AtomicBool,
+    /// The events this node tracks for acknowledgement (acknowledgements from other nodes
+    /// arrive on the groups channel).
+    acks: Arc<Acks>,
+    /// Where presence webhooks go.
+    webhooks: Webhooks,
+    /// `WEBHOOK_PRESENCE_GRACE`.
+    grace: Duration,
 }
 
 /// What [`Shared::join`] found.
 enum Joined {
     /// The user is at the per-user limit.
     AtLimit,
-    /// The connection's starting point.
-    Accepted(CatchUp),
+    /// The connection's starting point, and what its arrival means for the user's presence.
+    Accepted(CatchUp, Arrival),
+}
+
+/// What a connection's join means for its user's presence in the cluster (see
+/// [`scripts::JOIN`]'s `arrived`).
+#[derive(Debug, PartialEq, Eq)]
+enum Arrival {
+    /// The user was connected already (or came back within the grace): nothing to report.
+    Known,
+    /// The user had no connection: `user.connected`.
+    First,
+    /// The user's departure was past its grace but not reported yet: `user.disconnected` of
+    /// that connection (`<node>/<connection>`, reason), then `user.connected`.
+    AfterDeparture(String, String),
+}
+
+impl Arrival {
+    fn read(arrived: &str) -> Result<Self, String> {
+        match arrived {
+            "" => Ok(Self::Known),
+            "first" => Ok(Self::First),
+            record => {
+                let mut words = record.splitn(3, ' ');
+                match (words.next(), words.next(), words.next()) {
+                    (Some(token), Some(_due), Some(reason)) => {
+                        Ok(Self::AfterDeparture(token.to_owned(), reason.to_owned()))
+                    }
+                    _ => Err(format!("arrival {record:?}")),
+                }
+            }
+        }
+    }
 }
 
 impl RedisBroker {
@@ -259,6 +299,8 @@ impl RedisBroker {
         settings: &Settings,
         hub: Arc<Hub>,
         lifecycle: &Lifecycle,
+        acks: &Arc<Acks>,
+        webhooks: &Webhooks,
     ) -> Result<Self, String> {
         let node = settings
             .node_id
@@ -304,6 +346,9 @@ impl RedisBroker {
                 cluster: Mutex::new(None),
                 records: Mutex::new(Recent::default()),
                 left: AtomicBool::new(false),
+                acks: Arc::clone(acks),
+                webhooks: webhooks.clone(),
+                grace: settings.webhook_presence_grace,
             });
             lifecycle.spawn_background(link::supervise(Arc::clone(&shared), changes_rx));
             lifecycle.spawn_background(publish_merged(Arc::clone(&shared), publishes_rx));
@@ -630,7 +675,10 @@ impl Shared {
                     limit: shared.join_rules.per_user,
                 }));
             }
-            Joined::Accepted(catch_up) => catch_up,
+            Joined::Accepted(catch_up, arrival) => {
+                shared.report_arrival(&user, registration.id(), transport, arrival);
+                catch_up
+            }
         };
         let resumed = resume_from.map(|_| match catch_up.resync {
             Some(reason) => Resumed::Resync(reason),
@@ -653,6 +701,41 @@ impl Shared {
             head,
             resumed,
         })
+    }
+
+    /// Sends the presence webhooks a join calls for.
+    fn report_arrival(
+        &self,
+        user: &UserId,
+        connection: u64,
+        transport: Transport,
+        arrival: Arrival,
+    ) {
+        if let Arrival::AfterDeparture(token, reason) = &arrival {
+            self.webhooks.user_disconnected(user, token, reason);
+        }
+        if arrival != Arrival::Known {
+            let connection_id = format!("{}/{connection}", self.node);
+            self.webhooks
+                .user_connected(user, &connection_id, transport);
+        }
+    }
+
+    /// Tells every node (on the groups channel) that `user` acknowledged `ids`: the node that
+    /// tracks them resolves them. Tried once: an acknowledgement lost with the link is reported
+    /// undelivered when its event times out (at least once, never silently).
+    async fn announce_acks(&self, user: &UserId, ids: &[Arc<str>]) {
+        let Ok((generation, mut commands)) = self.commands() else {
+            return;
+        };
+        let sent = redis::cmd(self.names.publish_command())
+            .arg(self.names.groups_channel())
+            .arg(wire::ack_notice(user, ids))
+            .query_async::<()>(&mut commands)
+            .await;
+        if let Err(error) = sent {
+            self.command_failed(generation, &error);
+        }
     }
 
     /// The command connection, or why there is none.
@@ -981,7 +1064,7 @@ impl Shared {
                 bump(&shared.counters.catch_ups);
                 let from = cursor.to_string();
                 let mut catch_up = match shared.join(&user, Some(&from), None).await {
-                    Ok(Joined::Accepted(catch_up)) => catch_up,
+                    Ok(Joined::Accepted(catch_up, _)) => catch_up,
                     // The link broke: reconnecting catches every connection up.
                     Err(_) if shared.link_failing() => return,
                     Ok(Joined::AtLimit) | Err(_) => break,
@@ -1249,7 +1332,7 @@ fn read_join_reply(
         epoch: Arc::clone(&epoch),
         position: number(next()?)?,
     };
-    let _kicked = next()?;
+    let arrival = Arrival::read(&text(next()?)?)?;
     let reason = text(next()?)?;
     let resync = if reason.is_empty() {
         None
@@ -1299,13 +1382,16 @@ fn read_join_reply(
             event: event.map_err(|error| error.to_string())?,
         });
     }
-    Ok(Joined::Accepted(CatchUp {
-        head,
-        events,
-        resync,
-        from: from.map(str::to_owned),
-        after: None,
-    }))
+    Ok(Joined::Accepted(
+        CatchUp {
+            head,
+            events,
+            resync,
+            from: from.map(str::to_owned),
+            after: None,
+        },
+        arrival,
+    ))
 }
 
 /// One presence entry (`<node>/<connection>` → `<transport> <connected-at ms>`) as the
@@ -1329,6 +1415,17 @@ fn presence_value(transport: Transport, connected_at_ms: u64) -> String {
 
 #[async_trait]
 impl Broker for RedisBroker {
+    fn acknowledge(&self, user: &UserId, ids: Vec<Arc<str>>) {
+        let shard = Arc::clone(self.shard(user));
+        shard.acks.acknowledge(user, &ids);
+        let user = user.clone();
+        tokio::spawn(async move { shard.announce_acks(&user, &ids).await });
+    }
+
+    fn connection_id(&self, connection: u64) -> String {
+        format!("{}/{connection}", self.node)
+    }
+
     async fn publish(&self, events: &[Publication]) -> Result<Vec<Outcome>, BrokerError> {
         let [shard] = self.shards.as_slice() else {
             return self.publish_across_shards(events).await;

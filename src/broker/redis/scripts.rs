@@ -295,18 +295,25 @@ return out
 /// connection, presence value, per-user limit (0: no presence change, a catch-up), replace
 /// ('1': over the limit, the oldest connection is kicked), then the ids of payload records the
 /// node has at hand (named but not sent).
-/// Returns `{'limit', count}` or `{'ok', epoch, head, kicked, resync reason, event count, then per
+/// Returns `{'limit', count}` or `{'ok', epoch, head, arrived, resync reason, event count, then per
 /// event: position, envelope or head, record id ('' for an envelope), then per record they name
 /// that the node does not have at hand: id, record}` with the events after the point, each record once. When the point's stream was lost
 /// but the current one is whole from its start, the reason is `epoch_changed`, `head` is 0 (the
 /// resync point) and every event of the current stream follows. When a record the events need is
 /// gone (dropped for HISTORY_MAX_BYTES), the reason is `expired` (or `epoch_changed`) and no event
 /// follows.
+///
+/// `arrived` says what the join means for the user's presence (the `user.connected` webhook): ''
+/// when the user had connections, came back within the grace of a departure (whose pending
+/// `g:` record it deletes: no webhook either way), or for a catch-up; 'first' when the user had
+/// none; or the pending departure record `<node>/<connection> <due ms> <reason>` when its grace
+/// had passed but its node had not reported it yet: the joining node reports that departure,
+/// then the arrival.
 const JOIN_BODY: &str = r#"
 local size, ttl, meta_ttl, candidate = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local user, from, token_epoch, token_position = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local node, connection, value, limit, replace = ARGV[10], ARGV[11], ARGV[12], tonumber(ARGV[13]), ARGV[14]
-local kicked = ''
+local arrived = ''
 if limit > 0 then
   local presence = prefix .. 'p:' .. user
   local fields = redis.call('HGETALL', presence)
@@ -326,7 +333,16 @@ if limit > 0 then
       redis.call('HDEL', presence, live[i][1])
       redis.call(publish, prefix .. 'c:' .. user, 'K ' .. live[i][1])
     end
-    kicked = live[1][1]
+  end
+  if #live == 0 then
+    arrived = 'first'
+    local gone_key = prefix .. 'g:' .. user
+    local gone = redis.call('GET', gone_key)
+    if gone then
+      redis.call('DEL', gone_key)
+      local due = tonumber(string.match(gone, '^%S+ (%d+) ')) or 0
+      if now_ms() < due then arrived = '' else arrived = gone end
+    end
   end
   redis.call('HSET', presence, node .. '/' .. connection, value)
   redis.call('SADD', prefix .. 'nu:' .. node, user)
@@ -363,7 +379,7 @@ local function replay(entries)
   return events
 end
 local function answer(reason, events)
-  local out = {'ok', epoch, head, kicked, reason}
+  local out = {'ok', epoch, head, arrived, reason}
   for _, event in ipairs(events or {0}) do out[#out + 1] = event end
   return out
 end
@@ -408,22 +424,60 @@ if not events then return answer('expired') end
 return answer('', events)
 "#;
 
-/// Forgets connections that left. ARGV (after the publish command): node, then per connection: user, connection.
+/// Forgets connections that left. ARGV (after the publish command): node, presence grace ms,
+/// then per connection: user, connection, reason.
+/// Returns, for each connection that was its user's last on a live node, `user, <node>/<connection>,
+/// reason, state`: state 'gone' (no grace: report the departure now) or 'grace' (a departure
+/// record `g:<user>` = `<node>/<connection> <due ms> <reason>` now waits out the grace; the node
+/// reports it with [`GONE`] after the grace, unless a join took it meanwhile). A connection
+/// already forgotten (a retried call) reports nothing.
 const LEAVE_BODY: &str = r#"
-local node = ARGV[2]
-for i = 3, #ARGV, 2 do
-  local user, connection = ARGV[i], ARGV[i + 1]
+local node, grace = ARGV[2], tonumber(ARGV[3])
+local out = {}
+for i = 4, #ARGV, 3 do
+  local user, connection, reason = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local presence = prefix .. 'p:' .. user
-  redis.call('HDEL', presence, node .. '/' .. connection)
+  local token = node .. '/' .. connection
+  local removed = redis.call('HDEL', presence, token)
   local fields = redis.call('HKEYS', presence)
-  local mine = false
+  local mine, live = false, 0
   for _, field in ipairs(fields) do
-    if node_of(field) == node then mine = true break end
+    local field_node = node_of(field)
+    if field_node == node then mine = true end
+    if field_node and (field_node == node or alive(field_node)) then live = live + 1 end
   end
   if not mine then redis.call('SREM', prefix .. 'nu:' .. node, user) end
   if #fields == 0 then redis.call('SREM', prefix .. 'online', user) end
+  if removed == 1 and live == 0 then
+    local state = 'gone'
+    if grace > 0 then
+      state = 'grace'
+      redis.call('SET', prefix .. 'g:' .. user, token .. ' ' .. (now_ms() + grace) .. ' ' .. reason,
+        'PX', grace + 86400000)
+    end
+    out[#out + 1] = user
+    out[#out + 1] = token
+    out[#out + 1] = reason
+    out[#out + 1] = state
+  end
 end
-return 0
+return out
+"#;
+
+/// Reports departures whose grace passed. ARGV (after the publish command): per departure: user,
+/// `<node>/<connection>`. Returns the users whose departure record is still that connection's
+/// (deleting it): nobody came back, and no join reported it.
+const GONE_BODY: &str = r#"
+local out = {}
+for i = 2, #ARGV, 2 do
+  local key, token = prefix .. 'g:' .. ARGV[i], ARGV[i + 1] .. ' '
+  local gone = redis.call('GET', key)
+  if gone and string.sub(gone, 1, #token) == token then
+    redis.call('DEL', key)
+    out[#out + 1] = ARGV[i]
+  end
+end
+return out
 "#;
 
 /// Renews this node's lease with its counts, reaps nodes whose lease ran out, and returns the
@@ -506,6 +560,8 @@ pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| script(PUBLISH_BODY));
 pub static JOIN: LazyLock<Script> = LazyLock::new(|| script(JOIN_BODY));
 /// Forgets connections that left (see `LEAVE_BODY`).
 pub static LEAVE: LazyLock<Script> = LazyLock::new(|| script(LEAVE_BODY));
+/// Reports departures whose grace passed (see `GONE_BODY`).
+pub static GONE: LazyLock<Script> = LazyLock::new(|| script(GONE_BODY));
 /// A node's heartbeat (see `HEARTBEAT_BODY`).
 pub static HEARTBEAT: LazyLock<Script> = LazyLock::new(|| script(HEARTBEAT_BODY));
 /// A user's connections, optionally disconnecting them (see `CONNECTIONS_BODY`).

@@ -365,9 +365,53 @@ pub fn read_message(payload: Bytes) -> Result<ChannelMessage, Malformed> {
     }
 }
 
+/// The groups-channel message that carries acknowledgements to every node (the one that tracks
+/// the events resolves them): `A <user>\n<event id>\n<event id>…`. Neither user ids nor event
+/// ids hold control characters.
+pub fn ack_notice(user: &UserId, ids: &[Arc<str>]) -> String {
+    let mut notice = format!("A {user}");
+    for id in ids {
+        notice.push('\n');
+        notice.push_str(id);
+    }
+    notice
+}
+
+/// Whether a groups-channel message is an acknowledgement notice.
+pub fn is_ack_notice(payload: &[u8]) -> bool {
+    payload.starts_with(b"A ")
+}
+
+/// Reads an [`ack_notice`].
+pub fn read_ack_notice(payload: &[u8]) -> Result<(UserId, Vec<Arc<str>>), Malformed> {
+    let text = std::str::from_utf8(payload).map_err(|_| Malformed("not UTF-8"))?;
+    let mut lines = text.strip_prefix("A ").ok_or(Malformed("ack"))?.split('\n');
+    let user = lines
+        .next()
+        .and_then(|user| UserId::parse(user).ok())
+        .ok_or(Malformed("ack user"))?;
+    let ids: Vec<Arc<str>> = lines.filter(|id| !id.is_empty()).map(Arc::from).collect();
+    if ids.is_empty() {
+        return Err(Malformed("ack ids"));
+    }
+    Ok((user, ids))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ack_notices_round_trip() {
+        let user = UserId::parse("user one").unwrap();
+        let notice = ack_notice(&user, &["e1".into(), "e 2".into()]);
+        assert!(is_ack_notice(notice.as_bytes()));
+        let (read, ids) = read_ack_notice(notice.as_bytes()).unwrap();
+        assert_eq!(read, user);
+        assert_eq!(ids, [Arc::from("e1"), Arc::from("e 2")]);
+        assert!(read_ack_notice(b"A u").is_err());
+        assert!(!is_ack_notice(b"G r1 1 0 0\n"));
+    }
 
     fn event(id: &str, event_type: &str, frame: Frame) -> Event {
         Event {

@@ -22,7 +22,7 @@ use super::keepalive::{Due, Keepalive};
 use super::upgrade::Socket;
 use crate::config::Settings;
 use crate::hub::Queued;
-use crate::protocol::{DisconnectReason, Frame, Transport, ack_frame};
+use crate::protocol::{ClientFrame, DisconnectReason, Transport, classify_client_frame};
 
 /// How long closing may take: queued frames, the close frame and the client's reply.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -103,13 +103,13 @@ impl Link for WsLink {
         }
     }
 
-    async fn receive(&mut self) -> Result<Option<Frame>, DisconnectReason> {
+    async fn receive(&mut self) -> Result<Option<ClientFrame>, DisconnectReason> {
         let message = self.socket.next().await;
         if let Some(keepalive) = self.keepalive.as_mut() {
             keepalive.on_client_activity();
         }
         match message {
-            Some(Ok(Message::Text(text))) => Ok(Some(ack_frame(&text))),
+            Some(Ok(Message::Text(text))) => Ok(Some(classify_client_frame(text.as_str()))),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(None),
             Some(Ok(Message::Binary(_))) => Err(DisconnectReason::UnsupportedData),
             Some(Ok(Message::Close(_))) | None => Err(DisconnectReason::ClientClosed),

@@ -1,0 +1,64 @@
+//! `POST {SSE_ACK_PATH}`: how an SSE client acknowledges events, since an event stream has no way
+//! back. The request carries the same credentials as the client's stream (`?user_id=` in open
+//! mode; the token as `Authorization: Bearer` or `?token=` when tokens are on) and a JSON body
+//! `{"event_id": "…"}` or `{"event_ids": ["…", …]}` (at most 100), like a WebSocket client's
+//! `{"type":"ack",…}` frame. The acknowledgement goes to the broker, which resolves it on the
+//! node that tracks the events.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::identify_client;
+use crate::error::ApiError;
+use crate::protocol::{AckBody, Issue, Loc, acked_ids};
+use crate::state::SharedState;
+
+/// Largest acknowledgement body: 100 ids of 128 characters, quoted and escaped, fit.
+const ACK_BODY_MAX_BYTES: usize = 64 * 1024;
+
+/// `POST {SSE_ACK_PATH}`: answers `{"status":"ok","acknowledged":<ids taken>}`.
+pub async fn acknowledge(
+    State(state): State<SharedState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match take(&state, query.as_deref(), &headers, &body) {
+        Ok(count) => Json(json!({ "status": "ok", "acknowledged": count })).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+fn take(
+    state: &SharedState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<usize, ApiError> {
+    let user = identify_client(state, query, headers)?;
+    if body.len() > ACK_BODY_MAX_BYTES {
+        return Err(invalid(format!(
+            "an acknowledgement is at most {ACK_BODY_MAX_BYTES} bytes"
+        )));
+    }
+    let fields: AckBody<'_> = serde_json::from_slice(body)
+        .map_err(|error| invalid(format!("expected a JSON object: {error}")))?;
+    let ids = acked_ids(fields.event_id, fields.event_ids).map_err(invalid)?;
+    let count = ids.len();
+    state.metrics.client_acks(count);
+    state.broker.acknowledge(&user, ids);
+    Ok(count)
+}
+
+/// A 422 naming what is wrong with the body.
+fn invalid(msg: String) -> ApiError {
+    ApiError::Validation(vec![Issue {
+        loc: vec![Loc::Key("body")],
+        msg: msg.into(),
+        kind: "value_error",
+    }])
+}
