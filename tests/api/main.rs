@@ -8,6 +8,8 @@
 )]
 
 mod helpers;
+#[path = "../common/webhook_receiver.rs"]
+mod webhook_receiver;
 
 mod admin;
 mod auth;
@@ -25,4 +27,5 @@ mod openapi;
 mod prometheus;
 mod settings_table;
 mod sse;
+mod webhooks;
 mod websocket;
