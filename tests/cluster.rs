@@ -15,6 +15,8 @@
 mod ci;
 #[path = "api/helpers.rs"]
 mod helpers;
+#[path = "common/webhook_receiver.rs"]
+mod webhook_receiver;
 
 #[path = "cluster/redis.rs"]
 mod redis;
@@ -39,3 +41,5 @@ mod shards;
 mod shared;
 #[path = "cluster/tls.rs"]
 mod tls;
+#[path = "cluster/webhooks.rs"]
+mod webhooks;

@@ -3,6 +3,8 @@
 //! each webhook, or never), and checks signatures with an independent implementation (Python's
 //! standard library, not this crate's code).
 
+#![allow(dead_code)] // each test binary uses its own subset
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
