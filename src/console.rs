@@ -79,6 +79,7 @@ fn config(state: &SharedState) -> String {
     let value = json!({
         "ws_path": settings.ws_path,
         "sse_stream_path": settings.sse_stream_path,
+        "sse_ack_path": settings.sse_ack_path,
         "sse_path": settings.sse_path,
         "console_path": settings.console_path,
         "version": env!("CARGO_PKG_VERSION"),

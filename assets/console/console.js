@@ -27,6 +27,7 @@
       ws_path: '/ws',
       sse_stream_path: '/sse/stream',
       sse_path: '/sse/push',
+      sse_ack_path: '/sse/ack',
       console_path: '/',
       version: '',
       tokens_required: false,
@@ -155,7 +156,7 @@
 
   /**
    * Adds one entry: a received frame ({ transport, type, id, body }) or, with `system: true`, a
-   * line about the connection ({ transport, text, error }).
+   * line about the connection ({ transport, text, error }); returns its list item.
    */
   function addFrame(entry) {
     const item = el('li', `frame${entry.system ? ' system' : ''}${entry.error ? ' error' : ''}`);
@@ -194,6 +195,7 @@
     if (!newestFirst && atBottom) frameList.scrollTop = frameList.scrollHeight;
     if (newestFirst && frameList.scrollTop < 24) frameList.scrollTop = 0;
     updateFrameCount();
+    return item;
   }
 
   function system(transport, text, error = false) {
@@ -236,6 +238,13 @@
   const STABLE_MS = 10000;
   /** Milliseconds between two updates of the "reconnecting in N s" countdown. */
   const COUNTDOWN_MS = 100;
+  /**
+   * Milliseconds the acknowledgements due are gathered for, to go as one frame or request: a
+   * burst of events asking for them then stays within the server's CLIENT_MESSAGE_RATE.
+   */
+  const ACK_BATCH_MS = 100;
+  /** Most event ids in one acknowledgement (the server's limit). */
+  const ACK_IDS_MAX = 100;
 
   /**
    * What follows each cause of a connection's end: `then` is `retry` (reconnect after a backoff,
@@ -265,7 +274,10 @@
     other: { then: 'stop', says: (detail) => `closed: ${detail}` },
   };
 
-  /** The open (or opening) connection: { transport, closing, openedAt, gotEvent, close(), send? }. */
+  /**
+   * The open (or opening) connection: { transport, closing, openedAt, gotEvent, close(), send?,
+   * ack(body), unacked }.
+   */
   let connection = null;
   /** The session Connect started: { transport, attempts, timer, ticker }, or null. */
   let session = null;
@@ -354,8 +366,11 @@
     }
   }
 
-  /** A new connection of the session; `close` ends it from the console. */
-  function beginConnection(transport, close, send) {
+  /**
+   * A new connection of the session; `close` ends it from the console, `send` sends a text frame
+   * (WebSocket only), `ack` sends an acknowledgement body (`event_id` or `event_ids`).
+   */
+  function beginConnection(transport, close, { send, ack }) {
     const current = {
       transport,
       closing: false,
@@ -366,6 +381,9 @@
         close();
       },
       send,
+      ack,
+      /** Events waiting to be acknowledged: { eventId, item }. */
+      unacked: [],
     };
     connection = current;
     const attempt = session.attempts > 0 ? `reconnecting (attempt ${session.attempts + 1})…` : 'connecting…';
@@ -377,6 +395,43 @@
     current.openedAt = performance.now();
     setConnectionStatus('open', text);
     system(current.transport, 'connected');
+  }
+
+  /**
+   * Acknowledges an event that asked for it (`"ack": true`), shown as `item`: soon, together with
+   * the others due then.
+   */
+  function acknowledge(current, eventId, item) {
+    item.dataset.ack = 'pending';
+    current.unacked.push({ eventId, item });
+    if (current.unacked.length === 1) setTimeout(() => flushAcks(current), ACK_BATCH_MS);
+  }
+
+  function flushAcks(current) {
+    const due = current.unacked.splice(0);
+    for (let start = 0; start < due.length; start += ACK_IDS_MAX) {
+      sendAcks(current, due.slice(start, start + ACK_IDS_MAX));
+    }
+  }
+
+  /** Sends one acknowledgement for `batch`, then says next to each event whether it went. */
+  async function sendAcks(current, batch) {
+    const ids = batch.map(({ eventId }) => eventId);
+    let failure = null;
+    try {
+      await current.ack(ids.length === 1 ? { event_id: ids[0] } : { event_ids: ids });
+    } catch (error) {
+      failure = `ack failed: ${error?.message ?? error}`;
+      system(current.transport, `${failure} (${ids.join(', ')})`, true);
+    }
+    for (const { item } of batch) {
+      item.dataset.ack = failure ? 'failed' : 'acked';
+      const badge = failure
+        ? el('span', 'badge ack-failed', 'ack failed')
+        : el('span', 'badge acked', 'acked');
+      if (failure) badge.title = failure;
+      item.querySelector('.meta').append(badge);
+    }
   }
 
   /** The one place that decides, for both transports, what follows the end of a connection. */
@@ -463,11 +518,15 @@
     const target = connectTarget(config.ws_path, resume);
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const socket = new WebSocket(`${scheme}//${location.host}${target.url}`);
-    const current = beginConnection(
-      'websocket',
-      () => socket.close(1000, 'closed from the console'),
-      (text) => socket.send(text),
-    );
+    const close = () => socket.close(1000, 'closed from the console');
+    const current = beginConnection('websocket', close, {
+      send: (text) => socket.send(text),
+      ack(body) {
+        // A closed socket drops what it is given without a word: say it did not go.
+        if (socket.readyState !== WebSocket.OPEN) throw new Error('the connection is closed');
+        socket.send(JSON.stringify({ type: 'ack', ...body }));
+      },
+    });
     system('websocket', `opening ${target.shown}`);
     socket.addEventListener('open', () => connectionOpened(current, 'connected over WebSocket'));
     socket.addEventListener('message', (message) => onWebSocketMessage(current, message));
@@ -489,12 +548,13 @@
       setLastEventId(frame.event_id);
       current.gotEvent = true;
     }
-    addFrame({
+    const item = addFrame({
       transport: 'websocket',
       type: frame?.event_type,
       id: frame?.event_id,
       body: parsed.ok ? parsed.value : message.data,
     });
+    if (frame?.ack === true && frame.event_id) acknowledge(current, frame.event_id, item);
   }
 
   /** The cause of a WebSocket's close, from its code and reason. */
@@ -535,8 +595,22 @@
   /** Reads an event stream (fetch, not EventSource: every event type, comment and id is seen). */
   async function connectSse(resume) {
     const target = connectTarget(config.sse_stream_path, resume);
+    // Acknowledgements carry the stream's credentials (user_id, token), in the same query.
+    const ackUrl = connectTarget(config.sse_ack_path, false).url;
     const abort = new AbortController();
-    const current = beginConnection('sse', () => abort.abort());
+    const current = beginConnection('sse', () => abort.abort(), {
+      async ack(body) {
+        const answer = await request(ackUrl, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify(body),
+        });
+        if (!answer.ok) {
+          const detail = describeDetail(answer.body);
+          throw new Error(`HTTP ${answer.status}${detail ? `: ${detail}` : ''}`);
+        }
+      },
+    });
     system('sse', `opening ${target.shown}`);
     let ending;
     try {
@@ -649,12 +723,14 @@
     const type = block.event || 'message';
     const text = block.data.join('\n');
     const parsed = parseJson(text);
-    addFrame({
+    const item = addFrame({
       transport: 'sse',
       type,
       id: block.id ?? (parsed.ok ? parsed.value?.event_id : undefined),
       body: parsed.ok ? parsed.value : text,
     });
+    const event = parsed.ok ? parsed.value : null;
+    if (event?.ack === true && event.event_id) acknowledge(current, event.event_id, item);
     if (type === 'close') stream.closeReason = (parsed.ok ? parsed.value?.reason : null) ?? 'close';
     else current.gotEvent = true;
   }
@@ -775,6 +851,7 @@
     const eventId = $('push-event-id').value.trim();
     if (type) body.event_type = type;
     if (eventId) body.event_id = eventId;
+    if ($('push-ack').checked) body.ack = true;
     store.set('event_type', type);
     const button = $('push-button');
     button.disabled = true;
@@ -815,6 +892,10 @@
   /** Rates per second: { t (ms, performance clock), pushes, deliveries }, oldest first. */
   const samples = [];
   let previous = null;
+  /** Webhooks lost for good, by counter: the last count seen and when it last grew. */
+  const webhookLosses = { given_up: {}, dropped: {} };
+  /** How long the webhooks stay red after a loss: the chart's minute. */
+  const LOSS_SHOWN_MS = CHART_SECONDS * 1000;
 
   async function poll() {
     const started = performance.now();
@@ -882,6 +963,8 @@
     $('stat-sse').textContent = formatCount(sse);
     $('stat-users').textContent = formatCount(users);
     $('stat-uptime').textContent = formatUptime(m.uptime_seconds ?? health.uptime_seconds);
+    showAcks(m.acks, m.client_acks_total);
+    showWebhooks(m.webhooks, now);
 
     const accepted = m.events_accepted_total;
     const delivered = m.events_delivered_total;
@@ -905,6 +988,48 @@
     }
     previous = { t: now, accepted, delivered };
     $('chart').dataset.samples = String(samples.length);
+  }
+
+  /** The acknowledgement tracker's counts (`acks` of /metrics); hidden if the server has none. */
+  function showAcks(acks, received) {
+    $('acks').hidden = !acks;
+    if (!acks) return;
+    for (const key of ['pending', 'acked', 'expired', 'evicted']) {
+      $(`acks-${key}`).textContent = formatCount(acks[key]);
+    }
+    $('acks-pending').title = `${formatCount(acks.pending_bytes)} bytes`;
+    $('acks-received').textContent = Number.isFinite(received)
+      ? `· ${formatCount(received)} received from clients`
+      : '';
+  }
+
+  /**
+   * The webhook sender's health (`webhooks` of /metrics), red for a minute after webhooks were
+   * given up or dropped; hidden if the server has none.
+   */
+  function showWebhooks(webhooks, now) {
+    const box = $('webhooks');
+    box.hidden = !webhooks;
+    if (!webhooks) return;
+    const state = $('webhooks-state');
+    state.textContent = webhooks.enabled ? 'on' : 'off';
+    state.dataset.state = webhooks.enabled ? 'on' : 'off';
+    for (const key of ['sent', 'failed_attempts', 'given_up', 'dropped', 'queued']) {
+      $(`webhooks-${key}`).textContent = formatCount(webhooks[key]);
+    }
+    $('webhooks-queued').title = `${formatCount(webhooks.queued_bytes)} bytes`;
+    let lost = false;
+    for (const [key, loss] of Object.entries(webhookLosses)) {
+      if (Number.isFinite(loss.count) && webhooks[key] > loss.count) loss.grewAt = now;
+      loss.count = webhooks[key];
+      const recent = loss.grewAt !== undefined && now - loss.grewAt < LOSS_SHOWN_MS;
+      $(`webhooks-${key}`).dataset.state = recent ? 'bad' : '';
+      lost ||= recent;
+    }
+    box.dataset.state = lost ? 'bad' : '';
+    const error = $('webhooks-error');
+    error.hidden = !webhooks.last_error;
+    error.textContent = webhooks.last_error ? `last error: ${webhooks.last_error}` : '';
   }
 
   /** A round upper bound for the chart: 1, 2 or 5 times a power of ten. */

@@ -306,6 +306,7 @@ async fn console_is_served_as_html_with_its_configuration_and_a_strict_policy() 
         json!({
             "ws_path": "/ws",
             "sse_stream_path": "/sse/stream",
+            "sse_ack_path": "/sse/ack",
             "sse_path": "/sse/push",
             "console_path": "/",
             "version": env!("CARGO_PKG_VERSION"),
