@@ -180,6 +180,16 @@ impl Acks {
         Some(answer)
     }
 
+    /// What completes when the tracked event `id` of `user` is acknowledged (a push retried while
+    /// its original still waits); `None` when it is not tracked here.
+    pub fn waiter(&self, user: &UserId, id: &Arc<str>) -> Option<oneshot::Receiver<()>> {
+        let mut state = self.state.lock();
+        let entry = state.entries.get_mut(&(user.clone(), Arc::clone(id)))?;
+        let (sender, receiver) = oneshot::channel();
+        entry.waiters.push(sender);
+        Some(receiver)
+    }
+
     /// Settles `ticket` with what publishing its event achieved.
     pub fn settle(&self, ticket: Ticket, published: Published) {
         let mut state = self.state.lock();
@@ -255,7 +265,8 @@ impl Acks {
 
     fn report_undelivered(&self, entries: Vec<(UserId, Entry)>) {
         for (user, entry) in entries {
-            // An entry still unsettled when given up was being published: it reached nobody yet.
+            // An entry still unsettled when given up was still being published: whether it
+            // reached a connection is not known yet, so it is reported as not acknowledged.
             let reason = entry.reason.unwrap_or(UndeliveredReason::NotAcked);
             self.webhooks.undelivered(&user, &entry.event, reason);
         }

@@ -212,8 +212,15 @@ async fn publish(
             .ack
             .then(|| state.acks.expect(publication, wait))
             .flatten();
-        let (ticket, waiter) =
+        let retried = publication.ack && wait && tracked.is_none();
+        let (ticket, mut waiter) =
             tracked.map_or((None, None), |(ticket, waiter)| (Some(ticket), waiter));
+        if retried {
+            // A retry of a push whose original still waits: wait for the original's ack.
+            waiter = state
+                .acks
+                .waiter(&publication.user_id, publication.event_id());
+        }
         tickets.push(ticket);
         if wait {
             waiters.push(waiter);

@@ -519,7 +519,7 @@ impl Collector for Exposition {
             webhooks.queued_bytes,
         )?;
         out.histogram(
-            "webhook_delivery_seconds",
+            "webhook_delivery",
             "Time from queueing a webhook to its 2xx answer, retries included",
             Some(&Unit::Seconds),
             &webhooks.latency,

@@ -95,7 +95,8 @@ fn ack_id(raw: &RawValue) -> Result<Arc<str>, &'static str> {
     Ok(id.into())
 }
 
-/// The body of an SSE acknowledgement (`POST` to the acknowledgement path).
+/// The body of an SSE acknowledgement (`POST` to the acknowledgement path). Read it with
+/// [`AckBody::parse`]: serde's derive alone would also take a JSON array, field by field.
 #[derive(Deserialize)]
 pub struct AckBody<'a> {
     /// One event id.
@@ -104,6 +105,16 @@ pub struct AckBody<'a> {
     /// Several event ids.
     #[serde(borrow)]
     pub event_ids: Option<&'a RawValue>,
+}
+
+impl<'a> AckBody<'a> {
+    /// Reads a body that must be one JSON object.
+    pub fn parse(body: &'a [u8]) -> Result<Self, String> {
+        if body.trim_ascii_start().first() != Some(&b'{') {
+            return Err("expected a JSON object".into());
+        }
+        serde_json::from_slice(body).map_err(|error| format!("expected a JSON object: {error}"))
+    }
 }
 
 /// The answer to an acknowledgement that names no valid event id:

@@ -45,8 +45,7 @@ fn take(
             "an acknowledgement is at most {ACK_BODY_MAX_BYTES} bytes"
         )));
     }
-    let fields: AckBody<'_> = serde_json::from_slice(body)
-        .map_err(|error| invalid(format!("expected a JSON object: {error}")))?;
+    let fields = AckBody::parse(body).map_err(invalid)?;
     let ids = acked_ids(fields.event_id, fields.event_ids).map_err(invalid)?;
     let count = ids.len();
     state.metrics.client_acks(count);

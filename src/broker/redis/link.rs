@@ -727,7 +727,7 @@ pub(super) async fn forget_departures(
                 .key(shared.names.prefix())
                 .arg(shared.names.publish_command())
                 .arg(&shared.node)
-                .arg(shared.grace.as_millis() as u64);
+                .arg(shared.presence_grace_ms());
             for departure in &batch {
                 invocation
                     .arg(departure.user.as_str())

@@ -64,7 +64,7 @@ use crate::protocol::{
     Delivery, DisconnectReason, IdOrigin, Label, Publication, Resumed, ResyncReason,
     StreamPosition, Transport, UserId, parse_token, user_in_head,
 };
-use crate::webhook::Webhooks;
+use crate::webhook::{WebhookType, Webhooks};
 
 /// How long a user's stream position outlives its last event or connection: a client that comes
 /// back within it resumes without a resync even when its history expired (if it missed nothing).
@@ -701,6 +701,16 @@ impl Shared {
             head,
             resumed,
         })
+    }
+
+    /// The grace a departure waits out in Redis before it is reported: none when nobody wants
+    /// `user.disconnected` (no departure records, no confirmation).
+    fn presence_grace_ms(&self) -> u64 {
+        if self.webhooks.wants(WebhookType::UserDisconnected) {
+            self.grace.as_millis() as u64
+        } else {
+            0
+        }
     }
 
     /// Sends the presence webhooks a join calls for.
