@@ -12,7 +12,8 @@
 //! webhook, so each unacknowledged event is reported once.
 //!
 //! Bounded: at most `ACK_PENDING_PER_USER` events per user and `ACK_PENDING_MAX` events and
-//! `ACK_PENDING_MAX_BYTES` (each entry's frame and bookkeeping) on the node. At a bound the
+//! `ACK_PENDING_MAX_BYTES` (each entry's frame head, id and bookkeeping, and each payload once
+//! however many users' entries share it) on the node. At a bound the
 //! oldest pending event (of the user, or of the node) is given up at once: its
 //! `message.undelivered` goes out early and it is counted as evicted. Entries sit in the order
 //! they were tracked, which is the order of their deadlines (one timeout for all), so expiry
@@ -28,7 +29,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::metrics::AckReport;
-use crate::protocol::{Delivery, Event, Publication, UserId};
+use crate::protocol::{Delivery, Event, Ledger, Publication, UserId};
 use crate::webhook::{UndeliveredReason, Webhooks};
 
 /// How long expiry sleeps between two looks at the front.
@@ -62,7 +63,8 @@ struct Entry {
     /// Why it would be undelivered; `None` until its publish is settled.
     reason: Option<UndeliveredReason>,
     waiters: Vec<oneshot::Sender<()>>,
-    bytes: usize,
+    /// Its bytes other than the payload (counted once per payload in [`Ledger::Acks`]).
+    own_bytes: usize,
 }
 
 #[derive(Default)]
@@ -100,6 +102,10 @@ pub enum Published {
     Duplicate,
     /// Not published (the broker refused): nothing to wait for.
     Failed,
+    /// Perhaps published (the broker did not answer; the push was answered 504): it keeps
+    /// waiting, and is reported `not_acked` if no acknowledgement comes. A retry of the push is
+    /// then a duplicate and leaves this tracking as it is.
+    Unknown,
 }
 
 impl Acks {
@@ -132,7 +138,9 @@ impl Acks {
             publication.user_id.clone(),
             Arc::clone(publication.event_id()),
         );
-        let bytes = publication.event.frame.len() + publication.event_id().len() + ENTRY_OVERHEAD;
+        let frame = &publication.event.frame;
+        // The payload a push to several users shares is counted once (see `Ledger`).
+        let own_bytes = frame.head().len() + publication.event_id().len() + ENTRY_OVERHEAD;
         let mut evicted = Vec::new();
         let answer = {
             let mut state = self.state.lock();
@@ -147,6 +155,7 @@ impl Acks {
             } else {
                 (Vec::new(), None)
             };
+            let bytes = own_bytes + frame.payload().hold(Ledger::Acks);
             state.bytes += bytes;
             state.entries.insert(
                 key.clone(),
@@ -156,7 +165,7 @@ impl Acks {
                     ticket,
                     reason: None,
                     waiters: sender,
-                    bytes,
+                    own_bytes,
                 },
             );
             let ids = state.by_user.entry(key.0.clone()).or_default();
@@ -186,6 +195,8 @@ impl Acks {
         let mut state = self.state.lock();
         let entry = state.entries.get_mut(&(user.clone(), Arc::clone(id)))?;
         let (sender, receiver) = oneshot::channel();
+        // Waiters whose push stopped waiting (retries of a push) are let go first.
+        entry.waiters.retain(|waiter| !waiter.is_closed());
         entry.waiters.push(sender);
         Some(receiver)
     }
@@ -213,6 +224,7 @@ impl Acks {
             Published::Duplicate | Published::Failed => {
                 state.remove(&ticket.key);
             }
+            Published::Unknown => {}
         }
     }
 
@@ -292,7 +304,7 @@ impl State {
     /// Removes `key`'s entry from every index.
     fn remove(&mut self, key: &Key) -> Option<(UserId, Entry)> {
         let entry = self.entries.remove(key)?;
-        self.bytes -= entry.bytes;
+        self.bytes -= entry.own_bytes + entry.event.frame.payload().release(Ledger::Acks);
         if let Some(ids) = self.by_user.get_mut(&key.0) {
             if let Some(at) = ids.iter().position(|id| *id == key.1) {
                 ids.remove(at);

@@ -197,7 +197,7 @@ pub struct Settings {
     /// message.undelivered, client.message. Unset: no webhooks.
     #[arg(long, env = "WEBHOOK_URL", value_parser = parse_webhook_url)]
     pub webhook_url: Option<hyper::Uri>,
-    /// The Standard Webhooks signing secret, `whsec_<base64 key>` (16 to 64 bytes of key);
+    /// The Standard Webhooks signing secret, `whsec_<base64 key>` (24 to 64 bytes of key);
     /// required with WEBHOOK_URL.
     #[arg(long, env = "WEBHOOK_SECRET", value_parser = WebhookSecret::parse, hide_env_values = true)]
     pub webhook_secret: Option<WebhookSecret>,

@@ -22,6 +22,7 @@ use governor::{Quota, RateLimiter};
 
 use crate::clock::Clock;
 use crate::config::TrustedProxies;
+use crate::protocol::UserId;
 
 /// A rate limit per key (client IP, publisher), on the server's [`Clock`]. Keys are counted by
 /// client ([`LimitKey::client`]).
@@ -42,6 +43,13 @@ pub trait LimitKey: Hash + Eq + Clone {
 impl LimitKey for IpAddr {
     fn client(&self, ipv6_prefix: u8) -> Self {
         client_network(*self, ipv6_prefix)
+    }
+}
+
+impl LimitKey for UserId {
+    /// A user is counted as itself.
+    fn client(&self, _ipv6_prefix: u8) -> Self {
+        self.clone()
     }
 }
 

@@ -120,6 +120,11 @@ impl Application {
             publishers: settings.push_api_keys.as_ref().map(PublisherKeys::new),
             admins: settings.admin_api_keys.as_ref().map(PublisherKeys::new),
             tokens,
+            ack_limit: KeyedLimit::new(
+                settings.client_message_rate,
+                &clock,
+                settings.rate_limit_ipv6_prefix,
+            ),
             connect_limit: KeyedLimit::new(
                 settings.connect_rate_per_ip,
                 &clock,
@@ -336,6 +341,9 @@ async fn housekeeping(state: SharedState) {
             _ = ticks.tick() => {
                 state.hub.sweep_history();
                 if let Some(limit) = &state.connect_limit {
+                    limit.forget_idle();
+                }
+                if let Some(limit) = &state.ack_limit {
                     limit.forget_idle();
                 }
                 if let Some(limit) = &state.push_limit {

@@ -16,6 +16,7 @@ use crate::hub::Hub;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
 use crate::metrics::requests::RequestDurations;
+use crate::protocol::UserId;
 use crate::rate_limit::{KeyedLimit, LimitKey};
 use crate::webhook::Webhooks;
 
@@ -57,6 +58,9 @@ pub struct AppState {
     pub tokens: Option<TokenVerifier>,
     /// Connection attempts per client IP (`CONNECT_RATE_PER_IP`).
     pub connect_limit: Option<KeyedLimit<IpAddr>>,
+    /// SSE acknowledgement requests per user (`CLIENT_MESSAGE_RATE`, as a WebSocket client's
+    /// frames).
+    pub ack_limit: Option<KeyedLimit<UserId>>,
     /// Push requests per publisher (`PUSH_RATE`).
     pub push_limit: Option<KeyedLimit<Publisher>>,
     /// The clock every rate limit runs on.

@@ -32,6 +32,8 @@ pub struct PublishPlan {
     pub conns_per_user: u64,
     /// Size of each message's `data` object in bytes (padded with `x`).
     pub payload_bytes: usize,
+    /// Ask for acknowledgement: `"ack": true` in each single push (ours only).
+    pub ack: bool,
     /// Open-loop: the shared queue of scheduled send times fed by a [`spawn_pacer`] thread;
     /// `None` for closed-loop.
     pub tickets: Option<Tickets>,
@@ -208,6 +210,10 @@ pub async fn run_publisher(
             .collect();
         body.clear();
         let path = plan.target.protocol.publish(&items, &mut body);
+        if plan.ack {
+            // A single push to ours is one JSON object: the field goes first.
+            body.splice(1..1, *b"\"ack\":true,");
+        }
         stats.messages += per_request;
 
         let live = match conn.take() {

@@ -3,13 +3,14 @@
 //! ([`crate::ws::receive`]) and a Server-Sent Events block's data ([`crate::sse::receive`]) carry
 //! the same JSON text and go through the same [`FrameChecker`].
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::probe::ProbeBoard;
 use crate::stats::{LocalSamples, SeenSet, SharedHistogram};
-use crate::target::{Frame, Incoming, Protocol};
+use crate::target::{Frame, Incoming, Protocol, string_after};
 
 /// State shared by every receiving connection of one run.
 #[derive(Debug)]
@@ -29,6 +30,8 @@ pub struct RecvContext {
     /// Message frames (not probes or protocol messages) received so far by all connections (for
     /// the end-of-run grace wait).
     pub frames: AtomicU64,
+    /// Acknowledge every pushed message (`{"type":"ack","event_id":…}`, ours).
+    pub ack: bool,
 }
 
 /// What one receiving connection saw.
@@ -82,8 +85,9 @@ impl FrameChecker {
     }
 
     /// Handles one text frame (a WebSocket text message or an SSE event's data); returns the
-    /// answer the frame asks for, if any (a protocol message like a Pusher ping).
-    pub fn text(&mut self, text: &str) -> Option<&'static str> {
+    /// answer the frame asks for, if any (a protocol message like a Pusher ping, or the
+    /// acknowledgement of a pushed message with `ack`).
+    pub fn text(&mut self, text: &str) -> Option<Cow<'static, str>> {
         match self.ctx.protocol.classify(text) {
             Incoming::Push(frame) => {
                 self.count_frame();
@@ -94,6 +98,10 @@ impl FrameChecker {
                     &mut self.outcome,
                     &mut self.samples,
                 );
+                if self.ctx.ack {
+                    let id = string_after(text, "\"event_id\":\"")?;
+                    return Some(format!(r#"{{"type":"ack","event_id":"{id}"}}"#).into());
+                }
             }
             Incoming::Invalid => {
                 self.count_frame();
@@ -104,7 +112,7 @@ impl FrameChecker {
                     self.ctx.probes.confirm(self.outcome.user_index);
                 }
             }
-            Incoming::Reply(answer) => return Some(answer),
+            Incoming::Reply(answer) => return Some(answer.into()),
             Incoming::Ignore => {}
         }
         None
@@ -165,6 +173,7 @@ mod tests {
             max_seq: 100,
             latency: SharedHistogram::default(),
             frames: AtomicU64::new(0),
+            ack: false,
         })
     }
 

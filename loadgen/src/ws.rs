@@ -1,6 +1,7 @@
 //! WebSocket clients: connecting, receiving and checking pushed frames, holding idle
 //! connections open, and closing them cleanly.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,7 +127,7 @@ pub async fn receive(
 pub async fn read_texts(
     ws: &mut WsStream,
     cancel: &CancellationToken,
-    mut on_text: impl FnMut(&str) -> Option<&'static str>,
+    mut on_text: impl FnMut(&str) -> Option<Cow<'static, str>>,
 ) -> Option<String> {
     loop {
         let message = tokio::select! {
@@ -137,7 +138,7 @@ pub async fn read_texts(
         match message {
             Some(Ok(Message::Text(text))) => {
                 if let Some(answer) = on_text(&text) {
-                    answer_control(ws, answer).await;
+                    answer_control(ws, &answer).await;
                 }
             }
             Some(Ok(Message::Close(frame))) => {

@@ -17,6 +17,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::{JsonBody, respond};
 use crate::acks::{Published, Ticket};
+use crate::broker::BrokerError;
 use crate::error::ApiError;
 use crate::hub::Outcome;
 use crate::protocol::{
@@ -229,8 +230,12 @@ async fn publish(
     let outcomes = match state.broker.publish(publications).await {
         Ok(outcomes) => outcomes,
         Err(error) => {
+            let published = match error {
+                BrokerError::OutcomeUnknown(_) => Published::Unknown,
+                BrokerError::Unavailable(_) => Published::Failed,
+            };
             for ticket in tickets.into_iter().flatten() {
-                state.acks.settle(ticket, Published::Failed);
+                state.acks.settle(ticket, published);
             }
             return Err(error.into());
         }

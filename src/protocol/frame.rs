@@ -30,7 +30,7 @@ pub struct Payload {
     json: Bytes,
     /// `json` with every run of line breaks replaced by `\ndata: `; made on first use.
     sse: OnceLock<Bytes>,
-    holders: [AtomicUsize; 2],
+    holders: [AtomicUsize; 4],
 }
 
 /// A byte total that counts each shared payload once, however many of its entries hold it.
@@ -40,6 +40,10 @@ pub enum Ledger {
     History = 0,
     /// The items in connections' send queues.
     Queues = 1,
+    /// The events waiting for a client's acknowledgement.
+    Acks = 2,
+    /// The webhooks queued for the backend.
+    Webhooks = 3,
 }
 
 impl Payload {

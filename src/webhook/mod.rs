@@ -17,13 +17,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 
-pub use self::queue::Queue;
+pub use self::queue::{Body, Queue};
 pub use self::sign::WebhookSecret;
 use crate::lifecycle::Lifecycle;
 use crate::metrics::WebhookReport;
-use crate::protocol::{Event, Transport, UserId};
+use crate::protocol::{Event, Frame, Transport, UserId};
 
 /// The kinds of webhook, by their `type`.
 #[derive(
@@ -204,37 +203,29 @@ impl Webhooks {
         );
     }
 
-    /// `message.undelivered`, with the frame the client would have received.
+    /// `message.undelivered`, with the frame the client would have received as `data.event`.
+    /// The frame is not copied here: the queued body refers to it (its payload shared with the
+    /// history and the queues, and counted once by the webhook queue), and is joined in the lane
+    /// that sends it.
     pub fn undelivered(&self, user: &UserId, event: &Event, reason: UndeliveredReason) {
-        if !self.wants(WebhookType::MessageUndelivered) {
-            return;
-        }
-        let mut frame = Vec::with_capacity(event.frame.len());
-        event.frame.write_to(&mut frame);
-        let Ok(frame) = String::from_utf8(frame) else {
-            return;
-        };
-        let Ok(frame) = RawValue::from_string(frame) else {
-            return;
-        };
         #[derive(Serialize)]
         struct Data<'a> {
             user_id: &'a UserId,
             event_id: &'a str,
             event_type: &'a str,
             reason: &'static str,
-            event: &'a RawValue,
         }
-        self.emit(
+        let data = Data {
+            user_id: user,
+            event_id: &event.event_id,
+            event_type: &event.event_type,
+            reason: reason.into(),
+        };
+        self.emit_framed(
             WebhookType::MessageUndelivered,
             user,
-            &Data {
-                user_id: user,
-                event_id: &event.event_id,
-                event_type: &event.event_type,
-                reason: reason.into(),
-                event: &frame,
-            },
+            &data,
+            Some(event.frame.clone()),
         );
     }
 
@@ -259,27 +250,48 @@ impl Webhooks {
 
     /// Queues a webhook of `kind` about `user` whose `data` is `data`.
     fn emit(&self, kind: WebhookType, user: &UserId, data: &impl Serialize) {
+        self.emit_framed(kind, user, data, None);
+    }
+
+    /// Queues a webhook of `kind` about `user` whose `data` is `data`, plus `"event": <frame>`
+    /// when a frame is given.
+    fn emit_framed(
+        &self,
+        kind: WebhookType,
+        user: &UserId,
+        data: &impl Serialize,
+        frame: Option<Frame>,
+    ) {
         let Some(inner) = &self.inner else { return };
         if !inner.types.contains(kind) {
             return;
         }
         #[derive(Serialize)]
-        struct Body<'a, D> {
+        struct Envelope<'a, D> {
             #[serde(rename = "type")]
             kind: &'static str,
             timestamp: String,
             data: &'a D,
         }
-        let body = Body {
+        let body = Envelope {
             kind: kind.into(),
             timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             data,
         };
         // Serializing plain values into memory does not fail.
-        let Ok(body) = serde_json::to_vec(&body) else {
+        let Ok(mut text) = serde_json::to_vec(&body) else {
             return;
         };
-        inner.queue.push(kind, user, body.into());
+        let body = match frame {
+            None => Body::whole(text),
+            Some(frame) => {
+                // `…,"data":{…}}` becomes `…,"data":{…,"event":` + the frame + `}}`.
+                text.truncate(text.len().saturating_sub(2));
+                text.extend_from_slice(b",\"event\":");
+                Body::framed(text, frame)
+            }
+        };
+        inner.queue.push(kind, user, body);
     }
 
     /// Counters and queue state, for `/metrics` and the console.

@@ -16,7 +16,66 @@ use tokio::sync::Notify;
 use super::WebhookType;
 use crate::metrics::WebhookReport;
 use crate::metrics::histogram::AtomicHistogram;
-use crate::protocol::UserId;
+use crate::protocol::{Frame, Ledger, UserId};
+
+/// A webhook's body as queued: its own JSON, and for `message.undelivered` the event's frame
+/// spliced in by reference (the payload shared with the history and the queues, counted once in
+/// [`Ledger::Webhooks`]) and then `}}`. Joined into one piece only when it is sent.
+#[derive(Debug)]
+pub struct Body {
+    before: Bytes,
+    frame: Option<Frame>,
+}
+
+impl Body {
+    /// A body that is all its own.
+    pub fn whole(json: Vec<u8>) -> Self {
+        Self {
+            before: json.into(),
+            frame: None,
+        }
+    }
+
+    /// `before`, then `frame`, then `}}`.
+    pub fn framed(before: Vec<u8>, frame: Frame) -> Self {
+        Self {
+            before: before.into(),
+            frame: Some(frame),
+        }
+    }
+
+    /// The body in one piece.
+    pub fn join(&self) -> Bytes {
+        let Some(frame) = &self.frame else {
+            return self.before.clone();
+        };
+        let mut body = Vec::with_capacity(self.before.len() + frame.len() + FRAMED_END.len());
+        body.extend_from_slice(&self.before);
+        frame.write_to(&mut body);
+        body.extend_from_slice(FRAMED_END);
+        body.into()
+    }
+
+    /// Starts counting the body: returns the bytes the queue's total grows by (a shared payload
+    /// only for its first holder).
+    fn hold(&self) -> usize {
+        self.before.len()
+            + self.frame.as_ref().map_or(0, |frame| {
+                frame.head().len() + FRAMED_END.len() + frame.payload().hold(Ledger::Webhooks)
+            })
+    }
+
+    /// Stops counting the body: returns the bytes the queue's total shrinks by.
+    fn release(&self) -> usize {
+        self.before.len()
+            + self.frame.as_ref().map_or(0, |frame| {
+                frame.head().len() + FRAMED_END.len() + frame.payload().release(Ledger::Webhooks)
+            })
+    }
+}
+
+/// What closes a framed body: the `data` object and the body.
+const FRAMED_END: &[u8] = b"}}";
 
 /// One webhook to deliver.
 #[derive(Debug)]
@@ -25,8 +84,8 @@ pub struct Pending {
     pub id: String,
     /// Its type (for logs).
     pub kind: WebhookType,
-    /// The signed body.
-    pub body: Bytes,
+    /// What is signed and sent.
+    pub body: Body,
     /// When it was queued: the start of its delivery latency.
     pub queued_at: Instant,
     /// Its place in the order of queueing, to find the oldest across lanes.
@@ -94,13 +153,13 @@ impl Queue {
     }
 
     /// Queues `body` in `user`'s lane, dropping the oldest waiting webhooks to stay in bounds.
-    pub fn push(&self, kind: WebhookType, user: &UserId, body: Bytes) {
+    pub fn push(&self, kind: WebhookType, user: &UserId, body: Body) {
         let lane = self.hasher.hash_one(user) as usize % self.ready.len();
         let mut state = self.state.lock();
         let seq = state.next_seq;
         state.next_seq += 1;
         state.items += 1;
-        state.bytes += body.len();
+        state.bytes += body.hold();
         state.lanes[lane].push_back(Pending {
             id: format!("msg_{}", ulid::Ulid::new()),
             kind,
@@ -115,7 +174,7 @@ impl Queue {
             };
             if let Some(gone) = state.lanes[oldest].pop_front() {
                 state.items -= 1;
-                state.bytes -= gone.body.len();
+                state.bytes -= gone.body.release();
                 dropped += 1;
             }
         }
@@ -154,7 +213,7 @@ impl Queue {
         {
             let mut state = self.state.lock();
             state.items -= 1;
-            state.bytes -= pending.body.len();
+            state.bytes -= pending.body.release();
         }
         match outcome {
             Ok(()) => {
@@ -222,7 +281,7 @@ mod tests {
             queue.push(
                 WebhookType::ClientMessage,
                 &user(name),
-                Bytes::from(index.to_string()),
+                Body::whole(index.to_string().into_bytes()),
             );
         }
         let report = queue.report();
@@ -230,7 +289,7 @@ mod tests {
         let mut left = Vec::new();
         for lane in 0..2 {
             while let Some(pending) = queue.state.lock().lanes[lane].pop_front() {
-                left.push(pending.body);
+                left.push(pending.body.join());
             }
         }
         left.sort();
@@ -244,7 +303,7 @@ mod tests {
             queue.push(
                 WebhookType::ClientMessage,
                 &user("a"),
-                Bytes::from(format!("{index}{index}{index}")),
+                Body::whole(format!("{index}{index}{index}").into_bytes()),
             );
         }
         let report = queue.report();
@@ -256,9 +315,9 @@ mod tests {
             .find(|&lane| !queue.state.lock().lanes[lane].is_empty())
             .unwrap();
         let first = queue.next(lane).await;
-        assert_eq!(first.body, "222");
+        assert_eq!(first.body.join(), "222");
         queue.done(&first, Ok(()));
         assert_eq!(queue.report().sent, 1);
-        assert_eq!(queue.next(lane).await.body, "333");
+        assert_eq!(queue.next(lane).await.body.join(), "333");
     }
 }

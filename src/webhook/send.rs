@@ -1,15 +1,17 @@
 //! Delivery: one task per lane takes its lane's webhooks in order and POSTs each, signed anew per
-//! attempt, until a 2xx answer or `WEBHOOK_MAX_ATTEMPTS`. A timeout, a connection error or any
-//! other status is retried after `WEBHOOK_RETRY_INITIAL` × 2ⁿ (at most [`MAX_BACKOFF`]), each
+//! attempt, until a 2xx answer or `WEBHOOK_MAX_ATTEMPTS`. A 4xx other than 408 and 429 is the
+//! receiver refusing that webhook (a "poison" message must not hold its lane for minutes): it is
+//! given up at once. A timeout, a connection error or any other status is retried after `WEBHOOK_RETRY_INITIAL` × 2ⁿ (at most [`MAX_BACKOFF`]), each
 //! wait drawn at random between half and all of that ("equal jitter"), so that many nodes
 //! retrying after an outage of the receiver spread out. Redirects are not followed.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http_body_util::Full;
-use hyper::Request;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{CONTENT_TYPE, HeaderValue, USER_AGENT};
+use hyper::{Request, StatusCode};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -44,7 +46,7 @@ pub(super) fn start(
 }
 
 /// The HTTP client of the webhook endpoint.
-type HttpClient = Client<HttpsConnector<HttpConnector>, Full<bytes::Bytes>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// An HTTP/1.1 client for the webhook endpoint (`http` or `https`: rustls with the Mozilla
 /// roots), keeping one idle connection per lane; it never follows redirects.
@@ -70,73 +72,112 @@ fn client(settings: &WebhookSettings) -> Result<HttpClient, String> {
         .build(connector))
 }
 
-/// Tries to deliver `pending` until it succeeds or the attempts run out; returns why the last
-/// attempt failed when they do.
+/// Tries to deliver `pending` until it succeeds, the attempts run out, or the receiver refuses
+/// it for good; returns why the last attempt failed when it was not delivered.
 async fn deliver(
     client: &HttpClient,
     settings: &WebhookSettings,
     queue: &Queue,
     pending: &Pending,
 ) -> Result<(), String> {
+    let body = pending.body.join();
+    let kind: &'static str = pending.kind.into();
     let mut attempt = 1;
     loop {
-        let why = match post(client, settings, pending).await {
+        let failure = match post(client, settings, &pending.id, &body).await {
             Ok(()) => return Ok(()),
-            Err(why) => why,
+            Err(failure) => failure,
         };
-        queue.attempt_failed(why.clone());
-        let kind: &'static str = pending.kind.into();
-        if attempt >= settings.max_attempts {
+        queue.attempt_failed(failure.why.clone());
+        if !failure.retry || attempt >= settings.max_attempts {
+            let cause = if failure.retry {
+                "WEBHOOK_MAX_ATTEMPTS reached"
+            } else {
+                "refused by the receiver (4xx): not retried"
+            };
             tracing::warn!(
                 webhook_id = %pending.id,
                 kind,
                 attempts = attempt,
-                error = %why,
-                "webhook given up (WEBHOOK_MAX_ATTEMPTS)"
+                error = %failure.why,
+                "webhook given up: {cause}"
             );
-            return Err(why);
+            return Err(failure.why);
         }
-        tracing::debug!(webhook_id = %pending.id, kind, attempt, error = %why, "webhook attempt failed");
+        tracing::debug!(webhook_id = %pending.id, kind, attempt, error = %failure.why, "webhook attempt failed");
         tokio::time::sleep(backoff(settings.retry_initial, attempt)).await;
         attempt += 1;
     }
 }
 
-/// One attempt, within `WEBHOOK_TIMEOUT` (connecting, sending and the answer's head): a 2xx
-/// answer is a delivery. The answer's body is not read.
+/// Why an attempt failed, and whether another may succeed.
+struct Failure {
+    why: String,
+    retry: bool,
+}
+
+impl Failure {
+    fn retry(why: impl Into<String>) -> Self {
+        Self {
+            why: why.into(),
+            retry: true,
+        }
+    }
+}
+
+/// Most bytes of an answer's body read (and discarded), so that its connection can be reused.
+const ANSWER_BODY_MAX_BYTES: usize = 64 * 1024;
+
+/// One attempt, within `WEBHOOK_TIMEOUT` (connecting, sending, the answer, and up to 64 KiB of
+/// its body, read and discarded so that the connection is kept for the next webhook): a 2xx
+/// answer is a delivery. A 4xx other than 408 (timeout) and 429 (too many requests) is the
+/// receiver refusing this webhook: it is not retried. Anything else is.
 async fn post(
     client: &HttpClient,
     settings: &WebhookSettings,
-    pending: &Pending,
-) -> Result<(), String> {
+    id: &str,
+    body: &Bytes,
+) -> Result<(), Failure> {
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let signature = settings.secret.sign(&pending.id, timestamp, &pending.body);
+    let signature = settings.secret.sign(id, timestamp, body);
     let request = Request::post(settings.url.clone())
         .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
         .header(USER_AGENT, HeaderValue::from_static(AGENT))
-        .header("webhook-id", &pending.id)
+        .header("webhook-id", id)
         .header("webhook-timestamp", timestamp)
         .header("webhook-signature", signature)
-        .body(Full::new(pending.body.clone()))
-        .map_err(|e| format!("request: {e}"))?;
-    let response = tokio::time::timeout(settings.timeout, client.request(request))
-        .await
-        .map_err(|_| "no answer within WEBHOOK_TIMEOUT".to_owned())?
-        .map_err(|error| {
+        .body(Full::new(body.clone()))
+        .map_err(|e| Failure::retry(format!("request: {e}")))?;
+    let attempt = async {
+        let response = client.request(request).await.map_err(|error| {
             if error.is_connect() {
-                "could not connect to the receiver".to_owned()
+                Failure::retry("could not connect to the receiver")
             } else {
-                format!("request failed: {error}")
+                Failure::retry(format!("request failed: {error}"))
             }
         })?;
-    let status = response.status();
-    if status.is_success() {
-        Ok(())
-    } else {
-        Err(format!("the receiver answered {status}"))
-    }
+        let status = response.status();
+        // Read (and drop) what the receiver says, so that hyper keeps the connection.
+        let _ = Limited::new(response.into_body(), ANSWER_BODY_MAX_BYTES)
+            .collect()
+            .await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            let refused = status.is_client_error()
+                && status != StatusCode::REQUEST_TIMEOUT
+                && status != StatusCode::TOO_MANY_REQUESTS;
+            Err(Failure {
+                why: format!("the receiver answered {status}"),
+                retry: !refused,
+            })
+        }
+    };
+    tokio::time::timeout(settings.timeout, attempt)
+        .await
+        .map_err(|_| Failure::retry("no answer within WEBHOOK_TIMEOUT"))?
 }
 
 /// The `User-Agent` of webhook requests.

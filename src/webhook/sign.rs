@@ -11,8 +11,8 @@ use sha2::Sha256;
 
 /// The prefix of a Standard Webhooks secret.
 const PREFIX: &str = "whsec_";
-/// Shortest key accepted, in bytes (the specification recommends 24 to 64).
-const MIN_KEY_BYTES: usize = 16;
+/// Shortest key accepted, in bytes (the specification asks for 24 to 64).
+const MIN_KEY_BYTES: usize = 24;
 /// Longest key accepted, in bytes.
 const MAX_KEY_BYTES: usize = 64;
 
@@ -27,7 +27,7 @@ impl fmt::Debug for WebhookSecret {
 }
 
 impl WebhookSecret {
-    /// Parses `whsec_<base64>` (16 to 64 bytes of key).
+    /// Parses `whsec_<base64>` (24 to 64 bytes of key).
     pub fn parse(text: &str) -> Result<Self, String> {
         let encoded = text
             .strip_prefix(PREFIX)

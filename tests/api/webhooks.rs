@@ -429,3 +429,48 @@ async fn acknowledgement_fields_are_validated_naming_the_field() {
         .await;
     assert_eq!(status, 200, "{reply}");
 }
+
+#[tokio::test]
+async fn sse_acknowledgements_are_limited_per_user_like_websocket_frames() {
+    let app = spawn_app(&["--client-message-rate", "1"]).await;
+    let ack = json!({"event_id": "x"});
+    for _ in 0..2 {
+        let (status, _) = app.post_json("/sse/ack?user_id=ivy", &ack).await;
+        assert_eq!(status, 200, "within the burst of twice the rate");
+    }
+    let refused = app.post_with("/sse/ack?user_id=ivy", &ack, &[]).await;
+    assert_eq!(refused.status, 429);
+    assert!(refused.header("retry-after").is_some());
+    assert!(
+        refused.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("event_ids")
+    );
+    let (status, _) = app.post_json("/sse/ack?user_id=other", &ack).await;
+    assert_eq!(status, 200, "another user has a budget of its own");
+}
+
+#[tokio::test]
+async fn a_webhook_the_receiver_refuses_with_a_4xx_is_given_up_at_once() {
+    let receiver = Receiver::start(Answer::Refuse).await;
+    let app = app_with(
+        &receiver,
+        &[
+            "--webhook-retry-initial",
+            "0.05",
+            "--webhook-events",
+            "message.undelivered",
+        ],
+    )
+    .await;
+    app.push(json!({"user_id": "nobody", "data": {}})).await;
+    receiver.wait_until("one attempt", |d| !d.is_empty()).await;
+    let metrics = app
+        .wait_for_metrics("given up", |m| m["webhooks"]["given_up"] == 1)
+        .await;
+    assert_eq!(metrics["webhooks"]["failed_attempts"], 1);
+    assert_eq!(metrics["webhooks"]["queued"], 0);
+    sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.deliveries().len(), 1, "a 400 is not retried");
+}

@@ -8,7 +8,8 @@ use serde_json::json;
 use tokio::time::sleep;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::support::{Client, shared_cluster};
+use crate::helpers::{PROMPTLY, TestApp, server_command, start_process};
+use crate::support::{Client, LEASE, LEASE_FLAG, shared_cluster};
 use crate::webhook_receiver::{Answer, Receiver, SECRET, assert_signed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,4 +140,121 @@ async fn an_ack_on_another_node_resolves_the_push_and_one_webhook_reports_the_re
     assert_eq!(metrics_a["acks"]["acked"], 1, "{}", metrics_a["acks"]);
     assert_eq!(metrics_b["acks"]["expired"], 1, "{}", metrics_b["acks"]);
     assert_eq!(metrics_a["acks"]["expired"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_users_are_reported_disconnected_once_by_a_survivor() {
+    let receiver = Receiver::start(Answer::Accept).await;
+    let url = receiver.url();
+    let flags = [
+        "--webhook-url",
+        &url,
+        "--webhook-secret",
+        SECRET,
+        "--webhook-presence-grace",
+        "0.3",
+        "--webhook-events",
+        "user.connected,user.disconnected",
+    ];
+    let Some(cluster) = shared_cluster("webhook_sigkill", 2, &flags).await else {
+        return;
+    };
+    let workdir = tempfile::tempdir().expect("temporary directory");
+    let mut command = server_command(workdir.path());
+    command
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("BROKER", "redis")
+        .env("REDIS_URL", &cluster.redis_url)
+        .env("REDIS_KEY_PREFIX", &cluster.prefix)
+        .env("PRESENCE_LEASE", LEASE_FLAG)
+        .env("NODE_ID", "node-victim")
+        .env("WEBHOOK_URL", &url)
+        .env("WEBHOOK_SECRET", SECRET)
+        .env("WEBHOOK_PRESENCE_GRACE", "0.3");
+    let mut victim = start_process(command).await;
+    let at = TestApp::at(victim.addr);
+    let _ws = Client::ws(&at, "doomed").await;
+    let _sse = Client::sse(&at, "doomed").await;
+    receiver
+        .wait_until("user.connected", |d| !d.is_empty())
+        .await;
+
+    victim.child.start_kill().expect("SIGKILL");
+    tokio::time::timeout(PROMPTLY, victim.child.wait())
+        .await
+        .expect("the process dies")
+        .expect("wait");
+    let all = receiver
+        .wait_until("user.disconnected", |d| d.len() >= 2)
+        .await;
+    // Two survivors heartbeat; the departure is reported by one of them, once.
+    sleep(Duration::from_secs_f64(LEASE * 3.0)).await;
+    let all = receiver
+        .deliveries()
+        .into_iter()
+        .take(all.len().max(3))
+        .collect::<Vec<_>>();
+    let kinds: Vec<&str> = all.iter().map(|d| d.kind()).collect();
+    assert_eq!(kinds, ["user.connected", "user.disconnected"], "{all:?}");
+    assert_eq!(all[1].data()["user_id"], "doomed");
+    assert_eq!(all[1].data()["reason"], "network_error");
+    assert!(
+        all[1].data()["connection_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("node-victim/")
+    );
+    assert_signed(&all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_nodes_departures_are_reported_by_another_node_unless_the_user_came_back() {
+    let receiver = Receiver::start(Answer::Accept).await;
+    let url = receiver.url();
+    let flags = [
+        "--webhook-url",
+        &url,
+        "--webhook-secret",
+        SECRET,
+        "--webhook-presence-grace",
+        "4",
+        "--webhook-events",
+        "user.connected,user.disconnected",
+    ];
+    let Some(cluster) = shared_cluster("webhook_shutdown", 1, &flags).await else {
+        return;
+    };
+    let survivor = &cluster.nodes[0];
+    let leaving = cluster.start_node("b", &flags).await;
+    let _gone = Client::ws(&leaving, "stays-away").await;
+    let _back = Client::ws(&leaving, "comes-back").await;
+    receiver.wait_until("two arrivals", |d| d.len() >= 2).await;
+
+    // The node stops within the grace (its clients do not answer the close: about 2 s), so its
+    // departures are left in Redis; one user comes back to the survivor within the grace.
+    leaving.lifecycle.begin_shutdown();
+    leaving.stopped.await.unwrap().unwrap();
+    let _again = Client::ws(survivor, "comes-back").await;
+    let all = receiver.wait_until("the departure", |d| d.len() >= 3).await;
+    sleep(Duration::from_secs_f64(LEASE * 3.0)).await;
+    let all = receiver
+        .deliveries()
+        .into_iter()
+        .take(all.len().max(4))
+        .collect::<Vec<_>>();
+    let kinds: Vec<&str> = all.iter().map(|d| d.kind()).collect();
+    assert_eq!(
+        kinds,
+        ["user.connected", "user.connected", "user.disconnected"],
+        "{all:?}"
+    );
+    assert_eq!(all[2].data()["user_id"], "stays-away");
+    assert_eq!(all[2].data()["reason"], "shutdown");
+    assert!(
+        all[2].data()["connection_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("node-b/")
+    );
 }

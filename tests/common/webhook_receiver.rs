@@ -31,6 +31,8 @@ pub enum Answer {
     FailFirst(usize),
     /// Never answers.
     Hang,
+    /// 400 with a body, every time.
+    Refuse,
 }
 
 /// One delivery as received.
@@ -131,7 +133,7 @@ async fn receive(
     State((log, answer)): State<(Arc<Mutex<Log>>, Answer)>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> (StatusCode, &'static str) {
     let header = |name: &str| {
         headers
             .get(name)
@@ -157,13 +159,14 @@ async fn receive(
             .count()
     };
     match answer {
-        Answer::Accept => StatusCode::NO_CONTENT,
-        Answer::FailFirst(n) if attempts <= n => StatusCode::INTERNAL_SERVER_ERROR,
-        Answer::FailFirst(_) => StatusCode::NO_CONTENT,
+        Answer::Accept => (StatusCode::OK, "thanks"),
+        Answer::FailFirst(n) if attempts <= n => (StatusCode::INTERNAL_SERVER_ERROR, "later"),
+        Answer::FailFirst(_) => (StatusCode::NO_CONTENT, ""),
         Answer::Hang => {
             sleep(Duration::from_secs(3600)).await;
-            StatusCode::NO_CONTENT
+            (StatusCode::NO_CONTENT, "")
         }
+        Answer::Refuse => (StatusCode::BAD_REQUEST, "cannot handle this one"),
     }
 }
 

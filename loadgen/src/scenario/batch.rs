@@ -63,6 +63,7 @@ pub async fn run(args: BatchArgs, target: Target) -> Result<Report> {
                 MAX_MESSAGES,
             ),
             server_pid: args.common.server_pid,
+            ack: false,
         },
     )
     .await

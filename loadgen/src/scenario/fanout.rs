@@ -62,6 +62,7 @@ pub async fn run(args: FanoutArgs, target: Target) -> Result<Report> {
                 MAX_MESSAGES,
             ),
             server_pid: args.common.server_pid,
+            ack: false,
         },
     )
     .await

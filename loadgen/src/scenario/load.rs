@@ -56,6 +56,8 @@ pub struct LoadSpec {
     pub max_messages: u64,
     /// Server pid for CPU accounting.
     pub server_pid: Option<u32>,
+    /// Push with `"ack": true` and acknowledge every event (ours, WebSockets, single pushes).
+    pub ack: bool,
 }
 
 /// Runs `spec` against `target` and builds the report.
@@ -73,6 +75,13 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
             target.kind
         );
     }
+    if spec.ack
+        && (target.kind != TargetKind::Ours
+            || transport != Transport::Websocket
+            || spec.per_request != 1)
+    {
+        bail!("--ack works only with --target ours, WebSocket receivers and single pushes");
+    }
     super::check_fd_budget(connections, spec.publishers)?;
 
     let start = Instant::now();
@@ -88,6 +97,7 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
         max_seq: spec.max_messages,
         latency: SharedHistogram::default(),
         frames: AtomicU64::new(0),
+        ack: spec.ack,
     });
     let cancel = CancellationToken::new();
     let specs: Vec<(String, u64)> = (0..connections)
@@ -159,6 +169,7 @@ pub async fn run(target: Target, spec: LoadSpec) -> Result<Report> {
         per_request: spec.per_request,
         conns_per_user: spec.conns_per_user,
         payload_bytes: spec.payload_bytes,
+        ack: spec.ack,
         tickets: pacer.as_ref().map(|(tickets, _)| Arc::clone(tickets)),
         start,
         deadline,

@@ -252,7 +252,7 @@ async fn receive(
                 }
             }
             Incoming::Invalid => received.invalid += 1,
-            Incoming::Reply(answer) => return Some(answer),
+            Incoming::Reply(answer) => return Some(answer.into()),
             Incoming::Ignore => {}
         }
         None

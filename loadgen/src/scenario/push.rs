@@ -38,6 +38,11 @@ pub struct PushArgs {
     /// Open-loop: total pushes per second on a fixed schedule (default: closed-loop).
     #[arg(long, value_parser = value_parser!(u64).range(1..=1_000_000))]
     pub rate: Option<u64>,
+    /// Ours only, over WebSockets: push with `"ack": true`, and every receiver acknowledges
+    /// every event it gets (`{"type":"ack","event_id":…}`). Run the server with
+    /// `CLIENT_MESSAGE_RATE=0` (one acknowledgement per event exceeds the default rate).
+    #[arg(long)]
+    pub ack: bool,
 }
 
 /// Runs the scenario.
@@ -61,6 +66,7 @@ pub async fn run(args: PushArgs, target: Target) -> Result<Report> {
                 MAX_MESSAGES,
             ),
             server_pid: args.common.server_pid,
+            ack: args.ack,
         },
     )
     .await

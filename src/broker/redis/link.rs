@@ -277,7 +277,12 @@ async fn reset(
         .arg(&shared.node)
         .arg(flag(forget))
         .arg(flag(drop_lease))
-        .arg(shared.lease.as_millis());
+        .arg(shared.lease.as_millis())
+        .arg(if shared.reports_departures() {
+            i64::try_from(shared.grace.as_millis()).unwrap_or(i64::MAX)
+        } else {
+            -1
+        });
     for connection in present {
         invocation
             .arg(connection.user.as_str())
@@ -297,17 +302,24 @@ async fn heartbeat(
     commands: &mut MultiplexedConnection,
 ) -> Result<(), redis::RedisError> {
     let hub = &shared.hub;
-    let (nodes, websocket, sse, users, registered): (u64, u64, u64, u64, u8) = scripts::HEARTBEAT
-        .prepare_invoke()
-        .key(shared.names.prefix())
-        .arg(shared.names.publish_command())
-        .arg(&shared.node)
-        .arg(shared.lease.as_millis())
-        .arg(hub.transport_count(Transport::WebSocket))
-        .arg(hub.transport_count(Transport::Sse))
-        .arg(hub.user_count())
-        .invoke_async(commands)
-        .await?;
+    let (nodes, websocket, sse, users, registered, swept): (u64, u64, u64, u64, u8, Vec<String>) =
+        scripts::HEARTBEAT
+            .prepare_invoke()
+            .key(shared.names.prefix())
+            .arg(shared.names.publish_command())
+            .arg(&shared.node)
+            .arg(shared.lease.as_millis())
+            .arg(hub.transport_count(Transport::WebSocket))
+            .arg(hub.transport_count(Transport::Sse))
+            .arg(hub.user_count())
+            .arg(if shared.reports_departures() {
+                "1"
+            } else {
+                "0"
+            })
+            .invoke_async(commands)
+            .await?;
+    report_swept(shared, &swept);
     *shared.cluster.lock() = Some(ClusterStats {
         node_id: shared.node.clone(),
         nodes,
@@ -727,7 +739,8 @@ pub(super) async fn forget_departures(
                 .key(shared.names.prefix())
                 .arg(shared.names.publish_command())
                 .arg(&shared.node)
-                .arg(shared.presence_grace_ms());
+                .arg(shared.presence_grace_ms())
+                .arg(shared.lease.as_millis() as u64);
             for departure in &batch {
                 invocation
                     .arg(departure.user.as_str())
@@ -778,6 +791,19 @@ fn report_departures(shared: &Arc<Shared>, last: Vec<String>) {
         tokio::time::sleep(shared.grace).await;
         confirm_departures(&shared, waiting).await;
     });
+}
+
+/// Reports the departures a heartbeat took over (`user, record` pairs; a record is
+/// `<node>/<connection> <due ms> <reason>`): their node stopped or died before reporting them.
+fn report_swept(shared: &Shared, swept: &[String]) {
+    for pair in swept.chunks_exact(2) {
+        let [user, record] = pair else { continue };
+        let (Ok(user), Some((token, reason))) = (UserId::parse(user), wire::read_departure(record))
+        else {
+            continue;
+        };
+        shared.webhooks.user_disconnected(&user, token, reason);
+    }
 }
 
 /// Runs [`scripts::GONE`] for departures whose grace passed, retrying while Redis cannot be

@@ -276,15 +276,12 @@ impl Arrival {
         match arrived {
             "" => Ok(Self::Known),
             "first" => Ok(Self::First),
-            record => {
-                let mut words = record.splitn(3, ' ');
-                match (words.next(), words.next(), words.next()) {
-                    (Some(token), Some(_due), Some(reason)) => {
-                        Ok(Self::AfterDeparture(token.to_owned(), reason.to_owned()))
-                    }
-                    _ => Err(format!("arrival {record:?}")),
+            record => match wire::read_departure(record) {
+                Some((token, reason)) => {
+                    Ok(Self::AfterDeparture(token.to_owned(), reason.to_owned()))
                 }
-            }
+                None => Err(format!("arrival {record:?}")),
+            },
         }
     }
 }
@@ -703,10 +700,15 @@ impl Shared {
         })
     }
 
+    /// Whether departures are recorded in Redis and reported (`user.disconnected` is wanted).
+    fn reports_departures(&self) -> bool {
+        self.webhooks.wants(WebhookType::UserDisconnected)
+    }
+
     /// The grace a departure waits out in Redis before it is reported: none when nobody wants
     /// `user.disconnected` (no departure records, no confirmation).
     fn presence_grace_ms(&self) -> u64 {
-        if self.webhooks.wants(WebhookType::UserDisconnected) {
+        if self.reports_departures() {
             self.grace.as_millis() as u64
         } else {
             0

@@ -29,21 +29,38 @@ end
 local function alive(node)
   return redis.call('EXISTS', prefix .. 'n:' .. node) == 1
 end
--- Forgets every connection `node` had, and the node itself.
-local function reap(node)
+-- Records a user's departure (the `user.disconnected` webhook it owes): `g:<user>` =
+-- '<node>/<connection> <due ms> <reason>', kept a day, and the user in `gz` scored by when a
+-- heartbeat may report it if the node that left does not (`sweep`). Keeps an existing record.
+local function depart(user, token, reason, due, sweep_at)
+  local key = prefix .. 'g:' .. user
+  if redis.call('EXISTS', key) == 1 then return end
+  redis.call('SET', key, token .. ' ' .. due .. ' ' .. reason, 'PX', 86400000)
+  redis.call('ZADD', prefix .. 'gz', sweep_at, user)
+end
+-- Forgets a departure record (the user came back, or its webhook is being sent).
+local function undepart(user)
+  redis.call('DEL', prefix .. 'g:' .. user)
+  redis.call('ZREM', prefix .. 'gz', user)
+end
+-- Forgets every connection `node` had, and the node itself. With `reason`, each user left with
+-- no connection gets a departure record due `due` (to be swept from `sweep_at`).
+local function reap(node, reason, due, sweep_at)
   local users_key = prefix .. 'nu:' .. node
   for _, user in ipairs(redis.call('SMEMBERS', users_key)) do
     local presence = prefix .. 'p:' .. user
-    local left = 0
+    local left, last = 0, nil
     for _, field in ipairs(redis.call('HKEYS', presence)) do
       if node_of(field) == node then
         redis.call('HDEL', presence, field)
+        last = field
       else
         left = left + 1
       end
     end
     if left == 0 then
       redis.call('SREM', prefix .. 'online', user)
+      if reason and last then depart(user, last, reason, due, sweep_at) end
     end
   end
   redis.call('DEL', users_key)
@@ -336,10 +353,9 @@ if limit > 0 then
   end
   if #live == 0 then
     arrived = 'first'
-    local gone_key = prefix .. 'g:' .. user
-    local gone = redis.call('GET', gone_key)
+    local gone = redis.call('GET', prefix .. 'g:' .. user)
     if gone then
-      redis.call('DEL', gone_key)
+      undepart(user)
       local due = tonumber(string.match(gone, '^%S+ (%d+) ')) or 0
       if now_ms() < due then arrived = '' else arrived = gone end
     end
@@ -424,17 +440,19 @@ if not events then return answer('expired') end
 return answer('', events)
 "#;
 
-/// Forgets connections that left. ARGV (after the publish command): node, presence grace ms,
-/// then per connection: user, connection, reason.
+/// Forgets connections that left. ARGV (after the publish command): node, presence grace ms
+/// (0: departures are reported at once, or presence webhooks are off), lease ms, then per
+/// connection: user, connection, reason.
 /// Returns, for each connection that was its user's last on a live node, `user, <node>/<connection>,
 /// reason, state`: state 'gone' (no grace: report the departure now) or 'grace' (a departure
 /// record `g:<user>` = `<node>/<connection> <due ms> <reason>` now waits out the grace; the node
-/// reports it with [`GONE`] after the grace, unless a join took it meanwhile). A connection
+/// reports it with [`GONE`] after the grace, unless a join took it meanwhile; if the node does
+/// not (it stopped or died), a heartbeat of any node reports it a lease later). A connection
 /// already forgotten (a retried call) reports nothing.
 const LEAVE_BODY: &str = r#"
-local node, grace = ARGV[2], tonumber(ARGV[3])
+local node, grace, lease = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   local user, connection, reason = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local presence = prefix .. 'p:' .. user
   local token = node .. '/' .. connection
@@ -452,8 +470,9 @@ for i = 4, #ARGV, 3 do
     local state = 'gone'
     if grace > 0 then
       state = 'grace'
-      redis.call('SET', prefix .. 'g:' .. user, token .. ' ' .. (now_ms() + grace) .. ' ' .. reason,
-        'PX', grace + 86400000)
+      local due = now_ms() + grace
+      redis.call('DEL', prefix .. 'g:' .. user)
+      depart(user, token, reason, due, due + lease)
     end
     out[#out + 1] = user
     out[#out + 1] = token
@@ -473,7 +492,7 @@ for i = 2, #ARGV, 2 do
   local key, token = prefix .. 'g:' .. ARGV[i], ARGV[i + 1] .. ' '
   local gone = redis.call('GET', key)
   if gone and string.sub(gone, 1, #token) == token then
-    redis.call('DEL', key)
+    undepart(ARGV[i])
     out[#out + 1] = ARGV[i]
   end
 end
@@ -481,12 +500,16 @@ return out
 "#;
 
 /// Renews this node's lease with its counts, reaps nodes whose lease ran out, and returns the
-/// cluster's counts. ARGV (after the publish command): node, lease ms, websocket connections, SSE connections, users.
-/// Returns `{live nodes, websocket connections, SSE connections, users online, registered}`;
-/// `registered` is 0 when this node had been reaped meanwhile (its lease ran out while it was
-/// alive, e.g. paused): it must register its connections again.
+/// cluster's counts. ARGV (after the publish command): node, lease ms, websocket connections, SSE connections,
+/// users, presence webhooks ('1'/'0').
+/// Returns `{live nodes, websocket connections, SSE connections, users online, registered,
+/// departures}`; `registered` is 0 when this node had been reaped meanwhile (its lease ran out
+/// while it was alive, e.g. paused): it must register its connections again. With presence
+/// webhooks, a reaped node's users left with no connection get a departure record due at once,
+/// and `departures` lists (user, record) for up to 100 records past the time a heartbeat may take
+/// them (their node stopped or died before reporting them): this node reports them.
 const HEARTBEAT_BODY: &str = r#"
-local node, lease = ARGV[2], tonumber(ARGV[3])
+local node, lease, presence = ARGV[2], tonumber(ARGV[3]), ARGV[7] == '1'
 local registered = redis.call('SISMEMBER', prefix .. 'nodes', node)
 redis.call('HSET', prefix .. 'n:' .. node, 'ws', ARGV[4], 'sse', ARGV[5], 'users', ARGV[6])
 redis.call('PEXPIRE', prefix .. 'n:' .. node, lease)
@@ -498,11 +521,28 @@ for _, other in ipairs(redis.call('SMEMBERS', prefix .. 'nodes')) do
     nodes = nodes + 1
     ws = ws + tonumber(counts[1])
     sse = sse + tonumber(counts[2])
+  elseif presence then
+    -- A node that died: its users with no other connection owe a departure, at once.
+    local now = now_ms()
+    reap(other, 'network_error', now, now)
   else
     reap(other)
   end
 end
-return {nodes, ws, sse, redis.call('SCARD', prefix .. 'online'), registered}
+-- Departures whose node did not report them (it stopped or died): reported by this node.
+local swept = {}
+if presence then
+  local gz = prefix .. 'gz'
+  for _, user in ipairs(redis.call('ZRANGEBYSCORE', gz, '-inf', now_ms(), 'LIMIT', 0, 100)) do
+    local gone = redis.call('GET', prefix .. 'g:' .. user)
+    undepart(user)
+    if gone then
+      swept[#swept + 1] = user
+      swept[#swept + 1] = gone
+    end
+  end
+end
+return {nodes, ws, sse, redis.call('SCARD', prefix .. 'online'), registered, swept}
 "#;
 
 /// A user's connections on live nodes, and optionally disconnects them all (their nodes close them
@@ -528,11 +568,25 @@ return live
 
 /// (Re)registers this node's connections: optionally forgets all it had first (after a restart
 /// or an outage, when leaves may have been lost), and optionally drops its lease (shutdown).
-/// ARGV (after the publish command): node, forget ('1'/'0'), drop lease ('1'/'0'), lease ms, then per connection:
-/// user, connection, presence value.
+/// ARGV (after the publish command): node, forget ('1'/'0'), drop lease ('1'/'0'), lease ms,
+/// presence grace ms (-1: presence webhooks off), then per connection: user, connection,
+/// presence value. With presence webhooks, users the forgetting leaves with no connection get a
+/// departure record (reason `shutdown` on shutdown, `network_error` after an outage: their
+/// LEAVE was lost), which a heartbeat reports after the grace and a lease unless they come back;
+/// the users registered again owe none.
 const RESET_BODY: &str = r#"
-local node = ARGV[2]
-if ARGV[3] == '1' then reap(node) end
+local node, grace = ARGV[2], tonumber(ARGV[6])
+if ARGV[3] == '1' then
+  if grace >= 0 then
+    -- Connections that ended while the link was down (or at shutdown) left no LEAVE behind.
+    local due = now_ms() + grace
+    local reason = 'network_error'
+    if ARGV[4] == '1' then reason = 'shutdown' end
+    reap(node, reason, due, due + tonumber(ARGV[5]))
+  else
+    reap(node)
+  end
+end
 if ARGV[4] == '1' then
   redis.call('DEL', prefix .. 'n:' .. node)
 else
@@ -542,7 +596,9 @@ else
   redis.call('HSETNX', prefix .. 'n:' .. node, 'sse', 0)
   redis.call('PEXPIRE', prefix .. 'n:' .. node, ARGV[5])
 end
-for i = 6, #ARGV, 3 do
+for i = 7, #ARGV, 3 do
+  -- Still connected here: no departure is owed for the user.
+  if grace >= 0 then undepart(ARGV[i]) end
   redis.call('HSET', prefix .. 'p:' .. ARGV[i], node .. '/' .. ARGV[i + 1], ARGV[i + 2])
   redis.call('SADD', prefix .. 'nu:' .. node, ARGV[i])
   redis.call('SADD', prefix .. 'online', ARGV[i])

@@ -365,6 +365,14 @@ pub fn read_message(payload: Bytes) -> Result<ChannelMessage, Malformed> {
     }
 }
 
+/// Reads a departure record (`g:<user>`, see the LEAVE script): `<node>/<connection> <due ms>
+/// <reason>` → the connection's cluster-wide id and the reason it ended.
+pub fn read_departure(record: &str) -> Option<(&str, &str)> {
+    let mut words = record.splitn(3, ' ');
+    let (token, _due, reason) = (words.next()?, words.next()?, words.next()?);
+    Some((token, reason))
+}
+
 /// The groups-channel message that carries acknowledgements to every node (the one that tracks
 /// the events resolves them): `A <user>\n<event id>\n<event id>…`. Neither user ids nor event
 /// ids hold control characters.
