@@ -96,7 +96,8 @@ run() {
         curl -sf "http://127.0.0.1:$node_port/ready" >/dev/null && break
         sleep 0.1
     done
-    args=(--url "http://127.0.0.1:$node_port" --users 100 --publishers 32 --duration "$DURATION" --json)
+    args=(--url "http://127.0.0.1:$node_port" --users 100 --publishers 32 --duration "$DURATION"
+        --server-pid "$node_pid" --json)
     if [ "$mode" = ack ]; then args+=(--ack); fi
     "${PIN_LOADGEN[@]}" "$LOADGEN" push "${args[@]}" \
         >"$OUT/loadgen-$mode-$round.json" 2>"$OUT/loadgen-$mode-$round.err"
@@ -108,7 +109,10 @@ run() {
 import json, sys
 path, mode, round_, metrics = sys.argv[1:]
 result, metrics = json.load(open(path)), json.loads(metrics)
+cpu = result.get("cpu") or {}
 print(json.dumps({"mode": mode, "round": int(round_), "per_s": result["delivered_per_s"],
+                  "server_us": (cpu.get("server_s_per_million_deliveries") or 0),
+                  "loadgen_cores": cpu.get("loadgen_cores"),
                   "p50_ms": result["latency_ms"]["p50"], "p99_ms": result["latency_ms"]["p99"],
                   "loss": result["loss"], "duplicates": result["duplicates"],
                   "acked": metrics["acks"]["acked"], "pending": metrics["acks"]["pending"],
@@ -131,14 +135,17 @@ runs, broker = [json.loads(line) for line in open(sys.argv[1])], sys.argv[2]
 med = statistics.median
 base = med([r["per_s"] for r in runs if r["mode"] == "off"])
 print(f"broker: {broker}")
-print("| mode | deliveries/s (median) | vs off | p50 ms | p99 ms | acked (pending at the end) | webhooks sent | loss · dup |")
-print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+print("| mode | deliveries/s (median) | vs off | server CPU µs/delivery | loadgen cores | p50 ms | p99 ms | acked (pending at the end) | webhooks sent | loss · dup |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 for mode in ("off", "webhooks", "ack"):
     rs = [r for r in runs if r["mode"] == mode]
     rate = med([r["per_s"] for r in rs])
-    print(f"| {mode} | {rate:,.0f} | {rate / base:.2f}x | {med([r[\"p50_ms\"] for r in rs]):.2f} | "
-          f"{med([r[\"p99_ms\"] for r in rs]):.2f} | {sum(r[\"acked\"] for r in rs)} ({sum(r[\"pending\"] for r in rs)}) | "
-          f"{sum(r[\"webhooks_sent\"] for r in rs)} | "
-          f"{sum(r[\"loss\"] for r in rs)} · {sum(r[\"duplicates\"] for r in rs)} |")
+    cpu = med([r["server_us"] for r in rs])
+    cores = med([r["loadgen_cores"] or 0 for r in rs])
+    p50, p99 = med([r["p50_ms"] for r in rs]), med([r["p99_ms"] for r in rs])
+    acked, pending = sum(r["acked"] for r in rs), sum(r["pending"] for r in rs)
+    sent = sum(r["webhooks_sent"] for r in rs)
+    loss, dup = sum(r["loss"] for r in rs), sum(r["duplicates"] for r in rs)
+    print(f"| {mode} | {rate:,.0f} | {rate / base:.2f}x | {cpu:.1f} | {cores:.2f} | {p50:.2f} | {p99:.2f} | {acked} ({pending}) | {sent} | {loss} · {dup} |")
 ' "$RUNS" "$BROKER" | tee "$OUT/table.md"
 echo "bench-webhooks: results in $OUT" >&2

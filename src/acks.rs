@@ -229,21 +229,22 @@ impl Acks {
     }
 
     /// `user` acknowledged `ids`: those tracked here are resolved and their waiters woken.
-    /// Returns how many were.
-    pub fn acknowledge(&self, user: &UserId, ids: &[Arc<str>]) -> usize {
-        let mut resolved = 0;
+    /// Returns the others (tracked on another node, or by nobody any more).
+    pub fn acknowledge(&self, user: &UserId, ids: Vec<Arc<str>>) -> Vec<Arc<str>> {
+        let mut elsewhere = Vec::new();
         let mut state = self.state.lock();
         for id in ids {
-            if let Some((_, entry)) = state.remove(&(user.clone(), Arc::clone(id))) {
-                resolved += 1;
-                for waiter in entry.waiters {
-                    let _ = waiter.send(());
+            match state.remove(&(user.clone(), Arc::clone(&id))) {
+                Some((_, entry)) => {
+                    self.acked.fetch_add(1, Ordering::Relaxed);
+                    for waiter in entry.waiters {
+                        let _ = waiter.send(());
+                    }
                 }
+                None => elsewhere.push(id),
             }
         }
-        drop(state);
-        self.acked.fetch_add(resolved as u64, Ordering::Relaxed);
-        resolved
+        elsewhere
     }
 
     /// Reports every event whose deadline passed; runs until the server stops.
@@ -352,8 +353,15 @@ mod tests {
         assert!(acks.expect(&event, false).is_none(), "tracked once");
         acks.settle(ticket, delivered());
         let other = UserId::parse("v").unwrap();
-        assert_eq!(acks.acknowledge(&other, &["e1".into()]), 0, "only its user");
-        assert_eq!(acks.acknowledge(&event.user_id, &["e1".into()]), 1);
+        assert_eq!(
+            acks.acknowledge(&other, vec!["e1".into()]).len(),
+            1,
+            "only its user"
+        );
+        assert!(
+            acks.acknowledge(&event.user_id, vec!["e1".into()])
+                .is_empty()
+        );
         assert!(waiter.unwrap().try_recv().is_ok());
         assert_eq!(acks.report().pending, 0);
         assert_eq!(acks.report().acked, 1);
@@ -364,7 +372,7 @@ mod tests {
         let acks = Acks::new(limits(), Webhooks::disabled());
         let (ticket, _) = acks.expect(&publication("u", "e1"), false).unwrap();
         let user = UserId::parse("u").unwrap();
-        assert_eq!(acks.acknowledge(&user, &["e1".into()]), 1);
+        assert!(acks.acknowledge(&user, vec!["e1".into()]).is_empty());
         acks.settle(ticket, delivered());
         assert_eq!(acks.report().pending, 0);
     }
@@ -398,7 +406,10 @@ mod tests {
             "three on the node"
         );
         let user = UserId::parse("u").unwrap();
-        assert_eq!(acks.acknowledge(&user, &["b".into(), "c".into()]), 1);
+        assert_eq!(
+            acks.acknowledge(&user, vec!["b".into(), "c".into()]),
+            [Arc::from("b")]
+        );
         assert_eq!(acks.expire_due(Instant::now()), 0);
         assert_eq!(acks.expire_due(Instant::now() + Duration::from_secs(31)), 2);
         assert_eq!(acks.report().pending_bytes, 0);

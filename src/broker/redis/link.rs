@@ -586,7 +586,7 @@ async fn receive(shared: Arc<Shared>, mut messages: mpsc::UnboundedReceiver<Push
         if groups && wire::is_ack_notice(&payload) {
             match wire::read_ack_notice(&payload) {
                 Ok((user, ids)) => {
-                    shared.acks.acknowledge(&user, &ids);
+                    shared.acks.acknowledge(&user, ids);
                 }
                 Err(error) => {
                     bump(&shared.counters.malformed_messages);

@@ -234,6 +234,9 @@ struct Shared {
     changes: mpsc::UnboundedSender<Change>,
     /// To the shard's publisher task (see [`publish_merged`]).
     publishes: mpsc::UnboundedSender<PublishRequest>,
+    /// Acknowledgements of events this node does not track, to tell the other nodes (see
+    /// [`relay_acks`]); at most [`ACK_NOTICES_QUEUED`].
+    ack_notices: mpsc::Sender<(UserId, Vec<Arc<str>>)>,
     /// Bounds the catch-ups in flight ([`CATCH_UPS_IN_FLIGHT`]).
     catch_up_slots: Semaphore,
     cluster: Mutex<Option<ClusterStats>>,
@@ -311,6 +314,7 @@ impl RedisBroker {
             let (changes, changes_rx) = mpsc::unbounded_channel();
             let (departures, departures_rx) = mpsc::unbounded_channel();
             let (publishes, publishes_rx) = mpsc::unbounded_channel();
+            let (ack_notices, ack_notices_rx) = mpsc::channel(ACK_NOTICES_QUEUED);
             let shared = Arc::new(Shared {
                 target,
                 place: Place {
@@ -339,6 +343,7 @@ impl RedisBroker {
                 failed: Notify::new(),
                 changes,
                 publishes,
+                ack_notices,
                 catch_up_slots: Semaphore::new(CATCH_UPS_IN_FLIGHT),
                 cluster: Mutex::new(None),
                 records: Mutex::new(Recent::default()),
@@ -349,6 +354,7 @@ impl RedisBroker {
             });
             lifecycle.spawn_background(link::supervise(Arc::clone(&shared), changes_rx));
             lifecycle.spawn_background(publish_merged(Arc::clone(&shared), publishes_rx));
+            lifecycle.spawn_background(relay_acks(Arc::clone(&shared), ack_notices_rx));
             lifecycle.spawn_background(link::forget_departures(Arc::clone(&shared), departures_rx));
             departure_queues.push(departures);
             shards.push(shared);
@@ -730,23 +736,6 @@ impl Shared {
             let connection_id = format!("{}/{connection}", self.node);
             self.webhooks
                 .user_connected(user, &connection_id, transport);
-        }
-    }
-
-    /// Tells every node (on the groups channel) that `user` acknowledged `ids`: the node that
-    /// tracks them resolves them. Tried once: an acknowledgement lost with the link is reported
-    /// undelivered when its event times out (at least once, never silently).
-    async fn announce_acks(&self, user: &UserId, ids: &[Arc<str>]) {
-        let Ok((generation, mut commands)) = self.commands() else {
-            return;
-        };
-        let sent = redis::cmd(self.names.publish_command())
-            .arg(self.names.groups_channel())
-            .arg(wire::ack_notice(user, ids))
-            .query_async::<()>(&mut commands)
-            .await;
-        if let Err(error) = sent {
-            self.command_failed(generation, &error);
         }
     }
 
@@ -1319,6 +1308,38 @@ fn client_for(
     }
 }
 
+/// Most acknowledgement notices waiting for [`relay_acks`] per shard; beyond, they are dropped
+/// (and counted as errors): their events are reported undelivered when they time out.
+const ACK_NOTICES_QUEUED: usize = 4096;
+
+/// Most acknowledgement notices sent in one round trip.
+const ACK_NOTICES_PER_ROUND: usize = 256;
+
+/// Tells every node (on the shard's groups channel) about acknowledgements of events this node
+/// does not track: the node that tracks them resolves them. Notices waiting meanwhile go in one
+/// pipeline per round trip. Tried once: a notice lost with the link leaves its event to be
+/// reported undelivered when it times out (at least once, never silently).
+async fn relay_acks(shared: Arc<Shared>, mut notices: mpsc::Receiver<(UserId, Vec<Arc<str>>)>) {
+    let mut batch = Vec::with_capacity(ACK_NOTICES_PER_ROUND);
+    while notices.recv_many(&mut batch, ACK_NOTICES_PER_ROUND).await > 0 {
+        let Ok((generation, mut commands)) = shared.commands() else {
+            batch.clear();
+            continue;
+        };
+        let mut pipeline = redis::pipe();
+        for (user, ids) in batch.drain(..) {
+            pipeline
+                .cmd(shared.names.publish_command())
+                .arg(shared.names.groups_channel())
+                .arg(wire::ack_notice(&user, &ids))
+                .ignore();
+        }
+        if let Err(error) = pipeline.query_async::<()>(&mut commands).await {
+            shared.command_failed(generation, &error);
+        }
+    }
+}
+
 /// Reads [`scripts::JOIN`]'s reply (see there for its shape); the records it names but does not
 /// carry are among `held`. Records it carries join the node's `recent` ones.
 fn read_join_reply(
@@ -1428,10 +1449,21 @@ fn presence_value(transport: Transport, connected_at_ms: u64) -> String {
 #[async_trait]
 impl Broker for RedisBroker {
     fn acknowledge(&self, user: &UserId, ids: Vec<Arc<str>>) {
-        let shard = Arc::clone(self.shard(user));
-        shard.acks.acknowledge(user, &ids);
-        let user = user.clone();
-        tokio::spawn(async move { shard.announce_acks(&user, &ids).await });
+        let shard = self.shard(user);
+        // Acknowledged on the node that pushed: nothing to tell the others.
+        let elsewhere = shard.acks.acknowledge(user, ids);
+        if elsewhere.is_empty() {
+            return;
+        }
+        if shard
+            .ack_notices
+            .try_send((user.clone(), elsewhere))
+            .is_err()
+        {
+            // Redis is slower than the acknowledgements: those events are reported undelivered
+            // when they time out (at least once, never silently).
+            bump(&shard.counters.errors);
+        }
     }
 
     fn connection_id(&self, connection: u64) -> String {
