@@ -251,6 +251,12 @@ impl Application {
             );
         }
         state.broker.shutdown().await;
+        // The webhooks the shutdown itself caused (departures) and those still queued get what
+        // is left of the budget, up to WEBHOOK_DRAIN_LIMIT.
+        state
+            .webhooks
+            .drain(deadline.min(tokio::time::Instant::now() + WEBHOOK_DRAIN_LIMIT))
+            .await;
         if tokio::time::timeout_at(deadline, lifecycle.stop_background())
             .await
             .is_err()
@@ -353,6 +359,9 @@ async fn housekeeping(state: SharedState) {
         }
     }
 }
+
+/// Longest a shutdown waits for the webhook queue to empty.
+const WEBHOOK_DRAIN_LIMIT: Duration = Duration::from_secs(3);
 
 /// Longest pause between two rounds of housekeeping.
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
 use super::{AttachError, Broker, BrokerError, UserConnection, unix_seconds};
@@ -23,7 +23,12 @@ use crate::webhook::{WebhookType, Webhooks};
 pub struct MemoryBroker {
     hub: Arc<Hub>,
     acks: Arc<Acks>,
+    /// Asks the presence follower (when there is one) to report every departure at once.
+    flush: Option<mpsc::UnboundedSender<oneshot::Sender<()>>>,
 }
+
+/// Longest a shutdown waits for the presence follower to report the departures it holds.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl MemoryBroker {
     /// A broker over `hub`, resolving acknowledgements in `acks`. When `webhooks` wants
@@ -37,14 +42,22 @@ impl MemoryBroker {
         grace: Duration,
         lifecycle: &Lifecycle,
     ) -> Self {
+        let mut flush = None;
         if webhooks.wants(WebhookType::UserConnected)
             || webhooks.wants(WebhookType::UserDisconnected)
         {
             let (changes, changes_rx) = mpsc::unbounded_channel();
+            let (flushes, flushes_rx) = mpsc::unbounded_channel();
             hub.report_presence(changes);
-            lifecycle.spawn_background(follow_presence(changes_rx, webhooks.clone(), grace));
+            lifecycle.spawn_background(follow_presence(
+                changes_rx,
+                flushes_rx,
+                webhooks.clone(),
+                grace,
+            ));
+            flush = Some(flushes);
         }
-        Self { hub, acks }
+        Self { hub, acks, flush }
     }
 }
 
@@ -55,48 +68,110 @@ struct Leaving {
     reason: DisconnectReason,
 }
 
-/// Turns this node's presence changes into webhooks, applying the grace: a departure is
-/// reported once the user has stayed away `grace`; an arrival within it cancels the departure
-/// and is not reported either.
+/// The presence follower's state: the users waiting out their grace.
+struct Follower {
+    webhooks: Webhooks,
+    grace: Duration,
+    leaving: HashMap<UserId, Leaving>,
+    /// Departures in the order they fall due (one grace for all); stale ones are skipped.
+    due: VecDeque<(Instant, UserId)>,
+}
+
+impl Follower {
+    /// Applies one change: an arrival is reported unless it cancels a departure within its
+    /// grace; a departure waits out the grace (or is reported at once without one).
+    fn apply(&mut self, change: PresenceChange) {
+        match change {
+            PresenceChange::Arrived {
+                user,
+                connection,
+                transport,
+            } => {
+                if self.leaving.remove(&user).is_none() {
+                    self.webhooks
+                        .user_connected(&user, &connection.to_string(), transport);
+                }
+            }
+            PresenceChange::Left {
+                user,
+                connection,
+                reason,
+            } => {
+                if self.grace.is_zero() {
+                    self.report(&user, connection, reason);
+                } else {
+                    let at = Instant::now() + self.grace;
+                    self.leaving.insert(
+                        user.clone(),
+                        Leaving {
+                            due: at,
+                            connection,
+                            reason,
+                        },
+                    );
+                    self.due.push_back((at, user));
+                }
+            }
+        }
+    }
+
+    /// Reports the departure that falls due first, if it still stands.
+    fn next_due(&mut self) {
+        let Some((at, user)) = self.due.pop_front() else {
+            return;
+        };
+        if self.leaving.get(&user).is_some_and(|left| left.due == at)
+            && let Some(left) = self.leaving.remove(&user)
+        {
+            self.report(&user, left.connection, left.reason);
+        }
+    }
+
+    /// Reports every departure at once (the node is going away).
+    fn flush(&mut self) {
+        for (user, left) in std::mem::take(&mut self.leaving) {
+            self.report(&user, left.connection, left.reason);
+        }
+        self.due.clear();
+    }
+
+    fn report(&self, user: &UserId, connection: u64, reason: DisconnectReason) {
+        self.webhooks
+            .user_disconnected(user, &connection.to_string(), reason.label());
+    }
+}
+
+/// Turns this node's presence changes into webhooks, applying the grace (see
+/// [`Follower::apply`]). On a flush (shutdown, after every session closed) the departures still
+/// within their grace are reported at once: the node is going away.
 async fn follow_presence(
     mut changes: mpsc::UnboundedReceiver<PresenceChange>,
+    mut flushes: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
     webhooks: Webhooks,
     grace: Duration,
 ) {
-    let mut leaving: HashMap<UserId, Leaving> = HashMap::new();
-    // Departures in the order they fall due (one grace for all); stale ones are skipped.
-    let mut due: VecDeque<(Instant, UserId)> = VecDeque::new();
+    let mut follower = Follower {
+        webhooks,
+        grace,
+        leaving: HashMap::new(),
+        due: VecDeque::new(),
+    };
     loop {
-        let next = due.front().map(|(at, _)| *at);
+        let next = follower.due.front().map(|(at, _)| *at);
         tokio::select! {
             change = changes.recv() => match change {
                 None => return,
-                Some(PresenceChange::Arrived { user, connection, transport }) => {
-                    if leaving.remove(&user).is_none() {
-                        webhooks.user_connected(&user, &connection.to_string(), transport);
-                    }
-                }
-                Some(PresenceChange::Left { user, connection, reason }) => {
-                    if grace.is_zero() {
-                        webhooks.user_disconnected(&user, &connection.to_string(), reason.label());
-                    } else {
-                        let at = Instant::now() + grace;
-                        leaving.insert(user.clone(), Leaving { due: at, connection, reason });
-                        due.push_back((at, user));
-                    }
-                }
+                Some(change) => follower.apply(change),
             },
-            () = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
-                let Some((at, user)) = due.pop_front() else { continue };
-                if leaving.get(&user).is_some_and(|left| left.due == at)
-                    && let Some(left) = leaving.remove(&user)
-                {
-                    webhooks.user_disconnected(
-                        &user,
-                        &left.connection.to_string(),
-                        left.reason.label(),
-                    );
+            Some(done) = flushes.recv() => {
+                while let Ok(change) = changes.try_recv() {
+                    follower.apply(change);
                 }
+                follower.flush();
+                let _ = done.send(());
+            }
+            () = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                follower.next_due();
             }
         }
     }
@@ -171,5 +246,11 @@ impl Broker for MemoryBroker {
         }
     }
 
-    async fn shutdown(&self) {}
+    async fn shutdown(&self) {
+        let Some(flush) = &self.flush else { return };
+        let (done, flushed) = oneshot::channel();
+        if flush.send(done).is_ok() {
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, flushed).await;
+        }
+    }
 }

@@ -24,6 +24,9 @@ use crate::lifecycle::Lifecycle;
 use crate::metrics::WebhookReport;
 use crate::protocol::{Event, Frame, Transport, UserId};
 
+/// How often [`Webhooks::drain`] looks at the queue.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
 /// The kinds of webhook, by their `type`.
 #[derive(
     Debug,
@@ -292,6 +295,22 @@ impl Webhooks {
             }
         };
         inner.queue.push(kind, user, body);
+    }
+
+    /// Waits until every queued webhook is delivered or given up, or `deadline` passes (on
+    /// shutdown: what is still queued then is lost).
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        let Some(inner) = &self.inner else { return };
+        while inner.queue.report().queued > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        let left = inner.queue.report().queued;
+        if left > 0 {
+            tracing::warn!(
+                webhooks = left,
+                "shutting down with webhooks still queued: lost"
+            );
+        }
     }
 
     /// Counters and queue state, for `/metrics` and the console.

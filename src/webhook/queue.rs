@@ -56,6 +56,20 @@ impl Body {
         body.into()
     }
 
+    /// Its size in bytes, joined.
+    pub fn len(&self) -> usize {
+        self.before.len()
+            + self
+                .frame
+                .as_ref()
+                .map_or(0, |frame| frame.len() + FRAMED_END.len())
+    }
+
+    /// Whether it is empty (it never is: a body is a JSON object).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Starts counting the body: returns the bytes the queue's total grows by (a shared payload
     /// only for its first holder).
     fn hold(&self) -> usize {
@@ -121,6 +135,8 @@ struct State {
     /// Webhooks queued or in delivery, and their bytes.
     items: usize,
     bytes: usize,
+    /// How many of them are `client.message`.
+    client_messages: usize,
     next_seq: u64,
     dropped: u64,
     last_drop_warning: Option<Instant>,
@@ -153,13 +169,24 @@ impl Queue {
     }
 
     /// Queues `body` in `user`'s lane, dropping the oldest waiting webhooks to stay in bounds.
+    /// Refused outright (dropped and counted) are a body larger than the whole byte bound, and a
+    /// `client.message` when those already fill half of the queue's items: what clients type
+    /// never pushes presence or undelivered-event webhooks out.
     pub fn push(&self, kind: WebhookType, user: &UserId, body: Body) {
         let lane = self.hasher.hash_one(user) as usize % self.ready.len();
         let mut state = self.state.lock();
+        let client_message = kind == WebhookType::ClientMessage;
+        if body.len() > self.max_bytes
+            || (client_message && state.client_messages >= self.max_items.div_ceil(2))
+        {
+            state.note_dropped(1);
+            return;
+        }
         let seq = state.next_seq;
         state.next_seq += 1;
         state.items += 1;
         state.bytes += body.hold();
+        state.client_messages += usize::from(client_message);
         state.lanes[lane].push_back(Pending {
             id: format!("msg_{}", ulid::Ulid::new()),
             kind,
@@ -173,26 +200,11 @@ impl Queue {
                 break;
             };
             if let Some(gone) = state.lanes[oldest].pop_front() {
-                state.items -= 1;
-                state.bytes -= gone.body.release();
+                state.forget(&gone);
                 dropped += 1;
             }
         }
-        if dropped > 0 {
-            state.dropped += dropped;
-            let now = Instant::now();
-            if state
-                .last_drop_warning
-                .is_none_or(|at| now.duration_since(at) >= DROP_WARNING_INTERVAL)
-            {
-                state.last_drop_warning = Some(now);
-                tracing::warn!(
-                    dropped_total = state.dropped,
-                    "webhook queue full (WEBHOOK_QUEUE_SIZE / WEBHOOK_QUEUE_BYTES): the oldest \
-                     webhooks were dropped; is the receiver down or slow?"
-                );
-            }
-        }
+        state.note_dropped(dropped);
         drop(state);
         self.ready[lane].notify_one();
     }
@@ -211,9 +223,7 @@ impl Queue {
     /// `pending` was delivered (`Ok`) or given up on (`Err`, why the last attempt failed).
     pub fn done(&self, pending: &Pending, outcome: Result<(), String>) {
         {
-            let mut state = self.state.lock();
-            state.items -= 1;
-            state.bytes -= pending.body.release();
+            self.state.lock().forget(pending);
         }
         match outcome {
             Ok(()) => {
@@ -255,6 +265,34 @@ impl Queue {
 }
 
 impl State {
+    /// Stops counting `pending` (delivered, given up or dropped).
+    fn forget(&mut self, pending: &Pending) {
+        self.items -= 1;
+        self.bytes -= pending.body.release();
+        self.client_messages -= usize::from(pending.kind == WebhookType::ClientMessage);
+    }
+
+    /// Counts `count` dropped webhooks, and warns about it at most every
+    /// [`DROP_WARNING_INTERVAL`].
+    fn note_dropped(&mut self, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.dropped += count;
+        let now = Instant::now();
+        if self
+            .last_drop_warning
+            .is_none_or(|at| now.duration_since(at) >= DROP_WARNING_INTERVAL)
+        {
+            self.last_drop_warning = Some(now);
+            tracing::warn!(
+                dropped_total = self.dropped,
+                "webhook queue full (WEBHOOK_QUEUE_SIZE / WEBHOOK_QUEUE_BYTES): webhooks were \
+                 dropped, the oldest first; is the receiver down or slow?"
+            );
+        }
+    }
+
     /// The lane whose first waiting webhook is the oldest of all.
     fn oldest_lane(&self) -> Option<usize> {
         self.lanes
@@ -279,7 +317,7 @@ mod tests {
         let queue = Queue::new(2, 3, 1 << 20);
         for (index, name) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
             queue.push(
-                WebhookType::ClientMessage,
+                WebhookType::UserConnected,
                 &user(name),
                 Body::whole(index.to_string().into_bytes()),
             );
@@ -294,6 +332,35 @@ mod tests {
         }
         left.sort();
         assert_eq!(left, ["2", "3", "4"]);
+    }
+
+    #[tokio::test]
+    async fn client_messages_fill_half_the_queue_at_most_and_a_huge_body_is_refused() {
+        let queue = Queue::new(1, 4, 100);
+        for _ in 0..3 {
+            queue.push(
+                WebhookType::ClientMessage,
+                &user("a"),
+                Body::whole(b"m".to_vec()),
+            );
+        }
+        queue.push(
+            WebhookType::UserConnected,
+            &user("a"),
+            Body::whole(b"c".to_vec()),
+        );
+        queue.push(
+            WebhookType::UserConnected,
+            &user("a"),
+            Body::whole(vec![b'x'; 101]),
+        );
+        let report = queue.report();
+        assert_eq!((report.queued, report.dropped), (3, 2));
+        let mut left = Vec::new();
+        while let Some(pending) = queue.state.lock().lanes[0].pop_front() {
+            left.push(pending.body.join());
+        }
+        assert_eq!(left, ["m", "m", "c"]);
     }
 
     #[tokio::test]

@@ -474,3 +474,22 @@ async fn a_webhook_the_receiver_refuses_with_a_4xx_is_given_up_at_once() {
     sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.deliveries().len(), 1, "a 400 is not retried");
 }
+
+#[tokio::test]
+async fn a_stopping_node_reports_its_users_departures_before_it_exits() {
+    let receiver = Receiver::start(Answer::Accept).await;
+    let app = app_with(
+        &receiver,
+        &["--webhook-presence-grace", "30", "--shutdown-timeout", "5"],
+    )
+    .await;
+    let ws = app.connect("zed").await;
+    receiver.wait_until("user.connected", |d| !d.is_empty()).await;
+    app.lifecycle.begin_shutdown();
+    app.stopped.await.unwrap().unwrap();
+    drop(ws);
+    let all = receiver.deliveries();
+    let kinds: Vec<&str> = all.iter().map(|d| d.kind()).collect();
+    assert_eq!(kinds, ["user.connected", "user.disconnected"], "{all:?}");
+    assert_eq!(all[1].data()["reason"], "shutdown");
+}
