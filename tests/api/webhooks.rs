@@ -484,7 +484,9 @@ async fn a_stopping_node_reports_its_users_departures_before_it_exits() {
     )
     .await;
     let ws = app.connect("zed").await;
-    receiver.wait_until("user.connected", |d| !d.is_empty()).await;
+    receiver
+        .wait_until("user.connected", |d| !d.is_empty())
+        .await;
     app.lifecycle.begin_shutdown();
     app.stopped.await.unwrap().unwrap();
     drop(ws);

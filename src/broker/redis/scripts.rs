@@ -506,7 +506,7 @@ return out
 /// departures}`; `registered` is 0 when this node had been reaped meanwhile (its lease ran out
 /// while it was alive, e.g. paused): it must register its connections again. With presence
 /// webhooks, a reaped node's users left with no connection get a departure record due at once,
-/// and `departures` lists (user, record) for up to 100 records past the time a heartbeat may take
+/// and `departures` lists (user, record) for up to 1,000 records past the time a heartbeat may take
 /// them (their node stopped or died before reporting them): this node reports them.
 const HEARTBEAT_BODY: &str = r#"
 local node, lease, presence = ARGV[2], tonumber(ARGV[3]), ARGV[7] == '1'
@@ -533,7 +533,7 @@ end
 local swept = {}
 if presence then
   local gz = prefix .. 'gz'
-  for _, user in ipairs(redis.call('ZRANGEBYSCORE', gz, '-inf', now_ms(), 'LIMIT', 0, 100)) do
+  for _, user in ipairs(redis.call('ZRANGEBYSCORE', gz, '-inf', now_ms(), 'LIMIT', 0, 1000)) do
     local gone = redis.call('GET', prefix .. 'g:' .. user)
     undepart(user)
     if gone then
