@@ -128,9 +128,9 @@ impl Failure {
 /// Most bytes of an answer's body read (and discarded), so that its connection can be reused.
 const ANSWER_BODY_MAX_BYTES: usize = 64 * 1024;
 
-/// One attempt, within `WEBHOOK_TIMEOUT` (connecting, sending, the answer, and up to 64 KiB of
-/// its body, read and discarded so that the connection is kept for the next webhook): a 2xx
-/// answer is a delivery. A 4xx other than 408 (timeout) and 429 (too many requests) is the
+/// One attempt, within `WEBHOOK_TIMEOUT` (connecting, sending, the answer's head; then up to
+/// 64 KiB of its body, read and discarded within what is left, so that the connection is kept
+/// for the next webhook): a 2xx answer is a delivery. A 4xx other than 408 (timeout) and 429 (too many requests) is the
 /// receiver refusing this webhook: it is not retried. Anything else is.
 async fn post(
     client: &HttpClient,
@@ -150,34 +150,32 @@ async fn post(
         .header("webhook-signature", signature)
         .body(Full::new(body.clone()))
         .map_err(|e| Failure::retry(format!("request: {e}")))?;
-    let attempt = async {
-        let response = client.request(request).await.map_err(|error| {
+    let deadline = tokio::time::Instant::now() + settings.timeout;
+    let response = tokio::time::timeout_at(deadline, client.request(request))
+        .await
+        .map_err(|_| Failure::retry("no answer within WEBHOOK_TIMEOUT"))?
+        .map_err(|error| {
             if error.is_connect() {
                 Failure::retry("could not connect to the receiver")
             } else {
                 Failure::retry(format!("request failed: {error}"))
             }
         })?;
-        let status = response.status();
-        // Read (and drop) what the receiver says, so that hyper keeps the connection.
-        let _ = Limited::new(response.into_body(), ANSWER_BODY_MAX_BYTES)
-            .collect()
-            .await;
-        if status.is_success() {
-            Ok(())
-        } else {
-            let refused = status.is_client_error()
-                && status != StatusCode::REQUEST_TIMEOUT
-                && status != StatusCode::TOO_MANY_REQUESTS;
-            Err(Failure {
-                why: format!("the receiver answered {status}"),
-                retry: !refused,
-            })
-        }
-    };
-    tokio::time::timeout(settings.timeout, attempt)
-        .await
-        .map_err(|_| Failure::retry("no answer within WEBHOOK_TIMEOUT"))?
+    let status = response.status();
+    // The status decides. The body is read (and dropped) with what is left of the time, so that
+    // hyper keeps the connection; a body that does not come only costs the connection.
+    let body = Limited::new(response.into_body(), ANSWER_BODY_MAX_BYTES).collect();
+    let _ = tokio::time::timeout_at(deadline, body).await;
+    if status.is_success() {
+        return Ok(());
+    }
+    let refused = status.is_client_error()
+        && status != StatusCode::REQUEST_TIMEOUT
+        && status != StatusCode::TOO_MANY_REQUESTS;
+    Err(Failure {
+        why: format!("the receiver answered {status}"),
+        retry: !refused,
+    })
 }
 
 /// The `User-Agent` of webhook requests.

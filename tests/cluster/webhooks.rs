@@ -9,7 +9,8 @@ use tokio::time::sleep;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{PROMPTLY, TestApp, server_command, start_process};
-use crate::support::{Client, LEASE, LEASE_FLAG, shared_cluster};
+use crate::redis::RedisServer;
+use crate::support::{Client, LEASE, LEASE_FLAG, cluster, shared_cluster, wait_for_ready_status};
 use crate::webhook_receiver::{Answer, Receiver, SECRET, assert_signed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,4 +258,45 @@ async fn a_stopped_nodes_departures_are_reported_by_another_node_unless_the_user
             .unwrap()
             .starts_with("node-b/")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_still_connected_through_a_redis_outage_longer_than_the_lease_are_not_reported() {
+    let Some(redis) = RedisServer::start("webhook_outage").await else {
+        return;
+    };
+    let receiver = Receiver::start(Answer::Accept).await;
+    let url = receiver.url();
+    let flags = [
+        "--webhook-url",
+        &url,
+        "--webhook-secret",
+        SECRET,
+        "--webhook-presence-grace",
+        "0.3",
+        "--webhook-events",
+        "user.connected,user.disconnected",
+    ];
+    let mut cluster = cluster(&redis.url(), "webhook_outage", 2, &flags).await;
+    cluster.keep_keys();
+    let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
+    let _on_a = Client::ws(a, "stays-a").await;
+    let _on_b = Client::sse(b, "stays-b").await;
+    receiver.wait_until("two arrivals", |d| d.len() >= 2).await;
+
+    // Every lease expires while Redis is stopped; the first node back must not take the other
+    // for dead and report its users gone.
+    redis.pause();
+    sleep(Duration::from_secs_f64(LEASE * 3.0)).await;
+    redis.resume();
+    for node in [a, b] {
+        wait_for_ready_status(node, 200, Duration::from_secs(10)).await;
+    }
+    sleep(Duration::from_secs_f64(LEASE * 4.0)).await;
+    let kinds: Vec<String> = receiver
+        .deliveries()
+        .iter()
+        .map(|d| d.kind().to_owned())
+        .collect();
+    assert_eq!(kinds, ["user.connected", "user.connected"]);
 }

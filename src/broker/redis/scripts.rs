@@ -38,6 +38,14 @@ local function depart(user, token, reason, due, sweep_at)
   redis.call('SET', key, token .. ' ' .. due .. ' ' .. reason, 'PX', 86400000)
   redis.call('ZADD', prefix .. 'gz', sweep_at, user)
 end
+-- Whether `user` has a connection on a live node.
+local function connected(user)
+  for _, field in ipairs(redis.call('HKEYS', prefix .. 'p:' .. user)) do
+    local field_node = node_of(field)
+    if field_node and alive(field_node) then return true end
+  end
+  return false
+end
 -- Forgets a departure record (the user came back, or its webhook is being sent).
 local function undepart(user)
   redis.call('DEL', prefix .. 'g:' .. user)
@@ -324,8 +332,9 @@ return out
 /// when the user had connections, came back within the grace of a departure (whose pending
 /// `g:` record it deletes: no webhook either way), or for a catch-up; 'first' when the user had
 /// none; or the pending departure record `<node>/<connection> <due ms> <reason>` when its grace
-/// had passed but its node had not reported it yet: the joining node reports that departure,
-/// then the arrival.
+/// had passed but its node had not reported it yet (or, when the user's last connection was on a
+/// dead node not reaped yet, `<that connection> <now> network_error`): the joining node reports
+/// that departure, then the arrival.
 const JOIN_BODY: &str = r#"
 local size, ttl, meta_ttl, candidate = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local user, from, token_epoch, token_position = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
@@ -334,13 +343,14 @@ local arrived = ''
 if limit > 0 then
   local presence = prefix .. 'p:' .. user
   local fields = redis.call('HGETALL', presence)
-  local live = {}
+  local live, dead = {}, nil
   for i = 1, #fields, 2 do
     local field_node = node_of(fields[i])
     if field_node and (field_node == node or alive(field_node)) then
       live[#live + 1] = {fields[i], tonumber(string.match(fields[i + 1], ' (%d+)$')) or 0}
     else
       redis.call('HDEL', presence, fields[i])
+      dead = fields[i]
     end
   end
   if #live >= limit then
@@ -358,6 +368,10 @@ if limit > 0 then
       undepart(user)
       local due = tonumber(string.match(gone, '^%S+ (%d+) ')) or 0
       if now_ms() < due then arrived = '' else arrived = gone end
+    elseif dead then
+      -- The user's last connection was on a node that died and was not reaped yet: its
+      -- departure is owed (the reaping will find nothing of it left).
+      arrived = dead .. ' ' .. now_ms() .. ' network_error'
     end
   end
   redis.call('HSET', presence, node .. '/' .. connection, value)
@@ -485,7 +499,8 @@ return out
 
 /// Reports departures whose grace passed. ARGV (after the publish command): per departure: user,
 /// `<node>/<connection>`. Returns the users whose departure record is still that connection's
-/// (deleting it): nobody came back, and no join reported it.
+/// (deleting it) and who have no connection on a live node: nobody came back, and no join
+/// reported it.
 const GONE_BODY: &str = r#"
 local out = {}
 for i = 2, #ARGV, 2 do
@@ -493,7 +508,7 @@ for i = 2, #ARGV, 2 do
   local gone = redis.call('GET', key)
   if gone and string.sub(gone, 1, #token) == token then
     undepart(ARGV[i])
-    out[#out + 1] = ARGV[i]
+    if not connected(ARGV[i]) then out[#out + 1] = ARGV[i] end
   end
 end
 return out
@@ -505,8 +520,8 @@ return out
 /// Returns `{live nodes, websocket connections, SSE connections, users online, registered,
 /// departures}`; `registered` is 0 when this node had been reaped meanwhile (its lease ran out
 /// while it was alive, e.g. paused): it must register its connections again. With presence
-/// webhooks, a reaped node's users left with no connection get a departure record due at once,
-/// and `departures` lists (user, record) for up to 1,000 records past the time a heartbeat may take
+/// webhooks, a reaped node's users left with no connection get a departure record, taken over
+/// a lease later (unless the node, back from an outage, registers them again first), and `departures` lists (user, record) for up to 1,000 records past the time a heartbeat may take
 /// them (their node stopped or died before reporting them): this node reports them.
 const HEARTBEAT_BODY: &str = r#"
 local node, lease, presence = ARGV[2], tonumber(ARGV[3]), ARGV[7] == '1'
@@ -522,9 +537,11 @@ for _, other in ipairs(redis.call('SMEMBERS', prefix .. 'nodes')) do
     ws = ws + tonumber(counts[1])
     sse = sse + tonumber(counts[2])
   elseif presence then
-    -- A node that died: its users with no other connection owe a departure, at once.
+    -- A node that died (or lost Redis for longer than its lease): its users with no other
+    -- connection owe a departure, reported a lease later unless the node registers them again
+    -- meanwhile (a node back from an outage does so at once).
     local now = now_ms()
-    reap(other, 'network_error', now, now)
+    reap(other, 'network_error', now, now + lease)
   else
     reap(other)
   end
@@ -536,7 +553,7 @@ if presence then
   for _, user in ipairs(redis.call('ZRANGEBYSCORE', gz, '-inf', now_ms(), 'LIMIT', 0, 1000)) do
     local gone = redis.call('GET', prefix .. 'g:' .. user)
     undepart(user)
-    if gone then
+    if gone and not connected(user) then
       swept[#swept + 1] = user
       swept[#swept + 1] = gone
     end
