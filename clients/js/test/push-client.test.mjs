@@ -1,0 +1,220 @@
+// Unit tests of push-client.js: `node --test clients/js/test`. The transports are fakes here;
+// the end-to-end tests against the real server run in a browser.
+import assert from 'node:assert/strict';
+import test from 'node:test';
+
+import { PushClient, SseParser, backoffDelay, jwtExpiry } from '../push-client.js';
+
+/** A WebSocket double: records what is sent; the test drives open, messages and close. */
+class FakeWebSocket {
+  static made = [];
+  readyState = 0;
+  sent = [];
+  constructor(url) {
+    this.url = url;
+    FakeWebSocket.made.push(this);
+  }
+  open() {
+    this.readyState = 1;
+    this.onopen?.();
+  }
+  receive(value) {
+    this.onmessage?.({ data: JSON.stringify(value) });
+  }
+  send(text) {
+    this.sent.push(text);
+  }
+  close(code = 1000, reason = '') {
+    this.readyState = 3;
+    this.onclose?.({ code, reason });
+  }
+}
+
+const next = (target, type) =>
+  new Promise((resolve) => target.addEventListener(type, (e) => resolve(e.detail), { once: true }));
+const tick = (ms = 5) => new Promise((resolve) => setTimeout(resolve, ms));
+const fast = { initialDelayMs: 1, maxDelayMs: 5 };
+
+function client(options = {}) {
+  FakeWebSocket.made = [];
+  return new PushClient('http://push.test/', {
+    userId: 'u 1',
+    transport: 'websocket',
+    WebSocket: FakeWebSocket,
+    reconnect: fast,
+    ...options,
+  });
+}
+
+test('backoff grows to its cap, with full jitter', () => {
+  const policy = { initialDelayMs: 100, maxDelayMs: 1000 };
+  assert.equal(backoffDelay(0, policy, () => 1), 100);
+  assert.equal(backoffDelay(3, policy, () => 1), 800);
+  assert.equal(backoffDelay(50, policy, () => 1), 1000);
+  assert.equal(backoffDelay(5, policy, () => 0), 0);
+});
+
+test('a JWT expiry is read, anything else is not', () => {
+  const payload = Buffer.from(JSON.stringify({ sub: 'u', exp: 1800000000 })).toString('base64url');
+  assert.equal(jwtExpiry(`h.${payload}.s`), 1800000000 * 1000);
+  assert.equal(jwtExpiry('not-a-jwt'), null);
+  assert.equal(jwtExpiry('a.b.c'), null);
+  assert.equal(jwtExpiry(undefined), null);
+});
+
+test('the SSE parser handles split chunks, comments, CRLF and id-only blocks', () => {
+  const seen = [];
+  const parser = new SseParser((event) => seen.push(event));
+  parser.push('retry: 3000\nid: e:0\n\n: keepalive\n\nid: 1\nevent: mess');
+  parser.push('age\ndata: {"a":\r\ndata: 1}\r\n\r\n');
+  assert.deepEqual(seen, [
+    { id: 'e:0', event: 'message', data: null },
+    { id: '1', event: 'message', data: '{"a":\n1}' },
+  ]);
+});
+
+test('events are delivered and every reconnection resumes from the last one', async () => {
+  const push = client();
+  const states = [];
+  push.addEventListener('state', (e) => states.push(e.detail.state));
+  push.connect();
+  await tick();
+  const first = FakeWebSocket.made[0];
+  assert.equal(first.url, 'ws://push.test/ws?user_id=u+1');
+  first.open();
+  const message = next(push, 'message');
+  first.receive({ event_type: 'message', event_id: 'e1', user_id: 'u 1', data: { n: 1 } });
+  assert.deepEqual((await message).data, { n: 1 });
+  assert.equal(push.lastEventId, 'e1');
+  first.close(1006, '');
+  await tick(20);
+  const second = FakeWebSocket.made[1];
+  assert.equal(second.url, 'ws://push.test/ws?user_id=u+1&last_event_id=e1');
+  second.open();
+  assert.deepEqual(states, ['connecting', 'open', 'reconnecting', 'open']);
+  push.close();
+  assert.equal(push.state, 'closed');
+});
+
+test('a resync is its own event and becomes the resume point', async () => {
+  const push = client();
+  push.connect();
+  await tick();
+  FakeWebSocket.made[0].open();
+  const resync = next(push, 'resync');
+  FakeWebSocket.made[0].receive({ event_type: 'resync', event_id: 'E:7', data: { reason: 'expired' } });
+  assert.equal((await resync).reason, 'expired');
+  assert.equal(push.lastEventId, 'E:7');
+  push.close();
+});
+
+test('a refusal that will not heal stops the client', async () => {
+  const push = client();
+  push.connect();
+  await tick();
+  const error = next(push, 'error');
+  FakeWebSocket.made[0].close(4403, 'origin "https://evil.example" is not allowed (CORS_ORIGINS)');
+  const { final } = await error;
+  assert.equal(final, true);
+  assert.equal(push.state, 'closed');
+  await tick(20);
+  assert.equal(FakeWebSocket.made.length, 1, 'no retry');
+});
+
+test('an expired token is asked for again and the stream resumes at once', async () => {
+  let asked = 0;
+  const push = client({ token: async () => `token-${++asked}` });
+  push.connect();
+  await tick();
+  FakeWebSocket.made[0].open();
+  FakeWebSocket.made[0].receive({ event_type: 'message', event_id: 'e9', data: {} });
+  FakeWebSocket.made[0].close(4001, 'token expired');
+  await tick();
+  assert.equal(asked, 2);
+  assert.equal(FakeWebSocket.made[1].url, 'ws://push.test/ws?user_id=u+1&token=token-2&last_event_id=e9');
+  push.close();
+});
+
+test('acknowledgements are grouped into one frame; autoAck acknowledges "ack": true events', async () => {
+  const push = client({ autoAck: true });
+  push.connect();
+  await tick();
+  const socket = FakeWebSocket.made[0];
+  socket.open();
+  socket.receive({ event_type: 'message', event_id: 'a1', ack: true, data: {} });
+  socket.receive({ event_type: 'message', event_id: 'a2', data: {} });
+  push.ack('x1');
+  await tick(40);
+  assert.deepEqual(socket.sent.map((text) => JSON.parse(text)), [
+    { type: 'ack', event_ids: ['a1', 'x1'] },
+  ]);
+  push.close();
+});
+
+/** A fetch double serving one SSE response body, or a status. */
+function sseFetch(answers, calls) {
+  return async (url, init = {}) => {
+    calls.push({ url, init });
+    const answer = answers.shift() ?? { status: 503, body: '' };
+    const body = new ReadableStream({
+      start(controller) {
+        controller.enqueue(new TextEncoder().encode(answer.body));
+        if (!answer.open) controller.close();
+      },
+    });
+    return new Response(body, { status: answer.status, headers: answer.headers });
+  };
+}
+
+test('over SSE, refusals are visible: a 403 stops the client', async () => {
+  const calls = [];
+  const push = client({
+    transport: 'sse',
+    token: 'jwt',
+    fetch: sseFetch([{ status: 403, body: '{"detail":"forbidden"}' }], calls),
+  });
+  const error = next(push, 'error');
+  push.connect();
+  assert.equal((await error).final, true);
+  assert.equal(calls[0].url, 'http://push.test/sse/stream?user_id=u+1');
+  assert.equal(calls[0].init.headers.Authorization, 'Bearer jwt');
+  assert.equal(push.state, 'closed');
+});
+
+test('over SSE, events arrive, the opening id is kept, and a reconnect resumes', async () => {
+  const calls = [];
+  const push = client({
+    transport: 'sse',
+    fetch: sseFetch(
+      [
+        {
+          status: 200,
+          body: 'retry: 3000\nid: E:4\n\nid: e5\nevent: message\ndata: {"event_type":"message","event_id":"e5","data":{}}\n\n',
+        },
+        { status: 200, body: '', open: true },
+      ],
+      calls,
+    ),
+  });
+  const message = next(push, 'message');
+  push.connect();
+  assert.equal((await message).event_id, 'e5');
+  await tick(20);
+  assert.equal(calls[1].url, 'http://push.test/sse/stream?user_id=u+1&last_event_id=e5');
+  push.close();
+});
+
+test('auto falls back to SSE when the WebSocket never opens', async () => {
+  const calls = [];
+  const push = client({
+    transport: 'auto',
+    fetch: sseFetch([{ status: 200, body: '', open: true }], calls),
+  });
+  push.connect();
+  await tick();
+  FakeWebSocket.made[0].close(1006, '');
+  await tick(20);
+  assert.equal(push.transport, 'sse');
+  assert.equal(calls[0].url, 'http://push.test/sse/stream?user_id=u+1');
+  push.close();
+});
