@@ -28,6 +28,7 @@ pub mod error;
 pub mod healthcheck;
 pub mod history;
 pub mod hub;
+pub mod js_client;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

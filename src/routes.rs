@@ -11,7 +11,7 @@ use crate::api::{admin, health, metrics, push};
 use crate::config::Settings;
 use crate::state::SharedState;
 use crate::transport::{ack, sse, ws};
-use crate::{console, openapi};
+use crate::{console, js_client, openapi};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +165,20 @@ fn every_route(settings: &Settings) -> Vec<Route> {
             openapi::spec,
         ),
         Route::new(M::GET, "/docs", "API documentation", Public, openapi::docs),
+        Route::new(
+            M::GET,
+            "/client.js",
+            "JavaScript client",
+            Public,
+            js_client::script,
+        ),
+        Route::new(
+            M::GET,
+            "/client.js.map",
+            "JavaScript client source map",
+            Public,
+            js_client::source_map,
+        ),
         Route::new(
             M::GET,
             "/docs/{file}",

@@ -898,3 +898,32 @@ async fn the_console_path_with_a_trailing_slash_redirects_to_it() {
     let post = client.post(app.url("/console/")).send().await.unwrap();
     assert_eq!(post.status().as_u16(), 404);
 }
+
+#[tokio::test]
+async fn the_javascript_client_is_served_cacheable_with_its_source_map() {
+    let app = spawn_app(&[]).await;
+    let script = app.get("/client.js", &[]).await;
+    assert_eq!(script.status, 200);
+    assert_eq!(script.content_type(), "text/javascript; charset=utf-8");
+    assert!(script.text.contains("export class PushClient"));
+    assert!(
+        script
+            .text
+            .ends_with("//# sourceMappingURL=client.js.map\n")
+    );
+    assert_eq!(script.header("cache-control"), Some("public, max-age=3600"));
+    let etag = script.header("etag").expect("an ETag").to_owned();
+    let again = app.get("/client.js", &[("If-None-Match", &etag)]).await;
+    assert_eq!(again.status, 304);
+    assert!(again.text.is_empty());
+
+    let map = app.get("/client.js.map", &[]).await;
+    assert_eq!(map.status, 200);
+    let map = map.json();
+    assert_eq!(map["version"], 3);
+    assert_eq!(map["sources"][0], "push-client.js");
+    let source = map["sourcesContent"][0].as_str().unwrap();
+    assert!(script.text.starts_with(source));
+    let lines = map["mappings"].as_str().unwrap().split(';').count();
+    assert_eq!(lines, source.lines().count());
+}

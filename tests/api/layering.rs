@@ -38,7 +38,7 @@ const LAYERS: &[&[&str]] = &[
     // What handlers share; the HTTP error type; the client subcommands.
     &["state", "error", "client"],
     // The HTTP API, the client transports, the console, the API documentation.
-    &["api", "transport", "console", "openapi"],
+    &["api", "transport", "console", "openapi", "js_client"],
     // The route table.
     &["routes"],
     // The server and the command line.
