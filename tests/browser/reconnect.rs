@@ -5,13 +5,36 @@
 //! origin, whose `GET /token` mints the subscriber tokens the examples fetch, with lifetimes of a
 //! few seconds: events pushed across several expiries must each arrive once, in order, every
 //! reconnect resuming from the last event with a fresh token. A refusal that retrying cannot fix
-//! (4403) must be reported after one attempt; a 4429 must be waited out as its reason says.
+//! (4403) must be reported after one attempt; a 4429 must be waited out as its reason says. The
+//! official client (`clients/js/`, imported from the server's `/client.js`) runs on the same
+//! page and is held to the same rules.
 
 use std::collections::VecDeque;
 
 use reqwest::Url;
 
 use super::*;
+
+/// What the page runs to use the official client (`clients/js/`), imported from the server's
+/// `/client.js` as any page would: the page's app functions wired to the client's events.
+/// `?user=` (optional) names a user other than the token's.
+const PUSH_CLIENT_GLUE: &str = r#"
+const user = new URLSearchParams(location.search).get('user');
+import(`${PUSH_URL}/client.js`).then(({ PushClient }) => {
+  const client = new PushClient(PUSH_URL, {
+    token: fetchToken,
+    userId: user ?? undefined,
+    transport: 'websocket',
+    reconnect: { initialDelayMs: 200, maxDelayMs: 1000 },
+  });
+  client.addEventListener('message', ({ detail }) => handle(detail));
+  client.addEventListener('resync', () => reloadStateFromYourBackend());
+  client.addEventListener('error', ({ detail }) => {
+    if (detail.final) reportStopped(detail.error.message);
+  });
+  client.connect();
+}, (error) => reportStopped(`import failed: ${error}`));
+"#;
 
 /// The HS256 secret of these tests' servers and tokens.
 const SECRET: &str = "reconnect-test-jwt-secret-0123456789abcdef";
@@ -62,6 +85,65 @@ async fn websocket_example_renews_each_expired_token_and_resumes_without_gap_or_
         "{metrics}"
     );
     assert_no_resync(&metrics);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_client_renews_each_expired_token_and_resumes_without_gap_or_duplicate() {
+    let Some(chromium) = browser_tools() else {
+        return;
+    };
+    let page = ExamplePage::serve("push-client", &[]).await;
+    let (app, pushed, log) = run_across_expiries(&chromium, &page).await;
+
+    assert_received_once_in_order(&log, &pushed);
+    let closes = entries(&log, "close");
+    assert!(closes.len() >= 2, "{} expiries: {log:?}", closes.len());
+    for close in &closes {
+        assert_eq!(
+            close["code"], 4001,
+            "only expiries end its connections: {close}"
+        );
+    }
+    assert_resumed_after(&log, &|entry| entry["kind"] == "close", Some(AT_ONCE));
+    assert!(entries(&log, "stopped").is_empty(), "{log:?}");
+    assert_no_resync(&app.metrics().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_client_stops_on_a_refusal_that_will_not_heal() {
+    let Some(chromium) = browser_tools() else {
+        return;
+    };
+    let page = ExamplePage::serve("push-client", &[]).await;
+    let app = helpers::spawn_app(&["--jwt-secret", SECRET, "--cors-origins", &page.origin]).await;
+    let server = app.url("");
+    let mut url = Url::parse(&page.base).expect("page URL");
+    url.query_pairs_mut()
+        .append_pair("server", &server)
+        .append_pair("example", page.example)
+        .append_pair("user", "someone-else");
+    let mut browser = Browser::spawn(
+        &chromium,
+        "reconnect.mjs",
+        &[url.as_str()],
+        RECONNECT_SCRIPT_TIMEOUT_MS,
+    );
+    let stopped = browser
+        .wait_for_within(STARTUP, "the client to stop", |line| {
+            line["kind"] == "stopped"
+        })
+        .await;
+    tokio::time::sleep(NO_RETRY_WATCH).await;
+    let log = finish(browser).await;
+
+    assert!(
+        stopped["why"]
+            .as_str()
+            .is_some_and(|why| why.starts_with("4403 user_id does not match")),
+        "{stopped}"
+    );
+    assert_eq!(entries(&log, "connect").len(), 1, "one attempt: {log:?}");
+    assert_eq!(app.metrics().await["active_connections"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,6 +345,7 @@ impl ExamplePage {
                 "/examples/eventsource-reconnect.js",
                 script(include_str!("../../docs/examples/eventsource-reconnect.js")),
             )
+            .route("/examples/push-client.js", script(PUSH_CLIENT_GLUE))
             .route("/token", get(token))
             .fallback(|| async { StatusCode::NOT_FOUND });
         let base = serve_pages(routes).await;
