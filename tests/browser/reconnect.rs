@@ -116,33 +116,8 @@ async fn the_official_client_stops_on_a_refusal_that_will_not_heal() {
     };
     let page = ExamplePage::serve("push-client", &[]).await;
     let app = helpers::spawn_app(&["--jwt-secret", SECRET, "--cors-origins", &page.origin]).await;
-    let server = app.url("");
-    let mut url = Url::parse(&page.base).expect("page URL");
-    url.query_pairs_mut()
-        .append_pair("server", &server)
-        .append_pair("example", page.example)
-        .append_pair("user", "someone-else");
-    let mut browser = Browser::spawn(
-        &chromium,
-        "reconnect.mjs",
-        &[url.as_str()],
-        RECONNECT_SCRIPT_TIMEOUT_MS,
-    );
-    let stopped = browser
-        .wait_for_within(STARTUP, "the client to stop", |line| {
-            line["kind"] == "stopped"
-        })
-        .await;
-    tokio::time::sleep(NO_RETRY_WATCH).await;
-    let log = finish(browser).await;
-
-    assert!(
-        stopped["why"]
-            .as_str()
-            .is_some_and(|why| why.starts_with("4403 user_id does not match")),
-        "{stopped}"
-    );
-    assert_eq!(entries(&log, "connect").len(), 1, "one attempt: {log:?}");
+    let browser = page.open_with(&chromium, &app.url(""), &[("user", "someone-else")]);
+    stopped_after_one_attempt(browser, "4403 user_id does not match").await;
     assert_eq!(app.metrics().await["active_connections"], 0);
 }
 
@@ -159,23 +134,8 @@ async fn websocket_example_reports_a_forbidden_origin_after_one_attempt() {
         "https://app.example.com",
     ])
     .await;
-    let server = app.url("");
-    let mut browser = page.open(&chromium, &server);
-    let stopped = browser
-        .wait_for_within(STARTUP, "the example to stop", |line| {
-            line["kind"] == "stopped"
-        })
-        .await;
-    tokio::time::sleep(NO_RETRY_WATCH).await;
-    let log = finish(browser).await;
-
-    assert!(
-        stopped["why"]
-            .as_str()
-            .is_some_and(|why| why.starts_with("4403 origin")),
-        "{stopped}"
-    );
-    assert_eq!(entries(&log, "connect").len(), 1, "one attempt: {log:?}");
+    let browser = page.open(&chromium, &app.url(""));
+    let log = stopped_after_one_attempt(browser, "4403 origin").await;
     assert_eq!(entries(&log, "token").len(), 1, "{log:?}");
     let closes = entries(&log, "close");
     assert_eq!(closes.len(), 1, "{log:?}");
@@ -358,10 +318,16 @@ impl ExamplePage {
 
     /// Starts the browser on the page, which loads the example against `server` at once.
     fn open(&self, chromium: &Path, server: &str) -> Browser {
+        self.open_with(chromium, server, &[])
+    }
+
+    /// [`Self::open`] with more query parameters for the page.
+    fn open_with(&self, chromium: &Path, server: &str, query: &[(&str, &str)]) -> Browser {
         let mut url = Url::parse(&self.base).expect("page URL");
         url.query_pairs_mut()
             .append_pair("server", server)
-            .append_pair("example", self.example);
+            .append_pair("example", self.example)
+            .extend_pairs(query);
         Browser::spawn(
             chromium,
             "reconnect.mjs",
@@ -433,6 +399,27 @@ async fn spend_connect_attempts(
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
+}
+
+/// Waits for the page to report that its client stopped, with a reason starting with `why`,
+/// watches a while for a retry it must not make, and checks it made one attempt only; returns
+/// the page's record.
+async fn stopped_after_one_attempt(mut browser: Browser, why: &str) -> Vec<Value> {
+    let stopped = browser
+        .wait_for_within(STARTUP, "the client to stop", |line| {
+            line["kind"] == "stopped"
+        })
+        .await;
+    tokio::time::sleep(NO_RETRY_WATCH).await;
+    let log = finish(browser).await;
+    assert!(
+        stopped["why"]
+            .as_str()
+            .is_some_and(|reason| reason.starts_with(why)),
+        "{stopped}"
+    );
+    assert_eq!(entries(&log, "connect").len(), 1, "one attempt: {log:?}");
+    log
 }
 
 /// Tells the script to finish; checks the page threw nothing; returns the page's record.
