@@ -70,7 +70,7 @@ impl Asset {
     }
 
     /// 304 when the request names the current version (`If-None-Match`), the file otherwise.
-    fn respond(&self, headers: &HeaderMap) -> Response {
+    fn respond(&'static self, headers: &HeaderMap) -> Response {
         let fresh = headers
             .get(header::IF_NONE_MATCH)
             .and_then(|value| value.to_str().ok())
@@ -92,7 +92,7 @@ impl Asset {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(self.content_type),
             )],
-            self.body.clone(),
+            self.body.as_str(),
         )
             .into_response()
     }

@@ -206,9 +206,11 @@ async fn publish(
     publications: &[Publication],
     wait: bool,
 ) -> Result<(Vec<Outcome>, Waiters), ApiError> {
-    let mut tickets: Vec<Option<Ticket>> = Vec::with_capacity(publications.len());
-    let mut waiters: Waiters = Vec::with_capacity(if wait { publications.len() } else { 0 });
-    for publication in publications {
+    // Most pushes ask for no acknowledgement: then nothing is tracked, nor allocated for it.
+    let tracking = publications.iter().any(|publication| publication.ack);
+    let mut tickets: Vec<Option<Ticket>> = Vec::new();
+    let mut waiters: Waiters = Vec::new();
+    for publication in publications.iter().filter(|_| tracking) {
         let tracked = publication
             .ack
             .then(|| state.acks.expect(publication, wait))
@@ -247,8 +249,9 @@ async fn publish(
         .count();
     let new = outcomes.len() - duplicates;
     state.metrics.pushes_published(new, duplicates, offline);
-    for ((publication, outcome), ticket) in publications.iter().zip(&outcomes).zip(tickets) {
-        if let Some(ticket) = ticket {
+    let mut tickets = tickets.into_iter();
+    for (publication, outcome) in publications.iter().zip(&outcomes) {
+        if let Some(ticket) = tickets.next().flatten() {
             let published = if outcome.duplicate {
                 Published::Duplicate
             } else {

@@ -997,6 +997,12 @@ impl Registration {
         self.connection.close_reason()
     }
 
+    /// Unregisters the connection, which ended for `reason` (unless the hub had asked it to
+    /// close for another).
+    pub fn end(self, reason: DisconnectReason) {
+        self.connection.request_close(reason);
+    }
+
     /// Completes when the hub has asked this connection to close, with the reason.
     pub async fn close_requested(&self) -> DisconnectReason {
         loop {
@@ -1005,14 +1011,6 @@ impl Registration {
             }
             self.connection.close_requested.notified().await;
         }
-    }
-}
-
-impl Registration {
-    /// Unregisters the connection, which ended for `reason` (unless the hub had asked it to
-    /// close for another).
-    pub fn end(self, reason: DisconnectReason) {
-        self.connection.request_close(reason);
     }
 }
 

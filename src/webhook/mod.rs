@@ -211,6 +211,9 @@ impl Webhooks {
     /// history and the queues, and counted once by the webhook queue), and is joined in the lane
     /// that sends it.
     pub fn undelivered(&self, user: &UserId, event: &Event, reason: UndeliveredReason) {
+        if !self.wants(WebhookType::MessageUndelivered) {
+            return;
+        }
         #[derive(Serialize)]
         struct Data<'a> {
             user_id: &'a UserId,

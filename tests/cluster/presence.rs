@@ -7,9 +7,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use crate::helpers::{PROMPTLY, TestApp, close_of, server_command, start_process};
+use crate::helpers::{PROMPTLY, TestApp, close_of, start_process};
 use crate::support::{
-    Client, Counts, LEASE, LEASE_FLAG, PRESENCE_DEADLINE, QUIET, empty, node_id, shared_cluster,
+    Client, Counts, LEASE, PRESENCE_DEADLINE, QUIET, empty, node_id, shared_cluster,
     wait_for_counts,
 };
 
@@ -205,15 +205,7 @@ async fn a_node_killed_with_sigkill_leaves_no_ghost_presence_after_its_lease() {
     };
     let survivor = &cluster.nodes[0];
     let workdir = tempfile::tempdir().expect("temporary directory");
-    let mut command = server_command(workdir.path());
-    command
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("BROKER", "redis")
-        .env("REDIS_URL", &cluster.redis_url)
-        .env("REDIS_KEY_PREFIX", &cluster.prefix)
-        .env("PRESENCE_LEASE", LEASE_FLAG)
-        .env("NODE_ID", "node-victim");
+    let command = cluster.process_command(workdir.path(), "node-victim");
     let mut victim = start_process(command).await;
     let at = TestApp::at(victim.addr);
 

@@ -2,6 +2,7 @@
 //! the cluster-wide counts, and one client type for both transports. The requests themselves
 //! (`push`, `push_batch`, `health`, …) are `helpers::TestApp`'s.
 
+use std::path::Path;
 use std::time::Duration;
 
 use eventsource_stream::Event;
@@ -11,9 +12,11 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{
-    Events, PROMPTLY, SseReader, TestApp, Ws, drain_until_end, encode, id_of, spawn_app,
+    Events, PROMPTLY, SseReader, TestApp, Ws, drain_until_end, encode, id_of, server_command,
+    spawn_app,
 };
 use crate::redis::{delete_prefix_blocking, unique_prefix};
+use tokio::process::Command;
 
 /// The presence lease the tests run nodes with, in seconds (heartbeat every lease/3, when the
 /// cluster-wide counts are refreshed: what most waits here wait for). A node is reaped when it
@@ -95,6 +98,21 @@ impl Cluster {
         flags.extend(extra.iter().map(|flag| (*flag).to_owned()));
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         spawn_app(&flags).await
+    }
+
+    /// The command of a node of this cluster as a process of its own (one a test can kill),
+    /// working in `workdir`, named `node_id`, with the tests' lease.
+    pub fn process_command(&self, workdir: &Path, node_id: &str) -> Command {
+        let mut command = server_command(workdir);
+        command
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("BROKER", "redis")
+            .env("REDIS_URL", &self.redis_url)
+            .env("REDIS_KEY_PREFIX", &self.prefix)
+            .env("PRESENCE_LEASE", LEASE_FLAG)
+            .env("NODE_ID", node_id);
+        command
     }
 
     /// Keeps the prefix's keys after the test (for a Redis that is gone anyway).

@@ -8,25 +8,31 @@ use serde_json::json;
 use tokio::time::sleep;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::helpers::{PROMPTLY, TestApp, server_command, start_process};
+use crate::helpers::{PROMPTLY, TestApp, start_process};
 use crate::redis::RedisServer;
-use crate::support::{Client, LEASE, LEASE_FLAG, cluster, shared_cluster, wait_for_ready_status};
+use crate::support::{Client, LEASE, cluster, shared_cluster, wait_for_ready_status};
 use crate::webhook_receiver::{Answer, Receiver, SECRET, assert_signed};
+
+/// The flags of a node sending webhooks to `url`, then `extra`.
+fn webhook_flags<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut flags = vec!["--webhook-url", url, "--webhook-secret", SECRET];
+    flags.extend_from_slice(extra);
+    flags
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_reported_once_per_transition_across_nodes() {
     let receiver = Receiver::start(Answer::Accept).await;
     let url = receiver.url();
-    let flags = [
-        "--webhook-url",
+    let flags = webhook_flags(
         &url,
-        "--webhook-secret",
-        SECRET,
-        "--webhook-presence-grace",
-        "0.5",
-        "--webhook-events",
-        "user.connected,user.disconnected",
-    ];
+        &[
+            "--webhook-presence-grace",
+            "0.5",
+            "--webhook-events",
+            "user.connected,user.disconnected",
+        ],
+    );
     let Some(cluster) = shared_cluster("webhook_presence", 2, &flags).await else {
         return;
     };
@@ -82,16 +88,15 @@ async fn presence_is_reported_once_per_transition_across_nodes() {
 async fn an_ack_on_another_node_resolves_the_push_and_one_webhook_reports_the_rest() {
     let receiver = Receiver::start(Answer::Accept).await;
     let url = receiver.url();
-    let flags = [
-        "--webhook-url",
+    let flags = webhook_flags(
         &url,
-        "--webhook-secret",
-        SECRET,
-        "--ack-timeout",
-        "1",
-        "--webhook-events",
-        "message.undelivered",
-    ];
+        &[
+            "--ack-timeout",
+            "1",
+            "--webhook-events",
+            "message.undelivered",
+        ],
+    );
     let Some(cluster) = shared_cluster("webhook_acks", 2, &flags).await else {
         return;
     };
@@ -147,29 +152,21 @@ async fn an_ack_on_another_node_resolves_the_push_and_one_webhook_reports_the_re
 async fn a_killed_nodes_users_are_reported_disconnected_once_by_a_survivor() {
     let receiver = Receiver::start(Answer::Accept).await;
     let url = receiver.url();
-    let flags = [
-        "--webhook-url",
+    let flags = webhook_flags(
         &url,
-        "--webhook-secret",
-        SECRET,
-        "--webhook-presence-grace",
-        "0.3",
-        "--webhook-events",
-        "user.connected,user.disconnected",
-    ];
+        &[
+            "--webhook-presence-grace",
+            "0.3",
+            "--webhook-events",
+            "user.connected,user.disconnected",
+        ],
+    );
     let Some(cluster) = shared_cluster("webhook_sigkill", 2, &flags).await else {
         return;
     };
     let workdir = tempfile::tempdir().expect("temporary directory");
-    let mut command = server_command(workdir.path());
+    let mut command = cluster.process_command(workdir.path(), "node-victim");
     command
-        .env("HOST", "127.0.0.1")
-        .env("PORT", "0")
-        .env("BROKER", "redis")
-        .env("REDIS_URL", &cluster.redis_url)
-        .env("REDIS_KEY_PREFIX", &cluster.prefix)
-        .env("PRESENCE_LEASE", LEASE_FLAG)
-        .env("NODE_ID", "node-victim")
         .env("WEBHOOK_URL", &url)
         .env("WEBHOOK_SECRET", SECRET)
         .env("WEBHOOK_PRESENCE_GRACE", "0.3");
@@ -213,16 +210,15 @@ async fn a_killed_nodes_users_are_reported_disconnected_once_by_a_survivor() {
 async fn a_stopped_nodes_departures_are_reported_by_another_node_unless_the_user_came_back() {
     let receiver = Receiver::start(Answer::Accept).await;
     let url = receiver.url();
-    let flags = [
-        "--webhook-url",
+    let flags = webhook_flags(
         &url,
-        "--webhook-secret",
-        SECRET,
-        "--webhook-presence-grace",
-        "4",
-        "--webhook-events",
-        "user.connected,user.disconnected",
-    ];
+        &[
+            "--webhook-presence-grace",
+            "4",
+            "--webhook-events",
+            "user.connected,user.disconnected",
+        ],
+    );
     let Some(cluster) = shared_cluster("webhook_shutdown", 1, &flags).await else {
         return;
     };
@@ -267,16 +263,15 @@ async fn users_still_connected_through_a_redis_outage_longer_than_the_lease_are_
     };
     let receiver = Receiver::start(Answer::Accept).await;
     let url = receiver.url();
-    let flags = [
-        "--webhook-url",
+    let flags = webhook_flags(
         &url,
-        "--webhook-secret",
-        SECRET,
-        "--webhook-presence-grace",
-        "0.3",
-        "--webhook-events",
-        "user.connected,user.disconnected",
-    ];
+        &[
+            "--webhook-presence-grace",
+            "0.3",
+            "--webhook-events",
+            "user.connected,user.disconnected",
+        ],
+    );
     let mut cluster = cluster(&redis.url(), "webhook_outage", 2, &flags).await;
     cluster.keep_keys();
     let [a, b] = [&cluster.nodes[0], &cluster.nodes[1]];
