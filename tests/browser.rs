@@ -41,6 +41,10 @@ mod console;
 mod helpers;
 #[path = "browser/js_client.rs"]
 mod js_client;
+#[path = "browser/proxy.rs"]
+mod proxy;
+#[path = "browser/push_client.rs"]
+mod push_client;
 #[path = "browser/reconnect.rs"]
 mod reconnect;
 

@@ -48,15 +48,58 @@ export interface PushClientOptions {
   fetch?: typeof fetch;
 }
 
+/** Why a connection ended (see the README's table), or `closed` for the app's `close()`. */
+export type Cause =
+  | 'network'
+  | 'shutdown'
+  | 'dropped'
+  | 'user_limit'
+  | 'rate_limited'
+  | 'unavailable'
+  | 'ended'
+  | 'token_expired'
+  | 'token_refresh'
+  | 'bad_request'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'not_found'
+  | 'replaced'
+  | 'disconnected'
+  | 'closed'
+  | 'other';
+
 export interface StateDetail {
   state: ClientState;
+  /** Why the last connection ended (`reconnecting` while waiting, `closed`), else null. */
+  cause: Cause | 'token' | null;
+  /** The server's words (a close reason, an error detail), else null. */
   reason: string | null;
+  /** While `reconnecting` after an end: the wait before the next attempt, in milliseconds. */
+  delayMs?: number;
+  /** When an attempt starts: its URL, with the token masked. */
+  url?: string;
 }
 
 export interface ErrorDetail {
   error: Error;
   /** The client stopped for good (a refusal that will not heal). */
   final: boolean;
+  /** A connection's end (as in `StateDetail`), or `ack`, `token`, `frame`. */
+  cause: Cause | 'ack' | 'token' | 'frame';
+}
+
+/** A frame as it arrived (for tools that show the wire). */
+export interface FrameDetail {
+  transport: 'websocket' | 'sse';
+  /** The text of a WebSocket frame or an SSE block's data (null for an id-only block). */
+  data?: string | null;
+  /** SSE: the block's `event:` and `id:`. */
+  event?: string;
+  id?: string | null;
+  /** SSE: a comment line. */
+  comment?: string;
+  /** SSE: the HTTP status of a refused request (`data` is its body). */
+  status?: number;
 }
 
 export interface PushClientEventMap {
@@ -64,6 +107,7 @@ export interface PushClientEventMap {
   resync: CustomEvent<ResyncDetail>;
   state: CustomEvent<StateDetail>;
   error: CustomEvent<ErrorDetail>;
+  frame: CustomEvent<FrameDetail>;
 }
 
 export class PushClient extends EventTarget {
@@ -74,7 +118,8 @@ export class PushClient extends EventTarget {
   connect(): void;
   close(reason?: string): void;
   send(text: string): void;
-  ack(eventIds: string | string[]): void;
+  /** Resolves to whether the acknowledgement was sent; never rejects. */
+  ack(eventIds: string | string[]): Promise<boolean>;
   addEventListener<K extends keyof PushClientEventMap>(
     type: K,
     listener: (event: PushClientEventMap[K]) => void,
@@ -96,6 +141,11 @@ export function backoffDelay(
 export function jwtExpiry(token: unknown): number | null;
 
 export class SseParser {
-  constructor(onEvent: (event: { id: string | null; event: string; data: string | null }) => void);
+  constructor(
+    onEvent: (event: { id: string | null; event: string; data: string | null }) => void,
+    onComment?: (text: string) => void,
+  );
+  /** The last `retry:` hint, in milliseconds, or null. */
+  retry: number | null;
   push(text: string): void;
 }

@@ -12,11 +12,60 @@
 /** The client's version: the server's. */
 export const VERSION = '0.1.0';
 
-/** WebSocket close codes after which retrying cannot help (see docs/protocol.md). */
-const FINAL_CLOSE_CODES = new Set([4400, 4401, 4403, 4003]);
+/**
+ * What follows each cause of a connection's end: `retry` (after a backoff, resuming), `renew` (a
+ * fresh token, then at once, resuming) or `stop` (a refusal that will not heal). A cause not
+ * listed is retried.
+ */
+const AFTER = {
+  network: 'retry', // the connection broke or could not be made
+  shutdown: 'retry', // the server is going away (restart, deploy)
+  dropped: 'retry', // slow consumer, ping timeout
+  user_limit: 'retry', // MAX_CONNECTIONS_PER_USER
+  rate_limited: 'retry', // 4429 / 429: after the wait the server gave
+  unavailable: 'retry', // 1011, 1013, 4503, 5xx: come back later
+  ended: 'retry', // the stream ended without saying why
+  token_expired: 'renew',
+  bad_request: 'stop',
+  unauthorized: 'stop',
+  forbidden: 'stop',
+  not_found: 'stop',
+  replaced: 'stop', // reconnecting would replace the newer connection in turn
+  disconnected: 'stop', // an operator's disconnect (logout, ban)
+};
 
-/** HTTP statuses of a refused SSE request after which retrying cannot help. */
-const FINAL_STATUSES = new Set([400, 401, 403, 404]);
+/** WebSocket close codes and their causes (see docs/protocol.md, "How connections end"). */
+const CLOSE_CODES = {
+  1001: 'shutdown',
+  1006: 'network',
+  1011: 'unavailable',
+  1012: 'shutdown',
+  1013: 'unavailable',
+  4001: 'token_expired',
+  4003: 'disconnected',
+  4400: 'bad_request',
+  4401: 'unauthorized',
+  4403: 'forbidden',
+  4429: 'rate_limited',
+  4503: 'unavailable',
+};
+
+/** HTTP statuses of a refused SSE request and their causes. */
+const STATUSES = {
+  400: 'bad_request',
+  401: 'unauthorized',
+  403: 'forbidden',
+  404: 'not_found',
+  429: 'rate_limited',
+};
+
+/** The reasons of an SSE stream's `close` event and their causes. */
+const CLOSE_REASONS = {
+  token_expired: 'token_expired',
+  replaced: 'replaced',
+  disconnected: 'disconnected',
+  slow_consumer: 'dropped',
+};
 
 const DEFAULTS = {
   transport: 'auto',
@@ -53,24 +102,30 @@ export function jwtExpiry(token) {
 
 /**
  * Reads Server-Sent Events from chunks of text: feed it with `push(text)`; it calls
- * `onEvent({id, event, data})` for each dispatched event (an `id:` alone, as in the stream's
- * opening block, is reported with `data` null).
+ * `onEvent({id, event, data})` for each dispatched block (an `id:` alone, as in the stream's
+ * opening block, is reported with `data` null) and `onComment(text)` for each comment. `retry`
+ * is the last `retry:` hint (milliseconds), or null.
  */
 export class SseParser {
   #buffer = '';
-  #id = null;
-  #event = '';
-  #data = [];
-  #sawId = false;
+  #block = SseParser.#fresh();
+  retry = null;
 
-  constructor(onEvent) {
+  constructor(onEvent, onComment = () => {}) {
     this.onEvent = onEvent;
+    this.onComment = onComment;
+  }
+
+  static #fresh() {
+    return { id: null, event: '', data: [] };
   }
 
   push(text) {
     this.#buffer += text;
     let newline;
     while ((newline = this.#buffer.search(/\r\n|\r|\n/)) >= 0) {
+      // A lone \r at the end may be the first half of a \r\n still on its way.
+      if (newline === this.#buffer.length - 1 && this.#buffer.endsWith('\r')) break;
       const line = this.#buffer.slice(0, newline);
       const width = this.#buffer.startsWith('\r\n', newline) ? 2 : 1;
       this.#buffer = this.#buffer.slice(newline + width);
@@ -79,27 +134,27 @@ export class SseParser {
   }
 
   #line(line) {
+    const block = this.#block;
     if (line === '') {
-      if (this.#data.length > 0 || this.#sawId) {
-        const data = this.#data.length > 0 ? this.#data.join('\n') : null;
-        this.onEvent({ id: this.#id, event: this.#event || 'message', data });
+      if (block.data.length > 0 || block.id !== null) {
+        const data = block.data.length > 0 ? block.data.join('\n') : null;
+        this.onEvent({ id: block.id, event: block.event || 'message', data });
       }
-      this.#event = '';
-      this.#data = [];
-      this.#sawId = false;
+      this.#block = SseParser.#fresh();
       return;
     }
-    if (line.startsWith(':')) return;
+    if (line.startsWith(':')) {
+      this.onComment(line.slice(1).trimStart());
+      return;
+    }
     const colon = line.indexOf(':');
     const field = colon < 0 ? line : line.slice(0, colon);
     let value = colon < 0 ? '' : line.slice(colon + 1);
     if (value.startsWith(' ')) value = value.slice(1);
-    if (field === 'data') this.#data.push(value);
-    else if (field === 'event') this.#event = value;
-    else if (field === 'id' && !value.includes('\0')) {
-      this.#id = value;
-      this.#sawId = true;
-    }
+    if (field === 'data') block.data.push(value);
+    else if (field === 'event') block.event = value;
+    else if (field === 'id' && !value.includes('\0')) block.id = value;
+    else if (field === 'retry' && /^\d+$/.test(value)) this.retry = Number(value);
   }
 }
 
@@ -107,8 +162,11 @@ export class SseParser {
  * A client of one user's stream. Events (an EventTarget; each `detail` below):
  * - `message`: an event the server pushed (`{event_type, event_id, user_id, timestamp, data}`),
  * - `resync`: the server could not resume (`{reason, ...}`): reload the app's state,
- * - `state`: `{state, reason}`, state one of `connecting`, `open`, `reconnecting`, `closed`,
- * - `error`: `{error, final}`; `final` when the client stopped for good.
+ * - `state`: `{state, cause, reason, delayMs, url}`, state one of `connecting`, `open`,
+ *   `reconnecting`, `closed` (see the README for each field),
+ * - `error`: `{error, final, cause}`; `final` when the client stopped for good,
+ * - `frame`: every frame as it arrived (`{transport, data, event, id, comment}`), for tools that
+ *   show the wire (the web console); apps want `message`.
  */
 export class PushClient extends EventTarget {
   #base;
@@ -120,6 +178,7 @@ export class PushClient extends EventTarget {
   #abort = null;
   #timer = null;
   #refreshTimer = null;
+  #refreshAt = null;
   #attempt = 0;
   #stopped = true;
   #pendingAcks = [];
@@ -161,7 +220,7 @@ export class PushClient extends EventTarget {
     return this.#transport;
   }
 
-  /** Starts following the stream (again, after `close()`). */
+  /** Starts following the stream (again, after `close()`, resuming from `lastEventId`). */
   connect() {
     if (!this.#stopped) return;
     this.#stopped = false;
@@ -172,7 +231,7 @@ export class PushClient extends EventTarget {
 
   /** Stops: closes the connection and cancels any reconnection. */
   close(reason = 'closed by the app') {
-    this.#stop(reason, false);
+    this.#stop({ cause: 'closed', reason }, false);
   }
 
   /** Sends a text frame (WebSocket only; the server answers with an echo ack). */
@@ -183,53 +242,75 @@ export class PushClient extends EventTarget {
     this.#socket.send(text);
   }
 
-  /** Acknowledges events (one id or a list) pushed with `"ack": true`. */
+  /**
+   * Acknowledges events (one id or a list) pushed with `"ack": true`. Acks made within 20 ms go
+   * together. Resolves to whether they were sent (a failure is also an `error` event); never
+   * rejects.
+   */
   ack(eventIds) {
     const ids = Array.isArray(eventIds) ? eventIds : [eventIds];
-    this.#pendingAcks.push(...ids);
-    if (this.#ackTimer === null) {
-      // Acks of events received together go in one frame or request.
-      this.#ackTimer = setTimeout(() => this.#flushAcks(), 20);
-    }
+    return new Promise((resolve) => {
+      this.#pendingAcks.push({ ids, resolve });
+      if (this.#ackTimer === null) {
+        this.#ackTimer = setTimeout(() => this.#flushAcks(), 20);
+      }
+    });
   }
 
   async #flushAcks() {
     this.#ackTimer = null;
-    while (this.#pendingAcks.length > 0) {
-      const ids = this.#pendingAcks.splice(0, 100);
-      const body = { event_ids: ids };
-      try {
-        if (this.#transport === 'websocket' && this.#socket?.readyState === 1) {
-          this.#socket.send(JSON.stringify({ type: 'ack', ...body }));
-        } else {
-          const fetcher = this.#options.fetch ?? globalThis.fetch;
-          const response = await fetcher(this.#url(this.#options.ackPath, false), {
-            method: 'POST',
-            headers: this.#headers({ 'Content-Type': 'application/json' }),
-            body: JSON.stringify(body),
-          });
-          if (!response.ok) throw new Error(`ack refused: HTTP ${response.status}`);
-        }
-      } catch (error) {
-        this.#emit('error', { error, final: false });
+    const waiting = this.#pendingAcks.splice(0);
+    const ids = waiting.flatMap((entry) => entry.ids);
+    let sent = true;
+    for (let start = 0; start < ids.length; start += 100) {
+      sent = (await this.#sendAcks(ids.slice(start, start + 100))) && sent;
+    }
+    for (const { resolve } of waiting) resolve(sent);
+  }
+
+  /** One acknowledgement: a frame on an open WebSocket, else a POST with the stream's credentials. */
+  async #sendAcks(ids) {
+    const body = { event_ids: ids };
+    try {
+      if (this.#transport === 'websocket' && this.#socket?.readyState === 1) {
+        this.#socket.send(JSON.stringify({ type: 'ack', ...body }));
+        return true;
       }
+      const fetcher = this.#options.fetch ?? globalThis.fetch;
+      const response = await fetcher(this.#url(this.#options.ackPath, false), {
+        method: 'POST',
+        headers: this.#headers({ 'Content-Type': 'application/json' }),
+        body: JSON.stringify(body),
+      });
+      if (!response.ok) {
+        const detail = describeDetail(await response.text().catch(() => ''));
+        throw new Error(`ack refused: HTTP ${response.status}${detail ? ` ${detail}` : ''}`);
+      }
+      return true;
+    } catch (error) {
+      this.#emit('error', { error, final: false, cause: 'ack' });
+      return false;
     }
   }
 
   async #open(state) {
-    this.#setState(state, null);
     let token;
     try {
       token = await this.#freshToken();
     } catch (error) {
-      this.#emit('error', { error, final: false });
-      return this.#retry('the token could not be fetched');
+      if (this.#stopped) return;
+      this.#emit('error', { error, final: false, cause: 'token' });
+      return this.#retry({ cause: 'token', reason: `the token could not be fetched: ${error}` });
     }
     if (this.#stopped) return;
     this.#token = token;
     this.#scheduleRefresh(token);
-    if (this.#transport === 'websocket') this.#openWebSocket();
-    else this.#openEventStream();
+    const websocket = this.#transport === 'websocket';
+    const path = websocket ? this.#options.wsPath : this.#options.ssePath;
+    const url = this.#url(path, true);
+    this.#setState(state, { url: url.replace(/([?&]token=)[^&]*/, '$1…') });
+    if (websocket) this.#openWebSocket(url);
+    else this.#openEventStream(url);
   }
 
   async #freshToken() {
@@ -241,23 +322,27 @@ export class PushClient extends EventTarget {
   /** Reconnects (resuming) a little before a JWT from a token function expires. */
   #scheduleRefresh(token) {
     clearTimeout(this.#refreshTimer);
+    this.#refreshAt = null;
     const expiry = typeof this.#options.token === 'function' ? jwtExpiry(token) : null;
     if (expiry === null) return;
-    const wait = expiry - Date.now() - this.#options.refreshBeforeExpiryMs;
+    this.#refreshAt = expiry - this.#options.refreshBeforeExpiryMs;
+    const wait = this.#refreshAt - Date.now();
     if (wait <= 0) return;
     this.#refreshTimer = setTimeout(() => this.#reopen('token refresh'), wait);
   }
 
+  /**
+   * The URL of `path` with the user, the token (WebSocket only: a browser cannot give it a
+   * header) and, for the stream, the resume point or, for a fresh WebSocket, `position=true`.
+   */
   #url(path, stream) {
+    const websocket = stream && this.#transport === 'websocket';
     const query = new URLSearchParams();
     if (this.#options.userId != null) query.set('user_id', this.#options.userId);
-    if (this.#token && (stream ? this.#transport === 'websocket' : false)) {
-      query.set('token', this.#token);
-    }
+    if (websocket && this.#token) query.set('token', this.#token);
     if (stream && this.#lastEventId) query.set('last_event_id', this.#lastEventId);
-    const base = stream && this.#transport === 'websocket'
-      ? this.#base.replace(/^http/, 'ws')
-      : this.#base;
+    else if (websocket) query.set('position', 'true');
+    const base = websocket ? this.#base.replace(/^http/, 'ws') : this.#base;
     const text = query.toString();
     return `${base}${path}${text ? `?${text}` : ''}`;
   }
@@ -266,77 +351,83 @@ export class PushClient extends EventTarget {
     return this.#token ? { ...extra, Authorization: `Bearer ${this.#token}` } : extra;
   }
 
-  #openWebSocket() {
+  #openWebSocket(url) {
     const WebSocketImpl = this.#options.WebSocket ?? globalThis.WebSocket;
     let opened = false;
     let socket;
     try {
-      socket = new WebSocketImpl(this.#url(this.#options.wsPath, true));
+      socket = new WebSocketImpl(url);
     } catch (error) {
-      return this.#webSocketFailed(error);
+      return this.#webSocketFailed({ cause: 'network', reason: String(error?.message ?? error) });
     }
     this.#socket = socket;
     socket.onopen = () => {
       opened = true;
       this.#opened();
     };
-    socket.onmessage = (message) => this.#frame(message.data);
-    socket.onclose = ({ code, reason }) => {
+    socket.onmessage = ({ data }) => {
+      if (typeof data !== 'string') return;
+      this.#emit('frame', { transport: 'websocket', data });
+      this.#frame(data);
+    };
+    socket.onclose = ({ code, reason = '' }) => {
       if (this.#socket !== socket) return;
       this.#socket = null;
-      if (!opened && this.#options.transport === 'auto' && code === 1006) {
-        // A WebSocket that never opened (a proxy that breaks them): SSE from now on.
-        this.#transport = 'sse';
-        return this.#open('connecting');
-      }
-      this.#closed(code, reason ?? '');
+      const ending = closeCause(code, reason);
+      if (!opened && code === 1006) return this.#webSocketFailed(ending);
+      this.#ended(ending, opened);
     };
   }
 
-  #webSocketFailed(error) {
+  /** A WebSocket that never opened: in `auto`, SSE from now on (a proxy that breaks them). */
+  #webSocketFailed(ending) {
     if (this.#options.transport === 'auto') {
       this.#transport = 'sse';
       return this.#open('connecting');
     }
-    this.#emit('error', { error, final: false });
-    this.#retry('the WebSocket could not be created');
+    this.#ended(ending, false);
   }
 
-  async #openEventStream() {
+  async #openEventStream(url) {
     const fetcher = this.#options.fetch ?? globalThis.fetch;
     const abort = new AbortController();
     this.#abort = abort;
     let response;
     try {
-      response = await fetcher(this.#url(this.#options.ssePath, true), {
+      response = await fetcher(url, {
         headers: this.#headers({ Accept: 'text/event-stream' }),
         signal: abort.signal,
         cache: 'no-store',
       });
     } catch (error) {
       if (this.#abort !== abort) return;
-      this.#emit('error', { error, final: false });
-      return this.#retry('the stream could not be opened');
+      this.#abort = null;
+      return this.#ended({ cause: 'network', reason: String(error?.message ?? error) }, false);
     }
+    if (this.#abort !== abort) return;
     if (!response.ok) {
-      const reason = await response.text().catch(() => '');
-      if (FINAL_STATUSES.has(response.status)) {
-        return this.#stop(`HTTP ${response.status} ${reason}`.trim(), true);
-      }
-      return this.#retry(`HTTP ${response.status}`, retryAfterMs(response.headers));
+      this.#abort = null;
+      const text = await response.text().catch(() => '');
+      this.#emit('frame', { transport: 'sse', status: response.status, data: text });
+      return this.#ended(refusalCause(response, describeDetail(text)), false);
     }
-    let retryHint = null;
-    const parser = new SseParser(({ id, event, data }) => {
-      if (data === null) {
-        if (id && !this.#lastEventId) this.#lastEventId = id;
-        return;
-      }
-      if (event === 'close') {
-        retryHint = data;
-        return;
-      }
-      this.#frame(data);
-    });
+    const stream = { close: null, farewell: null };
+    const parser = new SseParser(
+      (block) => {
+        this.#emit('frame', { transport: 'sse', ...block });
+        if (block.data === null) {
+          if (block.id && !this.#lastEventId) this.#lastEventId = block.id;
+          return;
+        }
+        stream.farewell = null;
+        if (block.event === 'close') stream.close = parseJson(block.data);
+        else this.#frame(block.data);
+      },
+      (comment) => {
+        this.#emit('frame', { transport: 'sse', comment });
+        if (comment !== 'keepalive') stream.farewell = comment;
+      },
+    );
     this.#opened();
     try {
       const decoder = new TextDecoder();
@@ -347,32 +438,33 @@ export class PushClient extends EventTarget {
         parser.push(decoder.decode(value, { stream: true }));
       }
     } catch {
-      // The stream broke (or was aborted): reconnect below.
+      if (this.#abort !== abort) return;
+      this.#abort = null;
+      return this.#ended({ cause: 'network', reason: 'the stream broke' }, true);
     }
     if (this.#abort !== abort) return;
     this.#abort = null;
-    const closing = parseJson(retryHint);
-    if (closing?.reason === 'disconnected' || closing?.reason === 'replaced') {
-      return this.#stop(`the server ended the stream: ${closing.reason}`, true);
-    }
-    if (closing?.reason === 'token_expired') return this.#open('reconnecting');
-    this.#retry(closing?.reason ?? 'the stream ended');
+    this.#ended(streamEndCause(stream, parser.retry ?? 0), true);
   }
 
   #opened() {
     this.#attempt = 0;
-    this.#setState('open', null);
+    this.#setState('open', {});
   }
 
   #frame(text) {
     const event = parseJson(text);
     if (!event || typeof event !== 'object') return;
-    if (event.event_type === 'ack' && event.event_id === undefined) return; // echo of send()
-    if (event.event_type === 'error' && event.event_id === undefined) {
-      this.#emit('error', { error: new Error(event.data?.detail ?? 'error'), final: false });
+    if (event.event_id === undefined) {
+      // The echo of send(), or an error frame answering one.
+      if (event.event_type === 'error') {
+        const error = new Error(event.data?.detail ?? 'error');
+        this.#emit('error', { error, final: false, cause: 'frame' });
+      }
       return;
     }
-    if (event.event_id !== undefined) this.#lastEventId = event.event_id;
+    this.#lastEventId = event.event_id;
+    if (event.event_type === 'position') return; // where a fresh WebSocket's stream stands
     if (event.event_type === 'resync') {
       this.#emit('resync', event.data ?? {});
       return;
@@ -381,29 +473,32 @@ export class PushClient extends EventTarget {
     if (event.ack === true && this.#options.autoAck) this.ack(event.event_id);
   }
 
-  #closed(code, reason) {
+  /** The one place that decides what follows the end of a connection. */
+  #ended({ cause, reason, retryAfterMs = 0 }, opened) {
     if (this.#stopped) return;
-    if (FINAL_CLOSE_CODES.has(code) || reason === 'replaced by a newer connection') {
-      return this.#stop(`${code} ${reason}`.trim(), true);
+    let after = AFTER[cause] ?? 'retry';
+    if (after === 'renew' && typeof this.#options.token !== 'function') {
+      after = 'stop'; // the same token would be refused: the app must give a fresh one
     }
-    if (code === 4001) return this.#open('reconnecting'); // token expired: a fresh one, at once
-    const hinted = /retry after (\d+) s/.exec(reason);
-    this.#retry(`${code} ${reason}`.trim(), hinted ? Number(hinted[1]) * 1000 : 0);
+    if (after === 'stop') return this.#stop({ cause, reason }, true);
+    if (after === 'renew' && opened) return this.#open('reconnecting');
+    // A fresh token that was refused as expired again goes through the backoff.
+    this.#retry({ cause, reason }, retryAfterMs);
   }
 
-  #retry(reason, atLeastMs = 0) {
+  #retry(ending, atLeastMs = 0) {
     if (this.#stopped) return;
-    this.#setState('reconnecting', reason);
-    const wait = Math.max(atLeastMs, backoffDelay(this.#attempt++, this.#options.reconnect));
+    const delayMs = Math.max(atLeastMs, backoffDelay(this.#attempt++, this.#options.reconnect));
+    this.#setState('reconnecting', { ...ending, delayMs });
     clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => this.#open('reconnecting'), wait);
+    this.#timer = setTimeout(() => this.#open('reconnecting'), delayMs);
   }
 
   /** Closes the connection in use and opens a new one at once (resuming). */
   #reopen(reason) {
     if (this.#stopped) return;
     this.#teardown();
-    this.#setState('reconnecting', reason);
+    this.#setState('reconnecting', { cause: 'token_refresh', reason, delayMs: 0 });
     this.#open('reconnecting');
   }
 
@@ -417,38 +512,93 @@ export class PushClient extends EventTarget {
     this.#abort = null;
   }
 
-  #stop(reason, final) {
+  #stop({ cause, reason }, final) {
     if (this.#stopped && this.#state === 'closed') return;
     this.#stopped = true;
     this.#teardown();
     this.#listenToThePage(false);
-    if (final) this.#emit('error', { error: new Error(reason), final: true });
-    this.#setState('closed', reason);
+    if (final) this.#emit('error', { error: new Error(reason), final: true, cause });
+    this.#setState('closed', { cause, reason });
   }
 
-  #onOnline = () => {
-    if (!this.#stopped && this.#state === 'reconnecting') {
+  /** Back online, or shown again: a waiting reconnection goes now; an overdue token refresh too. */
+  #onPageBack = () => {
+    if (this.#stopped) return;
+    if (globalThis.document?.visibilityState === 'hidden') return;
+    if (this.#state === 'reconnecting' && this.#timer !== null && !this.#socket && !this.#abort) {
       clearTimeout(this.#timer);
+      this.#timer = null;
       this.#open('reconnecting');
+    } else if (this.#refreshAt !== null && Date.now() >= this.#refreshAt) {
+      // A hidden page's timers may be held back past the refresh.
+      this.#reopen('token refresh');
     }
   };
 
   #listenToThePage(on) {
     const page = globalThis.window;
     if (!page?.addEventListener) return;
-    if (on) page.addEventListener('online', this.#onOnline);
-    else page.removeEventListener('online', this.#onOnline);
+    const method = on ? 'addEventListener' : 'removeEventListener';
+    page[method]('online', this.#onPageBack);
+    globalThis.document?.[method]?.('visibilitychange', this.#onPageBack);
   }
 
-  #setState(state, reason) {
-    if (this.#state === state && reason === null) return;
+  #setState(state, detail) {
     this.#state = state;
-    this.#emit('state', { state, reason });
+    this.#emit('state', { state, cause: null, reason: null, ...detail });
   }
 
   #emit(type, detail) {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
+}
+
+/** The cause of a WebSocket's close, from its code and reason. */
+function closeCause(code, reason) {
+  let cause = CLOSE_CODES[code] ?? 'other';
+  if (code === 1008) {
+    if (reason.startsWith('replaced')) cause = 'replaced';
+    else if (/^(slow consumer|ping timeout)/.test(reason)) cause = 'dropped';
+    else if (/MAX_CONNECTIONS_PER_USER/.test(reason)) cause = 'user_limit';
+  }
+  if (code === 4401 && /expired/.test(reason)) cause = 'token_expired';
+  const wait = /retry after (\d+(?:\.\d+)?) s/.exec(reason);
+  const retryAfterMs = code === 4429 && wait ? Number(wait[1]) * 1000 : 0;
+  const fallback = code === 1006 ? 'the connection was lost' : `close code ${code}`;
+  return { cause, reason: reason || fallback, retryAfterMs };
+}
+
+/** The cause of a stream request refused with an HTTP error. */
+function refusalCause(response, detail) {
+  let cause = STATUSES[response.status] ?? (response.status >= 500 ? 'unavailable' : 'other');
+  if (cause === 'unauthorized' && /expired/.test(detail)) cause = 'token_expired';
+  const reason = detail || `HTTP ${response.status}`;
+  return { cause, reason, retryAfterMs: retryAfterMs(response.headers) };
+}
+
+/**
+ * The cause of an event stream's end: its `close` event's reason; else come back later, after
+ * the `retry:` hint when the stream's last words were a comment saying why (a shutdown, a full
+ * server, a refusal to retry).
+ */
+function streamEndCause({ close, farewell }, retryMs) {
+  if (close) {
+    const reason = String(close.reason ?? 'close');
+    return { cause: CLOSE_REASONS[reason] ?? 'other', reason: reason.replaceAll('_', ' ') };
+  }
+  if (farewell) return { cause: 'unavailable', reason: farewell, retryAfterMs: retryMs };
+  return { cause: 'ended', reason: 'the stream ended' };
+}
+
+/** An error answer's `detail` as one line (a string, or a list of `{loc, msg}` issues). */
+function describeDetail(text) {
+  const body = parseJson(text);
+  const detail = body && typeof body === 'object' ? body.detail : text;
+  if (typeof detail === 'string') return detail;
+  if (!Array.isArray(detail)) return '';
+  return detail
+    .map((issue) => [issue?.loc?.at?.(-1), issue?.msg].filter((part) => part != null).join(': '))
+    .join('; ');
 }
 
 function parseJson(text) {

@@ -138,17 +138,24 @@ struct Listener {
 struct FrameHead<'a> {
     #[serde(borrow, default)]
     event_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event_type: Option<Cow<'a, str>>,
 }
 
 impl Listener {
-    /// The query string: `user_id`, plus `last_event_id` when asked (WebSocket).
+    /// The query string: `user_id`, plus, when asked (WebSocket), `last_event_id` or, with no
+    /// event to resume from yet, `position=true` (the server's first frame is then the stream's
+    /// position, as an SSE stream's opening `id:`).
     fn query(&self, with_resume_point: bool) -> String {
         let mut query = form_urlencoded::Serializer::new(String::new());
         if let Some(user) = &self.user {
             query.append_pair("user_id", user);
         }
-        if with_resume_point && let Some(id) = &self.last_event_id {
-            query.append_pair("last_event_id", id);
+        if with_resume_point {
+            match &self.last_event_id {
+                Some(id) => query.append_pair("last_event_id", id),
+                None => query.append_pair("position", "true"),
+            };
         }
         query.finish()
     }
@@ -251,8 +258,16 @@ impl Listener {
                 None => return Ending::Lost(CONNECTION_LOST.into()),
                 Some(Err(error)) => return Ending::Lost(ws_error(&error)),
                 Some(Ok(tungstenite::Message::Text(text))) => {
-                    if let Ok(FrameHead { event_id: Some(id) }) = serde_json::from_str(&text) {
-                        self.last_event_id = Some(id.into_owned());
+                    let head = serde_json::from_str::<FrameHead>(&text).ok();
+                    if let Some(id) = head.as_ref().and_then(|head| head.event_id.as_ref()) {
+                        self.last_event_id = Some(id.clone().into_owned());
+                    }
+                    // The stream's position moves the resume point but is not an event.
+                    let position = head
+                        .and_then(|head| head.event_type)
+                        .is_some_and(|kind| kind == "position");
+                    if position {
+                        continue;
                     }
                     if let Flow::Stop = self.print(&text) {
                         close_politely(&mut ws).await;

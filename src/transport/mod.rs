@@ -47,6 +47,10 @@ pub struct ConnectRequest {
     pub token: Option<String>,
     /// The `event_id` (or position token) of the last event it received, if it resumes.
     pub resume_from: Option<String>,
+    /// Whether a fresh WebSocket connection is told its stream's position first (`?position=true`):
+    /// what an SSE stream's opening `id:` tells, so that a client that drops before its first
+    /// event still resumes without a gap.
+    pub wants_position: bool,
 }
 
 impl ConnectRequest {
@@ -72,6 +76,14 @@ impl ConnectRequest {
             None => find(TOKEN_LOC)?.map(Cow::into_owned),
         }
         .filter(|token| !token.is_empty());
+        let wants_position = match find(POSITION_LOC)?.as_deref() {
+            None | Some("false" | "0") => false,
+            Some("true" | "1") => true,
+            Some(_) => {
+                let msg = "Input should be a valid boolean (true or false)".into();
+                return Err(issue(POSITION_LOC, msg, "bool_parsing"));
+            }
+        };
         let (from, loc) = match headers.get("last-event-id") {
             Some(value) => {
                 let text = value.to_str().map_err(|_| {
@@ -87,6 +99,7 @@ impl ConnectRequest {
                         user,
                         token,
                         resume_from: None,
+                        wants_position,
                     });
                 }
             },
@@ -104,6 +117,7 @@ impl ConnectRequest {
             user,
             token,
             resume_from,
+            wants_position,
         })
     }
 }
@@ -115,6 +129,8 @@ pub struct Admission {
     pub user: UserId,
     /// Where it resumes, if it does.
     pub resume_from: Option<String>,
+    /// Whether it asked to be told its stream's position ([`ConnectRequest::wants_position`]).
+    pub wants_position: bool,
     /// When its token expires (the connection is closed then); `None` in open mode.
     pub expires_at: Option<SystemTime>,
     /// Its `MAX_CONNECTIONS` slot, held until the session ends.
@@ -156,6 +172,7 @@ pub fn authorize(
     Ok(Admission {
         user,
         resume_from: request.resume_from,
+        wants_position: request.wants_position,
         expires_at,
         slot,
     })
@@ -228,6 +245,7 @@ const USER_ID_LOC: [&str; 2] = ["query", "user_id"];
 const TOKEN_LOC: [&str; 2] = ["query", "token"];
 const LAST_EVENT_ID_QUERY_LOC: [&str; 2] = ["query", "last_event_id"];
 const LAST_EVENT_ID_HEADER_LOC: [&str; 2] = ["header", "Last-Event-ID"];
+const POSITION_LOC: [&str; 2] = ["query", "position"];
 
 fn issue(loc: [&'static str; 2], msg: Cow<'static, str>, kind: &'static str) -> Issue {
     Issue {
@@ -355,5 +373,24 @@ mod tests {
         let issue = parse(&long, None).unwrap_err();
         assert_eq!(issue.kind, "string_too_long");
         assert_eq!(issue.loc, [Loc::Key("query"), Loc::Key("last_event_id")]);
+    }
+
+    #[test]
+    fn position_is_a_boolean_named_when_it_is_not_one() {
+        assert!(!parse("user_id=u", None).unwrap().wants_position);
+        assert!(
+            parse("user_id=u&position=true", None)
+                .unwrap()
+                .wants_position
+        );
+        assert!(parse("user_id=u&position=1", None).unwrap().wants_position);
+        assert!(
+            !parse("user_id=u&position=false", None)
+                .unwrap()
+                .wants_position
+        );
+        let issue = parse("user_id=u&position=yes", None).unwrap_err();
+        assert_eq!(issue.loc, [Loc::Key("query"), Loc::Key("position")]);
+        assert_eq!(issue.kind, "bool_parsing");
     }
 }

@@ -780,6 +780,60 @@ async fn pushes_to_an_offline_user_are_stored_for_a_resume_but_not_for_a_fresh_c
 }
 
 #[tokio::test]
+async fn a_websocket_that_asks_is_told_its_position_first_and_resumes_from_it_without_a_gap() {
+    let app = spawn_app(&[]).await;
+    let before = app
+        .push(json!({"user_id": "early", "data": {"n": 0}}))
+        .await;
+
+    // A fresh connection that asks is told where its stream stands, before anything else.
+    let mut first = app.upgraded("user_id=early&position=true", &[]).await;
+    let position = next_json(&mut first).await;
+    let head = format!("{}:{}", epoch_of(&before), before["position"]);
+    assert_eq!(
+        position,
+        json!({"event_type": "position", "event_id": head, "user_id": "early"}),
+    );
+    // It drops before its first event; what was pushed meanwhile comes on the resume from there.
+    drop(first);
+    app.wait_for_connections(0).await;
+    let missed = app
+        .push(json!({"user_id": "early", "data": {"n": 1}}))
+        .await;
+    let mut resumed = app.resume("early", &head).await;
+    let replayed = next_json(&mut resumed).await;
+    assert_eq!(replayed["event_id"], missed["event_id"], "{replayed}");
+    assert_silent(&mut resumed, QUIET).await;
+
+    // A resuming connection, and one that does not ask, get no position frame.
+    let mut asked_while_resuming = app
+        .upgraded(
+            &format!("user_id=early&position=true&last_event_id={head}"),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        next_json(&mut asked_while_resuming).await["event_id"],
+        missed["event_id"]
+    );
+    assert_silent(&mut asked_while_resuming, QUIET).await;
+    let mut plain = app.connect("early").await;
+    assert_silent(&mut plain, QUIET).await;
+
+    // Without history there is no position to tell.
+    let forgetful = spawn_app(&["--history-size", "0"]).await;
+    let mut nothing = forgetful.upgraded("user_id=early&position=true", &[]).await;
+    assert_silent(&mut nothing, QUIET).await;
+
+    let refused = app.refused("user_id=early&position=yes", &[]).await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(
+        refused.json()["detail"][0]["loc"],
+        json!(["query", "position"])
+    );
+}
+
+#[tokio::test]
 async fn a_send_queue_no_larger_than_the_history_is_refused_at_start_up_only_in_a_cluster() {
     let settings = test_settings;
     let cluster = [

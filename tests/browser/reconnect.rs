@@ -6,8 +6,8 @@
 //! few seconds: events pushed across several expiries must each arrive once, in order, every
 //! reconnect resuming from the last event with a fresh token. A refusal that retrying cannot fix
 //! (4403) must be reported after one attempt; a 4429 must be waited out as its reason says. The
-//! official client (`clients/js/`, imported from the server's `/client.js`) runs on the same
-//! page and is held to the same rules.
+//! official client (`clients/js/`) runs on the same page, held to the same rules and more:
+//! `browser/push_client.rs`.
 
 use std::collections::VecDeque;
 
@@ -15,37 +15,16 @@ use reqwest::Url;
 
 use super::*;
 
-/// What the page runs to use the official client (`clients/js/`), imported from the server's
-/// `/client.js` as any page would: the page's app functions wired to the client's events.
-/// `?user=` (optional) names a user other than the token's.
-const PUSH_CLIENT_GLUE: &str = r#"
-const user = new URLSearchParams(location.search).get('user');
-import(`${PUSH_URL}/client.js`).then(({ PushClient }) => {
-  const client = new PushClient(PUSH_URL, {
-    token: fetchToken,
-    userId: user ?? undefined,
-    transport: 'websocket',
-    reconnect: { initialDelayMs: 200, maxDelayMs: 1000 },
-  });
-  client.addEventListener('message', ({ detail }) => handle(detail));
-  client.addEventListener('resync', () => reloadStateFromYourBackend());
-  client.addEventListener('error', ({ detail }) => {
-    if (detail.final) reportStopped(detail.error.message);
-  });
-  client.connect();
-}, (error) => reportStopped(`import failed: ${error}`));
-"#;
-
 /// The HS256 secret of these tests' servers and tokens.
-const SECRET: &str = "reconnect-test-jwt-secret-0123456789abcdef";
+pub(super) const SECRET: &str = "reconnect-test-jwt-secret-0123456789abcdef";
 /// The lifetime of the page's tokens, in whole seconds of `exp`: they live 2 to 3 s.
-const TOKEN_LIFETIME_SECS: i64 = 3;
+pub(super) const TOKEN_LIFETIME_SECS: i64 = 3;
 /// How long events are pushed for: long enough for at least two expiries of a token.
 const PUSHING: Duration = Duration::from_secs(8);
 /// The pause between two pushes.
 const PUSH_EVERY: Duration = Duration::from_millis(250);
 /// Longest time from an expiry to the next attempt for it to count as "at once".
-const AT_ONCE: Duration = Duration::from_millis(250);
+pub(super) const AT_ONCE: Duration = Duration::from_millis(250);
 /// How long a client that stopped is watched for a retry it should not make (the examples' first
 /// backoff is at most 1 s).
 const NO_RETRY_WATCH: Duration = Duration::from_millis(2500);
@@ -85,40 +64,6 @@ async fn websocket_example_renews_each_expired_token_and_resumes_without_gap_or_
         "{metrics}"
     );
     assert_no_resync(&metrics);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_official_client_renews_each_expired_token_and_resumes_without_gap_or_duplicate() {
-    let Some(chromium) = browser_tools() else {
-        return;
-    };
-    let page = ExamplePage::serve("push-client", &[]).await;
-    let (app, pushed, log) = run_across_expiries(&chromium, &page).await;
-
-    assert_received_once_in_order(&log, &pushed);
-    let closes = entries(&log, "close");
-    assert!(closes.len() >= 2, "{} expiries: {log:?}", closes.len());
-    for close in &closes {
-        assert_eq!(
-            close["code"], 4001,
-            "only expiries end its connections: {close}"
-        );
-    }
-    assert_resumed_after(&log, &|entry| entry["kind"] == "close", Some(AT_ONCE));
-    assert!(entries(&log, "stopped").is_empty(), "{log:?}");
-    assert_no_resync(&app.metrics().await);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_official_client_stops_on_a_refusal_that_will_not_heal() {
-    let Some(chromium) = browser_tools() else {
-        return;
-    };
-    let page = ExamplePage::serve("push-client", &[]).await;
-    let app = helpers::spawn_app(&["--jwt-secret", SECRET, "--cors-origins", &page.origin]).await;
-    let browser = page.open_with(&chromium, &app.url(""), &[("user", "someone-else")]);
-    stopped_after_one_attempt(browser, "4403 user_id does not match").await;
-    assert_eq!(app.metrics().await["active_connections"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,9 +204,9 @@ async fn eventsource_example_reopens_on_token_expiry_and_after_the_browser_gives
 }
 
 /// The page's server for one example: `reconnect.html`, the example files and `GET /token`.
-struct ExamplePage {
+pub(super) struct ExamplePage {
     /// Its origin, `http://127.0.0.1:<port>` (no slash).
-    origin: String,
+    pub(super) origin: String,
     /// Its base URL, with the slash.
     base: String,
     /// The file the page loads, without `.js`.
@@ -271,7 +216,7 @@ struct ExamplePage {
 impl ExamplePage {
     /// Serves the page for `example`; `/token` gives tokens for [`USER`] with the `lifetimes`
     /// (seconds) in turn, then [`TOKEN_LIFETIME_SECS`].
-    async fn serve(example: &'static str, lifetimes: &[i64]) -> Self {
+    pub(super) async fn serve(example: &'static str, lifetimes: &[i64]) -> Self {
         use axum::http::{StatusCode, header};
         use axum::response::Html;
         use axum::routing::get;
@@ -305,7 +250,10 @@ impl ExamplePage {
                 "/examples/eventsource-reconnect.js",
                 script(include_str!("../../docs/examples/eventsource-reconnect.js")),
             )
-            .route("/examples/push-client.js", script(PUSH_CLIENT_GLUE))
+            .route(
+                "/examples/push-client.js",
+                script(super::push_client::PUSH_CLIENT_GLUE),
+            )
             .route("/token", get(token))
             .fallback(|| async { StatusCode::NOT_FOUND });
         let base = serve_pages(routes).await;
@@ -317,12 +265,17 @@ impl ExamplePage {
     }
 
     /// Starts the browser on the page, which loads the example against `server` at once.
-    fn open(&self, chromium: &Path, server: &str) -> Browser {
+    pub(super) fn open(&self, chromium: &Path, server: &str) -> Browser {
         self.open_with(chromium, server, &[])
     }
 
     /// [`Self::open`] with more query parameters for the page.
-    fn open_with(&self, chromium: &Path, server: &str, query: &[(&str, &str)]) -> Browser {
+    pub(super) fn open_with(
+        &self,
+        chromium: &Path,
+        server: &str,
+        query: &[(&str, &str)],
+    ) -> Browser {
         let mut url = Url::parse(&self.base).expect("page URL");
         url.query_pairs_mut()
             .append_pair("server", server)
@@ -339,7 +292,7 @@ impl ExamplePage {
 
 /// Runs `page`'s example against a server that accepts its origin and tokens while events are
 /// pushed across several token expiries: the server, the events pushed, and the page's log.
-async fn run_across_expiries(
+pub(super) async fn run_across_expiries(
     chromium: &Path,
     page: &ExamplePage,
 ) -> (helpers::TestApp, Vec<Value>, Vec<Value>) {
@@ -354,7 +307,10 @@ async fn run_across_expiries(
 /// Waits for the example's first connection and pushes one event to it, then pushes an event
 /// every [`PUSH_EVERY`] for [`PUSHING`], across token expiries, and waits until the page has the
 /// last one; returns the pushes, in order.
-async fn push_across_expiries(browser: &mut Browser, app: &helpers::TestApp) -> Vec<Value> {
+pub(super) async fn push_across_expiries(
+    browser: &mut Browser,
+    app: &helpers::TestApp,
+) -> Vec<Value> {
     let (http, server) = (&app.http, &app.url(""));
     browser
         .wait_for_within(STARTUP, "the first connection", |line| {
@@ -404,7 +360,7 @@ async fn spend_connect_attempts(
 /// Waits for the page to report that its client stopped, with a reason starting with `why`,
 /// watches a while for a retry it must not make, and checks it made one attempt only; returns
 /// the page's record.
-async fn stopped_after_one_attempt(mut browser: Browser, why: &str) -> Vec<Value> {
+pub(super) async fn stopped_after_one_attempt(mut browser: Browser, why: &str) -> Vec<Value> {
     let stopped = browser
         .wait_for_within(STARTUP, "the client to stop", |line| {
             line["kind"] == "stopped"
@@ -423,29 +379,29 @@ async fn stopped_after_one_attempt(mut browser: Browser, why: &str) -> Vec<Value
 }
 
 /// Tells the script to finish; checks the page threw nothing; returns the page's record.
-async fn finish(browser: Browser) -> Vec<Value> {
+pub(super) async fn finish(browser: Browser) -> Vec<Value> {
     let result = browser.finish().await;
     assert_eq!(result["ok"], true, "the page failed: {result}");
     result["log"].as_array().expect("the page's record").clone()
 }
 
 /// The page's records of one kind, in order.
-fn entries<'a>(log: &'a [Value], kind: &str) -> Vec<&'a Value> {
+pub(super) fn entries<'a>(log: &'a [Value], kind: &str) -> Vec<&'a Value> {
     log.iter().filter(|entry| entry["kind"] == kind).collect()
 }
 
 /// Whether `line` is the page's record of receiving the event `event_id`.
-fn is_page_event(line: &Value, event_id: &Value) -> bool {
+pub(super) fn is_page_event(line: &Value, event_id: &Value) -> bool {
     line["kind"] == "event" && line["event"]["event_id"] == *event_id
 }
 
 /// When the page made the record `entry`, in milliseconds since it loaded.
-fn ms(entry: &Value) -> u64 {
+pub(super) fn ms(entry: &Value) -> u64 {
     entry["at_ms"].as_u64().expect("at_ms")
 }
 
 /// The page handed each push to the app once, in push order, as pushed.
-fn assert_received_once_in_order(log: &[Value], pushed: &[Value]) {
+pub(super) fn assert_received_once_in_order(log: &[Value], pushed: &[Value]) {
     let received: Vec<&Value> = entries(log, "event")
         .into_iter()
         .map(|entry| &entry["event"])
@@ -471,7 +427,11 @@ fn assert_received_once_in_order(log: &[Value], pushed: &[Value]) {
 /// After each record that `ended` matches (except one that ends the record), the example fetched
 /// a token and then opened its next connection, resuming from the last event the page had then;
 /// within `within` when given.
-fn assert_resumed_after(log: &[Value], ended: &dyn Fn(&Value) -> bool, within: Option<Duration>) {
+pub(super) fn assert_resumed_after(
+    log: &[Value],
+    ended: &dyn Fn(&Value) -> bool,
+    within: Option<Duration>,
+) {
     let mut last_event: Option<&Value> = None;
     for (at, entry) in log.iter().enumerate() {
         if entry["kind"] == "event" {
@@ -514,7 +474,7 @@ fn assert_resumed_after(log: &[Value], ended: &dyn Fn(&Value) -> bool, within: O
 }
 
 /// No resync was sent: every reconnect resumed within history.
-fn assert_no_resync(metrics: &Value) {
+pub(super) fn assert_no_resync(metrics: &Value) {
     let resyncs = metrics["resyncs_total"].as_object().expect("resyncs_total");
     assert!(resyncs.values().all(|n| n == 0), "{metrics}");
 }

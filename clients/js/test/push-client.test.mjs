@@ -64,13 +64,17 @@ test('a JWT expiry is read, anything else is not', () => {
 
 test('the SSE parser handles split chunks, comments, CRLF and id-only blocks', () => {
   const seen = [];
-  const parser = new SseParser((event) => seen.push(event));
+  const comments = [];
+  const parser = new SseParser((event) => seen.push(event), (text) => comments.push(text));
   parser.push('retry: 3000\nid: e:0\n\n: keepalive\n\nid: 1\nevent: mess');
-  parser.push('age\ndata: {"a":\r\ndata: 1}\r\n\r\n');
+  parser.push('age\ndata: {"a":\r');
+  parser.push('\ndata: 1}\r\n\r\n');
   assert.deepEqual(seen, [
     { id: 'e:0', event: 'message', data: null },
     { id: '1', event: 'message', data: '{"a":\n1}' },
   ]);
+  assert.deepEqual(comments, ['keepalive']);
+  assert.equal(parser.retry, 3000);
 });
 
 test('events are delivered and every reconnection resumes from the last one', async () => {
@@ -80,7 +84,7 @@ test('events are delivered and every reconnection resumes from the last one', as
   push.connect();
   await tick();
   const first = FakeWebSocket.made[0];
-  assert.equal(first.url, 'ws://push.test/ws?user_id=u+1');
+  assert.equal(first.url, 'ws://push.test/ws?user_id=u+1&position=true');
   first.open();
   const message = next(push, 'message');
   first.receive({ event_type: 'message', event_id: 'e1', user_id: 'u 1', data: { n: 1 } });
@@ -91,11 +95,36 @@ test('events are delivered and every reconnection resumes from the last one', as
   const second = FakeWebSocket.made[1];
   assert.equal(second.url, 'ws://push.test/ws?user_id=u+1&last_event_id=e1');
   second.open();
-  assert.deepEqual(states, ['connecting', 'open', 'reconnecting', 'open']);
+  assert.deepEqual(states, ['connecting', 'open', 'reconnecting', 'reconnecting', 'open']);
   push.close();
   assert.equal(push.state, 'closed');
 });
 
+test('a WebSocket that drops before its first event resumes from the position it was told', async () => {
+  const push = client();
+  const messages = [];
+  const frames = [];
+  push.addEventListener('message', (e) => messages.push(e.detail));
+  push.addEventListener('frame', (e) => frames.push(e.detail));
+  const waits = [];
+  push.addEventListener('state', (e) => {
+    if (e.detail.delayMs !== undefined) waits.push(e.detail);
+  });
+  push.connect();
+  await tick();
+  const first = FakeWebSocket.made[0];
+  first.open();
+  first.receive({ event_type: 'position', event_id: 'E:3', user_id: 'u 1' });
+  assert.equal(push.lastEventId, 'E:3');
+  assert.deepEqual(messages, [], 'a position is not an event');
+  assert.equal(frames.length, 1, 'but it is a frame');
+  first.close(1006, '');
+  await tick(20);
+  assert.equal(FakeWebSocket.made[1].url, 'ws://push.test/ws?user_id=u+1&last_event_id=E%3A3');
+  assert.equal(waits[0].cause, 'network');
+  assert.ok(waits[0].delayMs >= 0 && waits[0].delayMs <= fast.maxDelayMs, JSON.stringify(waits));
+  push.close();
+});
 test('a resync is its own event and becomes the resume point', async () => {
   const push = client();
   push.connect();
@@ -135,6 +164,37 @@ test('an expired token is asked for again and the stream resumes at once', async
   push.close();
 });
 
+test('an expired token that is a plain string stops the client, saying why', async () => {
+  const push = client({ token: 'static' });
+  push.connect();
+  await tick();
+  FakeWebSocket.made[0].open();
+  const error = next(push, 'error');
+  FakeWebSocket.made[0].close(4001, 'token expired');
+  const detail = await error;
+  assert.deepEqual([detail.final, detail.cause], [true, 'token_expired']);
+  await tick(20);
+  assert.equal(FakeWebSocket.made.length, 1, 'no doomed attempt with the same token');
+  assert.equal(push.state, 'closed');
+});
+
+test('a token function that keeps giving expired tokens backs off instead of spinning', async () => {
+  let asked = 0;
+  const push = client({ token: async () => `stale-${++asked}` });
+  push.connect();
+  for (let n = 0; n < 3; n += 1) {
+    await tick(10);
+    FakeWebSocket.made.at(-1).close(4401, 'token expired');
+  }
+  const waits = [];
+  push.addEventListener('state', (e) => e.detail.delayMs !== undefined && waits.push(e.detail));
+  await tick(10);
+  FakeWebSocket.made.at(-1).close(4401, 'token expired');
+  assert.equal(waits[0].state, 'reconnecting');
+  assert.equal(waits[0].cause, 'token_expired');
+  assert.ok(waits[0].delayMs !== undefined, 'through the backoff');
+  push.close();
+});
 test('acknowledgements are grouped into one frame; autoAck acknowledges "ack": true events', async () => {
   const push = client({ autoAck: true });
   push.connect();
@@ -143,11 +203,27 @@ test('acknowledgements are grouped into one frame; autoAck acknowledges "ack": t
   socket.open();
   socket.receive({ event_type: 'message', event_id: 'a1', ack: true, data: {} });
   socket.receive({ event_type: 'message', event_id: 'a2', data: {} });
-  push.ack('x1');
+  const sent = push.ack('x1');
   await tick(40);
   assert.deepEqual(socket.sent.map((text) => JSON.parse(text)), [
     { type: 'ack', event_ids: ['a1', 'x1'] },
   ]);
+  assert.equal(await sent, true);
+  push.close();
+});
+
+test('an acknowledgement that could not be sent resolves false and is an error event', async () => {
+  const push = client({
+    transport: 'sse',
+    fetch: sseFetch([{ status: 200, body: '', open: true }, { status: 429, body: '{"detail":"slow down"}' }], []),
+  });
+  push.connect();
+  await tick();
+  const error = next(push, 'error');
+  assert.equal(await push.ack('e1'), false);
+  const detail = await error;
+  assert.equal(detail.cause, 'ack');
+  assert.match(detail.error.message, /HTTP 429 slow down/);
   push.close();
 });
 
@@ -201,6 +277,22 @@ test('over SSE, events arrive, the opening id is kept, and a reconnect resumes',
   assert.equal((await message).event_id, 'e5');
   await tick(20);
   assert.equal(calls[1].url, 'http://push.test/sse/stream?user_id=u+1&last_event_id=e5');
+  push.close();
+});
+
+test('over SSE, a farewell comment with a retry hint is waited out', async () => {
+  const calls = [];
+  const push = client({
+    transport: 'sse',
+    fetch: sseFetch([{ status: 200, body: 'retry: 40\n: server shutting down\n\n' }], calls),
+  });
+  const waiting = new Promise((resolve) =>
+    push.addEventListener('state', (e) => e.detail.state === 'reconnecting' && resolve(e.detail)),
+  );
+  push.connect();
+  const { cause, reason, delayMs } = await waiting;
+  assert.deepEqual([cause, reason], ['unavailable', 'server shutting down']);
+  assert.ok(delayMs >= 40, `waited ${delayMs} ms`);
   push.close();
 });
 

@@ -19,7 +19,11 @@ const FIN_TEXT: u8 = 0x81;
 
 /// Bytes on the wire of `frame` as an unmasked text frame: header and text.
 pub(super) fn wire_len(frame: &Frame) -> usize {
-    let len = frame.len();
+    text_wire_len(frame.len())
+}
+
+/// Bytes on the wire of an unmasked text frame of `len` bytes of text.
+pub(super) fn text_wire_len(len: usize) -> usize {
     header_len(len) + len
 }
 

@@ -39,6 +39,8 @@ pub(super) struct WsLink {
     write_timeout: Duration,
     /// What close frames quote: the limits a client broke.
     limits: Limits,
+    /// The text frame written before anything else (the stream's position), if any.
+    opening: Option<String>,
 }
 
 /// The settings close frames name.
@@ -49,8 +51,9 @@ struct Limits {
 }
 
 impl WsLink {
-    /// A link over `socket` with the keepalive and limits of `settings`.
-    pub(super) fn new(socket: Socket, settings: &Settings) -> Self {
+    /// A link over `socket` with the keepalive and limits of `settings`, that writes `opening`
+    /// first.
+    pub(super) fn new(socket: Socket, settings: &Settings, opening: Option<String>) -> Self {
         let keepalive = (!settings.ws_ping_interval.is_zero()).then(|| {
             Keepalive::new(
                 settings.ws_ping_interval,
@@ -67,6 +70,7 @@ impl WsLink {
                 max_message_bytes: settings.ws_max_message_bytes,
                 client_message_rate: settings.client_message_rate,
             },
+            opening,
         }
     }
 }
@@ -75,7 +79,13 @@ impl Link for WsLink {
     const TRANSPORT: Transport = Transport::WebSocket;
 
     async fn open(&mut self) -> Result<usize, DisconnectReason> {
-        Ok(0)
+        let Some(opening) = self.opening.take() else {
+            return Ok(0);
+        };
+        let bytes = frames::text_wire_len(opening.len());
+        let send = self.socket.send(Message::text(opening));
+        finish_write(timeout(self.write_timeout, send).await)?;
+        Ok(bytes)
     }
 
     async fn write(&mut self, items: &mut Vec<Queued>) -> Result<usize, DisconnectReason> {

@@ -96,6 +96,8 @@ pub async fn handshake(
 /// A client let in and attached (or refused by the per-user limit, which is known only now).
 struct Accepted {
     attached: Result<Attached, UserLimitReached>,
+    /// Whether its first frame tells it its stream's position (it asked, and is not resuming).
+    announce_position: bool,
     /// When its token expires, if it has one.
     expires_at: Option<SystemTime>,
     /// Its `MAX_CONNECTIONS` slot.
@@ -114,11 +116,14 @@ async fn accept(
     let Admission {
         user,
         resume_from,
+        wants_position,
         expires_at,
         slot,
     } = authorize(state, query, headers, peer)?;
+    let announce_position = wants_position && resume_from.is_none();
     let resume_from = resume_from.as_deref();
-    let attached = match attach(state, user, Transport::WebSocket, resume_from, false).await {
+    let transport = Transport::WebSocket;
+    let attached = match attach(state, user, transport, resume_from, announce_position).await {
         Ok(attached) => Ok(attached),
         // Refused after the upgrade, with a close code the client can act on.
         Err(AttachError::UserLimit(limit)) => Err(limit),
@@ -128,6 +133,7 @@ async fn accept(
     };
     Ok(Accepted {
         attached,
+        announce_position,
         expires_at,
         slot,
     })
@@ -137,6 +143,7 @@ async fn accept(
 fn run(state: SharedState, upgrade: Upgrade, accepted: Accepted) -> Response {
     let Accepted {
         attached,
+        announce_position,
         expires_at,
         slot,
     } = accepted;
@@ -145,7 +152,10 @@ fn run(state: SharedState, upgrade: Upgrade, accepted: Accepted) -> Response {
     upgrade.answer(config, move |socket| async move {
         match attached {
             Ok(attached) => {
-                let link = WsLink::new(socket, &state.settings);
+                let opening = announce_position
+                    .then(|| position_frame(&attached))
+                    .flatten();
+                let link = WsLink::new(socket, &state.settings, opening);
                 let session = Session::open(Transport::WebSocket, attached, state);
                 session::run(link, session, expires_at).await;
             }
@@ -157,6 +167,19 @@ fn run(state: SharedState, upgrade: Upgrade, accepted: Accepted) -> Response {
         }
         drop((slot, tracked));
     })
+}
+
+/// The first frame of a fresh connection that asked for its stream's position (`?position=true`):
+/// `{"event_type":"position","event_id":"<epoch>:<position>","user_id":…}`, the position token a
+/// resume from which gets exactly what follows; none when the server keeps no history.
+fn position_frame(attached: &Attached) -> Option<String> {
+    let head = attached.head.as_ref()?;
+    let frame = serde_json::json!({
+        "event_type": "position",
+        "event_id": head.to_string(),
+        "user_id": attached.registration.user().as_str(),
+    });
+    Some(frame.to_string())
 }
 
 /// How tungstenite reads an upgraded connection: a small buffer, frames up to
