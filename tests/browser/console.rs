@@ -80,6 +80,9 @@ async fn console_in_a_browser_connects_over_both_transports_pushes_and_shows_fra
     assert_eq!(seen["config"]["tokens_required"], true, "{seen}");
     assert_eq!(seen["config"]["api_keys_required"], true, "{seen}");
 
+    // It connects with the official client, which it loads from this server.
+    assert_eq!(seen["script_urls"], json!(["/client.js"]), "{seen}");
+
     // The connections the page opened: the configured paths, the token as `?token=`, and the
     // resume from the last event id it saw.
     let ws_urls = seen["websocket_urls"].as_array().expect("websocket urls");

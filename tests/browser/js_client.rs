@@ -1,24 +1,39 @@
 //! The JavaScript client's unit tests (`clients/js/test`, Node's built-in runner), run as part of
-//! `cargo test` so that the README's one test command covers them. They need `node` (20 or later)
-//! only, not the browser.
+//! `cargo test` so that the README's one test command covers them: with `node` (20 or later), and
+//! again with Node 22 when it is there (the client's supported Node). They need no browser.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::ci;
+use crate::{ci, node_22};
 
 #[test]
 fn the_javascript_client_passes_its_unit_tests() {
+    unit_tests_pass_with(Path::new("node"));
+}
+
+#[test]
+fn the_javascript_client_passes_its_unit_tests_in_node_22() {
+    if let Some(node) = node_22() {
+        unit_tests_pass_with(&node);
+    }
+}
+
+fn unit_tests_pass_with(node: &Path) {
     let repository = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let run = Command::new("node")
-        .args(["--test", "clients/js/test"])
-        .current_dir(repository)
+    let run = Command::new(node)
+        .arg("--test")
+        .current_dir(repository.join("clients/js"))
         .stdin(Stdio::null())
         .output();
     let output = match run {
         Ok(output) => output,
         Err(error) => {
-            assert!(!ci::is_ci(), "node is needed under CI: {error}");
+            assert!(
+                !ci::is_ci(),
+                "{} is needed under CI: {error}",
+                node.display()
+            );
             eprintln!("skipped: the JavaScript client's unit tests need node ({error})");
             return;
         }
@@ -26,7 +41,7 @@ fn the_javascript_client_passes_its_unit_tests() {
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "node --test clients/js/test failed:\n{report}\n{}",
+        "node --test (in clients/js) failed:\n{report}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(

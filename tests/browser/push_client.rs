@@ -7,9 +7,9 @@
 
 use super::proxy::Proxy;
 use super::reconnect::{
-    AT_ONCE, ExamplePage, SECRET, assert_no_resync, assert_received_once_in_order,
-    assert_resumed_after, entries, finish, is_page_event, run_across_expiries,
-    stopped_after_one_attempt,
+    AT_ONCE, ExamplePage, RECONNECT_SCRIPT_TIMEOUT_MS, SECRET, assert_no_resync,
+    assert_received_once_in_order, assert_resumed_after, entries, finish, is_page_event,
+    push_across_expiries, run_across_expiries, stopped_after_one_attempt,
 };
 use super::*;
 
@@ -211,6 +211,53 @@ async fn the_official_client_reports_a_resync_when_a_restarted_server_lost_the_h
     assert_resumed_after(&log, &|entry| entry["kind"] == "close", None);
     let metrics = after.metrics().await;
     assert_eq!(metrics["resyncs_total"]["unknown_event_id"], 1, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_client_runs_in_node_22_over_both_transports_across_token_expiries() {
+    let Some(node) = node_22() else {
+        return;
+    };
+    for transport in ["websocket", "sse"] {
+        let page = ExamplePage::serve("push-client", &[]).await;
+        let app = helpers::spawn_app(&["--jwt-secret", SECRET]).await;
+        let server = app.url("");
+        let token_url = page.token_url();
+        let mut runner = Browser::spawn_with(
+            &node,
+            Path::new("chromium-is-not-used"),
+            "node-client.mjs",
+            &[&server, &token_url, transport],
+            RECONNECT_SCRIPT_TIMEOUT_MS,
+        );
+        let pushed = push_across_expiries(&mut runner, &app).await;
+        let result = runner.finish().await;
+        let log = result["log"]
+            .as_array()
+            .expect("the client's record")
+            .clone();
+
+        let major = result["node"]
+            .as_str()
+            .and_then(|version| version.trim_start_matches('v').split('.').next())
+            .and_then(|major| major.parse::<u32>().ok());
+        assert!(major >= Some(22), "{transport}: {}", result["node"]);
+        assert_received_once_in_order(&log, &pushed);
+        let closes = entries(&log, "close");
+        assert!(closes.len() >= 2, "{transport}: {closes:?}");
+        assert!(
+            closes.iter().all(|close| close["cause"] == "token_expired"),
+            "{transport}: {closes:?}"
+        );
+        assert!(
+            entries(&log, "connect")
+                .iter()
+                .all(|connect| connect["transport"] == transport),
+            "{transport}: {log:?}"
+        );
+        assert_resumed_after(&log, &|entry| entry["kind"] == "close", Some(AT_ONCE));
+        assert_no_resync(&app.metrics().await);
+    }
 }
 
 /// Waits for the client's first open state; returns it.

@@ -29,7 +29,7 @@ pub(super) const AT_ONCE: Duration = Duration::from_millis(250);
 /// backoff is at most 1 s).
 const NO_RETRY_WATCH: Duration = Duration::from_millis(2500);
 /// The Node script's own overall timeout, in milliseconds.
-const RECONNECT_SCRIPT_TIMEOUT_MS: &str = "45000";
+pub(super) const RECONNECT_SCRIPT_TIMEOUT_MS: &str = "45000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_example_renews_each_expired_token_and_resumes_without_gap_or_duplicate() {
@@ -262,6 +262,11 @@ impl ExamplePage {
             base,
             example,
         }
+    }
+
+    /// Where the page hands out tokens.
+    pub(super) fn token_url(&self) -> String {
+        format!("{}token", self.base)
     }
 
     /// Starts the browser on the page, which loads the example against `server` at once.
