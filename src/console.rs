@@ -9,8 +9,9 @@
 //! the browser never executes.
 //!
 //! The `Content-Security-Policy` allows the inline stylesheet and script by their SHA-256 digests,
-//! and scripts of this origin (the official client, `/client.js`, which the page's script
-//! imports to connect); nothing else: no other script, style, frame or form target; network
+//! and scripts of this origin, for the official client (`/client.js`) the script imports to
+//! connect (Chromium does not let `'strict-dynamic'` cover a dynamic `import()`; the origin
+//! serves no script a visitor can shape); nothing else: no other script, style, frame or form target; network
 //! access only to this origin (HTTP, and WebSocket: CSP level 3 `'self'` covers `ws:`/`wss:` on
 //! the same host).
 

@@ -29,12 +29,14 @@ export interface PushClientOptions {
   userId?: string;
   /** A subscriber token, or a function returning a fresh one (asked again before `exp`). */
   token?: string | (() => string | Promise<string>);
-  /** `auto` (default): WebSocket, falling back to SSE when WebSockets cannot open. */
+  /** `auto` (default): WebSocket, falling back to SSE when WebSockets cannot open (see README). */
   transport?: 'websocket' | 'sse' | 'auto';
   /** Reconnection backoff: a random wait up to min(maxDelayMs, initialDelayMs × 2^attempt). */
   reconnect?: { initialDelayMs?: number; maxDelayMs?: number };
   /** Reconnect with a fresh token this long before a JWT's `exp` (default 30000). */
   refreshBeforeExpiryMs?: number;
+  /** An SSE stream silent (not even a keepalive) this long is reopened; 0: never (default 45000). */
+  sseIdleTimeoutMs?: number;
   /** Acknowledge every event pushed with `"ack": true` as soon as it is dispatched. */
   autoAck?: boolean;
   /** Resume point to start from (e.g. one saved in localStorage). */

@@ -67,6 +67,19 @@ const CLOSE_REASONS = {
   slow_consumer: 'dropped',
 };
 
+/**
+ * A connection counts as established (the backoff starts over; an expired token is renewed at
+ * once) at its first frame, or once open this long: a browser's refused WebSocket handshake opens
+ * and is closed at once, and must not pass for a working connection.
+ */
+const ESTABLISHED_AFTER_MS = 1000;
+
+/** Acknowledgements made within this many milliseconds go together (`CLIENT_MESSAGE_RATE`). */
+const ACK_BATCH_MS = 100;
+
+/** Most event ids in one acknowledgement (the server's limit). */
+const ACK_IDS_MAX = 100;
+
 const DEFAULTS = {
   transport: 'auto',
   wsPath: '/ws',
@@ -74,6 +87,7 @@ const DEFAULTS = {
   ackPath: '/sse/ack',
   reconnect: { initialDelayMs: 500, maxDelayMs: 30000 },
   refreshBeforeExpiryMs: 30000,
+  sseIdleTimeoutMs: 45000,
   autoAck: false,
 };
 
@@ -180,6 +194,12 @@ export class PushClient extends EventTarget {
   #refreshTimer = null;
   #refreshAt = null;
   #attempt = 0;
+  /** Bumped by every attempt and every teardown: the callbacks of an older one do nothing. */
+  #generation = 0;
+  /** Whether the current connection has proved itself (see ESTABLISHED_AFTER_MS). */
+  #established = false;
+  #wsEverOpened = false;
+  #sseEverOpened = false;
   #stopped = true;
   #pendingAcks = [];
   #ackTimer = null;
@@ -243,7 +263,7 @@ export class PushClient extends EventTarget {
   }
 
   /**
-   * Acknowledges events (one id or a list) pushed with `"ack": true`. Acks made within 20 ms go
+   * Acknowledges events (one id or a list) pushed with `"ack": true`. Acks made within 100 ms go
    * together. Resolves to whether they were sent (a failure is also an `error` event); never
    * rejects.
    */
@@ -252,7 +272,7 @@ export class PushClient extends EventTarget {
     return new Promise((resolve) => {
       this.#pendingAcks.push({ ids, resolve });
       if (this.#ackTimer === null) {
-        this.#ackTimer = setTimeout(() => this.#flushAcks(), 20);
+        this.#ackTimer = setTimeout(() => this.#flushAcks(), ACK_BATCH_MS);
       }
     });
   }
@@ -261,11 +281,12 @@ export class PushClient extends EventTarget {
     this.#ackTimer = null;
     const waiting = this.#pendingAcks.splice(0);
     const ids = waiting.flatMap((entry) => entry.ids);
-    let sent = true;
-    for (let start = 0; start < ids.length; start += 100) {
-      sent = (await this.#sendAcks(ids.slice(start, start + 100))) && sent;
+    const failed = new Set();
+    for (let start = 0; start < ids.length; start += ACK_IDS_MAX) {
+      const chunk = ids.slice(start, start + ACK_IDS_MAX);
+      if (!(await this.#sendAcks(chunk))) chunk.forEach((id) => failed.add(id));
     }
-    for (const { resolve } of waiting) resolve(sent);
+    for (const entry of waiting) entry.resolve(entry.ids.every((id) => !failed.has(id)));
   }
 
   /** One acknowledgement: a frame on an open WebSocket, else a POST with the stream's credentials. */
@@ -293,24 +314,27 @@ export class PushClient extends EventTarget {
     }
   }
 
+  /** One attempt: closes whatever was open, fetches a token, connects. */
   async #open(state) {
+    this.#teardown();
+    const generation = this.#generation;
     let token;
     try {
       token = await this.#freshToken();
     } catch (error) {
-      if (this.#stopped) return;
+      if (generation !== this.#generation || this.#stopped) return;
       this.#emit('error', { error, final: false, cause: 'token' });
       return this.#retry({ cause: 'token', reason: `the token could not be fetched: ${error}` });
     }
-    if (this.#stopped) return;
+    if (generation !== this.#generation || this.#stopped) return;
     this.#token = token;
     this.#scheduleRefresh(token);
     const websocket = this.#transport === 'websocket';
     const path = websocket ? this.#options.wsPath : this.#options.ssePath;
     const url = this.#url(path, true);
     this.#setState(state, { url: url.replace(/([?&]token=)[^&]*/, '$1…') });
-    if (websocket) this.#openWebSocket(url);
-    else this.#openEventStream(url);
+    if (websocket) this.#openWebSocket(url, generation);
+    else this.#openEventStream(url, generation);
   }
 
   async #freshToken() {
@@ -325,9 +349,10 @@ export class PushClient extends EventTarget {
     this.#refreshAt = null;
     const expiry = typeof this.#options.token === 'function' ? jwtExpiry(token) : null;
     if (expiry === null) return;
-    this.#refreshAt = expiry - this.#options.refreshBeforeExpiryMs;
-    const wait = this.#refreshAt - Date.now();
-    if (wait <= 0) return;
+    const refreshAt = expiry - this.#options.refreshBeforeExpiryMs;
+    const wait = refreshAt - Date.now();
+    if (wait <= 0) return; // a token shorter-lived than that: the server's expiry close renews it
+    this.#refreshAt = refreshAt;
     this.#refreshTimer = setTimeout(() => this.#reopen('token refresh'), wait);
   }
 
@@ -351,9 +376,10 @@ export class PushClient extends EventTarget {
     return this.#token ? { ...extra, Authorization: `Bearer ${this.#token}` } : extra;
   }
 
-  #openWebSocket(url) {
+  #openWebSocket(url, generation) {
     const WebSocketImpl = this.#options.WebSocket ?? globalThis.WebSocket;
-    let opened = false;
+    const current = () => generation === this.#generation;
+    let openedAt = null;
     let socket;
     try {
       socket = new WebSocketImpl(url);
@@ -362,34 +388,42 @@ export class PushClient extends EventTarget {
     }
     this.#socket = socket;
     socket.onopen = () => {
-      opened = true;
-      this.#opened();
+      if (!current()) return;
+      openedAt = Date.now();
+      this.#wsEverOpened = true;
+      this.#setState('open', {});
     };
     socket.onmessage = ({ data }) => {
-      if (typeof data !== 'string') return;
+      if (!current() || typeof data !== 'string') return;
+      this.#establish();
       this.#emit('frame', { transport: 'websocket', data });
       this.#frame(data);
     };
     socket.onclose = ({ code, reason = '' }) => {
-      if (this.#socket !== socket) return;
+      if (!current()) return;
       this.#socket = null;
       const ending = closeCause(code, reason);
-      if (!opened && code === 1006) return this.#webSocketFailed(ending);
-      this.#ended(ending, opened);
+      if (openedAt === null && code === 1006) return this.#webSocketFailed(ending);
+      if (openedAt !== null && Date.now() - openedAt >= ESTABLISHED_AFTER_MS) this.#establish();
+      this.#ended(ending);
     };
   }
 
-  /** A WebSocket that never opened: in `auto`, SSE from now on (a proxy that breaks them). */
+  /**
+   * A WebSocket that never opened. In `auto`, as long as no WebSocket of this client ever opened,
+   * SSE is tried at once (a proxy that breaks WebSockets); see #ended for the way back.
+   */
   #webSocketFailed(ending) {
-    if (this.#options.transport === 'auto') {
+    if (this.#options.transport === 'auto' && !this.#wsEverOpened) {
       this.#transport = 'sse';
       return this.#open('connecting');
     }
-    this.#ended(ending, false);
+    this.#ended(ending);
   }
 
-  async #openEventStream(url) {
+  async #openEventStream(url, generation) {
     const fetcher = this.#options.fetch ?? globalThis.fetch;
+    const current = () => generation === this.#generation;
     const abort = new AbortController();
     this.#abort = abort;
     let response;
@@ -400,20 +434,21 @@ export class PushClient extends EventTarget {
         cache: 'no-store',
       });
     } catch (error) {
-      if (this.#abort !== abort) return;
-      this.#abort = null;
-      return this.#ended({ cause: 'network', reason: String(error?.message ?? error) }, false);
+      if (!current()) return;
+      return this.#ended({ cause: 'network', reason: String(error?.message ?? error) });
     }
-    if (this.#abort !== abort) return;
+    if (!current()) return;
     if (!response.ok) {
-      this.#abort = null;
       const text = await response.text().catch(() => '');
+      if (!current()) return;
       this.#emit('frame', { transport: 'sse', status: response.status, data: text });
-      return this.#ended(refusalCause(response, describeDetail(text)), false);
+      return this.#ended(refusalCause(response, describeDetail(text)));
     }
     const stream = { close: null, farewell: null };
     const parser = new SseParser(
       (block) => {
+        if (!current()) return;
+        this.#establish();
         this.#emit('frame', { transport: 'sse', ...block });
         if (block.data === null) {
           if (block.id && !this.#lastEventId) this.#lastEventId = block.id;
@@ -424,32 +459,56 @@ export class PushClient extends EventTarget {
         else this.#frame(block.data);
       },
       (comment) => {
+        if (!current()) return;
         this.#emit('frame', { transport: 'sse', comment });
         if (comment !== 'keepalive') stream.farewell = comment;
       },
     );
-    this.#opened();
+    const openedAt = Date.now();
+    this.#sseEverOpened = true;
+    this.#setState('open', {});
+    // Nothing at all (not even a keepalive comment) for this long: the connection is dead.
+    const idle = this.#options.sseIdleTimeoutMs;
+    let watchdog = null;
+    let silent = false;
+    const watch = () => {
+      clearTimeout(watchdog);
+      if (idle > 0) {
+        watchdog = setTimeout(() => {
+          silent = true;
+          abort.abort();
+        }, idle);
+      }
+    };
+    let ending;
     try {
       const decoder = new TextDecoder();
       const reader = response.body.getReader();
+      watch();
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
+        watch();
         parser.push(decoder.decode(value, { stream: true }));
       }
+      ending = streamEndCause(stream, parser.retry ?? 0);
     } catch {
-      if (this.#abort !== abort) return;
-      this.#abort = null;
-      return this.#ended({ cause: 'network', reason: 'the stream broke' }, true);
+      ending = silent
+        ? { cause: 'network', reason: `nothing received for ${idle} ms` }
+        : { cause: 'network', reason: 'the stream broke' };
+    } finally {
+      clearTimeout(watchdog);
     }
-    if (this.#abort !== abort) return;
+    if (!current()) return;
     this.#abort = null;
-    this.#ended(streamEndCause(stream, parser.retry ?? 0), true);
+    if (Date.now() - openedAt >= ESTABLISHED_AFTER_MS) this.#establish();
+    this.#ended(ending);
   }
 
-  #opened() {
+  /** The current connection proved itself: the backoff starts over. */
+  #establish() {
+    this.#established = true;
     this.#attempt = 0;
-    this.#setState('open', {});
   }
 
   #frame(text) {
@@ -474,14 +533,20 @@ export class PushClient extends EventTarget {
   }
 
   /** The one place that decides what follows the end of a connection. */
-  #ended({ cause, reason, retryAfterMs = 0 }, opened) {
+  #ended({ cause, reason, retryAfterMs = 0 }) {
     if (this.#stopped) return;
+    const established = this.#established;
+    this.#established = false;
+    if (this.#options.transport === 'auto' && this.#transport === 'sse' && !this.#sseEverOpened) {
+      // SSE failed too before ever opening: the network, not a proxy. WebSocket again next time.
+      this.#transport = 'websocket';
+    }
     let after = AFTER[cause] ?? 'retry';
     if (after === 'renew' && typeof this.#options.token !== 'function') {
       after = 'stop'; // the same token would be refused: the app must give a fresh one
     }
     if (after === 'stop') return this.#stop({ cause, reason }, true);
-    if (after === 'renew' && opened) {
+    if (after === 'renew' && established) {
       this.#setState('reconnecting', { cause, reason, delayMs: 0 });
       return this.#open('reconnecting');
     }
@@ -491,23 +556,30 @@ export class PushClient extends EventTarget {
 
   #retry(ending, atLeastMs = 0) {
     if (this.#stopped) return;
+    this.#teardown();
     const delayMs = Math.max(atLeastMs, backoffDelay(this.#attempt++, this.#options.reconnect));
     this.#setState('reconnecting', { ...ending, delayMs });
-    clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => this.#open('reconnecting'), delayMs);
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#open('reconnecting');
+    }, delayMs);
   }
 
   /** Closes the connection in use and opens a new one at once (resuming). */
   #reopen(reason) {
     if (this.#stopped) return;
-    this.#teardown();
     this.#setState('reconnecting', { cause: 'token_refresh', reason, delayMs: 0 });
     this.#open('reconnecting');
   }
 
+  /** Closes whatever is open or waiting; callbacks of what was open do nothing from now on. */
   #teardown() {
+    this.#generation += 1;
+    this.#established = false;
     clearTimeout(this.#timer);
+    this.#timer = null;
     clearTimeout(this.#refreshTimer);
+    this.#refreshAt = null;
     const socket = this.#socket;
     this.#socket = null;
     socket?.close(1000);
@@ -528,9 +600,8 @@ export class PushClient extends EventTarget {
   #onPageBack = () => {
     if (this.#stopped) return;
     if (globalThis.document?.visibilityState === 'hidden') return;
-    if (this.#state === 'reconnecting' && this.#timer !== null && !this.#socket && !this.#abort) {
-      clearTimeout(this.#timer);
-      this.#timer = null;
+    if (this.#state === 'reconnecting' && this.#timer !== null) {
+      // Waiting (no attempt in flight): go now.
       this.#open('reconnecting');
     } else if (this.#refreshAt !== null && Date.now() >= this.#refreshAt) {
       // A hidden page's timers may be held back past the refresh.

@@ -199,7 +199,13 @@ async fn serve<L: Link>(
     let inbound = Limit::new(state.settings.client_message_rate, &state.clock);
     match link.open().await {
         Ok(bytes) => metrics.bytes_sent(L::TRANSPORT, bytes),
-        Err(reason) => return reason,
+        Err(reason) => {
+            // An opening that could not be written in time is a slow consumer, counted as such.
+            if reason == DisconnectReason::SlowConsumer {
+                registration.write_timed_out();
+            }
+            return reason;
+        }
     }
     let keepalive = sleep_until(link.keepalive_deadline().unwrap_or_else(Instant::now));
     tokio::pin!(keepalive);

@@ -15,7 +15,7 @@ use super::*;
 
 /// What the page runs to use the official client (`clients/js/`), imported from the server's
 /// `/client.js` as any page would: the page's app functions wired to the client's events, and
-/// each of its states recorded. `?user=` (optional) names a user other than the token's;
+/// each of its states recorded, and when it first knows its position. `?user=` (optional) names a user other than the token's;
 /// `?transport=` is the client's (default `websocket`).
 pub(super) const PUSH_CLIENT_GLUE: &str = r#"
 const user = params.get('user');
@@ -35,6 +35,13 @@ import(`${PUSH_URL}/client.js`).then(({ PushClient }) => {
   client.addEventListener('error', ({ detail }) => {
     if (detail.final) reportStopped(detail.error.message);
   });
+  // Once the client knows where its stream stands (a position, or an event), say so.
+  let positioned = false;
+  client.addEventListener('frame', () => queueMicrotask(() => {
+    if (positioned || !client.lastEventId) return;
+    positioned = true;
+    record({ kind: 'positioned', last_event_id: client.lastEventId });
+  }));
   client.connect();
 }, (error) => reportStopped(`import failed: ${error}`));
 "#;
@@ -260,13 +267,20 @@ async fn the_official_client_runs_in_node_22_over_both_transports_across_token_e
     }
 }
 
-/// Waits for the client's first open state; returns it.
+/// Waits for the client's first open state and then for it to know its stream's position (from
+/// then on a cut loses nothing); returns the open state.
 async fn opened(browser: &mut Browser) -> Value {
-    browser
+    let open = browser
         .wait_for_within(STARTUP, "the client to open", |line| {
             line["kind"] == "state" && line["state"] == "open"
         })
-        .await
+        .await;
+    browser
+        .wait_for("the client to know its position", |line| {
+            line["kind"] == "positioned"
+        })
+        .await;
+    open
 }
 
 /// Pushes `{"n": n}` to the page's user and waits for the page to have it; returns the push.

@@ -178,23 +178,80 @@ test('an expired token that is a plain string stops the client, saying why', asy
   assert.equal(push.state, 'closed');
 });
 
-test('a token function that keeps giving expired tokens backs off instead of spinning', async () => {
+test('a browser\'s refused handshake (opened, closed at once) is not a working connection', async () => {
   let asked = 0;
   const push = client({ token: async () => `stale-${++asked}` });
+  const waits = [];
+  push.addEventListener('state', (e) => e.detail.delayMs !== undefined && waits.push(e.detail));
   push.connect();
   for (let n = 0; n < 3; n += 1) {
     await tick(10);
-    FakeWebSocket.made.at(-1).close(4401, 'token expired');
+    const socket = FakeWebSocket.made.at(-1);
+    socket.open();
+    socket.close(4001, 'token expired');
   }
-  const waits = [];
-  push.addEventListener('state', (e) => e.detail.delayMs !== undefined && waits.push(e.detail));
+  assert.equal(waits.length, 3);
+  for (const wait of waits) {
+    assert.equal(wait.cause, 'token_expired');
+    assert.ok(wait.delayMs > 0, `through the backoff, not at once: ${JSON.stringify(waits)}`);
+  }
+  // One that delivered a frame is renewed at once.
   await tick(10);
-  FakeWebSocket.made.at(-1).close(4401, 'token expired');
-  assert.equal(waits[0].state, 'reconnecting');
-  assert.equal(waits[0].cause, 'token_expired');
-  assert.ok(waits[0].delayMs !== undefined, 'through the backoff');
+  const working = FakeWebSocket.made.at(-1);
+  working.open();
+  working.receive({ event_type: 'position', event_id: 'E:1' });
+  working.close(4001, 'token expired');
+  assert.equal(waits.at(-1).delayMs, 0);
   push.close();
 });
+
+test('only one attempt runs at a time, and nothing of an old one survives close()', async () => {
+  const tokens = [];
+  const push = client({ token: () => new Promise((resolve) => tokens.push(resolve)) });
+  const messages = [];
+  push.addEventListener('message', (e) => messages.push(e.detail.event_id));
+  push.connect();
+  await tick();
+  push.close();
+  push.connect();
+  await tick();
+  tokens[0]('old');
+  tokens[1]('new');
+  await tick();
+  assert.equal(FakeWebSocket.made.length, 1, 'the first attempt was abandoned');
+  assert.match(FakeWebSocket.made[0].url, /token=new/);
+  const socket = FakeWebSocket.made[0];
+  socket.open();
+  push.close();
+  socket.receive({ event_type: 'message', event_id: 'late', data: {} });
+  assert.deepEqual(messages, [], 'a closed client reports nothing');
+});
+
+test('the page coming back during an attempt does not start a second one', async () => {
+  const page = new EventTarget();
+  globalThis.window = page;
+  try {
+    const tokens = [];
+    const push = client({ token: () => new Promise((resolve) => tokens.push(resolve)) });
+    push.connect();
+    await tick();
+    tokens[0]('t1');
+    await tick();
+    FakeWebSocket.made[0].close(1006, ''); // never opened: a retry is waiting
+    await tick();
+    page.dispatchEvent(new Event('online')); // goes now
+    page.dispatchEvent(new Event('online')); // an attempt is in flight: nothing more
+    await tick(20);
+    assert.equal(tokens.length, 2, 'one attempt');
+    tokens[1]('t2');
+    await tick();
+    assert.equal(FakeWebSocket.made.length, 2);
+    push.close();
+  } finally {
+    delete globalThis.window;
+  }
+});
+
 test('acknowledgements are grouped into one frame; autoAck acknowledges "ack": true events', async () => {
   const push = client({ autoAck: true });
   push.connect();
@@ -204,7 +261,7 @@ test('acknowledgements are grouped into one frame; autoAck acknowledges "ack": t
   socket.receive({ event_type: 'message', event_id: 'a1', ack: true, data: {} });
   socket.receive({ event_type: 'message', event_id: 'a2', data: {} });
   const sent = push.ack('x1');
-  await tick(40);
+  await tick(130);
   assert.deepEqual(socket.sent.map((text) => JSON.parse(text)), [
     { type: 'ack', event_ids: ['a1', 'x1'] },
   ]);
@@ -236,6 +293,8 @@ function sseFetch(answers, calls) {
       start(controller) {
         controller.enqueue(new TextEncoder().encode(answer.body));
         if (!answer.open) controller.close();
+        // As fetch does: aborting the request errors its body.
+        init.signal?.addEventListener('abort', () => controller.error(new Error('aborted')));
       },
     });
     return new Response(body, { status: answer.status, headers: answer.headers });
@@ -296,6 +355,22 @@ test('over SSE, a farewell comment with a retry hint is waited out', async () =>
   push.close();
 });
 
+test('over SSE, a silent stream (no keepalive either) is given up and reopened', async () => {
+  const calls = [];
+  const push = client({
+    transport: 'sse',
+    sseIdleTimeoutMs: 30,
+    fetch: sseFetch([{ status: 200, body: 'id: E:1\n\n', open: true }], calls),
+  });
+  const waiting = new Promise((resolve) =>
+    push.addEventListener('state', (e) => e.detail.delayMs !== undefined && resolve(e.detail)),
+  );
+  push.connect();
+  const { cause, reason } = await waiting;
+  assert.deepEqual([cause, reason], ['network', 'nothing received for 30 ms']);
+  push.close();
+});
+
 test('auto falls back to SSE when the WebSocket never opens', async () => {
   const calls = [];
   const push = client({
@@ -308,5 +383,27 @@ test('auto falls back to SSE when the WebSocket never opens', async () => {
   await tick(20);
   assert.equal(push.transport, 'sse');
   assert.equal(calls[0].url, 'http://push.test/sse/stream?user_id=u+1');
+  push.close();
+});
+
+test('auto goes back to WebSocket when SSE fails too, and never falls back once a WebSocket opened', async () => {
+  const push = client({
+    transport: 'auto',
+    fetch: async () => {
+      throw new Error('offline');
+    },
+  });
+  push.connect();
+  await tick();
+  FakeWebSocket.made[0].close(1006, ''); // then SSE fails: the network, not a proxy
+  await tick(30);
+  assert.equal(push.transport, 'websocket');
+  const socket = FakeWebSocket.made.at(-1);
+  socket.open();
+  socket.close(1006, '');
+  await tick(20);
+  FakeWebSocket.made.at(-1).close(1006, ''); // a restart: it had opened before
+  await tick(20);
+  assert.equal(push.transport, 'websocket');
   push.close();
 });
