@@ -146,6 +146,15 @@ impl Connection {
         self.reclaim.cancelled().await;
     }
 
+    /// Whether no complete request head has arrived on this connection yet.
+    pub fn is_pending(&self) -> bool {
+        self.admission
+            .lock()
+            .connections
+            .get(&self.id)
+            .is_some_and(|entry| entry.pending)
+    }
+
     /// A request head has arrived: the connection is no longer pending, nor idle until the
     /// returned guard (held until the response body is finished) is dropped.
     pub fn request_started(&self) -> Request {

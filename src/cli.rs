@@ -100,6 +100,15 @@ impl Cli {
             Ok(cli) => {
                 routes::check_paths(&cli.settings)?;
                 cli.settings.check_consistency()?;
+                let serving = matches!(cli.command, None | Some(Command::Serve));
+                if let (true, Some(cert), Some(key)) = (
+                    serving,
+                    &cli.settings.tls_cert_file,
+                    &cli.settings.tls_key_file,
+                ) {
+                    // Checked here too, so that a bad certificate is a one-line usage error.
+                    crate::tls::Tls::load(cert, key).map_err(|error| error.to_string())?;
+                }
                 Ok(cli)
             }
             Err(err) => match err.kind() {

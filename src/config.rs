@@ -77,6 +77,21 @@ pub struct Settings {
     /// keep-alive requests) and, separately, a request body (408 beyond).
     #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
     pub http_request_timeout: Duration,
+    /// PEM file with the server's certificate chain (its own certificate first): with
+    /// `TLS_KEY_FILE`, the listener speaks TLS (`https://`, `wss://`), HTTP/2 by ALPN.
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM file with the private key of `TLS_CERT_FILE` (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Seconds between two checks of the TLS files for a renewed certificate, loaded without a
+    /// restart (SIGHUP also reloads); `0`: on SIGHUP only.
+    #[arg(long, env = "TLS_RELOAD_INTERVAL", default_value = "10", value_parser = parse_seconds_or_zero)]
+    pub tls_reload_interval: Duration,
+    /// Most concurrent streams (requests, SSE streams) on one HTTP/2 connection.
+    #[arg(long, env = "HTTP2_MAX_CONCURRENT_STREAMS", default_value = "250",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub http2_max_concurrent_streams: u32,
     /// Most messages in one batch request; longer batches get 422 and nothing is sent.
     #[arg(long, env = "MAX_BATCH_SIZE", default_value = "1000", value_parser = parse_count)]
     pub max_batch_size: usize,
@@ -802,6 +817,9 @@ impl Settings {
                  HISTORY_SIZE={} (a cluster catch-up is queued whole)",
                 self.ws_send_queue, self.history_size
             ));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("invalid TLS_CERT_FILE/TLS_KEY_FILE: set both (TLS on) or neither".into());
         }
         if self.jwt_secret.is_some() && self.jwt_public_key_file.is_some() {
             return Err(

@@ -39,6 +39,7 @@ pub mod rate_limit;
 pub mod routes;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod transport;
 pub mod webhook;
 

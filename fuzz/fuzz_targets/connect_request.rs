@@ -118,6 +118,12 @@ fuzz_target!(|input: &[u8]| {
                 request.resume_from,
                 expected.filter(|from| !from.is_empty())
             );
+            let position = decoded("position");
+            assert_eq!(
+                request.wants_position,
+                matches!(position.as_deref(), Some("true" | "1")),
+                "{position:?}"
+            );
         }
         Err(issue) => {
             let keys: Vec<&str> = issue
@@ -134,6 +140,7 @@ fuzz_target!(|input: &[u8]| {
                     ["query", "user_id"]
                         | ["query", "token"]
                         | ["query", "last_event_id"]
+                        | ["query", "position"]
                         | ["header", "Last-Event-ID"]
                 ),
                 "{issue:?}"

@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     // The shared vocabulary: the wire contract, positions, reasons, transports.
     &["protocol"],
     // Leaves: counters, history rules, log output, shutdown state, the .env reader, the clock,
-    // the registry of HTTP connections.
+    // the registry of HTTP connections, the listener's TLS certificate.
     &[
         "metrics",
         "history",
@@ -26,6 +26,7 @@ const LAYERS: &[&[&str]] = &[
         "dotenv",
         "clock",
         "admission",
+        "tls",
     ],
     // This node's connections and delivery; the webhooks sent to the backend.
     &["hub", "webhook"],

@@ -21,6 +21,7 @@ mod doc_examples;
 mod hardening;
 mod history;
 mod http_api;
+mod https;
 mod isolation;
 mod layering;
 mod openapi;

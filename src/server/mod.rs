@@ -1,36 +1,30 @@
 //! Builds the application from settings, binds it, serves it, and shuts it down gracefully.
 //!
 //! [`Application`] owns its listener, so tests can bind port 0, read the port, and run the real
-//! server in-process; `main` does the same with the configured port.
+//! server in-process; `main` does the same with the configured port. How each connection is
+//! served (TLS, HTTP/1.1 or HTTP/2, the connection limits) is [`connections`]'s business.
+
+mod connections;
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
 use axum::extract::{DefaultBodyLimit, MatchedPath};
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpSocket, lookup_host};
 use tokio::sync::Semaphore;
-use tokio_io_timeout::TimeoutStream;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 use crate::acks::Acks;
-use crate::admission::{Admission, Connection};
 use crate::api::health::{method_not_allowed, not_found, panic_response};
 use crate::api::{require_admin, require_key, require_publisher};
 use crate::auth::{PublisherKeys, TokenVerifier};
@@ -44,7 +38,10 @@ use crate::metrics::requests::RequestDurations;
 use crate::rate_limit::KeyedLimit;
 use crate::routes::{self, Access};
 use crate::state::{AppState, SharedState};
+use crate::tls::{Reloaded, Tls};
 use crate::webhook::Webhooks;
+
+use self::connections::ConnectionLimits;
 
 /// Part of `SHUTDOWN_TIMEOUT` kept for sessions to write what is queued and close with 1001
 /// (at most half of it).
@@ -55,27 +52,8 @@ const SESSION_CLOSE_BUDGET: Duration = Duration::from_secs(3);
 /// connection-level limit is the backstop for what has no timer of its own (HTTP responses, SSE).
 const WRITE_BACKSTOP_MARGIN: Duration = Duration::from_secs(1);
 
-/// Pause after a failed `accept` that closing idle connections cannot help.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Idle HTTP connections closed at once when `accept` runs out of descriptors: a few more than
-/// the one needed, so that the next accepts (and the process itself) have some headroom.
-const RECLAIM_BATCH: usize = 16;
-
-/// Idle HTTP connections closed for each connection accepted while descriptors are scarce (see
-/// [`descriptors_scarce_from`]): more than one, so that idle connections shrink while new ones
-/// keep coming.
-const RECLAIM_AHEAD: usize = 2;
-
 /// Descriptors kept free for the process and new clients: a 16th of the limit, at least this many.
 const DESCRIPTOR_RESERVE_MIN: u64 = 32;
-
-/// Pause after asking idle connections to close, for their tasks to release the descriptors.
-const RECLAIM_PAUSE: Duration = Duration::from_millis(5);
-
-/// `EMFILE` and `ENFILE`: the process or the system is out of file descriptors (the same
-/// numbers on every Unix).
-const OUT_OF_DESCRIPTORS: [i32; 2] = [24, 23];
 
 /// Pending-connection queue length asked of the kernel (capped by `net.core.somaxconn`): bursts
 /// of reconnecting clients should queue, not be refused.
@@ -84,6 +62,8 @@ const LISTEN_BACKLOG: u32 = 4096;
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
+    /// The listener's TLS, when `TLS_CERT_FILE` and `TLS_KEY_FILE` are set.
+    tls: Option<Tls>,
     state: SharedState,
     clock: Clock,
 }
@@ -101,6 +81,12 @@ impl Application {
         routes::check_paths(&settings).map_err(invalid)?;
         settings.check_consistency().map_err(invalid)?;
         let tokens = TokenVerifier::from_settings(&settings);
+        let tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                Some(Tls::load(cert, key).map_err(|error| invalid(error.to_string()))?)
+            }
+            _ => None,
+        };
         let listener = bind(&settings.host, settings.port).await?;
         let metrics = Arc::new(Metrics::default());
         let lifecycle = Lifecycle::default();
@@ -151,6 +137,7 @@ impl Application {
         });
         Ok(Self {
             listener,
+            tls,
             state,
             clock,
         })
@@ -176,7 +163,10 @@ impl Application {
     /// once all of that is done or `SHUTDOWN_TIMEOUT` has passed.
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let Self {
-            listener, state, ..
+            listener,
+            tls,
+            state,
+            ..
         } = self;
         let lifecycle = state.lifecycle.clone();
         let drain = state.settings.shutdown_drain;
@@ -187,10 +177,19 @@ impl Application {
             max_connections = state.max_connections,
             console = %crate::console::start_up_url(&state.settings, address),
             docs = %crate::console::url_of(address, "/docs"),
+            tls = tls.is_some(),
+            http2 = if tls.is_some() { "h2 (ALPN) and h2c" } else { "h2c (prior knowledge)" },
             "websocket-sse-server listening"
         );
         warn_about_open_access(&state);
         lifecycle.spawn_background(housekeeping(Arc::clone(&state)));
+        if let Some(tls) = &tls {
+            lifecycle.spawn_background(reload_certificates(
+                tls.clone(),
+                state.settings.tls_reload_interval,
+                lifecycle.clone(),
+            ));
+        }
 
         let stop_accepting = {
             let lifecycle = lifecycle.clone();
@@ -204,11 +203,13 @@ impl Application {
             write_timeout: state.settings.ws_write_timeout + WRITE_BACKSTOP_MARGIN,
             pending_per_ip: state.settings.max_pending_connections_per_ip,
             scarce_from: descriptors_scarce_from(),
+            http2_max_streams: state.settings.http2_max_concurrent_streams,
         };
-        let mut server = tokio::spawn(serve_http(
+        let mut server = tokio::spawn(connections::serve(
             listener,
             router(Arc::clone(&state)),
             limits,
+            tls,
             stop_accepting,
         ));
 
@@ -360,156 +361,57 @@ async fn housekeeping(state: SharedState) {
     }
 }
 
+/// Reloads the TLS certificate when its files change (checked every `interval`; never when it is
+/// zero) and on SIGHUP, until the lifecycle stops it. A reload that fails keeps the certificate
+/// in use and says why.
+async fn reload_certificates(tls: Tls, interval: Duration, lifecycle: Lifecycle) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP; TLS certificates reload on change only");
+            None
+        }
+    };
+    let mut ticks = tokio::time::interval(if interval.is_zero() {
+        Duration::MAX / 4
+    } else {
+        interval
+    });
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(hangups) => {
+                    hangups.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = lifecycle.closing() => return,
+            () = hangup => {}
+            _ = ticks.tick(), if !interval.is_zero() => {}
+        }
+        match tls.reload() {
+            Ok(Reloaded::Replaced { not_after }) => {
+                let expires = chrono::DateTime::<chrono::Utc>::from(not_after)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                tracing::info!(%expires, "TLS certificate reloaded: new connections get the new one");
+            }
+            Ok(Reloaded::Unchanged) => {}
+            Err(error) => {
+                tracing::warn!(%error, "TLS certificate reload failed; keeping the current certificate");
+            }
+        }
+    }
+}
+
 /// Longest a shutdown waits for the webhook queue to empty.
 const WEBHOOK_DRAIN_LIMIT: Duration = Duration::from_secs(3);
 
 /// Longest pause between two rounds of housekeeping.
 const HOUSEKEEPING_PERIOD: Duration = Duration::from_secs(1);
-
-/// Time limits on every HTTP connection.
-#[derive(Debug, Clone, Copy)]
-struct ConnectionLimits {
-    /// To send a request head, also while idle between keep-alive requests.
-    head_timeout: Duration,
-    /// For one write to the client to make progress (responses, SSE streams; a backstop for
-    /// WebSockets, which time their writes themselves).
-    write_timeout: Duration,
-    /// Connections one IP address may hold before sending a complete request head.
-    pending_per_ip: usize,
-    /// A descriptor number from which descriptors are scarce (see [`descriptors_scarce_from`]).
-    scarce_from: u64,
-}
-
-/// Accepts TCP connections and serves HTTP/1.1 (with WebSocket upgrades) on each, until `stop`
-/// completes; then stops accepting, lets every connection finish its in-flight request (idle
-/// keep-alive connections close at once) and returns when all have.
-///
-/// Each connection must send a complete request head within `head_timeout`, also while idle
-/// between keep-alive requests, and each write to it must progress within `write_timeout`, so
-/// silent, trickling or non-reading clients cannot pile up. One IP address may hold at most
-/// `pending_per_ip` connections that have not sent a complete request head yet (more are closed
-/// at once), and when descriptors are scarce (a connection arrives with a descriptor within the
-/// reserve below the limit) or `accept` runs out of them, the connections idle the longest are
-/// closed (see [`crate::admission`]), so that idle sockets cannot lock out new pushes and
-/// WebSockets.
-async fn serve_http(
-    listener: TcpListener,
-    router: Router,
-    limits: ConnectionLimits,
-    stop: impl Future<Output = ()>,
-) {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.head_timeout);
-    let stopping = CancellationToken::new();
-    let connections = TaskTracker::new();
-    let admission = Admission::new(limits.pending_per_ip);
-    tokio::pin!(stop);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut stop => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    let out_of_descriptors = error
-                        .raw_os_error()
-                        .is_some_and(|code| OUT_OF_DESCRIPTORS.contains(&code));
-                    let reclaimed = if out_of_descriptors {
-                        admission.reclaim_oldest(RECLAIM_BATCH)
-                    } else {
-                        0
-                    };
-                    if reclaimed > 0 {
-                        tracing::debug!(%error, reclaimed, "closing idle HTTP connections to accept");
-                        tokio::time::sleep(RECLAIM_PAUSE).await;
-                    } else {
-                        // Nothing idle to close, or out of memory: back off instead of spinning.
-                        tracing::warn!(%error, "cannot accept a connection");
-                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    }
-                    continue;
-                }
-            },
-        };
-        // The kernel gives the lowest free number: every descriptor below this one is in use.
-        // (Before the new connection is registered, so that it is never among those closed.)
-        if u64::try_from(stream.as_raw_fd()).is_ok_and(|fd| fd >= limits.scarce_from) {
-            let reclaimed = admission.reclaim_oldest(RECLAIM_AHEAD);
-            tracing::debug!(
-                reclaimed,
-                "descriptors are scarce: closing idle HTTP connections"
-            );
-        }
-        let Some(registered) = admission.admit(peer.ip()) else {
-            tracing::debug!(%peer, "too many pending connections from this address; closed");
-            continue;
-        };
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-        let registered = Arc::new(registered);
-        let service = connection_service(router.clone(), peer, Arc::clone(&registered));
-        let mut stream = TimeoutStream::new(stream);
-        stream.set_write_timeout(Some(limits.write_timeout));
-        let connection = builder
-            .serve_connection(TokioIo::new(Box::pin(stream)), service)
-            .with_upgrades();
-        let stopping = stopping.clone();
-        connections.spawn(async move {
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = stopping.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-                // Idle (no request in flight, not upgraded): dropping it closes the socket.
-                () = registered.reclaimed() => Ok(()),
-            };
-            if let Err(error) = result {
-                tracing::debug!(%error, "HTTP connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    stopping.cancel();
-    connections.close();
-    connections.wait().await;
-}
-
-/// The service of one HTTP connection: `router`, with the peer address on every request (for rate
-/// limits and logs), and each request registered as in flight on `connection` until its response
-/// body is finished (an SSE stream, until it ends), or for good once it upgrades.
-fn connection_service(
-    router: Router,
-    peer: SocketAddr,
-    connection: Arc<Connection>,
-) -> impl hyper::service::Service<
-    hyper::Request<hyper::body::Incoming>,
-    Response = Response,
-    Error = std::convert::Infallible,
-    Future = impl Future<Output = Result<Response, std::convert::Infallible>> + Send,
-> + Clone {
-    hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        let in_flight = connection.request_started();
-        let response = router.clone().oneshot(request);
-        async move {
-            let response = response.await?;
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                in_flight.upgraded();
-                return Ok(response);
-            }
-            Ok(response.map(|body| {
-                axum::body::Body::new(body.map_frame(move |frame| {
-                    let _in_flight = &in_flight;
-                    frame
-                }))
-            }))
-        }
-    })
-}
 
 /// The HTTP router: every endpoint of the [route table](routes::table) behind the checks its
 /// access needs, then the body limit, panic containment and CORS.
@@ -576,8 +478,19 @@ async fn time_request(State(state): State<SharedState>, request: Request, next: 
 
 /// Answers 400 to an HTTP/1.1 request without a `Host` header, and to any request with more than
 /// one (RFC 9112 §3.2), on every route: the outermost layer, so no handler, CORS answer or
-/// WebSocket upgrade sees such a request. HTTP/1.0 requests may omit it.
-async fn require_host(request: Request, next: Next) -> Response {
+/// WebSocket upgrade sees such a request. HTTP/1.0 requests may omit it. An HTTP/2 request names
+/// its host in `:authority` (RFC 9113 §8.3.1): it is given as `Host`, so that every check that
+/// reads the host (origins, `ALLOWED_HOSTS`) reads it whatever the protocol.
+async fn require_host(mut request: Request, next: Next) -> Response {
+    if request.version() == Version::HTTP_2 && !request.headers().contains_key(header::HOST) {
+        let authority = request
+            .uri()
+            .authority()
+            .map(|authority| authority.as_str());
+        if let Some(host) = authority.and_then(|host| HeaderValue::from_str(host).ok()) {
+            request.headers_mut().insert(header::HOST, host);
+        }
+    }
     let hosts = request.headers().get_all(header::HOST).iter().count();
     let problem = match hosts {
         0 if request.version() == Version::HTTP_11 => "an HTTP/1.1 request must have a Host header",

@@ -1,0 +1,426 @@
+//! TLS and HTTP/2 in the server itself: certificates made by the test (rcgen), real TLS clients
+//! (rustls) speaking HTTP/2 (hyper's client, many streams on one connection) or HTTP/1.1 and
+//! WebSocket (tungstenite), cleartext HTTP/2 with prior knowledge, a certificate replaced while
+//! connections are open, and bad certificate files at start-up.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::helpers::{TestApp, server_command, spawn_app};
+
+/// Longest wait for one step.
+const STEP: Duration = Duration::from_secs(10);
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, and its key.
+struct TestCertificate {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl TestCertificate {
+    /// Valid from `from` to `to` seconds from now.
+    fn valid(from: i64, to: i64) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now + time::Duration::seconds(from);
+        params.not_after = now + time::Duration::seconds(to);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    /// Good for a day.
+    fn fresh() -> Self {
+        Self::valid(-60, 86_400)
+    }
+
+    /// Writes the two PEM files into `dir`; returns their paths.
+    fn write(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, &self.cert_pem).unwrap();
+        std::fs::write(&key, &self.key_pem).unwrap();
+        (cert, key)
+    }
+}
+
+/// A server with TLS on, its certificate files in `dir` (reloaded every second).
+async fn tls_app(dir: &Path, certificate: &TestCertificate, flags: &[&str]) -> TestApp {
+    let (cert, key) = certificate.write(dir);
+    let mut all = vec![
+        "--tls-cert-file",
+        cert.to_str().unwrap(),
+        "--tls-key-file",
+        key.to_str().unwrap(),
+        "--tls-reload-interval",
+        "1",
+    ];
+    all.extend_from_slice(flags);
+    spawn_app(&all).await
+}
+
+/// A TLS connection to `addr` trusting `trusted` only, offering `alpn`.
+async fn tls_connect(
+    addr: SocketAddr,
+    trusted: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+/// An HTTP/2 connection over `io`: its request sender (the connection runs in a task).
+async fn http2<I>(io: I) -> SendRequest<Full<Bytes>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    sender
+}
+
+/// Sends a request on an HTTP/2 connection; returns the response head and body.
+async fn send(
+    sender: &SendRequest<Full<Bytes>>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> hyper::Response<Incoming> {
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"));
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let body = body.map_or_else(Bytes::new, |body| Bytes::from(body.to_string()));
+    let mut sender = sender.clone();
+    tokio::time::timeout(
+        STEP,
+        sender.send_request(request.body(Full::new(body)).unwrap()),
+    )
+    .await
+    .expect("an answer in time")
+    .expect("a response")
+}
+
+/// The whole body of `response` as JSON.
+async fn json_of(response: hyper::Response<Incoming>) -> Value {
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Waits until the server (asked over `h2`) has `n` registered connections.
+async fn wait_for_connections(h2: &SendRequest<Full<Bytes>>, n: u64) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let health = json_of(send(h2, "GET", "/health", None).await).await;
+        if health["connections"] == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} connections: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads an event stream until its text holds `needle`; returns the text so far.
+async fn read_until(body: &mut Incoming, needle: &str) -> String {
+    let mut text = String::new();
+    let read = async {
+        while !text.contains(needle) {
+            let frame = body.frame().await.expect("the stream goes on").unwrap();
+            if let Ok(data) = frame.into_data() {
+                text.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    };
+    tokio::time::timeout(STEP, read)
+        .await
+        .unwrap_or_else(|_| panic!("{needle:?} did not come; got {text:?}"));
+    text
+}
+
+#[tokio::test]
+async fn over_tls_http2_is_chosen_by_alpn_and_websockets_take_http11() {
+    let dir = tempfile::tempdir().unwrap();
+    let certificate = TestCertificate::fresh();
+    let app = tls_app(dir.path(), &certificate, &[]).await;
+
+    let tls = tls_connect(app.addr, &certificate.der, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let h2 = http2(tls).await;
+    let health = send(&h2, "GET", "/health", None).await;
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.version(), hyper::Version::HTTP_2);
+
+    let tls = tls_connect(app.addr, &certificate.der, &[b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws?user_id=secure", tls)
+        .await
+        .expect("WebSocket over TLS");
+    let pushed = json_of(
+        send(
+            &h2,
+            "POST",
+            "/sse/push",
+            Some(json!({"user_id": "secure", "data": {"over": "wss"}})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(pushed["delivered"], 1, "{pushed}");
+    let frame = tokio::time::timeout(STEP, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let event: Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+    assert_eq!(event["data"], json!({"over": "wss"}));
+    ws.close(None).await.unwrap();
+
+    // A WebSocket handshake over HTTP/2 cannot upgrade: it is told so.
+    let refused = send(&h2, "GET", "/ws?user_id=secure", None).await;
+    assert_eq!(refused.status(), 426);
+}
+
+#[tokio::test]
+async fn twenty_sse_streams_and_many_pushes_share_one_http2_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let certificate = TestCertificate::fresh();
+    let app = tls_app(dir.path(), &certificate, &[]).await;
+    let h2 = http2(tls_connect(app.addr, &certificate.der, &[b"h2"]).await).await;
+
+    let mut streams = Vec::new();
+    for n in 0..20 {
+        let response = send(&h2, "GET", &format!("/sse/stream?user_id=h2-{n}"), None).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), hyper::Version::HTTP_2);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        streams.push(response.into_body());
+    }
+    wait_for_connections(&h2, 20).await;
+
+    // Every user's event, pushed concurrently on the same connection, three rounds.
+    for round in 0..3 {
+        let pushes = (0..20).map(|n| {
+            let h2 = h2.clone();
+            async move {
+                let body = json!({"user_id": format!("h2-{n}"), "data": {"n": n, "round": round}});
+                json_of(send(&h2, "POST", "/sse/push", Some(body)).await).await
+            }
+        });
+        for pushed in futures_util::future::join_all(pushes).await {
+            assert_eq!(pushed["delivered"], 1, "{pushed}");
+        }
+        for (n, stream) in streams.iter_mut().enumerate() {
+            let text = read_until(stream, &format!(r#""round":{round}"#)).await;
+            assert!(text.contains(&format!(r#""n":{n}"#)), "stream {n}: {text}");
+            assert!(
+                !text.contains(r#""user_id":"h2-"#)
+                    || text.contains(&format!(r#""user_id":"h2-{n}""#))
+            );
+        }
+    }
+
+    // Shutdown ends every stream (and sends the connection a GOAWAY).
+    app.lifecycle.begin_shutdown();
+    for stream in &mut streams {
+        read_until(stream, "server shutting down").await;
+    }
+}
+
+#[tokio::test]
+async fn cleartext_http2_with_prior_knowledge_serves_the_api_and_sse() {
+    let app = spawn_app(&[]).await;
+    let h2 = http2(TcpStream::connect(app.addr).await.unwrap()).await;
+    let health = send(&h2, "GET", "/health", None).await;
+    assert_eq!(health.version(), hyper::Version::HTTP_2);
+    assert_eq!(json_of(health).await["status"], "healthy");
+    let mut stream = send(&h2, "GET", "/sse/stream?user_id=h2c", None)
+        .await
+        .into_body();
+    app.wait_for_connections(1).await;
+    let pushed = app
+        .push(json!({"user_id": "h2c", "data": {"via": "h2c"}}))
+        .await;
+    assert_eq!(pushed["delivered"], 1, "{pushed}");
+    read_until(&mut stream, r#""via":"h2c""#).await;
+    // HTTP/1.1 on the same port is unchanged.
+    assert_eq!(app.health().await["status"], "healthy");
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_is_served_to_new_connections_while_old_ones_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (TestCertificate::fresh(), TestCertificate::fresh());
+    let app = tls_app(dir.path(), &old, &[]).await;
+    let h2 = http2(tls_connect(app.addr, &old.der, &[b"h2"]).await).await;
+    let mut stream = send(&h2, "GET", "/sse/stream?user_id=renewed", None)
+        .await
+        .into_body();
+    wait_for_connections(&h2, 1).await;
+
+    new.write(dir.path());
+    let deadline = tokio::time::Instant::now() + STEP;
+    let served = loop {
+        let tcp = TcpStream::connect(app.addr).await.unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(new.der.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = TlsConnector::from(Arc::new(config));
+        let name = ServerName::try_from("localhost").unwrap();
+        if let Ok(tls) = connector.connect(name, tcp).await {
+            break tls;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        served.get_ref().1.peer_certificates().unwrap()[0],
+        new.der,
+        "new connections get the new certificate"
+    );
+
+    // The connection made with the old certificate still works, its stream too.
+    let pushed = json_of(
+        send(
+            &h2,
+            "POST",
+            "/sse/push",
+            Some(json!({"user_id": "renewed", "data": {"after": "reload"}})),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(pushed["delivered"], 1, "{pushed}");
+    read_until(&mut stream, r#""after":"reload""#).await;
+
+    // A bad replacement (a key that does not match) is refused; the new certificate stays.
+    std::fs::write(dir.path().join("key.pem"), TestCertificate::fresh().key_pem).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(new.der.clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+            .connect(
+                ServerName::try_from("localhost").unwrap(),
+                TcpStream::connect(app.addr).await.unwrap(),
+            )
+            .await
+    };
+    assert!(
+        again.is_ok(),
+        "the good certificate is still served: {again:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_certificate_files_stop_the_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = TestCertificate::fresh();
+    let (cert, key) = good.write(dir.path());
+    let expired = dir.path().join("expired");
+    std::fs::create_dir(&expired).unwrap();
+    let (expired_cert, expired_key) = TestCertificate::valid(-7200, -3600).write(&expired);
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (_, other_key) = TestCertificate::fresh().write(&other);
+    let missing = dir.path().join("missing.pem");
+    let path = |path: &Path| path.to_str().unwrap().to_owned();
+
+    for (flags, why) in [
+        (vec!["--tls-cert-file".to_owned(), path(&cert)], "set both"),
+        (
+            vec![
+                "--tls-cert-file".to_owned(),
+                path(&cert),
+                "--tls-key-file".to_owned(),
+                path(&other_key),
+            ],
+            "does not go with",
+        ),
+        (
+            vec![
+                "--tls-cert-file".to_owned(),
+                path(&expired_cert),
+                "--tls-key-file".to_owned(),
+                path(&expired_key),
+            ],
+            "expired on",
+        ),
+        (
+            vec![
+                "--tls-cert-file".to_owned(),
+                path(&missing),
+                "--tls-key-file".to_owned(),
+                path(&key),
+            ],
+            "cannot read TLS_CERT_FILE",
+        ),
+    ] {
+        let mut command = server_command(dir.path());
+        command
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(&flags);
+        let output = tokio::time::timeout(STEP, command.output())
+            .await
+            .expect("it exits at once")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(why), "{why:?} in {stderr:?}");
+    }
+}
