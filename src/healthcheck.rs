@@ -1,15 +1,22 @@
 //! The `healthcheck` subcommand: asks a running server for `/health`, for container health checks
-//! in images that have no curl.
+//! in images that have no curl. With TLS on (`TLS_CERT_FILE`) it speaks TLS, trusting exactly the
+//! certificate in that file (the server is reached on loopback, a name its certificate does not
+//! carry).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::config::Settings;
+use crate::tls::pinned_client_config;
 
 /// How long the whole probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -24,32 +31,52 @@ pub fn probe_host(bind_host: &str) -> &str {
     }
 }
 
-/// Probes `GET /health` on the configured port; `Ok` when it answers 200.
+/// Probes `GET /health` on the configured port (over TLS when it is on); `Ok` when it answers
+/// 200.
 pub async fn probe(settings: &Settings) -> Result<(), String> {
     let host = probe_host(&settings.host);
     let attempt = async {
         let stream = TcpStream::connect((host, settings.port))
             .await
             .map_err(|e| e.to_string())?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(connection);
-        let request = Request::get("/health")
-            .header(header::HOST, host)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
-        match response.status() {
-            StatusCode::OK => Ok(()),
-            status => Err(format!("/health answered {status}")),
+        match &settings.tls_cert_file {
+            None => ask_for_health(stream, host).await,
+            Some(cert) => {
+                let config = pinned_client_config(cert).map_err(|e| e.to_string())?;
+                let name = ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+                let stream = TlsConnector::from(Arc::new(config))
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                ask_for_health(stream, host).await
+            }
         }
     };
     tokio::time::timeout(PROBE_TIMEOUT, attempt)
         .await
         .map_err(|_| format!("no answer within {PROBE_TIMEOUT:?}"))?
         .map_err(|error| format!("{host}:{}: {error}", settings.port))
+}
+
+/// `GET /health` over HTTP/1.1 on `stream`.
+async fn ask_for_health<S>(stream: S, host: &str) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = Request::get("/health")
+        .header(header::HOST, host)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    match response.status() {
+        StatusCode::OK => Ok(()),
+        status => Err(format!("/health answered {status}")),
+    }
 }

@@ -8,18 +8,24 @@
 //! half-written by a renewal tool, a key that does not match yet, an expired certificate) keeps
 //! the current certificate; the caller logs why. Nothing here knows the settings or the server:
 //! only the two paths.
+//!
+//! For `healthcheck`, which reaches the server on a loopback address its certificate does not
+//! name, [`pinned_client_config`] trusts exactly the certificate in `TLS_CERT_FILE`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::ring;
+use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{ServerName, UnixTime};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ServerConfig, version};
+use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme, version};
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsAcceptor;
 
@@ -231,6 +237,90 @@ impl Tls {
         let not_after = loaded.not_after;
         *current = loaded;
         Ok(Reloaded::Replaced { not_after })
+    }
+}
+
+/// A client configuration that trusts exactly the first certificate in the PEM file `cert` (the
+/// server's own), whatever name it was reached by: a pin, for probing this machine's server.
+pub fn pinned_client_config(cert: &Path) -> Result<ClientConfig, TlsError> {
+    let pem = std::fs::read(cert).map_err(|error| {
+        TlsError(format!(
+            "cannot read TLS_CERT_FILE {}: {error}",
+            cert.display()
+        ))
+    })?;
+    let pinned = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            TlsError(format!(
+                "TLS_CERT_FILE {} holds no certificate",
+                cert.display()
+            ))
+        })?;
+    let provider = Arc::new(ring::default_provider());
+    let verifier = Arc::new(Pinned {
+        certificate: pinned,
+        provider: Arc::clone(&provider),
+    });
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&version::TLS13, &version::TLS12])
+        .map_err(|error| TlsError(format!("TLS configuration: {error}")))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+/// Accepts the one certificate it holds (signatures are still checked).
+#[derive(Debug)]
+struct Pinned {
+    certificate: CertificateDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.certificate.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the server's certificate is not the one in TLS_CERT_FILE".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        signed: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, signed, algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        signed: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, signed, algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

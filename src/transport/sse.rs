@@ -8,13 +8,20 @@
 //! Browsers resume with the `Last-Event-ID` header; the `last_event_id` query parameter does the
 //! same for a first connection. An idle stream gets a keepalive comment every `SSE_KEEPALIVE`.
 //!
-//! The response body *is* the session: a [`SessionBody`] runs the [session](super::session) over
-//! an [`SseLink`] inside the HTTP connection's task, polling it whenever hyper asks for the next
-//! chunk (or a waker the session registered fires), and hands on each chunk the link wrote. No
-//! task of its own, so an event costs no extra wakeup. A client that stops reading stops the
-//! polling; its queue fills, the hub asks the connection to close as a slow consumer, and the
-//! server's connection write timeout (`WS_WRITE_TIMEOUT` + 1 s) cuts it. A client that goes away
-//! drops the body, and with it the session, which unregisters and counts the connection then. Refusals the client should retry
+//! Over HTTP/1.1 the response body *is* the session: a [`SessionBody`] runs the
+//! [session](super::session) over an [`SseLink`] inside the HTTP connection's task, polling it
+//! whenever hyper asks for the next chunk (or a waker the session registered fires), and hands on
+//! each chunk the link wrote. No task of its own, so an event costs no extra wakeup. A client that
+//! stops reading stops the polling; its queue fills, the hub asks the connection to close as a
+//! slow consumer, and the server's connection write timeout (`WS_WRITE_TIMEOUT` + 1 s) cuts it. A
+//! client that goes away drops the body, and with it the session, which unregisters and counts the
+//! connection then.
+//!
+//! Over HTTP/2 a stream whose client stops reading stalls alone (flow control), while its
+//! connection goes on carrying other streams: no socket write ever times out. So there the
+//! session runs in a task of its own and the body only hands on what it wrote; a chunk that the
+//! body has not taken within `WS_WRITE_TIMEOUT` makes the session a slow consumer, closed like
+//! any other. Refusals the client should retry
 //! (shutting down, server or user full, over the connect rate) are answered `200` with a `retry:`
 //! hint and a comment, then end: per the WHATWG spec an EventSource that gets a 4xx/5xx never
 //! reconnects. Final refusals (a bad request: 400; a refused token: 401; a foreign origin or user:
@@ -29,7 +36,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Version, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, BytesMut};
 use futures_util::Stream;
@@ -58,6 +65,7 @@ pub async fn stream(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
+    version: Version,
     headers: HeaderMap,
 ) -> Response {
     let admission = match authorize(&state, query.as_deref(), &headers, peer) {
@@ -107,30 +115,35 @@ pub async fn stream(
     }
     opening.put_u8(b'\n');
     let (chunks, written) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    let own_task = version == Version::HTTP_2;
     let link = SseLink {
         chunks,
         opening: opening.freeze(),
         keepalive: state.settings.sse_keepalive,
         last_write: Instant::now(),
+        send_timeout: own_task.then_some(state.settings.ws_write_timeout),
     };
-    let tracked = state.lifecycle.track_session();
+    let held = (state.lifecycle.track_session(), admission.slot);
     // Opened here: a body dropped before its first poll still counts its connection's end.
     let session = Session::open(Transport::Sse, attached, state);
-    let body = SessionBody {
-        _tracked: tracked,
-        _slot: admission.slot,
-        session: Some(Box::pin(session::run(link, session, admission.expires_at))),
-        written,
-        current: Vec::new().into_iter(),
-        current_charges: Vec::new(),
+    let run = session::run(link, session, admission.expires_at);
+    let body = if own_task {
+        tokio::spawn(async move {
+            run.await;
+            drop(held);
+        });
+        SessionBody::new(None, written, None)
+    } else {
+        SessionBody::new(Some(Box::pin(run)), written, Some(held))
     };
     event_stream_response(Body::from_stream(body))
 }
 
-/// An SSE response body that runs its session: each poll polls the session, then hands on the
-/// chunk it wrote, if any. Ends when the session has ended and its last chunk is out.
+/// An SSE response body that runs its session (HTTP/1.1): each poll polls the session, then hands
+/// on the chunk it wrote, if any; or (HTTP/2) that hands on what a session in its own task wrote.
+/// Ends when the session has ended and its last chunk is out.
 struct SessionBody {
-    /// The session, until it ends.
+    /// The session it runs, until it ends.
     session: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     /// What the session's link wrote.
     written: mpsc::Receiver<Chunk>,
@@ -138,13 +151,26 @@ struct SessionBody {
     current: std::vec::IntoIter<Bytes>,
     /// The items the chunk being handed on was made of, released after its last piece.
     current_charges: Vec<Queued>,
-    /// Held until the body is dropped: shutdown waits for it.
-    _tracked: TaskTrackerToken,
-    /// Held until the body is dropped: its `MAX_CONNECTIONS` slot.
-    _slot: OwnedSemaphorePermit,
+    /// When it runs the session, held until the body is dropped: the session's place in what
+    /// shutdown waits for, and its `MAX_CONNECTIONS` slot.
+    _held: Option<(TaskTrackerToken, OwnedSemaphorePermit)>,
 }
 
 impl SessionBody {
+    fn new(
+        session: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+        written: mpsc::Receiver<Chunk>,
+        held: Option<(TaskTrackerToken, OwnedSemaphorePermit)>,
+    ) -> Self {
+        Self {
+            session,
+            written,
+            current: Vec::new().into_iter(),
+            current_charges: Vec::new(),
+            _held: held,
+        }
+    }
+
     /// The next piece of the chunk being handed on; after its last, the chunk's items are
     /// released (their bytes leave the queue budgets).
     fn next_piece(&mut self) -> Option<Bytes> {
@@ -169,9 +195,19 @@ impl Stream for SessionBody {
         {
             this.session = None;
         }
-        // The link writes only while the session is polled, here, in this task: no waker is
-        // needed (one would wake this task again for every chunk it hands on).
-        match this.written.try_recv() {
+        let received = if this.session.is_some() {
+            // The link writes only while the session is polled, here, in this task: no waker is
+            // needed (one would wake this task again for every chunk it hands on).
+            this.written.try_recv()
+        } else {
+            // The session ended, or runs in its own task: wake when it writes.
+            match this.written.poll_recv(cx) {
+                Poll::Ready(Some(chunk)) => Ok(chunk),
+                Poll::Ready(None) => Err(TryRecvError::Disconnected),
+                Poll::Pending => return Poll::Pending,
+            }
+        };
+        match received {
             Ok(chunk) => {
                 this.current = chunk.pieces.into_iter();
                 this.current_charges = chunk.charges;
@@ -201,21 +237,33 @@ struct SseLink {
     keepalive: Duration,
     /// When the last chunk was written: the keepalive is due `keepalive` after it.
     last_write: Instant,
+    /// How long a chunk may wait for the body to take it (`WS_WRITE_TIMEOUT`) when the session
+    /// runs in its own task (HTTP/2); beyond it, the client is a slow consumer. `None` when the
+    /// body runs the session: it then waits only while the body is being polled.
+    send_timeout: Option<Duration>,
 }
 
 impl SseLink {
-    /// Hands one chunk to the body; returns its length, or, when the body is gone, the items the
-    /// chunk carried. Never waits long: the body frees a slot each time it polls the session (a
-    /// client that stops reading stops both).
+    /// Hands one chunk to the body; returns its length, or, when the body is gone (or, in a task
+    /// of its own, has not taken it in time), the items the chunk carried. In the body's task it
+    /// never waits long: the body frees a slot each time it polls the session (a client that
+    /// stops reading stops both).
     async fn send(&mut self, chunk: Chunk) -> Result<usize, (DisconnectReason, Vec<Queued>)> {
         let length = chunk.pieces.iter().map(Bytes::len).sum();
         if length == 0 {
             return Ok(0);
         }
-        self.chunks
-            .send(chunk)
-            .await
-            .map_err(|closed| (DisconnectReason::ClientClosed, closed.0.charges))?;
+        let reserved = match self.send_timeout {
+            None => self.chunks.reserve().await,
+            Some(limit) => match tokio::time::timeout(limit, self.chunks.reserve()).await {
+                Ok(reserved) => reserved,
+                Err(_elapsed) => return Err((DisconnectReason::SlowConsumer, chunk.charges)),
+            },
+        };
+        let Ok(permit) = reserved else {
+            return Err((DisconnectReason::ClientClosed, chunk.charges));
+        };
+        permit.send(chunk);
         self.last_write = Instant::now();
         Ok(length)
     }

@@ -85,6 +85,17 @@ async fn tls_connect(
     trusted: &CertificateDer<'static>,
     alpn: &[&[u8]],
 ) -> TlsStream<TcpStream> {
+    try_tls_connect(addr, trusted, alpn)
+        .await
+        .expect("TLS handshake")
+}
+
+/// [`tls_connect`], or the handshake's error.
+async fn try_tls_connect(
+    addr: SocketAddr,
+    trusted: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trusted.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -94,11 +105,10 @@ async fn tls_connect(
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
-    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tcp = TcpStream::connect(addr).await?;
     TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .expect("TLS handshake")
 }
 
 /// An HTTP/2 connection over `io`: its request sender (the connection runs in a task).
@@ -300,19 +310,7 @@ async fn a_replaced_certificate_is_served_to_new_connections_while_old_ones_keep
     new.write(dir.path());
     let deadline = tokio::time::Instant::now() + STEP;
     let served = loop {
-        let tcp = TcpStream::connect(app.addr).await.unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(new.der.clone()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = TlsConnector::from(Arc::new(config));
-        let name = ServerName::try_from("localhost").unwrap();
-        if let Ok(tls) = connector.connect(name, tcp).await {
+        if let Ok(tls) = try_tls_connect(app.addr, &new.der, &[]).await {
             break tls;
         }
         assert!(
@@ -344,23 +342,7 @@ async fn a_replaced_certificate_is_served_to_new_connections_while_old_ones_keep
     // A bad replacement (a key that does not match) is refused; the new certificate stays.
     std::fs::write(dir.path().join("key.pem"), TestCertificate::fresh().key_pem).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let again = {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(new.der.clone()).unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        TlsConnector::from(Arc::new(config))
-            .connect(
-                ServerName::try_from("localhost").unwrap(),
-                TcpStream::connect(app.addr).await.unwrap(),
-            )
-            .await
-    };
+    let again = try_tls_connect(app.addr, &new.der, &[]).await;
     assert!(
         again.is_ok(),
         "the good certificate is still served: {again:?}"
@@ -423,4 +405,69 @@ async fn bad_certificate_files_stop_the_start_with_the_reason() {
         assert_eq!(output.status.code(), Some(2), "{flags:?}: {stderr}");
         assert!(stderr.contains(why), "{why:?} in {stderr:?}");
     }
+}
+
+#[tokio::test]
+async fn healthcheck_speaks_tls_trusting_exactly_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certificate = TestCertificate::fresh();
+    let app = tls_app(dir.path(), &certificate, &[]).await;
+    let port = app.addr.port().to_string();
+    let cert = dir.path().join("cert.pem");
+    let healthcheck = |cert: PathBuf| {
+        let mut command = server_command(dir.path());
+        command
+            .arg("healthcheck")
+            .env("HOST", "127.0.0.1")
+            .env("PORT", &port)
+            .env("TLS_CERT_FILE", cert)
+            .env("TLS_KEY_FILE", dir.path().join("key.pem"));
+        async move {
+            tokio::time::timeout(STEP, command.output())
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let healthy = healthcheck(cert).await;
+    assert_eq!(healthy.status.code(), Some(0), "{healthy:?}");
+
+    // Another certificate than the one served: not trusted.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let (other_cert, _) = TestCertificate::fresh().write(&other);
+    let refused = healthcheck(other_cert).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("not the one in TLS_CERT_FILE"), "{stderr}");
+}
+
+#[tokio::test]
+async fn an_http2_sse_stream_whose_client_stops_reading_is_cut_while_its_connection_goes_on() {
+    let app = spawn_app(&["--ws-write-timeout", "1"]).await;
+    // A client that grants the stream 1 KiB and then never reads it (nor grants more).
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(1024)
+        .handshake(TokioIo::new(TcpStream::connect(app.addr).await.unwrap()))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let stalled = send(&sender, "GET", "/sse/stream?user_id=stalled", None).await;
+    assert_eq!(stalled.status(), 200);
+    wait_for_connections(&sender, 1).await;
+    let pad = "x".repeat(8 * 1024);
+    for n in 0..50 {
+        app.push(json!({"user_id": "stalled", "data": {"n": n, "pad": pad}}))
+            .await;
+    }
+    let metrics = app
+        .wait_for_metrics("the stalled stream cut as a slow consumer", |metrics| {
+            metrics["connections_closed_total"]["slow_consumer"] == 1
+        })
+        .await;
+    assert_eq!(metrics["active_connections"], 0, "{metrics}");
+    // The connection it was on serves on.
+    let health = send(&sender, "GET", "/health", None).await;
+    assert_eq!(health.status(), 200);
+    drop(stalled);
 }
