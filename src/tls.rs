@@ -9,8 +9,9 @@
 //! the current certificate; the caller logs why. Nothing here knows the settings or the server:
 //! only the two paths.
 //!
-//! For `healthcheck`, which reaches the server on a loopback address its certificate does not
-//! name, [`pinned_client_config`] trusts exactly the certificate in `TLS_CERT_FILE`.
+//! For the client commands, which reach this machine's server on a loopback address its
+//! certificate does not name, [`local_client_config`] trusts exactly the certificate in
+//! `TLS_CERT_FILE` (or, for `healthcheck`, any).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -54,8 +55,15 @@ struct Loaded {
     digest: [u8; 32],
 }
 
-/// Reads and checks the certificate chain at `cert` and the private key at `key`.
-fn load(cert: &Path, key: &Path, now: SystemTime) -> Result<Loaded, TlsError> {
+/// The two files as read, and the digest of both.
+struct Pair {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    digest: [u8; 32],
+}
+
+/// Reads the certificate chain at `cert` and the private key at `key`.
+fn read(cert: &Path, key: &Path) -> Result<Pair, TlsError> {
     let read = |setting: &str, path: &Path| {
         std::fs::read(path)
             .map_err(|error| TlsError(format!("cannot read {setting} {}: {error}", path.display())))
@@ -66,7 +74,16 @@ fn load(cert: &Path, key: &Path, now: SystemTime) -> Result<Loaded, TlsError> {
         .chain_update(&key_pem)
         .finalize()
         .into();
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+    Ok(Pair {
+        cert_pem,
+        key_pem,
+        digest,
+    })
+}
+
+/// Checks a pair read from `cert` and `key` (the paths, for messages).
+fn check(pair: &Pair, cert: &Path, key: &Path, now: SystemTime) -> Result<Loaded, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(&pair.cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| {
             TlsError(format!(
@@ -82,7 +99,7 @@ fn load(cert: &Path, key: &Path, now: SystemTime) -> Result<Loaded, TlsError> {
         )));
     };
     let not_after = check_validity(leaf, cert, now)?;
-    let private_key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|error| {
+    let private_key = PrivateKeyDer::from_pem_slice(&pair.key_pem).map_err(|error| {
         TlsError(format!(
             "TLS_KEY_FILE {} holds no usable private key (PKCS#8, PKCS#1 or SEC1 PEM): {error}",
             key.display()
@@ -99,8 +116,13 @@ fn load(cert: &Path, key: &Path, now: SystemTime) -> Result<Loaded, TlsError> {
     Ok(Loaded {
         key: Arc::new(certified),
         not_after,
-        digest,
+        digest: pair.digest,
     })
+}
+
+/// Reads and checks the certificate chain at `cert` and the private key at `key`.
+fn load(cert: &Path, key: &Path, now: SystemTime) -> Result<Loaded, TlsError> {
+    check(&read(cert, key)?, cert, key, now)
 }
 
 /// Checks that `leaf` is valid at `now`; returns when it expires.
@@ -173,6 +195,9 @@ pub struct Tls {
     current: Arc<Current>,
     cert: PathBuf,
     key: PathBuf,
+    /// The digest of the last pair a reload refused: the same files are not refused (and
+    /// reported) again.
+    refused: Arc<std::sync::Mutex<Option<[u8; 32]>>>,
 }
 
 impl fmt::Debug for Tls {
@@ -205,6 +230,7 @@ impl Tls {
             current,
             cert: cert.to_owned(),
             key: key.to_owned(),
+            refused: Arc::default(),
         })
     }
 
@@ -223,44 +249,70 @@ impl Tls {
     }
 
     /// Reads the files again; if they changed and are good, new handshakes get the new
-    /// certificate. On an error the current one stays.
+    /// certificate. On an error the current one stays; the same refused files are then
+    /// [`Reloaded::Unchanged`] until they change again.
     pub fn reload(&self) -> Result<Reloaded, TlsError> {
-        let loaded = load(&self.cert, &self.key, SystemTime::now())?;
-        let mut current = self
+        let pair = read(&self.cert, &self.key)?;
+        let mut refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let served = self
+            .current
+            .loaded
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .digest;
+        if pair.digest == served || *refused == Some(pair.digest) {
+            return Ok(Reloaded::Unchanged);
+        }
+        let loaded = match check(&pair, &self.cert, &self.key, SystemTime::now()) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                *refused = Some(pair.digest);
+                return Err(error);
+            }
+        };
+        *refused = None;
+        let not_after = loaded.not_after;
+        *self
             .current
             .loaded
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if current.digest == loaded.digest {
-            return Ok(Reloaded::Unchanged);
-        }
-        let not_after = loaded.not_after;
-        *current = loaded;
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = loaded;
         Ok(Reloaded::Replaced { not_after })
     }
 }
 
-/// A client configuration that trusts exactly the first certificate in the PEM file `cert` (the
-/// server's own), whatever name it was reached by: a pin, for probing this machine's server.
-pub fn pinned_client_config(cert: &Path) -> Result<ClientConfig, TlsError> {
-    let pem = std::fs::read(cert).map_err(|error| {
-        TlsError(format!(
-            "cannot read TLS_CERT_FILE {}: {error}",
-            cert.display()
-        ))
-    })?;
-    let pinned = CertificateDer::pem_slice_iter(&pem)
-        .next()
-        .and_then(Result::ok)
-        .ok_or_else(|| {
-            TlsError(format!(
-                "TLS_CERT_FILE {} holds no certificate",
-                cert.display()
-            ))
-        })?;
+/// A client configuration for reaching this machine's own server on a loopback address, a name
+/// its certificate does not carry: with `pin`, it trusts exactly the first certificate in that
+/// PEM file (the server's own, `TLS_CERT_FILE`); without, any certificate (the handshake's
+/// signatures are still checked), for the health probe, which must not fail while a renewed
+/// certificate waits to be loaded.
+pub fn local_client_config(pin: Option<&Path>) -> Result<ClientConfig, TlsError> {
+    let pinned = match pin {
+        None => None,
+        Some(cert) => {
+            let pem = std::fs::read(cert).map_err(|error| {
+                TlsError(format!(
+                    "cannot read TLS_CERT_FILE {}: {error}",
+                    cert.display()
+                ))
+            })?;
+            let first = CertificateDer::pem_slice_iter(&pem)
+                .next()
+                .and_then(Result::ok);
+            Some(first.ok_or_else(|| {
+                TlsError(format!(
+                    "TLS_CERT_FILE {} holds no certificate",
+                    cert.display()
+                ))
+            })?)
+        }
+    };
     let provider = Arc::new(ring::default_provider());
-    let verifier = Arc::new(Pinned {
-        certificate: pinned,
+    let verifier = Arc::new(Local {
+        pinned,
         provider: Arc::clone(&provider),
     });
     let config = ClientConfig::builder_with_provider(provider)
@@ -272,14 +324,14 @@ pub fn pinned_client_config(cert: &Path) -> Result<ClientConfig, TlsError> {
     Ok(config)
 }
 
-/// Accepts the one certificate it holds (signatures are still checked).
+/// Accepts the one certificate it holds, or any (signatures are still checked).
 #[derive(Debug)]
-struct Pinned {
-    certificate: CertificateDer<'static>,
+struct Local {
+    pinned: Option<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Pinned {
+impl ServerCertVerifier for Local {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -288,12 +340,11 @@ impl ServerCertVerifier for Pinned {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.certificate.as_ref() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
+        match &self.pinned {
+            Some(pinned) if end_entity.as_ref() != pinned.as_ref() => Err(rustls::Error::General(
                 "the server's certificate is not the one in TLS_CERT_FILE".into(),
-            ))
+            )),
+            _ => Ok(ServerCertVerified::assertion()),
         }
     }
 

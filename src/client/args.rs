@@ -26,10 +26,14 @@ pub struct PushArgs {
     /// one up).
     #[arg(long, value_name = "ID")]
     pub event_id: Option<String>,
-    /// The server's base URL, http:// (plain only) [default: http://127.0.0.1:PORT, PORT from
-    /// the settings].
+    /// The server's base URL, http:// or https:// [default: this machine's server on PORT from
+    /// the settings, over TLS when TLS_CERT_FILE is set].
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
+    /// PEM file with a certificate authority to trust for an https:// URL, besides the public
+    /// roots (a private CA).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The push endpoint's path, appended to the URL [default: SSE_PATH from the settings].
     #[arg(long, value_name = "PATH")]
     pub path: Option<String>,
@@ -55,10 +59,14 @@ pub struct ListenArgs {
     /// Use the Server-Sent Events stream instead of the WebSocket.
     #[arg(long)]
     pub sse: bool,
-    /// The server's base URL, http:// or ws:// (plain only) [default: ws://127.0.0.1:PORT, or
-    /// http://127.0.0.1:PORT with --sse; PORT from the settings].
+    /// The server's base URL, http(s):// or ws(s):// [default: this machine's server on PORT
+    /// from the settings, over TLS when TLS_CERT_FILE is set].
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
+    /// PEM file with a certificate authority to trust for an https:// or wss:// URL, besides the
+    /// public roots (a private CA).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
     /// The endpoint's path, appended to the URL [default: WS_PATH, or SSE_STREAM_PATH with
     /// --sse, from the settings].
     #[arg(long, value_name = "PATH")]

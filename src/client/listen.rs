@@ -44,7 +44,7 @@ pub async fn run(
     settings: &Settings,
     stop: CancellationToken,
 ) -> Result<(), Failure> {
-    let target = Target::from_args(args.url.as_deref(), settings)?;
+    let target = Target::from_args(args.url.as_deref(), args.ca_file.as_deref(), settings)?;
     if args.reconnect_max < args.reconnect_min {
         return Err(Failure::usage(
             "--reconnect-max must not be shorter than --reconnect-min",

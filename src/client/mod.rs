@@ -2,11 +2,12 @@
 //! `listen` connects as a user and prints what the server delivers (a small wscat for this
 //! protocol), reconnecting and resuming when the connection drops.
 //!
-//! Both speak plain HTTP/1.1 and WebSocket over TCP with the crates the server already uses
-//! (hyper's client, tokio-tungstenite); they are meant for operators and scripts next to the
-//! server (a shell in its container, a port-forward), not as an SDK. `https://` and `wss://` URLs
-//! are refused with a clear message: supporting them would add a TLS crypto provider to the
-//! server's binary.
+//! Both speak HTTP/1.1 and WebSocket with the crates the server already uses (hyper's client,
+//! tokio-tungstenite), in cleartext or over TLS (rustls, the crypto provider the server's own
+//! TLS uses): `https://` and `wss://` URLs are verified against the public roots, plus the
+//! certificate authority in `--ca-file` when given. Without `--url` they reach this machine's
+//! server on its configured port, over TLS when it has `TLS_CERT_FILE`, trusting exactly that
+//! certificate (as `healthcheck` does). They are meant for operators and scripts, not as an SDK.
 
 pub mod args;
 pub mod listen;
@@ -14,13 +15,21 @@ pub mod push;
 mod sse;
 
 use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::Uri;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::config::Settings;
 use crate::healthcheck::probe_host;
+use crate::tls::local_client_config;
 
 /// Exit status when the command did what it was asked.
 pub const EXIT_OK: u8 = 0;
@@ -71,8 +80,14 @@ impl fmt::Display for Failure {
     }
 }
 
-/// A server to talk to: host, port and a path prefix, from `--url` (or the settings).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A connection to the server, cleartext or TLS.
+trait Connection: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Connection for T {}
+
+/// A server to talk to: host, port, a path prefix and how to speak TLS to it, from `--url` (or
+/// the settings).
+#[derive(Clone)]
 struct Target {
     /// Host name or IP address (IPv6 without brackets).
     host: String,
@@ -80,44 +95,67 @@ struct Target {
     port: u16,
     /// Path prefix from the URL, without a trailing slash (often empty).
     prefix: String,
+    /// TLS, for `https://` and `wss://` (and this machine's server when it has TLS on).
+    tls: Option<Arc<ClientConfig>>,
+}
+
+impl fmt::Debug for Target {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("Target")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("prefix", &self.prefix)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Target {
-    /// `--url` when given, else this machine's server on the configured port.
-    fn from_args(url: Option<&str>, settings: &Settings) -> Result<Self, Failure> {
+    /// `--url` (trusting `ca_file` besides the public roots) when given, else this machine's
+    /// server on the configured port (over TLS when it has `TLS_CERT_FILE`, trusting exactly it).
+    fn from_args(
+        url: Option<&str>,
+        ca_file: Option<&Path>,
+        settings: &Settings,
+    ) -> Result<Self, Failure> {
         match url {
-            Some(url) => {
-                Self::parse(url).map_err(|why| Failure::usage(format!("--url {url:?}: {why}")))
+            Some(url) => Self::parse(url, ca_file)
+                .map_err(|why| Failure::usage(format!("--url {url:?}: {why}"))),
+            None => {
+                let tls = match &settings.tls_cert_file {
+                    Some(cert) => Some(Arc::new(
+                        local_client_config(Some(cert))
+                            .map_err(|error| Failure::usage(error.to_string()))?,
+                    )),
+                    None => None,
+                };
+                Ok(Self {
+                    host: probe_host(&settings.host).to_owned(),
+                    port: settings.port,
+                    prefix: String::new(),
+                    tls,
+                })
             }
-            None => Ok(Self {
-                host: probe_host(&settings.host).to_owned(),
-                port: settings.port,
-                prefix: String::new(),
-            }),
         }
     }
 
-    /// Parses `http://host[:port][/prefix]` (`ws://` too).
-    fn parse(raw: &str) -> Result<Self, String> {
+    /// Parses `http://host[:port][/prefix]` (`https://`, `ws://` and `wss://` too).
+    fn parse(raw: &str, ca_file: Option<&Path>) -> Result<Self, String> {
         let uri: Uri = raw
             .parse()
             .map_err(|error| format!("not a URL ({error}); expected e.g. http://127.0.0.1:8080"))?;
-        match uri.scheme_str() {
-            Some("http" | "ws") => {}
-            Some("https" | "wss") => {
+        let secure = match uri.scheme_str() {
+            Some("http" | "ws") => false,
+            Some("https" | "wss") => true,
+            _ => {
                 return Err(
-                    "https:// and wss:// are not supported by this client; reach the \
-                            server over plain HTTP (from its host, its container or a \
-                            port-forward)"
+                    "expected an http://, https://, ws:// or wss:// URL such as \
+                     http://127.0.0.1:8080"
                         .into(),
                 );
             }
-            _ => {
-                return Err(
-                    "expected an http:// or ws:// URL such as http://127.0.0.1:8080".into(),
-                );
-            }
-        }
+        };
         let authority = uri.authority().ok_or("the URL has no host")?;
         if authority.as_str().contains('@') {
             return Err(
@@ -131,11 +169,24 @@ impl Target {
         if host.is_empty() {
             return Err("the URL has no host".into());
         }
+        let tls = secure.then(|| client_config(ca_file)).transpose()?;
         Ok(Self {
             host: host.to_owned(),
-            port: authority.port_u16().unwrap_or(80),
+            port: authority
+                .port_u16()
+                .unwrap_or(if secure { 443 } else { 80 }),
             prefix: uri.path().trim_end_matches('/').to_owned(),
+            tls: tls.map(Arc::new),
         })
+    }
+
+    /// The scheme of `plain` (`http` or `ws`) as this target speaks it (`https`, `wss` over TLS).
+    fn scheme(&self, plain: &str) -> String {
+        if self.tls.is_some() {
+            format!("{plain}s")
+        } else {
+            plain.to_owned()
+        }
     }
 
     /// `host:port` as it appears in a URL and the `Host` header (IPv6 in brackets).
@@ -157,28 +208,68 @@ impl Target {
         target
     }
 
-    /// A URL for messages: `scheme://host:port/prefix/path[?query]`.
-    fn url(&self, scheme: &str, path: &str, query: &str) -> String {
+    /// A URL for messages: `scheme://host:port/prefix/path[?query]`, with `plain` (`http` or
+    /// `ws`) made secure over TLS.
+    fn url(&self, plain: &str, path: &str, query: &str) -> String {
         format!(
-            "{scheme}://{}{}",
+            "{}://{}{}",
+            self.scheme(plain),
             self.authority(),
             self.path_and_query(path, query)
         )
     }
 
-    /// Opens a TCP connection to the server.
-    async fn connect(&self) -> Result<TcpStream, String> {
-        let stream = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|error| error.to_string())?;
-        // Small requests and frames: send them at once.
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+    /// Opens a connection to the server: TCP, then TLS when this target speaks it.
+    async fn connect(&self) -> Result<Box<dyn Connection>, String> {
+        let open = async {
+            let stream = TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|error| error.to_string())?;
+            // Small requests and frames: send them at once.
+            let _ = stream.set_nodelay(true);
+            let Some(config) = &self.tls else {
+                return Ok(Box::new(stream) as Box<dyn Connection>);
+            };
+            let name = ServerName::try_from(self.host.clone())
+                .map_err(|error| format!("{}: {error}", self.host))?;
+            let stream = TlsConnector::from(Arc::clone(config))
+                .connect(name, stream)
+                .await
+                .map_err(|error| format!("TLS: {error}"))?;
+            Ok(Box::new(stream) as Box<dyn Connection>)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, open)
+            .await
+            .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
     }
+}
+
+/// The TLS client configuration for `https://` and `wss://` URLs: the public roots (Mozilla's),
+/// plus the certificates in `ca_file` when given.
+fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, String> {
+    let mut roots = RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|error| format!("cannot read --ca-file {}: {error}", path.display()))?;
+        let mut added = 0;
+        for certificate in CertificateDer::pem_slice_iter(&pem) {
+            let certificate =
+                certificate.map_err(|error| format!("--ca-file {}: {error}", path.display()))?;
+            roots
+                .add(certificate)
+                .map_err(|error| format!("--ca-file {}: {error}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("--ca-file {} holds no certificate", path.display()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Checks an endpoint path given with `--path`.
@@ -221,25 +312,29 @@ mod tests {
 
     #[test]
     fn urls_are_parsed_into_targets() {
-        let target = Target::parse("http://127.0.0.1:9000").unwrap();
+        let target = Target::parse("http://127.0.0.1:9000", None).unwrap();
         assert_eq!(target.authority(), "127.0.0.1:9000");
         assert_eq!(
             target.url("ws", "/ws", "user_id=1"),
             "ws://127.0.0.1:9000/ws?user_id=1"
         );
-        let target = Target::parse("ws://[::1]:81/gateway/").unwrap();
+        let target = Target::parse("ws://[::1]:81/gateway/", None).unwrap();
         assert_eq!(target.host, "::1");
         assert_eq!(target.path_and_query("/ws", ""), "/gateway/ws");
-        assert_eq!(Target::parse("http://example.com").unwrap().port, 80);
-        for bad in [
-            "https://example.com",
-            "wss://x",
-            "ftp://x",
-            "example.com:80",
-            "http://u:p@x",
-        ] {
-            assert!(Target::parse(bad).is_err(), "{bad}");
+        assert_eq!(Target::parse("http://example.com", None).unwrap().port, 80);
+        let secure = Target::parse("https://example.com", None).unwrap();
+        assert_eq!((secure.port, secure.tls.is_some()), (443, true));
+        assert_eq!(
+            secure.url("ws", "/ws", ""),
+            "wss://example.com:443/ws",
+            "a WebSocket over TLS is wss://"
+        );
+        assert!(Target::parse("wss://x:8443", None).unwrap().tls.is_some());
+        for bad in ["ftp://x", "example.com:80", "http://u:p@x"] {
+            assert!(Target::parse(bad, None).is_err(), "{bad}");
         }
+        let missing = Target::parse("https://x", Some(Path::new("/nonexistent/ca.pem")));
+        assert!(missing.unwrap_err().starts_with("cannot read --ca-file"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::config::Settings;
 /// Validates the arguments, sends the push and prints the server's answer. `Ok` when the server
 /// answered 2xx, except a `partial` answer to `--user-ids` ([`EXIT_PARTIAL`]).
 pub async fn run(args: &PushArgs, settings: &Settings) -> Result<(), Failure> {
-    let target = Target::from_args(args.url.as_deref(), settings)?;
+    let target = Target::from_args(args.url.as_deref(), args.ca_file.as_deref(), settings)?;
     let path = args.path.as_deref().unwrap_or(&settings.sse_path);
     check_path(path)?;
     let body = request_body(args, &read_data(&args.data)?)?;
@@ -181,6 +181,7 @@ mod tests {
             event_type: Some("chat".into()),
             event_id: None,
             url: None,
+            ca_file: None,
             path: None,
             api_key: None,
             timeout: Duration::from_secs(1),

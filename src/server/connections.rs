@@ -26,6 +26,7 @@ use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,8 +56,13 @@ const OUT_OF_DESCRIPTORS: [i32; 2] = [24, 23];
 /// What a cleartext HTTP/2 connection (prior knowledge) sends first (RFC 9113 §3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Pause between two looks at a connection that sent part of the HTTP/2 preface only.
+/// First pause between two looks at a connection that sent part of the HTTP/2 preface only;
+/// it doubles up to [`PREFACE_PAUSE_MAX`].
 const PREFACE_PAUSE: Duration = Duration::from_millis(5);
+const PREFACE_PAUSE_MAX: Duration = Duration::from_millis(500);
+
+/// How long an HTTP/2 connection asked to go away (a GOAWAY) has to finish before it is dropped.
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 /// HTTP/2: the largest header list a client may send (as HTTP/1.1's head limit).
 const HTTP2_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
@@ -192,6 +198,7 @@ pub(super) async fn serve(
             registered,
             stopping: stopping.clone(),
             limits,
+            first_request_by: Instant::now() + limits.head_timeout,
         };
         let (protocols, tls) = (protocols.clone(), tls.clone());
         connections.spawn(async move {
@@ -232,6 +239,9 @@ struct Accepted<S> {
     registered: Arc<Connection>,
     stopping: CancellationToken,
     limits: ConnectionLimits,
+    /// When it must have completed its TLS handshake and sent its first request head:
+    /// `HTTP_REQUEST_TIMEOUT` after it was accepted, one deadline for all of it.
+    first_request_by: Instant,
 }
 
 impl<S> Accepted<S>
@@ -253,10 +263,10 @@ where
         tls: Option<&Tls>,
         protocols: &Protocols,
     ) -> io::Result<()> {
-        let head_timeout = self.limits.head_timeout;
+        let deadline = self.first_request_by;
         let Some(tls) = tls else {
             let sniffed = tokio::select! {
-                sniffed = tokio::time::timeout(head_timeout, sniff(&stream)) => sniffed,
+                sniffed = tokio::time::timeout_at(deadline, sniff(&stream)) => sniffed,
                 () = self.registered.reclaimed() => return Ok(()),
                 () = self.stopping.cancelled() => return Ok(()),
             };
@@ -267,7 +277,7 @@ where
             return self.run(self.timed(stream), protocol, protocols).await;
         };
         let handshake =
-            tokio::time::timeout(head_timeout, tls.acceptor().accept(self.timed(stream)));
+            tokio::time::timeout_at(deadline, tls.acceptor().accept(self.timed(stream)));
         let stream = tokio::select! {
             handshake = handshake => match handshake {
                 Ok(stream) => stream?,
@@ -314,34 +324,48 @@ where
         outcome.map_err(io::Error::other)
     }
 
-    /// Drives `connection` to its end: on shutdown it is asked to end gracefully (`graceful`);
-    /// reclaimed (idle when descriptors ran out), or without a request head by the head timeout
-    /// (a client that opened HTTP/2 and sent nothing), it is dropped, closing the socket.
+    /// Drives `connection` to its end. It is asked to end gracefully (`graceful`: HTTP/1.1 after
+    /// its request, HTTP/2 with a GOAWAY) on shutdown, when it is reclaimed (idle when descriptors
+    /// ran out), and when it has not sent a request head by its first-request deadline; in the
+    /// last two cases it is dropped (closing the socket) if it has not ended [`GOAWAY_GRACE`]
+    /// later.
     async fn watch<C, E>(&self, connection: C, graceful: impl FnOnce(Pin<&mut C>)) -> Result<(), E>
     where
         C: Future<Output = Result<(), E>>,
     {
         tokio::pin!(connection);
-        let first_request = tokio::time::sleep(self.limits.head_timeout);
+        let first_request = tokio::time::sleep_until(self.first_request_by);
         tokio::pin!(first_request);
+        // Armed (reset) only when the connection is asked to end.
+        let hard_stop = tokio::time::sleep(Duration::from_secs(365 * 86_400));
+        tokio::pin!(hard_stop);
         let mut waiting_for_a_request = true;
         let mut graceful = Some(graceful);
+        let mut ask_to_end = |connection: Pin<&mut C>| {
+            if let Some(graceful) = graceful.take() {
+                graceful(connection);
+            }
+        };
+        let mut stopping_at = None;
         loop {
-            tokio::select! {
+            let ended = tokio::select! {
                 result = connection.as_mut() => return result,
-                () = self.stopping.cancelled(), if graceful.is_some() => {
-                    if let Some(graceful) = graceful.take() {
-                        graceful(connection.as_mut());
-                    }
+                () = self.stopping.cancelled(), if stopping_at.is_none() => {
+                    ask_to_end(connection.as_mut());
+                    stopping_at = Some(Instant::now());
+                    false
                 }
-                // Idle (no request in flight, not upgraded): dropping it closes the socket.
-                () = self.registered.reclaimed(), if graceful.is_some() => return Ok(()),
+                () = self.registered.reclaimed(), if stopping_at.is_none() => true,
                 () = &mut first_request, if waiting_for_a_request => {
-                    if self.registered.is_pending() {
-                        return Ok(());
-                    }
                     waiting_for_a_request = false;
+                    self.registered.is_pending()
                 }
+                () = &mut hard_stop => return Ok(()),
+            };
+            if ended {
+                ask_to_end(connection.as_mut());
+                stopping_at.get_or_insert_with(Instant::now);
+                hard_stop.as_mut().reset(Instant::now() + GOAWAY_GRACE);
             }
         }
     }
@@ -351,6 +375,7 @@ where
 /// first bytes without taking them.
 async fn sniff(stream: &TcpStream) -> io::Result<Protocol> {
     let mut first = [0; HTTP2_PREFACE.len()];
+    let mut pause = PREFACE_PAUSE;
     loop {
         let seen = stream.peek(&mut first).await?;
         if seen == 0 || !HTTP2_PREFACE.starts_with(&first[..seen]) {
@@ -359,8 +384,9 @@ async fn sniff(stream: &TcpStream) -> io::Result<Protocol> {
         if seen == HTTP2_PREFACE.len() {
             return Ok(Protocol::Http2);
         }
-        // Part of the preface only (rare): look again shortly.
-        tokio::time::sleep(PREFACE_PAUSE).await;
+        // Part of the preface only (rare): look again, less and less often.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(PREFACE_PAUSE_MAX);
     }
 }
 

@@ -309,9 +309,10 @@ impl Link for SseLink {
     }
 
     async fn receive(&mut self) -> Result<Option<ClientFrame>, DisconnectReason> {
-        // An event stream has no way back. A client that goes away drops the body, and the
-        // session with it.
-        std::future::pending().await
+        // An event stream has no way back. A client that goes away drops the body: with it the
+        // session it runs, or (in a task of its own) the receiving end of the chunks.
+        self.chunks.closed().await;
+        Err(DisconnectReason::ClientClosed)
     }
 
     async fn close(mut self, pending: Vec<Queued>, reason: DisconnectReason) -> usize {
@@ -329,6 +330,12 @@ impl Link for SseLink {
         }
         let mut chunk = pieces.finish();
         chunk.charges = pending;
+        if self.send_timeout.is_some() && reason != DisconnectReason::Shutdown {
+            // In a task of its own, a stream ended for a reason of its own is likely full (a slow
+            // consumer): the goodbye goes only if there is room, without another wait.
+            let length = chunk.pieces.iter().map(Bytes::len).sum();
+            return self.chunks.try_send(chunk).map_or(0, |()| length);
+        }
         self.send(chunk).await.unwrap_or(0)
     }
 }

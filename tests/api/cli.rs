@@ -234,7 +234,7 @@ async fn push_with_bad_data_exits_2_without_sending() {
         &[
             "push",
             "--url",
-            "https://example.com",
+            "ftp://example.com",
             "--user",
             "u",
             "--data",
@@ -243,7 +243,7 @@ async fn push_with_bad_data_exits_2_without_sending() {
         &[],
     )
     .await;
-    assert_eq!(out.code, 2, "TLS URL: {out:?}");
+    assert_eq!(out.code, 2, "not an HTTP URL: {out:?}");
 
     // Nothing reached the server: the next frame is this push.
     app.push_id("cli-bad", "after").await;

@@ -64,7 +64,8 @@ impl TestCertificate {
     }
 }
 
-/// A server with TLS on, its certificate files in `dir` (reloaded every second).
+/// A server with TLS on, its certificate files in `dir` (reloaded every second unless `flags`
+/// say otherwise).
 async fn tls_app(dir: &Path, certificate: &TestCertificate, flags: &[&str]) -> TestApp {
     let (cert, key) = certificate.write(dir);
     let mut all = vec![
@@ -72,9 +73,10 @@ async fn tls_app(dir: &Path, certificate: &TestCertificate, flags: &[&str]) -> T
         cert.to_str().unwrap(),
         "--tls-key-file",
         key.to_str().unwrap(),
-        "--tls-reload-interval",
-        "1",
     ];
+    if !flags.contains(&"--tls-reload-interval") {
+        all.extend(["--tls-reload-interval", "1"]);
+    }
     all.extend_from_slice(flags);
     spawn_app(&all).await
 }
@@ -342,10 +344,11 @@ async fn a_replaced_certificate_is_served_to_new_connections_while_old_ones_keep
     // A bad replacement (a key that does not match) is refused; the new certificate stays.
     std::fs::write(dir.path().join("key.pem"), TestCertificate::fresh().key_pem).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let again = try_tls_connect(app.addr, &new.der, &[]).await;
-    assert!(
-        again.is_ok(),
-        "the good certificate is still served: {again:?}"
+    let again = try_tls_connect(app.addr, &new.der, &[]).await.unwrap();
+    assert_eq!(
+        again.get_ref().1.peer_certificates().unwrap()[0],
+        new.der,
+        "the good certificate is still served"
     );
 }
 
@@ -408,20 +411,22 @@ async fn bad_certificate_files_stop_the_start_with_the_reason() {
 }
 
 #[tokio::test]
-async fn healthcheck_speaks_tls_trusting_exactly_the_configured_certificate() {
+async fn healthcheck_speaks_tls_and_a_renewal_not_loaded_yet_is_no_illness() {
     let dir = tempfile::tempdir().unwrap();
     let certificate = TestCertificate::fresh();
-    let app = tls_app(dir.path(), &certificate, &[]).await;
+    let app = tls_app(dir.path(), &certificate, &["--tls-reload-interval", "0"]).await;
     let port = app.addr.port().to_string();
-    let cert = dir.path().join("cert.pem");
-    let healthcheck = |cert: PathBuf| {
+    let healthcheck = |tls: bool| {
         let mut command = server_command(dir.path());
         command
             .arg("healthcheck")
             .env("HOST", "127.0.0.1")
-            .env("PORT", &port)
-            .env("TLS_CERT_FILE", cert)
-            .env("TLS_KEY_FILE", dir.path().join("key.pem"));
+            .env("PORT", &port);
+        if tls {
+            command
+                .env("TLS_CERT_FILE", dir.path().join("cert.pem"))
+                .env("TLS_KEY_FILE", dir.path().join("key.pem"));
+        }
         async move {
             tokio::time::timeout(STEP, command.output())
                 .await
@@ -429,17 +434,33 @@ async fn healthcheck_speaks_tls_trusting_exactly_the_configured_certificate() {
                 .unwrap()
         }
     };
-    let healthy = healthcheck(cert).await;
+    let healthy = healthcheck(true).await;
     assert_eq!(healthy.status.code(), Some(0), "{healthy:?}");
+    // Plain HTTP to a TLS listener: not an answer.
+    let plain = healthcheck(false).await;
+    assert_eq!(plain.status.code(), Some(1), "{plain:?}");
+    // Renewed files the server has not loaded (reloads on SIGHUP only here): still healthy.
+    TestCertificate::fresh().write(dir.path());
+    let renewed = healthcheck(true).await;
+    assert_eq!(renewed.status.code(), Some(0), "{renewed:?}");
+}
 
-    // Another certificate than the one served: not trusted.
-    let other = dir.path().join("other");
-    std::fs::create_dir(&other).unwrap();
-    let (other_cert, _) = TestCertificate::fresh().write(&other);
-    let refused = healthcheck(other_cert).await;
-    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("not the one in TLS_CERT_FILE"), "{stderr}");
+#[tokio::test]
+async fn an_http2_sse_stream_the_client_resets_ends_its_session_at_once() {
+    let app = spawn_app(&["--sse-keepalive", "0"]).await;
+    let h2 = http2(TcpStream::connect(app.addr).await.unwrap()).await;
+    let stream = send(&h2, "GET", "/sse/stream?user_id=gone", None).await;
+    wait_for_connections(&h2, 1).await;
+    drop(stream); // the client resets the stream
+    let metrics = app
+        .wait_for_metrics("the session to end", |metrics| {
+            metrics["active_connections"] == 0
+        })
+        .await;
+    assert_eq!(
+        metrics["connections_closed_total"]["client_closed"], 1,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -470,4 +491,79 @@ async fn an_http2_sse_stream_whose_client_stops_reading_is_cut_while_its_connect
     let health = send(&sender, "GET", "/health", None).await;
     assert_eq!(health.status(), 200);
     drop(stalled);
+}
+
+#[tokio::test]
+async fn push_and_listen_speak_tls_to_https_and_wss_urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let certificate = TestCertificate::fresh();
+    let app = tls_app(dir.path(), &certificate, &[]).await;
+    let h2 = http2(tls_connect(app.addr, &certificate.der, &[b"h2"]).await).await;
+    let ca = dir.path().join("cert.pem");
+    let port = app.addr.port();
+    let client = |args: &[String]| {
+        let mut command = server_command(dir.path());
+        command.args(args);
+        command
+    };
+    let strings = |args: &[&str]| args.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
+    let ca_file = ca.to_str().unwrap();
+
+    let wss = format!("wss://localhost:{port}");
+    let listen = client(&strings(&[
+        "listen",
+        "--url",
+        &wss,
+        "--user",
+        "cli-tls",
+        "--count",
+        "1",
+        "--ca-file",
+        ca_file,
+    ]))
+    .spawn()
+    .unwrap();
+    wait_for_connections(&h2, 1).await;
+
+    let https = format!("https://localhost:{port}");
+    let push = |extra: &[&str]| {
+        let mut args = strings(&[
+            "push",
+            "--url",
+            &https,
+            "--user",
+            "cli-tls",
+            "--data",
+            r#"{"over":"https"}"#,
+        ]);
+        args.extend(strings(extra));
+        client(&args).output()
+    };
+    let untrusted = tokio::time::timeout(STEP, push(&[]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(untrusted.status.code(), Some(1), "{untrusted:?}");
+    assert!(
+        String::from_utf8_lossy(&untrusted.stderr).contains("TLS"),
+        "{untrusted:?}"
+    );
+    let pushed = tokio::time::timeout(STEP, push(&["--ca-file", ca_file]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pushed.status.code(), Some(0), "{pushed:?}");
+
+    let listened = tokio::time::timeout(STEP, listen.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(listened.status.code(), Some(0), "{listened:?}");
+    let line = String::from_utf8_lossy(&listened.stdout);
+    let event: Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(event["data"], json!({"over": "https"}));
+    assert!(
+        String::from_utf8_lossy(&listened.stderr)
+            .contains(&format!("connected to wss://localhost:{port}/ws"))
+    );
 }
