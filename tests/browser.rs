@@ -39,6 +39,8 @@ mod ci;
 mod console;
 #[path = "api/helpers.rs"]
 mod helpers;
+#[path = "browser/http2.rs"]
+mod http2;
 #[path = "browser/js_client.rs"]
 mod js_client;
 #[path = "browser/proxy.rs"]

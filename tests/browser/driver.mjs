@@ -20,10 +20,10 @@ export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
 }
 
-/** Launches headless Chromium; the browser is closed by `end`. */
-export async function launch() {
+/** Launches headless Chromium with extra command-line `args`; the browser is closed by `end`. */
+export async function launch(args = []) {
   const executablePath = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
-  browser = await chromium.launch({ executablePath, headless: true });
+  browser = await chromium.launch({ executablePath, headless: true, args });
   return browser;
 }
 

@@ -51,3 +51,21 @@ fn unit_tests_pass_with(node: &Path) {
         "no test ran:\n{report}"
     );
 }
+
+#[test]
+fn the_javascript_client_has_the_servers_version() {
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |file: &str| std::fs::read_to_string(repository.join(file)).expect(file);
+    let package: serde_json::Value =
+        serde_json::from_str(&read("clients/js/package.json")).expect("package.json is JSON");
+    assert_eq!(
+        package["version"],
+        env!("CARGO_PKG_VERSION"),
+        "clients/js/package.json"
+    );
+    let declared = format!("export const VERSION = '{}';", env!("CARGO_PKG_VERSION"));
+    assert!(
+        read("clients/js/push-client.js").contains(&declared),
+        "push-client.js declares {declared}"
+    );
+}
