@@ -2,7 +2,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
+
+use crate::tls::Tls;
 
 /// A resolved, loopback-only server address.
 #[derive(Debug, Clone)]
@@ -11,13 +15,36 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `host[:port]` as written in the base URL, sent as the `Host` header.
     pub authority: String,
+    /// TLS, for an `https://` base URL.
+    pub tls: Option<Tls>,
+    /// Whether publishers speak HTTP/2 to it (`--http2`: by ALPN over TLS, with prior knowledge
+    /// in cleartext).
+    pub http2: bool,
 }
 
 impl Endpoint {
-    /// Parses `http://host[:port][/]`, refuses anything that is not loopback
-    /// (127.0.0.0/8, `localhost`, `::1`) and resolves it once.
-    pub async fn resolve(url: &str) -> Result<Self> {
-        let (host, port, authority) = parse_base_url(url)?;
+    /// Parses `http://host[:port][/]` (or `https://`, trusting `tls_ca`), refuses anything that
+    /// is not loopback (127.0.0.0/8, `localhost`, `::1`) and resolves it once.
+    pub async fn resolve(url: &str, tls_ca: Option<&Path>) -> Result<Self> {
+        let secure = url.starts_with("https://");
+        let plain = if secure {
+            url.replacen("https://", "http://", 1)
+        } else {
+            url.to_owned()
+        };
+        let (host, port, authority) = parse_base_url(&plain)?;
+        let port = if secure && !authority.contains(':') {
+            443
+        } else {
+            port
+        };
+        let tls = match (secure, tls_ca) {
+            (false, _) => None,
+            (true, Some(ca)) => Some(Tls::new(ca, &host)?),
+            (true, None) => {
+                bail!("{url}: an https:// URL needs --tls-ca (the server's CA or certificate)")
+            }
+        };
         if !host.eq_ignore_ascii_case("localhost") {
             let ip: IpAddr = host
                 .parse()
@@ -41,7 +68,17 @@ impl Endpoint {
             .or_else(|| addrs.first())
             .copied()
             .with_context(|| format!("{host} did not resolve"))?;
-        Ok(Self { addr, authority })
+        Ok(Self {
+            addr,
+            authority,
+            tls,
+            http2: false,
+        })
+    }
+
+    /// `ws` or `wss`, as this endpoint speaks.
+    pub fn ws_scheme(&self) -> &'static str {
+        if self.tls.is_some() { "wss" } else { "ws" }
     }
 
     /// The TCP port.
@@ -49,7 +86,7 @@ impl Endpoint {
         self.addr.port()
     }
 
-    /// This endpoint's base URL with another port (same host).
+    /// This endpoint's base URL with another port (same host), in cleartext.
     pub fn with_port(&self, port: u16) -> String {
         match self.addr.ip() {
             IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
@@ -116,9 +153,23 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_non_loopback() {
-        assert!(Endpoint::resolve("http://10.0.0.1:8080").await.is_err());
-        assert!(Endpoint::resolve("http://example.com:8080").await.is_err());
-        let endpoint = Endpoint::resolve("http://127.0.0.2:8080")
+        assert!(
+            Endpoint::resolve("http://10.0.0.1:8080", None)
+                .await
+                .is_err()
+        );
+        assert!(
+            Endpoint::resolve("http://example.com:8080", None)
+                .await
+                .is_err()
+        );
+        assert!(
+            Endpoint::resolve("https://127.0.0.1:8443", None)
+                .await
+                .is_err(),
+            "no --tls-ca"
+        );
+        let endpoint = Endpoint::resolve("http://127.0.0.2:8080", None)
             .await
             .expect("loopback");
         assert_eq!(endpoint.authority, "127.0.0.2:8080");

@@ -1,13 +1,15 @@
-//! A minimal keep-alive HTTP/1.1 client (hyper) and polling of the server's connection count.
+//! A minimal keep-alive HTTP client (hyper: HTTP/1.1, or HTTP/2 with `--http2`; cleartext or TLS)
+//! and polling of the server's connection count.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, combinators::BoxBody};
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1, http2};
 use hyper::{Method, Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::endpoint::Endpoint;
@@ -18,29 +20,39 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Body = BoxBody<Bytes, std::convert::Infallible>;
 
-/// One keep-alive HTTP/1.1 connection to the server.
+/// The request side of a connection.
+enum Sender {
+    Http1(http1::SendRequest<Body>),
+    Http2(http2::SendRequest<Body>),
+}
+
+/// One keep-alive HTTP connection to the server.
 pub struct HttpConn {
-    sender: SendRequest<Body>,
+    sender: Sender,
     authority: String,
     /// The server answered `Connection: close`: the next request needs a new connection.
     closing: bool,
 }
 
 impl HttpConn {
-    /// Opens a TCP connection (TCP_NODELAY) and performs the HTTP/1.1 handshake.
+    /// Opens a TCP connection (TCP_NODELAY), TLS when the endpoint has it, and performs the
+    /// HTTP/1.1 (or, for `--http2`, the HTTP/2) handshake.
     pub async fn connect(endpoint: &Endpoint) -> Result<Self> {
-        let stream = tokio::time::timeout(REQUEST_TIMEOUT, TcpStream::connect(endpoint.addr))
+        let open = async {
+            let stream = TcpStream::connect(endpoint.addr)
+                .await
+                .context("HTTP connect")?;
+            stream.set_nodelay(true).context("TCP_NODELAY")?;
+            match &endpoint.tls {
+                None => handshake(stream, endpoint.http2).await,
+                Some(tls) => {
+                    handshake(tls.connect(stream, endpoint.http2).await?, endpoint.http2).await
+                }
+            }
+        };
+        let sender = tokio::time::timeout(REQUEST_TIMEOUT, open)
             .await
-            .context("HTTP connect timed out")?
-            .context("HTTP connect")?;
-        stream.set_nodelay(true).context("TCP_NODELAY")?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .context("HTTP/1.1 handshake")?;
-        // The connection task ends when the socket closes; errors surface on the next request.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+            .context("HTTP connect timed out")??;
         Ok(Self {
             sender,
             authority: endpoint.authority.clone(),
@@ -86,7 +98,11 @@ impl HttpConn {
     /// True while the connection can still carry requests (the server did not close it or ask
     /// for it to be closed).
     pub fn is_open(&self) -> bool {
-        !self.closing && !self.sender.is_closed()
+        let closed = match &self.sender {
+            Sender::Http1(sender) => sender.is_closed(),
+            Sender::Http2(sender) => sender.is_closed(),
+        };
+        !self.closing && !closed
     }
 
     /// Sends `request` and reads the whole response, all within `timeout`.
@@ -96,12 +112,17 @@ impl HttpConn {
         timeout: Duration,
     ) -> Result<(StatusCode, Bytes)> {
         let exchange = async {
-            self.sender.ready().await.context("connection not ready")?;
-            let response = self
-                .sender
-                .send_request(request)
-                .await
-                .context("sending request")?;
+            let response = match &mut self.sender {
+                Sender::Http1(sender) => {
+                    sender.ready().await.context("connection not ready")?;
+                    sender.send_request(request).await
+                }
+                Sender::Http2(sender) => {
+                    sender.ready().await.context("connection not ready")?;
+                    sender.send_request(request).await
+                }
+            }
+            .context("sending request")?;
             let status = response.status();
             let closing = response
                 .headers()
@@ -121,6 +142,29 @@ impl HttpConn {
         self.closing = closing;
         Ok((status, body))
     }
+}
+
+/// The HTTP/1.1 or HTTP/2 handshake over `io`; the connection runs in a task of its own, which
+/// ends when the socket closes (errors surface on the next request).
+async fn handshake<I>(io: I, http2: bool) -> Result<Sender>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    if http2 {
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+            .await
+            .context("HTTP/2 handshake")?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        return Ok(Sender::Http2(sender));
+    }
+    let (sender, connection) = http1::handshake(io).await.context("HTTP/1.1 handshake")?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(Sender::Http1(sender))
 }
 
 /// Reads the server's open-connection count (`/health`'s `connections` for ours) over a fresh

@@ -20,6 +20,7 @@ mod sse;
 mod stats;
 mod sys;
 mod target;
+mod tls;
 mod ws;
 
 use std::process::ExitCode;
@@ -83,6 +84,8 @@ impl Scenario {
             common.target,
             common.url.as_deref(),
             common.publish_url.as_deref(),
+            common.tls_ca.as_deref(),
+            common.http2,
         )
         .await?;
         match self {

@@ -87,6 +87,9 @@ pub async fn connect(
     user_id: &str,
     read_size: usize,
 ) -> Result<SseStream> {
+    if target.ws.tls.is_some() {
+        bail!("--transport sse speaks cleartext HTTP/1.1 only; use WebSockets over wss://");
+    }
     let open = async {
         let mut tcp = TcpStream::connect(target.ws.addr)
             .await

@@ -2,12 +2,16 @@
 //! connections open, and closing them cleanly.
 
 use std::borrow::Cow;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -17,8 +21,55 @@ use crate::probe::ProbeBoard;
 use crate::recv::{FrameChecker, RecvContext, RecvOutcome};
 use crate::target::{Incoming, Protocol, Target};
 
-/// A client WebSocket over plain TCP.
-pub type WsStream = WebSocketStream<TcpStream>;
+/// A client WebSocket, over plain TCP or TLS.
+pub type WsStream = WebSocketStream<MaybeTls>;
+
+/// A TCP connection, or TLS over one (`wss://`).
+#[derive(Debug)]
+pub enum MaybeTls {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Longest wait for a TCP connect plus WebSocket handshake plus the target's subscribe step.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,6 +109,10 @@ pub async fn connect_url(
             .await
             .context("TCP connect")?;
         stream.set_nodelay(true).context("TCP_NODELAY")?;
+        let stream = match &target.ws.tls {
+            None => MaybeTls::Plain(stream),
+            Some(tls) => MaybeTls::Tls(Box::new(tls.connect(stream, false).await?)),
+        };
         let (ws, _response) =
             tokio_tungstenite::client_async_with_config(url, stream, Some(config))
                 .await

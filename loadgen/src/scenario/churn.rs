@@ -404,9 +404,15 @@ mod tests {
 
     async fn target_at(addr: SocketAddr) -> Arc<Target> {
         Arc::new(
-            Target::resolve(TargetKind::Ours, Some(&format!("http://{addr}")), None)
-                .await
-                .expect("loopback target"),
+            Target::resolve(
+                TargetKind::Ours,
+                Some(&format!("http://{addr}")),
+                None,
+                None,
+                false,
+            )
+            .await
+            .expect("loopback target"),
         )
     }
 

@@ -138,6 +138,14 @@ pub struct CommonArgs {
     /// Base URL publishers POST to (loopback only); default: --url, for pushpin --url's port + 1.
     #[arg(long)]
     pub publish_url: Option<String>,
+    /// PEM certificate (the server's own, or its CA) to trust for `https://` URLs; WebSockets go
+    /// over `wss://` then.
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Publishers speak HTTP/2 (by ALPN over TLS, with prior knowledge in cleartext), one
+    /// connection each.
+    #[arg(long)]
+    pub http2: bool,
     /// Print one JSON object on stdout (the table goes to stderr).
     #[arg(long)]
     pub json: bool,

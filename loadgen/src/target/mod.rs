@@ -195,15 +195,18 @@ impl Target {
         kind: TargetKind,
         url: Option<&str>,
         publish_url: Option<&str>,
+        tls_ca: Option<&std::path::Path>,
+        http2: bool,
     ) -> Result<Self> {
-        let ws = Endpoint::resolve(url.unwrap_or(kind.default_url())).await?;
-        let api = match (publish_url, kind) {
-            (Some(publish_url), _) => Endpoint::resolve(publish_url).await?,
+        let ws = Endpoint::resolve(url.unwrap_or(kind.default_url()), tls_ca).await?;
+        let mut api = match (publish_url, kind) {
+            (Some(publish_url), _) => Endpoint::resolve(publish_url, tls_ca).await?,
             (None, TargetKind::Pushpin) => {
-                Endpoint::resolve(&ws.with_port(ws.port().saturating_add(1))).await?
+                Endpoint::resolve(&ws.with_port(ws.port().saturating_add(1)), tls_ca).await?
             }
             (None, _) => ws.clone(),
         };
+        api.http2 = http2;
         Ok(Self {
             kind,
             ws,
@@ -215,7 +218,8 @@ impl Target {
     /// The full WebSocket URL for one user id.
     pub fn ws_url(&self, user_id: &str) -> String {
         format!(
-            "ws://{}{}",
+            "{}://{}{}",
+            self.ws.ws_scheme(),
             self.ws.authority,
             self.protocol.ws_path(user_id)
         )
@@ -289,19 +293,31 @@ mod tests {
 
     #[tokio::test]
     async fn pushpin_publishes_on_the_next_port() {
-        let target = Target::resolve(TargetKind::Pushpin, None, None)
+        let target = Target::resolve(TargetKind::Pushpin, None, None, None, false)
             .await
             .expect("loopback");
         assert_eq!(target.api.port(), 18001);
         assert_eq!(target.ws_url("u1"), "ws://127.0.0.1:18000/ws?user_id=u1");
-        let target = Target::resolve(TargetKind::Ours, Some("http://127.0.0.2:9000"), None)
-            .await
-            .expect("loopback");
+        let target = Target::resolve(
+            TargetKind::Ours,
+            Some("http://127.0.0.2:9000"),
+            None,
+            None,
+            false,
+        )
+        .await
+        .expect("loopback");
         assert_eq!(target.api.port(), 9000);
         assert!(
-            Target::resolve(TargetKind::Ours, None, Some("http://10.0.0.1:1"))
-                .await
-                .is_err()
+            Target::resolve(
+                TargetKind::Ours,
+                None,
+                Some("http://10.0.0.1:1"),
+                None,
+                false
+            )
+            .await
+            .is_err()
         );
     }
 }
