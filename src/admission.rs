@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +50,8 @@ struct Entry {
     upgraded: bool,
     /// Its key in [`Inner::idle`] while idle.
     idle_since: Option<u64>,
+    /// When it last became idle (its last response finished), while it is idle after a request.
+    idle_at: Option<Instant>,
     /// Cancelled to ask the connection's task to close it.
     reclaim: CancellationToken,
 }
@@ -102,6 +105,7 @@ impl Admission {
                 in_flight: 0,
                 upgraded: false,
                 idle_since: Some(id),
+                idle_at: None,
                 reclaim: reclaim.clone(),
             },
         );
@@ -146,6 +150,14 @@ impl Connection {
         self.reclaim.cancelled().await;
     }
 
+    /// How long this connection has been idle since its last response finished (`None` while a
+    /// request is in flight, before its first request, or once it upgraded).
+    pub fn idle_for(&self) -> Option<Duration> {
+        let inner = self.admission.lock();
+        let idle_at = inner.connections.get(&self.id)?.idle_at?;
+        Some(idle_at.elapsed())
+    }
+
     /// Whether no complete request head has arrived on this connection yet.
     pub fn is_pending(&self) -> bool {
         self.admission
@@ -164,6 +176,7 @@ impl Connection {
         };
         entry.in_flight += 1;
         let (ip, was_pending, idle_since) = (entry.ip, entry.pending, entry.idle_since.take());
+        entry.idle_at = None;
         entry.pending = false;
         if was_pending {
             inner.forget_pending(ip);
@@ -232,6 +245,7 @@ impl Drop for Request {
         entry.in_flight -= 1;
         if entry.in_flight == 0 && !entry.upgraded && !entry.reclaim.is_cancelled() {
             entry.idle_since = Some(key);
+            entry.idle_at = Some(Instant::now());
             inner.idle.insert(key, self.id);
         }
     }

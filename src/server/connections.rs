@@ -312,13 +312,19 @@ where
                     .http1
                     .serve_connection(io, self.service.clone())
                     .with_upgrades();
-                self.watch(connection, |connection| connection.graceful_shutdown())
-                    .await
+                // Idle keep-alive is hyper's header-read timeout's business.
+                self.watch(connection, None, |connection| {
+                    connection.graceful_shutdown()
+                })
+                .await
             }
             Protocol::Http2 => {
                 let connection = protocols.http2.serve_connection(io, self.service.clone());
-                self.watch(connection, |connection| connection.graceful_shutdown())
-                    .await
+                let idle = Some(self.limits.head_timeout);
+                self.watch(connection, idle, |connection| {
+                    connection.graceful_shutdown()
+                })
+                .await
             }
         };
         outcome.map_err(io::Error::other)
@@ -326,13 +332,24 @@ where
 
     /// Drives `connection` to its end. It is asked to end gracefully (`graceful`: HTTP/1.1 after
     /// its request, HTTP/2 with a GOAWAY) on shutdown, when it is reclaimed (idle when descriptors
-    /// ran out), and when it has not sent a request head by its first-request deadline; in the
-    /// last two cases it is dropped (closing the socket) if it has not ended [`GOAWAY_GRACE`]
+    /// ran out), when it has not sent a request head by its first-request deadline, and when it
+    /// has been idle (no request in flight, no stream open) for `idle_limit`, if given; in all but
+    /// the first case it is dropped (closing the socket) if it has not ended [`GOAWAY_GRACE`]
     /// later.
-    async fn watch<C, E>(&self, connection: C, graceful: impl FnOnce(Pin<&mut C>)) -> Result<(), E>
+    async fn watch<C, E>(
+        &self,
+        connection: C,
+        idle_limit: Option<Duration>,
+        graceful: impl FnOnce(Pin<&mut C>),
+    ) -> Result<(), E>
     where
         C: Future<Output = Result<(), E>>,
     {
+        // Idleness is looked at a few times per limit (a connection goes a little past it).
+        let idle_every = idle_limit.map_or(Duration::from_secs(365 * 86_400), |limit| {
+            (limit / 4).max(Duration::from_millis(100))
+        });
+        let mut idle_checks = tokio::time::interval_at(Instant::now() + idle_every, idle_every);
         tokio::pin!(connection);
         let first_request = tokio::time::sleep_until(self.first_request_by);
         tokio::pin!(first_request);
@@ -359,6 +376,10 @@ where
                 () = &mut first_request, if waiting_for_a_request => {
                     waiting_for_a_request = false;
                     self.registered.is_pending()
+                }
+                _ = idle_checks.tick(), if idle_limit.is_some() && stopping_at.is_none() => {
+                    let idle = self.registered.idle_for();
+                    idle.zip(idle_limit).is_some_and(|(idle, limit)| idle >= limit)
                 }
                 () = &mut hard_stop => return Ok(()),
             };

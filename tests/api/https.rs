@@ -567,3 +567,31 @@ async fn push_and_listen_speak_tls_to_https_and_wss_urls() {
             .contains(&format!("connected to wss://localhost:{port}/ws"))
     );
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_sent_away_and_one_with_an_open_stream_is_not() {
+    let app = spawn_app(&["--http-request-timeout", "1"]).await;
+    let idle = http2(TcpStream::connect(app.addr).await.unwrap()).await;
+    let busy = http2(TcpStream::connect(app.addr).await.unwrap()).await;
+    assert_eq!(send(&idle, "GET", "/health", None).await.status(), 200);
+    let mut stream = send(&busy, "GET", "/sse/stream?user_id=stays", None)
+        .await
+        .into_body();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !idle.is_closed() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle connection was never sent away"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !busy.is_closed(),
+        "a connection with an open stream is not idle"
+    );
+    let pushed = app
+        .push(json!({"user_id": "stays", "data": {"still": "here"}}))
+        .await;
+    assert_eq!(pushed["delivered"], 1, "{pushed}");
+    read_until(&mut stream, r#""still":"here""#).await;
+}
