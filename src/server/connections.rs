@@ -357,35 +357,33 @@ where
         let hard_stop = tokio::time::sleep(Duration::from_secs(365 * 86_400));
         tokio::pin!(hard_stop);
         let mut waiting_for_a_request = true;
+        // Taken when the connection is asked to end: from then on only its end or the hard stop
+        // matter.
         let mut graceful = Some(graceful);
-        let mut ask_to_end = |connection: Pin<&mut C>| {
-            if let Some(graceful) = graceful.take() {
-                graceful(connection);
-            }
-        };
-        let mut stopping_at = None;
         loop {
             let ended = tokio::select! {
                 result = connection.as_mut() => return result,
-                () = self.stopping.cancelled(), if stopping_at.is_none() => {
-                    ask_to_end(connection.as_mut());
-                    stopping_at = Some(Instant::now());
+                () = self.stopping.cancelled(), if graceful.is_some() => {
+                    if let Some(graceful) = graceful.take() {
+                        graceful(connection.as_mut());
+                    }
                     false
                 }
-                () = self.registered.reclaimed(), if stopping_at.is_none() => true,
+                () = self.registered.reclaimed(), if graceful.is_some() => true,
                 () = &mut first_request, if waiting_for_a_request => {
                     waiting_for_a_request = false;
                     self.registered.is_pending()
                 }
-                _ = idle_checks.tick(), if idle_limit.is_some() && stopping_at.is_none() => {
+                _ = idle_checks.tick(), if idle_limit.is_some() && graceful.is_some() => {
                     let idle = self.registered.idle_for();
                     idle.zip(idle_limit).is_some_and(|(idle, limit)| idle >= limit)
                 }
                 () = &mut hard_stop => return Ok(()),
             };
             if ended {
-                ask_to_end(connection.as_mut());
-                stopping_at.get_or_insert_with(Instant::now);
+                if let Some(graceful) = graceful.take() {
+                    graceful(connection.as_mut());
+                }
                 hard_stop.as_mut().reset(Instant::now() + GOAWAY_GRACE);
             }
         }

@@ -310,7 +310,11 @@ impl Link for SseLink {
 
     async fn receive(&mut self) -> Result<Option<ClientFrame>, DisconnectReason> {
         // An event stream has no way back. A client that goes away drops the body: with it the
-        // session it runs, or (in a task of its own) the receiving end of the chunks.
+        // session it runs (nothing to watch), or, in a task of its own, the receiving end of the
+        // chunks.
+        if self.send_timeout.is_none() {
+            std::future::pending::<()>().await;
+        }
         self.chunks.closed().await;
         Err(DisconnectReason::ClientClosed)
     }

@@ -150,6 +150,11 @@ async fn send(
     .expect("a response")
 }
 
+/// Pushes `body` over an HTTP/2 connection; returns the server's JSON answer.
+async fn push(sender: &SendRequest<Full<Bytes>>, body: Value) -> Value {
+    json_of(send(sender, "POST", "/sse/push", Some(body)).await).await
+}
+
 /// The whole body of `response` as JSON.
 async fn json_of(response: hyper::Response<Incoming>) -> Value {
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -207,16 +212,7 @@ async fn over_tls_http2_is_chosen_by_alpn_and_websockets_take_http11() {
     let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/ws?user_id=secure", tls)
         .await
         .expect("WebSocket over TLS");
-    let pushed = json_of(
-        send(
-            &h2,
-            "POST",
-            "/sse/push",
-            Some(json!({"user_id": "secure", "data": {"over": "wss"}})),
-        )
-        .await,
-    )
-    .await;
+    let pushed = push(&h2, json!({"user_id": "secure", "data": {"over": "wss"}})).await;
     assert_eq!(pushed["delivered"], 1, "{pushed}");
     let frame = tokio::time::timeout(STEP, ws.next())
         .await
@@ -255,7 +251,7 @@ async fn twenty_sse_streams_and_many_pushes_share_one_http2_connection() {
             let h2 = h2.clone();
             async move {
                 let body = json!({"user_id": format!("h2-{n}"), "data": {"n": n, "round": round}});
-                json_of(send(&h2, "POST", "/sse/push", Some(body)).await).await
+                push(&h2, body).await
             }
         });
         for pushed in futures_util::future::join_all(pushes).await {
@@ -328,14 +324,9 @@ async fn a_replaced_certificate_is_served_to_new_connections_while_old_ones_keep
     );
 
     // The connection made with the old certificate still works, its stream too.
-    let pushed = json_of(
-        send(
-            &h2,
-            "POST",
-            "/sse/push",
-            Some(json!({"user_id": "renewed", "data": {"after": "reload"}})),
-        )
-        .await,
+    let pushed = push(
+        &h2,
+        json!({"user_id": "renewed", "data": {"after": "reload"}}),
     )
     .await;
     assert_eq!(pushed["delivered"], 1, "{pushed}");
